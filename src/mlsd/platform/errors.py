@@ -1,0 +1,55 @@
+"""One error type for bad input, so every surface (CLI, HTTP, library) reports it the same way.
+
+An :class:`InputError` names the field, the value it got, what is wrong and how to fix it. The CLI
+prints it and exits with status 2; the HTTP app factory answers it with a 4xx JSON body. Library code
+raises it instead of letting a ``KeyError`` or a traceback reach the user.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _short(value: Any, limit: int = 80) -> Any:
+    """Keep error bodies small: a 10 KB query must not be echoed back whole."""
+    if isinstance(value, str) and len(value) > limit:
+        return value[:limit] + f"... ({len(value)} chars)"
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class InputError(ValueError):
+    """Bad input from a user: names ``field``, echoes ``value``, says the ``problem`` and the ``fix``.
+
+    ``status`` is the HTTP status the serving layer answers with (422 by default, 404 for an unknown
+    resource, 413 for an oversized payload).
+    """
+
+    def __init__(self, field: str, value: Any, problem: str, fix: str, *, status: int = 422) -> None:
+        self.field = field
+        self.value = _short(value)
+        self.problem = problem
+        self.fix = fix
+        self.status = status
+        super().__init__(f"{field}={self.value!r}: {problem}. Fix: {fix}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "field": self.field,
+            "value": self.value,
+            "problem": self.problem,
+            "fix": self.fix,
+            "message": str(self),
+        }
+
+
+class DataFormatError(InputError):
+    """A malformed input file: names the file and line, and what was expected there."""
+
+    def __init__(self, path: Any, line: int | None, problem: str, fix: str) -> None:
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__("file", where, problem, fix)
+        self.path = str(path)
+        self.line = line
