@@ -1,0 +1,322 @@
+"""Online feature store: the low-latency key -> row lookup a service does per request.
+
+A row is a flat mapping ``field -> value`` stored under ``(namespace, key)``; ``namespace`` is the feature
+view ("user_features", "card_velocity"), ``key`` the entity id as a string. Two implementations share
+one contract (``tests/platform/test_online_store.py`` runs against both and expects identical answers):
+
+* :class:`MemoryStore` - a dict in the process; the embedded default and the fastest.
+* :class:`RedisStore` - one Redis hash per row, one pipeline round trip per batch call.
+
+Semantics both follow exactly:
+
+* ``put_many`` **replaces** each row (fields not given are gone) and sets its TTL; ``ttl_s=None`` means
+  the row never expires.
+* TTL is enforced **on read** against the injectable ``clock`` (seconds since the epoch): an expired row
+  reads as ``None`` even if the backend still holds it. Tests advance a fake clock instead of sleeping.
+  Redis also gets ``PEXPIRE`` so expired rows are eventually deleted, but correctness never depends on it.
+* ``get_many`` answers one entry per key, ``None`` for a missing or expired key; ``fields`` selects a
+  subset, and a field the row does not have is simply absent from the answer.
+* Values round-trip with their type: ``int``, ``float``, ``bool``, ``str``, ``bytes``, ``None``, lists
+  and dicts of those (JSON), and numpy arrays (dtype and shape kept; float32 vectors come back as
+  ``np.ndarray`` float32). numpy scalars are stored as the matching Python ``int``/``float``/``bool``;
+  tuples come back as lists. Arrays come back read-only (they may share memory with the store).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from mlsd.platform.errors import InputError
+
+Value = int | float | bool | str | bytes | None | list | dict | np.ndarray
+Row = dict[str, Value]
+Clock = Callable[[], float]
+
+
+@runtime_checkable
+class OnlineStore(Protocol):
+    """The seam services code against; see the module docstring for the exact semantics."""
+
+    def put_many(
+        self, namespace: str, rows: Mapping[str, Mapping[str, Value]], ttl_s: float | None = None
+    ) -> None: ...
+
+    def get_many(
+        self, namespace: str, keys: Sequence[str], fields: Sequence[str] | None = None
+    ) -> list[Row | None]: ...
+
+    def delete_many(self, namespace: str, keys: Sequence[str]) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------------
+# Value normalisation (both stores) and encoding (Redis): a one-byte type tag, then the payload.
+
+_NEVER = math.inf
+_PLAIN = (bool, int, float, str, bytes)  # exact types: np.float64 (a float subclass) is normalised below
+
+
+def _normalise(value: Any, where: str) -> Value:
+    """Turn a value into the canonical form both stores keep, so they answer identically."""
+    if value is None or type(value) in _PLAIN:
+        return value
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biuf":
+            raise InputError(
+                where, str(value.dtype), "unsupported array dtype", "store bool/int/uint/float arrays"
+            )
+        array = np.array(value, copy=True, order="C")  # the caller may mutate theirs later
+        array.flags.writeable = False
+        return array
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, str):  # str subclasses such as np.str_
+        return str(value)
+    if isinstance(value, bytes):
+        return bytes(value)
+    if isinstance(value, list | tuple | dict):
+        try:
+            # The JSON round trip is what Redis will store, so memory keeps exactly the same thing.
+            return json.loads(json.dumps(value))
+        except (TypeError, ValueError) as err:
+            raise InputError(
+                where, value, f"not JSON-serialisable ({err})", "use str/int/float/bool lists"
+            ) from None
+    raise InputError(
+        where,
+        type(value).__name__,
+        "unsupported feature value type",
+        "use int, float, bool, str, bytes, list, ndarray",
+    )
+
+
+def _encode(value: Value) -> bytes:
+    if value is None:
+        return b"n"
+    if value is True or value is False:  # before int: bool is an int subclass
+        return b"?1" if value else b"?0"
+    if isinstance(value, int):
+        return b"i" + str(value).encode()
+    if isinstance(value, float):
+        return b"f" + struct.pack("<d", value)  # exact, including nan/inf and -0.0
+    if isinstance(value, str):
+        return b"s" + value.encode("utf-8")
+    if isinstance(value, bytes):
+        return b"b" + value
+    if isinstance(value, np.ndarray):
+        header = f"{value.dtype.str};{','.join(map(str, value.shape))};".encode()
+        return b"a" + header + value.tobytes()
+    return b"j" + json.dumps(value).encode()
+
+
+def _decode(data: bytes) -> Value:
+    tag, payload = data[:1], data[1:]
+    if tag == b"f":
+        return struct.unpack("<d", payload)[0]
+    if tag == b"i":
+        return int(payload)
+    if tag == b"s":
+        return payload.decode("utf-8")
+    if tag == b"a":
+        dtype, shape, raw = payload.split(b";", 2)
+        dims = tuple(int(d) for d in shape.split(b",")) if shape else ()
+        return np.frombuffer(raw, dtype=np.dtype(dtype.decode())).reshape(dims)  # read-only view, no copy
+    if tag == b"b":
+        return payload
+    if tag == b"?":
+        return payload == b"1"
+    if tag == b"n":
+        return None
+    if tag == b"j":
+        return json.loads(payload)
+    raise ValueError(f"unknown online-store value tag {tag!r}")
+
+
+def _check_rows(namespace: str, rows: Mapping[str, Mapping[str, Value]]) -> dict[str, dict[str, Value]]:
+    clean: dict[str, dict[str, Value]] = {}
+    for key, row in rows.items():
+        if not isinstance(key, str):
+            raise InputError("key", key, "online-store keys must be strings", "pass str(entity_id)")
+        out: dict[str, Value] = {}
+        for field, value in row.items():
+            if not isinstance(field, str) or field.startswith("\x00"):
+                raise InputError(
+                    "field", field, "field names must be strings not starting with NUL", "rename it"
+                )
+            out[field] = _normalise(value, f"{namespace}[{key!r}].{field}")
+        clean[key] = out
+    return clean
+
+
+def _check_ttl(ttl_s: float | None) -> float:
+    if ttl_s is None:
+        return _NEVER
+    if not ttl_s > 0:
+        raise InputError("ttl_s", ttl_s, "a TTL must be positive (or None for no expiry)", "pass seconds > 0")
+    return float(ttl_s)
+
+
+def _fresh(value: Value) -> Value:
+    # Lists and dicts are mutable: hand out a copy so a caller cannot edit the stored row.
+    if isinstance(value, list | dict):
+        return json.loads(json.dumps(value))
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------
+# In-process implementation.
+
+
+class MemoryStore:
+    """An in-process online store: ``{namespace: {key: (expires_at, row)}}``, TTL checked on read."""
+
+    def __init__(self, clock: Clock = time.time) -> None:
+        self.clock = clock
+        self._data: dict[str, dict[str, tuple[float, dict[str, Value]]]] = {}
+
+    def put_many(
+        self, namespace: str, rows: Mapping[str, Mapping[str, Value]], ttl_s: float | None = None
+    ) -> None:
+        expires_at = self.clock() + _check_ttl(ttl_s)
+        table = self._data.setdefault(namespace, {})
+        for key, row in _check_rows(namespace, rows).items():
+            table[key] = (expires_at, row)
+
+    def get_many(
+        self, namespace: str, keys: Sequence[str], fields: Sequence[str] | None = None
+    ) -> list[Row | None]:
+        table = self._data.get(namespace, {})
+        now = self.clock()
+        out: list[Row | None] = []
+        for key in keys:
+            entry = table.get(key)
+            if entry is None:
+                out.append(None)
+            elif entry[0] <= now:
+                del table[key]  # lazily reclaim the memory of expired rows
+                out.append(None)
+            else:
+                row = entry[1]
+                selected = row if fields is None else {f: row[f] for f in fields if f in row}
+                out.append({f: _fresh(v) for f, v in selected.items()})
+        return out
+
+    def delete_many(self, namespace: str, keys: Sequence[str]) -> None:
+        table = self._data.get(namespace)
+        if table:
+            for key in keys:
+                table.pop(key, None)
+
+    def __len__(self) -> int:
+        return sum(len(t) for t in self._data.values())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Redis implementation.
+
+_EXPIRES = "\x00exp"  # reserved hash field: the expiry time, always present so HMGET can tell "missing"
+_EXPIRES_B = _EXPIRES.encode()
+
+
+class RedisStore:
+    """Online store on Redis: one hash per row at ``{prefix}{namespace}:{key}``, one pipeline per call.
+
+    Every hash carries a reserved field with its expiry time (``inf`` when none) that reads compare with
+    ``clock()``; ``PEXPIRE`` is set as well so Redis reclaims expired rows by itself. Writes of a batch
+    run in one MULTI/EXEC transaction so a reader never sees a row half replaced.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        prefix: str = "mlsd:",
+        clock: Clock = time.time,
+        *,
+        client: Any = None,
+    ) -> None:
+        import redis
+
+        self.url = url
+        self.prefix = prefix
+        self.clock = clock
+        self.client = client if client is not None else redis.Redis.from_url(url, decode_responses=False)
+
+    def _key(self, namespace: str, key: str) -> str:
+        return f"{self.prefix}{namespace}:{key}"
+
+    def put_many(
+        self, namespace: str, rows: Mapping[str, Mapping[str, Value]], ttl_s: float | None = None
+    ) -> None:
+        ttl = _check_ttl(ttl_s)
+        clean = _check_rows(namespace, rows)
+        if not clean:
+            return
+        expires = struct.pack("<d", self.clock() + ttl)
+        ttl_ms = None if ttl == _NEVER else max(1, int(math.ceil(ttl * 1000)))
+        pipe = self.client.pipeline(transaction=True)
+        for key, row in clean.items():
+            name = self._key(namespace, key)
+            mapping = {field: _encode(value) for field, value in row.items()}
+            mapping[_EXPIRES] = expires
+            pipe.delete(name)  # replace, never merge: stale fields must not survive a rewrite
+            pipe.hset(name, mapping=mapping)
+            if ttl_ms is not None:
+                pipe.pexpire(name, ttl_ms)
+        pipe.execute()
+
+    def get_many(
+        self, namespace: str, keys: Sequence[str], fields: Sequence[str] | None = None
+    ) -> list[Row | None]:
+        if not keys:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        if fields is None:
+            for key in keys:
+                pipe.hgetall(self._key(namespace, key))
+        else:
+            wanted = [_EXPIRES, *fields]
+            for key in keys:
+                pipe.hmget(self._key(namespace, key), wanted)
+        replies = pipe.execute()
+        now = self.clock()
+        out: list[Row | None] = []
+        if fields is None:
+            for reply in replies:
+                expires = reply.pop(_EXPIRES_B, None)
+                if expires is None or struct.unpack("<d", expires)[0] <= now:
+                    out.append(None)
+                else:
+                    out.append({f.decode("utf-8"): _decode(v) for f, v in reply.items()})
+        else:
+            for reply in replies:
+                expires = reply[0]
+                if expires is None or struct.unpack("<d", expires)[0] <= now:
+                    out.append(None)
+                else:
+                    out.append(
+                        {f: _decode(v) for f, v in zip(fields, reply[1:], strict=True) if v is not None}
+                    )
+        return out
+
+    def delete_many(self, namespace: str, keys: Sequence[str]) -> None:
+        if keys:
+            self.client.delete(*[self._key(namespace, k) for k in keys])
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> RedisStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

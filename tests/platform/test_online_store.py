@@ -1,0 +1,259 @@
+"""ONE contract suite for every OnlineStore: the in-process MemoryStore and RedisStore on the real server.
+
+Each test takes the ``store`` fixture, parametrized over both implementations, with a fake clock so TTLs
+are tested by moving time, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mlsd.platform.errors import InputError
+from mlsd.platform.features import MemoryStore, OnlineStore, RedisStore
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest, clock: FakeClock):
+    if request.param == "memory":
+        yield MemoryStore(clock=clock)
+    else:
+        url = request.getfixturevalue("redis_url")
+        prefix = request.getfixturevalue("redis_prefix")
+        redis_store = RedisStore(url, prefix=prefix, clock=clock)
+        yield redis_store
+        redis_store.close()
+
+
+ALL_TYPES = {
+    "an_int": 42,
+    "a_big_int": -(2**62) + 7,
+    "a_float": 0.1,
+    "a_nan": math.nan,
+    "an_inf": -math.inf,
+    "a_bool": True,
+    "a_false": False,
+    "a_str": "naïve café ☕",
+    "an_empty_str": "",
+    "some_bytes": b"\x00\xff raw",
+    "nothing": None,
+    "a_list": [0.5, 1.25, -3.0],
+    "mixed_list": [1, "two", 3.5, None, [4]],
+    "a_dict": {"action": 3, "drama": 0.25},
+    "a_vector": np.array([0.1, -2.5, 3.25], dtype=np.float32),
+    "int_ids": np.array([1, 2, 3], dtype=np.int64),
+    "a_matrix": np.arange(6, dtype=np.float64).reshape(2, 3),
+}
+
+
+def assert_same(got: object, want: object) -> None:
+    """Equal value AND type (arrays: dtype and shape), nan equal to nan."""
+    if isinstance(want, np.ndarray):
+        assert isinstance(got, np.ndarray)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+    elif isinstance(want, float) and math.isnan(want):
+        assert isinstance(got, float) and math.isnan(got)
+    else:
+        assert type(got) is type(want), (got, want)
+        assert got == want
+
+
+def test_both_implement_the_protocol(store: OnlineStore) -> None:
+    assert isinstance(store, OnlineStore)
+
+
+def test_round_trip_of_every_value_type(store: OnlineStore) -> None:
+    store.put_many("user", {"u1": ALL_TYPES})
+    [row] = store.get_many("user", ["u1"])
+    assert row is not None and set(row) == set(ALL_TYPES)
+    for field, value in ALL_TYPES.items():
+        assert_same(row[field], value)
+
+
+def test_numpy_scalars_and_tuples_are_normalised(store: OnlineStore) -> None:
+    store.put_many(
+        "n",
+        {
+            "k": {
+                "i": np.int64(3),
+                "f": np.float32(0.5),
+                "d": np.float64(0.25),
+                "b": np.bool_(True),
+                "t": (1, 2),
+            }
+        },
+    )
+    [row] = store.get_many("n", ["k"])
+    assert row == {"i": 3, "f": 0.5, "d": 0.25, "b": True, "t": [1, 2]}
+    assert [type(row[f]) for f in "ifdbt"] == [int, float, float, bool, list]
+
+
+def test_missing_keys_are_none_in_order(store: OnlineStore) -> None:
+    store.put_many("user", {"a": {"x": 1}, "c": {"x": 3}})
+    assert store.get_many("user", ["a", "b", "c", "zzz"]) == [{"x": 1}, None, {"x": 3}, None]
+    assert store.get_many("other_namespace", ["a"]) == [None]
+    assert store.get_many("user", []) == []
+
+
+def test_field_subset(store: OnlineStore) -> None:
+    store.put_many("item", {"i1": {"genre": "drama", "year": 1994, "pop": 0.7}, "i2": {"genre": "comedy"}})
+    rows = store.get_many("item", ["i1", "i2", "i3"], fields=["year", "genre"])
+    assert rows == [{"year": 1994, "genre": "drama"}, {"genre": "comedy"}, None]  # absent field omitted
+    assert store.get_many("item", ["i2"], fields=["pop"]) == [{}]  # present row, no such field
+
+
+def test_ttl_expires_on_read(store: OnlineStore, clock: FakeClock) -> None:
+    store.put_many("card", {"c1": {"n_1h": 3}}, ttl_s=60)
+    store.put_many("card", {"c2": {"n_1h": 5}})  # no TTL: never expires
+    clock.advance(59.9)
+    assert store.get_many("card", ["c1", "c2"]) == [{"n_1h": 3}, {"n_1h": 5}]
+    assert store.get_many("card", ["c1"], fields=["n_1h"]) == [{"n_1h": 3}]
+    clock.advance(0.2)
+    assert store.get_many("card", ["c1", "c2"]) == [None, {"n_1h": 5}]
+    assert store.get_many("card", ["c1"], fields=["n_1h"]) == [None]
+    clock.advance(10 * 365 * 86400)
+    assert store.get_many("card", ["c2"]) == [{"n_1h": 5}]
+
+
+def test_rewrite_after_expiry_does_not_resurrect_old_fields(store: OnlineStore, clock: FakeClock) -> None:
+    store.put_many("card", {"c1": {"old": 1, "shared": 1}}, ttl_s=10)
+    clock.advance(11)
+    store.put_many("card", {"c1": {"shared": 2}}, ttl_s=10)
+    assert store.get_many("card", ["c1"]) == [{"shared": 2}]
+
+
+def test_overwrite_replaces_the_row_and_its_ttl(store: OnlineStore, clock: FakeClock) -> None:
+    store.put_many("user", {"u": {"a": 1, "b": 2}}, ttl_s=10)
+    store.put_many("user", {"u": {"a": 10}})  # replace: b gone, no TTL any more
+    clock.advance(100)
+    assert store.get_many("user", ["u"]) == [{"a": 10}]
+    store.put_many("user", {"u": {"a": 11}}, ttl_s=5)
+    clock.advance(6)
+    assert store.get_many("user", ["u"]) == [None]
+
+
+def test_delete(store: OnlineStore) -> None:
+    store.put_many("user", {"a": {"x": 1}, "b": {"x": 2}})
+    store.delete_many("user", ["a", "never-existed"])
+    assert store.get_many("user", ["a", "b"]) == [None, {"x": 2}]
+    store.delete_many("user", [])
+
+
+def test_stored_values_are_isolated_from_callers(store: OnlineStore) -> None:
+    vector = np.array([1.0, 2.0], dtype=np.float32)
+    tags = ["a", "b"]
+    store.put_many("user", {"u": {"v": vector, "tags": tags}})
+    vector[0] = 99.0
+    tags.append("c")
+    [row] = store.get_many("user", ["u"])
+    np.testing.assert_array_equal(row["v"], [1.0, 2.0])
+    assert row["tags"] == ["a", "b"]
+    row["tags"].append("mutated")
+    assert store.get_many("user", ["u"])[0]["tags"] == ["a", "b"]
+
+
+def test_bad_values_raise_input_error(store: OnlineStore) -> None:
+    with pytest.raises(InputError, match="unsupported"):
+        store.put_many("user", {"u": {"x": object()}})
+    with pytest.raises(InputError, match="dtype"):
+        store.put_many("user", {"u": {"x": np.array(["a", "b"])}})
+    with pytest.raises(InputError, match="TTL"):
+        store.put_many("user", {"u": {"x": 1}}, ttl_s=0)
+    with pytest.raises(InputError, match="keys must be strings"):
+        store.put_many("user", {7: {"x": 1}})  # type: ignore[dict-item]
+
+
+def test_large_batch_in_one_call(store: OnlineStore) -> None:
+    n = 10_000
+    vectors = np.random.default_rng(0).random((n, 8), dtype=np.float32)
+    rows = {f"u{i}": {"i": i, "v": vectors[i]} for i in range(n)}
+    store.put_many("big", rows, ttl_s=3600)
+    keys = [f"u{i}" for i in range(n)] + ["missing"]
+    got = store.get_many("big", keys)
+    assert len(got) == n + 1 and got[-1] is None
+    assert [r["i"] for r in got[:-1]] == list(range(n))
+    np.testing.assert_array_equal(np.stack([r["v"] for r in got[:-1]]), vectors)
+    subset = store.get_many("big", keys[: n : n // 10], fields=["i"])
+    assert subset == [{"i": i} for i in range(0, n, n // 10)]
+
+
+def test_redis_pipelines_each_batch_into_one_round_trip(redis_url: str, redis_prefix: str) -> None:
+    """A batch call is one pipeline execution, not one round trip per key (checked with a counting client)."""
+    import redis
+
+    class CountingPipelineClient(redis.Redis):
+        executions = 0
+
+        def pipeline(self, *args, **kwargs):
+            pipe = super().pipeline(*args, **kwargs)
+            original = pipe.execute
+
+            def execute(*a, **kw):
+                CountingPipelineClient.executions += 1
+                return original(*a, **kw)
+
+            pipe.execute = execute
+            return pipe
+
+    client = CountingPipelineClient.from_url(redis_url)
+    store = RedisStore(redis_url, prefix=redis_prefix, client=client)
+    store.put_many("ns", {str(i): {"x": i} for i in range(500)}, ttl_s=60)
+    store.get_many("ns", [str(i) for i in range(500)])
+    store.get_many("ns", [str(i) for i in range(500)], fields=["x"])
+    assert CountingPipelineClient.executions == 3
+    # The server also gets a real EXPIRE for cleanup, close to the TTL.
+    assert 0 < client.pttl(f"{redis_prefix}ns:0") <= 60_000
+    client.close()
+
+
+def test_memory_and_redis_answer_identically(redis_url: str, redis_prefix: str) -> None:
+    clock = FakeClock()
+    stores = [MemoryStore(clock=clock), RedisStore(redis_url, prefix=redis_prefix, clock=clock)]
+    rng = np.random.default_rng(3)
+    rows = {
+        f"e{i}": {
+            "n": int(rng.integers(0, 100)),
+            "x": float(rng.random()),
+            "v": rng.random(4).astype(np.float32),
+        }
+        for i in range(200)
+    }
+    for s in stores:
+        s.put_many("ns", rows, ttl_s=30)
+        s.put_many("ns", {"forever": {"n": -1}})
+        s.delete_many("ns", ["e5", "e6"])
+    clock.advance(15)
+    keys = [f"e{i}" for i in range(205)] + ["forever"]
+    answers = [s.get_many("ns", keys) for s in stores] + [
+        s.get_many("ns", keys, fields=["v", "n"]) for s in stores
+    ]
+    for a, b in [(answers[0], answers[1]), (answers[2], answers[3])]:
+        assert len(a) == len(b)
+        for ra, rb in zip(a, b, strict=True):
+            assert (ra is None) == (rb is None)
+            if ra is not None:
+                assert set(ra) == set(rb)
+                for field in ra:
+                    assert_same(rb[field], ra[field])
+    clock.advance(16)
+    assert stores[0].get_many("ns", keys) == stores[1].get_many("ns", keys) == [None] * 205 + [{"n": -1}]
+    stores[1].close()
