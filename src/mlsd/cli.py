@@ -18,6 +18,12 @@ SYSTEMS: dict[str, tuple[str, str]] = {
     "fraud": ("mlsd.fraud.cli", "real-time payment fraud detection: simulate, train, evaluate, serve, stream, bench"),
     "search": ("mlsd.search.cli", "e-commerce search ranking: simulate, train, evaluate, serve, bench"),
 }
+# Platform verbs shared by the systems.
+PLATFORM: dict[str, tuple[str, str]] = {
+    "experiment": ("mlsd.platform.experiments.cli", "A/B experiments: calibrate, bench, analyze"),
+    "monitor": ("mlsd.platform.monitoring.cli", "drift reports: PSI and KS per feature"),
+}
+COMMANDS = {**SYSTEMS, **PLATFORM}
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -31,7 +37,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     demo.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of: " + ", ".join(SYSTEMS))
     demo.add_argument("--workdir", default=None, help="where models and data go (default: a temp dir)")
     demo.set_defaults(func=_run_demo)
-    for name, (module, help_text) in SYSTEMS.items():
+    for name, (module, help_text) in COMMANDS.items():
         system_parser = sub.add_parser(name, help=help_text, description=help_text)
         if only is None or only == name:
             importlib.import_module(module).add_commands(system_parser)
@@ -51,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     # Import only the system named on the command line; `mlsd --help` imports none of them.
-    only = argv[0] if argv and argv[0] in SYSTEMS else "__none__"
+    only = argv[0] if argv and argv[0] in COMMANDS else "__none__"
     parser = build_parser(only=only)
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

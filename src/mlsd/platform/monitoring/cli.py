@@ -1,0 +1,121 @@
+"""``mlsd monitor report --reference A.parquet --current B.parquet [--json]``: a drift report from files.
+
+Wired into ``mlsd.cli`` by adding ``"monitor": ("mlsd.platform.monitoring.cli", "...")`` to
+``SYSTEMS``; this module only provides :func:`add_commands`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from mlsd.platform.errors import DataFormatError, InputError
+
+PROG = "mlsd monitor"
+
+
+def add_commands(parser: argparse.ArgumentParser) -> None:
+    """Add the ``report`` verb to the ``monitor`` sub-parser."""
+    sub = parser.add_subparsers(dest="verb", metavar="<verb>")
+    sub.required = True
+    report = sub.add_parser(
+        "report",
+        help="per-feature drift (PSI bands, KS) of a current frame against a reference frame",
+        description="Per-feature drift of --current against --reference: PSI with bands "
+        "(< 0.1 stable, 0.1-0.25 moderate, > 0.25 significant), KS for numeric features, null rates.",
+    )
+    report.add_argument("--reference", required=True, help="training/reference data (.parquet or .csv)")
+    report.add_argument("--current", required=True, help="recent data to compare (.parquet or .csv)")
+    report.add_argument(
+        "--features", default=None, help="comma-separated columns (default: all of the reference)"
+    )
+    report.add_argument(
+        "--categorical", default="", help="comma-separated numeric columns to treat as categories"
+    )
+    report.add_argument("--bins", type=int, default=10, help="quantile bins per numeric feature (default 10)")
+    report.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    report.set_defaults(func=run_report)
+
+
+def read_frame(path: str | Path, field: str) -> pd.DataFrame:
+    """Read a Parquet or CSV file; unreadable content is a DataFormatError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(field, str(path), "file not found", "check the path")
+    suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".pq", ".csv"):
+        raise InputError(field, str(path), "unsupported file type", "use a .parquet or .csv file")
+    try:
+        return pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
+    except (OSError, ValueError) as err:  # pyarrow raises ArrowInvalid (a ValueError) on a corrupt file
+        raise DataFormatError(
+            path, None, f"cannot read it as {suffix[1:]} ({err})", "regenerate or re-export the file"
+        ) from err
+
+
+def _split(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from mlsd.platform.monitoring.drift import DriftMonitor
+
+    reference = read_frame(args.reference, "--reference")
+    current = read_frame(args.current, "--current")
+    monitor = DriftMonitor(
+        bins=args.bins, features=_split(args.features), categorical=_split(args.categorical) or ()
+    )
+    report = monitor.fit(reference).report(current)
+    report["reference"], report["current"] = str(args.reference), str(args.current)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    _print_table(report)
+    return 0
+
+
+def _print_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    colours = {"stable": "green", "moderate": "yellow", "significant": "red"}
+    table = Table(title=f"drift: {report['current']} vs {report['reference']}")
+    for col in ("feature", "kind", "PSI", "band", "KS", "KS p", "nulls ref -> cur"):
+        table.add_column(col)
+    for name, row in sorted(report["features"].items(), key=lambda kv: -kv[1]["psi"]):
+        ks_stat = "-" if row["ks_statistic"] is None else f"{row['ks_statistic']:.3f}"
+        ks_p = "-" if row["ks_pvalue"] is None else f"{row['ks_pvalue']:.2g}"
+        table.add_row(
+            name,
+            row["kind"],
+            f"{row['psi']:.3f}",
+            f"[{colours[row['band']]}]{row['band']}[/]",
+            ks_stat,
+            ks_p,
+            f"{row['null_rate_reference']:.1%} -> {row['null_rate_current']:.1%}",
+        )
+    Console(file=sys.stdout).print(table)
+    s = report["summary"]
+    print(f"{s['stable']} stable, {s['moderate']} moderate, {s['significant']} significant")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (``python -m ...``) until the verb is wired into ``mlsd``; same error handling."""
+    parser = argparse.ArgumentParser(prog=PROG)
+    add_commands(parser)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as err:
+        print(f"mlsd: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
