@@ -18,6 +18,8 @@ demo: $(STAMP)
 	$(BIN)/mlsd demo
 
 test: $(STAMP)
+	# Debian's headless Chromium for the dashboard's browser test (no-op when installed; needs root or sudo).
+	bash scripts/install-browser.sh || echo "warning: chromium not installed; the browser test will skip" >&2
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 

@@ -22,6 +22,7 @@ SYSTEMS: dict[str, tuple[str, str]] = {
 PLATFORM: dict[str, tuple[str, str]] = {
     "experiment": ("mlsd.platform.experiments.cli", "A/B experiments: calibrate, bench, analyze"),
     "monitor": ("mlsd.platform.monitoring.cli", "drift reports: PSI and KS per feature"),
+    "dashboard": ("mlsd.platform.dashboard.cli", "local web page: experiments, latency, drift, review queue, registry"),
 }
 COMMANDS = {**SYSTEMS, **PLATFORM}
 

@@ -33,4 +33,9 @@ def run_demo(systems: list[str], workdir: str | None = None) -> int:
     for name, seconds in summary.items():
         console.print(f"  {name:<8} finished in {seconds:6.1f} s")
     console.print(f"  artifacts (data, registry, logs) under {root}")
+    from mlsd.platform.dashboard import write_html
+    from mlsd.platform.dashboard.discover import discover
+
+    page = write_html(discover(root), root / "dashboard.html")
+    console.print(f"  dashboard (static page): {page}   live: .venv/bin/mlsd dashboard --workdir {root}")
     return 0
