@@ -1,0 +1,247 @@
+"""``mlsd fraud demo``: the fraud system end to end in about a minute, with a readable summary.
+
+simulate 6 weeks of payments -> record the labels known at the cut-off -> train a champion (LightGBM
++ GRU, calibrated) -> warm the online feature windows on history -> stream the next day's payments
+through features, rules, model and decision (micro-batches) -> review queue: an analyst claims and
+resolves the top cases (labels stored at once) -> a chargeback for an approved fraud arrives late ->
+retrain: a challenger on the labels known now, promoted only if it beats the champion, scored in
+shadow next to it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+DAY = 86_400
+
+
+def run(
+    workdir: Path,
+    *,
+    cards: int = 800,
+    days: int = 40,
+    seed: int = 7,
+    sequence: bool = True,
+    seq_epochs: int = 4,
+    lgbm_params: dict[str, Any] | None = None,
+    review_capacity: int = 15,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Run the demo under ``workdir``; returns the figures it printed."""
+    from mlsd.fraud.config import FraudConfig
+    from mlsd.fraud.features import replay
+    from mlsd.fraud.pipeline import Workspace, retrain
+    from mlsd.fraud.simulate import simulate
+
+    console = console or Console()
+    started = time.perf_counter()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Any] = {"workdir": str(workdir)}
+
+    # 1. simulate: history up to the cut-off, then one live day
+    tx = simulate(n_cards=cards, n_terminals=max(60, cards // 4), days=days, seed=seed)
+    day0 = int(tx["ts"].min()) // DAY * DAY
+    cutoff = day0 + (days - 1) * DAY
+    history = tx.loc[tx["ts"] < cutoff].reset_index(drop=True)
+    live = tx.loc[tx["ts"] >= cutoff].reset_index(drop=True)
+    tx.to_parquet(workdir / "transactions.parquet", index=False)
+    out["simulated"] = {
+        "payments": len(tx),
+        "frauds": int(tx["fraud"].sum()),
+        "history_days": days - 1,
+        "live_payments": len(live),
+    }
+    console.print(
+        f"[bold]1. simulate[/]  {len(tx):,} payments over {days} days, {int(tx['fraud'].sum())} frauds "
+        f"in 5 scenarios; the last day is streamed live"
+    )
+
+    # 2. labels known at the cut-off, and the first champion
+    config = FraudConfig.from_dict({"review": {"daily_capacity": review_capacity}})
+    ws = Workspace(workdir / "workspace", config=config)
+    n_labels = ws.ingest_labels(history, known_at=cutoff)
+    known_frauds = n_labels
+    hidden = int(((history["fraud"] == 1) & (history["label_ts"] > cutoff)).sum())
+    console.print(
+        f"[bold]2. labels[/]    {known_frauds} fraud labels known at the cut-off; {hidden} more frauds "
+        "in history are not known yet (chargebacks arrive 30-90 days later)"
+    )
+    t = time.perf_counter()
+    first = retrain(
+        history,
+        ws,
+        cutoff=cutoff,
+        sequence=sequence,
+        seed=seed,
+        seq_epochs=seq_epochs,
+        lgbm_params=lgbm_params,
+    )
+    out["train"] = {**first, "seconds": round(time.perf_counter() - t, 1)}
+    ev = first["challenger_eval"]
+    console.print(
+        f"[bold]3. train[/]     champion v{first['champion_version']} on {first['train_rows']:,} payments "
+        f"({first['train_frauds']} known frauds) in {out['train']['seconds']} s; eval period AP "
+        f"{ev['average_precision']:.3f}, AUC {ev['auc_roc']:.3f}"
+    )
+
+    # thresholds for FPR < 1 % and the review team's capacity, chosen on the matured week
+    tuned = first["suggested_thresholds"]
+    if tuned is not None:
+        (ws.root / "thresholds.json").write_text(json.dumps(tuned, indent=2))
+        ws = Workspace(ws.root, config=FraudConfig.from_dict({"review": {"daily_capacity": review_capacity}}))
+        console.print(
+            f"   thresholds tuned on the matured week (labels known then): block >= {tuned['block']:.3f}, "
+            f"review >= {tuned['review']:.3f}; FPR {tuned['fpr']:.3%}, recall blocked {tuned['recall_block']:.2f}, "
+            f"blocked+reviewed {tuned['recall_review_or_block']:.2f}, reviews/day <= {review_capacity}"
+        )
+    out["thresholds"] = tuned
+
+    # 3. the online pipeline, windows warmed on history (with labels as they arrived)
+    pipeline = ws.pipeline()
+    known = ws.labels.labels_known_at(cutoff)
+    warm = history.drop(columns=["fraud", "label_ts", "scenario"])
+    fraud_ts = known.loc[known["label"] == 1].set_index("tx_id")["label_ts"]
+    label_ts = warm["tx_id"].astype(str).map(fraud_ts)
+    warm["fraud"] = label_ts.notna().astype(np.int8).to_numpy()
+    warm["label_ts"] = label_ts.to_numpy(np.float64)
+    t = time.perf_counter()
+    replay(pipeline.features, warm, batch_size=2000)
+    warm_s = time.perf_counter() - t
+
+    # 4. stream one day through the pipeline in micro-batches
+    t = time.perf_counter()
+    decided = []
+    payments = live.drop(columns=["fraud", "scenario", "label_ts"])
+    for start in range(0, len(payments), 500):
+        batch = pipeline.score(payments.iloc[start : start + 500])
+        decided.append(
+            pd.DataFrame({"decision": batch.decisions.labels, "probability": batch.decisions.probability})
+        )
+    stream_s = time.perf_counter() - t
+    d = pd.concat(decided, ignore_index=True)
+    d["fraud"] = live["fraud"].to_numpy()
+    d["amount"] = live["amount"].to_numpy()
+    d["scenario"] = live["scenario"].to_numpy()
+    counts = d["decision"].value_counts().to_dict()
+    legit = d["fraud"] == 0
+    fpr = float(((d["decision"] == "block") & legit).sum() / max(legit.sum(), 1))
+    caught = d["decision"].isin(["block", "review"])
+    frauds = d["fraud"] == 1
+    out["stream"] = {
+        "payments": len(d),
+        "seconds": round(stream_s, 2),
+        "tx_per_s": round(len(d) / stream_s, 0),
+        "warmup_payments": len(warm),
+        "warmup_s": round(warm_s, 1),
+        "decisions": {k: int(v) for k, v in counts.items()},
+        "fpr_blocked_legit": fpr,
+        "frauds": int(frauds.sum()),
+        "frauds_blocked_or_reviewed": int((caught & frauds).sum()),
+        "fraud_amount_stopped": float(d.loc[caught & frauds, "amount"].sum()),
+        "fraud_amount_missed": float(d.loc[~caught & frauds, "amount"].sum()),
+    }
+    table = Table(
+        title=f"4. one live day: {len(d):,} payments in {stream_s:.1f} s "
+        f"({len(d) / stream_s:,.0f} tx/s, windows warmed on {len(warm):,} past payments)"
+    )
+    for col in ("decision", "payments", "of which fraud", "amount"):
+        table.add_column(col, justify="right")
+    for name in ("approve", "review", "block"):
+        m = d["decision"] == name
+        table.add_row(
+            name, f"{int(m.sum()):,}", f"{int((m & frauds).sum())}", f"{d.loc[m, 'amount'].sum():,.0f}"
+        )
+    console.print(table)
+    console.print(
+        f"   false-positive rate (legitimate payments blocked): {fpr:.3%}; frauds blocked or sent to "
+        f"review: {int((caught & frauds).sum())}/{int(frauds.sum())}"
+    )
+
+    # 5. review queue: an analyst works the top cases; the outcomes become labels at once
+    queue = ws.queue
+    resolved_at = cutoff + DAY
+    claimed = queue.claim("analyst-1", limit=5, now=resolved_at - 3600)
+    truth = live.set_index(live["tx_id"].astype(str))["fraud"]
+    outcomes = []
+    for case in claimed:
+        outcome = "fraud" if int(truth.get(case.tx_id, 0)) == 1 else "legit"
+        queue.resolve(case.tx_id, "analyst-1", outcome, now=resolved_at - 1800)
+        outcomes.append((case.tx_id, round(case.priority, 1), outcome))
+    new_fraud = live.loc[live["tx_id"].astype(str).isin([tx_id for tx_id, _, o in outcomes if o == "fraud"])]
+    if len(new_fraud):
+        pipeline.features.add_labels(
+            new_fraud.assign(label_ts=resolved_at - 1800)[["tx_id", "terminal_id", "label_ts", "fraud"]]
+        )
+    out["review"] = {"queue": queue.counts(), "resolved": outcomes}
+    console.print(
+        f"[bold]5. review[/]    queue {queue.counts()}; analyst-1 resolved "
+        + ", ".join(f"tx {tx_id} (priority {p}) -> {o}" for tx_id, p, o in outcomes)
+    )
+
+    # 6. a late label: a chargeback arrives today for a fraud approved weeks ago
+    now = cutoff + DAY
+    late_rows = history.loc[
+        (history["fraud"] == 1) & (history["label_ts"] > cutoff) & (history["label_ts"] <= now)
+    ]
+    late = None
+    if len(late_rows):
+        row = late_rows.iloc[0]
+        arrival = int(row["label_ts"])
+        before = len(ws.labels.labels_known_at(arrival))
+        ws.labels.add([row["tx_id"]], [1], [arrival], "chargeback")
+        after = len(ws.labels.labels_known_at(arrival))
+        pipeline.features.add_labels(late_rows.iloc[:1][["tx_id", "terminal_id", "label_ts", "fraud"]])
+        late = {
+            "tx_id": str(row["tx_id"]),
+            "amount": float(row["amount"]),
+            "days_after_payment": round((arrival - int(row["ts"])) / DAY, 1),
+            "known_before": before,
+            "known_after": after,
+        }
+        console.print(
+            f"[bold]6. late label[/] chargeback for tx {late['tx_id']} ({late['amount']:.2f}), paid "
+            f"{late['days_after_payment']} days ago, arrives today: labels known {before} -> {after}"
+        )
+    out["late_label"] = late
+
+    # 7. retrain on everything known now; the challenger must beat the champion to be promoted
+    ws.ingest_labels(tx, known_at=now)  # every other label that arrived by the end of the day
+    t = time.perf_counter()
+    second = retrain(
+        tx.loc[tx["ts"] <= now],
+        ws,
+        cutoff=now,
+        sequence=sequence,
+        seed=seed + 1,
+        seq_epochs=seq_epochs,
+        lgbm_params=lgbm_params,
+    )
+    out["retrain"] = {**second, "seconds": round(time.perf_counter() - t, 1)}
+    ce, ch = second["challenger_eval"], second["champion_eval"]
+    verdict = "promoted" if second["promoted"] else "kept the champion"
+    console.print(
+        f"[bold]7. retrain[/]   challenger v{second['challenger_version']} AP {ce['average_precision']:.3f} "
+        f"vs champion v{second['champion_version_before']} AP {ch['average_precision']:.3f} on the latest "
+        f"matured week -> {verdict}"
+    )
+    shadow_pipe = ws.pipeline(review=False)
+    if shadow_pipe.challenger is not None:
+        shadow_pipe.score(payments.iloc[:500])
+        log = shadow_pipe.shadow_log
+        console.print(
+            f"   shadow: challenger scored {log.scored} payments next to the champion; it would have "
+            f"decided differently on {log.disagreements}"
+        )
+        out["shadow"] = {"scored": log.scored, "disagreements": log.disagreements}
+    out["seconds"] = round(time.perf_counter() - started, 1)
+    console.print(f"[green]fraud demo done in {out['seconds']} s[/] (artifacts under {workdir})")
+    return out

@@ -1,0 +1,56 @@
+"""`mlsd fraud bench` run tiny: the JSON contract of every path (figures are not asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlsd.fraud.bench import bench_inprocess, replay_payments, run_bench
+
+KEYS = {"achieved_tps", "p50_ms", "p95_ms", "p99_ms"}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    from mlsd.fraud.pipeline import bootstrap
+
+    root = tmp_path_factory.mktemp("bench")
+    bootstrap(root, cards=150, days=30, lgbm_params={"n_estimators": 20})
+    return root
+
+
+def test_inprocess_path_contract(workdir):
+    result = run_bench(tps=400, seconds=0.5, paths=["inproc"], workdir=workdir)
+    json.dumps(result)  # JSON-serialisable as printed by --json
+    assert set(result["inproc"]) >= KEYS
+    assert result["inproc"]["payments"] == 200 == result["config"]["payments"]
+    assert result["inproc"]["achieved_tps"] > 0
+    assert result["inproc"]["p50_ms"] <= result["inproc"]["p95_ms"] <= result["inproc"]["p99_ms"]
+    assert result["config"]["model_version"] == "1"
+
+
+def test_inprocess_stops_by_itself_when_it_cannot_keep_up():
+    class Slow:
+        def score(self, tx):
+            import time
+
+            time.sleep(0.05)
+
+    out = bench_inprocess(Slow(), replay_payments(5000), tps=5000, seconds=0.2, max_batch=10, drain_s=0.1)
+    assert out["payments"] < out["target_payments"] == 1000  # bounded: gave up instead of running on
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_redis_and_http_paths_contract(workdir, redis_url):
+    result = run_bench(
+        tps=200, seconds=1, paths=["redis", "http"], workers=[1], redis_url=redis_url, workdir=workdir
+    )
+    assert KEYS | {"workers"} <= set(result["redis"]["workers=1"])
+    assert result["redis"]["workers=1"]["payments"] == 200
+    assert set(result["http"]) >= KEYS and result["http"]["payments"] == 200
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    assert not list(client.scan_iter(match="mlsd-bench:*"))  # cleaned up after itself
