@@ -1,0 +1,156 @@
+"""Typed configuration for the recommender product: budgets, business rules, re-ranking, k limits.
+
+Everything a product owner or an on-call engineer may want to turn lives here, in frozen
+dataclasses with defaults that match the issue (top 50, 200 ms, k in 1..500). ``RecsysConfig.from_dict``
+builds one from a plain mapping (for a YAML file or a test) and rejects unknown keys with an
+:class:`~mlsd.platform.errors.InputError` naming the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from mlsd.platform.errors import InputError
+
+# The regions and age ratings the simulator produces and the rules understand.
+REGIONS: tuple[str, ...] = ("US", "EU", "LATAM", "APAC", "IN")
+# age rating -> minimum viewer age (a hard rule, not a preference)
+AGE_RATINGS: dict[str, int] = {"G": 0, "PG": 8, "PG-13": 13, "R": 17, "NC-17": 18}
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Latency budget of one request, in milliseconds.
+
+    ``deadline_ms`` is the whole request. A stage that may be skipped runs only when the time left is
+    at least its expected cost (an online estimate of its recent duration) times ``safety``, so the
+    service degrades *before* missing the deadline rather than after.
+    """
+
+    deadline_ms: float = 200.0
+    safety: float = 1.5
+    # Initial cost guesses before any request was measured (ms); replaced by measured averages.
+    initial_features_ms: float = 5.0
+    initial_ranking_ms: float = 10.0
+    initial_rerank_ms: float = 2.0
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    """Hard filters. A title failing any enabled rule is never returned, whatever its score."""
+
+    region: bool = True
+    age_rating: bool = True
+    license_window: bool = True
+    # Titles whose release date is still in the future cannot be watched yet.
+    released_only: bool = True
+    # Age assumed for a user whose age is unknown (cold start): the strictest sensible default.
+    unknown_age: int = 0
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    """Re-ranking policy: diversity, freshness and exploration."""
+
+    diversity: str = "genre_cap"  # "genre_cap" | "mmr" | "none"
+    max_genre_share: float = 0.4  # genre_cap: at most this share of the list with the same primary genre
+    mmr_lambda: float = 0.7  # mmr: relevance weight against similarity to what is already shown
+    freshness_weight: float = 0.1  # added to the normalised score of a title released today
+    freshness_half_life_days: float = 30.0
+    epsilon: float = 0.05  # epsilon-greedy: probability a slot shows an explored title
+    explore_pool: int = 200  # explored titles come from the next-best candidates, not the whole catalogue
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Serving limits and model loading."""
+
+    k_default: int = 50
+    k_min: int = 1
+    k_max: int = 500
+    model_name: str = "recsys-ranker"
+    alias: str = "champion"
+    reload_poll_s: float = 2.0  # cheap poll of the registry alias; 0 disables the background poller
+    exposure_log_path: str | None = None  # JSONL file for exposures; None keeps them in memory only
+    # "data": requests happen at the end of the training data (a simulated world has its own calendar);
+    # "wall": the real clock (a production deployment). Licensing windows are checked against it.
+    clock: str = "data"
+    default_region: str = "US"  # for a cold-start request that names no region
+    # Threads for BLAS / FAISS / OpenMP inside one request. 1: a request is small (one user, ~1,000
+    # candidates) and thread start-up plus spin-waiting cost more than they save; concurrency comes
+    # from serving requests side by side instead.
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The daily job: which window trains, which day evaluates, how big the candidate lists are."""
+
+    train_days: float = 30.0
+    label_days: float = 7.0  # the last days of the train window give the ranker its labels
+    eval_days: float = 1.0
+    k: int = 10
+    min_gain: float = 0.0  # the challenger must beat the champion's ndcg@k by more than this
+    # Candidate list sizes per source; None = the model's defaults (about 1,000 in the union).
+    sources: dict[str, int] | None = None
+    n_estimators: int = 300
+    # One LightGBM thread: OpenMP threads spin-wait, which on a busy 2-core box costs 3x the time.
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class RecsysConfig:
+    """The whole product configuration."""
+
+    budgets: Budgets = field(default_factory=Budgets)
+    rules: RuleConfig = field(default_factory=RuleConfig)
+    rerank: RerankConfig = field(default_factory=RerankConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> RecsysConfig:
+        """Build from ``{"budgets": {...}, "rules": {...}, ...}``; unknown keys raise InputError."""
+        config = cls()
+        for section, values in (data or {}).items():
+            if section not in {f.name for f in fields(cls)}:
+                raise InputError(
+                    "config", section, "unknown section", "use one of budgets, rules, rerank, service, train"
+                )
+            current = getattr(config, section)
+            allowed = {f.name for f in fields(current)}
+            for key in values:
+                if key not in allowed:
+                    raise InputError(
+                        f"config.{section}.{key}",
+                        values[key],
+                        "unknown setting",
+                        f"use one of {sorted(allowed)}",
+                    )
+            config = replace(config, **{section: replace(current, **dict(values))})
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Reject settings that cannot work, naming the field."""
+        s, b, r = self.service, self.budgets, self.rerank
+        if not 1 <= s.k_min <= s.k_default <= s.k_max:
+            raise InputError(
+                "config.service.k_default", s.k_default, "must lie in k_min..k_max", "fix the k limits"
+            )
+        if b.deadline_ms <= 0:
+            raise InputError("config.budgets.deadline_ms", b.deadline_ms, "must be positive", "use e.g. 200")
+        if r.diversity not in {"genre_cap", "mmr", "none"}:
+            raise InputError(
+                "config.rerank.diversity", r.diversity, "unknown method", "use genre_cap, mmr or none"
+            )
+        if not 0.0 <= r.epsilon < 1.0:
+            raise InputError("config.rerank.epsilon", r.epsilon, "must be in [0, 1)", "use e.g. 0.05")
+        if s.clock not in {"data", "wall"}:
+            raise InputError("config.service.clock", s.clock, "unknown clock", "use data or wall")
+        if not 0.0 < r.max_genre_share <= 1.0:
+            raise InputError(
+                "config.rerank.max_genre_share", r.max_genre_share, "must be in (0, 1]", "use e.g. 0.4"
+            )

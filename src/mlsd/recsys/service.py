@@ -1,0 +1,567 @@
+"""The recommendation service: champion model from the registry -> candidates -> rules -> features ->
+ranking -> re-ranking, under a per-request deadline, in-process and over HTTP.
+
+``RecsysService.recommend(user_id, k)`` is the in-process core (the bench measures it directly);
+``create_service_app(service)`` wraps it in the platform app factory as
+``GET /v1/recommendations/{user_id}?k=50``.
+
+Stages and what the deadline may skip (the response lists ``skipped`` stages with the reason):
+
+==============  ========================================================================  ==============
+stage           work                                                                      under deadline
+==============  ========================================================================  ==============
+candidates      union of ALS/FAISS, EASE, content, popularity, trending, new (cold start:  always runs
+                content from seed titles + popularity)
+rules           region, age rating, licensing window, release: vectorised hard filters    never skipped
+features        point-in-time feature tables (fitted at train time) joined to candidates  skippable
+ranking         LightGBM scores                                                           skippable
+rerank          freshness, genre caps, epsilon-greedy exploration (+ exposure log)        skippable
+==============  ========================================================================  ==============
+
+Rules run right after candidate generation, not after ranking: a title that may not be shown is
+never worth scoring, and a deadline can never skip them. When features + ranking would not fit in
+the time left (their expected cost is a running average of measured cost per candidate), the
+candidate order stands in (best reciprocal rank over the sources); when re-ranking would not fit,
+the ranked order is cut at k and every shown title is logged with propensity 1.
+
+The model, catalogue and user attributes form one immutable :class:`_Loaded` snapshot; the registry
+watcher swaps in a new snapshot when the champion alias moves (hot reload), so a request never sees
+half a model.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from mlsd.platform.errors import InputError
+from mlsd.recsys.config import RecsysConfig
+from mlsd.recsys.rerank import DAY_S, ExposureLog, Reranker
+from mlsd.recsys.rules import RuleFilter, region_bits
+
+logger = logging.getLogger("mlsd.recsys.service")
+
+USER_ID = re.compile(r"^[0-9]{1,18}$")
+REASONS = {
+    "als": "viewers with similar taste watched it",
+    "ease": "often watched together with your titles",
+    "content": "similar to titles you watched",
+    "popular": "popular on the platform",
+    "trending": "trending this week",
+    "new": "new on the platform",
+}
+SKIPPABLE = ("features", "ranking", "rerank")
+USER_NAMESPACE = "recsys:user"
+
+
+def parse_user_id(raw: str) -> int:
+    """A user id is 1-18 decimal digits; anything else is a 422 naming ``user_id``."""
+    if not isinstance(raw, str) or not USER_ID.match(raw):
+        raise InputError(
+            "user_id", raw, "must be a positive integer id (1-18 digits)", "use e.g. /v1/recommendations/42"
+        )
+    return int(raw)
+
+
+@dataclass
+class _Loaded:
+    """One immutable serving snapshot: model + catalogue + user attributes."""
+
+    version: int | None
+    model: Any
+    rules: RuleFilter
+    reranker: Reranker
+    titles: np.ndarray  # title per item, in sorted item_id order (as the re-ranker's ids_)
+    user_ids: np.ndarray  # sorted
+    user_region: np.ndarray  # region bits, aligned with user_ids
+    user_age: np.ndarray
+    seed_users: np.ndarray  # sorted users the model never saw but who have earlier titles (cold-start seeds)
+    seed_starts: np.ndarray  # their slices of seed_items
+    seed_items: np.ndarray
+    now_ts: int | None
+
+
+def load_snapshot(model_dir: Path, version: int | None, config: RecsysConfig) -> _Loaded:
+    """Load a registered artifact directory (model + ``catalog/``) into a serving snapshot."""
+    import json
+
+    from mlsd.recsys.model import TwoStageRecommender
+
+    model = TwoStageRecommender.load(model_dir)
+    cat = model_dir / "catalog"
+    items = pd.read_parquet(cat / "items.parquet")
+    users = pd.read_parquet(cat / "users.parquet")
+    seeds = pd.read_parquet(cat / "seeds.parquet") if (cat / "seeds.parquet").exists() else None
+    meta = json.loads((cat / "meta.json").read_text()) if (cat / "meta.json").exists() else {}
+    users = users.sort_values("user_id")
+    unknown_age = config.rules.unknown_age
+    if seeds is None or seeds.empty:
+        seeds = pd.DataFrame(
+            {"user_id": np.zeros(0, np.int64), "item_id": np.zeros(0, np.int64), "timestamp": 0}
+        )
+    seeds = seeds.sort_values(["user_id", "timestamp"], kind="stable")
+    seed_users, seed_starts = np.unique(seeds["user_id"].to_numpy(np.int64), return_index=True)
+    return _Loaded(
+        version=version,
+        model=model,
+        rules=RuleFilter(config.rules).fit(items),
+        reranker=Reranker(config.rerank).fit(items),
+        # Titles aligned with the re-ranker's sorted item ids: one array lookup per response.
+        titles=items.set_index("item_id")["title"].astype(str).sort_index().to_numpy(object),
+        user_ids=users["user_id"].to_numpy(np.int64),
+        user_region=(
+            region_bits(users["region"].to_numpy())
+            if "region" in users
+            else np.full(len(users), region_bits(config.service.default_region))
+        ),
+        user_age=(
+            pd.to_numeric(users["age"], errors="coerce").fillna(unknown_age).to_numpy(np.int64)
+            if "age" in users
+            else np.full(len(users), unknown_age)
+        ),
+        seed_users=seed_users,
+        seed_starts=np.r_[seed_starts, len(seeds)].astype(np.int64),
+        seed_items=seeds["item_id"].to_numpy(np.int64),
+        now_ts=meta.get("now_ts"),
+    )
+
+
+def _complete(frame: pd.DataFrame, model) -> pd.DataFrame:
+    """Give a cold-start frame the columns of the sources that had nothing for it (ALS, EASE): the
+    ranker was trained with every source's in_/rank_/score_ columns and needs them, as "absent"."""
+    missing = {}
+    for name in model.generator_.source_names:
+        if f"in_{name}" not in frame.columns:
+            missing[f"in_{name}"] = np.zeros(len(frame), dtype=bool)
+            missing[f"rank_{name}"] = np.zeros(len(frame), dtype=np.int64)
+            missing[f"score_{name}"] = np.full(len(frame), np.nan, dtype=np.float32)
+    return frame.assign(**missing) if missing else frame
+
+
+def _predict(ranker, X: pd.DataFrame) -> np.ndarray:
+    """LightGBM scores for one request. One thread on a float32 array: for a few hundred rows,
+    OpenMP start-up and the DataFrame conversion cost several times the trees themselves."""
+    if list(X.columns) == ranker.feature_names_:  # the usual case: no column-selection copy
+        values = X.to_numpy(np.float32)
+    else:
+        missing = [c for c in ranker.feature_names_ if c not in X.columns]
+        if missing:
+            raise InputError(
+                "features", missing[:5], "the model needs features the request lacks", "retrain it"
+            )
+        values = X[ranker.feature_names_].to_numpy(np.float32)
+    return np.asarray(
+        ranker.booster_.predict(values, num_iteration=ranker.best_iteration_, num_threads=1), dtype=np.float64
+    )
+
+
+def limit_threads(n: int) -> None:
+    """Cap BLAS, OpenMP and FAISS threads for the process (measured: FAISS flat search over 50K titles
+    took ~47 ms with its default threads on a busy 2-core machine; one thread is several times faster)."""
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    faiss.omp_set_num_threads(int(n))
+    threadpool_limits(int(n))
+
+
+class _CostModel:
+    """Expected milliseconds of a stage per candidate: an exponentially weighted running average."""
+
+    def __init__(self, initial_ms: float, per: int = 1000, alpha: float = 0.2) -> None:
+        self.ms_per_candidate = initial_ms / per
+        self.alpha = alpha
+
+    def expect(self, n: int) -> float:
+        return self.ms_per_candidate * max(n, 1)
+
+    def observe(self, ms: float, n: int) -> None:
+        self.ms_per_candidate += self.alpha * (ms / max(n, 1) - self.ms_per_candidate)
+
+
+class RecsysService:
+    """Serves the champion of ``config.service.model_name`` from ``registry_root`` (hot-reloaded), or a
+    fixed artifact directory (``model_dir``, no registry: tests and benchmarks).
+
+    ``clock`` (seconds since the epoch) decides "now" for licensing windows; by default it follows
+    ``config.service.clock`` ("data": the end of the training data; "wall": ``time.time``).
+    """
+
+    def __init__(
+        self,
+        registry_root: str | Path | None = None,
+        *,
+        model_dir: str | Path | None = None,
+        config: RecsysConfig | None = None,
+        clock=None,
+        seed: int = 0,
+        watch: bool = True,
+        online_store=None,
+    ) -> None:
+        self.config = config or RecsysConfig()
+        self.config.validate()
+        self.registry_root = Path(registry_root) if registry_root else None
+        self._clock = clock
+        self._rng = np.random.default_rng(seed)
+        self._rng_lock = threading.Lock()
+        self.exposures = ExposureLog(self.config.service.exposure_log_path)
+        b = self.config.budgets
+        self._costs = {
+            "features": _CostModel(b.initial_features_ms),
+            "ranking": _CostModel(b.initial_ranking_ms),
+            "rerank": _CostModel(b.initial_rerank_ms),
+        }
+        self._watcher = None
+        self.reloads = 0
+        # Live user profiles (region, age, onboarding picks) written between daily trainings by the app:
+        # an OnlineStore (MemoryStore | RedisStore); read once per request, before the snapshot's arrays.
+        self.store = online_store
+        limit_threads(self.config.service.threads)
+        if model_dir is not None:
+            self._state = load_snapshot(Path(model_dir), None, self.config)
+        elif self.registry_root is not None:
+            self._state = self._load_champion()
+            if watch and self.config.service.reload_poll_s > 0:
+                self._watcher = self._registry().watch(
+                    self.config.service.model_name,
+                    self.config.service.alias,
+                    self._on_promotion,
+                    interval_s=self.config.service.reload_poll_s,
+                )
+        else:
+            raise InputError("registry", None, "no model source", "pass registry_root or model_dir")
+
+    # -- model loading ---------------------------------------------------------------------------------
+    def _registry(self):
+        from mlsd.platform.registry import ModelRegistry
+
+        return ModelRegistry(self.registry_root)
+
+    def _load_champion(self) -> _Loaded:
+        reg, svc = self._registry(), self.config.service
+        version = reg.current_version(svc.model_name, svc.alias)
+        if version is None:
+            raise InputError(
+                "registry", str(self.registry_root), f"has no {svc.alias} for model {svc.model_name!r}",
+                "train one first: mlsd recsys train --data DIR --registry DIR",
+            )  # fmt: skip
+        path = reg.artifact_path(svc.model_name, version)  # checksums verified here
+        return load_snapshot(path, version, self.config)
+
+    def _on_promotion(self, new_version) -> None:
+        if new_version is None:
+            return
+        snapshot = load_snapshot(self._registry().artifact_path(new_version.name, new_version.version),
+                                 new_version.version, self.config)  # fmt: skip
+        self._state = snapshot  # one attribute assignment: requests see the old or the new, never a mix
+        self.reloads += 1
+        logger.info("recsys: now serving %s v%s", new_version.name, new_version.version)
+
+    def check_reload(self) -> bool:
+        """Poll the registry once (the watcher thread does this every ``reload_poll_s``)."""
+        return bool(self._watcher and self._watcher.poll())
+
+    def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+
+    @property
+    def version(self) -> int | None:
+        return self._state.version
+
+    def now(self) -> int:
+        if self._clock is not None:
+            return int(self._clock())
+        if self.config.service.clock == "data" and self._state.now_ts is not None:
+            return int(self._state.now_ts)
+        return int(time.time())
+
+    # -- live profiles (online store) ------------------------------------------------------------------
+    def record_profile(
+        self,
+        user_id: int | str,
+        *,
+        region: str | None = None,
+        age: int | None = None,
+        picks: list[int] | None = None,
+        ttl_s: float | None = None,
+    ) -> None:
+        """Store a user's live profile (e.g. a sign-up with onboarding picks) in the online store, so
+        the next request personalises a user no trained model has seen."""
+        if self.store is None:
+            raise InputError(
+                "online_store", None, "this service has no online store", "pass online_store=..."
+            )
+        uid = parse_user_id(user_id) if isinstance(user_id, str) else int(user_id)
+        row: dict[str, Any] = {}
+        if region is not None:
+            if region_bits(region) == 0:
+                raise InputError("region", region, "unknown region", "use one of US, EU, LATAM, APAC, IN")
+            row["region"] = region
+        if age is not None:
+            row["age"] = int(age)
+        if picks:
+            row["picks"] = "|".join(str(int(i)) for i in picks)
+        if row:
+            self.store.put_many(USER_NAMESPACE, {str(uid): row}, ttl_s=ttl_s)
+
+    def _live_profile(self, uid: int) -> dict[str, Any]:
+        if self.store is None:
+            return {}
+        return self.store.get_many(USER_NAMESPACE, [str(uid)])[0] or {}
+
+    # -- the request path --------------------------------------------------------------------------------
+    def _user(self, state: _Loaded, user_id: int, region: str | None, age: int | None):
+        pos = np.searchsorted(state.user_ids, user_id)
+        in_users = pos < len(state.user_ids) and state.user_ids[pos] == user_id
+        if region is not None:
+            bits = region_bits(region)
+            if bits == 0:
+                raise InputError("region", region, "unknown region", "use one of US, EU, LATAM, APAC, IN")
+        elif in_users:
+            bits = int(state.user_region[pos])
+        else:
+            bits = region_bits(self.config.service.default_region)
+        if age is not None:
+            if not 0 < age < 130:
+                raise InputError("age", age, "must be between 1 and 129", "pass the viewer's age in years")
+            user_age = int(age)
+        else:
+            user_age = int(state.user_age[pos]) if in_users else self.config.rules.unknown_age
+        return bits, user_age
+
+    def recommend(
+        self,
+        user_id: int | str,
+        k: int | None = None,
+        *,
+        region: str | None = None,
+        age: int | None = None,
+        seed_items: list[int] | None = None,
+        deadline_ms: float | None = None,
+        request_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Top ``k`` titles for one user, with scores, sources, reasons, timings and skipped stages.
+
+        ``region``/``age``/``seed_items`` describe a user the platform does not know yet (onboarding
+        picks); for known users they override the stored attributes.
+        """
+        from mlsd.platform.serving import Deadline, StageTimer
+        from mlsd.recsys.model import fallback_scores
+
+        deadline = Deadline(deadline_ms or self.config.budgets.deadline_ms)
+        svc = self.config.service
+        uid = parse_user_id(user_id) if isinstance(user_id, str) else int(user_id)
+        k = svc.k_default if k is None else k
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not svc.k_min <= k <= svc.k_max:
+            raise InputError(
+                "k", k, f"must be an integer in {svc.k_min}..{svc.k_max}", f"ask for e.g. k={svc.k_default}"
+            )
+        state = self._state  # one snapshot for the whole request (hot reload safe)
+        model = state.model
+        live = self._live_profile(uid)
+        region = region if region is not None else live.get("region")
+        age = age if age is not None else (int(live["age"]) if "age" in live else None)
+        if live.get("picks"):
+            seed_items = list(seed_items or []) + [int(i) for i in str(live["picks"]).split("|")]
+        bits, user_age = self._user(state, uid, region, age)
+        now = self.now()
+        timer = StageTimer("recsys")
+        safety = self.config.budgets.safety
+        cold = bool(model.users_.index(np.array([uid]))[0] < 0)
+        seeds = None
+        if cold:
+            given = list(seed_items) if seed_items else []
+            j = np.searchsorted(state.seed_users, uid)
+            known_seed = j < len(state.seed_users) and state.seed_users[j] == uid
+            stored = (
+                state.seed_items[state.seed_starts[j] : state.seed_starts[j + 1]].tolist()
+                if known_seed
+                else []
+            )
+            seeds = [given + stored]
+
+        with timer.stage("candidates"):
+            frame = _complete(model.candidates(np.array([uid], dtype=np.int64), seed_items=seeds), model)
+        with timer.stage("rules"):
+            ok = state.rules.allowed(
+                frame["item_id"].to_numpy(), now=now, user_region=bits, user_age=user_age
+            )
+            if seeds is not None and seeds[0]:
+                ok &= ~np.isin(frame["item_id"].to_numpy(), seeds[0])  # titles picked already are not news
+            frame = frame[ok].reset_index(drop=True)
+        n = len(frame)
+
+        scores = None
+        expected = self._costs["features"].expect(n) + self._costs["ranking"].expect(n)
+        if n and deadline.allows(expected * safety):
+            with timer.stage("features"):
+                source_models = {
+                    m: model.generator_.models_[m]
+                    for m in model.score_models
+                    if m in model.generator_.models_
+                }
+                X = model.features_.transform(frame, source_models)
+            self._costs["features"].observe(timer.timings_ms["features"], n)
+            if deadline.allows(self._costs["ranking"].expect(n) * safety):
+                with timer.stage("ranking"):
+                    scores = _predict(model.ranker_, X)
+                self._costs["ranking"].observe(timer.timings_ms["ranking"], n)
+            else:
+                timer.skip(
+                    "ranking",
+                    f"expected {self._costs['ranking'].expect(n):.1f} ms, {deadline.remaining_ms():.1f} ms left",
+                )
+        elif n:
+            for stage in ("features", "ranking"):
+                timer.skip(
+                    stage, f"expected {expected:.1f} ms for both, {deadline.remaining_ms():.1f} ms left"
+                )
+        if scores is None:
+            scores = fallback_scores(frame) if n else np.zeros(0)
+
+        item_ids = frame["item_id"].to_numpy(np.int64)
+        request_id = request_id or uuid.uuid4().hex
+        if n and deadline.allows(self._costs["rerank"].expect(n) * safety):
+            with timer.stage("rerank"), self._rng_lock:
+                result = state.reranker.rerank(item_ids, scores, k, now=now, rng=self._rng)
+            self._costs["rerank"].observe(timer.timings_ms["rerank"], n)
+            shown, shown_scores, propensity, explored = (
+                result.item_ids, result.scores, result.propensity, result.explored,
+            )  # fmt: skip
+        else:
+            if n:
+                timer.skip("rerank", f"{deadline.remaining_ms():.1f} ms left")
+            top = np.argsort(-scores, kind="stable")[:k]
+            shown, shown_scores = item_ids[top], scores[top]
+            propensity, explored = np.ones(len(top)), np.zeros(len(top), dtype=bool)
+        self.exposures.log(request_id, str(uid), shown, propensity, explored, now)
+        return self._response(state, frame, uid, k, shown, shown_scores, propensity, explored, cold, now,
+                              request_id, timer, deadline)  # fmt: skip
+
+    def _response(
+        self,
+        state,
+        frame,
+        uid,
+        k,
+        shown,
+        scores,
+        propensity,
+        explored,
+        cold,
+        now,
+        request_id,
+        timer,
+        deadline,
+    ):
+        names = [c[3:] for c in frame.columns if c.startswith("in_")]
+        row_of = pd.Index(frame["item_id"].to_numpy()).get_indexer(shown)
+        flags = (
+            frame[[f"in_{s}" for s in names]].to_numpy(bool)[row_of]
+            if names
+            else np.zeros((len(shown), 0), bool)
+        )
+        release = state.reranker.release_ts_[state.reranker._positions(shown)] if len(shown) else np.zeros(0)
+        fresh = (now - release >= 0) & (now - release < 30 * DAY_S)
+        titles = state.titles[state.reranker._positions(shown)] if len(shown) else []
+        items = []
+        for pos in range(len(shown)):  # k <= 500 response rows: building the JSON is per item anyway
+            sources = [s for s, f in zip(names, flags[pos], strict=True) if f]
+            reasons = [REASONS.get(s, s) for s in sources]
+            if fresh[pos]:
+                reasons.append("released in the last 30 days")
+            if explored[pos]:
+                reasons.append("something different for you (exploration)")
+            items.append(
+                {
+                    "item_id": int(shown[pos]),
+                    "title": titles[pos],
+                    "score": round(float(scores[pos]), 6),
+                    "sources": sources,
+                    "reasons": reasons,
+                    "propensity": float(propensity[pos]),  # exact: off-policy estimates divide by it
+                    "explored": bool(explored[pos]),
+                }
+            )
+        out = timer.to_dict()
+        return {
+            "user_id": str(uid),
+            "request_id": request_id,
+            "model_version": state.version,
+            "cold_start": cold,
+            "k": k,
+            "n_candidates": int(len(frame)),
+            "items": items,
+            "timings_ms": out["timings_ms"],
+            "skipped": out["skipped"],
+            "deadline_ms": deadline.budget_ms,
+            "total_ms": round(deadline.elapsed_ms(), 3),
+            "now": now,
+        }
+
+
+class Profile(BaseModel):
+    """Body of ``PUT /v1/users/{user_id}/profile``."""
+
+    region: str | None = None
+    age: int | None = Field(None, gt=0, lt=130)
+    picks: list[int] = Field(default_factory=list, max_length=100)
+
+
+def create_service_app(service: RecsysService):
+    """The HTTP surface: ``GET /v1/recommendations/{user_id}?k=50`` on the platform app factory."""
+    from fastapi import Query
+
+    from mlsd.platform.serving import create_app
+
+    svc_cfg = service.config.service
+
+    def health() -> dict[str, Any]:
+        return {"model": svc_cfg.model_name, "model_version": service.version, "reloads": service.reloads}
+
+    app = create_app("recsys", title="mlsd movie recommendations", health=health)
+
+    @app.get("/v1/recommendations/{user_id}", tags=["recsys"])
+    def recommendations(
+        user_id: str,
+        k: int = Query(svc_cfg.k_default, description=f"how many titles, {svc_cfg.k_min}..{svc_cfg.k_max}"),
+        region: str | None = Query(None, description="viewer region for a user the platform does not know"),
+        age: int | None = Query(None, description="viewer age for a user the platform does not know"),
+        seed: str | None = Query(
+            None, description="comma-separated onboarding picks (item ids) for cold start"
+        ),
+        deadline_ms: float | None = Query(None, gt=0, le=10_000, description="override the request budget"),
+    ) -> dict[str, Any]:
+        seeds = None
+        if seed:
+            parts = [p.strip() for p in seed.split(",") if p.strip()]
+            if not all(p.isdigit() for p in parts) or len(parts) > 100:
+                raise InputError(
+                    "seed", seed, "must be up to 100 comma-separated item ids", "use e.g. seed=12,40,7"
+                )
+            seeds = [int(p) for p in parts]
+        return service.recommend(
+            user_id, k, region=region, age=age, seed_items=seeds, deadline_ms=deadline_ms
+        )
+
+    if service.store is not None:
+
+        @app.put("/v1/users/{user_id}/profile", tags=["recsys"])
+        def put_profile(user_id: str, profile: Profile) -> dict[str, Any]:
+            """A sign-up or profile change (region, age, onboarding picks): used from the next request on."""
+            service.record_profile(user_id, region=profile.region, age=profile.age, picks=profile.picks)
+            return {"user_id": str(parse_user_id(user_id)), "stored": True}
+
+    app.state.recsys = service
+    return app
