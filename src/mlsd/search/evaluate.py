@@ -1,0 +1,284 @@
+"""``mlsd search evaluate``: BM25, dense, hybrid and judged LTR on a public relevance dataset.
+
+Two settings:
+
+- ``rerank`` (default): each query's judged products are its candidates; every model orders them.
+- ``full``: every model retrieves from all products in the file; unjudged products count as gain 0.
+  The LTR model reranks the hybrid candidates.
+
+The LTR model is LightGBM lambdarank trained by 5-fold cross-validation grouped by query on the
+labels themselves (:mod:`mlsd.search.judged_ltr`), so each query is scored by a model that never
+saw it. Metrics come from :mod:`mlsd.platform.metrics`: graded nDCG (gain ``2**g - 1``), MAP@10 and
+recall@100 with "relevant" = grade >= 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mlsd.platform import metrics
+from mlsd.platform.errors import InputError
+from mlsd.search.data import RELEVANT_GRADE, SearchDataset
+from mlsd.search.loaders import DATASETS, load_dataset
+from mlsd.search.retrieval import BM25Index, Candidates, DenseIndex, rrf_fuse
+
+SETTINGS = ("rerank", "full")
+MODELS = ("bm25", "dense", "hybrid", "ltr")
+LTR_DEPTH = 300  # hybrid candidates the LTR model reranks in the full setting
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MLSD_CACHE_DIR", Path.home() / ".cache" / "mlsd")) / "embeddings"
+
+
+def _progress(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"[evaluate] {message}", file=sys.stderr, flush=True)
+
+
+# -- ranking helpers ---------------------------------------------------------------------------------
+
+
+def rank_pairs(
+    query_index: np.ndarray,
+    product_ids: np.ndarray,
+    scores: np.ndarray,
+    n_queries: int,
+    width: int,
+    seed: int = 0,
+) -> np.ndarray:
+    """``(n_queries, width)`` product ids ordered by score within each query (ties broken at random, seeded)."""
+    rng = np.random.default_rng(seed)
+    tiebreak = rng.random(len(scores))
+    order = np.lexsort((tiebreak, -np.asarray(scores, dtype=np.float64), query_index))
+    qi = query_index[order]
+    starts = np.searchsorted(qi, np.arange(n_queries))
+    rank = np.arange(len(qi)) - starts[qi]
+    out = np.full((n_queries, width), -1, dtype=np.int64)
+    keep = rank < width
+    out[qi[keep], rank[keep]] = product_ids[order][keep]
+    return out
+
+
+def ranking_report(
+    recommended: np.ndarray, judged: list[dict[int, float]], *, with_recall: bool
+) -> dict[str, float]:
+    """nDCG@10, nDCG@48, MAP@10 (+ recall@100) of ``recommended`` against graded judgements."""
+    relevant = [np.fromiter((p for p, g in j.items() if g >= RELEVANT_GRADE), dtype=np.int64) for j in judged]
+    report = {
+        "ndcg@10": metrics.graded_ndcg_at_k(recommended, judged, 10),
+        "ndcg@48": metrics.graded_ndcg_at_k(recommended, judged, 48),
+        "map@10": metrics.map_at_k(recommended, relevant, 10),
+    }
+    if with_recall:
+        report["recall@100"] = metrics.recall_at_k(recommended, relevant, 100)
+    return {k: round(float(v), 4) for k, v in report.items()}
+
+
+# -- the pieces every model shares -----------------------------------------------------------------
+
+
+class _Context:
+    """Indexes, embeddings and understood queries of one dataset, built once."""
+
+    def __init__(self, ds: SearchDataset, *, cache_dir: Path | None, quiet: bool, dense: bool = True) -> None:
+        from mlsd.search.judged_ltr import PairContext
+
+        self.ds = ds
+        self.products = ds.products
+        self.row_of = pd.Series(np.arange(len(ds.products)), index=ds.products["product_id"].to_numpy())
+        self.query_texts = ds.queries["text"].tolist()
+        _progress(f"BM25 over {len(ds.products)} products", quiet)
+        self.bm25 = BM25Index().fit(ds.products)
+        understood, expansions = understand_queries(self.query_texts, ds)
+        self.dense = None
+        qv = np.zeros((len(self.query_texts), 0), dtype=np.float32)
+        title_vectors = None
+        if dense:
+            from mlsd.search.embeddings import embed_products, load_encoder
+
+            _progress(f"MiniLM embeddings of {len(ds.products)} products (cached in {cache_dir})", quiet)
+            encoder = load_encoder()
+            self.dense = DenseIndex(cache_dir=str(cache_dir) if cache_dir else None).fit(
+                ds.products, encoder=encoder, progress=not quiet
+            )
+            titles_only = ds.products[["product_id", "title"]]
+            title_vectors = embed_products(
+                titles_only, encoder, cache_dir=cache_dir, progress=not quiet, description_chars=0
+            )
+            qv = encoder.encode(understood)
+        self.query_vectors = qv
+        self.pairs_ctx = PairContext(self.query_texts, understood, expansions, qv)
+        from mlsd.search.judged_ltr import JudgedFeatures
+
+        self.features = JudgedFeatures().fit(
+            ds.products, self.bm25, self.dense.embeddings_ if self.dense else None, title_vectors
+        )
+
+
+def understand_queries(texts: Sequence[str], ds: SearchDataset) -> tuple[list[str], list[list[str]]]:
+    """Spell-corrected / translated query text and synonym expansions, from the query-understanding
+    pipeline fitted on this dataset's catalog and query log."""
+    from mlsd.search.query import QueryUnderstanding
+
+    qu = QueryUnderstanding().fit(ds.products, query_log=list(texts))
+    parsed = qu.parse(list(texts))
+    return [p.corrected for p in parsed], [list(p.expansions) for p in parsed]
+
+
+def _ltr_scores(ctx: _Context, qi: np.ndarray, rows: np.ndarray, grades: np.ndarray, seed: int) -> np.ndarray:
+    from mlsd.search.judged_ltr import JudgedLTR
+
+    X = ctx.features.transform(ctx.pairs_ctx, qi, rows)
+    return JudgedLTR(seed=seed).cross_val_predict(X, grades, qi)
+
+
+def _evaluate_rerank(ctx: _Context, seed: int, quiet: bool) -> dict[str, dict[str, float]]:
+    ds = ctx.ds
+    qid_to_index = pd.Series(np.arange(len(ds.queries)), index=ds.queries["query_id"].to_numpy())
+    j = ds.judgements
+    qi = qid_to_index.loc[j["query_id"].to_numpy()].to_numpy()
+    rows = ctx.row_of.loc[j["product_id"].to_numpy()].to_numpy()
+    pids = j["product_id"].to_numpy(np.int64)
+    grades = j["grade"].to_numpy(np.float64)
+    n_q = len(ds.queries)
+    width = max(int(np.bincount(qi).max()), 48)
+    judged = _judged_lists(ds, qid_to_index)
+    scores: dict[str, np.ndarray] = {}
+    feats = ctx.bm25.field_scores(ctx.query_texts, qi, rows)
+    scores["bm25"] = feats[:, -1]
+    if ctx.dense is not None:
+        scores["dense"] = ctx.dense.cosine(ctx.query_vectors, qi, rows)
+        from mlsd.search.judged_ltr import group_rank
+
+        # Hybrid in the rerank setting: reciprocal-rank fusion of the two orders of the judged list.
+        sizes = np.bincount(qi)[qi]
+        r_bm25 = group_rank(scores["bm25"], qi) * sizes
+        r_dense = group_rank(scores["dense"], qi) * sizes
+        scores["hybrid"] = 1.0 / (61.0 + r_bm25) + 1.0 / (61.0 + r_dense)
+    _progress(f"LTR: {len(qi)} judged pairs, 5-fold CV grouped by query", quiet)
+    scores["ltr"] = _ltr_scores(ctx, qi, rows, grades, seed)
+    return {
+        name: ranking_report(rank_pairs(qi, pids, s, n_q, width, seed), judged, with_recall=False)
+        for name, s in scores.items()
+    }
+
+
+def _judged_lists(ds: SearchDataset, qid_to_index: pd.Series) -> list[dict[int, float]]:
+    by_query = ds.judged_lists()
+    out: list[dict[int, float]] = [{} for _ in range(len(qid_to_index))]
+    for qid, judged in by_query.items():
+        out[int(qid_to_index.loc[qid])] = judged
+    return out
+
+
+def _evaluate_full(ctx: _Context, seed: int, quiet: bool) -> dict[str, dict[str, float]]:
+    ds = ctx.ds
+    qid_to_index = pd.Series(np.arange(len(ds.queries)), index=ds.queries["query_id"].to_numpy())
+    judged = _judged_lists(ds, qid_to_index)
+    depth = min(1000, len(ds.products))
+    _progress(f"retrieving {depth} candidates per query for {len(ds.queries)} queries", quiet)
+    lists: dict[str, Candidates] = {"bm25": ctx.bm25.retrieve(ctx.query_texts, depth)}
+    if ctx.dense is not None:
+        lists["dense"] = ctx.dense.retrieve(ctx.query_texts, depth, query_vectors=ctx.query_vectors)
+        understood_bm25 = ctx.bm25.retrieve(
+            ctx.pairs_ctx.understood, depth, expansions=ctx.pairs_ctx.expansions
+        )
+        lists["hybrid"] = rrf_fuse(
+            [lists["bm25"], understood_bm25, lists["dense"]], depth, weights=(0.5, 0.5, 1.0)
+        )
+    base = lists.get("hybrid", lists["bm25"])
+    n_ltr = min(LTR_DEPTH, depth)
+    qi = np.repeat(np.arange(len(ds.queries)), n_ltr)
+    rows = base.rows[:, :n_ltr].ravel()
+    keep = rows >= 0
+    qi, rows = qi[keep], rows[keep]
+    pids = ctx.products["product_id"].to_numpy(np.int64)[rows]
+    grades = np.fromiter(
+        (judged[q].get(p, 0.0) for q, p in zip(qi.tolist(), pids.tolist(), strict=True)),
+        dtype=np.float64,
+        count=len(qi),
+    )
+    _progress(f"LTR: {len(qi)} candidate pairs (unjudged = 0), 5-fold CV grouped by query", quiet)
+    ltr = _ltr_scores(ctx, qi, rows, grades, seed)
+    reranked = rank_pairs(qi, pids, ltr, len(ds.queries), max(n_ltr, 100), seed)
+    out = {name: ranking_report(c.product_ids, judged, with_recall=True) for name, c in lists.items()}
+    out["ltr"] = ranking_report(reranked, judged, with_recall=True)
+    return out
+
+
+def evaluate(
+    ds: SearchDataset,
+    setting: str = "rerank",
+    *,
+    cache_dir: Path | None = None,
+    dense: bool = True,
+    seed: int = 0,
+    quiet: bool = False,
+) -> dict:
+    """The evaluate report for ``ds``: ``{"dataset", "setting", "data", "models": {name: metrics}}``."""
+    if setting not in SETTINGS:
+        raise InputError("--setting", setting, "unknown setting", f"choose from {', '.join(SETTINGS)}")
+    n_judged = ds.judgements["query_id"].nunique()
+    if n_judged < 2:
+        raise InputError(
+            "--path",
+            ds.name,
+            f"has {n_judged} judged query",
+            "the LTR is cross-validated by query: give it 2 or more",
+        )
+    ctx = _Context(ds, cache_dir=cache_dir, quiet=quiet, dense=dense)
+    models = _evaluate_rerank(ctx, seed, quiet) if setting == "rerank" else _evaluate_full(ctx, seed, quiet)
+    return {
+        "dataset": ds.name,
+        "setting": setting,
+        "data": ds.summary(),
+        "models": {m: models[m] for m in MODELS if m in models},
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, choices=DATASETS, help="which public relevance dataset")
+    parser.add_argument(
+        "--path", required=True, help="the dataset file or folder (e.g. ../shared/data/crowdflower-sample)"
+    )
+    parser.add_argument(
+        "--setting",
+        default="rerank",
+        choices=SETTINGS,
+        help="rerank: order each query's judged products; full: retrieve from all products",
+    )
+    parser.add_argument(
+        "--cache-dir", default=None, help="embedding cache (default: $MLSD_CACHE_DIR or ~/.cache/mlsd)"
+    )
+    parser.add_argument(
+        "--no-dense", action="store_true", help="skip the MiniLM bi-encoder (BM25 + LTR only)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print ONE JSON object on stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if not path.exists():
+        raise InputError("--path", str(path), "does not exist", "point it at the dataset file or folder")
+    ds = load_dataset(args.dataset, path)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    report = evaluate(
+        ds, args.setting, cache_dir=cache_dir, dense=not args.no_dense, seed=args.seed, quiet=bool(args.json)
+    )
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{report['dataset']} ({report['setting']}): {report['data']}")
+        for name, m in report["models"].items():
+            print(f"  {name:<7} " + "  ".join(f"{k}={v:.4f}" for k, v in m.items()))
+    return 0
