@@ -1,0 +1,630 @@
+"""Fraud features, twice: an offline batch computation (training) and an online engine (serving).
+
+Both compute the same columns from the same definitions and agree value for value (a test replays a
+generated stream through the online engine, on the in-process and the Redis backend, and compares):
+
+- per entity (card, terminal, device, IP) and window ``w`` - the payments in ``(t - w, t]``, the
+  current one included: ``{e}_count_{w}``, ``{e}_sum_{w}``, ``{e}_mean_{w}``, ``{e}_std_{w}`` of the amount;
+- card history (the card's payments in the last ``history`` seconds, the current one excluded):
+  ``card_secs_since_last``, ``card_amount_z`` / ``card_amount_ratio`` (z-score of the amount against
+  that history, and its ratio to the history's mean),
+  ``card_new_terminal`` / ``card_new_device`` (1 if not used by the card within the history),
+  ``card_distance_km`` / ``card_geo_velocity_kmh`` (from the previous payment's location);
+- ``terminal_risk_{w}``: the share of the terminal's payments in ``(t - d - w, t - d]`` whose fraud
+  label was KNOWN at decision time (``label_ts <= t``), with ``d`` the ``risk_delay`` (0 in the live
+  system where labels carry their own arrival time; 7 days for the handbook's convention);
+- ``amount``, ``is_night``, ``is_weekend``; and the card's last ``seq_len`` payments for the sequence
+  model as ``seq{i}_{log_amount,log_age,same_terminal,present}`` (``i = 0`` is the current payment).
+
+Columns whose inputs the data lacks (device, IP, location in the handbook format) are absent, never
+faked. Amounts enter the windows as integer cents, so sums are exact and the float operations that
+follow (:func:`~mlsd.platform.streaming.mean_std`) are the same on both paths.
+
+The offline path sorts by (entity, ts) and answers every window with ``searchsorted`` + prefix sums;
+the online path (:class:`FeatureEngine`) keeps per-entity window state in a
+:class:`~mlsd.platform.streaming.WindowStore` and reduces each micro-batch's views with masks. Rows
+are processed in event-time order (ties by arrival) - the order both paths define the windows by.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from mlsd.fraud.data import to_cents
+from mlsd.platform.errors import InputError
+from mlsd.platform.streaming import MemoryWindowStore, WindowStore, WindowView, mean_std
+
+HOUR = 3_600
+DAY = 86_400
+ENTITY_COLUMNS = {"card": "card_id", "terminal": "terminal_id", "device": "device_id", "ip": "ip"}
+SEQ_FEATURES = ("log_amount", "log_age", "same_terminal", "present")
+_MASK52 = (1 << 52) - 1  # hashed ids stored as float attrs must be exact in a float64
+_BIG = np.int64(1) << np.int64(32)  # (entity code, relative ts) packed in one sortable int64
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Which windows and entities to compute. :meth:`handbook` gives the handbook protocol's set."""
+
+    windows: tuple[int, ...] = (HOUR, DAY, 7 * DAY)
+    entities: tuple[str, ...] = ("card", "terminal", "device", "ip")
+    risk_windows: tuple[int, ...] = (DAY, 7 * DAY)
+    risk_delay: int = 0
+    history: int = 30 * DAY
+    seq_len: int = 8
+    extras: tuple[str, ...] = field(default=("device", "geo"))  # card-history extras the data supports
+
+    @classmethod
+    def handbook(cls, delay: int = 7 * DAY) -> FeatureConfig:
+        """Windows 1/7/30 days, card and terminal only, terminal risk with the handbook's label delay."""
+        return cls(
+            windows=(DAY, 7 * DAY, 30 * DAY),
+            entities=("card", "terminal"),
+            risk_windows=(DAY, 7 * DAY, 30 * DAY),
+            risk_delay=delay,
+            extras=(),
+        )
+
+    def horizon(self, kind: str) -> int:
+        """How long ``kind``'s window state must remember events."""
+        horizon = max(self.windows)
+        if kind == "card":
+            horizon = max(horizon, self.history)
+        if kind == "terminal":
+            horizon = max(horizon, self.risk_delay + max(self.risk_windows, default=0))
+        return int(horizon)
+
+    def feature_names(self) -> list[str]:
+        names = ["amount", "is_night", "is_weekend"]
+        for kind in self.entities:
+            for w in self.windows:
+                names += [f"{kind}_{s}_{window_name(w)}" for s in ("count", "sum", "mean", "std")]
+        names += ["card_secs_since_last", "card_amount_z", "card_amount_ratio", "card_new_terminal"]
+        if "device" in self.extras:
+            names.append("card_new_device")
+        if "geo" in self.extras:
+            names += ["card_distance_km", "card_geo_velocity_kmh"]
+        names += [f"terminal_risk_{window_name(w)}" for w in self.risk_windows]
+        names += sequence_names(self.seq_len)
+        return names
+
+
+def window_name(seconds: int) -> str:
+    return f"{seconds // HOUR}h" if seconds < DAY else f"{seconds // DAY}d"
+
+
+def sequence_names(seq_len: int) -> list[str]:
+    return [f"seq{i}_{f}" for i in range(seq_len) for f in SEQ_FEATURES]
+
+
+def _hash52(values: pd.Series) -> np.ndarray:
+    """Entity ids as exact-in-float64 hashes (NaN where missing), for 'same terminal/device' tests.
+
+    Integer ids hash as integers (60x faster than as strings); an id must keep its type over time.
+    """
+    out = np.full(len(values), np.nan)
+    present = values.notna().to_numpy()
+    if not present.any():
+        return out
+    if pd.api.types.is_integer_dtype(values.dtype):
+        hashed = pd.util.hash_array(values.to_numpy(np.int64)[present])
+    else:
+        hashed = pd.util.hash_pandas_object(values[present].astype(str), index=False).to_numpy()
+    out[present] = (hashed & np.uint64(_MASK52)).astype(np.float64)
+    return out
+
+
+def haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:
+    lat1, lon1, lat2, lon2 = (np.radians(np.asarray(x, dtype=np.float64)) for x in (lat1, lon1, lat2, lon2))
+    a = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
+    return 2 * 6371.0088 * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+
+
+def _calendar(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    hour = (ts % DAY) // HOUR
+    weekday = ((ts // DAY) + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+    return (hour < 6).astype(np.float64), (weekday >= 5).astype(np.float64)
+
+
+def _card_attrs(frame: pd.DataFrame, config: FeatureConfig) -> np.ndarray:
+    """Per payment: [terminal hash, device hash, lat, lon] (NaN where the data lacks it)."""
+    n = len(frame)
+    device = (
+        _hash52(frame["device_id"])
+        if "device_id" in frame and "device" in config.extras
+        else np.full(n, np.nan)
+    )
+    geo = "geo" in config.extras and "lat" in frame and "lon" in frame
+    lat = frame["lat"].to_numpy(np.float64) if geo else np.full(n, np.nan)
+    lon = frame["lon"].to_numpy(np.float64) if geo else np.full(n, np.nan)
+    return np.column_stack([_hash52(frame["terminal_id"]), device, lat, lon])
+
+
+def _check(frame: pd.DataFrame) -> None:
+    for column in ("tx_id", "ts", "card_id", "terminal_id", "amount"):
+        if column not in frame.columns:
+            raise InputError(column, None, "is missing", f"add the field {column!r} to every payment")
+
+
+# ------------------------------------------------------------------------------------------------
+# offline: vectorised batch computation
+# ------------------------------------------------------------------------------------------------
+class _Sorted:
+    """One entity's payments sorted by (entity, ts, arrival), with packed keys for window searches."""
+
+    def __init__(self, codes: np.ndarray, rel_ts: np.ndarray) -> None:
+        self.order = np.argsort(codes, kind="stable")  # input is in (ts, arrival) order already
+        self.codes = codes[self.order]
+        self.rel = rel_ts[self.order]
+        self.key = self.codes * _BIG + self.rel
+        self.pos = np.arange(len(codes))
+
+    def first_after(self, bound: np.ndarray, side: str = "right") -> np.ndarray:
+        """Per sorted row, index of the first row of its entity with rel ts > bound (>= if side='left')."""
+        return np.searchsorted(self.key, self.codes * _BIG + np.maximum(bound, -1), side=side)
+
+    def previous(self, k: int, horizon: int) -> np.ndarray:
+        """Sorted index of the k-th previous payment of the same entity within ``horizon`` (-1 if none)."""
+        prev = self.pos - k
+        ok = prev >= 0
+        prev_c = np.where(ok, prev, 0)
+        ok &= (self.codes[prev_c] == self.codes) & (self.rel[prev_c] > self.rel - horizon)
+        return np.where(ok, prev, -1)
+
+
+def _window_offline(s: _Sorted, cents: np.ndarray, width: int):
+    lo = s.first_after(s.rel - width)
+    c1 = np.r_[0, np.cumsum(cents)]
+    c2 = np.r_[0, np.cumsum(cents * cents)]
+    hi = s.pos + 1
+    return hi - lo, c1[hi] - c1[lo], c2[hi] - c2[lo]
+
+
+def compute_features(frame: pd.DataFrame, config: FeatureConfig | None = None) -> pd.DataFrame:
+    """Offline features for every payment of ``frame`` (rows in the input's order).
+
+    ``fraud`` / ``label_ts`` columns, when present, feed the terminal risk - each label only from its
+    ``label_ts`` on. Vectorised: a few sorts and ``searchsorted`` calls per entity and window.
+    """
+    config = config or FeatureConfig()
+    _check(frame)
+    n = len(frame)
+    # Process in (ts, arrival) order, as the stream would; map back to the input order at the end.
+    arrival = np.argsort(frame["ts"].to_numpy(np.int64), kind="stable")
+    f = frame.iloc[arrival].reset_index(drop=True)
+    ts = f["ts"].to_numpy(np.int64)
+    t0 = ts.min() if n else 0
+    rel = ts - t0
+    cents = to_cents(f["amount"])
+    out: dict[str, np.ndarray] = {"amount": f["amount"].to_numpy(np.float64)}
+    out["is_night"], out["is_weekend"] = _calendar(ts)
+    sorted_by: dict[str, tuple[_Sorted, np.ndarray]] = {}
+    for kind in config.entities:
+        column = ENTITY_COLUMNS[kind]
+        present = f[column].notna().to_numpy() if column in f else np.zeros(n, bool)
+        rows = np.flatnonzero(present)
+        codes = pd.factorize(f[column].to_numpy()[rows])[0].astype(np.int64) if rows.size else rows
+        s = _Sorted(codes, rel[rows])
+        sorted_by[kind] = (s, rows)
+        c = cents[rows][s.order]
+        for w in config.windows:
+            count, total, squares = _window_offline(s, c, w)
+            mean, std = mean_std(count, total, squares, 100.0)
+            name = window_name(w)
+            for stat, values in (
+                ("count", count.astype(np.float64)),
+                ("sum", total / 100.0),
+                ("mean", mean),
+                ("std", std),
+            ):
+                col = np.full(n, np.nan)
+                col[rows[s.order]] = values
+                out[f"{kind}_{stat}_{name}"] = col
+    out.update(_card_offline(f, config, sorted_by["card"][0], cents, ts))
+    out.update(_risk_offline(f, config, sorted_by["terminal"][0], sorted_by["terminal"][1], t0))
+    result = pd.DataFrame(out)[config.feature_names()]
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[arrival] = np.arange(n)
+    return result.iloc[inverse].reset_index(drop=True)
+
+
+def _card_offline(f, config, s: _Sorted, cents, ts) -> dict[str, np.ndarray]:
+    n = len(f)
+    h = config.history
+    attrs = _card_attrs(f, config)[s.order]
+    c = cents[s.order]
+    t = ts[s.order]
+    res: dict[str, np.ndarray] = {}
+    # history: the card's payments in (t - h, t), the current one excluded
+    lo = s.first_after(s.rel - h)
+    c1 = np.r_[0, np.cumsum(c)]
+    c2 = np.r_[0, np.cumsum(c * c)]
+    cnt, tot, sq = s.pos - lo, c1[s.pos] - c1[lo], c2[s.pos] - c2[lo]
+    z, ratio = _against_history(c, cnt, tot, sq)
+    prev = s.previous(1, h)
+    pc = np.maximum(prev, 0)
+    has = prev >= 0
+    res["card_secs_since_last"] = np.where(has, (t - t[pc]).astype(np.float64), np.nan)
+    res["card_amount_z"] = z
+    res["card_amount_ratio"] = ratio
+    res["card_new_terminal"] = _new_pair(s, attrs[:, 0], h)
+    if "device" in config.extras:
+        res["card_new_device"] = _new_pair(s, attrs[:, 1], h)
+    if "geo" in config.extras:
+        dist, speed = _geo(attrs[:, 2], attrs[:, 3], attrs[pc, 2], attrs[pc, 3], t - t[pc], has)
+        res["card_distance_km"], res["card_geo_velocity_kmh"] = dist, speed
+    prev_rows = [np.arange(n)] + [s.previous(k, h) for k in range(1, config.seq_len)]
+    for i, p in enumerate(prev_rows):
+        ok = p >= 0
+        pcl = np.maximum(p, 0)
+        vals = _seq_step(c[pcl], t - t[pcl], attrs[pcl, 0] == attrs[:, 0], ok)
+        for name, v in zip(SEQ_FEATURES, vals, strict=True):
+            res[f"seq{i}_{name}"] = v
+    back = np.empty(n, dtype=np.int64)
+    back[s.order] = np.arange(n)
+    return {k: v[back] for k, v in res.items()}
+
+
+def _against_history(cents, count, total, squares) -> tuple[np.ndarray, np.ndarray]:
+    """Amount z-score (NaN under 2 payments or no spread) and ratio to the mean (NaN without history).
+
+    The ratio is the robust one: a compromised card's inflated payments inflate the history's std
+    and damp the z-score, much less the mean.
+    """
+    mean, std = mean_std(count, total, squares)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.where((count >= 2) & (std > 0), (cents - mean) / std, np.nan)
+        ratio = np.where((count >= 1) & (mean > 0), cents / mean, np.nan)
+    return z, ratio
+
+
+def _new_pair(s: _Sorted, other: np.ndarray, horizon: int) -> np.ndarray:
+    """1.0 if the card has no payment with the same ``other`` id within the horizon before; NaN if missing."""
+    n = len(other)
+    present = ~np.isnan(other)
+    out = np.full(n, np.nan)
+    idx = np.flatnonzero(present)
+    other_codes = pd.factorize(other[idx])[0].astype(np.int64)
+    codes = pd.factorize(s.codes[idx] * (other_codes.max(initial=0) + 1) + other_codes)[0].astype(np.int64)
+    pair = _Sorted(codes, s.rel[idx])  # idx is in (card, ts) order, so pair order keeps ts order
+    prev = pair.previous(1, horizon)
+    new = (prev < 0).astype(np.float64)
+    out[idx[pair.order]] = new
+    return out
+
+
+def _geo(lat, lon, plat, plon, dt, has):
+    with np.errstate(invalid="ignore"):
+        dist = np.where(has, haversine_km(plat, plon, lat, lon), np.nan)
+        speed = dist / np.maximum(dt.astype(np.float64), 60.0) * 3600.0
+    return dist, speed
+
+
+def _seq_step(cents, age, same_terminal, ok):
+    present = ok.astype(np.float64)
+    cents, age = np.where(ok, cents, 0), np.where(ok, age, 0)
+    return (
+        np.where(ok, np.log1p(cents / 100.0), 0.0),
+        np.where(ok, np.log1p(age.astype(np.float64)), 0.0),
+        np.where(ok, same_terminal.astype(np.float64), 0.0),
+        present,
+    )
+
+
+def _risk_offline(f, config, s: _Sorted, rows: np.ndarray, t0: int) -> dict[str, np.ndarray]:
+    n = len(f)
+    d = config.risk_delay
+    fraud = f["fraud"].to_numpy(np.float64)[rows][s.order] if "fraud" in f else np.zeros(rows.size)
+    label = (
+        f["label_ts"].to_numpy(np.float64)[rows][s.order] if "label_ts" in f else np.full(rows.size, np.nan)
+    )
+    known = (fraud == 1) & ~np.isnan(label)
+    j = np.flatnonzero(known)
+    label_rel = np.where(known, label - t0, 0).astype(np.int64)
+    res = {}
+    for w in config.risk_windows:
+        if d > 0:
+            hi = s.first_after(s.rel - d)
+            lo = s.first_after(s.rel - d - w)
+            den = hi - lo
+        else:
+            den = s.pos + 1 - s.first_after(s.rel - w)
+        # every known fraud j adds one to the sorted rows that see it: same terminal, label known by
+        # then (t >= label_ts), j inside their delayed window (t - d - w < ts_j <= t - d), j not the row itself
+        start = np.searchsorted(
+            s.key, s.codes[j] * _BIG + np.maximum(s.rel[j] + d, label_rel[j]), side="left"
+        )
+        if d == 0:
+            start = np.maximum(start, j + 1)
+        end = np.searchsorted(s.key, s.codes[j] * _BIG + s.rel[j] + d + w, side="left")
+        diff = np.zeros(rows.size + 1, dtype=np.int64)
+        valid = end > start
+        np.add.at(diff, start[valid], 1)
+        np.add.at(diff, end[valid], -1)
+        num = np.cumsum(diff)[:-1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            risk = np.where(den > 0, num / np.maximum(den, 1), 0.0)
+        col = np.full(n, np.nan)
+        col[rows[s.order]] = risk
+        res[f"terminal_risk_{window_name(w)}"] = col
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
+# online: per micro-batch, backed by a WindowStore
+# ------------------------------------------------------------------------------------------------
+class FeatureEngine:
+    """Online features per micro-batch: ``update_batch(frame) -> DataFrame`` (rows in frame order).
+
+    ``backend="memory"`` keeps window state in numpy ring buffers in this process; ``"redis"`` on a
+    Redis server (``redis_url``, keys under ``prefix``), so several workers can share it. Replaying a
+    ``tx_id`` changes no state and returns the features the payment had. Fraud labels enter through
+    :meth:`add_labels` when they become known.
+    """
+
+    def __init__(
+        self,
+        config: FeatureConfig | None = None,
+        *,
+        backend: str = "memory",
+        redis_url: str = "redis://127.0.0.1:6379/0",
+        prefix: str = "mlsd:fraud:",
+    ) -> None:
+        self.config = config or FeatureConfig()
+        self.backend = backend
+        self.stores: dict[str, WindowStore] = {}
+        for kind in self.config.entities:
+            n_attrs = 4 if kind == "card" else 0
+            horizon = self.config.horizon(kind)
+            if backend == "memory":
+                self.stores[kind] = MemoryWindowStore(horizon, n_attrs, capacity=16)
+            elif backend == "redis":
+                from mlsd.platform.streaming.redis_windows import RedisWindowStore
+
+                self.stores[kind] = RedisWindowStore(
+                    horizon, n_attrs, url=redis_url, prefix=f"{prefix}{kind}:"
+                )
+            else:
+                raise InputError("backend", backend, "unknown window backend", "use 'memory' or 'redis'")
+        self.feature_names = self.config.feature_names()
+
+    def update_batch(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Record a micro-batch of payments and return their features (rows in ``frame``'s order).
+
+        Within the batch, payments are applied in event-time order (ties by position), whatever the
+        order they came in; across batches the stream is expected in event-time order per entity.
+        """
+        _check(frame)
+        ts_in = frame["ts"].to_numpy(np.int64)
+        if ts_in.size > 1 and (np.diff(ts_in) < 0).any():
+            order = np.argsort(ts_in, kind="stable")
+            feats = self.update_batch(frame.iloc[order])
+            inverse = np.empty(order.size, dtype=np.int64)
+            inverse[order] = np.arange(order.size)
+            return feats.iloc[inverse].reset_index(drop=True)
+        n = len(frame)
+        config = self.config
+        ts = frame["ts"].to_numpy(np.int64)
+        cents = to_cents(frame["amount"])
+        ids = frame["tx_id"].tolist()
+        out: dict[str, np.ndarray] = {"amount": frame["amount"].to_numpy(np.float64)}
+        out["is_night"], out["is_weekend"] = _calendar(ts)
+        card_attrs = _card_attrs(frame, config)
+        for kind in config.entities:
+            column = ENTITY_COLUMNS[kind]
+            present = frame[column].notna().to_numpy() if column in frame else np.zeros(n, bool)
+            rows = np.flatnonzero(present) if not present.all() else np.arange(n)
+            keys = frame[column].to_numpy(dtype=object)[rows].tolist()
+            attrs = card_attrs[rows] if kind == "card" else None
+            sel_ids = ids if rows.size == n else [ids[i] for i in rows]
+            view = self.stores[kind].update_many(keys, sel_ids, ts[rows], cents[rows], attrs)
+
+            def put(name: str, values: np.ndarray, rows=rows) -> None:
+                if rows.size == n:
+                    out[name] = values
+                else:
+                    col = np.full(n, np.nan)
+                    col[rows] = values
+                    out[name] = col
+
+            for w in config.windows:
+                count, total, squares = view.moments(view.window(w))
+                mean, std = mean_std(count, total, squares, 100.0)
+                name = window_name(w)
+                put(f"{kind}_count_{name}", count.astype(np.float64))
+                put(f"{kind}_sum_{name}", total / 100.0)
+                put(f"{kind}_mean_{name}", mean)
+                put(f"{kind}_std_{name}", std)
+            if kind == "card":
+                for name, values in self._card_online(view, cents[rows], attrs).items():
+                    put(name, values)
+            if kind == "terminal":
+                known = view.label_ts <= view.t[:, None]
+                for w in config.risk_windows:
+                    window = view.window(w, config.risk_delay)
+                    den = window.sum(axis=1)
+                    num = (window & known).sum(axis=1)
+                    put(f"terminal_risk_{window_name(w)}", np.where(den > 0, num / np.maximum(den, 1), 0.0))
+        # one float block, not 90 column arrays: building the frame is then a single copy
+        return pd.DataFrame(np.column_stack([out[c] for c in self.feature_names]), columns=self.feature_names)
+
+    def _card_online(self, view: WindowView, cents: np.ndarray, attrs: np.ndarray) -> dict[str, np.ndarray]:
+        config = self.config
+        h = config.history
+        t = view.t
+        hist = view.before() & (view.ts > (t - h)[:, None])
+        z, ratio = _against_history(cents, *view.moments(hist))
+        # the history's cells newest first: column 0 = previous payment, 1 = the one before, ...
+        rank = np.argsort(np.where(hist, -view.seq, np.iinfo(np.int64).max), axis=1, kind="stable")
+        rows = np.arange(len(t))[:, None]
+        h_ts = view.ts[rows, rank]
+        h_val = view.value[rows, rank]
+        h_attr = view.attrs[rows, rank]
+        h_ok = hist[rows, rank]
+        has = h_ok[:, 0] if h_ok.shape[1] else np.zeros(len(t), bool)
+        res: dict[str, np.ndarray] = {}
+        prev_ts = h_ts[:, 0] if h_ok.shape[1] else t
+        res["card_secs_since_last"] = np.where(has, (t - prev_ts).astype(np.float64), np.nan)
+        res["card_amount_z"] = z
+        res["card_amount_ratio"] = ratio
+        for name, col, enabled in (
+            ("card_new_terminal", 0, True),
+            ("card_new_device", 1, "device" in config.extras),
+        ):
+            if not enabled:
+                continue
+            own = attrs[:, col]
+            seen = (hist & (view.attrs[:, :, col] == own[:, None])).any(axis=1)
+            res[name] = np.where(np.isnan(own), np.nan, (~seen).astype(np.float64))
+        if "geo" in config.extras:
+            p = h_attr[:, 0] if h_ok.shape[1] else np.full((len(t), 4), np.nan)
+            res["card_distance_km"], res["card_geo_velocity_kmh"] = _geo(
+                attrs[:, 2], attrs[:, 3], p[:, 2], p[:, 3], t - prev_ts, has
+            )
+        width = h_ok.shape[1]
+        for i in range(config.seq_len):
+            if i == 0:
+                vals = _seq_step(
+                    cents, np.zeros(len(t), np.int64), np.ones(len(t), bool), np.ones(len(t), bool)
+                )
+            elif i - 1 < width:
+                k = i - 1
+                vals = _seq_step(h_val[:, k], t - h_ts[:, k], h_attr[:, k, 0] == attrs[:, 0], h_ok[:, k])
+            else:
+                z0 = np.zeros(len(t))
+                vals = (z0, z0, z0, z0)
+            for name, v in zip(SEQ_FEATURES, vals, strict=True):
+                res[f"seq{i}_{name}"] = v
+        return res
+
+    def add_labels(self, frame: pd.DataFrame) -> int:
+        """Fraud labels that became known: columns ``tx_id``, ``terminal_id``, ``label_ts`` (and ``fraud``).
+
+        Only frauds matter to the terminal risk; genuine labels are ignored. Returns how many stored
+        payments got a label.
+        """
+        if "terminal" not in self.stores or frame.empty:
+            return 0
+        for column in ("tx_id", "terminal_id", "label_ts"):
+            if column not in frame.columns:
+                raise InputError(column, None, "is missing", f"give every label a {column}")
+        if "fraud" in frame.columns:
+            frame = frame[frame["fraud"].to_numpy() == 1]
+        return self.stores["terminal"].set_labels(
+            frame["terminal_id"].tolist(), frame["tx_id"].tolist(), frame["label_ts"].to_numpy(np.int64)
+        )
+
+
+def replay_events(frame: pd.DataFrame, batch_size: int = 512) -> Iterator[tuple[str, pd.DataFrame]]:
+    """The stream a live system sees: payments in event-time order and fraud labels at ``label_ts``.
+
+    Yields ``("payments", micro_batch)`` and ``("labels", frame)`` in time order (a label right after
+    its payment when both share a second). Micro-batches never straddle a label arrival, so a label is
+    known to exactly the payments at or after its ``label_ts`` - as in :func:`compute_features`.
+    """
+    f = frame.iloc[np.argsort(frame["ts"].to_numpy(np.int64), kind="stable")].reset_index(drop=True)
+    n = len(f)
+    if "fraud" in f and "label_ts" in f:
+        lab = np.flatnonzero((f["fraud"].to_numpy() == 1) & f["label_ts"].notna().to_numpy())
+    else:
+        lab = np.zeros(0, dtype=np.int64)
+    times = np.r_[f["ts"].to_numpy(np.int64), f["label_ts"].to_numpy(np.float64)[lab].astype(np.int64)]
+    rank = np.r_[np.arange(n, dtype=np.float64), lab + 0.5]
+    is_label = np.r_[np.zeros(n, bool), np.ones(lab.size, bool)]
+    row = np.r_[np.arange(n), lab]
+    order = np.lexsort((rank, times))
+    is_label, row = is_label[order], row[order]
+    cuts = np.flatnonzero(np.diff(is_label.astype(np.int8))) + 1
+    for chunk_rows, chunk_is_label in zip(np.split(row, cuts), np.split(is_label, cuts), strict=True):
+        if chunk_is_label[0]:
+            yield "labels", f.iloc[chunk_rows]
+        else:
+            for i in range(0, chunk_rows.size, batch_size):
+                yield "payments", f.iloc[chunk_rows[i : i + batch_size]]
+
+
+def replay(engine: FeatureEngine, frame: pd.DataFrame, batch_size: int = 512) -> pd.DataFrame:
+    """Feed ``frame`` through ``engine`` as a live stream; features in the input's row order."""
+    parts = []
+    for kind, chunk in replay_events(frame, batch_size):
+        if kind == "labels":
+            engine.add_labels(chunk)
+        else:
+            feats = engine.update_batch(chunk)
+            feats.index = chunk.index
+            parts.append(feats)
+    order = np.argsort(frame["ts"].to_numpy(np.int64), kind="stable")
+    result = pd.concat(parts).sort_index() if parts else pd.DataFrame(columns=engine.feature_names)
+    inverse = np.empty(len(frame), dtype=np.int64)
+    inverse[order] = np.arange(len(frame))
+    return result.iloc[inverse].reset_index(drop=True)
+
+
+def bench_engine(
+    backend: str = "memory",
+    n_cards: int = 20_000,
+    n_terminals: int = 4_000,
+    payments: int = 200_000,
+    batch_size: int = 1_000,
+    warmup: int = 50_000,
+    redis_url: str = "redis://127.0.0.1:6379/15",
+) -> dict:
+    """Throughput of the feature engine alone (no rules, no model): wall and CPU-time payments/s.
+
+    ``python -m mlsd.fraud.features --backend memory|redis --json``; the full decision path is
+    ``mlsd fraud bench``. A Redis run writes under a unique prefix and deletes it afterwards.
+    """
+    import time
+    import uuid
+
+    from mlsd.fraud.simulate import simulate
+
+    days = max(1, int(np.ceil((warmup + payments) / (n_cards * 1.5) * 1.2)))
+    tx = simulate(n_cards=n_cards, n_terminals=n_terminals, days=days, seed=0).iloc[: warmup + payments]
+    prefix = f"mlsd-engine-bench:{uuid.uuid4().hex[:12]}:"
+    engine = FeatureEngine(backend=backend, redis_url=redis_url, prefix=prefix)
+    try:
+        for i in range(0, warmup, batch_size):
+            engine.update_batch(tx.iloc[i : i + batch_size])
+        wall, cpu = time.perf_counter(), time.process_time()
+        for i in range(warmup, len(tx), batch_size):
+            engine.update_batch(tx.iloc[i : i + batch_size])
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    finally:
+        if backend == "redis":
+            for store in engine.stores.values():
+                store.clear()  # type: ignore[attr-defined]
+    n = len(tx) - warmup
+    return {
+        "backend": backend,
+        "payments": n,
+        "batch_size": batch_size,
+        "tx_per_s_wall": round(n / wall, 1),
+        "tx_per_s_cpu": round(n / cpu, 1),
+        "features": len(engine.feature_names),
+    }
+
+
+if __name__ == "__main__":  # python -m mlsd.fraud.features --backend memory --json
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="feature engine throughput (no rules, no model)")
+    parser.add_argument("--backend", choices=("memory", "redis"), default="memory")
+    parser.add_argument("--payments", type=int, default=200_000)
+    parser.add_argument("--batch-size", type=int, default=1_000)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
+    parser.add_argument("--json", action="store_true")
+    a = parser.parse_args()
+    warm = 50_000 if a.backend == "memory" else 5_000
+    print(
+        json.dumps(
+            bench_engine(
+                a.backend, payments=a.payments, batch_size=a.batch_size, warmup=warm, redis_url=a.redis_url
+            )
+        )
+    )

@@ -1,0 +1,336 @@
+"""Exact event-time sliding windows, keyed by entity, with update / revert (River-style), batch first.
+
+A window store keeps, per key (a card, a terminal, ...), the events of the last ``horizon_s`` seconds:
+event id, time ``ts``, an integer ``value`` (amounts in cents: sums of integers are exact, so two
+implementations agree bit for bit), optional float ``attrs`` (a location, a hashed terminal id) and a
+mutable ``label_ts`` (when the event's fraud label became known; unknown = ``UNKNOWN``).
+
+``update_many(keys, ids, ts, values, attrs)`` stores a micro-batch of events in order and returns a
+:class:`WindowView`: for each event, the key's stored events *as that event saw them* - every event
+stored before it plus itself (``seq <= own_seq``). Any window ``(t - d - w, t - d]`` is then a mask
+over the view (:meth:`WindowView.window`) and count / sum / sum of squares a masked reduction
+(:meth:`WindowView.moments`), all vectorised over ``(batch, capacity)`` matrices. Feature code is the
+same whatever the backend; backends only store and fetch events:
+
+- :class:`MemoryWindowStore` - per-key ring buffers in numpy (capacity doubles when a key holds more
+  live events than fit: windows stay exact);
+- :class:`~mlsd.platform.streaming.redis_windows.RedisWindowStore` - per-key sorted set + hash on a
+  real Redis, one Lua script per event (atomic, idempotent), pipelined per micro-batch.
+
+Both are idempotent: an event id already stored is not stored again (``inserted`` is False) and its
+view is the one it had. An event older than the key's latest minus the horizon is outside every
+window; it is not stored. Semantics assume events arrive in event-time order per key (ties broken by
+arrival), which is what the offline batch computation reproduces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import repeat
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+PAD_TS = np.iinfo(np.int64).min // 4  # an empty ring cell: older than any window
+UNKNOWN = np.iinfo(np.int64).max  # label time of an event whose label is not known
+NOT_STORED = np.iinfo(np.int64).max  # own_seq of an event that was not stored (too late)
+_SLOT_SHIFT = 40  # the id index packs (slot, seq) in one int: 2^23 keys, 2^40 events per key
+_SEQ_MASK = (1 << _SLOT_SHIFT) - 1
+
+
+@dataclass
+class WindowView:
+    """Per event of a micro-batch, the stored events of its key as that event saw them.
+
+    Matrices are ``(n, k)`` with ``k`` the widest key's event count; empty cells have ``seq == -1``
+    and ``ts == PAD_TS`` so that no window ever contains them.
+    """
+
+    t: np.ndarray  # (n,) int64: each event's own time
+    own_seq: np.ndarray  # (n,) int64: the event's sequence number within its key (NOT_STORED if too late)
+    inserted: np.ndarray  # (n,) bool: False for a replayed id or a too-late event
+    ts: np.ndarray  # (n, k) int64
+    seq: np.ndarray  # (n, k) int64
+    value: np.ndarray  # (n, k) int64
+    attrs: np.ndarray  # (n, k, a) float64
+    label_ts: np.ndarray  # (n, k) int64
+    _seen: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def seen(self) -> np.ndarray:
+        """Cells stored up to and including the event itself (by arrival order); computed once per view."""
+        if self._seen is None:
+            self._seen = (self.seq >= 0) & (self.seq <= self.own_seq[:, None])
+        return self._seen
+
+    def before(self) -> np.ndarray:
+        """Cells stored strictly before the event."""
+        return (self.seq >= 0) & (self.seq < self.own_seq[:, None])
+
+    def window(self, width: int, delay: int = 0, *, include_self: bool = True) -> np.ndarray:
+        """Mask of cells with ``t - delay - width < ts <= t - delay`` (and seen by the event)."""
+        hi = (self.t - delay)[:, None]
+        mask = (self.ts > hi - width) & (self.ts <= hi)
+        return mask & (self.seen() if include_self else self.before())
+
+    def moments(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Exact ``count, sum, sum of squares`` of ``value`` over ``mask`` (int64 each)."""
+        v = np.where(mask, self.value, 0)
+        return mask.sum(axis=1, dtype=np.int64), v.sum(axis=1), (v * v).sum(axis=1)
+
+
+def mean_std(count: np.ndarray, total: np.ndarray, squares: np.ndarray, scale: float = 1.0):
+    """Mean and population std from exact integer moments (NaN where count == 0).
+
+    One function used by the online engine and the offline batch computation alike, so both apply
+    the same floating-point operations to the same integers and agree to the last bit.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n = count.astype(np.float64)
+        mean = total.astype(np.float64) / n
+        var = squares.astype(np.float64) / n - mean * mean
+        std = np.sqrt(np.maximum(var, 0.0))
+    return mean / scale, std / scale
+
+
+@runtime_checkable
+class WindowStore(Protocol):
+    """Keyed event-time window state; every implementation passes tests/platform/test_windows.py."""
+
+    horizon_s: int
+    n_attrs: int
+
+    def update_many(
+        self,
+        keys: Sequence[Any],
+        ids: Sequence[Any],
+        ts: np.ndarray,
+        values: np.ndarray,
+        attrs: np.ndarray | None = None,
+    ) -> WindowView: ...
+
+    def view_many(self, keys: Sequence[Any], ts: np.ndarray) -> WindowView: ...
+
+    def revert_many(self, keys: Sequence[Any], ids: Sequence[Any]) -> int: ...
+
+    def set_labels(self, keys: Sequence[Any], ids: Sequence[Any], label_ts: np.ndarray) -> int: ...
+
+
+class _Scalar:
+    """River-style single-event conveniences on top of the batch API."""
+
+    def update(self, key: Any, event_id: Any, ts: int, value: int, attrs: Sequence[float] = ()) -> WindowView:
+        a = np.asarray([attrs], dtype=np.float64).reshape(1, self.n_attrs)  # type: ignore[attr-defined]
+        return self.update_many([key], [event_id], np.array([ts]), np.array([value]), a)  # type: ignore[attr-defined]
+
+    def revert(self, key: Any, event_id: Any) -> bool:
+        return bool(self.revert_many([key], [event_id]))  # type: ignore[attr-defined]
+
+
+def _check_batch(keys, ids, ts, values, attrs, n_attrs):
+    n = len(keys)
+    ts = np.asarray(ts, dtype=np.int64)
+    values = np.asarray(values, dtype=np.int64)
+    if len(ids) != n or ts.shape != (n,) or values.shape != (n,):
+        raise ValueError("keys, ids, ts and values must have the same length")
+    if attrs is None:
+        attrs = np.zeros((n, n_attrs))
+    attrs = np.asarray(attrs, dtype=np.float64).reshape(n, n_attrs)
+    return ts, values, attrs
+
+
+class MemoryWindowStore(_Scalar):
+    """In-process window state: per-key numpy ring buffers of capacity ``k`` (grown on demand)."""
+
+    def __init__(self, horizon_s: int, n_attrs: int = 0, capacity: int = 16) -> None:
+        self.horizon_s = int(horizon_s)
+        self.n_attrs = int(n_attrs)
+        self.capacity = int(capacity)
+        self._slots: dict[Any, int] = {}
+        self._events: dict[Any, int] = {}  # id -> slot << 40 | seq, for replays and labels
+        self._events_at_prune = 0
+        self._labelled = False
+        rows = 64
+        self._ts = np.full((rows, self.capacity), PAD_TS, dtype=np.int64)
+        self._seq = np.full((rows, self.capacity), -1, dtype=np.int64)
+        self._value = np.zeros((rows, self.capacity), dtype=np.int64)
+        self._attrs = np.zeros((rows, self.capacity, self.n_attrs), dtype=np.float64)
+        self._label = np.full((rows, self.capacity), UNKNOWN, dtype=np.int64)
+        self._next = np.zeros(rows, dtype=np.int64)
+        self._latest = np.full(rows, PAD_TS, dtype=np.int64)
+
+    # -- state layout ------------------------------------------------------------------------------
+    def _slot_of(self, keys: Sequence[Any], create: bool) -> np.ndarray:
+        out = np.fromiter(map(self._slots.get, keys, repeat(-1)), dtype=np.int64, count=len(keys))
+        if create and (out < 0).any():
+            for i in np.flatnonzero(out < 0):
+                out[i] = self._slots.setdefault(keys[i], len(self._slots))
+            self._reserve(len(self._slots))
+        return out
+
+    def _reserve(self, rows: int) -> None:
+        have = self._ts.shape[0]
+        if rows <= have:
+            return
+        extra = max(rows, 2 * have) - have
+        k = self.capacity
+        self._ts = np.vstack([self._ts, np.full((extra, k), PAD_TS, dtype=np.int64)])
+        self._seq = np.vstack([self._seq, np.full((extra, k), -1, dtype=np.int64)])
+        self._value = np.vstack([self._value, np.zeros((extra, k), dtype=np.int64)])
+        self._attrs = np.concatenate([self._attrs, np.zeros((extra, k, self.n_attrs))])
+        self._label = np.vstack([self._label, np.full((extra, k), UNKNOWN, dtype=np.int64)])
+        self._next = np.concatenate([self._next, np.zeros(extra, dtype=np.int64)])
+        self._latest = np.concatenate([self._latest, np.full(extra, PAD_TS, dtype=np.int64)])
+
+    def _grow(self, need: int) -> None:
+        """Re-lay every ring at a larger capacity; cell of seq s moves to s % new capacity."""
+        new_k = self.capacity
+        while new_k < need:
+            new_k *= 2
+        rows = self._ts.shape[0]
+        r, c = np.nonzero(self._seq >= 0)
+        pos = self._seq[r, c] % new_k
+        ts = np.full((rows, new_k), PAD_TS, dtype=np.int64)
+        seq = np.full((rows, new_k), -1, dtype=np.int64)
+        value = np.zeros((rows, new_k), dtype=np.int64)
+        attrs = np.zeros((rows, new_k, self.n_attrs))
+        label = np.full((rows, new_k), UNKNOWN, dtype=np.int64)
+        ts[r, pos], seq[r, pos], value[r, pos] = self._ts[r, c], self._seq[r, c], self._value[r, c]
+        attrs[r, pos], label[r, pos] = self._attrs[r, c], self._label[r, c]
+        self._ts, self._seq, self._value, self._attrs, self._label = ts, seq, value, attrs, label
+        self.capacity = new_k
+
+    # -- API -----------------------------------------------------------------------------------------
+    def update_many(self, keys, ids, ts, values, attrs=None) -> WindowView:
+        """Store a micro-batch of events in order (skipping replays) and return their views."""
+        ts, values, attrs = _check_batch(keys, ids, ts, values, attrs, self.n_attrs)
+        keys = list(keys)
+        n = len(keys)
+        slots = self._slot_of(keys, create=True)
+        own = np.full(n, NOT_STORED, dtype=np.int64)
+        # Replays: an id stored before (or earlier in this batch) keeps its original sequence number.
+        # dict lookups through map() run at C speed: this is the hot path of the online engine.
+        known = self._events
+        ids = list(ids)
+        hits = np.fromiter(map(known.get, ids, repeat(-1)), dtype=np.int64, count=n)
+        stored = hits >= 0
+        own[stored] = hits[stored] & _SEQ_MASK
+        fresh = ~stored
+        dup_of = np.full(n, -1, dtype=np.int64)
+        if len(set(ids)) < n:  # rare: the same id twice in one batch - the later one is a replay
+            first: dict[Any, int] = {}
+            for i in np.flatnonzero(fresh).tolist():
+                if ids[i] in first:
+                    dup_of[i] = first[ids[i]]
+                    fresh[i] = False
+                else:
+                    first[ids[i]] = i
+        # Too late: older than the key's latest event minus the horizon - outside every window.
+        fresh &= ts > self._latest[slots] - self.horizon_s
+        idx = np.flatnonzero(fresh)
+        if idx.size:
+            s_new = slots[idx]
+            order = np.argsort(s_new, kind="stable")
+            sorted_slots = s_new[order]
+            starts = np.r_[0, np.flatnonzero(np.diff(sorted_slots)) + 1]
+            rank = np.arange(idx.size) - np.repeat(starts, np.diff(np.r_[starts, idx.size]))
+            seq = np.empty(idx.size, dtype=np.int64)
+            seq[order] = self._next[sorted_slots] + rank
+            touched = sorted_slots[starts]
+            n_new = np.diff(np.r_[starts, idx.size])
+            # Exactness: the ring must hold every event any event of this batch can see, plus the batch.
+            oldest = np.minimum.reduceat(ts[idx][order], starts)
+            live = (self._ts[touched] > (oldest - self.horizon_s)[:, None]).sum(axis=1)
+            need = int((live + n_new).max())
+            if need > self.capacity:
+                self._grow(need)
+            pos = seq % self.capacity
+            self._ts[s_new, pos] = ts[idx]
+            self._seq[s_new, pos] = seq
+            self._value[s_new, pos] = values[idx]
+            self._attrs[s_new, pos] = attrs[idx]
+            self._label[s_new, pos] = UNKNOWN
+            self._next[touched] += n_new
+            np.maximum.at(self._latest, s_new, ts[idx])
+            own[idx] = seq
+            known.update(
+                zip([ids[i] for i in idx.tolist()], ((s_new << _SLOT_SHIFT) | seq).tolist(), strict=True)
+            )
+        dups = np.flatnonzero(dup_of >= 0)
+        own[dups] = own[dup_of[dups]]
+        inserted = np.zeros(n, dtype=bool)
+        inserted[idx] = True
+        if len(known) > 2 * self._events_at_prune + 100_000:
+            self._prune()
+        return self._view(slots, ts, own, inserted)
+
+    def view_many(self, keys, ts) -> WindowView:
+        """Views for hypothetical events at ``ts`` (nothing stored): every stored event counts."""
+        keys = list(keys)
+        ts = np.asarray(ts, dtype=np.int64)
+        slots = self._slot_of(keys, create=False)
+        return self._view(
+            slots, ts, np.full(len(keys), NOT_STORED, dtype=np.int64), np.zeros(len(keys), bool)
+        )
+
+    def _view(self, slots, ts, own, inserted) -> WindowView:
+        missing = slots < 0
+        s = np.where(missing, 0, slots) if missing.any() else slots
+        seq = self._seq[s]
+        view_ts = self._ts[s]  # cells never written hold PAD_TS already
+        if missing.any():
+            seq[missing] = -1
+            view_ts[missing] = PAD_TS
+        shape = seq.shape
+        # gather only what this store holds: no attrs, or no label ever set, costs nothing
+        attrs = self._attrs[s] if self.n_attrs else np.zeros((*shape, 0))
+        label = self._label[s] if self._labelled else np.broadcast_to(np.int64(UNKNOWN), shape)
+        return WindowView(
+            t=ts,
+            own_seq=own,
+            inserted=inserted,
+            ts=view_ts,
+            seq=seq,
+            value=self._value[s],
+            attrs=attrs,
+            label_ts=label,
+        )
+
+    def _locate(self, ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row index into ids, slot, ring position) of the ids still in their ring."""
+        ids = list(ids)
+        hits = np.fromiter(map(self._events.get, ids, repeat(-1)), dtype=np.int64, count=len(ids))
+        rows = np.flatnonzero(hits >= 0)
+        slot, seq = hits[rows] >> _SLOT_SHIFT, hits[rows] & _SEQ_MASK
+        pos = seq % self.capacity
+        alive = self._seq[slot, pos] == seq
+        return rows[alive], slot[alive], pos[alive]
+
+    def revert_many(self, keys, ids) -> int:
+        """Remove stored events (a reversed payment); a later replay of the id is still ignored."""
+        _, slot, pos = self._locate(ids)
+        live = self._ts[slot, pos] != PAD_TS
+        self._ts[slot[live], pos[live]] = PAD_TS
+        self._value[slot[live], pos[live]] = 0
+        return int(live.sum())
+
+    def set_labels(self, keys, ids, label_ts) -> int:
+        """Record when stored events' labels became known (earliest time wins); unknown ids are ignored."""
+        label_ts = np.asarray(label_ts, dtype=np.int64)
+        rows, slot, pos = self._locate(ids)
+        self._labelled = self._labelled or bool(rows.size)
+        np.minimum.at(self._label, (slot, pos), label_ts[rows])
+        return int(rows.size)
+
+    def _prune(self) -> None:
+        """Forget ids of events that fell out of their key's horizon (replays of them are too late anyway)."""
+        ids = list(self._events)
+        packed = np.fromiter(self._events.values(), dtype=np.int64, count=len(ids))
+        slot, seq = packed >> _SLOT_SHIFT, packed & _SEQ_MASK
+        pos = seq % self.capacity
+        keep = (self._seq[slot, pos] == seq) & (self._ts[slot, pos] > self._latest[slot] - self.horizon_s)
+        self._events = {ids[i]: int(packed[i]) for i in np.flatnonzero(keep).tolist()}
+        self._events_at_prune = len(self._events)
+
+    def __len__(self) -> int:
+        return len(self._slots)

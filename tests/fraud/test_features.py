@@ -1,0 +1,140 @@
+"""Features: known answers, offline == online on both backends (real Redis), idempotent replays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlsd.fraud.features import DAY, HOUR, FeatureConfig, FeatureEngine, compute_features, replay
+from mlsd.fraud.simulate import simulate
+
+T0 = 1_767_225_600
+
+
+def _tiny():
+    """Card 1: four payments; terminal 9 gets a fraud whose label is known 2 h later."""
+    rows = [
+        # tx, ts, card, terminal, amount, device, lat, lon, fraud, label_ts
+        (1, T0, 1, 9, 10.0, "a", 48.0, 2.0, 1, T0 + 2 * HOUR),
+        (2, T0 + HOUR, 1, 9, 20.0, "a", 48.0, 2.0, 0, T0 + 90 * DAY),
+        (3, T0 + 2 * HOUR, 1, 8, 30.0, "a", 48.0, 2.0, 0, T0 + 90 * DAY),
+        (4, T0 + 3 * HOUR, 1, 9, 100.0, "b", 49.0, 2.0, 0, T0 + 90 * DAY),
+        (5, T0 + 3 * HOUR, 2, 9, 5.0, None, 48.0, 2.0, 0, T0 + 90 * DAY),
+    ]
+    cols = ["tx_id", "ts", "card_id", "terminal_id", "amount", "device_id", "lat", "lon", "fraud", "label_ts"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+CONFIG = FeatureConfig(
+    windows=(2 * HOUR, DAY), entities=("card", "terminal", "device"), risk_windows=(DAY,), seq_len=3
+)
+
+
+def test_known_answers():
+    f = compute_features(_tiny(), CONFIG)
+    assert f["card_count_2h"].tolist() == [1, 2, 2, 2, 1]  # (t - 2h, t]: the payment at t - 2h is out
+    assert f["card_sum_1d"].tolist() == [10, 30, 60, 160, 5]
+    assert f["card_mean_2h"].iloc[3] == 65.0 and f["card_std_2h"].iloc[3] == 35.0
+    assert np.isnan(f["card_secs_since_last"].iloc[0]) and f["card_secs_since_last"].iloc[3] == HOUR
+    hist = np.array([10.0, 20.0, 30.0])
+    assert f["card_amount_z"].iloc[3] == pytest.approx((100 - hist.mean()) / hist.std())
+    assert f["card_amount_ratio"].iloc[3] == 5.0 and np.isnan(f["card_amount_ratio"].iloc[0])
+    assert f["card_new_terminal"].tolist() == [1, 0, 1, 0, 1]
+    assert f["card_new_device"].iloc[:4].tolist() == [1, 0, 0, 1] and np.isnan(f["card_new_device"].iloc[4])
+    assert f["device_count_1d"].iloc[:4].tolist() == [1, 2, 3, 1] and np.isnan(f["device_count_1d"].iloc[4])
+    assert f["card_distance_km"].iloc[3] == pytest.approx(111.2, abs=0.5)
+    assert f["card_geo_velocity_kmh"].iloc[3] == pytest.approx(111.2, abs=0.5)  # 111 km in one hour
+    # terminal 9: tx 1 is a fraud known from T0 + 2h; decisions at T0 + 1h do not know it yet
+    assert f["terminal_risk_1d"].tolist() == [0, 0, 0, pytest.approx(1 / 3), pytest.approx(1 / 4)]
+    assert f["seq1_present"].tolist() == [0, 1, 1, 1, 0]
+    assert f["seq1_log_amount"].iloc[3] == pytest.approx(np.log1p(30.0))
+    assert f["seq2_same_terminal"].iloc[3] == 1.0  # two payments back: terminal 9 again
+
+
+def test_handbook_config_has_no_faked_columns():
+    names = FeatureConfig.handbook().feature_names()
+    assert "card_new_device" not in names and not any(
+        n.startswith(("device_", "ip_", "card_geo")) for n in names
+    )
+    tx = _tiny().drop(columns=["device_id", "lat", "lon"])
+    f = compute_features(tx, FeatureConfig.handbook())
+    assert list(f.columns) == names
+
+
+@pytest.fixture(scope="module")
+def stream():
+    return simulate(n_cards=120, n_terminals=30, days=12, seed=5, takeovers_per_day=0.01, rings=1)
+
+
+def _assert_identical(offline: pd.DataFrame, online: pd.DataFrame) -> None:
+    assert list(offline.columns) == list(online.columns)
+    a, b = offline.to_numpy(), online.to_numpy()
+    same = (a == b) | (np.isnan(a) & np.isnan(b))
+    bad = [offline.columns[j] for j in np.flatnonzero(~same.all(axis=0))]
+    assert not bad, f"online differs from offline in {bad}"
+
+
+def test_online_equals_offline_in_process(stream):
+    offline = compute_features(stream)
+    assert offline["terminal_risk_7d"].max() > 0 and offline["card_new_device"].sum() > 0
+    engine = FeatureEngine()
+    _assert_identical(offline, replay(engine, stream, batch_size=97))
+
+
+def test_online_equals_offline_handbook_delay_convention(stream):
+    tx = stream.drop(columns=["device_id", "ip", "email", "lat", "lon"]).assign(
+        label_ts=stream["ts"] + 2 * DAY
+    )
+    config = FeatureConfig.handbook(delay=2 * DAY)
+    _assert_identical(compute_features(tx, config), replay(FeatureEngine(config), tx, batch_size=256))
+
+
+@pytest.mark.services
+def test_online_equals_offline_on_redis(stream, redis_url, redis_prefix):
+    tx = stream[stream["ts"] < stream["ts"].min() + 5 * DAY]
+    engine = FeatureEngine(backend="redis", redis_url=redis_url, prefix=redis_prefix)
+    _assert_identical(compute_features(tx), replay(engine, tx, batch_size=200))
+
+
+def _idempotent(engine, tx):
+    first = engine.update_batch(tx.iloc[:300])
+    again = engine.update_batch(tx.iloc[:300])  # at-least-once delivery: the whole batch again
+    pd.testing.assert_frame_equal(first, again)
+    after = engine.update_batch(tx.iloc[300:400])
+    fresh = FeatureEngine(engine.config)
+    fresh.update_batch(tx.iloc[:300])
+    pd.testing.assert_frame_equal(after, fresh.update_batch(tx.iloc[300:400]))
+
+
+def test_replaying_tx_ids_changes_nothing_in_process(stream):
+    _idempotent(FeatureEngine(), stream)
+
+
+@pytest.mark.services
+def test_replaying_tx_ids_changes_nothing_on_redis(stream, redis_url, redis_prefix):
+    engine = FeatureEngine(backend="redis", redis_url=redis_url, prefix=redis_prefix)
+    first = engine.update_batch(stream.iloc[:150])
+    pd.testing.assert_frame_equal(first, engine.update_batch(stream.iloc[:150]))
+    expected = FeatureEngine().update_batch(stream.iloc[:150])
+    pd.testing.assert_frame_equal(first, expected)
+
+
+def test_unknown_backend_and_missing_field():
+    from mlsd.platform.errors import InputError
+
+    with pytest.raises(InputError):
+        FeatureEngine(backend="cassandra")
+    with pytest.raises(InputError) as err:
+        FeatureEngine().update_batch(_tiny().drop(columns=["amount"]))
+    assert err.value.field == "amount"
+
+
+def test_a_shuffled_micro_batch_gives_the_same_features(stream):
+    batch = stream.iloc[:200]
+    shuffled = batch.sample(frac=1.0, random_state=0)
+    expected = FeatureEngine().update_batch(batch)
+    got = FeatureEngine().update_batch(shuffled)
+    pd.testing.assert_frame_equal(
+        got, expected.iloc[batch.index.get_indexer(shuffled.index)].reset_index(drop=True)
+    )
