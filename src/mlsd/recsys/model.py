@@ -1,0 +1,363 @@
+"""The two-stage recommender: candidate union -> features -> LightGBM ranker -> top k.
+
+``fit(dataset)`` learns the ranker on labels the candidate models never saw, then refits the
+candidate models on everything:
+
+1. split the events into a *history* and a *label* slice — ``label_split="stratified"`` re-splits
+   the data the way the MovieLens benchmark splits it (per item, 75/25, seeded), for offline
+   evaluation; ``"temporal"`` takes events before ``cutoff`` as history and the next
+   ``label_days`` as labels (the production daily job, point-in-time by construction);
+2. fit the candidate generator and the feature builder on the history only, label each candidate
+   by whether it is in the user's label slice, train the ranker (early stopping on held-out users);
+3. refit the generator and features on all events: serving and test scoring see the full history.
+
+The service times the stages separately through :meth:`candidates` and :meth:`score`, and can skip
+ranking under its deadline with :func:`fallback_scores` (candidate order).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from mlsd.platform.errors import DataFormatError, InputError
+from mlsd.recsys.candidates import DEFAULT_SOURCES, CandidateGenerator, History, as_user_array, check_n
+from mlsd.recsys.data import IdMap, RecsysDataset, binary_matrix, validate
+from mlsd.recsys.features import DAY, FeatureBuilder, TrainingRows, label_rows
+from mlsd.recsys.ranker import LightGBMRanker
+
+MAX_K = 500
+
+
+def stratified_split(
+    interactions: pd.DataFrame, ratio: float = 0.75, seed: int = 42, by: str = "item_id"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean (train, test) masks, the Microsoft Recommenders way, stratified by ``by``.
+
+    ``np.random.seed(seed)``; every row, in frame order, draws ``np.random.rand``; rows are sorted by
+    ``by`` then that draw; the first ``round(ratio * n)`` rows of each group go to train.
+    """
+    if not 0.0 < ratio < 1.0:
+        raise InputError("ratio", ratio, "must be strictly between 0 and 1", "use e.g. 0.75")
+    # RandomState(seed).rand draws exactly what np.random.seed(seed); np.random.rand does, without
+    # touching the global generator.
+    draw = np.random.RandomState(seed).rand(len(interactions))
+    key = interactions[by].to_numpy()
+    order = np.lexsort((draw, key))
+    sorted_key = key[order]
+    starts = (
+        np.r_[0, np.flatnonzero(sorted_key[1:] != sorted_key[:-1]) + 1] if len(key) else np.zeros(0, np.int64)
+    )
+    counts = np.diff(np.r_[starts, len(key)])
+    rank = np.arange(len(key)) - np.repeat(starts, counts)
+    n_train = np.round(ratio * counts).astype(np.int64)  # round-half-even, like Python's round()
+    train = np.zeros(len(key), bool)
+    train[order] = rank < np.repeat(n_train, counts)
+    return train, ~train
+
+
+def temporal_split(interactions: pd.DataFrame, test_fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean (train, test) masks: the last ``test_fraction`` of events by time are the test."""
+    if not 0.0 < test_fraction < 1.0:
+        raise InputError("test_fraction", test_fraction, "must be strictly between 0 and 1", "use e.g. 0.2")
+    order = np.argsort(interactions["timestamp"].to_numpy(), kind="stable")
+    n_test = int(round(test_fraction * len(order)))
+    test = np.zeros(len(order), bool)
+    test[order[len(order) - n_test :]] = True
+    return ~test, test
+
+
+# How much the candidate order trusts each source when ranking is skipped (or the user is cold):
+# personal sources and the all-time chart first; trending and new releases are thinner signals.
+FALLBACK_WEIGHTS: dict[str, float] = {"trending": 0.5, "new": 0.25}
+
+
+def fallback_scores(candidates: pd.DataFrame, weights: dict[str, float] | None = None) -> np.ndarray:
+    """Candidate-order score for when ranking is skipped: best weighted reciprocal rank over the
+    sources (weight 1 unless ``weights``/:data:`FALLBACK_WEIGHTS` says otherwise), with more
+    sources breaking ties."""
+    weights = FALLBACK_WEIGHTS if weights is None else weights
+    names = [c[5:] for c in candidates.columns if c.startswith("rank_")]
+    if not names:
+        return np.zeros(len(candidates))
+    r = candidates[[f"rank_{n}" for n in names]].to_numpy(np.float64)
+    w = np.array([weights.get(n, 1.0) for n in names])
+    rr = np.where(r > 0, w / np.where(r > 0, r, 1.0), 0.0)
+    return rr.max(axis=1) + 1e-3 * rr.sum(axis=1)
+
+
+def top_k(
+    candidates: pd.DataFrame, scores: np.ndarray, k: int, n_users: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per batch row, the k best candidates: (item_ids (u,k), scores (u,k), candidate row (u,k)); -1 pads."""
+    row = candidates["batch_row"].to_numpy(np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.lexsort((-scores, row))
+    r_sorted = row[order]
+    starts = np.searchsorted(r_sorted, np.arange(n_users))
+    rank = np.arange(len(order)) - starts[r_sorted]
+    keep = rank < k
+    items = np.full((n_users, k), -1, np.int64)
+    out_scores = np.full((n_users, k), -np.inf, np.float32)
+    pos = np.full((n_users, k), -1, np.int64)
+    sel = order[keep]
+    items[r_sorted[keep], rank[keep]] = candidates["item_id"].to_numpy(np.int64)[sel]
+    out_scores[r_sorted[keep], rank[keep]] = scores[sel]
+    pos[r_sorted[keep], rank[keep]] = sel
+    return items, out_scores, pos
+
+
+def _runs(keys: np.ndarray) -> np.ndarray:
+    """Lengths of the runs of equal consecutive keys: lambdarank groups (a user may recur per fold)."""
+    if len(keys) == 0:
+        return np.zeros(0, np.int64)
+    starts = np.r_[0, np.flatnonzero(keys[1:] != keys[:-1]) + 1]
+    return np.diff(np.r_[starts, len(keys)])
+
+
+class TwoStageRecommender:
+    """Candidates from several sources, re-ordered by a LightGBM ranker on point-in-time features."""
+
+    def __init__(
+        self,
+        sources: dict[str, int] | None = None,
+        source_models: dict | None = None,
+        ranker: LightGBMRanker | None = None,
+        label_split: str = "stratified",
+        label_ratio: float = 0.75,
+        label_folds: int = 1,
+        label_days: float = 1.0,
+        threshold: float = 0.7,
+        score_models: tuple[str, ...] = ("als", "ease", "rp3", "content"),
+        seed: int = 42,
+        valid_fraction: float = 0.1,
+        verbose: bool = False,
+    ) -> None:
+        self.sources = sources
+        self.source_models = source_models
+        self.ranker = ranker
+        self.label_split = label_split
+        self.label_ratio = label_ratio
+        self.label_folds = label_folds
+        self.label_days = label_days
+        self.threshold = threshold
+        self.score_models = score_models
+        self.seed = seed
+        self.valid_fraction = valid_fraction
+        self.verbose = verbose
+
+    def _log(self, message: str) -> None:
+        if self.verbose:
+            print(f"[two_stage] {message}", file=sys.stderr, flush=True)
+
+    def _generator(self) -> CandidateGenerator:
+        import copy
+
+        models = copy.deepcopy(self.source_models) if self.source_models else None
+        return CandidateGenerator(dict(self.sources or DEFAULT_SOURCES), models)
+
+    def _split(
+        self, dataset: RecsysDataset, cutoff: int | None, fold: int = 0
+    ) -> tuple[RecsysDataset, pd.DataFrame, int | None]:
+        inter = dataset.interactions
+        if self.label_split == "stratified":
+            hist, lab = stratified_split(inter, self.label_ratio, self.seed + fold)
+            return dataset.with_interactions(inter[hist].reset_index(drop=True)), inter[lab], None
+        if self.label_split == "temporal":
+            ts = inter["timestamp"].to_numpy()
+            if cutoff is None:
+                cutoff = int(ts.max() + 1 - self.label_days * DAY)
+            past = inter[ts < cutoff].reset_index(drop=True)
+            window = inter[(ts >= cutoff) & (ts < cutoff + self.label_days * DAY)]
+            return dataset.with_interactions(past), window, int(cutoff)
+        raise InputError("label_split", self.label_split, "must be 'stratified' or 'temporal'", "pick one")
+
+    def training_rows(self, dataset: RecsysDataset, cutoff: int | None = None, fold: int = 0) -> TrainingRows:
+        """The ranker's training rows (features from the history slice only, labels from the rest)."""
+        history, labels, cutoff = self._split(validate(dataset), cutoff, fold)
+        if history.interactions.empty or labels.empty:
+            raise InputError(
+                "dataset", dataset.name, "too few events to make a history and a label slice", "add data"
+            )
+        users = IdMap(history.interactions["user_id"].to_numpy())
+        items = IdMap(dataset.items["item_id"].to_numpy())
+        return label_rows(
+            history,
+            labels,
+            self._generator(),
+            FeatureBuilder(),
+            score_models=self.score_models,
+            threshold=self.threshold,
+            users=users,
+            items=items,
+            cutoff=cutoff,
+        )
+
+    def _all_rows(self, dataset: RecsysDataset, cutoff: int | None) -> TrainingRows:
+        """Rows of every label fold (stratified: one re-split per seed), stacked."""
+        folds = self.label_folds if self.label_split == "stratified" else 1
+        parts = [self.training_rows(dataset, cutoff, fold) for fold in range(max(1, folds))]
+        if len(parts) == 1:
+            return parts[0]
+        cand = pd.concat([p.candidates for p in parts], ignore_index=True)
+        X = pd.concat([p.X for p in parts], ignore_index=True)
+        meta = {
+            "n_label_users": sum(p.meta["n_label_users"] for p in parts),
+            "folds": len(parts),
+            "recall": float(np.mean([p.meta["recall"] for p in parts])),
+        }
+        y = np.concatenate([p.y for p in parts])
+        return TrainingRows(cand, X, y, np.concatenate([p.group for p in parts]), None, meta)
+
+    def fit(self, dataset: RecsysDataset, cutoff: int | None = None) -> TwoStageRecommender:
+        """Train the ranker on a history/label split of ``dataset``, then refit stage one on all of it."""
+        dataset = validate(dataset)
+        self._log("building training rows (candidates + features on the history slice)")
+        rows = self._all_rows(dataset, cutoff)
+        self.train_meta_ = {
+            **rows.meta,
+            "rows": len(rows.y),
+            "positives": int(rows.y.sum()),
+            "cutoff": rows.cutoff,
+        }
+        self._log(f"training rows: {self.train_meta_}")
+        ranker = self.ranker if self.ranker is not None else LightGBMRanker()
+        users = rows.candidates["user_id"].to_numpy()
+        uniq = np.unique(users)
+        rng = np.random.default_rng(self.seed)
+        valid_users = (
+            rng.choice(uniq, size=int(len(uniq) * self.valid_fraction), replace=False)
+            if len(uniq) > 10
+            else []
+        )
+        is_valid = np.isin(users, valid_users)
+        eval_set = None
+        if is_valid.any():
+            eval_set = (rows.X[is_valid], rows.y[is_valid], _runs(users[is_valid]))
+        gt = _runs(users[~is_valid])
+        self._log("training the LightGBM ranker")
+        self.ranker_ = ranker.fit(rows.X[~is_valid], rows.y[~is_valid], gt, eval_set=eval_set)
+        self.train_meta_["best_iteration"] = self.ranker_.best_iteration_
+        self._log("refitting candidate models and features on all events")
+        self._fit_stage_one(dataset)
+        return self
+
+    def _fit_stage_one(self, dataset: RecsysDataset) -> None:
+        hist = History.build(
+            dataset,
+            IdMap(dataset.interactions["user_id"].to_numpy()),
+            IdMap(dataset.items["item_id"].to_numpy()),
+        )
+        self.generator_ = self._generator().fit(hist)
+        self.features_ = FeatureBuilder().fit(
+            dataset.interactions, hist.users, hist.items, dataset.items, dataset.users
+        )
+        self.seen_ = binary_matrix(dataset.interactions, hist.users, hist.items)
+        self.users_, self.items_ = hist.users, hist.items
+
+    # --- serving path: candidates -> score -> top k ----------------------------------------------
+
+    def _exclude(self, user_ids: np.ndarray) -> sp.csr_matrix:
+        rows = self.users_.index(user_ids)
+        take = sp.csr_matrix(
+            (np.ones((rows >= 0).sum()), (np.flatnonzero(rows >= 0), rows[rows >= 0])),
+            shape=(len(user_ids), len(self.users_)),
+        )
+        return (take @ self.seen_).tocsr()
+
+    def candidates(self, user_ids, exclude_seen: bool = True, seed_items: list | None = None) -> pd.DataFrame:
+        """Stage one: the candidate union for a batch of raw user ids (unknown ids = cold start)."""
+        user_ids = as_user_array(user_ids)
+        exclude = self._exclude(user_ids) if exclude_seen else None
+        return self.generator_.candidates(user_ids, exclude=exclude, seed_items=seed_items)
+
+    def score(self, candidates: pd.DataFrame) -> np.ndarray:
+        """Stage two: ranker scores for the candidate frame's rows.
+
+        Users the model has no history for keep the candidate order (:func:`fallback_scores`): the
+        ranker only ever trained on users with a history, and on cold rows (every user feature
+        missing) it pushed popular titles above the ones similar to the user's onboarding picks.
+        Scores are compared within a user only, so the two scales never meet."""
+        models = {m: self.generator_.models_[m] for m in self.score_models if m in self.generator_.models_}
+        scores = np.asarray(
+            self.ranker_.predict(self.features_.transform(candidates, models)), dtype=np.float64
+        )
+        cold = self.users_.index(candidates["user_id"].to_numpy()) < 0
+        if cold.any():
+            scores[cold] = fallback_scores(candidates[cold])
+        return scores
+
+    def recommend(
+        self, user_ids, k: int = 10, exclude_seen: bool = True, seed_items: list | None = None
+    ) -> tuple[np.ndarray, np.ndarray, list[list[list[str]]]]:
+        """Top ``k`` per user: (item_ids (u,k) with -1 padding, scores (u,k), sources per item)."""
+        user_ids = as_user_array(user_ids)
+        k = check_n(k, MAX_K)
+        frame = self.candidates(user_ids, exclude_seen, seed_items)
+        scores = self.score(frame) if len(frame) else np.zeros(0)
+        items, top_scores, pos = top_k(frame, scores, k, len(user_ids))
+        return items, top_scores, self.sources_of(frame, pos)
+
+    def sources_of(self, frame: pd.DataFrame, pos: np.ndarray) -> list[list[list[str]]]:
+        """For each (user, slot) the names of the sources that proposed that candidate."""
+        names = [c[3:] for c in frame.columns if c.startswith("in_")]
+        flags = frame[[f"in_{n}" for n in names]].to_numpy(bool) if names else np.zeros((len(frame), 0), bool)
+        return [
+            [[n for n, f in zip(names, flags[p], strict=True) if f] if p >= 0 else [] for p in row]
+            for row in pos
+        ]
+
+    # --- persistence -------------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Directory artifact: ``ranker/`` (LightGBM text) + ``stage_one.pkl`` + ``model.json``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.ranker_.save(path / "ranker")
+        state = {
+            "generator": self.generator_,
+            "features": self.features_,
+            "seen": self.seen_,
+            "users": self.users_,
+            "items": self.items_,
+        }
+        with open(path / "stage_one.pkl", "wb") as fh:
+            pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        params = {
+            k: v
+            for k, v in self.__dict__.items()
+            if not k.endswith("_") and k not in ("ranker", "source_models")
+        }
+        params["score_models"] = list(self.score_models)
+        (path / "model.json").write_text(
+            json.dumps(
+                {"params": params, "train_meta": getattr(self, "train_meta_", {})}, indent=2, default=str
+            )
+        )
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> TwoStageRecommender:
+        path = Path(path)
+        for f in ("model.json", "stage_one.pkl"):
+            if not (path / f).exists():
+                raise DataFormatError(
+                    path / f, None, "model artifact file is missing", "save the model with .save(dir)"
+                )
+        meta = json.loads((path / "model.json").read_text())
+        params = meta["params"]
+        params["score_models"] = tuple(params["score_models"])
+        self = cls(**params)
+        self.train_meta_ = meta.get("train_meta", {})
+        self.ranker_ = LightGBMRanker.load(path / "ranker")
+        with open(path / "stage_one.pkl", "rb") as fh:
+            state = pickle.load(fh)  # noqa: S301 - our own artifact; the registry verifies its checksum
+        self.generator_, self.features_, self.seen_ = state["generator"], state["features"], state["seen"]
+        self.users_, self.items_ = state["users"], state["items"]
+        return self

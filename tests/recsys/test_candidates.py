@@ -1,0 +1,107 @@
+"""Candidate sources and their union, on the two-taste toy dataset (known answers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from mlsd.platform.errors import InputError
+from mlsd.recsys.candidates import (
+    ALSCandidates,
+    CandidateGenerator,
+    ContentCandidates,
+    EASECandidates,
+    PopularityCandidates,
+    top_n_dense,
+)
+from mlsd.recsys.data import binary_matrix, make_interactions, toy_dataset
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return toy_dataset()
+
+
+def same_group_share(items_idx: np.ndarray, user_ids: np.ndarray, source) -> float:
+    raw = source.items_.raw(items_idx)
+    ok = raw >= 0
+    return float(((raw - 1) % 2 == (user_ids[:, None] - 1) % 2)[ok].mean())
+
+
+def test_top_n_dense_orders_excludes_and_pads():
+    scores = np.array([[0.1, 0.9, 0.5], [0.3, -np.inf, 0.2]])
+    idx, sc = top_n_dense(scores, 4, sp.csr_matrix([[0, 1, 0], [0, 0, 0]]))
+    np.testing.assert_array_equal(idx, [[2, 0, -1, -1], [0, 2, -1, -1]])
+    assert np.isneginf(sc[0, 2])
+
+
+@pytest.mark.parametrize(
+    "source", [EASECandidates(lam=10.0), ALSCandidates(factors=8, iterations=10, num_threads=1)]
+)
+def test_cf_sources_learn_the_two_tastes_and_exclude_seen(toy, source):
+    source.fit(toy)
+    users = np.array([1, 2, 3, 4])
+    seen = binary_matrix(toy.interactions, source.users_, source.items_)[source.users_.index(users)]
+    idx, scores = source.candidates(users, 5, exclude=seen)
+    assert idx.shape == scores.shape == (4, 5)
+    assert same_group_share(idx, users, source) >= 0.9
+    assert not np.asarray(seen[np.repeat(np.arange(4), 5), np.clip(idx, 0, None).ravel()]).any()
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+    pair = source.score(users, idx)
+    np.testing.assert_allclose(pair, scores, rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_user_gets_padding_from_cf(toy):
+    als = ALSCandidates(factors=4, iterations=3, num_threads=1).fit(toy)
+    idx, sc = als.candidates(np.array([999]), 3)
+    assert (idx == -1).all() and np.isneginf(sc).all()
+
+
+def test_ease_refuses_huge_catalogue(toy):
+    with pytest.raises(InputError, match="EASE"):
+        EASECandidates(max_items=10).fit(toy)
+
+
+def test_content_profile_and_seeds(toy):
+    content = ContentCandidates().fit(toy)
+    users = np.array([1, 2])
+    idx, _ = content.candidates(users, 5)
+    assert same_group_share(idx, users, content) == 1.0
+    idx, sc = content.from_seeds([[1, 3], [2]], 4)  # Alpha seeds, then a Beta seed
+    raw = content.items_.raw(idx)
+    assert ((raw[0] - 1) % 2 == 0).all() and ((raw[1] - 1) % 2 == 1).all()
+    assert 1 not in raw[0] and 3 not in raw[0]  # the seeds themselves are not recommended
+
+
+def test_popularity_kinds():
+    inter = make_interactions([1, 2, 3, 1, 2], [10, 10, 10, 20, 30], [0, 1, 2, 10 * 86400, 10 * 86400 + 5])
+    pop = PopularityCandidates("popular").fit(inter)
+    idx, _ = pop.candidates(np.array([5]), 3)
+    assert pop.items_.raw(idx)[0, 0] == 10
+    trend = PopularityCandidates("trending", window_days=1).fit(inter)
+    assert set(trend.items_.raw(trend.candidates(np.array([5]), 2)[0])[0]) == {20, 30}
+    excl = sp.csr_matrix(([1.0], ([0], [0])), shape=(1, 3))
+    assert 10 not in pop.items_.raw(pop.candidates(np.array([5]), 3, excl)[0])[0]
+    with pytest.raises(InputError):
+        PopularityCandidates("weird").fit(inter)
+
+
+def test_generator_union_flags_and_cold_start(toy):
+    gen = CandidateGenerator(
+        {"ease": 10, "content": 10, "popular": 5, "new": 3},
+        {"ease": EASECandidates(lam=10.0)},
+    ).fit(toy)
+    frame = gen.candidates(np.array([1, 999]), seed_items=[[], [2, 4]])
+    assert not frame.duplicated(["user_id", "item_id"]).any()
+    warm, cold = frame[frame.user_id == 1], frame[frame.user_id == 999]
+    assert warm["in_ease"].any() and not cold["in_ease"].any()
+    assert cold["in_content"].any() and cold["in_popular"].sum() == 5
+    # cold content candidates follow the Beta seeds
+    assert ((cold.loc[cold.in_content, "item_id"] - 1) % 2 == 1).all()
+    assert (frame["n_sources"] == frame[[c for c in frame if c.startswith("in_")]].sum(axis=1)).all()
+    assert ((frame["rank_ease"] > 0) == frame["in_ease"]).all()
+    with pytest.raises(InputError):
+        gen.candidates(np.array([1.5]))
+    with pytest.raises(InputError):
+        gen.candidates(np.array([1]), exclude=sp.csr_matrix((2, 3)))

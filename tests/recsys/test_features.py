@@ -1,0 +1,128 @@
+"""Ranking features: known values on a hand-made history, and point-in-time correctness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlsd.platform.errors import InputError
+from mlsd.recsys.candidates import CandidateGenerator, EASECandidates
+from mlsd.recsys.data import IdMap, RecsysDataset, make_interactions, toy_dataset
+from mlsd.recsys.features import DAY, FeatureBuilder, build_training_rows
+
+
+def hand_made():
+    # user 1: item 10 (Action) and 20 (Action|Drama), ratings 4, 2; user 2: item 10; item 30 never seen
+    inter = make_interactions([1, 1, 2], [10, 20, 10], [0, DAY, 2 * DAY], rating=[4.0, 2.0, 5.0])
+    items = pd.DataFrame(
+        {
+            "item_id": [10, 20, 30],
+            "title": ["a", "b", "c"],
+            "genres": ["Action", "Action|Drama", "Drama"],
+            "year": [1990, 2000, 2010],
+        }
+    )
+    users = pd.DataFrame({"user_id": [1, 2], "gender": ["F", "M"]})
+    return inter, items, users
+
+
+def test_known_feature_values():
+    inter, items, users = hand_made()
+    fb = FeatureBuilder(scale_free=False).fit(
+        inter, IdMap([1, 2]), IdMap([10, 20, 30]), items, users, cutoff=3 * DAY
+    )
+    cand = pd.DataFrame({"user_id": [1, 1, 2], "item_idx": [2, 0, 2]})
+    X = fb.transform(cand)
+    assert X["u_events"].tolist() == [2, 2, 1]
+    assert X["u_rating_mean"].tolist() == [3.0, 3.0, 5.0]
+    assert X["i_pop"].tolist() == [0, 2, 0]
+    assert X["u_recency_days"].tolist() == [2.0, 2.0, 1.0]
+    assert X["i_year"].tolist() == [2010, 1990, 2010]
+    # user 1's events: Action twice, Drama once, over 2 events -> Action 1.0, Drama 0.5
+    assert X["x_genre_affinity"].iloc[0] == pytest.approx(0.5)  # item 30 = Drama
+    assert X["x_genre_affinity"].iloc[1] == pytest.approx(1.0)  # item 10 = Action
+    assert X["u_gender"].tolist() == [0, 0, 1]
+
+
+def test_unknown_user_gets_nan_user_features():
+    inter, items, users = hand_made()
+    fb = FeatureBuilder(scale_free=False).fit(inter, IdMap([1, 2]), IdMap([10, 20, 30]), items, users)
+    X = fb.transform(pd.DataFrame({"user_id": [99], "item_idx": [0]}))
+    assert np.isnan(X["u_events"].iloc[0]) and X["i_pop"].iloc[0] == 2
+
+
+def test_history_must_precede_cutoff():
+    inter, items, users = hand_made()
+    with pytest.raises(InputError, match="cutoff"):
+        FeatureBuilder().fit(inter, IdMap([1, 2]), IdMap([10, 20, 30]), items, users, cutoff=DAY)
+
+
+def small_generator():
+    return CandidateGenerator({"ease": 10, "content": 5, "popular": 5}, {"ease": EASECandidates(lam=10.0)})
+
+
+def test_training_rows_are_point_in_time():
+    """Events at or after the label window's end, or anything after the cutoff apart from labels,
+    must not change a single feature value: the leakage test."""
+    ds = toy_dataset(n_users=40, n_items=30, per_user=8)
+    ts = ds.interactions["timestamp"].to_numpy()
+    cutoff = int(np.quantile(ts, 0.8))
+    base = build_training_rows(ds, cutoff, label_days=1.0, generator=small_generator())
+    assert len(base.y) and base.y.sum() > 0
+    # Add a flood of future events (after the label window) for every user and item
+    future = make_interactions(
+        np.repeat(ds.users["user_id"], 5),
+        np.tile(ds.items["item_id"].to_numpy()[:5], 40),
+        np.full(200, cutoff + 10 * DAY),
+        rating=np.full(200, 5.0),
+    )
+    leaked = ds.with_interactions(pd.concat([ds.interactions, future], ignore_index=True))
+    again = build_training_rows(leaked, cutoff, label_days=1.0, generator=small_generator())
+    pd.testing.assert_frame_equal(base.X, again.X)
+    np.testing.assert_array_equal(base.y, again.y)
+    # labels come only from [cutoff, cutoff + 1 day): every positive is such an event
+    window = ds.interactions[(ts >= cutoff) & (ts < cutoff + DAY)]
+    pos = base.candidates.loc[base.y == 1, ["user_id", "item_id"]]
+    keys = set(zip(window.user_id, window.item_id, strict=True))
+    assert all((u, i) in keys for u, i in pos.itertuples(index=False))
+    assert int(base.group.sum()) == len(base.y)
+
+
+def test_training_rows_change_when_the_past_changes():
+    """The control for the leakage test: an extra event BEFORE the cutoff does change features."""
+    ds = toy_dataset(n_users=40, n_items=30, per_user=8)
+    cutoff = int(np.quantile(ds.interactions["timestamp"], 0.8))
+    base = build_training_rows(ds, cutoff, label_days=1.0, generator=small_generator())
+    past = make_interactions(
+        np.repeat(ds.users["user_id"], 3), np.tile([1, 3, 5], 40), np.full(120, cutoff - 10)
+    )
+    changed = ds.with_interactions(pd.concat([ds.interactions, past], ignore_index=True))
+    again = build_training_rows(changed, cutoff, label_days=1.0, generator=small_generator())
+    assert not again.X["i_pop"].equals(base.X["i_pop"]) or len(again.X) != len(base.X)
+
+
+def test_bad_label_days_and_empty_past():
+    ds = toy_dataset(n_users=10, n_items=10, per_user=3)
+    with pytest.raises(InputError, match="label_days"):
+        build_training_rows(ds, 2_000_000_000, label_days=0)
+    with pytest.raises(InputError, match="cutoff"):
+        build_training_rows(ds, 0, label_days=1)
+    assert isinstance(ds, RecsysDataset)
+
+
+def test_scale_free_counts_and_no_raw_scores():
+    """Counts are per 100K history events and CF scores appear only as rank / relative-to-best, so a
+    ranker trained on a shorter history sees the same scale when it scores with the full one."""
+    inter, items, users = hand_made()
+    cand = pd.DataFrame(
+        {"user_id": [1, 1], "item_idx": [2, 0], "score_popular": [0.0, 2.0], "rank_popular": [2, 1]}
+    )
+    fb = FeatureBuilder().fit(inter, IdMap([1, 2]), IdMap([10, 20, 30]), items, users)
+    X = fb.transform(cand)
+    assert X["i_pop"].tolist() == pytest.approx([0.0, 2 * 1e5 / 3])
+    assert "c_score_popular" not in X and X["c_rank_popular"].tolist() == [2, 1]
+    # doubling the history (every event twice) leaves the scaled popularity unchanged
+    twice = pd.concat([inter, inter], ignore_index=True)
+    X2 = FeatureBuilder().fit(twice, IdMap([1, 2]), IdMap([10, 20, 30]), items, users).transform(cand)
+    assert X2["i_pop"].tolist() == pytest.approx(X["i_pop"].tolist())
