@@ -1,0 +1,105 @@
+"""HTTP service: ``GET /v1/search`` and ``POST /v1/events``, on the platform's app factory.
+
+* ``GET /v1/search?q=...&user_id=...&k=48`` -> ``{"search_id", "results": [...], "parsed": {corrected,
+  expansions, intent, entities, language, ...}, "timings_ms": {stage: ms}, "skipped": [...], ...}``.
+* ``POST /v1/events`` with ``{"events": [{"type": "impression"|"click"|"add_to_cart"|"purchase",
+  "search_id", "product_id", "position", "query", "user_id", "value", "ts"}, ...]}`` appends to the
+  click log that ``mlsd search train`` reads; answers ``{"accepted": n}``.
+
+Bad input never reaches the pipeline as a traceback: an empty or oversized query, ``k`` outside
+``[k_min, k_max]``, a body that is not JSON, or an event missing a field is answered with a 4xx
+``{"error": {"field", "value", "problem", "fix", ...}}`` naming the field (the platform's error shape).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+
+from mlsd.platform.errors import InputError
+from mlsd.platform.serving import create_app
+from mlsd.search.clicklog import ClickLog, validate_events
+from mlsd.search.pipeline import SearchEngine
+
+MAX_BODY_BYTES = 5_000_000
+
+
+def create_search_app(
+    engine: SearchEngine, clicklog: ClickLog | None = None, *, version: str = "0.1.0"
+) -> FastAPI:
+    """The search service over a fitted :class:`SearchEngine` (and a click log for events)."""
+    svc = engine.config.service
+
+    def health() -> dict[str, Any]:
+        return {
+            "products": len(engine.products_),
+            "model_version": engine.ranker_version_,
+            "dense": engine.dense_ is not None,
+        }
+
+    app = create_app("search", title="mlsd search", version=version, health=health)
+    app.state.engine = engine
+    app.state.clicklog = clicklog
+
+    @app.get("/v1/search", tags=["search"])
+    def search(
+        q: str = Query(..., description="the query text"),
+        user_id: str = Query("", max_length=200, description="who is searching (personalisation)"),
+        k: int = Query(svc.k_default, description=f"results wanted, {svc.k_min}..{svc.k_max}"),
+    ) -> dict[str, Any]:
+        if not svc.k_min <= k <= svc.k_max:
+            raise InputError(
+                "k", k, f"must be in [{svc.k_min}, {svc.k_max}]", f"ask for {svc.k_min}..{svc.k_max} results"
+            )
+        return engine.search(q, user_id, k)
+
+    @app.post("/v1/events", tags=["search"])
+    async def events(request: Request) -> dict[str, Any]:
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            raise InputError(
+                "body",
+                f"{len(body)} bytes",
+                f"larger than {MAX_BODY_BYTES} bytes",
+                "send events in smaller batches",
+                status=413,
+            )
+        try:
+            payload = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise InputError(
+                "body", body[:80].decode("utf-8", "replace"), "is not valid JSON", 'send {"events": [...]}'
+            ) from None
+        if not isinstance(payload, dict) or "events" not in payload:
+            raise InputError(
+                "events",
+                payload if not isinstance(payload, dict) else list(payload),
+                "missing",
+                'send {"events": [...]}',
+            )
+        items = payload["events"]
+        if not isinstance(items, list):
+            raise InputError("events", items, "must be a list", "send a JSON array of event objects")
+        if len(items) > svc.max_events_per_request:
+            raise InputError(
+                "events",
+                f"{len(items)} events",
+                f"more than {svc.max_events_per_request} in one request",
+                "send smaller batches",
+                status=413,
+            )
+        frame = validate_events(items)
+        if clicklog is None:
+            raise InputError(
+                "events",
+                len(items),
+                "this service has no click log configured",
+                "start it with --data DIR",
+                status=503,
+            )
+        accepted = clicklog.append(frame, validated=True)
+        return {"accepted": accepted}
+
+    return app

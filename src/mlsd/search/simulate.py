@@ -1,0 +1,647 @@
+"""A catalog, a query stream and a position-biased click log whose ground truth is known.
+
+Everything is vectorised numpy: a 1M-product catalog takes seconds. The pieces, in data-flow order:
+
+1. **Catalog** (:func:`simulate_catalog`): products of a fixed taxonomy (category path, brand,
+   colour, material, size), with price, rating, review counts and dates, return rate, stock, margin and
+   a promoted flag. A hidden latent ``quality`` (kept apart, in ``truth``) drives rating, conversion
+   and returns. Titles come from a finite set of templates (brand x modifier x noun x colour), so a
+   million products share tens of thousands of distinct titles, like a marketplace where many sellers
+   list the same item; dense encoders exploit that by encoding unique texts only.
+2. **Queries** (:func:`simulate_queries`): each query is drawn from a target product's attributes
+   (category, brand, brand+category, colour+category, price-constrained) with realistic noise: typos,
+   synonyms (earbuds / earphones / headphones), and a share of the traffic in Spanish. The structured
+   spec behind each text is kept, so :func:`true_grades` can grade any (query, product) pair.
+3. **Users** with a favourite brand per department.
+4. **Sessions** (:func:`simulate_sessions`): an old production ranker (biased towards promoted and
+   popular items, plus noise) orders a fixed candidate pool per query; a share of sessions swaps the
+   top result with a random rank (the randomised intervention propensity estimation relies on); users
+   examine rank r with probability ``(1/r)**eta`` and click, add to cart and buy according to the
+   true relevance, their brand taste, and the product's price and quality.
+
+Ground truth: ``grade`` 0..3 per (query, product) (0 wrong category, 1 right category but a requested
+brand / colour / price missed, 2 matches everything asked, 3 matches and is a top-quality item) and the
+true examination propensities, so debiasing can be checked against the answer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mlsd.platform.errors import InputError
+
+# --------------------------------------------------------------------------------------------------
+# Taxonomy. (department, group, leaf, English nouns (synonyms), Spanish noun, median price)
+
+TAXONOMY: tuple[tuple[str, str, str, tuple[str, ...], str, float], ...] = (
+    ("Electronics", "Audio", "Headphones", ("headphones", "earbuds", "earphones"), "auriculares", 60.0),
+    ("Electronics", "Audio", "Speakers", ("speaker", "soundbar"), "altavoz", 80.0),
+    ("Electronics", "Computers", "Laptops", ("laptop", "notebook"), "portátil", 700.0),
+    ("Electronics", "Computers", "Keyboards", ("keyboard",), "teclado", 45.0),
+    ("Electronics", "Computers", "Mice", ("mouse",), "ratón", 25.0),
+    ("Electronics", "Phones", "Phone Cases", ("phone case", "phone cover"), "funda", 15.0),
+    ("Electronics", "Phones", "Chargers", ("charger", "charging cable"), "cargador", 20.0),
+    ("Electronics", "Cameras", "Cameras", ("camera",), "cámara", 400.0),
+    ("Home", "Furniture", "Sofas", ("sofa", "couch"), "sofa", 650.0),
+    ("Home", "Furniture", "Chairs", ("chair",), "silla", 120.0),
+    ("Home", "Furniture", "Desks", ("desk", "table"), "mesa", 220.0),
+    ("Home", "Decor", "Seat Cushions", ("seat cushion", "pillow"), "cojín", 25.0),
+    ("Home", "Decor", "Lamps", ("lamp",), "lámpara", 55.0),
+    ("Home", "Kitchen", "Cookware", ("frying pan", "skillet"), "sartén", 40.0),
+    ("Home", "Kitchen", "Knives", ("knife set",), "cuchillos", 70.0),
+    ("Home", "Bedding", "Blankets", ("blanket", "throw"), "manta", 35.0),
+    ("Fashion", "Shoes", "Running Shoes", ("running shoes", "sneakers"), "zapatillas", 90.0),
+    ("Fashion", "Shoes", "Boots", ("boots",), "botas", 110.0),
+    ("Fashion", "Clothing", "Jackets", ("jacket", "coat"), "chaqueta", 95.0),
+    ("Fashion", "Clothing", "T-Shirts", ("t-shirt", "tee"), "camiseta", 20.0),
+    ("Fashion", "Accessories", "Backpacks", ("backpack",), "mochila", 50.0),
+    ("Fashion", "Accessories", "Watches", ("watch",), "reloj", 150.0),
+    ("Sports", "Fitness", "Yoga Mats", ("yoga mat",), "esterilla de yoga", 30.0),
+    ("Sports", "Outdoors", "Tents", ("tent",), "tienda de campaña", 160.0),
+    ("Sports", "Cycling", "Bike Helmets", ("bike helmet",), "casco de bicicleta", 55.0),
+)
+DEPARTMENTS: tuple[str, ...] = ("Electronics", "Home", "Fashion", "Sports")
+BRANDS: dict[str, tuple[str, ...]] = {
+    "Electronics": ("Sonix", "Auralis", "Voltix", "Pixelon", "Kordia", "Zenbeat", "Nexon", "Tronic"),
+    "Home": ("Casara", "Nordhem", "Lumina", "Hearthly", "Oakwell", "Velora", "Komfy", "Bramble"),
+    "Fashion": ("Stridex", "Urbano", "Peakline", "Nomada", "Vireo", "Kestrel", "Lunaris", "Mistral"),
+    "Sports": ("Trailix", "Summitco", "Ridgeback", "Vantago", "Apexa", "Corefit", "Flowfit", "Pinnaco"),
+}
+MODIFIERS: dict[str, tuple[str, ...]] = {
+    "Electronics": ("wireless", "noise cancelling", "pro", "portable", "compact", "gaming", "ultra", "smart"),
+    "Home": ("modern", "classic", "rustic", "ergonomic", "foldable", "premium", "minimalist", "vintage"),
+    "Fashion": ("lightweight", "waterproof", "classic", "slim fit", "casual", "premium", "vintage", "trail"),
+    "Sports": ("lightweight", "foldable", "pro", "ultralight", "padded", "adjustable", "durable", "compact"),
+}
+MATERIALS: dict[str, tuple[str, ...]] = {
+    "Electronics": ("plastic", "aluminum", "silicone", "steel"),
+    "Home": ("wood", "leather", "cotton", "steel", "velvet", "linen", "ceramic"),
+    "Fashion": ("leather", "cotton", "wool", "polyester", "nylon", "canvas"),
+    "Sports": ("nylon", "foam", "polyester", "steel", "rubber"),
+}
+SIZES: dict[str, tuple[str, ...]] = {
+    "Electronics": ("small", "medium", "large"),
+    "Home": ("small", "medium", "large", "18x18", "20x20"),
+    "Fashion": ("S", "M", "L", "XL"),
+    "Sports": ("small", "medium", "large"),
+}
+COLORS: tuple[str, ...] = (
+    "black", "white", "red", "blue", "green", "grey", "silver", "pink", "brown", "beige", "navy", "gold",
+)  # fmt: skip
+COLORS_ES: tuple[str, ...] = (
+    "negro", "blanco", "rojo", "azul", "verde", "gris", "plateado", "rosa", "marrón", "beige", "azul marino", "dorado",
+)  # fmt: skip
+CATEGORY_SEPARATOR = " / "  # as in mlsd.search.data
+
+INTENTS: tuple[str, ...] = ("category", "brand", "brand_category", "color_category", "price_category")
+INTENT_PROBS: tuple[float, ...] = (0.35, 0.10, 0.20, 0.15, 0.20)
+
+# Click model: P(click | examined) by true grade, and P(add to cart | click), P(purchase | cart).
+ATTRACT_BY_GRADE = np.array([0.03, 0.15, 0.45, 0.75])
+CART_BY_GRADE = np.array([0.02, 0.10, 0.30, 0.45])
+BUY_GIVEN_CART = 0.6
+EPOCH_END = 1_767_225_600  # 2026-01-01 UTC: the simulated "now"
+DAY = 86_400
+
+
+def true_propensity(positions: np.ndarray, eta: float) -> np.ndarray:
+    """The simulator's examination probability of 1-based rank ``positions``: ``(1/r)**eta``."""
+    return np.power(1.0 / np.asarray(positions, dtype=np.float64), eta)
+
+
+# --------------------------------------------------------------------------------------------------
+# Catalog
+
+
+def _leaf_tables() -> dict[str, np.ndarray]:
+    dept_index = {d: i for i, d in enumerate(DEPARTMENTS)}
+    return {
+        "dept": np.array([dept_index[t[0]] for t in TAXONOMY]),
+        "median_price": np.array([t[5] for t in TAXONOMY]),
+        "n_nouns": np.array([len(t[3]) for t in TAXONOMY]),
+    }
+
+
+def _render(codes: np.ndarray, make) -> pd.Categorical:
+    """Render text for integer ``codes`` by formatting each *distinct* code once: a 1M catalog has
+    tens of thousands of distinct titles, so the Python formatting cost is per template, not per row."""
+    uniq, inverse = np.unique(codes, return_inverse=True)
+    texts = [make(int(c)) for c in uniq]
+    cats, cat_codes = np.unique(np.array(texts, dtype=object), return_inverse=True)
+    return pd.Categorical.from_codes(cat_codes[inverse], categories=list(cats))
+
+
+def simulate_catalog(n_products: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return ``(products, truth)``: the catalog in the :mod:`mlsd.search.data` schema plus extras,
+    and the hidden per-product ``quality`` the click model uses."""
+    if n_products < 100:
+        raise InputError("--products", n_products, "too few products to simulate", "use at least 100")
+    rng = np.random.default_rng(seed)
+    leaves = _leaf_tables()
+    n = int(n_products)
+    leaf = rng.integers(0, len(TAXONOMY), n)
+    dept = leaves["dept"][leaf]
+    brand_local = rng.integers(0, 8, n)
+    brand = dept * 8 + brand_local
+    modifier = rng.integers(0, 8, n)
+    noun = (rng.random(n) * leaves["n_nouns"][leaf]).astype(np.int64)
+    color = rng.integers(0, len(COLORS), n)
+    mat_counts = np.array([len(MATERIALS[d]) for d in DEPARTMENTS])
+    size_counts = np.array([len(SIZES[d]) for d in DEPARTMENTS])
+    material = (rng.random(n) * mat_counts[dept]).astype(np.int64)
+    size = (rng.random(n) * size_counts[dept]).astype(np.int64)
+    quality = rng.standard_normal(n)
+    # Brands have a price level of their own; better items cost a little more.
+    brand_price = np.exp(rng.normal(0.0, 0.25, len(DEPARTMENTS) * 8))
+    price = (
+        leaves["median_price"][leaf] * brand_price[brand] * np.exp(rng.normal(0.0, 0.45, n) + 0.12 * quality)
+    )
+    price = np.maximum(np.floor(price) + 0.99, 1.99)
+    rating = np.clip(np.round(3.9 + 0.5 * quality + rng.normal(0.0, 0.35, n), 1), 1.0, 5.0)
+    listed_days = rng.integers(1, 3 * 365, n)
+    review_count = np.floor(
+        rng.lognormal(2.5 + 0.3 * quality, 1.3, n) * np.minimum(listed_days, 365) / 365
+    ).astype(np.int64)
+    # Review dates: listing-age-bounded; a product still selling gets recent reviews.
+    last_review_days = np.where(
+        review_count > 0, rng.integers(0, np.maximum(listed_days, 1)) * rng.random(n), -1
+    )
+    reviews_90d = rng.binomial(review_count, np.clip(90.0 / np.maximum(listed_days, 90), 0, 1))
+    dept_return = np.array([0.04, 0.06, 0.15, 0.07])[dept]
+    return_rate = np.clip(dept_return - 0.03 * quality + rng.normal(0.0, 0.02, n), 0.0, 0.6)
+    stock = np.where(rng.random(n) < 0.07, 0, rng.poisson(40, n))
+    margin = np.round(rng.uniform(0.05, 0.45, n), 3)
+    promoted = rng.random(n) < 0.05
+
+    n_mod, n_col = 8, len(COLORS)
+    title_code = ((leaf * 32 + brand_local) * n_mod + modifier) * 4 * n_col + noun * n_col + color
+
+    def make_title(code: int) -> str:
+        rest, c = divmod(code, n_col)
+        rest, nn = divmod(rest, 4)
+        rest, m = divmod(rest, n_mod)
+        lf, b = divmod(rest, 32)
+        d = TAXONOMY[lf][0]
+        return f"{BRANDS[d][b]} {MODIFIERS[d][m].title()} {TAXONOMY[lf][3][nn].title()}, {COLORS[c].title()}"
+
+    attr_code = (dept * 16 + material) * 16 * n_col + size * n_col + color
+
+    def make_attr(code: int) -> str:
+        rest, c = divmod(code, n_col)
+        rest, s = divmod(rest, 16)
+        d, m = divmod(rest, 16)
+        dn = DEPARTMENTS[d]
+        return f"color: {COLORS[c]}; material: {MATERIALS[dn][m]}; size: {SIZES[dn][s]}"
+
+    desc_code = (title_code * 16 + material) * 16 + size
+
+    def make_desc(code: int) -> str:
+        rest, s = divmod(code, 16)
+        tcode, m = divmod(rest, 16)
+        lf = tcode // (32 * n_mod * 4 * n_col)
+        d = TAXONOMY[lf][0]
+        return f"{make_title(tcode)}. Made of {MATERIALS[d][m]}, size {SIZES[d][s]}. {TAXONOMY[lf][2]} by {BRANDS[d][(tcode // (n_mod * 4 * n_col)) % 32]}."
+
+    category_names = [CATEGORY_SEPARATOR.join(t[:3]) for t in TAXONOMY]
+    brand_names = [b for d in DEPARTMENTS for b in BRANDS[d]]
+    products = pd.DataFrame(
+        {
+            "product_id": np.arange(n, dtype=np.int64),
+            "title": _render(title_code, make_title),
+            "brand": pd.Categorical.from_codes(brand, categories=brand_names),
+            "category": pd.Categorical.from_codes(leaf, categories=category_names),
+            "attributes": _render(attr_code, make_attr),
+            "description": _render(desc_code, make_desc),
+            "price": price,
+            "department": pd.Categorical.from_codes(dept, categories=list(DEPARTMENTS)),
+            "leaf_id": leaf.astype(np.int16),
+            "brand_id": brand.astype(np.int16),
+            "color": pd.Categorical.from_codes(color, categories=list(COLORS)),
+            "rating": rating,
+            "review_count": review_count,
+            "reviews_90d": reviews_90d.astype(np.int64),
+            "last_review_ts": np.where(
+                last_review_days >= 0, EPOCH_END - last_review_days.astype(np.int64) * DAY, 0
+            ),
+            "listed_ts": EPOCH_END - listed_days.astype(np.int64) * DAY,
+            "return_rate": np.round(return_rate, 4),
+            "stock": stock.astype(np.int64),
+            "margin": margin,
+            "promoted": promoted,
+        }
+    )
+    # Material and size as plain categoricals (names can repeat across departments).
+    mat_names = [m for d in DEPARTMENTS for m in MATERIALS[d]]
+    products["material"] = pd.Categorical(
+        np.array(mat_names, dtype=object)[material + np.concatenate([[0], np.cumsum(mat_counts)[:-1]])[dept]]
+    )
+    size_names = [s for d in DEPARTMENTS for s in SIZES[d]]
+    products["size"] = pd.Categorical(
+        np.array(size_names, dtype=object)[size + np.concatenate([[0], np.cumsum(size_counts)[:-1]])[dept]]
+    )
+    truth = pd.DataFrame({"product_id": products["product_id"].to_numpy(), "quality": quality})
+    return products, truth
+
+
+# --------------------------------------------------------------------------------------------------
+# Queries
+
+
+def _typo(word: str, rng: np.random.Generator) -> str:
+    """One edit (drop, swap, double or substitute a letter) inside a word of 5+ letters."""
+    if len(word) < 5 or not word.isalpha():
+        return word
+    i = int(rng.integers(1, len(word) - 1))
+    kind = int(rng.integers(0, 4))
+    if kind == 0:
+        return word[:i] + word[i + 1 :]
+    if kind == 1:
+        return word[: i - 1] + word[i] + word[i - 1] + word[i + 1 :]
+    if kind == 2:
+        return word[:i] + word[i] + word[i:]
+    keyboard_neighbour = "qwertyuiopasdfghjklzxcvbnm"
+    j = keyboard_neighbour.find(word[i])
+    return word[:i] + keyboard_neighbour[(j + 1) % 26] + word[i + 1 :]
+
+
+def simulate_queries(
+    products: pd.DataFrame,
+    n_queries: int = 2000,
+    seed: int = 0,
+    *,
+    typo_rate: float = 0.12,
+    spanish_rate: float = 0.10,
+) -> pd.DataFrame:
+    """Distinct query texts with the structured spec each was drawn from.
+
+    Columns: ``query_id``, ``text``, ``lang`` (en/es), ``intent`` (one of :data:`INTENTS`), ``leaf_id``
+    (-1 = any), ``brand_id`` (-1 = any), ``color_id`` (-1 = any), ``price_min``, ``price_max`` (NaN =
+    none), ``typo``, ``synonym`` (a noun other than the target's title noun), ``weight`` (Zipf traffic share).
+    """
+    rng = np.random.default_rng(seed + 1)
+    m = int(n_queries * 1.6) + 50  # oversample: different specs can render to the same text
+    target = rng.integers(0, len(products), m)
+    leaf = products["leaf_id"].to_numpy()[target].astype(np.int64)
+    brand = products["brand_id"].to_numpy()[target].astype(np.int64)
+    color = products["color"].cat.codes.to_numpy()[target].astype(np.int64)
+    price = products["price"].to_numpy()[target]
+    intent = rng.choice(len(INTENTS), size=m, p=INTENT_PROBS)
+    lang_es = rng.random(m) < spanish_rate
+    typo = rng.random(m) < typo_rate
+    noun_pick = rng.random(m)
+    price_form = rng.integers(0, 3, m)
+    brand_names = [b for d in DEPARTMENTS for b in BRANDS[d]]
+    rows = []
+    for i in range(m):  # a few thousand specs: formatting text per query is fine here
+        t = TAXONOMY[leaf[i]]
+        nouns = t[3]
+        noun = nouns[int(noun_pick[i] * len(nouns))]
+        it = INTENTS[intent[i]]
+        es = bool(lang_es[i]) and it != "brand"
+        spec = {
+            "leaf_id": int(leaf[i]),
+            "brand_id": -1,
+            "color_id": -1,
+            "price_min": np.nan,
+            "price_max": np.nan,
+        }
+        noun_text = t[4] if es else noun
+        if it == "category":
+            words = [noun_text]
+        elif it == "brand":
+            spec["leaf_id"] = -1
+            spec["brand_id"] = int(brand[i])
+            words = [brand_names[brand[i]]]
+        elif it == "brand_category":
+            spec["brand_id"] = int(brand[i])
+            words = [brand_names[brand[i]], noun_text]
+        elif it == "color_category":
+            spec["color_id"] = int(color[i])
+            words = [noun_text, COLORS_ES[color[i]]] if es else [COLORS[color[i]], noun_text]
+        else:  # price_category: a limit around the target's price, in round numbers
+            limit = float(max(10, np.round(price[i] * 1.2 / 10) * 10))
+            form = int(price_form[i])
+            if es:
+                spec["price_max"] = limit
+                words = [noun_text, f"menos de ${limit:.0f}"]
+            elif form == 0:
+                spec["price_max"] = limit
+                words = [noun_text, f"under ${limit:.0f}"]
+            elif form == 1:
+                low = float(max(0, np.round(limit / 2 / 10) * 10))
+                spec["price_min"], spec["price_max"] = low, limit
+                words = [noun_text, f"between {low:.0f} and {limit:.0f} dollars"]
+            else:
+                low = float(max(0, np.round(price[i] * 0.8 / 10) * 10))
+                spec["price_min"] = low
+                words = [noun_text, f"${low:.0f}+"]
+        text = " ".join(words).lower()
+        if typo[i] and not es:
+            # Typos hit the product words, never the brand: brands are guarded by the spell corrector.
+            parts = text.split(" ")
+            cand = [
+                j for j, w in enumerate(parts) if len(w) >= 5 and w.isalpha() and w.title() not in brand_names
+            ]
+            if cand:
+                j = cand[int(rng.integers(0, len(cand)))]
+                parts[j] = _typo(parts[j], rng)
+                text = " ".join(parts)
+        rows.append(
+            {
+                "text": text,
+                "lang": "es" if es else "en",
+                "intent": it,
+                **spec,
+                "typo": bool(typo[i] and not es),
+                "synonym": noun != nouns[0],
+            }
+        )
+    queries = pd.DataFrame(rows).drop_duplicates("text").head(n_queries).reset_index(drop=True)
+    queries.insert(0, "query_id", np.arange(len(queries), dtype=np.int64))
+    # Zipf traffic: a few head queries, a long tail (ranks shuffled so head != first generated).
+    ranks = rng.permutation(len(queries)) + 1
+    weight = 1.0 / np.power(ranks, 1.05)
+    queries["weight"] = weight / weight.sum()
+    return queries
+
+
+# --------------------------------------------------------------------------------------------------
+# Ground truth
+
+
+def true_grades(
+    queries: pd.DataFrame,
+    query_index: np.ndarray,
+    products: pd.DataFrame,
+    truth: pd.DataFrame,
+    product_ids: np.ndarray,
+) -> np.ndarray:
+    """Ground-truth grade 0..3 of each (``queries.iloc[query_index[i]]``, ``product_ids[i]``) pair.
+
+    0: wrong category (or wrong brand for a brand query); 1: right category but a requested brand,
+    colour or price bound is missed; 2: matches everything asked; 3: matches and is top-quality.
+    """
+    qi = np.asarray(query_index)
+    pid = np.asarray(product_ids)
+    q_leaf = queries["leaf_id"].to_numpy()[qi]
+    q_brand = queries["brand_id"].to_numpy()[qi]
+    q_color = queries["color_id"].to_numpy()[qi]
+    q_min = queries["price_min"].to_numpy(dtype=np.float64)[qi]
+    q_max = queries["price_max"].to_numpy(dtype=np.float64)[qi]
+    p_leaf = products["leaf_id"].to_numpy()[pid]
+    p_brand = products["brand_id"].to_numpy()[pid]
+    p_color = products["color"].cat.codes.to_numpy()[pid]
+    p_price = products["price"].to_numpy()[pid]
+    quality = truth["quality"].to_numpy()[pid]
+    cat_ok = (q_leaf < 0) | (q_leaf == p_leaf)
+    brand_ok = (q_brand < 0) | (q_brand == p_brand)
+    color_ok = (q_color < 0) | (q_color == p_color)
+    price_ok = ~(p_price < q_min) & ~(p_price > q_max)  # NaN bounds compare False: no constraint
+    all_ok = cat_ok & brand_ok & color_ok & price_ok
+    grade = np.where(all_ok, 2, np.where(cat_ok & (q_leaf >= 0), 1, 0))
+    grade = np.where(all_ok & (quality > 0.6), 3, grade)
+    return grade.astype(np.int8)
+
+
+# --------------------------------------------------------------------------------------------------
+# Users and sessions
+
+
+def simulate_users(n_users: int, seed: int = 0) -> pd.DataFrame:
+    """Users with a favourite brand per department and a price sensitivity."""
+    rng = np.random.default_rng(seed + 2)
+    fav = rng.integers(0, 8, (n_users, len(DEPARTMENTS))) + np.arange(len(DEPARTMENTS)) * 8
+    users = pd.DataFrame({"user_id": np.arange(n_users, dtype=np.int64)})
+    for d, name in enumerate(DEPARTMENTS):
+        users[f"fav_brand_{name.lower()}"] = fav[:, d].astype(np.int16)
+    users["price_sensitivity"] = np.round(rng.uniform(0.0, 1.0, n_users), 3)
+    return users
+
+
+def _candidate_pools(
+    queries: pd.DataFrame, products: pd.DataFrame, truth: pd.DataFrame, pool: int, rng: np.random.Generator
+) -> np.ndarray:
+    """A fixed candidate pool per query (the old system's retrieval): mostly matching products, some
+    right-category misses, a few random ones. Shape ``(n_queries, pool)``."""
+    n = len(products)
+    pools = np.empty((len(queries), pool), dtype=np.int64)
+    leaf = products["leaf_id"].to_numpy()
+    brand = products["brand_id"].to_numpy()
+    by_leaf = [np.flatnonzero(leaf == lf) for lf in range(len(TAXONOMY))]
+    by_brand = [np.flatnonzero(brand == b) for b in range(len(DEPARTMENTS) * 8)]
+    q_leaf = queries["leaf_id"].to_numpy()
+    q_brand = queries["brand_id"].to_numpy()
+    for i in range(len(queries)):  # per distinct query, not per session
+        base = by_leaf[q_leaf[i]] if q_leaf[i] >= 0 else by_brand[q_brand[i]]
+        sample = base[rng.integers(0, len(base), min(len(base), 4 * pool))] if len(base) else base
+        grades = true_grades(queries, np.full(len(sample), i), products, truth, sample)
+        good = np.unique(sample[grades >= 2])
+        near = np.unique(sample[grades == 1])
+        take_good = rng.permutation(good)[: int(pool * 0.6)]
+        take_near = rng.permutation(near)[: pool - len(take_good) - pool // 10]
+        chosen = np.unique(np.concatenate([take_good, take_near]))
+        filler = rng.integers(0, n, pool * 2)
+        chosen = np.concatenate([chosen, pd.unique(filler[~np.isin(filler, chosen)])])[:pool]
+        pools[i] = chosen
+    return pools
+
+
+@dataclass
+class ClickModel:
+    """Settings of the position-biased user model (defaults match the docs)."""
+
+    eta: float = 1.0  # examination propensity (1/rank)**eta
+    page_size: int = 20
+    pool: int = 60
+    swap_rate: float = 0.2  # share of sessions with a randomised swap of rank 1 and a random rank
+    # The old production ranker: relevance seen weakly and through noise, with a bias towards promoted
+    # and popular (many-reviewed) items -- what raw clicks learn to imitate, and IPS corrects.
+    logger_relevance: float = 0.5
+    logger_noise: float = 1.0
+    logger_promoted_bias: float = 1.5
+    logger_popularity_bias: float = 1.0
+
+
+def simulate_sessions(
+    products: pd.DataFrame,
+    truth: pd.DataFrame,
+    queries: pd.DataFrame,
+    users: pd.DataFrame,
+    n_sessions: int,
+    seed: int = 0,
+    model: ClickModel | None = None,
+    start_ts: int = EPOCH_END - 30 * DAY,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return ``(impressions, qrels)``.
+
+    ``impressions``: one row per shown result: ``search_id, ts, user_id, query_id, query, product_id,
+    position`` (1-based, as shown), ``logged_position`` (the old ranker's rank before a randomised swap),
+    ``clicked, added_to_cart, purchased, order_value``. ``qrels``: ``query_id, product_id, grade`` for
+    every pooled pair (the ground truth the debiasing is checked against).
+    """
+    model = model or ClickModel()
+    rng = np.random.default_rng(seed + 3)
+    k, pool = model.page_size, model.pool
+    pools = _candidate_pools(queries, products, truth, pool, rng)
+    nq = len(queries)
+    qidx = np.repeat(np.arange(nq), pool)
+    grades = true_grades(queries, qidx, products, truth, pools.ravel()).reshape(nq, pool)
+    # The old ranker: relevance seen through noise and its business/popularity bias, fixed per (q, p).
+    review = np.log1p(products["review_count"].to_numpy()[pools])
+    review = (review - review.mean()) / (review.std() + 1e-9)
+    promoted = products["promoted"].to_numpy()[pools].astype(np.float64)
+    logger_score = (
+        model.logger_relevance * grades
+        + model.logger_promoted_bias * promoted
+        + model.logger_popularity_bias * review
+        + rng.normal(0.0, model.logger_noise, grades.shape)
+    )
+    # Sessions: Zipf-distributed queries, uniform users, increasing timestamps.
+    s_query = rng.choice(nq, size=n_sessions, p=queries["weight"].to_numpy())
+    s_user = rng.integers(0, len(users), n_sessions)
+    s_ts = np.sort(rng.integers(start_ts, start_ts + 30 * DAY, n_sessions))
+    session_score = logger_score[s_query] + rng.normal(0.0, 0.3, (n_sessions, pool))
+    shown_col = np.argsort(-session_score, axis=1)[:, :k]  # (S, k) columns into the pool
+    logged_rank = np.broadcast_to(np.arange(1, k + 1), (n_sessions, k)).copy()
+    # Randomised intervention: swap rank 1 with a uniformly drawn rank 2..k.
+    swap = rng.random(n_sessions) < model.swap_rate
+    swap_to = rng.integers(2, k + 1, n_sessions)
+    rows = np.flatnonzero(swap)
+    position = logged_rank.copy()
+    position[rows, 0] = swap_to[rows]
+    position[rows, swap_to[rows] - 1] = 1
+    shown_pid = np.take_along_axis(pools[s_query], shown_col, axis=1)
+    shown_grade = np.take_along_axis(grades[s_query], shown_col, axis=1)
+    # User model: brand taste and price sensitivity tilt attraction; quality and price drive purchase.
+    dept = products["department"].cat.codes.to_numpy()[shown_pid]
+    fav = users[[f"fav_brand_{d.lower()}" for d in DEPARTMENTS]].to_numpy()[s_user]
+    likes_brand = np.take_along_axis(fav, dept, axis=1) == products["brand_id"].to_numpy()[shown_pid]
+    price = products["price"].to_numpy()[shown_pid]
+    median = np.array([t[5] for t in TAXONOMY])[products["leaf_id"].to_numpy()[shown_pid]]
+    pricey = np.clip(np.log(price / median), 0, 2) * users["price_sensitivity"].to_numpy()[s_user][:, None]
+    attract = np.clip(
+        ATTRACT_BY_GRADE[shown_grade] * np.where(likes_brand, 1.4, 1.0) * (1 - 0.3 * pricey), 0, 0.97
+    )
+    examined = rng.random(position.shape) < true_propensity(position, model.eta)
+    clicked = examined & (rng.random(position.shape) < attract)
+    quality = truth["quality"].to_numpy()[shown_pid]
+    cart_p = CART_BY_GRADE[shown_grade] * (0.7 + 0.3 / (1 + np.exp(-quality))) * (1 - 0.3 * pricey)
+    carted = clicked & (rng.random(position.shape) < cart_p)
+    purchased = carted & (rng.random(position.shape) < BUY_GIVEN_CART)
+    qty = 1 + (rng.random(position.shape) < 0.15)
+    order_value = np.where(purchased, price * qty, 0.0)
+
+    impressions = pd.DataFrame(
+        {
+            "search_id": np.repeat(np.arange(n_sessions, dtype=np.int64), k),
+            "ts": np.repeat(s_ts.astype(np.int64), k),
+            "user_id": np.repeat(s_user.astype(np.int64), k),
+            "query_id": np.repeat(s_query.astype(np.int64), k),
+            "product_id": shown_pid.ravel(),
+            "position": position.ravel().astype(np.int16),
+            "logged_position": logged_rank.ravel().astype(np.int16),
+            "clicked": clicked.ravel(),
+            "added_to_cart": carted.ravel(),
+            "purchased": purchased.ravel(),
+            "order_value": np.round(order_value.ravel(), 2),
+        }
+    )
+    impressions.insert(
+        4, "query", pd.Categorical.from_codes(impressions["query_id"], queries["text"].tolist())
+    )
+    qrels = pd.DataFrame(
+        {
+            "query_id": qidx.astype(np.int64),
+            "product_id": pools.ravel(),
+            "grade": grades.ravel().astype(np.int8),
+        }
+    )
+    return impressions, qrels
+
+
+# --------------------------------------------------------------------------------------------------
+# Everything at once, saved to / loaded from a folder
+
+
+@dataclass
+class Simulation:
+    """A simulated world: catalog, hidden truth, queries, users, the click log and the ground truth."""
+
+    products: pd.DataFrame
+    truth: pd.DataFrame
+    queries: pd.DataFrame
+    users: pd.DataFrame
+    impressions: pd.DataFrame
+    qrels: pd.DataFrame
+    click_model: ClickModel = field(default_factory=ClickModel)
+    seed: int = 0
+
+    def true_propensities(self, max_position: int | None = None) -> np.ndarray:
+        """Examination probability of ranks 1..max_position (index 0 is rank 1)."""
+        k = max_position or self.click_model.page_size
+        return true_propensity(np.arange(1, k + 1), self.click_model.eta)
+
+    def dataset(self):
+        """The :class:`~mlsd.search.data.SearchDataset` view (products, queries, graded judgements)."""
+        from mlsd.search.data import SearchDataset
+
+        return SearchDataset(
+            name="simulated",
+            products=self.products,
+            queries=self.queries[["query_id", "text"]],
+            judgements=self.qrels,
+            max_grade=3.0,
+        )
+
+    def save(self, out: Path) -> Path:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("products", "truth", "queries", "users", "impressions", "qrels"):
+            getattr(self, name).to_parquet(out / f"{name}.parquet", index=False)
+        meta = {"seed": self.seed, "click_model": self.click_model.__dict__, "n_products": len(self.products)}
+        (out / "simulation.json").write_text(json.dumps(meta, indent=2))
+        return out
+
+    @classmethod
+    def load(cls, path: Path) -> Simulation:
+        path = Path(path)
+        meta_path = path / "simulation.json"
+        if not meta_path.exists():
+            raise InputError(
+                "--data",
+                str(path),
+                "not a simulated dataset folder (no simulation.json)",
+                "run `mlsd search simulate --out DIR` first",
+            )
+        meta = json.loads(meta_path.read_text())
+        frames = {
+            n: pd.read_parquet(path / f"{n}.parquet")
+            for n in ("products", "truth", "queries", "users", "impressions", "qrels")
+        }
+        return cls(**frames, click_model=ClickModel(**meta["click_model"]), seed=int(meta["seed"]))
+
+
+def simulate(
+    n_products: int = 20_000,
+    n_sessions: int = 50_000,
+    seed: int = 0,
+    *,
+    n_queries: int = 2000,
+    n_users: int = 5000,
+    click_model: ClickModel | None = None,
+    spanish_rate: float = 0.10,
+) -> Simulation:
+    """Simulate a catalog, queries, users and ``n_sessions`` logged searches."""
+    if n_sessions < 0:
+        raise InputError("--sessions", n_sessions, "must be >= 0", "use 0 for a catalog only")
+    model = click_model or ClickModel()
+    products, truth = simulate_catalog(n_products, seed)
+    queries = simulate_queries(products, n_queries, seed, spanish_rate=spanish_rate)
+    users = simulate_users(n_users, seed)
+    impressions, qrels = simulate_sessions(products, truth, queries, users, n_sessions, seed, model)
+    return Simulation(products, truth, queries, users, impressions, qrels, model, seed)

@@ -1,0 +1,101 @@
+"""HTTP: /v1/search and /v1/events answer results, parsed query and timings; bad input is a 4xx naming the field."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from mlsd.search.clicklog import ClickLog
+from mlsd.search.config import SearchConfig
+from mlsd.search.pipeline import SearchEngine
+from mlsd.search.service import create_search_app
+from mlsd.search.simulate import simulate
+
+
+@pytest.fixture(scope="module")
+def engine():
+    sim = simulate(600, 0, seed=0, n_queries=40, n_users=10)
+    return SearchEngine(SearchConfig(), dense=False, parser_options={"intent_queries": 200}).fit(sim.products)
+
+
+@pytest.fixture
+def client(engine, tmp_path):
+    log = ClickLog(tmp_path)
+    c = TestClient(create_search_app(engine, log))
+    c.log = log
+    return c
+
+
+def _field(resp):
+    return resp.json()["error"]["field"]
+
+
+def test_search_ok(client) -> None:
+    r = client.get("/v1/search", params={"q": "black chair", "user_id": "u1", "k": 7})
+    assert r.status_code == 200
+    body = r.json()
+    assert len(body["results"]) <= 7 and body["search_id"]
+    assert body["parsed"]["entities"]["color"] == "black"
+    assert {"corrected", "expansions", "intent", "entities", "language"} <= set(body["parsed"])
+    assert "bm25" in body["timings_ms"] and isinstance(body["skipped"], list)
+    assert client.get("/health").json()["products"] == 600
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "field"),
+    [
+        ({"q": ""}, 422, "q"),
+        ({"q": "   "}, 422, "q"),
+        ({"q": "x" * 10_240}, 413, "q"),
+        ({}, 422, "q"),
+        ({"q": "lamp", "k": 0}, 422, "k"),
+        ({"q": "lamp", "k": 100_000}, 422, "k"),
+        ({"q": "lamp", "k": "many"}, 422, "k"),
+    ],
+)
+def test_bad_search_input_names_the_field(client, params, status, field) -> None:
+    r = client.get("/v1/search", params=params)
+    assert r.status_code == status and _field(r) == field
+    assert len(r.text) < 2000  # a 10 KB query is not echoed back
+
+
+def test_events_are_recorded_in_the_click_log(client) -> None:
+    s = client.get("/v1/search", params={"q": "lamp", "k": 3}).json()
+    events = [
+        {
+            "type": "impression",
+            "search_id": s["search_id"],
+            "query": "lamp",
+            "product_id": r["product_id"],
+            "position": r["position"],
+            "user_id": "u9",
+        }
+        for r in s["results"]
+    ]
+    events.append({"type": "click", "search_id": s["search_id"], "product_id": s["results"][0]["product_id"]})
+    r = client.post("/v1/events", json={"events": events})
+    assert r.status_code == 200 and r.json() == {"accepted": len(events)}
+    imp = client.log.impressions()
+    assert len(imp) == len(s["results"]) and imp["clicked"].sum() == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b"not json", "body"),
+        (b"[1, 2]", "events"),
+        (b'{"evts": []}', "events"),
+        (b'{"events": {"type": "click"}}', "events"),
+        (b'{"events": []}', "events"),
+        (b'{"events": [{"type": "click", "search_id": "s"}]}', "events[0].product_id"),
+        (b'{"events": [{"type": "boom", "search_id": "s", "product_id": 1}]}', "events[0].type"),
+        (
+            b'{"events": [{"type": "impression", "search_id": "s", "product_id": 1, "query": "q"}]}',
+            "events[0].position",
+        ),
+    ],
+)
+def test_malformed_events_are_422_naming_the_field(client, body, field) -> None:
+    r = client.post("/v1/events", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and _field(r) == field
+    assert len(client.log.events()) == 0  # nothing half-written
