@@ -21,7 +21,7 @@ def test_bench_json_contract(capsys):
     assert set(result) == {"in_process", "http"}
     for mode in ("in_process", "http"):
         b = result[mode]
-        assert set(b) == KEYS
+        assert set(b) == (KEYS | {"workers", "concurrency"} if mode == "http" else KEYS)
         assert 0 < b["p50_ms"] <= b["p95_ms"] <= b["p99_ms"]
         assert b["throughput_rps"] > 0
         assert {"candidates", "rules"} <= set(b["stages"]) <= set(STAGES)
@@ -32,3 +32,23 @@ def test_summarize_percentiles_are_exact():
     out = summarize([float(i) for i in range(1, 101)], {"ranking": [1.0, 2.0, 3.0]}, wall_s=2.0)
     assert out["p50_ms"] == 50.5 and out["p99_ms"] == 99.01 and out["throughput_rps"] == 50.0
     assert out["stages"] == {"ranking": 2.98}
+
+
+@pytest.mark.slow
+def test_http_with_several_uvicorn_worker_processes():
+    """``--workers 2``: a real ``uvicorn --workers 2`` child serving the registry's champion; both
+    workers answer /health before the run, every request succeeds, and the server is gone after."""
+    import asyncio
+
+    import numpy as np
+
+    from mlsd.recsys.bench import ServerProcess, _http_run
+    from mlsd.recsys.demo import tiny_registry
+
+    registry = tiny_registry() / "registry"
+    users = np.array([1, 2, 3, 10**9 + 1] * 4)  # known and cold ids alike
+    with ServerProcess(registry, workers=2) as server:
+        latencies, stages, _wall, errors = asyncio.run(_http_run(server.url, users, 10, concurrency=4))
+    assert errors == 0 and len(latencies) == len(users)
+    assert "candidates" in stages and len(stages["candidates"]) == len(users)
+    assert server.proc.poll() is not None  # stopped

@@ -9,10 +9,12 @@ import scipy.sparse as sp
 from mlsd.platform.errors import InputError
 from mlsd.recsys.candidates import (
     ALSCandidates,
+    BlendCandidates,
     CandidateGenerator,
     ContentCandidates,
     EASECandidates,
     PopularityCandidates,
+    RP3BetaCandidates,
     top_n_dense,
 )
 from mlsd.recsys.data import binary_matrix, make_interactions, toy_dataset
@@ -37,7 +39,12 @@ def test_top_n_dense_orders_excludes_and_pads():
 
 
 @pytest.mark.parametrize(
-    "source", [EASECandidates(lam=10.0), ALSCandidates(factors=8, iterations=10, num_threads=1)]
+    "source",
+    [
+        EASECandidates(lam=10.0),
+        ALSCandidates(factors=8, iterations=10, num_threads=1),
+        BlendCandidates({"als": ALSCandidates(factors=8, iterations=10, num_threads=1)}),
+    ],
 )
 def test_cf_sources_learn_the_two_tastes_and_exclude_seen(toy, source):
     source.fit(toy)
@@ -56,6 +63,24 @@ def test_unknown_user_gets_padding_from_cf(toy):
     als = ALSCandidates(factors=4, iterations=3, num_threads=1).fit(toy)
     idx, sc = als.candidates(np.array([999]), 3)
     assert (idx == -1).all() and np.isneginf(sc).all()
+
+
+def test_blend_is_the_weighted_sum_of_per_user_z_scores(toy):
+    members = {"ease": EASECandidates(lam=10.0), "rp3": RP3BetaCandidates()}
+    blend = BlendCandidates(members, {"ease": 1.0, "rp3": 0.5}).fit(toy)
+    users = np.array([1, 2, 999])
+    ease = EASECandidates(lam=10.0).fit(toy).score_dense(users)
+    rp3 = RP3BetaCandidates().fit(toy).score_dense(users)
+
+    def z(s):
+        return (s - s.mean(axis=1, keepdims=True)) / s.std(axis=1, keepdims=True)
+
+    dense = blend.score_dense(users)
+    np.testing.assert_allclose(dense[:2], (z(ease) + 0.5 * z(rp3))[:2], rtol=1e-4, atol=1e-4)
+    assert np.isnan(dense[2]).all()  # unknown user: no score
+    idx, _ = blend.candidates(users, 3)
+    assert (idx[2] == -1).all()
+    assert members["ease"].__dict__.get("B_") is None  # the configured members are copied, not fitted
 
 
 def test_ease_refuses_huge_catalogue(toy):
@@ -105,3 +130,20 @@ def test_generator_union_flags_and_cold_start(toy):
         gen.candidates(np.array([1.5]))
     with pytest.raises(InputError):
         gen.candidates(np.array([1]), exclude=sp.csr_matrix((2, 3)))
+
+
+def test_is_excluded_matches_scipy_element_lookup():
+    """The serving path's exclusion test (sorted keys) answers exactly what ``exclude[rows, cols]`` does."""
+    import scipy.sparse as sp
+
+    from mlsd.recsys.candidates import _is_excluded
+
+    rng = np.random.default_rng(0)
+    for t in range(50):
+        u, n = int(rng.integers(1, 6)), int(rng.integers(5, 40))
+        ex = sp.random(u, n, density=rng.random() * 0.5, format="csr", random_state=t)
+        ex.data[:] = 1.0
+        cols = rng.integers(0, n, size=(u, int(rng.integers(1, 10))))
+        rows = np.repeat(np.arange(u), cols.shape[1])
+        expected = np.asarray(ex[rows, cols.ravel()]).reshape(cols.shape) != 0
+        np.testing.assert_array_equal(_is_excluded(ex, cols), expected)

@@ -42,16 +42,17 @@ def parse(argv):
 @pytest.mark.parametrize("protocol", ["stratified", "temporal"])
 def test_evaluate_prints_one_json_object(tmp_path, capsys, protocol):
     path = write_ml100k(tmp_path)
-    args = parse(["--path", str(path), "--protocol", protocol, "--models", "popularity,als", "--json"])
+    args = parse(["--path", str(path), "--protocol", protocol, "--models", "popularity,als,blend", "--json"])
     assert evaluate.run(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["dataset"] == "movielens" and out["protocol"] == protocol and out["k"] == 10
-    assert set(out["models"]) == {"popularity", "als"}
+    assert set(out["models"]) == {"popularity", "als", "blend"}
     for metrics in out["models"].values():
         assert set(metrics) == {"ndcg@10", "precision@10", "recall@10", "map@10", "coverage@10"}
         assert all(0.0 <= v <= 1.0 for v in metrics.values())
     # the toy data has two clean tastes: collaborative filtering must beat popularity
     assert out["models"]["als"]["ndcg@10"] >= out["models"]["popularity"]["ndcg@10"]
+    assert out["models"]["blend"]["ndcg@10"] >= out["models"]["popularity"]["ndcg@10"]
 
 
 def test_two_stage_on_tiny_data(tmp_path, monkeypatch):
@@ -61,6 +62,18 @@ def test_two_stage_on_tiny_data(tmp_path, monkeypatch):
     ds = load_movielens(write_ml100k(tmp_path))
     result = evaluate.evaluate_models(ds, "stratified", 5, ("popularity", "two_stage"), progress=False)
     assert result["two_stage"]["ndcg@5"] > result["popularity"]["ndcg@5"]
+
+
+def test_two_stage_boosts_from_the_blend(tmp_path):
+    from mlsd.recsys.movielens import load_movielens
+
+    ds = load_movielens(write_ml100k(tmp_path))
+    model = evaluate.two_stage_for_evaluation().fit(ds)
+    assert model.ranker_.base_feature == "m_blend_rel"
+    assert model.ranker_.base_coef_[0] > 0  # a higher blend score means a likelier label
+    assert "blend" in model.generator_.models_
+    items, _, sources = model.recommend(np.array([1, 2]), 5)
+    assert (items >= 0).all() and any("blend" in s for row in sources for s in row)
 
 
 def test_bad_arguments(tmp_path):

@@ -126,3 +126,69 @@ def test_scale_free_counts_and_no_raw_scores():
     twice = pd.concat([inter, inter], ignore_index=True)
     X2 = FeatureBuilder().fit(twice, IdMap([1, 2]), IdMap([10, 20, 30]), items, users).transform(cand)
     assert X2["i_pop"].tolist() == pytest.approx(X["i_pop"].tolist())
+
+
+def test_one_user_path_gives_the_batch_feature_matrix():
+    """Serving transforms one user at a time (numpy per-user max/rank, cached content rows); the
+    training batch goes through pandas group-bys: the feature matrices must be identical."""
+    from mlsd.recsys.demo import tiny_registry
+    from mlsd.recsys.service import RecsysService
+
+    svc = RecsysService(tiny_registry() / "registry", watch=False)
+    model = svc._state.model
+    models = {m: model.generator_.models_[m] for m in model.score_models if m in model.generator_.models_}
+    assert "content" in models  # the cached one-row content scores are exercised
+    users = model.users_.ids[:6]
+    batch = model.candidates(users)
+    X_batch = model.features_.transform(batch, models)
+    # ALS scores are BLAS dot products whose last bit depends on how many users share the call
+    # (gemm for a batch, gemv for one), in the batch code as much as here: m_als_rel is compared
+    # to float32 precision, every other column bit for bit.
+    blas = [c for c in X_batch.columns if c.startswith("m_als") and c.endswith("_rel")]
+    exact = [c for c in X_batch.columns if c not in blas]
+    for _ in range(2):  # the second pass reads the content rows from the cache
+        one = pd.concat(
+            [model.features_.transform(model.candidates(np.array([u])), models) for u in users],
+            ignore_index=True,
+        )
+        assert list(one.columns) == list(X_batch.columns)
+        np.testing.assert_array_equal(one[exact].to_numpy(), X_batch[exact].to_numpy())
+        np.testing.assert_allclose(one[blas].to_numpy(), X_batch[blas].to_numpy(), rtol=1e-5, atol=1e-6)
+    assert list(X_batch.columns) == model.ranker_.feature_names_
+    assert (X_batch.dtypes == np.float32).all()
+
+
+def test_per_user_best_and_rank_match_pandas_group_bys():
+    from mlsd.recsys.features import _per_user_best_and_rank
+
+    values = np.array([0.5, np.nan, 0.9, 0.5, 0.9, -1.0], np.float32)  # ties, a NaN, a negative
+    for users in (np.zeros(6, np.int64), np.array([3, 3, 1, 1, 3, 1])):
+        s = pd.Series(values)
+        best, rank = _per_user_best_and_rank(values, users)
+        np.testing.assert_array_equal(best, s.groupby(users).transform("max").to_numpy())
+        expected = s.groupby(users).rank(ascending=False, method="first").to_numpy(np.float32)
+        np.testing.assert_array_equal(rank, expected)
+    _, rank = _per_user_best_and_rank(values, np.zeros(6, np.int64))
+    np.testing.assert_array_equal(rank, [3, np.nan, 1, 4, 2, 5])
+    best, rank = _per_user_best_and_rank(np.full(2, np.nan, np.float32), np.zeros(2, np.int64))
+    assert np.isnan(best).all() and np.isnan(rank).all()
+
+
+def test_serving_caches_are_not_pickled_and_a_refit_drops_them():
+    import pickle
+
+    from mlsd.recsys.demo import tiny_registry
+    from mlsd.recsys.service import RecsysService
+
+    svc = RecsysService(tiny_registry() / "registry", watch=False)
+    model = svc._state.model
+    content = model.generator_.models_["content"]
+    uid = np.array([model.users_.ids[0]])
+    frame = model.candidates(uid)
+    X = model.features_.transform(frame, {"content": content})
+    assert "_item_values_cache" in model.features_.__dict__ and content.__dict__.get("_row_cache")
+    fb, cc = pickle.loads(pickle.dumps(model.features_)), pickle.loads(pickle.dumps(content))
+    assert "_item_values_cache" not in fb.__dict__ and "_row_cache" not in cc.__dict__
+    np.testing.assert_array_equal(fb.transform(frame, {"content": cc}).to_numpy(), X.to_numpy())
+    fb.item_table_ = fb.item_table_ * 2  # what a refit does: a new table object
+    np.testing.assert_array_equal(fb._item_values(), fb.item_table_.to_numpy())

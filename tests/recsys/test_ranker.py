@@ -37,6 +37,25 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_allclose(back.predict(X[["noise", "good"]]), r.predict(X))
 
 
+def test_boosts_from_a_base_feature(tmp_path):
+    X, y, g = signal()
+    # One tiny tree: the score is still (almost exactly) the logistic fit on the base feature, so
+    # the ranking is the base feature's; the corrections are the trees' job.
+    r = LightGBMRanker(n_estimators=1, learning_rate=1e-6, min_child_samples=5, base_feature="good").fit(
+        X, y, g
+    )
+    a, b = r.base_coef_
+    assert a > 0
+    np.testing.assert_allclose(r.predict(X), 1 / (1 + np.exp(-(a * X["good"] + b))), rtol=1e-4)
+    full = LightGBMRanker(n_estimators=20, min_child_samples=5, base_feature="good").fit(X, y, g)
+    full.save(tmp_path / "r")
+    back = LightGBMRanker.load(tmp_path / "r")
+    assert back.base_feature == "good" and back.base_coef_ == full.base_coef_
+    np.testing.assert_allclose(back.predict(X), full.predict(X))
+    with pytest.raises(InputError, match="base_feature"):
+        LightGBMRanker(base_feature="missing").fit(X, y, g)
+
+
 def test_bad_inputs(tmp_path):
     X, y, g = signal()
     with pytest.raises(InputError, match="group"):

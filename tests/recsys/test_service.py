@@ -218,3 +218,30 @@ def test_profile_endpoint_feeds_cold_start_over_http():
     bad = client.put("/v1/users/777000/profile", json={"age": -1})
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "age"
     assert client.put("/v1/users/x1/profile", json={}).json()["error"]["field"] == "user_id"
+
+
+def test_cold_users_are_scored_by_the_models_own_fallback(service):
+    """A user without history gets TwoStageRecommender.score()'s order (candidate order with the
+    trending/new weights), as in offline evaluation, not the ranker's scores on empty features."""
+    from mlsd.recsys.config import RerankConfig
+
+    cfg = RecsysConfig(
+        service=ServiceConfig(reload_poll_s=0),
+        rerank=RerankConfig(epsilon=0.0, freshness_weight=0.0, diversity="none"),
+    )
+    svc = RecsysService(tiny_registry() / "registry", config=cfg)
+    model = svc._state.model
+    uid = 10**12 + 7
+    out = svc.recommend(uid, 10, region="EU", age=30, deadline_ms=10_000)
+    assert out["cold_start"] is True and out["scored_by"] == "cold_start_fallback"
+    assert "features" not in out["timings_ms"] and out["skipped"] == []
+    frame = model.candidates(np.array([uid]), seed_items=[[]])
+    ok = svc._state.rules.allowed(
+        frame["item_id"].to_numpy(), now=out["now"], user_region=region_bits("EU"), user_age=30
+    )
+    frame = frame[ok].reset_index(drop=True)
+    expected = frame["item_id"].to_numpy()[np.argsort(-model.score(frame), kind="stable")[:10]]
+    assert [it["item_id"] for it in out["items"]] == expected.tolist()
+    known = svc.recommend(int(model.users_.ids[0]), 10, deadline_ms=10_000)
+    assert known["scored_by"] == "ranker" and "features" in known["timings_ms"]
+    svc.close()

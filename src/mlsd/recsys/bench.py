@@ -8,7 +8,9 @@
 3. **in-process**: ``requests`` calls of :meth:`RecsysService.recommend` (k=50), 95% users the model
    knows and 5% brand-new ids (cold start), after a short warm-up;
 4. **http**: a real uvicorn server on 127.0.0.1 (a free port) and an httpx client with ``concurrency``
-   requests in flight, the same mix and count; the server stops when the run ends.
+   requests in flight, the same mix and count; the server stops when the run ends. ``workers=1``
+   serves from a thread of this process (the in-process service); ``workers>1`` starts ``uvicorn
+   --workers N`` as a child process, each worker loading the champion from the registry.
 
 Prints ``{"in_process": B, "http": B}`` with ``B = {"p50_ms", "p95_ms", "p99_ms", "throughput_rps",
 "stages": {stage: p99_ms}}``; what was run (sizes, timings of the set-up) goes to stderr.
@@ -139,14 +141,64 @@ async def _http_run(url: str, users: np.ndarray, k: int, concurrency: int) -> tu
     return latencies, stages, wall, errors
 
 
-def bench_http(service, users: np.ndarray, k: int, concurrency: int) -> dict[str, Any]:
+class ServerProcess:
+    """``uvicorn --workers N`` serving the registry's champion in a child process; ``with`` starts
+    it, waits until every worker answers /health (each loads the model itself), and stops it."""
+
+    def __init__(self, registry: str | Path, workers: int, port: int | None = None) -> None:
+        self.registry, self.workers = Path(registry), int(workers)
+        self.port = port or _free_port()
+        self.proc = None
+
+    def __enter__(self) -> ServerProcess:
+        import os
+        import subprocess
+
+        import httpx
+
+        from mlsd.recsys.service import REGISTRY_ENV
+
+        cmd = [sys.executable, "-m", "uvicorn", "mlsd.recsys.service:app_from_env", "--factory",
+               "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
+               "--log-level", "warning", "--no-access-log"]  # fmt: skip
+        env = {**os.environ, REGISTRY_ENV: str(self.registry)}
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+        pids: set[int] = set()
+        deadline = time.monotonic() + 300
+        while len(pids) < self.workers:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.__exit__()
+                raise RuntimeError(f"uvicorn with {self.workers} workers did not come up ({len(pids)} ready)")
+            try:
+                pids.add(int(httpx.get(f"{self.url}/health", timeout=5).json()["pid"]))
+            except (httpx.HTTPError, KeyError, ValueError):
+                time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except Exception:  # noqa: BLE001 - a stuck server must not outlive the bench
+                self.proc.kill()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def bench_http(
+    service, users: np.ndarray, k: int, concurrency: int, workers: int = 1, registry: str | Path | None = None
+) -> dict[str, Any]:
     from mlsd.recsys.service import create_service_app
 
-    with ServerThread(create_service_app(service)) as server:
+    server = ServerProcess(registry, workers) if workers > 1 else ServerThread(create_service_app(service))
+    with server:
         latencies, stages, wall, errors = asyncio.run(_http_run(server.url, users, k, concurrency))
     if errors:
         _log(f"{errors} HTTP requests failed")
-    return summarize(latencies, stages, wall)
+    return {**summarize(latencies, stages, wall), "workers": workers, "concurrency": concurrency}
 
 
 def run_bench(
@@ -162,6 +214,7 @@ def run_bench(
     seed: int = 0,
     sources: dict[str, int] | None = None,
     n_estimators: int = 100,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Set up (simulate, train, register) and measure; returns ``{"in_process": B, "http": B}``."""
     from mlsd.recsys.config import RecsysConfig, ServiceConfig, TrainConfig
@@ -192,7 +245,7 @@ def run_bench(
     http_users = request_users(service, requests, rng)
     _log(f"in-process: {requests} requests, k={k}")
     in_process = bench_in_process(service, in_users, k)
-    _log(f"http: {requests} requests, concurrency {concurrency}, uvicorn on 127.0.0.1")
-    http = bench_http(service, http_users, k, concurrency)
+    _log(f"http: {requests} requests, concurrency {concurrency}, uvicorn ({workers} worker(s)) on 127.0.0.1")
+    http = bench_http(service, http_users, k, concurrency, workers, root / "registry")
     service.close()
     return {"in_process": in_process, "http": http}

@@ -82,6 +82,8 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--items", type=_positive_int("items", 20), default=50_000)
     p.add_argument("--requests", type=_positive_int("requests", 1), default=2_000)
     p.add_argument("--concurrency", type=_positive_int("concurrency", 1), default=8)
+    p.add_argument("--workers", type=_positive_int("workers", 1, 64), default=1,
+                   help="uvicorn worker processes for the HTTP run (1: a thread of the bench process)")  # fmt: skip
     p.add_argument("--events-per-user", type=float, default=8.0)
     p.add_argument("--train-users", type=_positive_int("train-users", 10), default=3_000,
                    help="users whose events train the model (all users stay in the catalogue)")  # fmt: skip
@@ -180,7 +182,7 @@ def _bench(args: argparse.Namespace) -> int:
     result = run_bench(
         users=args.users, items=args.items, requests=args.requests, concurrency=args.concurrency,
         events_per_user=args.events_per_user, train_users=args.train_users, k=args.k,
-        workdir=args.workdir, seed=args.seed,
+        workdir=args.workdir, seed=args.seed, workers=args.workers,
     )  # fmt: skip
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0
