@@ -126,3 +126,53 @@ def test_capacity_grows_so_windows_stay_exact(make_store):
     for i in range(n):  # brute force reference
         m = (keys_a[: i + 1] == keys_a[i]) & (ts[: i + 1] > ts[i] - 1000)
         assert counts[i] == m.sum() and sums[i] == values[: i + 1][m].sum()
+
+
+def _grow_workload(store: MemoryWindowStore) -> list:
+    """Batches that push one key past the initial capacity (attrs and labels set on the way)."""
+    rng = np.random.default_rng(1)
+    views = []
+    for b in range(6):
+        n = 12
+        keys = [0] * 8 + rng.integers(1, 5, n - 8).tolist()  # key 0 grows, the others stay small
+        ids = list(range(b * n, (b + 1) * n))
+        ts = np.full(n, 100 * b) + np.arange(n)
+        attrs = rng.normal(size=(n, 2))
+        views.append(store.update_many(keys, ids, ts, rng.integers(0, 100, n), attrs))
+        store.set_labels([0], [ids[0]], np.array([100 * b + 50]))
+    return views
+
+
+def test_growth_into_prefilled_arrays_equals_plain_growth(monkeypatch):
+    plain = MemoryWindowStore(10_000, n_attrs=2, capacity=8)
+    monkeypatch.setattr(plain, "_prepare_growth", lambda: None)  # always the synchronous path
+    prefilled = MemoryWindowStore(10_000, n_attrs=2, capacity=8)
+    real_prepare = prefilled._prepare_growth
+    used = []
+
+    def prepare_and_wait():  # deterministic: the background fill finishes before the next batch
+        thread = real_prepare()
+        if thread is not None:
+            thread.join()
+            used.append(prefilled._spare[0])
+
+    monkeypatch.setattr(prefilled, "_prepare_growth", prepare_and_wait)
+    views_a, views_b = _grow_workload(plain), _grow_workload(prefilled)
+    assert used and prefilled.capacity == plain.capacity > 8
+    for name in ("_ts", "_seq", "_value", "_attrs", "_label"):
+        np.testing.assert_array_equal(getattr(plain, name), getattr(prefilled, name))
+    for a, b in zip(views_a, views_b, strict=True):
+        np.testing.assert_array_equal(a.moments(a.window(1000))[1], b.moments(b.window(1000))[1])
+
+
+def test_prune_forgets_only_ids_outside_the_horizon():
+    store = MemoryWindowStore(1_000)
+    n = 60_000
+    keys = (np.arange(n) % 500).tolist()
+    store.update_many(keys, list(range(n)), np.zeros(n, dtype=np.int64), np.ones(n, dtype=np.int64))
+    assert len(store._events) == n  # below the first prune mark: nothing scanned
+    later = np.full(n, 5_000, dtype=np.int64)  # the first batch is now outside every key's horizon
+    store.update_many(keys, list(range(n, 2 * n)), later, np.ones(n, dtype=np.int64))
+    assert len(store._events) == n  # pruned: only the live batch's ids are kept
+    view = store.update_many([0], [n], np.array([5_000]), np.array([1]))  # a live id: a replay
+    assert not view.inserted.any()

@@ -105,7 +105,7 @@ def bench_inprocess(
 def _redis_worker(workdir: str, redis_url: str, prefix: str, ready_key: str, stop_key: str, idx: int) -> None:
     import redis
 
-    from mlsd.fraud.pipeline import Workspace
+    from mlsd.fraud.pipeline import Workspace, freeze_heap
     from mlsd.fraud.stream import StreamWorker
 
     client = redis.Redis.from_url(redis_url)
@@ -113,6 +113,8 @@ def _redis_worker(workdir: str, redis_url: str, prefix: str, ready_key: str, sto
     pipeline = ws.pipeline(
         review=False, feature_backend="redis", redis_url=redis_url, redis_prefix=prefix + "fw:"
     )
+    pipeline.warm_up()
+    freeze_heap()  # as `mlsd fraud stream` does
     worker = StreamWorker(
         client,
         pipeline.score_records,
@@ -215,11 +217,12 @@ def _json_payloads(tx: pd.DataFrame) -> list[str]:
 def _http_server(workdir: str, port: int) -> None:
     import uvicorn
 
-    from mlsd.fraud.pipeline import Workspace
+    from mlsd.fraud.pipeline import Workspace, freeze_heap
     from mlsd.fraud.service import build_app
 
     ws = Workspace(Path(workdir))
     app = build_app(ws.pipeline(review=False), config=ws.config)
+    freeze_heap()  # as `mlsd fraud serve` does
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -305,7 +308,7 @@ def run_bench(
     workdir: Path | None = None,
 ) -> dict[str, Any]:
     """Run the chosen paths; returns ``{"config": ..., "inproc": M, "redis": {"workers=1": M, ...}, "http": M}``."""
-    from mlsd.fraud.pipeline import Workspace, bootstrap
+    from mlsd.fraud.pipeline import Workspace, bootstrap, freeze_heap
 
     paths = paths or ["inproc", "redis", "http"]
     unknown = set(paths) - {"inproc", "redis", "http"}
@@ -331,6 +334,7 @@ def run_bench(
         # the first payments warm up (first LightGBM call, allocations); they come before the timed
         # ones in event time, so the windows stay in order
         pipeline.score(replay.iloc[:warmup])
+        freeze_heap()  # as `mlsd fraud serve` / `stream` do after loading
         print("bench: in-process path", file=sys.stderr)
         result["inproc"] = bench_inprocess(pipeline, tx, tps, seconds)
     if "redis" in paths:

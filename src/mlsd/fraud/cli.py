@@ -274,14 +274,16 @@ def _review(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from mlsd.fraud.config import FraudConfig
-    from mlsd.fraud.pipeline import Workspace
+    from mlsd.fraud.pipeline import Workspace, freeze_heap
     from mlsd.fraud.service import build_app
     from mlsd.platform.serving import serve
 
     config = FraudConfig.from_file(args.config)
     ws = Workspace(Path(args.workdir), config=config)
     pipeline = ws.pipeline(rules_path=args.rules, review=True)
-    serve(build_app(pipeline, config=config), host=args.host, port=args.port)
+    app = build_app(pipeline, config=config)
+    freeze_heap()
+    serve(app, host=args.host, port=args.port)
     return 0
 
 

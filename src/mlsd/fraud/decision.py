@@ -134,15 +134,19 @@ class DecisionEngine:
             if contrib.shape[1] == len(names) + 1:
                 contrib = contrib[:, :-1]
             kk = min(k, contrib.shape[1])
+            # only rows with a positive contribution can have a reason (the pipeline explains just
+            # the suspicious rows and leaves the others at zero): rank those alone
+            rows = np.flatnonzero((contrib > 0).any(axis=1))
+            sub = contrib[rows]
             # argpartition then a small sort: O(n * f) instead of sorting every row fully
-            part = np.argpartition(-contrib, kk - 1, axis=1)[:, :kk]
-            vals = np.take_along_axis(contrib, part, axis=1)
+            part = np.argpartition(-sub, kk - 1, axis=1)[:, :kk]
+            vals = np.take_along_axis(sub, part, axis=1)
             order = np.argsort(-vals, axis=1)
             part = np.take_along_axis(part, order, axis=1)
             vals = np.take_along_axis(vals, order, axis=1)
             positive = vals > 0  # only features that pushed *towards* fraud explain a suspicion
-            top_idx[:, :kk] = np.where(positive, part, -1)
-            top_val[:, :kk] = np.where(positive, vals, 0.0)
+            top_idx[rows, :kk] = np.where(positive, part, -1)
+            top_val[rows, :kk] = np.where(positive, vals, 0.0)
         return Decisions(
             decision=decision,
             probability=prob,

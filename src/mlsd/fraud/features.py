@@ -101,19 +101,29 @@ def sequence_names(seq_len: int) -> list[str]:
     return [f"seq{i}_{f}" for i in range(seq_len) for f in SEQ_FEATURES]
 
 
-def _hash52(values: pd.Series) -> np.ndarray:
+def _hash52(values) -> np.ndarray:
     """Entity ids as exact-in-float64 hashes (NaN where missing), for 'same terminal/device' tests.
 
     Integer ids hash as integers (60x faster than as strings); an id must keep its type over time.
+    ``values`` is a Series or a 1-d array (the online engine passes arrays: no Series per batch).
     """
-    out = np.full(len(values), np.nan)
-    present = values.notna().to_numpy()
+    arr = values.to_numpy() if isinstance(values, pd.Series) else np.asarray(values)
+    out = np.full(len(arr), np.nan)
+    if arr.dtype.kind in "iub":
+        hashed = pd.util.hash_array(arr.astype(np.int64, copy=False))
+        out[:] = (hashed & np.uint64(_MASK52)).astype(np.float64)
+        return out
+    present = ~pd.isna(arr)
     if not present.any():
         return out
-    if pd.api.types.is_integer_dtype(values.dtype):
-        hashed = pd.util.hash_array(values.to_numpy(np.int64)[present])
+    vals = arr[present] if not present.all() else arr
+    kind = pd.api.types.infer_dtype(vals, skipna=False)
+    if kind == "integer":  # nullable integers: hashed as integers, like the plain int64 column
+        hashed = pd.util.hash_array(vals.astype(np.int64))
     else:
-        hashed = pd.util.hash_pandas_object(values[present].astype(str), index=False).to_numpy()
+        if kind != "string":
+            vals = vals.astype(str)
+        hashed = pd.util.hash_array(np.asarray(vals, dtype=object), categorize=False)
     out[present] = (hashed & np.uint64(_MASK52)).astype(np.float64)
     return out
 
@@ -130,17 +140,20 @@ def _calendar(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (hour < 6).astype(np.float64), (weekday >= 5).astype(np.float64)
 
 
-def _card_attrs(frame: pd.DataFrame, config: FeatureConfig) -> np.ndarray:
-    """Per payment: [terminal hash, device hash, lat, lon] (NaN where the data lacks it)."""
-    n = len(frame)
+def _card_attrs(frame, config: FeatureConfig) -> np.ndarray:
+    """Per payment: [terminal hash, device hash, lat, lon] (NaN where the data lacks it).
+
+    ``frame`` is a DataFrame or a mapping of column arrays.
+    """
+    n = len(frame["terminal_id"])
     device = (
         _hash52(frame["device_id"])
         if "device_id" in frame and "device" in config.extras
         else np.full(n, np.nan)
     )
     geo = "geo" in config.extras and "lat" in frame and "lon" in frame
-    lat = frame["lat"].to_numpy(np.float64) if geo else np.full(n, np.nan)
-    lon = frame["lon"].to_numpy(np.float64) if geo else np.full(n, np.nan)
+    lat = np.asarray(frame["lat"], dtype=np.float64) if geo else np.full(n, np.nan)
+    lon = np.asarray(frame["lon"], dtype=np.float64) if geo else np.full(n, np.nan)
     return np.column_stack([_hash52(frame["terminal_id"]), device, lat, lon])
 
 
@@ -398,38 +411,60 @@ class FeatureEngine:
         Within the batch, payments are applied in event-time order (ties by position), whatever the
         order they came in; across batches the stream is expected in event-time order per entity.
         """
+        return pd.DataFrame(self.update_matrix(frame), columns=self.feature_names, copy=False)
+
+    def update_matrix(self, frame: pd.DataFrame) -> np.ndarray:
+        """:meth:`update_batch` as one ``(n, len(feature_names))`` float64 matrix (no DataFrame).
+
+        The hot path of the online pipeline: each input column is read once as a numpy array and
+        every feature written straight into its column of a preallocated matrix.
+        """
         _check(frame)
-        ts_in = frame["ts"].to_numpy(np.int64)
-        if ts_in.size > 1 and (np.diff(ts_in) < 0).any():
+        needed = ("tx_id", "ts", "amount", "lat", "lon", *ENTITY_COLUMNS.values())
+        cols = {c: frame[c].to_numpy() for c in needed if c in frame.columns}
+        ts_in = cols["ts"].astype(np.int64, copy=False)
+        if ts_in.size > 1 and (ts_in[1:] < ts_in[:-1]).any():
             order = np.argsort(ts_in, kind="stable")
-            feats = self.update_batch(frame.iloc[order])
+            matrix = self._update_sorted({c: v[order] for c, v in cols.items()})
             inverse = np.empty(order.size, dtype=np.int64)
             inverse[order] = np.arange(order.size)
-            return feats.iloc[inverse].reset_index(drop=True)
-        n = len(frame)
+            return matrix[inverse]
+        return self._update_sorted(cols)
+
+    def _update_sorted(self, cols: dict[str, np.ndarray]) -> np.ndarray:
+        n = len(cols["ts"])
         config = self.config
-        ts = frame["ts"].to_numpy(np.int64)
-        cents = to_cents(frame["amount"])
-        ids = frame["tx_id"].tolist()
-        out: dict[str, np.ndarray] = {"amount": frame["amount"].to_numpy(np.float64)}
-        out["is_night"], out["is_weekend"] = _calendar(ts)
-        card_attrs = _card_attrs(frame, config)
+        ts = cols["ts"].astype(np.int64, copy=False)
+        amount = cols["amount"].astype(np.float64, copy=False)
+        cents = to_cents(amount)
+        ids = cols["tx_id"].tolist()
+        index = {name: k for k, name in enumerate(self.feature_names)}
+        matrix = np.empty((n, len(self.feature_names)), dtype=np.float64)
+        matrix[:, index["amount"]] = amount
+        matrix[:, index["is_night"]], matrix[:, index["is_weekend"]] = _calendar(ts)
+        card_attrs = _card_attrs(cols, config)
         for kind in config.entities:
             column = ENTITY_COLUMNS[kind]
-            present = frame[column].notna().to_numpy() if column in frame else np.zeros(n, bool)
-            rows = np.flatnonzero(present) if not present.all() else np.arange(n)
-            keys = frame[column].to_numpy(dtype=object)[rows].tolist()
+            values = cols.get(column)
+            if values is None:
+                rows = np.zeros(0, dtype=np.int64)
+            elif values.dtype.kind in "iub":
+                rows = np.arange(n)
+            else:
+                present = ~pd.isna(values)
+                rows = np.arange(n) if present.all() else np.flatnonzero(present)
+            keys = (values if rows.size == n else values[rows]).tolist() if values is not None else []
             attrs = card_attrs[rows] if kind == "card" else None
-            sel_ids = ids if rows.size == n else [ids[i] for i in rows]
+            sel_ids = ids if rows.size == n else [ids[i] for i in rows.tolist()]
             view = self.stores[kind].update_many(keys, sel_ids, ts[rows], cents[rows], attrs)
 
-            def put(name: str, values: np.ndarray, rows=rows) -> None:
+            def put(name: str, col: np.ndarray, rows=rows) -> None:
+                j = index[name]
                 if rows.size == n:
-                    out[name] = values
+                    matrix[:, j] = col
                 else:
-                    col = np.full(n, np.nan)
-                    col[rows] = values
-                    out[name] = col
+                    matrix[:, j] = np.nan
+                    matrix[rows, j] = col
 
             for w in config.windows:
                 count, total, squares = view.moments(view.window(w))
@@ -440,8 +475,8 @@ class FeatureEngine:
                 put(f"{kind}_mean_{name}", mean)
                 put(f"{kind}_std_{name}", std)
             if kind == "card":
-                for name, values in self._card_online(view, cents[rows], attrs).items():
-                    put(name, values)
+                for name, col in self._card_online(view, cents[rows], attrs).items():
+                    put(name, col)
             if kind == "terminal":
                 known = view.label_ts <= view.t[:, None]
                 for w in config.risk_windows:
@@ -449,8 +484,7 @@ class FeatureEngine:
                     den = window.sum(axis=1)
                     num = (window & known).sum(axis=1)
                     put(f"terminal_risk_{window_name(w)}", np.where(den > 0, num / np.maximum(den, 1), 0.0))
-        # one float block, not 90 column arrays: building the frame is then a single copy
-        return pd.DataFrame(np.column_stack([out[c] for c in self.feature_names]), columns=self.feature_names)
+        return matrix
 
     def _card_online(self, view: WindowView, cents: np.ndarray, attrs: np.ndarray) -> dict[str, np.ndarray]:
         config = self.config

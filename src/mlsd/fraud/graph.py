@@ -15,6 +15,7 @@ no fraud nearby). Absent columns (the handbook format has none of them) give no 
 from __future__ import annotations
 
 import json
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -85,9 +86,13 @@ class RingGraph:
 
     def lookup(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Ring features for payments (rows in frame order); unseen ids get neutral values."""
+        return pd.DataFrame(self.lookup_arrays(frame))
+
+    def lookup_arrays(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """:meth:`lookup` as ``{feature: array}`` in ``FEATURES`` order (no DataFrame on the hot path)."""
         n = len(frame)
         idx = np.fromiter(
-            (self.cards_.get(k, -1) for k in frame["card_id"].tolist()), dtype=np.int64, count=n
+            map(self.cards_.get, frame["card_id"].tolist(), repeat(-1)), dtype=np.int64, count=n
         )
         seen = idx >= 0
         out = {
@@ -100,13 +105,21 @@ class RingGraph:
             ("email", "ring_email_accounts"),
         ):
             if column in self.attributes_ and column in frame.columns:
-                table = self.accounts_per_[column]
-                values = frame[column].tolist()
-                out[name] = np.array(
-                    [table.get(v, 1) if v is not None and v == v else np.nan for v in values],
-                    dtype=np.float64,
+                values = frame[column].to_numpy()
+                missing = pd.isna(values)
+                # dict look-ups through map() run at C speed; a missing id has no accounts to count
+                col = (
+                    np.fromiter(
+                        map(self.accounts_per_[column].get, values.tolist(), repeat(1)),
+                        dtype=np.float64,
+                        count=n,
+                    )
+                    if not missing.all()
+                    else np.full(n, np.nan)
                 )
-        return pd.DataFrame({k: out[k] for k in FEATURES if k in out})
+                col[missing] = np.nan
+                out[name] = col
+        return {k: out[k] for k in FEATURES if k in out}
 
     def save(self, path: str | Path) -> None:
         path = Path(path)

@@ -278,11 +278,13 @@ def _worker_main(
 ) -> None:
     import redis
 
-    from mlsd.fraud.pipeline import Workspace
+    from mlsd.fraud.pipeline import Workspace, freeze_heap
 
     client = redis.Redis.from_url(redis_url)
     ws = Workspace(Path(workdir))
     pipeline = ws.pipeline(feature_backend="redis", redis_url=redis_url, redis_prefix=prefix + "fw:")
+    pipeline.warm_up()
+    freeze_heap()
     cfg = ws.config.stream
     worker = StreamWorker(
         client,

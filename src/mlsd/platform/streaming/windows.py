@@ -25,6 +25,7 @@ arrival), which is what the offline batch computation reproduces.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -56,6 +57,7 @@ class WindowView:
     attrs: np.ndarray  # (n, k, a) float64
     label_ts: np.ndarray  # (n, k) int64
     _seen: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _upto: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def seen(self) -> np.ndarray:
         """Cells stored up to and including the event itself (by arrival order); computed once per view."""
@@ -69,6 +71,10 @@ class WindowView:
 
     def window(self, width: int, delay: int = 0, *, include_self: bool = True) -> np.ndarray:
         """Mask of cells with ``t - delay - width < ts <= t - delay`` (and seen by the event)."""
+        if delay == 0 and include_self:  # the common case: the upper half of the mask is shared
+            if self._upto is None:
+                self._upto = (self.ts <= self.t[:, None]) & self.seen()
+            return self._upto & (self.ts > (self.t - width)[:, None])
         hi = (self.t - delay)[:, None]
         mask = (self.ts > hi - width) & (self.ts <= hi)
         return mask & (self.seen() if include_self else self.before())
@@ -149,6 +155,8 @@ class MemoryWindowStore(_Scalar):
         self._slots: dict[Any, int] = {}
         self._events: dict[Any, int] = {}  # id -> slot << 40 | seq, for replays and labels
         self._events_at_prune = 0
+        self._oldest_indexed = UNKNOWN  # oldest ts of an event in _events: a cheap 'anything to prune?'
+        self._spare: list[Any] | None = None  # [capacity, rows, arrays or None while filling]
         self._labelled = False
         rows = 64
         self._ts = np.full((rows, self.capacity), PAD_TS, dtype=np.int64)
@@ -182,22 +190,74 @@ class MemoryWindowStore(_Scalar):
         self._next = np.concatenate([self._next, np.zeros(extra, dtype=np.int64)])
         self._latest = np.concatenate([self._latest, np.full(extra, PAD_TS, dtype=np.int64)])
 
+    def _prepare_growth(self) -> threading.Thread | None:
+        """Fill the next capacity's arrays in a background thread, before a key needs them.
+
+        Growing copies every ring into new, larger arrays; on a virtualised host first-touching that
+        much fresh memory (page faults) costs far more than the copy, and the stream would queue
+        behind it. numpy fills large arrays without holding the GIL, so the pages are faulted in off
+        the hot path; :meth:`_grow` then only copies into them. Purely an allocation: no state changes.
+        """
+        k_new, rows = 2 * self.capacity, self._ts.shape[0]
+        pending = self._spare
+        if pending is not None and pending[0] == k_new and pending[1] == rows:
+            return None
+        a = self.n_attrs
+        slot: list[Any] = [k_new, rows, None]
+        self._spare = slot
+
+        def fill() -> None:
+            slot[2] = (
+                np.full((rows, k_new), PAD_TS, dtype=np.int64),
+                np.full((rows, k_new), -1, dtype=np.int64),
+                np.full((rows, k_new), 0, dtype=np.int64),  # full, not zeros: calloc'd pages fault later
+                np.full((rows, k_new, a), 0.0),
+                np.full((rows, k_new), UNKNOWN, dtype=np.int64),
+            )
+
+        thread = threading.Thread(target=fill, name="window-grow", daemon=True)
+        thread.start()
+        return thread
+
     def _grow(self, need: int) -> None:
-        """Re-lay every ring at a larger capacity; cell of seq s moves to s % new capacity."""
-        new_k = self.capacity
+        """Re-lay every ring at a larger capacity; cell of seq s moves to s % new capacity.
+
+        Capacities are powers of two times the first one, so a cell at ``s % k`` either stays (``s %
+        new_k < k``) or moves right by a multiple of ``k``. Most keys hold fewer than ``k`` events, so
+        the rings are widened with empty cells (one copy) and only the few moving cells scattered -
+        re-laying every cell through fancy indices stalled the stream for hundreds of ms.
+        """
+        k = self.capacity
+        new_k = k
         while new_k < need:
             new_k *= 2
-        rows = self._ts.shape[0]
-        r, c = np.nonzero(self._seq >= 0)
-        pos = self._seq[r, c] % new_k
-        ts = np.full((rows, new_k), PAD_TS, dtype=np.int64)
-        seq = np.full((rows, new_k), -1, dtype=np.int64)
-        value = np.zeros((rows, new_k), dtype=np.int64)
-        attrs = np.zeros((rows, new_k, self.n_attrs))
-        label = np.full((rows, new_k), UNKNOWN, dtype=np.int64)
-        ts[r, pos], seq[r, pos], value[r, pos] = self._ts[r, c], self._seq[r, c], self._value[r, c]
-        attrs[r, pos], label[r, pos] = self._attrs[r, c], self._label[r, c]
-        self._ts, self._seq, self._value, self._attrs, self._label = ts, seq, value, attrs, label
+        r, c = np.nonzero((self._seq >= 0) & (self._seq % new_k >= k))
+        dest = self._seq[r, c] % new_k
+        rows, extra = self._ts.shape[0], new_k - k
+        spare, self._spare = self._spare, None
+        if spare is not None and spare[0] == new_k and spare[1] == rows and spare[2] is not None:
+            ready = dict(zip(("ts", "seq", "value", "attrs", "label"), spare[2], strict=True))
+            for name in ready:  # prefaulted arrays: copy the rings in, then move the few wrapped cells
+                old, new = getattr(self, "_" + name), ready[name]
+                new[:, :k] = old
+                new[r, dest] = old[r, c]
+                new[r, c] = {"ts": PAD_TS, "seq": -1, "value": 0, "attrs": 0.0, "label": UNKNOWN}[name]
+                setattr(self, "_" + name, new)
+            self.capacity = new_k
+            return
+
+        def widen(old: np.ndarray, fill: Any) -> np.ndarray:
+            pad = np.full((rows, extra, *old.shape[2:]), fill, dtype=old.dtype)
+            new = np.concatenate([old, pad], axis=1)
+            new[r, dest] = old[r, c]
+            new[r, c] = fill
+            return new
+
+        self._ts = widen(self._ts, PAD_TS)
+        self._value = widen(self._value, 0)
+        self._attrs = widen(self._attrs, 0.0)
+        self._label = widen(self._label, UNKNOWN)
+        self._seq = widen(self._seq, -1)
         self.capacity = new_k
 
     # -- API -----------------------------------------------------------------------------------------
@@ -244,6 +304,8 @@ class MemoryWindowStore(_Scalar):
             need = int((live + n_new).max())
             if need > self.capacity:
                 self._grow(need)
+            elif 4 * need > 3 * self.capacity:
+                self._prepare_growth()
             pos = seq % self.capacity
             self._ts[s_new, pos] = ts[idx]
             self._seq[s_new, pos] = seq
@@ -253,6 +315,7 @@ class MemoryWindowStore(_Scalar):
             self._next[touched] += n_new
             np.maximum.at(self._latest, s_new, ts[idx])
             own[idx] = seq
+            self._oldest_indexed = min(self._oldest_indexed, int(ts[idx].min()))
             known.update(
                 zip([ids[i] for i in idx.tolist()], ((s_new << _SLOT_SHIFT) | seq).tolist(), strict=True)
             )
@@ -323,14 +386,26 @@ class MemoryWindowStore(_Scalar):
         return int(rows.size)
 
     def _prune(self) -> None:
-        """Forget ids of events that fell out of their key's horizon (replays of them are too late anyway)."""
-        ids = list(self._events)
+        """Forget ids of events that fell out of their key's horizon (replays of them are too late anyway).
+
+        Runs when the index has doubled since the last prune. An event can only have left its key's
+        horizon if it is older than the newest event anywhere minus the horizon; while the oldest
+        indexed event is newer than that, nothing is scanned (the scan of a few hundred thousand ids
+        is a stall the stream would queue behind).
+        """
+        if self._oldest_indexed > int(self._latest.max()) - self.horizon_s:
+            self._events_at_prune = len(self._events)
+            return
+        ids = np.fromiter(self._events.keys(), dtype=object, count=len(self._events))
         packed = np.fromiter(self._events.values(), dtype=np.int64, count=len(ids))
         slot, seq = packed >> _SLOT_SHIFT, packed & _SEQ_MASK
         pos = seq % self.capacity
-        keep = (self._seq[slot, pos] == seq) & (self._ts[slot, pos] > self._latest[slot] - self.horizon_s)
-        self._events = {ids[i]: int(packed[i]) for i in np.flatnonzero(keep).tolist()}
+        ts = self._ts[slot, pos]
+        keep = (self._seq[slot, pos] == seq) & (ts > self._latest[slot] - self.horizon_s)
+        # rebuilt from two lists by zip(): C speed, no per-id Python statement
+        self._events = dict(zip(ids[keep].tolist(), packed[keep].tolist(), strict=True))
         self._events_at_prune = len(self._events)
+        self._oldest_indexed = int(ts[keep].min()) if keep.any() else UNKNOWN
 
     def __len__(self) -> int:
         return len(self._slots)
