@@ -12,7 +12,17 @@ import pytest
 from mlsd.platform.errors import InputError
 from mlsd.search import evaluate as ev
 from mlsd.search.data import SearchDataset
-from mlsd.search.judged_ltr import JudgedLTR, grade_labels, group_rank, group_zscore
+from mlsd.search.judged_ltr import (
+    JudgedFeatures,
+    JudgedLTR,
+    PairContext,
+    RidgeBag,
+    grade_labels,
+    group_rank,
+    group_zscore,
+    query_ndcg,
+)
+from mlsd.search.retrieval import BM25Index
 
 
 def test_rank_pairs_known_answer():
@@ -151,3 +161,80 @@ def test_crowdflower_sample_lexical(shared_data):
     bm25, ltr = report["models"]["bm25"]["ndcg@10"], report["models"]["ltr"]["ndcg@10"]
     assert 0.78 < bm25 < 0.86
     assert ltr > 0.76
+
+
+def test_query_ndcg_known_answer():
+    qi = np.array([0, 0, 1, 1])
+    grades = np.array([0.0, 2.0, 1.0, 0.0])
+    assert query_ndcg(np.array([0.0, 1.0, 1.0, 0.0]), grades, qi) == pytest.approx(1.0)
+    # query 0 reversed: gain 3 at rank 2 -> 1/log2(3); query 1 perfect
+    worst0 = query_ndcg(np.array([1.0, 0.0, 1.0, 0.0]), grades, qi)
+    assert worst0 == pytest.approx((1 / np.log2(3) + 1.0) / 2)
+
+
+def test_ridge_bag_recovers_a_linear_signal():
+    rng = np.random.default_rng(1)
+    qi = np.repeat(np.arange(12), 8)
+    X = rng.normal(size=(96, 4))
+    grades = np.clip(np.rint(1.5 + X[:, 0] - 0.5 * X[:, 1]), 0, 3)
+    bag = RidgeBag(alphas=(1.0, 10.0), n_bags=3, seed=0).fit(X, grades, qi)
+    assert bag.coefs_.shape == (6, 4)  # 3 bags (the first is the full sample) x 2 alphas
+    assert (bag.coefs_[:, 0] > 0).all() and (bag.coefs_[:, 1] < 0).all()
+    assert query_ndcg(bag.predict(X, qi), grades, qi) > 0.95
+
+
+def test_blend_weight_fixed_below_min_tree_queries_and_chosen_by_inner_cv_above():
+    # Grade 3 when |x0| > 1: symmetric, so the ridge cannot see it and the trees can.
+    rng = np.random.default_rng(2)
+    qi = np.repeat(np.arange(24), 10)
+    X = rng.normal(size=(240, 3))
+    grades = np.where(np.abs(X[:, 0]) > 1.0, 3.0, 0.0)
+    small = JudgedLTR(n_estimators=40, min_child_samples=5, n_bags=2).fit(X, grades, qi)
+    assert small.linear_weight_ == 1.0 and small.model_ is None  # 24 queries < 200: ridge bag, a priori
+    nested = JudgedLTR(
+        n_estimators=40, min_child_samples=5, n_bags=2, weight_grid=(1.0, 0.0), min_tree_queries=10
+    )
+    oof = nested.cross_val_predict(X, grades, qi)
+    assert nested.fold_choices_ == [0.0] * 5  # every training fold's inner CV prefers the trees
+    assert query_ndcg(oof, grades, qi) > 0.9
+
+
+def test_pair_features_soft_coverage_and_term_matches():
+    ds = SearchDataset(
+        "t",
+        pd.DataFrame(
+            {
+                "product_id": [1, 2, 3],
+                "title": ["playstation console", "xbox console", "red guitarist capo"],
+                "description": ["", "", ""],
+            }
+        ),
+        pd.DataFrame({"query_id": [0, 1], "text": ["ps4 console", "guitar"]}),
+        pd.DataFrame({"query_id": [0, 0, 1], "product_id": [1, 2, 3], "grade": [3.0, 0.0, 2.0]}),
+        3.0,
+    )
+    vocab = {
+        "ps4": 0,
+        "playstation": 0,
+        "console": 1,
+        "xbox": 2,
+        "guitar": 3,
+        "guitarist": 3,
+        "red": 4,
+        "capo": 5,
+    }
+
+    def embed_terms(words):
+        return np.eye(6)[[vocab[w] for w in words]]
+
+    products = ds.products
+    feats = JudgedFeatures().fit(products, BM25Index().fit(products), embed_terms=embed_terms)
+    ctx = PairContext(["ps4 console", "guitar"], ["ps4 console", "guitar"], [[], []], np.zeros((2, 0)))
+    X = feats.transform(ctx, np.array([0, 0, 1]), np.array([0, 1, 2]))
+    col = {n: X[:, i] for i, n in enumerate(feats.feature_names_)}
+    np.testing.assert_allclose(col["soft_cover"], [1.0, 0.5, 1.0])  # ps4 ~ playstation; xbox is not
+    np.testing.assert_allclose(col["soft_min"], [1.0, 0.0, 1.0])
+    np.testing.assert_allclose(col["cover_title"], [0.5, 0.5, 0.0])  # exact (plural-stemmed) terms
+    np.testing.assert_allclose(col["cover_prefix"], [0.5, 0.5, 1.0])  # "guit..." prefix matches guitarist
+    np.testing.assert_allclose(col["head_in_title"], [1.0, 1.0, 0.0])
+    np.testing.assert_allclose(col["first_in_title"], [0.0, 0.0, 0.0])

@@ -6,9 +6,10 @@ Two settings:
 - ``full``: every model retrieves from all products in the file; unjudged products count as gain 0.
   The LTR model reranks the hybrid candidates.
 
-The LTR model is LightGBM lambdarank trained by 5-fold cross-validation grouped by query on the
-labels themselves (:mod:`mlsd.search.judged_ltr`), so each query is scored by a model that never
-saw it. Metrics come from :mod:`mlsd.platform.metrics`: graded nDCG (gain ``2**g - 1``), MAP@10 and
+The LTR model (:mod:`mlsd.search.judged_ltr`: a bagged ridge, blended with LightGBM lambdarank
+when there are enough judged queries) is trained by 5-fold cross-validation grouped by query on the
+labels themselves, so each query is scored by a model that never saw it; any blend weight is chosen
+by an inner CV inside each training fold. Metrics come from :mod:`mlsd.platform.metrics`: graded nDCG (gain ``2**g - 1``), MAP@10 and
 recall@100 with "relevant" = grade >= 1.
 """
 
@@ -33,6 +34,10 @@ from mlsd.search.retrieval import BM25Index, Candidates, DenseIndex, rrf_fuse
 SETTINGS = ("rerank", "full")
 MODELS = ("bm25", "dense", "hybrid", "ltr")
 LTR_DEPTH = 300  # hybrid candidates the LTR model reranks in the full setting
+# Full setting: the LTR trains on every retrieved candidate (~300 per query, nearly all unjudged = 0),
+# thousands of pairs where trees learn what separates judged from merely retrieved products; the
+# blend keeps the weight the judged LTR had before the ridge bag (fixed, not re-tuned here).
+FULL_LINEAR_WEIGHT = 0.7
 
 
 def default_cache_dir() -> Path:
@@ -102,6 +107,7 @@ class _Context:
         self.dense = None
         qv = np.zeros((len(self.query_texts), 0), dtype=np.float32)
         title_vectors = None
+        embed_terms = None
         if dense:
             from mlsd.search.embeddings import embed_products, load_encoder
 
@@ -115,12 +121,24 @@ class _Context:
                 titles_only, encoder, cache_dir=cache_dir, progress=not quiet, description_chars=0
             )
             qv = encoder.encode(understood)
+
+            def embed_terms(words: list[str]) -> np.ndarray:
+                # Single words embedded like titles, cached by vocabulary fingerprint like the catalog.
+                table = pd.DataFrame({"product_id": np.arange(len(words)), "title": words})
+                return embed_products(
+                    table, encoder, cache_dir=cache_dir, progress=False, description_chars=0
+                )
+
         self.query_vectors = qv
         self.pairs_ctx = PairContext(self.query_texts, understood, expansions, qv)
         from mlsd.search.judged_ltr import JudgedFeatures
 
         self.features = JudgedFeatures().fit(
-            ds.products, self.bm25, self.dense.embeddings_ if self.dense else None, title_vectors
+            ds.products,
+            self.bm25,
+            self.dense.embeddings_ if self.dense else None,
+            title_vectors,
+            embed_terms=embed_terms,
         )
 
 
@@ -134,11 +152,20 @@ def understand_queries(texts: Sequence[str], ds: SearchDataset) -> tuple[list[st
     return [p.corrected for p in parsed], [list(p.expansions) for p in parsed]
 
 
-def _ltr_scores(ctx: _Context, qi: np.ndarray, rows: np.ndarray, grades: np.ndarray, seed: int) -> np.ndarray:
+def _ltr_scores(
+    ctx: _Context,
+    qi: np.ndarray,
+    rows: np.ndarray,
+    grades: np.ndarray,
+    seed: int,
+    linear_weight: float | None = None,
+) -> np.ndarray:
     from mlsd.search.judged_ltr import JudgedLTR
 
     X = ctx.features.transform(ctx.pairs_ctx, qi, rows)
-    return JudgedLTR(seed=seed).cross_val_predict(X, grades, qi)
+    # linear_weight=None: the ridge bag alone below 200 training queries, else chosen by an inner CV
+    # inside each training fold (nested CV); see JudgedLTR.
+    return JudgedLTR(linear_weight=linear_weight, seed=seed).cross_val_predict(X, grades, qi)
 
 
 def _evaluate_rerank(ctx: _Context, seed: int, quiet: bool) -> dict[str, dict[str, float]]:
@@ -208,7 +235,7 @@ def _evaluate_full(ctx: _Context, seed: int, quiet: bool) -> dict[str, dict[str,
         count=len(qi),
     )
     _progress(f"LTR: {len(qi)} candidate pairs (unjudged = 0), 5-fold CV grouped by query", quiet)
-    ltr = _ltr_scores(ctx, qi, rows, grades, seed)
+    ltr = _ltr_scores(ctx, qi, rows, grades, seed, linear_weight=FULL_LINEAR_WEIGHT)
     reranked = rank_pairs(qi, pids, ltr, len(ds.queries), max(n_ltr, 100), seed)
     out = {name: ranking_report(c.product_ids, judged, with_recall=True) for name, c in lists.items()}
     out["ltr"] = ranking_report(reranked, judged, with_recall=True)
