@@ -97,6 +97,27 @@ def test_online_equals_offline_on_redis(stream, redis_url, redis_prefix):
     _assert_identical(compute_features(tx), replay(engine, tx, batch_size=200))
 
 
+def test_presized_engine_gives_the_same_features(stream):
+    engine = FeatureEngine()
+    sizes = engine.presize(stream)
+    # known answer: the card store holds every card, and at least its busiest card's 30-day count
+    card = stream.sort_values("ts").groupby("card_id")["ts"]
+    peak = max(
+        int(
+            (
+                np.arange(len(t)) - np.searchsorted(t, t - engine.config.horizon("card"), side="right") + 1
+            ).max()
+        )
+        for t in (g.to_numpy() for _, g in card)
+    )
+    assert sizes["card"] == (int(stream["card_id"].nunique() * 1.5) + 1, int(peak * 1.5) + 1)
+    store = engine.stores["card"]
+    capacity, rows = store.capacity, store._ts.shape[0]
+    assert capacity >= sizes["card"][1] and rows >= sizes["card"][0]
+    _assert_identical(compute_features(stream), replay(engine, stream, batch_size=97))
+    assert (store.capacity, store._ts.shape[0]) == (capacity, rows)  # no growth happened
+
+
 def _idempotent(engine, tx):
     first = engine.update_batch(tx.iloc[:300])
     again = engine.update_batch(tx.iloc[:300])  # at-least-once delivery: the whole batch again

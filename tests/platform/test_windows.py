@@ -165,6 +165,22 @@ def test_growth_into_prefilled_arrays_equals_plain_growth(monkeypatch):
         np.testing.assert_array_equal(a.moments(a.window(1000))[1], b.moments(b.window(1000))[1])
 
 
+def test_reserved_store_never_grows_and_gives_the_same_windows():
+    plain = MemoryWindowStore(10_000, n_attrs=2, capacity=8)
+    sized = MemoryWindowStore(10_000, n_attrs=2, capacity=8)
+    sized.reserve(keys=100, capacity=40)  # 40 rounds up to 64 (capacities double)
+    rows = sized._ts.shape[0]
+    assert sized.capacity == 64 and rows >= 100
+    views_a, views_b = _grow_workload(plain), _grow_workload(sized)
+    assert plain.capacity > 8 and sized.capacity == 64 and sized._ts.shape[0] == rows
+    for a, b in zip(views_a, views_b, strict=True):
+        for w in (50, 1000):
+            for x, y in zip(a.moments(a.window(w)), b.moments(b.window(w)), strict=True):
+                np.testing.assert_array_equal(x, y)
+    sized.reserve(keys=10, capacity=8)  # never shrinks
+    assert sized.capacity == 64 and sized._ts.shape[0] == rows
+
+
 def test_prune_forgets_only_ids_outside_the_horizon():
     store = MemoryWindowStore(1_000)
     n = 60_000

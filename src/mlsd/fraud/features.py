@@ -405,6 +405,36 @@ class FeatureEngine:
                 raise InputError("backend", backend, "unknown window backend", "use 'memory' or 'redis'")
         self.feature_names = self.config.feature_names()
 
+    def presize(self, frame: pd.DataFrame, headroom: float = 1.5) -> dict[str, tuple[int, int]]:
+        """Size the in-memory window stores for the population of ``frame`` (payments this process
+        expects: its card / terminal base, a replay): per entity, its distinct keys and the most
+        events one key holds within the horizon, times ``headroom``. Returns ``{kind: (keys, capacity)}``.
+
+        Growing a store copies all of it (a stall the stream queues behind); sized at warm-up,
+        growth never happens in steady state. Nothing is recorded; stores without ``reserve``
+        (Redis) are left alone.
+        """
+        ts = frame["ts"].to_numpy().astype(np.int64)
+        sizes: dict[str, tuple[int, int]] = {}
+        for kind, store in self.stores.items():
+            column = ENTITY_COLUMNS[kind]
+            if not hasattr(store, "reserve") or column not in frame.columns:
+                continue
+            codes, uniques = pd.factorize(frame[column], use_na_sentinel=True)
+            ok = codes >= 0
+            if not ok.any():
+                continue
+            # one sorted int64 per event: key in the high bits, time in the low ones; an event's
+            # live count is its position minus the first position inside (t - horizon, t]
+            t = ts[ok] - ts[ok].min()
+            packed = np.sort(codes[ok].astype(np.int64) << 36 | t)
+            first = np.searchsorted(packed, packed - store.horizon_s, side="right")
+            peak = int((np.arange(packed.size) - first + 1).max())
+            keys, capacity = int(len(uniques) * headroom) + 1, int(peak * headroom) + 1
+            store.reserve(keys, capacity)  # type: ignore[attr-defined]
+            sizes[kind] = (keys, capacity)
+        return sizes
+
     def update_batch(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Record a micro-batch of payments and return their features (rows in ``frame``'s order).
 
