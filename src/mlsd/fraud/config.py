@@ -10,12 +10,13 @@ back to a default.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from mlsd.platform.config import override_sections
 from mlsd.platform.errors import DataFormatError, InputError
 
 # ISO 4217 codes the service accepts. A payment in any other currency is bad input (422), not a
@@ -105,24 +106,7 @@ class FraudConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> FraudConfig:
         """Build from ``{"thresholds": {...}, "service": {...}, ...}``; unknown keys raise InputError."""
-        config = cls()
-        sections = {f.name for f in fields(cls)}
-        for section, values in (data or {}).items():
-            if section not in sections:
-                raise InputError("config", section, "unknown section", f"use one of {sorted(sections)}")
-            if not isinstance(values, Mapping):
-                raise InputError(f"config.{section}", values, "must be a mapping", "write key: value pairs")
-            current = getattr(config, section)
-            allowed = {f.name for f in fields(current)}
-            for key in values:
-                if key not in allowed:
-                    raise InputError(
-                        f"config.{section}.{key}",
-                        values[key],
-                        "unknown setting",
-                        f"use one of {sorted(allowed)}",
-                    )
-            config = replace(config, **{section: replace(current, **dict(values))})
+        config = override_sections(cls(), data)
         config.validate()
         return config
 

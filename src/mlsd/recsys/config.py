@@ -9,9 +9,10 @@ builds one from a plain mapping (for a YAML file or a test) and rejects unknown 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Any
 
+from mlsd.platform.config import override_sections
 from mlsd.platform.errors import InputError
 
 # The regions and age ratings the simulator produces and the rules understand.
@@ -113,23 +114,7 @@ class RecsysConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> RecsysConfig:
         """Build from ``{"budgets": {...}, "rules": {...}, ...}``; unknown keys raise InputError."""
-        config = cls()
-        for section, values in (data or {}).items():
-            if section not in {f.name for f in fields(cls)}:
-                raise InputError(
-                    "config", section, "unknown section", "use one of budgets, rules, rerank, service, train"
-                )
-            current = getattr(config, section)
-            allowed = {f.name for f in fields(current)}
-            for key in values:
-                if key not in allowed:
-                    raise InputError(
-                        f"config.{section}.{key}",
-                        values[key],
-                        "unknown setting",
-                        f"use one of {sorted(allowed)}",
-                    )
-            config = replace(config, **{section: replace(current, **dict(values))})
+        config = override_sections(cls(), data)
         config.validate()
         return config
 

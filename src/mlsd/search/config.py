@@ -10,9 +10,10 @@ silently falls back to a default.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mlsd.platform.config import override_sections
 from mlsd.platform.errors import InputError
 
 
@@ -106,6 +107,15 @@ class ServiceConfig:
     alias: str = "champion"
 
 
+def _normalise_pinned(rules: dict[str, Any]) -> dict[str, Any]:
+    """YAML gives ``{query: [ids]}``; rules match on the lower-cased query and want tuples of ints."""
+    if "pinned" in rules:
+        rules["pinned"] = {
+            str(q).strip().lower(): tuple(int(p) for p in ids) for q, ids in rules["pinned"].items()
+        }
+    return rules
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -118,28 +128,7 @@ class SearchConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> SearchConfig:
         """Build from ``{"rules": {"max_per_brand": 2}, ...}``; unknown sections or keys are an InputError."""
-        config = cls()
-        if not data:
-            return config
-        known = {f.name: f for f in fields(cls)}
-        for section, values in data.items():
-            if section not in known:
-                raise InputError("config", section, "unknown config section", f"use one of {sorted(known)}")
-            current = getattr(config, section)
-            if not isinstance(values, Mapping):
-                raise InputError(f"config.{section}", values, "expected a mapping", "give key: value pairs")
-            allowed = {f.name for f in fields(current)}
-            for key in values:
-                if key not in allowed:
-                    raise InputError(
-                        f"config.{section}.{key}", values[key], "unknown key", f"use one of {sorted(allowed)}"
-                    )
-            updates = dict(values)
-            if section == "rules" and "pinned" in updates:
-                updates["pinned"] = {
-                    str(q).strip().lower(): tuple(int(p) for p in ids) for q, ids in updates["pinned"].items()
-                }
-            config = replace(config, **{section: replace(current, **updates)})
+        config = override_sections(cls(), data, convert={"rules": _normalise_pinned})
         config.validate()
         return config
 
