@@ -168,15 +168,10 @@ def run_dashboard(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mlsd.platform.dashboard.cli ...``: the same as ``mlsd dashboard ...``."""
-    parser = argparse.ArgumentParser(prog="mlsd dashboard")
-    add_commands(parser)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except InputError as err:
-        print(f"mlsd: error: {err}", file=sys.stderr)
-        return 2
+    """``python -m mlsd.platform.dashboard.cli`` is ``mlsd dashboard ...`` (same parser, same error handling)."""
+    from mlsd.cli import main as mlsd_main
+
+    return mlsd_main(["dashboard", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -117,15 +117,10 @@ def _g(value: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m ...``) until the verb is wired into ``mlsd``; same error handling."""
-    parser = argparse.ArgumentParser(prog=PROG)
-    add_commands(parser)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except InputError as err:
-        print(f"mlsd: error: {err}", file=sys.stderr)
-        return 2
+    """``python -m mlsd.platform.experiments.cli`` is ``mlsd experiment ...`` (same parser, same error handling)."""
+    from mlsd.cli import main as mlsd_main
+
+    return mlsd_main(["experiment", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
