@@ -9,32 +9,9 @@ from mlsd.platform.errors import InputError
 from mlsd.search.query import QueryUnderstanding
 
 
-def tiny_catalog() -> pd.DataFrame:
-    brands = ["Sonix", "Auralis", "Casara", "Nordhem", "Stridex", "Peakline"]
-    leaves = [
-        ("Electronics / Audio / Headphones", "Headphones"),
-        ("Home / Furniture / Sofas", "Sofa"),
-        ("Home / Kitchen / Knives", "Knife Set"),
-        ("Fashion / Shoes / Boots", "Boots"),
-    ]
-    mods = ["Pro", "Classic", "Modern", "Ultra", "Compact"]
-    rows = []
-    for i in range(240):
-        cat, noun = leaves[i % len(leaves)]
-        rows.append(
-            {
-                "product_id": i,
-                "title": f"{brands[i % 6]} {mods[i % 5]} {noun} X{i % 7}",
-                "brand": brands[i % 6],
-                "category": cat,
-            }
-        )
-    return pd.DataFrame(rows)
-
-
 @pytest.fixture(scope="module")
-def qu():
-    products = tiny_catalog()
+def qu(tiny_catalog):
+    products = tiny_catalog
     extra = products.iloc[:4].copy()
     extra["product_id"] += 1000
     extra["title"] = [

@@ -1,0 +1,31 @@
+"""Fixtures shared by the search tests."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_catalog() -> pd.DataFrame:
+    """240 products: 6 brands x 4 categories x 5 modifiers, model numbers X0..X6 (copy before mutating)."""
+    brands = ["Sonix", "Auralis", "Casara", "Nordhem", "Stridex", "Peakline"]
+    leaves = [
+        ("Electronics / Audio / Headphones", "Headphones"),
+        ("Home / Furniture / Sofas", "Sofa"),
+        ("Home / Kitchen / Knives", "Knife Set"),
+        ("Fashion / Shoes / Boots", "Boots"),
+    ]
+    mods = ["Pro", "Classic", "Modern", "Ultra", "Compact"]
+    rows = []
+    for i in range(240):
+        cat, noun = leaves[i % len(leaves)]
+        rows.append(
+            {
+                "product_id": i,
+                "title": f"{brands[i % 6]} {mods[i % 5]} {noun} X{i % 7}",
+                "brand": brands[i % 6],
+                "category": cat,
+            }
+        )
+    return pd.DataFrame(rows)
