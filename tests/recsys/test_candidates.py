@@ -80,7 +80,7 @@ def test_blend_is_the_weighted_sum_of_per_user_z_scores(toy):
     assert np.isnan(dense[2]).all()  # unknown user: no score
     idx, _ = blend.candidates(users, 3)
     assert (idx[2] == -1).all()
-    assert members["ease"].__dict__.get("B_") is None  # the configured members are copied, not fitted
+    assert members["ease"].__dict__.get("M_") is None  # the configured members are copied, not fitted
 
 
 def test_ease_refuses_huge_catalogue(toy):

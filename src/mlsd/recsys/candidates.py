@@ -282,110 +282,42 @@ class ALSCandidates:
         return out
 
 
-class EASECandidates:
-    """EASE (Steck 2019): a closed-form item-item linear model, B = I - P / diag(P), P = (X'X + lam I)^-1.
+class _ItemItemCandidates:
+    """Shared shape of EASE and RP3beta: binary history X, a dense items x items matrix M, score = X M.
 
-    It needs a dense items x items inverse, so it refuses catalogues above ``max_items``; on
-    MovieLens-size catalogues it is the strongest single source.
+    The dense matrix is why both refuse catalogues above ``max_items``; subclasses only say how M is
+    built from X (``_item_item``). Unknown users score NaN (and are never candidates).
     """
 
-    def __init__(self, lam: float = 300.0, max_items: int = 20_000) -> None:
-        self.lam = lam
-        self.max_items = max_items
+    name = "item-item"
+    max_items: int
 
-    def fit(self, data, users: IdMap | None = None, items: IdMap | None = None) -> EASECandidates:
+    def _item_item(self, X: sp.csr_matrix) -> np.ndarray:
+        raise NotImplementedError
+
+    def fit(self, data, users: IdMap | None = None, items: IdMap | None = None):
         hist = History.build(data, users, items)
         if len(hist.items) > self.max_items:
             raise InputError(
                 "items",
                 len(hist.items),
-                f"EASE needs a dense items^2 matrix; more than {self.max_items} items",
-                "use ALSCandidates for large catalogues or raise max_items",
-            )
-        self.users_, self.items_ = hist.users, hist.items
-        X = hist.matrix.copy()
-        X.data[:] = 1.0
-        self.X_ = X.tocsr()
-        gram = (X.T @ X).toarray()
-        gram[np.diag_indices_from(gram)] += self.lam
-        inv = np.linalg.inv(gram)
-        B = inv / (-np.diag(inv))
-        B[np.diag_indices_from(B)] = 0.0
-        self.B_ = B.astype(np.float32)
-        return self
-
-    def _dense(self, user_ids) -> tuple[np.ndarray, np.ndarray]:
-        rows = self.users_.index(as_user_array(user_ids))
-        known = rows >= 0
-        dense = np.zeros((len(rows), len(self.items_)), np.float32)
-        if known.any():
-            dense[known] = self.X_[rows[known]] @ self.B_
-        return dense, known
-
-    def candidates(self, user_ids, n: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
-        user_ids = as_user_array(user_ids)
-        n = check_n(n)
-        exclude = _check_exclude(exclude, len(user_ids), len(self.items_))
-        dense, known = self._dense(user_ids)
-        dense[~known] = -np.inf
-        return top_n_dense(dense, n, exclude)
-
-    def score_dense(self, user_ids) -> np.ndarray:
-        """(u, n_items) scores of every item; NaN rows for unknown users."""
-        dense, known = self._dense(user_ids)
-        dense[~known] = np.nan
-        return dense
-
-    def score(self, user_ids, item_idx) -> np.ndarray:
-        dense, known = self._dense(user_ids)
-        out = _gather(dense, item_idx)
-        out[~known] = np.nan
-        return out
-
-
-class RP3BetaCandidates:
-    """RP3beta (Paudel et al. 2017): 3-step random walk user -> item -> user -> item, with each
-    target item's score divided by its popularity^beta (so the walk does not just find blockbusters).
-
-    Like EASE it keeps a dense items x items matrix, so it refuses catalogues above ``max_items``.
-    """
-
-    def __init__(self, alpha: float = 1.0, beta: float = 0.5, max_items: int = 20_000) -> None:
-        self.alpha = alpha
-        self.beta = beta
-        self.max_items = max_items
-
-    def fit(self, data, users: IdMap | None = None, items: IdMap | None = None) -> RP3BetaCandidates:
-        hist = History.build(data, users, items)
-        if len(hist.items) > self.max_items:
-            raise InputError(
-                "items",
-                len(hist.items),
-                f"RP3beta needs a dense items^2 matrix; more than {self.max_items} items",
+                f"{self.name} needs a dense items^2 matrix; more than {self.max_items} items",
                 "use ALSCandidates for large catalogues or raise max_items",
             )
         self.users_, self.items_ = hist.users, hist.items
         X = hist.matrix.copy().tocsr()
         X.data[:] = 1.0
         self.X_ = X
-        u_deg = np.maximum(np.asarray(X.sum(axis=1)).ravel(), 1.0)
-        i_deg = np.maximum(np.asarray(X.sum(axis=0)).ravel(), 1.0)
-        p_ui = sp.diags(1.0 / u_deg) @ X
-        p_iu = sp.diags(1.0 / i_deg) @ X.T
-        W = (p_iu @ p_ui).toarray()
-        if self.alpha != 1.0:
-            W = np.power(W, self.alpha)
-        W /= np.power(i_deg, self.beta)[None, :]
-        np.fill_diagonal(W, 0.0)
-        self.W_ = W.astype(np.float32)
+        self.M_ = self._item_item(X).astype(np.float32)
         return self
 
     def score_dense(self, user_ids) -> np.ndarray:
+        """(u, n_items) scores of every item; NaN rows for unknown users."""
         rows = self.users_.index(as_user_array(user_ids))
         known = rows >= 0
         dense = np.full((len(rows), len(self.items_)), np.nan, np.float32)
         if known.any():
-            dense[known] = self.X_[rows[known]] @ self.W_
+            dense[known] = self.X_[rows[known]] @ self.M_
         return dense
 
     def candidates(self, user_ids, n: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
@@ -398,6 +330,52 @@ class RP3BetaCandidates:
 
     def score(self, user_ids, item_idx) -> np.ndarray:
         return _gather(self.score_dense(user_ids), item_idx)
+
+
+class EASECandidates(_ItemItemCandidates):
+    """EASE (Steck 2019): a closed-form item-item linear model, B = I - P / diag(P), P = (X'X + lam I)^-1.
+
+    On MovieLens-size catalogues it is the strongest single source.
+    """
+
+    name = "EASE"
+
+    def __init__(self, lam: float = 300.0, max_items: int = 20_000) -> None:
+        self.lam = lam
+        self.max_items = max_items
+
+    def _item_item(self, X: sp.csr_matrix) -> np.ndarray:
+        gram = (X.T @ X).toarray()
+        gram[np.diag_indices_from(gram)] += self.lam
+        inv = np.linalg.inv(gram)
+        B = inv / (-np.diag(inv))
+        B[np.diag_indices_from(B)] = 0.0
+        return B
+
+
+class RP3BetaCandidates(_ItemItemCandidates):
+    """RP3beta (Paudel et al. 2017): 3-step random walk user -> item -> user -> item, with each
+    target item's score divided by its popularity^beta (so the walk does not just find blockbusters).
+    """
+
+    name = "RP3beta"
+
+    def __init__(self, alpha: float = 1.0, beta: float = 0.5, max_items: int = 20_000) -> None:
+        self.alpha = alpha
+        self.beta = beta
+        self.max_items = max_items
+
+    def _item_item(self, X: sp.csr_matrix) -> np.ndarray:
+        u_deg = np.maximum(np.asarray(X.sum(axis=1)).ravel(), 1.0)
+        i_deg = np.maximum(np.asarray(X.sum(axis=0)).ravel(), 1.0)
+        p_ui = sp.diags(1.0 / u_deg) @ X
+        p_iu = sp.diags(1.0 / i_deg) @ X.T
+        W = (p_iu @ p_ui).toarray()
+        if self.alpha != 1.0:
+            W = np.power(W, self.alpha)
+        W /= np.power(i_deg, self.beta)[None, :]
+        np.fill_diagonal(W, 0.0)
+        return W
 
 
 class BlendCandidates:
