@@ -121,3 +121,16 @@ def test_cli_bad_input(tmp_path):
     with pytest.raises(InputError) as err:
         _run(["report", "--reference", str(good), "--current", str(good), "--features", "b"])
     assert err.value.field == "reference.b"
+
+
+def test_unbounded_ranking_scores_go_to_their_own_histogram():
+    from mlsd.platform.monitoring.metrics import RANK_SCORE_BUCKETS
+
+    ours = CollectorRegistry()
+    observe_scores("search", [-9.0, -0.2, 0.3, 2.6, 12.0], model="ltr", registry=ours, bounded=False)
+    text = generate_latest(ours).decode()
+    assert "mlsd_score_bucket" not in text
+    lines = _bucket_lines(text, "mlsd_rank_score_bucket")
+    assert len(lines) == len(RANK_SCORE_BUCKETS) + 1
+    le = {line.split('le="')[1].split('"')[0]: float(line.split()[-1]) for line in lines}
+    assert le["-8.0"] == 1 and le["0.0"] == 2 and le["0.5"] == 3 and le["8.0"] == 4 and le["+Inf"] == 5

@@ -11,7 +11,9 @@ Data flows top to bottom through three modules:
   CUPED, sample-ratio mismatch, guardrails and always-valid confidence sequences, all computed from the
   statistics alone.
 
-:class:`~mlsd.platform.experiments.client.ExperimentClient` bundles the three for a service.
+:class:`~mlsd.platform.experiments.client.ExperimentClient` bundles the three for a service (split and
+shadow experiments); :mod:`~mlsd.platform.experiments.online` holds what the systems' online world
+simulators share (``mlsd experiment run <system>``).
 """
 
 from mlsd.platform.experiments.analysis import (
@@ -33,13 +35,20 @@ from mlsd.platform.experiments.assignment import (
     MetricSpec,
     bucket_of,
 )
-from mlsd.platform.experiments.client import ExperimentClient
+from mlsd.platform.experiments.client import ExperimentClient, analyze_shadow
 from mlsd.platform.experiments.exposures import (
     ExposureLog,
     MemoryExposureLog,
     MetricStats,
     RedisExposureLog,
     aggregate,
+)
+from mlsd.platform.experiments.online import (
+    aa_rejection_rate,
+    arms_from_presets,
+    lose_exposures,
+    make_experiment,
+    with_truth,
 )
 
 __all__ = [
@@ -56,12 +65,18 @@ __all__ = [
     "MetricSpec",
     "MetricStats",
     "RedisExposureLog",
+    "aa_rejection_rate",
     "aggregate",
     "analyze_experiment",
+    "analyze_shadow",
+    "arms_from_presets",
     "bucket_of",
     "compare",
     "confidence_sequence",
     "guardrail",
+    "lose_exposures",
+    "make_experiment",
     "paired_compare",
     "srm_check",
+    "with_truth",
 ]

@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 from prometheus_client import CollectorRegistry
 
-from mlsd.platform.experiments.analysis import analyze_experiment
-from mlsd.platform.experiments.assignment import Arm, Assigner, ExperimentConfig
+from mlsd.platform.errors import InputError
+from mlsd.platform.experiments.analysis import analyze_experiment, paired_compare
+from mlsd.platform.experiments.assignment import Arm, Assigner, Experiment, ExperimentConfig
 from mlsd.platform.experiments.exposures import (
     ExposureLog,
     MemoryExposureLog,
@@ -74,7 +75,13 @@ class ExperimentClient:
         return {int(v): part for v, part in zip(values, np.split(order, starts[1:]), strict=True)}
 
     def expose(self, experiment: str, unit_ids: Any, arm_idx: Any, ts: Any = None) -> np.ndarray:
-        """Log that these units experienced their arm; True where it is their first exposure."""
+        """Log that these units experienced their arm; True where it is their first exposure.
+
+        In a shadow experiment every unit in it experiences arm 0 (the champion decides; the other arms
+        are only scored), so any arm index >= 0 is logged as 0.
+        """
+        if self.config.experiment(experiment).mode == "shadow":
+            arm_idx = np.minimum(np.asarray(arm_idx, dtype=np.int64), 0)
         new = self.log.log(experiment, unit_ids, arm_idx, ts)
         if self.registry is not False:
             from mlsd.platform.monitoring.metrics import count_exposures
@@ -136,6 +143,141 @@ class ExperimentClient:
 
     @staticmethod
     def _report(exp, exposures, outcomes, covariates, unit_column, alpha, planned_n) -> dict[str, Any]:
+        if exp.mode == "shadow":
+            return analyze_shadow(exp, exposures, outcomes, unit_column, alpha, planned_n)
         stats = aggregate_many(exposures, outcomes, exp.metrics, exp.arm_names, covariates, unit_column)
         counts = exposure_counts(exposures, len(exp.arms))
         return analyze_experiment(exp, stats, counts=counts, alpha=alpha, planned_n=planned_n)
+
+
+def analyze_shadow(
+    exp: Experiment,
+    exposures: pd.DataFrame,
+    outcomes: pd.DataFrame,
+    unit_column: str = "unit",
+    alpha: float = 0.05,
+    planned_n: float = 10_000,
+) -> dict[str, Any]:
+    """The report of a shadow experiment: every arm measured on the *same* exposed units.
+
+    ``outcomes`` carry one column per arm for each metric variable, ``f"{column}@{arm}"`` (what that arm
+    did, or would have done, for the unit: e.g. ``fraud_loss@champion`` and ``fraud_loss@challenger``).
+    Each treatment is compared with arm 0 by :func:`paired_compare`. A ratio metric's denominator must be
+    shared (one column without ``@``, e.g. payments scored): both arms see the same traffic, so the ratio
+    difference is the paired numerator difference over the mean denominator. There is no split, so no
+    sample-ratio check: ``srm`` says so instead of pretending a p-value.
+    """
+    first = first_exposures(exposures)
+    units = first["unit"].astype(str).to_numpy() if len(first) else np.zeros(0, dtype=str)
+    per_unit = pd.DataFrame(index=pd.Index(units, name="unit"))
+    if len(outcomes):
+        sums = (
+            outcomes.assign(**{unit_column: outcomes[unit_column].astype(str)})
+            .groupby(unit_column)
+            .sum(numeric_only=True)
+        )
+        per_unit = per_unit.join(sums, how="left")
+    per_unit = per_unit.fillna(0.0)
+    control = exp.arms[0].name
+    metrics: dict[str, list[dict[str, Any]]] = {}
+    verdicts: dict[str, str] = {}
+    primary = next((m.name for m in exp.metrics if not m.guardrail), None)
+    for spec in exp.metrics:
+        base = spec.numerator if spec.kind == "ratio" else spec.value_column
+        scale = 1.0
+        if spec.kind == "ratio":
+            den = per_unit.get(spec.denominator)
+            if den is None:
+                raise InputError(
+                    f"outcomes.{spec.denominator}", list(per_unit.columns), "shared denominator not found",
+                    f"add one column {spec.denominator!r} (the same for every arm in shadow mode)",
+                )  # fmt: skip
+            scale = float(den.mean()) if len(den) and den.mean() > 0 else float("nan")
+        rows = []
+        for arm in exp.arms[1:]:
+            cols = [f"{base}@{control}", f"{base}@{arm.name}"]
+            missing = [c for c in cols if c not in per_unit.columns]
+            if missing and len(per_unit):
+                raise InputError(
+                    f"outcomes.{missing[0]}", list(per_unit.columns), "column not found",
+                    "shadow outcomes need one column per arm: '<column>@<arm name>'",
+                )  # fmt: skip
+            a = per_unit[cols[0]].to_numpy(np.float64) if len(per_unit) else np.zeros(0)
+            b = per_unit[cols[1]].to_numpy(np.float64) if len(per_unit) else np.zeros(0)
+            stats = MetricStats.from_arrays(
+                spec.name, ["shadow"], np.zeros(len(a), np.int64), {"champion": a, "challenger": b}
+            )
+            rows.append(_shadow_row(paired_compare(stats, alpha, planned_n), control, arm.name, scale, alpha))
+        metrics[spec.name] = rows
+    for t, arm in enumerate(exp.arms[1:]):
+        if primary is None:
+            verdicts[arm.name] = "no metrics"
+            continue
+        spec = next(m for m in exp.metrics if m.name == primary)
+        row = metrics[primary][t]
+        if row["sequential_significant"]:
+            better = (row["diff"] > 0) == spec.higher_is_better
+            verdicts[arm.name] = "better than the champion" if better else "worse than the champion"
+        else:
+            verdicts[arm.name] = "keep running"
+    return {
+        "experiment": exp.name,
+        "system": exp.system,
+        "mode": "shadow",
+        "arms": [
+            {"name": a.name, "weight": a.weight, "alias": a.alias, "params": dict(a.params)} for a in exp.arms
+        ],
+        "alpha": alpha,
+        "planned_n": planned_n,
+        "srm": {
+            "flagged": False,
+            "p_value": None,
+            "counts": [int(len(units))],
+            "note": "shadow mode: every unit is scored by every arm, so there is no split to check",
+        },
+        "primary_metric": primary,
+        "higher_is_better": {m.name: m.higher_is_better for m in exp.metrics},
+        "metrics": metrics,
+        "guardrails": [],
+        "verdict": verdicts,
+    }
+
+
+def _shadow_row(
+    paired: dict[str, Any], control: str, treatment: str, scale: float, alpha: float
+) -> dict[str, Any]:
+    """paired_compare's output in the keys a split comparison has (the dashboard draws both alike)."""
+    out = dict(paired)
+    if scale != 1.0:  # ratio metric with a shared denominator: every absolute field divides by it
+        for key in (
+            "mean_champion",
+            "mean_challenger",
+            "diff",
+            "se",
+            "diff_low",
+            "diff_high",
+            "cs_low",
+            "cs_high",
+        ):
+            if out.get(key) is not None:
+                out[key] = out[key] / scale
+    m0 = out.get("mean_champion")
+    rel = lambda v: None if v is None or not m0 else v / m0  # noqa: E731 - relative to the control mean
+    p = out.get("p_value")
+    cs_low, cs_high = out.get("cs_low"), out.get("cs_high")
+    out.update(
+        kind="paired",
+        treatment=treatment,
+        control=control,
+        mean_control=m0,
+        mean_treatment=out.get("mean_challenger"),
+        n_control=out.get("n"),
+        n_treatment=out.get("n"),
+        relative_cs_low=rel(cs_low),
+        relative_cs_high=rel(cs_high),
+        significant=None if p is None else bool(p < alpha),
+        sequential_significant=bool(
+            cs_low is not None and cs_high is not None and (cs_low > 0 or cs_high < 0)
+        ),
+    )
+    return out

@@ -10,6 +10,7 @@ pass their own ``CollectorRegistry``.
 metric                                    labels                         helper
 ========================================  =============================  ===============================
 ``mlsd_score`` (histogram)                system, model                  :func:`observe_scores`
+``mlsd_rank_score`` (histogram)           system, model                  ``observe_scores(bounded=False)``
 ``mlsd_decisions_total`` (counter)        system, decision               :func:`count_decisions`
 ``mlsd_experiment_exposures_total``       experiment, arm                :func:`count_exposures`
 ``mlsd_feature_psi`` (gauge)              system, feature                :func:`set_drift`
@@ -32,6 +33,8 @@ from prometheus_client.registry import Collector
 
 # Probability-like scores (fraud, CTR): 20 equal bins over [0, 1].
 PROBABILITY_BUCKETS = tuple(np.round(np.linspace(0.05, 1.0, 20), 2).tolist())
+# Unbounded ranking scores (LambdaMART, ranker margins): 0.5-wide bins over [-8, 8]; the rest overflows.
+RANK_SCORE_BUCKETS = tuple(np.round(np.arange(-8.0, 8.01, 0.5), 1).tolist())
 
 
 class BatchHistogram(Collector):
@@ -116,15 +119,33 @@ def score_histogram(registry: CollectorRegistry | None = None) -> BatchHistogram
     )
 
 
-def observe_scores(
-    system: str, scores: Any, model: str = "champion", registry: CollectorRegistry | None = None
-) -> None:
-    """Record a batch of model scores (probabilities in [0, 1]) for ``system`` / ``model``.
+def rank_score_histogram(registry: CollectorRegistry | None = None) -> BatchHistogram:
+    return _metric(
+        BatchHistogram,
+        "mlsd_rank_score",
+        "unbounded ranking scores, by system and model",
+        ("system", "model"),
+        registry,
+        buckets=RANK_SCORE_BUCKETS,
+    )
 
-    Fraud's champion and shadow challenger both report here (``model="challenger"``), so their score
-    distributions can be compared on the dashboard.
+
+def observe_scores(
+    system: str,
+    scores: Any,
+    model: str = "champion",
+    registry: CollectorRegistry | None = None,
+    bounded: bool = True,
+) -> None:
+    """Record a batch of model scores for ``system`` / ``model``.
+
+    ``bounded=True``: probabilities in [0, 1] (``mlsd_score``; fraud's champion and shadow challenger
+    both report here, ``model="challenger"``). ``bounded=False``: unbounded ranking scores such as
+    LambdaMART outputs (``mlsd_rank_score``, 0.5-wide buckets over [-8, 8]), for recsys and search,
+    whose ranker scores only order a list and have no fixed range.
     """
-    score_histogram(registry).observe_many(scores, system=system, model=model)
+    histogram = score_histogram(registry) if bounded else rank_score_histogram(registry)
+    histogram.observe_many(scores, system=system, model=model)
 
 
 def count_decisions(system: str, decisions: Any, registry: CollectorRegistry | None = None) -> dict[str, int]:
