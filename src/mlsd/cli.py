@@ -15,14 +15,27 @@ from collections.abc import Sequence
 # name -> (module providing add_commands, one-line help)
 SYSTEMS: dict[str, tuple[str, str]] = {
     "recsys": ("mlsd.recsys.cli", "movie recommendations: simulate, train, evaluate, serve, bench, demo"),
-    "fraud": ("mlsd.fraud.cli", "real-time payment fraud detection: simulate, train, evaluate, serve, stream, bench"),
+    "fraud": (
+        "mlsd.fraud.cli",
+        "real-time payment fraud detection: simulate, train, evaluate, serve, stream, bench",
+    ),
     "search": ("mlsd.search.cli", "e-commerce search ranking: simulate, train, evaluate, serve, bench"),
 }
 # Platform verbs shared by the systems.
 PLATFORM: dict[str, tuple[str, str]] = {
-    "experiment": ("mlsd.platform.experiments.cli", "A/B experiments: calibrate, bench, analyze"),
-    "monitor": ("mlsd.platform.monitoring.cli", "drift reports: PSI and KS per feature"),
-    "dashboard": ("mlsd.platform.dashboard.cli", "local web page: experiments, latency, drift, review queue, registry"),
+    "experiment": (
+        "mlsd.platform.experiments.cli",
+        "A/B experiments: run (online, simulated), calibrate, bench, analyze",
+    ),
+    "monitor": ("mlsd.platform.monitoring.cli", "drift reports: PSI and KS per feature, per system"),
+    "pipeline": (
+        "mlsd.platform.retraining",
+        "scheduled retraining: run daily (recsys, search) | weekly (fraud)",
+    ),
+    "dashboard": (
+        "mlsd.platform.dashboard.cli",
+        "local web page: experiments, latency, drift, review queue, registry",
+    ),
 }
 COMMANDS = {**SYSTEMS, **PLATFORM}
 
@@ -35,7 +48,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="system", metavar="<system>")
     sub.required = True
     demo = sub.add_parser("demo", help="run every system end to end on generated data (a few minutes)")
-    demo.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of: " + ", ".join(SYSTEMS))
+    demo.add_argument(
+        "--systems", default=",".join(SYSTEMS), help="comma-separated subset of: " + ", ".join(SYSTEMS)
+    )
     demo.add_argument("--workdir", default=None, help="where models and data go (default: a temp dir)")
     demo.set_defaults(func=_run_demo)
     for name, (module, help_text) in COMMANDS.items():

@@ -181,3 +181,21 @@ def test_shadow_outcomes_without_per_arm_columns_are_refused() -> None:
     with pytest.raises(InputError) as err:
         client.analyze(name, pd.DataFrame({"unit": ["a", "b"], "fraud_loss": [1.0, 2.0]}))
     assert "@" in err.value.fix
+
+
+@pytest.mark.parametrize(
+    "argv, field",
+    [
+        (["experiment", "run", "weather"], "system"),
+        (["experiment", "run", "recsys", "--units", "5"], "--units"),
+        (["experiment", "run", "recsys", "--lose-exposures", "1.5"], "--lose-exposures"),
+        (["monitor", "report", "--system", "weather", "--workdir", "."], "--system"),
+        (["monitor", "report", "--system", "fraud", "--workdir", "/no/such/dir"], "--workdir"),
+        (["monitor", "report", "--current", "x.parquet"], "--reference"),
+    ],
+)
+def test_cli_rejects_bad_input_with_the_field_and_exit_2(argv, field, capsys) -> None:
+    from mlsd.cli import main
+
+    assert main(argv) == 2
+    assert field in capsys.readouterr().err

@@ -1,8 +1,8 @@
-"""``mlsd experiment <verb>``: calibrate (simulated error rates), bench (throughput), analyze (a stats file).
+"""``mlsd experiment <verb>``: run (an online experiment through a system's real service and its
+simulated world), calibrate (simulated error rates), bench (throughput), analyze (a stats file).
 
-Wired into ``mlsd.cli`` by adding ``"experiment": ("mlsd.platform.experiments.cli", "...")`` to
-``SYSTEMS``; this module only provides :func:`add_commands`. ``run <system>`` (the online simulators)
-joins here once the systems are wired.
+Wired into ``mlsd.cli`` through ``PLATFORM``; this module only provides :func:`add_commands`. ``run
+<system>`` calls ``mlsd.<system>.experiment.run_experiment`` (see :mod:`mlsd.platform.experiments.online`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,35 @@ PROG = "mlsd experiment"
 def add_commands(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="verb", metavar="<verb>")
     sub.required = True
+    run = sub.add_parser(
+        "run",
+        help="an online experiment: simulated users through a system's real service, analysed",
+        description="Drive SYSTEM's real service in-process with simulated units, log exposures, turn the "
+        "simulated outcomes into the experiment's analysis (lift, CI, CUPED, SRM, confidence sequence), "
+        "and put the simulator's true effect next to each estimate.",
+    )
+    run.add_argument("system", help="recsys, search or fraud")
+    run.add_argument("--units", type=int, default=2000, help="simulated units (users, cards) (default 2000)")
+    run.add_argument(
+        "--arms", default=None, help="comma-separated arm presets, control first (default: the system's)"
+    )
+    run.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
+    run.add_argument("--looks", type=int, default=10, help="interim analyses in the report (default 10)")
+    run.add_argument(
+        "--lose-exposures",
+        type=float,
+        default=0.0,
+        help="plant a logging bug: drop this share of the treatment arms' exposures (SRM demo)",
+    )
+    run.add_argument(
+        "--workdir",
+        default=None,
+        help="the system's folder (data/, registry/) to reuse, e.g. the demo's <dir>/recsys "
+        "(default: a new temporary folder, where a small world is simulated and trained)",
+    )
+    run.add_argument("--out", default=None, help="also write the report as JSON to this file")
+    run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    run.set_defaults(func=_run)
     cal = sub.add_parser(
         "calibrate", help="A/A and planted-effect simulations: false-positive rates, power, CUPED"
     )
@@ -57,6 +86,107 @@ def _emit(result: dict, as_json: bool) -> int:
         for key, value in result.items():
             print(f"{key:>28}: {value}")
     return 0
+
+
+ONLINE_SYSTEMS = ("recsys", "search", "fraud")
+
+
+def _run(args: argparse.Namespace) -> int:
+    import importlib
+    import tempfile
+
+    if args.system not in ONLINE_SYSTEMS:
+        raise InputError("system", args.system, "unknown system", f"use one of {', '.join(ONLINE_SYSTEMS)}")
+    _positive(args.units, "--units", 20)
+    _positive(args.looks, "--looks", 0)
+    if not 0.0 <= args.lose_exposures < 1.0:
+        raise InputError("--lose-exposures", args.lose_exposures, "must be in [0, 1)", "use e.g. 0.1")
+    module = importlib.import_module(f"mlsd.{args.system}.experiment")
+    arms = None
+    if args.arms is not None:
+        arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+        unknown = [a for a in arms if a not in module.ARM_PRESETS]
+        if unknown or len(arms) < 2:
+            raise InputError(
+                "--arms", args.arms, f"unknown arm {unknown[0]!r}" if unknown else "needs at least two arms",
+                f"choose from {', '.join(module.ARM_PRESETS)}, control first, e.g. "
+                f"{','.join(module.DEFAULT_ARMS)}",
+            )  # fmt: skip
+    workdir = (
+        Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix=f"mlsd-exp-{args.system}-"))
+    )
+    if not args.json:
+        print(f"{args.system}: world and models under {workdir}", file=sys.stderr)
+    report = module.run_experiment(
+        workdir,
+        units=args.units,
+        arms=arms,
+        seed=args.seed,
+        looks=args.looks,
+        lose_exposures=args.lose_exposures,
+        progress=not args.json,
+    )
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    if args.json:
+        print(json.dumps(report, default=str))
+    else:
+        print_report(report)
+    return 0
+
+
+def print_report(report: dict) -> None:
+    """A readable summary of an experiment report (what ``mlsd experiment run`` prints)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=sys.stdout, width=max(Console().width, 120))
+    srm = report.get("srm") or {}
+    counts = srm.get("counts")
+    arms = [a["name"] for a in report.get("arms", [])]
+    split = ", ".join(f"{a} {int(c)}" for a, c in zip(arms, counts or [], strict=False))
+    srm_text = srm.get("note") or f"SRM p={_g(srm.get('p_value'))}{'  FLAGGED' if srm.get('flagged') else ''}"
+    console.print(
+        f"[bold]{report.get('experiment')}[/] ({report.get('mode', 'split')}): {split or '-'} units; {srm_text}"
+    )
+    truth, covered = report.get("truth") or {}, report.get("truth_covered") or {}
+    table = Table(show_lines=False)
+    for col in ("metric", "arm", "control", "treatment", "diff [95% CI]", "relative", "p", "always-valid",
+                "true diff", "covered"):  # fmt: skip
+        table.add_column(col, justify="left" if col in ("metric", "arm") else "right")
+    for metric, comps in (report.get("metrics") or {}).items():
+        for c in comps:
+            arm = c.get("treatment")
+            true = (truth.get(metric) or {}).get(arm)
+            cov = (covered.get(metric) or {}).get(arm)
+            rel = c.get("relative")
+            table.add_row(
+                metric + (" *" if metric == report.get("primary_metric") else ""),
+                str(arm),
+                _f(c.get("mean_control")),
+                _f(c.get("mean_treatment")),
+                f"{_g(c.get('diff'))} [{_g(c.get('diff_low'))}, {_g(c.get('diff_high'))}]",
+                "n/a" if rel is None else f"{rel:+.2%}",
+                "n/a" if c.get("p_value") is None else f"{c['p_value']:.3g}",
+                f"[{_g(c.get('cs_low'))}, {_g(c.get('cs_high'))}]",
+                _g(true) if true is not None else "-",
+                "-" if cov is None else ("yes" if cov else "NO"),
+            )
+    console.print(table)
+    for g in report.get("guardrails", []):
+        console.print(
+            f"  guardrail {g['metric']} ({g['treatment']}): {g['status']} (margin {g['margin']:.0%})"
+        )
+    for arm, verdict in (report.get("verdict") or {}).items():
+        console.print(
+            f"  verdict {arm}: [bold]{verdict}[/]  (* primary metric; verdicts use the always-valid interval)"
+        )
+
+
+def _f(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
 
 
 def _calibrate(args: argparse.Namespace) -> int:

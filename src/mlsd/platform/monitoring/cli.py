@@ -1,4 +1,8 @@
-"""``mlsd monitor report --reference A.parquet --current B.parquet [--json]``: a drift report from files.
+"""``mlsd monitor report``: a drift report, from two files or from a system's own windows.
+
+* ``--reference A.parquet --current B.parquet``: any two frames, column by column;
+* ``--system S --workdir W``: ``mlsd.<S>.monitoring.drift_report(W)`` -- the champion's training
+  reference against what was served since (plus, for fraud, performance on labels as they mature).
 
 Wired into ``mlsd.cli`` by adding ``"monitor": ("mlsd.platform.monitoring.cli", "...")`` to
 ``SYSTEMS``; this module only provides :func:`add_commands`.
@@ -26,10 +30,15 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
         "report",
         help="per-feature drift (PSI bands, KS) of a current frame against a reference frame",
         description="Per-feature drift of --current against --reference: PSI with bands "
-        "(< 0.1 stable, 0.1-0.25 moderate, > 0.25 significant), KS for numeric features, null rates.",
+        "(< 0.1 stable, 0.1-0.25 moderate, > 0.25 significant), KS for numeric features, null rates. "
+        "Or --system S --workdir W: the system's champion training reference against what it served.",
     )
-    report.add_argument("--reference", required=True, help="training/reference data (.parquet or .csv)")
-    report.add_argument("--current", required=True, help="recent data to compare (.parquet or .csv)")
+    report.add_argument("--reference", default=None, help="training/reference data (.parquet or .csv)")
+    report.add_argument("--current", default=None, help="recent data to compare (.parquet or .csv)")
+    report.add_argument("--system", default=None, help="recsys, search or fraud (with --workdir)")
+    report.add_argument(
+        "--workdir", default=None, help="the system's folder, e.g. the demo's <dir>/fraud (with --system)"
+    )
     report.add_argument(
         "--features", default=None, help="comma-separated columns (default: all of the reference)"
     )
@@ -63,9 +72,19 @@ def _split(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+SYSTEMS = ("recsys", "search", "fraud")
+
+
 def run_report(args: argparse.Namespace) -> int:
     from mlsd.platform.monitoring.drift import DriftMonitor
 
+    if args.system is not None or args.workdir is not None:
+        return _system_report(args)
+    for flag, value in (("--reference", args.reference), ("--current", args.current)):
+        if value is None:
+            raise InputError(
+                flag, None, "is missing", "pass --reference FILE --current FILE, or --system S --workdir DIR"
+            )
     reference = read_frame(args.reference, "--reference")
     current = read_frame(args.current, "--current")
     monitor = DriftMonitor(
@@ -80,12 +99,45 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _system_report(args: argparse.Namespace) -> int:
+    import importlib
+
+    if args.system not in SYSTEMS:
+        raise InputError(
+            "--system", args.system, "unknown or missing system", f"use one of {', '.join(SYSTEMS)}"
+        )
+    if args.workdir is None or not Path(args.workdir).is_dir():
+        raise InputError(
+            "--workdir",
+            args.workdir,
+            "not a directory",
+            f"pass the system's folder, e.g. <demo dir>/{args.system}",
+        )
+    if args.reference or args.current:
+        raise InputError(
+            "--reference", args.reference, "cannot be combined with --system", "use one of the two forms"
+        )
+    report = importlib.import_module(f"mlsd.{args.system}.monitoring").drift_report(Path(args.workdir))
+    if args.json:
+        print(json.dumps(report, default=str))
+        return 0
+    _print_table(report)
+    for row in report.get("performance") or []:
+        print(
+            "  performance: "
+            + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
+        )
+    return 0
+
+
 def _print_table(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
     colours = {"stable": "green", "moderate": "yellow", "significant": "red"}
-    table = Table(title=f"drift: {report['current']} vs {report['reference']}")
+    table = Table(
+        title=f"drift: {report.get('current', 'current')} vs {report.get('reference', 'reference')}"
+    )
     for col in ("feature", "kind", "PSI", "band", "KS", "KS p", "nulls ref -> cur"):
         table.add_column(col)
     for name, row in sorted(report["features"].items(), key=lambda kv: -kv[1]["psi"]):
