@@ -199,3 +199,28 @@ def test_cli_rejects_bad_input_with_the_field_and_exit_2(argv, field, capsys) ->
 
     assert main(argv) == 2
     assert field in capsys.readouterr().err
+
+
+def test_serve_options_build_a_client_with_the_configured_exposure_log(tmp_path, redis_url, redis_prefix) -> None:
+    from mlsd.platform.experiments import RedisExposureLog
+
+    path = tmp_path / "experiments.yaml"
+    path.write_text(
+        "experiments:\n"
+        "  - name: search-ltr-vs-bm25\n    system: search\n"
+        "    arms: [{name: ltr, alias: champion}, {name: bm25, params: {ranker: bm25}}]\n"
+        "  - name: recsys-ranker\n    system: recsys\n"
+        "    arms: [{name: champion}, {name: challenger, alias: challenger}]\n"
+    )
+    assert ExperimentClient.from_options(None) is None
+    local = ExperimentClient.from_options(path)
+    assert [e.name for e in local.experiments_for("search")] == ["search-ltr-vs-bm25"]
+    assert local.experiments_for("fraud") == []
+    shared = ExperimentClient.from_options(path, redis_url, prefix=redis_prefix)
+    assert isinstance(shared.log, RedisExposureLog)
+    shared.expose("recsys-ranker", ["u1", "u1", "u2"], [0, 0, 1])
+    assert sorted(shared.exposures("recsys-ranker")["unit"]) == ["u1", "u2"]
+    for args, field in (((tmp_path / "nope.yaml",), "--experiments"), ((None, redis_url), "--exposure-redis")):
+        with pytest.raises(InputError) as err:
+            ExperimentClient.from_options(*args)
+        assert err.value.field == field

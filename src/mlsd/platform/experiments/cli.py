@@ -255,3 +255,16 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def add_serving_options(parser: argparse.ArgumentParser) -> None:
+    """``--experiments FILE`` and ``--exposure-redis URL`` for a system's ``serve`` command."""
+    parser.add_argument(
+        "--experiments", default=None, metavar="FILE", help="experiments YAML (see configs/experiments.yaml)"
+    )
+    parser.add_argument(
+        "--exposure-redis",
+        default=None,
+        metavar="URL",
+        help="log exposures to Redis Streams (several processes serving one experiment); default in-process",
+    )

@@ -58,6 +58,33 @@ class ExperimentClient:
     def from_yaml(cls, path: str | Path, **kwargs: Any) -> ExperimentClient:
         return cls(ExperimentConfig.from_yaml(path), **kwargs)
 
+    @classmethod
+    def from_options(
+        cls, config_path: str | Path | None, exposure_redis: str | None = None, prefix: str = "mlsd:"
+    ) -> ExperimentClient | None:
+        """What a ``serve`` command builds from ``--experiments FILE [--exposure-redis URL]``: ``None``
+        without a config (the service then serves its champion to everyone); exposures go to Redis
+        Streams when a URL is given (several processes serving one experiment), else in-process."""
+        if config_path is None:
+            if exposure_redis is not None:
+                raise InputError(
+                    "--exposure-redis", exposure_redis, "needs --experiments", "pass --experiments FILE too"
+                )
+            return None
+        path = Path(config_path)
+        if not path.is_file():
+            raise InputError("--experiments", str(path), "file not found", "pass an experiments YAML file")
+        log = None
+        if exposure_redis is not None:
+            from mlsd.platform.experiments.exposures import RedisExposureLog
+
+            log = RedisExposureLog(exposure_redis, prefix=prefix)
+        return cls.from_yaml(path, log=log)
+
+    def experiments_for(self, system: str) -> list[Experiment]:
+        """The experiments of ``system`` (their ``system:`` field), in config order."""
+        return [e for e in self.config.experiments.values() if e.system == system]
+
     def assign(self, experiment: str, unit_ids: Any) -> np.ndarray:
         """Arm index per unit, -1 for units not in the experiment (held out, not covered, other experiment)."""
         return self.assigner.assign(experiment, unit_ids)
