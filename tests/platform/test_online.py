@@ -206,11 +206,13 @@ def test_serve_options_build_a_client_with_the_configured_exposure_log(tmp_path,
 
     path = tmp_path / "experiments.yaml"
     path.write_text(
-        "experiments:\n"
-        "  - name: search-ltr-vs-bm25\n    system: search\n"
-        "    arms: [{name: ltr, alias: champion}, {name: bm25, params: {ranker: bm25}}]\n"
-        "  - name: recsys-ranker\n    system: recsys\n"
-        "    arms: [{name: champion}, {name: challenger, alias: challenger}]\n"
+        "layers:\n"
+        "  - name: search\n    experiments:\n"
+        "      - name: search-ltr-vs-bm25\n        system: search\n"
+        "        arms: [{name: ltr, alias: champion}, {name: bm25, params: {ranker: bm25}}]\n"
+        "  - name: recsys\n    experiments:\n"
+        "      - name: recsys-ranker\n        system: recsys\n"
+        "        arms: [{name: champion}, {name: challenger, alias: challenger}]\n"
     )
     assert ExperimentClient.from_options(None) is None
     local = ExperimentClient.from_options(path)
