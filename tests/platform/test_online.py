@@ -226,3 +226,29 @@ def test_serve_options_build_a_client_with_the_configured_exposure_log(tmp_path,
         with pytest.raises(InputError) as err:
             ExperimentClient.from_options(*args)
         assert err.value.field == field
+
+
+def test_identical_shadow_arms_report_zero_without_warnings() -> None:
+    import warnings
+
+    config = make_experiment(
+        "fraud", arms_from_presets(PRESETS, ["champion", "champion"]), [{"name": "fraud_loss"}], mode="shadow"
+    )
+    name = next(iter(config.experiments))
+    client = ExperimentClient(config, registry=False)
+    client.expose(name, np.arange(100), np.zeros(100, dtype=int))
+    loss = np.random.default_rng(0).exponential(10.0, 100)
+    for values, reduction in ((loss, 1.0), (np.zeros(100), None)):  # all-zero: 0/0 -> null, no warning
+        outcomes = pd.DataFrame(
+            {"unit": np.arange(100), "fraud_loss@champion": values, "fraud_loss@champion_2": values}
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            (row,) = client.analyze(name, outcomes)["metrics"]["fraud_loss"]
+        assert row["diff"] == 0.0 and row["variance_reduction_vs_unpaired"] == reduction
+
+
+def test_make_experiment_coverage_ramps_the_share_of_units_in_it() -> None:
+    config = make_experiment("search", arms_from_presets(PRESETS, ["champion", "challenger"]), [], coverage=0.2)
+    arms = ExperimentClient(config, registry=False).assign(next(iter(config.experiments)), np.arange(20_000))
+    assert abs((arms >= 0).mean() - 0.2) < 0.02

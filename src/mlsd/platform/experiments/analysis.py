@@ -288,6 +288,8 @@ def paired_compare(stats: MetricStats, alpha: float = 0.05, planned_n: float = 1
         relative_se = np.sqrt((var_b / ma**2 + mb**2 * var_a / ma**4 - 2 * mb * cov_ab / ma**3) / n)
         cs_low, cs_high = confidence_sequence(diff, se, n, alpha, planned_n)
         unpaired_se = np.sqrt((var_a + var_b) / n)
+        # identical arms (an A/A shadow): 0/0 -> NaN -> null in the report, without a warning
+        reduction = 1 - se**2 / unpaired_se**2
     return {
         "metric": stats.metric,
         "n": _plain(n),
@@ -303,7 +305,7 @@ def paired_compare(stats: MetricStats, alpha: float = 0.05, planned_n: float = 1
         "relative_high": _plain(relative + sps.norm.ppf(1 - alpha / 2) * relative_se),
         "cs_low": _plain(cs_low),
         "cs_high": _plain(cs_high),
-        "variance_reduction_vs_unpaired": _plain(1 - se**2 / unpaired_se**2),
+        "variance_reduction_vs_unpaired": _plain(reduction),
         "alpha": alpha,
     }
 

@@ -72,13 +72,21 @@ def make_experiment(
     mode: str = "split",
     unit: str = "user_id",
     salt: str | None = None,
+    coverage: float = 1.0,
 ) -> ExperimentConfig:
-    """A config holding one experiment over all traffic: one layer, coverage 1, no holdout."""
+    """A config holding one experiment: one layer, no holdout, ``coverage`` of the traffic (default all)."""
     arm_objs = tuple(a if isinstance(a, Arm) else Arm(**dict(a)) for a in arms)
     metric_objs = tuple(m if isinstance(m, MetricSpec) else MetricSpec(**dict(m)) for m in metrics)
     name = name or f"{system}-{'-vs-'.join(a.name for a in arm_objs)}"
     experiment = Experiment(
-        name=name, arms=arm_objs, salt=salt or name, unit=unit, system=system, mode=mode, metrics=metric_objs
+        name=name,
+        arms=arm_objs,
+        salt=salt or name,
+        coverage=coverage,
+        unit=unit,
+        system=system,
+        mode=mode,
+        metrics=metric_objs,
     )
     return ExperimentConfig(layers=(Layer(name=f"{system}-online", experiments=(experiment,)),))
 
