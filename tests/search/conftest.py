@@ -29,3 +29,13 @@ def tiny_catalog() -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="session")
+def search_world(tmp_path_factory):
+    """The default simulated search world (1,500 products, 20k logged searches), trained without the
+    dense index (~5 s): ``(workdir, SearchWorld)``. Tests that change the folder copy it first."""
+    from mlsd.search.experiment import load_world
+
+    workdir = tmp_path_factory.mktemp("search-world")
+    return workdir, load_world(workdir, dense=False, progress=False)

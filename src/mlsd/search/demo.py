@@ -5,7 +5,10 @@
    on raw clicks, score both against the simulator's ground truth, register the IPS model (champion);
 3. load the service in-process (FastAPI test client, no socket) and send a few searches -- a typo, a
    synonym, a price constraint, a Spanish query, a brand -- plus the events of one of them;
-4. print the results with the parsed query and per-stage timings.
+4. print the results with the parsed query and per-stage timings;
+5. run one small online experiment (LambdaMART vs BM25-only, ``experiment_units`` simulated users through
+   the same router the service uses) and the drift report, and write what the dashboard discovers:
+   ``experiments/<name>.json``, ``monitoring/drift.json`` and ``monitoring/timings.json``.
 """
 
 from __future__ import annotations
@@ -31,8 +34,12 @@ def run(
     dense: bool = True,
     quiet: bool = False,
     parser_options: dict[str, Any] | None = None,
+    experiment_units: int = 300,
 ) -> dict[str, Any]:
-    """Run the demo under ``workdir``; returns a summary (timings, metrics, the answers)."""
+    """Run the demo under ``workdir``; returns a summary (timings, metrics, the answers, the files written).
+
+    ``experiment_units``: users in the demo's online experiment (0 skips the experiment and the
+    monitoring files)."""
     from fastapi.testclient import TestClient
     from rich.console import Console
     from rich.table import Table
@@ -143,6 +150,14 @@ def run(
     console.print(
         f"POST /v1/events -> {posted}; GET /v1/search?q= -> {bad.status_code} {bad.json()['error']['message']}"
     )
+    written: dict[str, str] = {}
+    experiment_summary: dict[str, Any] | None = None
+    if experiment_units > 0:
+        t = time.perf_counter()
+        written, experiment_summary = _experiment_and_monitoring(
+            workdir, sim, engine, registry_dir, answers, experiment_units, console
+        )
+        timings["experiment_and_monitoring_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
     console.print(f"[bold]search demo[/] finished in {timings['total_s']:.1f} s")
     return {
@@ -160,4 +175,64 @@ def run(
             for a in answers
         ],
         "events_accepted": posted.get("accepted"),
+        "experiment": experiment_summary,
+        "files": written,
+    }
+
+
+def _write_json(path: Path, obj: Any) -> str:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_plain))
+    tmp.replace(path)
+    return str(path)
+
+
+def _plain(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    return str(value)
+
+
+def _experiment_and_monitoring(
+    workdir: Path, sim: Any, engine: Any, registry_dir: Path, answers: list, units: int, console: Any
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """The demo's experiment (LTR vs BM25), drift report and served stage timings, written as JSON."""
+    from mlsd.search.experiment import run_experiment, summary_lines, world_from_simulation
+    from mlsd.search.monitoring import drift_report
+
+    world = world_from_simulation(sim, engine, registry_dir)
+    report = run_experiment(workdir, units=units, looks=5, progress=False, world=world, keep_stages=True)
+    stages = report.pop("stages_ms")
+    for a in answers:  # the showcase queries were served too
+        for stage, ms in a["body"]["timings_ms"].items():
+            stages.setdefault(stage, []).append(ms)
+    written = {
+        "experiment": _write_json(workdir / "experiments" / f"{report['experiment']}.json", report),
+        "timings": _write_json(
+            workdir / "monitoring" / "timings.json", {"system": "search", "stages": stages}
+        ),
+    }
+    drift = drift_report(workdir, engine=engine)
+    written["drift"] = _write_json(workdir / "monitoring" / "drift.json", drift)
+    for line in summary_lines(report):
+        console.print(f"[bold]experiment[/] {line}")
+    s = drift["summary"]
+    console.print(
+        f"[bold]drift[/] {s['stable']} stable / {s['moderate']} moderate / {s['significant']} significant "
+        f"features (max PSI {s['max_psi']:.3f}); current = {drift['current']}"
+    )
+    primary = report["primary_metric"]
+    return written, {
+        "name": report["experiment"],
+        "primary_metric": primary,
+        "comparison": report["metrics"][primary][0],
+        "truth": report["truth"].get(primary),
+        "truth_covered": report["truth_covered"].get(primary),
+        "srm_flagged": report["srm"]["flagged"],
+        "verdict": report["verdict"],
     }

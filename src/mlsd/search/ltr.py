@@ -140,6 +140,10 @@ class LambdaMARTRanker:
         self.booster_.save_model(str(path / "model.txt"))
         meta = {"config": asdict(self.config), "feature_names": list(self.feature_names)}
         (path / "ranker.json").write_text(json.dumps(meta, indent=2))
+        # The training reference for drift monitoring travels with the model (same registry version).
+        if getattr(self, "reference_", None) is not None:
+            self.reference_.to_parquet(path / "reference.parquet", index=False)
+            (path / "reference.json").write_text(json.dumps(getattr(self, "reference_meta_", {}), indent=2))
         return path
 
     @classmethod

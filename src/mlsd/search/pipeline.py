@@ -43,6 +43,8 @@ from mlsd.search.retrieval import BM25Index, Candidates, rrf_fuse
 from mlsd.search.rules import BusinessRules
 
 SYSTEM = "search"
+# Ranking variants an experiment arm can ask for (``params: {"ranker": ...}``), see SearchEngine.search.
+RANKINGS: tuple[str, ...] = ("ltr", "hybrid", "bm25", "dense")
 
 
 def default_cache_dir() -> Path:
@@ -342,9 +344,27 @@ class SearchEngine:
 
     # -- one request ------------------------------------------------------------------------------------
     def search(
-        self, query: str, user_id: str = "", k: int | None = None, *, budget_ms: float | None = None
+        self,
+        query: str,
+        user_id: str = "",
+        k: int | None = None,
+        *,
+        budget_ms: float | None = None,
+        ranking: str = "ltr",
+        model: Any = None,
     ) -> dict[str, Any]:
-        """Top ``k`` results for ``query`` with the parsed query, per-stage timings and what was skipped."""
+        """Top ``k`` results for ``query`` with the parsed query, per-stage timings and what was skipped.
+
+        ``ranking`` picks the variant an experiment arm asks for (:data:`RANKINGS`): ``"ltr"`` (hybrid
+        retrieval reranked by LambdaMART: the production path), ``"hybrid"`` (BM25 + dense fused, no
+        LTR), ``"bm25"`` (BM25 only: no dense retrieval, no LTR), ``"dense"`` (dense only, no LTR).
+        ``model``: a ranker to use instead of the engine's own (a registry alias other than the
+        champion). Business rules apply to every variant.
+        """
+        if ranking not in RANKINGS:
+            from mlsd.platform.errors import InputError
+
+            raise InputError("ranking", ranking, "unknown ranking variant", f"use one of {list(RANKINGS)}")
         cfg = self.config
         k = cfg.service.k_default if k is None else k
         deadline = Deadline(budget_ms if budget_ms is not None else cfg.budgets.deadline_ms)
@@ -353,11 +373,17 @@ class SearchEngine:
         with timer.stage("parse"):
             parsed = self.parser_.parse([query])[0]
             text = _retrieval_text(parsed)
-        with timer.stage("bm25"):
-            lexical = self.bm25_.retrieve([text], cfg.retrieval.bm25_k, expansions=[parsed.expansions])
+        if ranking == "dense":
+            timer.skip("bm25", "ranking variant: dense")
+            lexical = None
+        else:
+            with timer.stage("bm25"):
+                lexical = self.bm25_.retrieve([text], cfg.retrieval.bm25_k, expansions=[parsed.expansions])
         vectors = None
-        lists = [lexical]
-        if self.dense_ is None or not cfg.retrieval.use_dense:
+        lists = [lexical] if lexical is not None else []
+        if ranking == "bm25":
+            timer.skip("dense", "ranking variant: bm25")
+        elif self.dense_ is None or not cfg.retrieval.use_dense:
             timer.skip("dense", "disabled")
         elif deadline.allows(self._cost["dense"].value * safety):
             started = time.perf_counter()
@@ -372,11 +398,19 @@ class SearchEngine:
             )
             self._cost["dense"].skipped()
         with timer.stage("fuse"):
-            fused = rrf_fuse(lists, cfg.retrieval.candidates) if len(lists) > 1 else lexical
+            if len(lists) > 1:
+                fused = rrf_fuse(lists, cfg.retrieval.candidates)
+            elif lists:
+                fused = lists[0]
+            else:  # dense-only variant whose dense stage was skipped or unavailable: nothing retrieved
+                fused = Candidates(np.full((1, 0), -1), np.full((1, 0), -1), np.zeros((1, 0)))
             keep = fused.rows[0] >= 0
             rows, scores = fused.rows[0][keep], fused.scores[0][keep].astype(np.float64)
-        ranked_by = "hybrid" if len(lists) > 1 else "bm25"
-        if self.ranker_ is None:
+        ranked_by = "hybrid" if len(lists) > 1 else ("dense" if lexical is None else "bm25")
+        ranker = model if model is not None else self.ranker_
+        if ranking != "ltr":
+            timer.skip("ltr", f"ranking variant: {ranking}")
+        elif ranker is None:
             timer.skip("ltr", "no ranker loaded")
         elif len(rows) and deadline.allows(self._cost["ltr"].value * safety):
             started = time.perf_counter()
@@ -388,7 +422,7 @@ class SearchEngine:
             with timer.stage("features"):
                 X = self.features_.transform(batch, np.zeros(depth, np.int64), rows[:depth])
             with timer.stage("ltr"):
-                head = self.ranker_.predict(X)
+                head = ranker.predict(X)
                 tail = scores[depth:]
                 # Every reranked candidate stays above the tail, whatever the scales of the two scores.
                 offset = (head.min() - tail.max() - 1.0) if len(tail) else 0.0
@@ -426,7 +460,7 @@ class SearchEngine:
             "user_id": user_id,
             "parsed": parsed.to_dict(),
             "ranked_by": ranked_by,
-            "model_version": self.ranker_version_,
+            "model_version": self.ranker_version_ if model is None else getattr(model, "version_", None),
             "results": self._results(final, final_scores),
             "rules": report.to_dict(),
             "timings_ms": {s: round(v, 3) for s, v in timer.timings_ms.items()},
@@ -523,8 +557,44 @@ def train_ranker(
         labels = pd.concat([labels, neg], ignore_index=True)
         qi = np.concatenate([qi, neg_q[fresh]])
         rows = np.concatenate([rows, neg_rows[fresh]])
+    X = pair_features(engine, window, texts, qi, rows, labels["product_id"].to_numpy())
+    ranker = LambdaMARTRanker(config.ltr).fit(X, labels["gain"].to_numpy(), qi)
+    # The drift reference: the logged pairs the ranker learned from (not the random negatives, which
+    # serving never shows), with its own scores as "prediction".
+    n_logged = len(labels) - (len(neg) if n_neg > 0 else 0)
+    ranker.reference_ = reference_sample(X[:n_logged], ranker.predict(X[:n_logged]), seed=config.ltr.seed)
+    ranker.reference_meta_ = {
+        "history_impressions": int(len(history)),
+        "history_from_ts": int(history["ts"].min()) if len(history) else None,
+        "label_window_ts": [int(window["ts"].min()), int(window["ts"].max())] if len(window) else None,
+        "pairs": int(n_logged),
+    }
+    report = {
+        "ips": ips,
+        "training_pairs": len(labels),
+        "random_negatives": int(n_neg * len(texts)),
+        "training_queries": len(texts),
+        "history_impressions": len(history),
+        "label_impressions": len(window),
+        "propensity": propensity.to_dict() if (ips and propensity is not None) else None,
+        "objective": dict(config.objective.__dict__),
+        "feature_names": list(FEATURE_NAMES),
+    }
+    return ranker, report
+
+
+def pair_features(
+    engine: SearchEngine,
+    window: pd.DataFrame,
+    texts: np.ndarray,
+    qi: np.ndarray,
+    rows: np.ndarray,
+    product_ids: np.ndarray,
+) -> np.ndarray:
+    """Features of pairs (``texts[qi[j]]``, catalog row ``rows[j]``), the user-affinity features being the
+    mean over the users of ``window`` (impressions) who saw each (query, product) pair: a training label
+    aggregates their behaviour, and the drift monitor builds its current window the same way."""
     batch, _ = engine.query_batch(list(texts))
-    # Mean affinity of the users who saw each pair (the label aggregates their behaviour).
     w_rows = engine.row_of_id_.reindex(window["product_id"].to_numpy()).to_numpy()
     w_ok = ~np.isnan(w_rows)
     b_aff, d_aff = engine.features_.user_affinity(
@@ -542,28 +612,26 @@ def train_ranker(
         .groupby(["q", "p"])
         .mean()
     )
-    pair_aff = aff.reindex(
-        pd.MultiIndex.from_arrays([labels["query"].to_numpy(), labels["product_id"].to_numpy()])
-    )
-    X = engine.features_.transform(
+    pair_aff = aff.reindex(pd.MultiIndex.from_arrays([np.asarray(texts)[qi], np.asarray(product_ids)]))
+    return engine.features_.transform(
         batch,
         qi,
         rows,
         user_affinity=(pair_aff["b"].fillna(0).to_numpy(), pair_aff["d"].fillna(0).to_numpy()),
     )
-    ranker = LambdaMARTRanker(config.ltr).fit(X, labels["gain"].to_numpy(), qi)
-    report = {
-        "ips": ips,
-        "training_pairs": len(labels),
-        "random_negatives": int(n_neg * len(texts)),
-        "training_queries": len(texts),
-        "history_impressions": len(history),
-        "label_impressions": len(window),
-        "propensity": propensity.to_dict() if (ips and propensity is not None) else None,
-        "objective": dict(config.objective.__dict__),
-        "feature_names": list(FEATURE_NAMES),
-    }
-    return ranker, report
+
+
+def reference_sample(
+    X: np.ndarray, scores: np.ndarray, *, max_rows: int = 20_000, seed: int = 0
+) -> pd.DataFrame:
+    """Feature rows (:data:`FEATURE_NAMES` columns) plus ``prediction``, at most ``max_rows`` (seeded
+    sample): what the drift monitor compares served traffic with."""
+    frame = pd.DataFrame(np.asarray(X, dtype=np.float32), columns=list(FEATURE_NAMES))
+    frame["prediction"] = np.asarray(scores, dtype=np.float64)
+    if len(frame) > max_rows:
+        keep = np.sort(np.random.default_rng(seed).choice(len(frame), max_rows, replace=False))
+        frame = frame.iloc[keep].reset_index(drop=True)
+    return frame
 
 
 # --------------------------------------------------------------------------------------------------
@@ -607,14 +675,14 @@ def train_and_register(
     log: Any = None,
     parser_options: dict[str, Any] | None = None,
     return_engine: bool = False,
+    until_ts: int | None = None,
 ) -> Any:
     """Train LTR with IPS from the folder's click log, evaluate against ground truth when the folder has
     it (also the raw-click baseline), register the model and promote it to champion if it beats the
     current one (or there is none). Returns the report, or ``(report, engine)`` with ``return_engine``:
-    the fitted engine with history from the whole log and the new ranker, ready to serve."""
-    import tempfile
-
-    from mlsd.platform.registry import ModelRegistry, fingerprint
+    the fitted engine with history from the whole log and the new ranker, ready to serve.
+    ``until_ts``: use only click-log impressions before this time (a scheduled run's window)."""
+    from mlsd.platform.registry import ModelRegistry
     from mlsd.search.ltr import ground_truth_ndcg
     from mlsd.search.propensity import estimate_propensities
 
@@ -624,7 +692,7 @@ def train_and_register(
 
     config = config or SearchConfig()
     data = load_data(data_dir)
-    impressions = data["clicklog"].impressions()
+    impressions = data["clicklog"].impressions(until_ts=until_ts)
     if len(impressions) == 0:
         from mlsd.platform.errors import InputError
 
@@ -657,21 +725,9 @@ def train_and_register(
             metrics["raw_clicks_truth_ndcg@10"] = round(truth(raw), 4)
             say(f"raw-click LambdaMART: ground-truth nDCG@10 = {metrics['raw_clicks_truth_ndcg@10']}")
     registry = ModelRegistry(registry_dir)
-    with tempfile.TemporaryDirectory() as tmp:
-        ranker.save(Path(tmp) / "ranker")
-        (Path(tmp) / "ranker" / "propensity.json").write_text(json_dumps(propensity.to_dict()))
-        sample = impressions[["search_id", "product_id", "position", "clicked", "purchased"]]
-        version = registry.register(
-            MODEL_NAME,
-            Path(tmp) / "ranker",
-            params={
-                "ltr": dict(config.ltr.__dict__),
-                "objective": dict(config.objective.__dict__),
-                "dense": dense,
-            },
-            metrics=metrics,
-            data_fingerprint=fingerprint(sample),
-        )
+    version = register_ranker(
+        registry, ranker, propensity, impressions, config=config, dense=dense, metrics=metrics
+    )
     champion = registry.alias(MODEL_NAME)
     key = "truth_ndcg@10"
     promote = champion is None or (
@@ -691,6 +747,45 @@ def train_and_register(
         engine.refit_history(impressions, propensity).set_ranker(ranker, version.version)
         return report, engine
     return report
+
+
+def window_fingerprint(impressions: pd.DataFrame) -> str:
+    """The data fingerprint of a training window (what idempotent retraining compares)."""
+    from mlsd.platform.registry import fingerprint
+
+    return fingerprint(impressions[["search_id", "product_id", "position", "clicked", "purchased"]])
+
+
+def register_ranker(
+    registry: Any,
+    ranker: Any,
+    propensity: Any,
+    impressions: pd.DataFrame,
+    *,
+    config: SearchConfig,
+    dense: bool,
+    metrics: dict[str, float],
+    extra_params: dict[str, Any] | None = None,
+) -> Any:
+    """Save ``ranker`` (with its propensities and drift reference) as the next version of
+    :data:`MODEL_NAME`, fingerprinted by its training window. Sets no alias."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ranker.save(Path(tmp) / "ranker")
+        (Path(tmp) / "ranker" / "propensity.json").write_text(json_dumps(propensity.to_dict()))
+        return registry.register(
+            MODEL_NAME,
+            Path(tmp) / "ranker",
+            params={
+                "ltr": dict(config.ltr.__dict__),
+                "objective": dict(config.objective.__dict__),
+                "dense": dense,
+                **(extra_params or {}),
+            },
+            metrics=metrics,
+            data_fingerprint=window_fingerprint(impressions),
+        )
 
 
 def json_dumps(obj: Any) -> str:

@@ -6,6 +6,12 @@
   "search_id", "product_id", "position", "query", "user_id", "value", "ts"}, ...]}`` appends to the
   click log that ``mlsd search train`` reads; answers ``{"accepted": n}``.
 
+Experiments: pass ``experiments`` (an :class:`~mlsd.platform.experiments.client.ExperimentClient`) and
+every search experiment in its config routes requests by ``user_id`` through
+:class:`~mlsd.search.routing.SearchRouter` (arm params ``{"ranker": "ltr"|"hybrid"|"bm25"|"dense"}``, arm
+aliases loaded from ``registry_dir``); the response names ``"experiment": {name: arm}`` and the exposure is
+logged after the response was built. Searches without a user id stay on the champion path.
+
 Bad input never reaches the pipeline as a traceback: an empty or oversized query, ``k`` outside
 ``[k_min, k_max]``, a body that is not JSON, or an event missing a field is answered with a 4xx
 ``{"error": {"field", "value", "problem", "fix", ...}}`` naming the field (the platform's error shape).
@@ -22,15 +28,26 @@ from mlsd.platform.errors import InputError
 from mlsd.platform.serving import create_app
 from mlsd.search.clicklog import ClickLog, validate_events
 from mlsd.search.pipeline import SearchEngine
+from mlsd.search.routing import SearchRouter
 
 MAX_BODY_BYTES = 5_000_000
 
 
 def create_search_app(
-    engine: SearchEngine, clicklog: ClickLog | None = None, *, version: str = "0.1.0"
+    engine: SearchEngine,
+    clicklog: ClickLog | None = None,
+    *,
+    version: str = "0.1.0",
+    experiments: Any = None,
+    registry_dir: Any = None,
 ) -> FastAPI:
-    """The search service over a fitted :class:`SearchEngine` (and a click log for events)."""
+    """The search service over a fitted :class:`SearchEngine` (and a click log for events).
+
+    ``experiments``: an ``ExperimentClient`` whose ``system == "search"`` experiments route requests
+    (None: every request takes the champion path); ``registry_dir``: where arm aliases are loaded from.
+    """
     svc = engine.config.service
+    router = SearchRouter(engine, experiments, registry_dir=registry_dir)  # bad arms fail here, at startup
 
     def health() -> dict[str, Any]:
         return {
@@ -41,6 +58,7 @@ def create_search_app(
 
     app = create_app("search", title="mlsd search", version=version, health=health)
     app.state.engine = engine
+    app.state.router = router
     app.state.clicklog = clicklog
 
     @app.get("/v1/search", tags=["search"])
@@ -53,7 +71,7 @@ def create_search_app(
             raise InputError(
                 "k", k, f"must be in [{svc.k_min}, {svc.k_max}]", f"ask for {svc.k_min}..{svc.k_max} results"
             )
-        return engine.search(q, user_id, k)
+        return router.search(q, user_id, k)
 
     @app.post("/v1/events", tags=["search"])
     async def events(request: Request) -> dict[str, Any]:

@@ -1,0 +1,45 @@
+"""Drift of the search ranker against its training reference: stable on unchanged traffic, flags a shift."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from mlsd.platform.errors import InputError
+from mlsd.search.clicklog import ClickLog
+from mlsd.search.monitoring import drift_report
+from mlsd.search.pipeline import FEATURE_NAMES
+from mlsd.search.simulate import DAY, Simulation
+
+
+def test_unchanged_traffic_is_stable(search_world) -> None:
+    workdir, world = search_world
+    report = drift_report(workdir, engine=world.engine)
+    assert set(report["features"]) == {*FEATURE_NAMES, "prediction"}
+    assert report["summary"]["significant"] == 0, report["summary"]
+    assert "training pairs" in report["reference"] and "2025-12-25..2025-12-31" in report["current"]
+    assert report["n_reference"] <= 20_000 and report["version"] == world.engine.ranker_version_
+
+
+def test_a_shift_in_the_query_mix_is_flagged(search_world, tmp_path) -> None:
+    workdir, world = search_world
+    for part in ("data", "registry"):
+        shutil.copytree(workdir / part, tmp_path / part)
+    sim = Simulation.load(tmp_path / "data")
+    imp = sim.impressions
+    price_queries = sim.queries.loc[sim.queries["intent"] == "price_category", "query_id"]
+    week = imp[(imp["ts"] >= imp["ts"].max() - 7 * DAY) & imp["query_id"].isin(price_queries)]
+    shifted = week.assign(ts=week["ts"] + 7 * DAY, search_id=week["search_id"] + 10_000_000)
+    ClickLog(tmp_path / "data" / "clicklog").append_impressions(pd.DataFrame(shifted))
+    report = drift_report(tmp_path, engine=world.engine)
+    drifted = report["summary"]["drifted"]
+    assert report["features"]["price_in_range"]["band"] == "significant", drifted
+    assert report["summary"]["significant"] >= 2
+
+
+def test_no_champion_is_an_input_error(tmp_path) -> None:
+    with pytest.raises(InputError) as err:
+        drift_report(tmp_path)
+    assert err.value.field == "--workdir"
