@@ -32,3 +32,13 @@ def test_demo_runs_every_step(tmp_path):
     assert resolved == len(out["review"]["resolved"])
     if out["late_label"] is not None:
         assert out["late_label"]["known_after"] == out["late_label"]["known_before"] + 1
+    # contract point 6: the files the dashboard finds by content
+    import json
+
+    exp = json.loads((tmp_path / "experiments" / f"{out['experiment']['name']}.json").read_text())
+    assert exp["mode"] == "shadow" and exp["system"] == "fraud" and exp["primary_metric"] == "fraud_loss"
+    assert exp["srm"]["counts"][0] > 0 and "8. shadow experiment" in text
+    drift = json.loads((tmp_path / "monitoring" / "drift.json").read_text())
+    assert {"features", "summary", "reference", "current", "performance"} <= set(drift)
+    timings = json.loads((tmp_path / "monitoring" / "timings.json").read_text())
+    assert timings["system"] == "fraud" and len(timings["stages"]["model"]) > 0

@@ -128,6 +128,16 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--rules", default=None)
     p.add_argument("--config", default=None, help="YAML FraudConfig")
+    p.add_argument(
+        "--experiments",
+        default=None,
+        help="experiments YAML (docs/experiments.md): fraud experiments run in shadow mode",
+    )
+    p.add_argument(
+        "--exposures-redis",
+        default=None,
+        help="Redis URL for the exposure log (default: in-process memory)",
+    )
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("stream", help="Redis Streams workers: payments in, decisions out (consumer group)")
@@ -280,7 +290,17 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = FraudConfig.from_file(args.config)
     ws = Workspace(Path(args.workdir), config=config)
-    pipeline = ws.pipeline(rules_path=args.rules, review=True)
+    client = None
+    if args.experiments:
+        from mlsd.platform.experiments.client import ExperimentClient
+
+        log = None
+        if args.exposures_redis:
+            from mlsd.platform.experiments.exposures import RedisExposureLog
+
+            log = RedisExposureLog(args.exposures_redis)
+        client = ExperimentClient.from_yaml(args.experiments, log=log)
+    pipeline = ws.pipeline(rules_path=args.rules, review=True, experiments=client)
     app = build_app(pipeline, config=config)
     freeze_heap()
     serve(app, host=args.host, port=args.port)

@@ -100,6 +100,12 @@ class DecisionEngine:
         self.thresholds = thresholds or Thresholds()
         self.top_reasons = top_reasons
 
+    def decision_only(self, hits: RuleHits, probability: np.ndarray) -> np.ndarray:
+        """Just the decision codes :meth:`decide` would give for ``probability`` (no reasons): the
+        shadow path's counterfactual decision, vectorised, without building reason lists."""
+        band = _band(probability, self.thresholds)
+        return np.maximum(band, _RULE_FLOOR[hits.severity]).astype(np.int8)
+
     def decide(
         self,
         hits: RuleHits,

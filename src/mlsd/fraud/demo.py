@@ -4,8 +4,10 @@ simulate 6 weeks of payments -> record the labels known at the cut-off -> train 
 + GRU, calibrated) -> warm the online feature windows on history -> stream the next day's payments
 through features, rules, model and decision (micro-batches) -> review queue: an analyst claims and
 resolves the top cases (labels stored at once) -> a chargeback for an approved fraud arrives late ->
-retrain: a challenger on the labels known now, promoted only if it beats the champion, scored in
-shadow next to it.
+retrain: a challenger on the labels known now, promoted only if it beats the champion -> a shadow
+experiment (champion vs challenger through :class:`~mlsd.platform.experiments.client.ExperimentClient`)
+on the live day, a drift report and the stage timings, written where the dashboard finds them:
+``experiments/<name>.json``, ``monitoring/drift.json``, ``monitoring/timings.json``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def run(
     started = time.perf_counter()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "monitoring").mkdir(exist_ok=True)
     out: dict[str, Any] = {"workdir": str(workdir)}
 
     # 1. simulate: history up to the cut-off, then one live day
@@ -53,7 +56,8 @@ def run(
     cutoff = day0 + (days - 1) * DAY
     history = tx.loc[tx["ts"] < cutoff].reset_index(drop=True)
     live = tx.loc[tx["ts"] >= cutoff].reset_index(drop=True)
-    tx.to_parquet(workdir / "transactions.parquet", index=False)
+    (workdir / "data").mkdir(exist_ok=True)
+    tx.to_parquet(workdir / "data" / "transactions.parquet", index=False)
     out["simulated"] = {
         "payments": len(tx),
         "frauds": int(tx["fraud"].sum()),
@@ -118,15 +122,32 @@ def run(
     warm_s = time.perf_counter() - t
 
     # 4. stream one day through the pipeline in micro-batches
+    from mlsd.platform.monitoring.sample import ServingSample
+
     t = time.perf_counter()
     decided = []
+    stages: dict[str, list[float]] = {}
+    served = ServingSample(max_rows=20_000, seed=seed)
     payments = live.drop(columns=["fraud", "scenario", "label_ts"])
     for start in range(0, len(payments), 500):
         batch = pipeline.score(payments.iloc[start : start + 500])
         decided.append(
             pd.DataFrame({"decision": batch.decisions.labels, "probability": batch.decisions.probability})
         )
+        for stage, ms in batch.timer.timings_ms.items():
+            stages.setdefault(stage, []).append(round(float(ms), 3))
+        if batch.features is not None and not batch.decisions.rules_only:
+            served.add(
+                batch.features.assign(
+                    prediction=batch.decisions.probability,
+                    model_version=str(batch.model_version),
+                    tx_id=batch.tx_id,
+                    ts=payments["ts"].to_numpy()[start : start + len(batch.tx_id)],
+                )
+            )
     stream_s = time.perf_counter() - t
+    served.save(workdir / "monitoring" / "served.parquet")
+    (workdir / "monitoring" / "timings.json").write_text(json.dumps({"system": "fraud", "stages": stages}))
     d = pd.concat(decided, ignore_index=True)
     d["fraud"] = live["fraud"].to_numpy()
     d["amount"] = live["amount"].to_numpy()
@@ -233,15 +254,76 @@ def run(
         f"vs champion v{second['champion_version_before']} AP {ch['average_precision']:.3f} on the latest "
         f"matured week -> {verdict}"
     )
-    shadow_pipe = ws.pipeline(review=False)
-    if shadow_pipe.challenger is not None:
-        shadow_pipe.score(payments.iloc[:500])
-        log = shadow_pipe.shadow_log
-        console.print(
-            f"   shadow: challenger scored {log.scored} payments next to the champion; it would have "
-            f"decided differently on {log.disagreements}"
-        )
-        out["shadow"] = {"scored": log.scored, "disagreements": log.disagreements}
+    t = time.perf_counter()
+    out["experiment"] = _shadow_experiment(workdir, ws, pipeline.features, live, console)
+    out["experiment"]["seconds"] = round(time.perf_counter() - t, 1)
+    from mlsd.fraud.monitoring import drift_report
+
+    drift = drift_report(workdir)
+    (workdir / "monitoring" / "drift.json").write_text(json.dumps(drift, default=str))
+    age1, final = drift["performance"]["by_label_age"][0], drift["performance"]["by_label_age"][-1]
+    out["drift"] = {"summary": drift["summary"], "performance": drift["performance"]["by_label_age"]}
+    console.print(
+        f"[bold]9. monitor[/]   drift vs the champion's training sample: {drift['summary']['stable']} stable, "
+        f"{drift['summary']['moderate']} moderate, {drift['summary']['significant']} significant (max PSI "
+        f"{drift['summary']['max_psi']:.2f}); live-day AP with labels known 1 day later "
+        f"{_fmt(age1['average_precision'])} ({age1['frauds_known']} frauds known) vs final labels "
+        f"{_fmt(final['average_precision'])} ({final['frauds_known']})"
+    )
     out["seconds"] = round(time.perf_counter() - started, 1)
     console.print(f"[green]fraud demo done in {out['seconds']} s[/] (artifacts under {workdir})")
     return out
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _shadow_experiment(workdir: Path, ws: Any, features: Any, live: pd.DataFrame, console: Console) -> dict:
+    """Champion vs challenger as a shadow experiment on the live day (already in the windows: the
+    feature engine replays those payments' features), analysed on the day's final labels."""
+    from mlsd.fraud.experiment import METRICS, serve_period
+
+    started = time.perf_counter()
+    from mlsd.fraud.pipeline import MODEL_NAME
+    from mlsd.platform.experiments.client import ExperimentClient
+    from mlsd.platform.experiments.online import make_experiment
+
+    versions = {a: ws.model_version(a).version for a in ("champion", "challenger")}
+    other = "challenger"
+    if versions["champion"] == versions["challenger"]:
+        # the challenger won and is the champion now: shadow the champion it replaced instead, the
+        # check a team runs for a while after a promotion (is the new one really better live?)
+        history = ws.registry.history(MODEL_NAME, "champion")
+        previous = next((h["previous"] for h in reversed(history) if h.get("previous")), None)
+        if previous is not None:
+            ws.registry.promote(MODEL_NAME, int(previous), alias="previous")
+            other, versions["previous"] = "previous", int(previous)
+    arms = [{"name": "champion", "alias": "champion"}, {"name": other, "alias": other}]
+    config = make_experiment("fraud", arms, list(METRICS), mode="shadow", unit="card_id")
+    client = ExperimentClient(config)
+    name = next(iter(config.experiments))
+    pipe = ws.pipeline(review=False, shadow=False, experiments=client, features=features)
+    period = serve_period(pipe, live, name, feed_labels=False)
+    report = client.analyze(name, period.outcomes, looks=5)
+    report["labels"] = "final labels of the live day (simulator truth)"
+    path = workdir / "experiments" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=str))
+    units = int(report["srm"]["counts"][0])
+    console.print(
+        f"[bold]8. shadow experiment[/] {name}: {units:,} cards; champion v{versions['champion']} decides, "
+        f"{other} v{versions.get(other)} is scored alongside (its decisions are counterfactual)"
+    )
+    for metric, rows in report["metrics"].items():
+        r = rows[0]
+        rel = "" if r.get("relative") is None else f" ({r['relative']:+.1%})"
+        console.print(
+            f"   {metric}: champion {_fmt(r['mean_control'])}, {other} {_fmt(r['mean_treatment'])}, "
+            f"diff {_fmt(r['diff'])}{rel} [{_fmt(r['diff_low'])}, {_fmt(r['diff_high'])}]"
+        )
+    console.print(
+        f"   verdict: {report['verdict'].get(other)} (always-valid interval; no SRM in shadow mode); "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+    return {"name": name, "path": str(path), "verdict": report["verdict"], "versions": versions}

@@ -10,6 +10,12 @@ model is the stage the deadline may skip: it runs only when the time left covers
 (an exponential moving average per row) times a safety factor; otherwise the batch is decided by
 rules alone and every response says so (``rules_only`` and ``skipped``).
 
+With an :class:`~mlsd.platform.experiments.client.ExperimentClient` (``experiments=``), every fraud
+experiment (``mode="shadow"``) assigns the batch's units (its ``unit`` column, e.g. ``card_id``), keeps
+the champion's decision for everyone, scores every other arm's model (its registry ``alias``, loaded
+next to the champion) for the units in the experiment, derives the decision that arm *would* have
+taken (same rules, the arm's thresholds) and logs the exposures once the batch was decided.
+
 Offline, :func:`retrain` builds a training set from the label store *as known at the cut-off*,
 fits a challenger, registers it, scores champion and challenger on the latest matured period and
 promotes the challenger only if it wins (see ``docs/fraud.md``).
@@ -37,6 +43,9 @@ from mlsd.platform.serving import Deadline, StageTimer
 log = logging.getLogger(__name__)
 
 SYSTEM = "fraud"
+# what an experiment arm's ``params`` may set (documented in docs/fraud.md):
+# thresholds -- {"block": .., "review": ..}: the arm decides with these instead of the live ones
+ARM_PARAMS = frozenset({"thresholds"})
 
 
 class FeatureEngine(Protocol):
@@ -104,18 +113,45 @@ class ScoredBatch:
     timer: StageTimer
     model_version: str | None
     shadow_probability: np.ndarray | None = None
+    experiments: dict[str, ShadowArms] = field(default_factory=dict)
+    features: pd.DataFrame | None = None  # the model's input rows (for monitoring samples)
 
     def records(self) -> list[dict[str, Any]]:
-        return self.decisions.records(self.tx_id.tolist())
+        records = self.decisions.records(self.tx_id.tolist())
+        for name, result in self.experiments.items():
+            names = np.asarray(result.arm_names, dtype=object)
+            for i in np.flatnonzero(result.arm >= 0).tolist():
+                records[i].setdefault("experiments", []).append(
+                    {"name": name, "arm": names[result.arm[i]], "mode": "shadow"}
+                )
+        return records
 
     def response(self) -> dict[str, Any]:
-        """Batch-level metadata: timings, skipped stages, rule and model versions."""
-        return {
+        """Batch-level metadata: timings, skipped stages, rule and model versions, experiments."""
+        out = {
             **self.timer.to_dict(),
             "rules_version": self.decisions.rules_version,
             "model_version": self.model_version,
             "rules_only": self.decisions.rules_only,
         }
+        if self.experiments:
+            out["experiments"] = {
+                name: {"mode": "shadow", "units_in": int((r.arm >= 0).sum()), "arms": list(r.arm_names)}
+                for name, r in self.experiments.items()
+            }
+        return out
+
+
+@dataclass
+class ShadowArms:
+    """One shadow experiment on one batch: per row the assigned arm index (-1: not in it) and, per
+    arm name, the probability and decision that arm gave (NaN / -1 outside the experiment). Arm 0's
+    decision is the live one when arm 0 is the champion; the others are counterfactual."""
+
+    arm: np.ndarray
+    arm_names: tuple[str, ...]
+    probability: dict[str, np.ndarray]
+    decision: dict[str, np.ndarray]
 
 
 class FraudPipeline:
@@ -138,6 +174,9 @@ class FraudPipeline:
         ring: Any = None,
         shadow_log: ShadowLog | None = None,
         explain: bool = True,
+        experiments: Any = None,
+        variants: Mapping[str, Scorer] | None = None,
+        metrics_registry: Any = None,
     ) -> None:
         self.features = features
         self.rules = rules
@@ -149,12 +188,71 @@ class FraudPipeline:
         self.shadow_log = shadow_log if shadow_log is not None else ShadowLog()
         self.explain = explain
         self.ring = ring  # RingGraph fitted in batch with the champion; looked up per payment
+        self.variants = dict(variants or {})  # registry alias -> Scorer, for experiment arms
+        self.metrics_registry = metrics_registry  # None: the services' Prometheus registry
+        self.experiments = experiments
         self._lock = threading.Lock()
         # ms per payment of the model stage, learnt online; the first guess is deliberately cheap so a
         # fresh service tries the model rather than falling back on its first request.
         self._model_ms_per_row = 0.05
         self._model_ms_fixed = 1.0
         self._explain_ms_per_row = 1.0
+
+    @property
+    def experiments(self) -> Any:
+        """The :class:`~mlsd.platform.experiments.client.ExperimentClient` (or None)."""
+        return self._experiments
+
+    @experiments.setter
+    def experiments(self, client: Any) -> None:
+        """Attach a client: every ``system == "fraud"`` experiment must be ``mode="shadow"`` (a fraud
+        challenger never decides a payment while it is evaluated) and every arm's alias must be loaded
+        (``variants``), checked here at start-up rather than on the first payment."""
+        from mlsd.platform.errors import InputError
+
+        self._experiments = client
+        self._fraud_experiments: list[Any] = []
+        if client is None:
+            return
+        for exp in client.config.experiments.values():
+            if exp.system != SYSTEM:
+                continue
+            if exp.mode != "shadow":
+                raise InputError(
+                    f"experiments.{exp.name}.mode", exp.mode, "fraud experiments run in shadow mode",
+                    "set mode: shadow (the champion decides, the other arms are scored and logged)",
+                )  # fmt: skip
+            for arm in exp.arms:
+                # the champion's own alias needs no extra model (a rules-only service scores nothing)
+                if arm.alias not in (None, self.config.champion_alias) and self._scorer_for(arm) is None:
+                    raise InputError(
+                        f"experiments.{exp.name}.arms.{arm.name}.alias", arm.alias, "no model loaded for it",
+                        f"register a model under alias {arm.alias!r} or load it with Workspace.pipeline",
+                    )  # fmt: skip
+                unknown = sorted(set(arm.params) - ARM_PARAMS)
+                if unknown:
+                    raise InputError(
+                        f"experiments.{exp.name}.arms.{arm.name}.params.{unknown[0]}", arm.params[unknown[0]],
+                        "unknown fraud arm parameter", f"use one of {sorted(ARM_PARAMS)}",
+                    )  # fmt: skip
+                _check_thresholds(arm.params.get("thresholds"), f"experiments.{exp.name}.arms.{arm.name}")
+            self._fraud_experiments.append(exp)
+
+    def _scorer_for(self, arm: Any) -> Scorer | None:
+        """The model an arm runs: its alias's scorer, the champion when the alias is the champion's."""
+        if arm.alias is None or arm.alias == self.config.champion_alias:
+            return self.champion
+        return self.variants.get(arm.alias)
+
+    def _engine_for(self, arm: Any) -> DecisionEngine:
+        """The decision engine of an arm: the live one, or the arm's ``thresholds`` param."""
+        chosen = arm.params.get("thresholds")
+        if not chosen:
+            return self.decision
+        from mlsd.fraud.config import Thresholds
+
+        t = {**vars(self.decision.thresholds), **dict(chosen)}
+        return DecisionEngine(Thresholds(block=float(t["block"]), review=float(t["review"])))
 
     def expected_model_ms(self, n: int) -> float:
         return self._model_ms_fixed + self._model_ms_per_row * n
@@ -207,8 +305,19 @@ class FraudPipeline:
             contributions = self._explain(model, feats, probability, hits, deadline, timer)
         with timer.stage("decision"):
             decisions = self.decision.decide(hits, probability, contributions, names)
+        if probability is not None:
+            self._observe("scores", probability, "champion")
+        self._observe("decisions", decisions.labels, None)
+        experiments: dict[str, ShadowArms] = {}
+        if self._fraud_experiments:
+            experiments = self._shadow_experiments(tx, feats, hits, decisions, deadline, timer)
         shadow_p = None
-        if self.challenger is not None and self.config.shadow and probability is not None:
+        if (
+            self.challenger is not None
+            and self.config.shadow
+            and probability is not None
+            and not self._fraud_experiments  # an experiment's arms replace the blanket shadow
+        ):
             if deadline is None or deadline.allows(self.expected_model_ms(n) * self.config.safety):
                 with timer.stage("shadow"):
                     shadow_p = self.challenger.predict(feats)
@@ -223,6 +332,18 @@ class FraudPipeline:
             if to_review.any():
                 with timer.stage("review_queue"):
                     self.enqueue_reviews(tx, decisions, to_review)
+        if experiments:
+            # exposures once the batch was decided: a unit counts only if its arms were really scored
+            with timer.stage("expose"):
+                ts = tx["ts"].to_numpy()
+                for exp in self._fraud_experiments:
+                    result = experiments.get(exp.name)
+                    if result is None:
+                        continue
+                    inside = np.flatnonzero(result.arm >= 0)
+                    if inside.size:
+                        units = tx[exp.unit].to_numpy()[inside]
+                        self._experiments.expose(exp.name, units, result.arm[inside], ts=ts[inside])
         return ScoredBatch(
             tx_id=tx["tx_id"].to_numpy(),
             amount=tx["amount"].to_numpy(dtype=np.float64),
@@ -230,7 +351,77 @@ class FraudPipeline:
             timer=timer,
             model_version=None if model is None or probability is None else model.version,
             shadow_probability=shadow_p,
+            experiments=experiments,
+            features=feats,
         )
+
+    def _observe(self, kind: str, values: np.ndarray, model: str | None) -> None:
+        """Prometheus, batch-level (one histogram / counter update per batch, not per payment)."""
+        from mlsd.platform.monitoring.metrics import count_decisions, observe_scores
+
+        if kind == "scores":
+            observe_scores(SYSTEM, values, model=model or "champion", registry=self.metrics_registry)
+        else:
+            count_decisions(SYSTEM, values, registry=self.metrics_registry)
+
+    def _shadow_experiments(
+        self,
+        tx: pd.DataFrame,
+        feats: pd.DataFrame,
+        hits: RuleHits,
+        decisions: Decisions,
+        deadline: Deadline | None,
+        timer: StageTimer,
+    ) -> dict[str, ShadowArms]:
+        """Assign the batch's units to each fraud experiment and score every arm for those in it.
+
+        The champion's probability and decision are reused for any arm that runs the champion with the
+        live thresholds (arm 0 normally; both arms of an A/A test), so such arms cost nothing. A model
+        that did not run (rules only) or a deadline that leaves no time for the extra models means
+        nothing is scored *and nothing is exposed*: those units stay out of the comparison rather than
+        entering it with a made-up score.
+        """
+        out: dict[str, ShadowArms] = {}
+        n = len(tx)
+        if decisions.rules_only:
+            timer.skip("shadow", "champion did not run: no experiment scoring")
+            return out
+        for exp in self._fraud_experiments:
+            with timer.stage("assign"):
+                arm_idx = np.asarray(self._experiments.assign(exp.name, tx[exp.unit].to_numpy()), np.int64)
+            inside = np.flatnonzero(arm_idx >= 0)
+            if inside.size == 0:
+                continue
+            extra = [a for a in exp.arms if self._scorer_for(a) is not self.champion]
+            if (
+                extra
+                and deadline is not None
+                and not deadline.allows(self.expected_model_ms(inside.size) * len(extra) * self.config.safety)
+            ):
+                timer.skip("shadow", f"deadline: experiment {exp.name} not scored")
+                continue
+            probability: dict[str, np.ndarray] = {}
+            decision: dict[str, np.ndarray] = {}
+            with timer.stage("shadow"):
+                sub = feats.iloc[inside] if inside.size < n else feats
+                for arm in exp.arms:
+                    scorer = self._scorer_for(arm)
+                    engine = self._engine_for(arm)
+                    p = np.full(n, np.nan)
+                    if scorer is self.champion:
+                        p[inside] = decisions.probability[inside]
+                    else:
+                        p[inside] = scorer.predict(sub)
+                    if scorer is self.champion and engine is self.decision:
+                        d = decisions.decision.copy()
+                    else:
+                        d = engine.decision_only(hits, p)
+                    d[arm_idx < 0] = -1
+                    probability[arm.name], decision[arm.name] = p, d
+                out[exp.name] = ShadowArms(arm_idx, tuple(exp.arm_names), probability, decision)
+            for arm in exp.arms[1:]:
+                self._observe("scores", probability[arm.name][inside], arm.name)
+        return out
 
     def _feature_matrix(self, tx: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
         """The feature engine's output as a matrix + column names (its fast path when it has one)."""
@@ -355,6 +546,26 @@ class _RuleColumns(Mapping):
 
     def __len__(self) -> int:
         return len(self._sources)
+
+
+def _check_thresholds(value: Any, where: str) -> None:
+    """An arm's ``thresholds`` param: ``{block, review}`` with ``0 <= review <= block <= 1``."""
+    from mlsd.platform.errors import InputError
+
+    if value is None:
+        return
+    ok = isinstance(value, Mapping) and set(value) <= {"block", "review"}
+    nums = [value.get(k) for k in ("block", "review")] if ok else []
+    ok = ok and all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in nums)
+    if ok:
+        block = float(value.get("block", 1.0))
+        review = float(value.get("review", 0.0))
+        ok = 0.0 <= review <= block <= 1.0
+    if not ok:
+        raise InputError(
+            f"{where}.params.thresholds", value, "must be {block, review} with 0 <= review <= block <= 1",
+            "e.g. thresholds: {block: 0.95, review: 0.6}",
+        )  # fmt: skip
 
 
 def _rule_frame(
@@ -566,8 +777,15 @@ class Workspace:
         redis_url: str = "redis://127.0.0.1:6379/0",
         redis_prefix: str = "mlsd:fraud:fw:",
         shadow: bool = True,
+        experiments: Any = None,
+        features: Any = None,
+        metrics_registry: Any = None,
     ) -> FraudPipeline:
-        """A ready :class:`FraudPipeline`: champion (+ challenger in shadow), rules, features, queue."""
+        """A ready :class:`FraudPipeline`: champion (+ challenger in shadow), rules, features, queue.
+
+        ``experiments``: an ExperimentClient; the registry alias of every arm of its fraud experiments
+        is loaded next to the champion. ``features``: an already warmed feature engine to share.
+        """
         from mlsd.fraud.decision import DecisionEngine
         from mlsd.fraud.features import FeatureEngine
 
@@ -576,7 +794,14 @@ class Workspace:
         challenger = self.scorer(svc.challenger_alias) if shadow and svc.shadow else None
         if challenger is not None and champion is not None and challenger.version == champion.version:
             challenger = None  # the challenger won and is the champion now: nothing to shadow
-        engine = FeatureEngine(
+        variants: dict[str, Any] = {}
+        if experiments is not None:
+            for exp in experiments.config.experiments.values():
+                for arm in exp.arms if exp.system == SYSTEM else ():
+                    if arm.alias not in (None, svc.champion_alias) and arm.alias not in variants:
+                        variants[arm.alias] = self.scorer(arm.alias)
+            variants = {k: v for k, v in variants.items() if v is not None}  # missing: the setter says so
+        engine = features or FeatureEngine(
             self.feature_config(), backend=feature_backend, redis_url=redis_url, prefix=redis_prefix
         )
         return FraudPipeline(
@@ -589,6 +814,9 @@ class Workspace:
             review_queue=self.queue if review else None,
             shadow_log=ShadowLog(path=self.root / "shadow.jsonl"),
             ring=self.ring(svc.champion_alias),
+            experiments=experiments,
+            variants=variants,
+            metrics_registry=metrics_registry,
         )
 
 
@@ -684,9 +912,19 @@ def retrain(
     seed: int = 0,
     seq_epochs: int = 8,
     lgbm_params: dict[str, Any] | None = None,
+    alias: str = "challenger",
+    compete: bool = True,
+    drop_features: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Weekly retraining: fit a challenger on labels known at ``cutoff``, register it, promote it only
-    if it beats the champion's average precision on the latest matured period."""
+    if it beats the champion's average precision on the latest matured period.
+
+    ``alias``: the registry alias the new version gets (``challenger``); ``compete=False`` never
+    promotes it to champion (a variant kept for experiments); ``drop_features``: feature columns (or
+    prefixes ending in ``*``) the model must not see (e.g. a planted worse model). A reference
+    sample of the training rows with the model's score (``prediction``, <= 20k rows) is saved next
+    to the model (``reference.parquet``): the drift monitor's baseline.
+    """
     import shutil
     import tempfile
 
@@ -696,6 +934,9 @@ def retrain(
     tcfg = ws.config.training
     fcfg = feature_config_for(tx)
     frame = training_frame(tx, ws.labels, cutoff, ws.config, fcfg)
+    all_features = frame.features  # the champion is scored on its own (full) feature set
+    if drop_features:
+        frame.features = frame.features.drop(columns=_matching(frame.features.columns, drop_features))
     train, ev = frame.split == "train", frame.split == "eval"
     y_train = frame.y[train].astype(np.int8)
     if y_train.sum() < 2 or (y_train == 0).sum() < 2:
@@ -726,12 +967,18 @@ def retrain(
     challenger_metrics = _metrics(y_eval, p_eval)
     suggested = _suggest_thresholds(y_eval, p_eval, frame.ts[ev], frame.eval_window[0], ws.config)
     champion = ws.scorer("champion")
-    champion_metrics = _metrics(y_eval, champion.predict(x_eval)) if champion else None
+    champion_metrics = _metrics(y_eval, champion.predict(all_features.loc[ev])) if champion else None
     tmp = Path(tempfile.mkdtemp(prefix="mlsd-fraud-model-"))
     try:
         model.save(tmp / "model")
         if frame.ring is not None:
             frame.ring.save(tmp / "ring")
+        # the drift baseline: labelled rows whose windows were already full (the data's first days
+        # have cold windows and would make every served payment look drifted)
+        warm = (train | ev) & (frame.ts >= frame.ts.min() + max(fcfg.windows))
+        reference_sample(frame.features.loc[warm if warm.any() else train], challenger, seed=seed).to_parquet(
+            tmp / "reference.parquet", index=False
+        )
         mv = ws.registry.register(
             MODEL_NAME,
             tmp,
@@ -742,6 +989,12 @@ def retrain(
                 "train_rows": int(train.sum()),
                 "eval_window": list(frame.eval_window),
                 "label_delay_days": tcfg.label_delay_days,
+                "alias": alias,
+                "drop_features": list(drop_features),
+                "train_window": [int(frame.ts[train].min()), int(frame.ts[train].max())],
+                "reference_window": [int(frame.ts[warm].min()), int(frame.ts[warm].max())]
+                if warm.any()
+                else None,
             },
             metrics={"eval": challenger_metrics, "champion_eval": champion_metrics},
             data_fingerprint=fingerprint(tx.loc[tx["ts"] <= cutoff, ["tx_id", "ts", "amount"]]),
@@ -749,11 +1002,11 @@ def retrain(
         )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    ws.registry.promote(MODEL_NAME, mv.version, alias="challenger")
+    ws.registry.promote(MODEL_NAME, mv.version, alias=alias)
     ap_new = challenger_metrics["average_precision"]
     ap_old = None if champion_metrics is None else champion_metrics["average_precision"]
     promoted = champion is None or (
-        not np.isnan(ap_new) and (np.isnan(ap_old) or ap_new > ap_old + tcfg.min_improvement)
+        compete and not np.isnan(ap_new) and (np.isnan(ap_old) or ap_new > ap_old + tcfg.min_improvement)
     )
     if promoted:
         ws.registry.promote(MODEL_NAME, mv.version, alias="champion")
@@ -773,6 +1026,28 @@ def retrain(
         # matured period (labels as known now); applied only by `tune-thresholds` / the operator
         "suggested_thresholds": suggested,
     }
+
+
+def _matching(columns: Any, patterns: tuple[str, ...]) -> list[str]:
+    """Columns named by ``patterns`` (exact names, or prefixes written ``card_*``)."""
+    prefixes = tuple(p[:-1] for p in patterns if p.endswith("*"))
+    exact = {p for p in patterns if not p.endswith("*")}
+    return [c for c in columns if c in exact or (prefixes and c.startswith(prefixes))]
+
+
+REFERENCE_ROWS = 20_000
+
+
+def reference_sample(features: pd.DataFrame, scorer: Scorer, seed: int = 0) -> pd.DataFrame:
+    """<= 20k training rows (seeded sample) of the model's own features plus its score as
+    ``prediction``: what the drift monitor compares served traffic with."""
+    rng = np.random.default_rng([seed, 20_000])
+    rows = features if len(features) <= REFERENCE_ROWS else features.iloc[
+        np.sort(rng.choice(len(features), REFERENCE_ROWS, replace=False))
+    ]  # fmt: skip
+    out = rows[list(scorer.feature_names)].reset_index(drop=True)
+    out["prediction"] = scorer.predict(rows)
+    return out
 
 
 def _suggest_thresholds(y: np.ndarray, p: np.ndarray, ts: np.ndarray, start: int, config: FraudConfig) -> Any:

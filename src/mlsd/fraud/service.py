@@ -47,11 +47,22 @@ def _context(records: Sequence[Mapping[str, Any]], prefix: str) -> pd.DataFrame 
 
 
 def build_app(
-    pipeline: FraudPipeline, *, config: FraudConfig | None = None, review_queue: Any = None
+    pipeline: FraudPipeline,
+    *,
+    config: FraudConfig | None = None,
+    review_queue: Any = None,
+    experiments: Any = None,
 ) -> FastAPI:
-    """The fraud FastAPI app around a ready :class:`FraudPipeline` (and optional review queue)."""
+    """The fraud FastAPI app around a ready :class:`FraudPipeline` (and optional review queue).
+
+    ``experiments``: an :class:`~mlsd.platform.experiments.client.ExperimentClient`; its fraud
+    experiments run in shadow mode (the pipeline needs the arms' models: build it with
+    ``Workspace.pipeline(experiments=...)``). Each decision then names its experiment and arm.
+    """
     from mlsd.fraud.data import from_records
 
+    if experiments is not None:
+        pipeline.experiments = experiments  # validates: shadow mode, every arm's model loaded
     config = config or FraudConfig()
     svc = config.service
     queue = review_queue if review_queue is not None else pipeline.review_queue
@@ -64,6 +75,7 @@ def build_app(
             "rules_version": rules.version,
             "rules_reload_errors": pipeline.rules.reload_errors,
             "deadline_ms": svc.deadline_ms,
+            "experiments": sorted(e.name for e in getattr(pipeline, "_fraud_experiments", [])),
         }
 
     app = create_app("fraud", title="mlsd fraud detection", health=health)
