@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mlsd.platform.experiments.cli import add_serving_options
+
 
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, default=_default, sort_keys=False))
@@ -128,16 +130,7 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--rules", default=None)
     p.add_argument("--config", default=None, help="YAML FraudConfig")
-    p.add_argument(
-        "--experiments",
-        default=None,
-        help="experiments YAML (docs/experiments.md): fraud experiments run in shadow mode",
-    )
-    p.add_argument(
-        "--exposures-redis",
-        default=None,
-        help="Redis URL for the exposure log (default: in-process memory)",
-    )
+    add_serving_options(p)  # --experiments FILE (fraud experiments run in shadow mode), --exposure-redis URL
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("stream", help="Redis Streams workers: payments in, decisions out (consumer group)")
@@ -286,20 +279,12 @@ def _serve(args: argparse.Namespace) -> int:
     from mlsd.fraud.config import FraudConfig
     from mlsd.fraud.pipeline import Workspace, freeze_heap
     from mlsd.fraud.service import build_app
+    from mlsd.platform.experiments.client import ExperimentClient
     from mlsd.platform.serving import serve
 
     config = FraudConfig.from_file(args.config)
     ws = Workspace(Path(args.workdir), config=config)
-    client = None
-    if args.experiments:
-        from mlsd.platform.experiments.client import ExperimentClient
-
-        log = None
-        if args.exposures_redis:
-            from mlsd.platform.experiments.exposures import RedisExposureLog
-
-            log = RedisExposureLog(args.exposures_redis)
-        client = ExperimentClient.from_yaml(args.experiments, log=log)
+    client = ExperimentClient.from_options(args.experiments, args.exposure_redis)
     pipeline = ws.pipeline(rules_path=args.rules, review=True, experiments=client)
     app = build_app(pipeline, config=config)
     freeze_heap()

@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from mlsd.platform.experiments.cli import add_serving_options
+
 
 def _positive_int(name: str, low: int = 1, high: int | None = None):
     def parse(text: str) -> int:
@@ -75,6 +77,9 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--exposure-log", default=None, help="JSONL file for the exposure log")
     p.add_argument("--online-store", default=None, metavar="URL",
                    help="live user profiles: 'memory' or redis://127.0.0.1:6379/0 (enables PUT /v1/users/{id}/profile)")  # fmt: skip
+    add_serving_options(
+        p
+    )  # --experiments FILE (recsys experiments route every request), --exposure-redis URL
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("bench", help="latency and throughput, in-process and over HTTP")
@@ -167,7 +172,10 @@ def _serve(args: argparse.Namespace) -> int:
         from mlsd.platform.features.online import RedisStore
 
         store = RedisStore(args.online_store, prefix="mlsd:")
-    service = RecsysService(args.registry, config=config, online_store=store)
+    from mlsd.platform.experiments.client import ExperimentClient
+
+    experiments = ExperimentClient.from_options(args.experiments, args.exposure_redis)
+    service = RecsysService(args.registry, config=config, online_store=store, experiments=experiments)
     print(
         f"serving {config.service.model_name} v{service.version} on http://{args.host}:{args.port}",
         file=sys.stderr,

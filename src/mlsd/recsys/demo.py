@@ -3,7 +3,13 @@
 simulate a platform -> the daily train job (two-stage model, next-day evaluation, registry, champion)
 -> the service loads the champion -> top 10 for two regular viewers, a brand-new viewer who only
 made onboarding picks, and a visitor the platform has never seen -> readable tables with sources,
-reasons and per-stage timings.
+reasons and per-stage timings -> an A/B test (champion vs a challenger) through the service for a few
+hundred simulated viewers, drift of the served requests against the training reference.
+
+Files the dashboard finds (by content): ``experiments/<experiment>.json`` (the report, with the
+simulator's true effects), ``monitoring/drift.json`` (:func:`mlsd.recsys.monitoring.drift_report`),
+``monitoring/timings.json`` (``{"system": "recsys", "stages": {stage: [ms, ...]}}`` of the served
+requests).
 """
 
 from __future__ import annotations
@@ -43,6 +49,65 @@ def _table(console: Console, title: str, response: dict[str, Any], genres) -> No
     timings = "  ".join(f"{s} {ms:.1f}" for s, ms in response["timings_ms"].items())
     skipped = ", ".join(s["stage"] for s in response["skipped"]) or "none"
     console.print(f"  stage ms: {timings}  | total {response['total_ms']:.1f} ms | skipped: {skipped}\n")
+
+
+DEMO_UNITS = 300  # viewers in the demo's experiment (about 8 s through the service on 2 cores)
+DEMO_ARMS = ("champion", "challenger")
+DEMO_TIMED_REQUESTS = 200  # single requests timed for monitoring/timings.json (~2 s)
+
+
+def run_demo_experiment(
+    workdir: Path,
+    train: TrainConfig,
+    console: Console,
+    *,
+    units: int = DEMO_UNITS,
+    arms=DEMO_ARMS,
+    request_timings: dict[str, list[float]] | None = None,
+) -> dict[str, Any]:
+    """The demo's A/B test, drift report and timings files; prints a short summary; returns the paths.
+
+    ``request_timings`` (stage -> ms of single in-process requests) go to ``timings.json``; without
+    them, the experiment's batched per-user shares do."""
+    from mlsd.platform.experiments.online import with_truth
+    from mlsd.recsys.experiment import simulate_experiment, timings_file
+    from mlsd.recsys.monitoring import drift_report, save_served
+
+    run = simulate_experiment(workdir, units=units, arms=arms, seed=0, train=train, progress=False)
+    report = run.client.analyze(run.name, run.outcomes, covariates=run.covariates, looks=5)
+    report = {
+        **with_truth(report, run.truth), "world": run.world, "units": units, "seconds": round(run.seconds, 2),
+    }  # fmt: skip
+    paths = {"experiment": workdir / "experiments" / f"{run.name}.json",
+             "drift": workdir / "monitoring" / "drift.json", "timings": workdir / "monitoring" / "timings.json"}  # fmt: skip
+    for path in paths.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    paths["experiment"].write_text(json.dumps(report, indent=1, default=str))
+    if run.served_features is not None:
+        save_served(workdir, run.served_features, source=f"demo experiment {run.name} ({units} viewers)")
+    drift = drift_report(workdir)
+    paths["drift"].write_text(json.dumps(drift, default=str))
+    timings = timings_file(request_timings or run.timings)
+    timings["path"] = (
+        "single in-process requests (recommend)" if request_timings else "batched (recommend_many)"
+    )
+    paths["timings"].write_text(json.dumps(timings))
+
+    c = report["metrics"]["watch_minutes"][0]
+    control, treatment = report["arms"][0]["name"], report["arms"][1]["name"]
+    console.print(
+        f"   {run.name}: {units} viewers, watch minutes per viewer {control} {c['mean_control']:.1f} vs "
+        f"{treatment} {c['mean_treatment']:.1f}: diff {c['diff']:+.1f} [{c['diff_low']:+.1f}, {c['diff_high']:+.1f}] "
+        f"(true {report['truth']['watch_minutes'][treatment]:+.1f}), CUPED variance -{c['variance_reduction']:.0%}"
+    )
+    srm = report["srm"]
+    console.print(
+        f"   verdict [bold]{report['verdict'][treatment]}[/]; SRM p={srm['p_value']:.2f} "
+        f"({'FLAGGED' if srm['flagged'] else 'ok'}); drift: {drift['summary']['significant']} significant, "
+        f"{drift['summary']['moderate']} moderate of {len(drift['features'])} features "
+        f"(score PSI {drift['prediction']['psi']:.2f}) -> {paths['experiment'].parent}, {paths['drift'].parent}"
+    )
+    return {"experiment": report, "paths": {k: str(v) for k, v in paths.items()}}
 
 
 TINY_SIZE = {"n_users": 400, "n_items": 120, "days": 16, "seed": 2, "events_per_user": 20.0}
@@ -152,7 +217,18 @@ def run(workdir: Path, *, size: dict | None = None, train: TrainConfig | None = 
     shown.append(
         {"user_id": stranger, "kind": "unknown", "cold_start": r["cold_start"], "timings_ms": r["timings_ms"]}
     )
+    # Per-stage latency of single requests for the dashboard (timings.json): a few hundred regulars.
+    request_timings: dict[str, list[float]] = {}
+    for uid in known[:DEMO_TIMED_REQUESTS]:
+        for stage, ms in service.recommend(int(uid), 10)["timings_ms"].items():
+            request_timings.setdefault(stage, []).append(ms)
     service.close()
+
+    console.print(
+        f"[bold]4. experiment[/]: {DEMO_ARMS[0]} vs {DEMO_ARMS[1]} through the service for {DEMO_UNITS} simulated "
+        "viewers (known true effect), then drift of the served requests"
+    )
+    ab = run_demo_experiment(workdir, train, console, request_timings=request_timings)
 
     seconds = time.perf_counter() - started
     console.print(f"recsys demo finished in {seconds:.1f} s; exposures logged: {len(service.exposures)}")
@@ -162,5 +238,9 @@ def run(workdir: Path, *, size: dict | None = None, train: TrainConfig | None = 
         "metrics": m,
         "popularity": p,
         "users": shown,
+        "experiment": {
+            k: ab["experiment"][k] for k in ("experiment", "verdict", "srm", "truth", "truth_covered")
+        },
+        "files": ab["paths"],
         "seconds": round(seconds, 2),
     }

@@ -33,6 +33,7 @@ from mlsd.recsys.features import DAY, FeatureBuilder, TrainingRows, label_rows
 from mlsd.recsys.ranker import LightGBMRanker
 
 MAX_K = 500
+REFERENCE_ROWS = 20_000  # rows of the training reference kept for drift monitoring
 
 
 def stratified_split(
@@ -244,9 +245,22 @@ class TwoStageRecommender:
         self._log("training the LightGBM ranker")
         self.ranker_ = ranker.fit(rows.X[~is_valid], rows.y[~is_valid], gt, eval_set=eval_set)
         self.train_meta_["best_iteration"] = self.ranker_.best_iteration_
+        self.reference_ = self._reference(rows.X)
         self._log("refitting candidate models and features on all events")
         self._fit_stage_one(dataset)
         return self
+
+    def _reference(self, X: pd.DataFrame, max_rows: int = REFERENCE_ROWS) -> pd.DataFrame:
+        """A seeded sample of the ranker's training rows with the model's score as ``prediction``: the
+        training reference drift monitoring compares served requests against (saved next to the model)."""
+        rng = np.random.default_rng(self.seed)
+        take = (
+            np.sort(rng.choice(len(X), size=max_rows, replace=False))
+            if len(X) > max_rows
+            else np.arange(len(X))
+        )
+        sample = X.iloc[take].reset_index(drop=True)
+        return sample.assign(prediction=np.asarray(self.ranker_.predict(sample), dtype=np.float64))
 
     def _fit_stage_one(self, dataset: RecsysDataset) -> None:
         hist = History.build(

@@ -38,6 +38,7 @@ from mlsd.recsys.simulate import LABEL_THRESHOLD
 
 DAY_S = 86_400
 MODEL_NAME = "recsys-ranker"
+REFERENCE_FILE = "reference.parquet"  # inside the registered artifact: drift monitoring's training reference
 
 
 def split_days(
@@ -129,8 +130,14 @@ def train_daily(
     *,
     model_name: str = MODEL_NAME,
     progress: bool = True,
+    gate: bool = True,
 ) -> dict[str, Any]:
-    """Run the daily job once; returns the report (metrics, version, promoted or not, and why)."""
+    """Run the daily job once; returns the report (metrics, version, promoted or not, and why).
+
+    ``gate=False`` registers the model as the challenger only, never comparing or promoting it: for a
+    challenger whose test is an online experiment rather than the offline gate. The artifact holds
+    ``reference.parquet`` (a sample of the ranker's training rows + ``prediction``) for drift monitoring.
+    """
     from tqdm import tqdm
 
     from mlsd.platform.registry import ModelRegistry, fingerprint
@@ -169,6 +176,8 @@ def train_daily(
         artifact = Path(tmp) / "model"
         model.save(artifact)
         write_catalog(artifact / "catalog", dataset, train, bounds["eval_start"])
+        if getattr(model, "reference_", None) is not None:
+            model.reference_.to_parquet(artifact / REFERENCE_FILE, index=False)
         held = registry.current_version(model_name, "champion")  # None (no error) before the first model
         champion = registry.get(model_name, held) if held is not None else None
         version = registry.register(
@@ -189,7 +198,9 @@ def train_daily(
     steps.set_postfix_str("challenger vs champion")
     key = f"ndcg@{k}"
     champion_metrics = None
-    if champion is None:
+    if not gate:
+        promote, reason = False, "registered as challenger only: its test is the online experiment"
+    elif champion is None:
         promote, reason = True, "no champion yet"
     else:
         champ = TwoStageRecommender.load(registry.artifact_path(model_name, "champion"))

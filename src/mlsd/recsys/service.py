@@ -29,17 +29,29 @@ no features), so serving matches offline evaluation; ``scored_by`` in the answer
 The model, catalogue and user attributes form one immutable :class:`_Loaded` snapshot; the registry
 watcher swaps in a new snapshot when the champion alias moves (hot reload), so a request never sees
 half a model.
+
+**Experiments.** With ``experiments=ExperimentClient(...)``, every experiment of the client's config
+with ``system == "recsys"`` is applied to each request: the user is assigned (one ~1 µs hash), the
+arm's ``alias`` picks a registry snapshot loaded at startup next to the champion (and hot-reloaded
+like it), the arm's ``params`` turn the documented knobs (:data:`ARM_KNOBS`), the exposure is logged
+once the response is built, and the response names ``"experiment": {name: arm}``. Users outside
+every experiment (arm -1) get the champion path. Ranker scores of every scored candidate go to the
+score histogram of the arm's alias (``mlsd_score{system="recsys", model=<alias>}``: the binary ranker's
+scores are probabilities). ``recommend_many`` serves a batch of users with one candidate frame and one
+LightGBM call per arm (jobs, the experiment simulator); ``preview``/``preview_many`` answer for a given
+arm without assignment or exposure (counterfactuals).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +60,7 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from mlsd.platform.errors import InputError
-from mlsd.recsys.config import RecsysConfig
+from mlsd.recsys.config import RecsysConfig, RerankConfig
 from mlsd.recsys.rerank import DAY_S, ExposureLog, Reranker
 from mlsd.recsys.rules import RuleFilter, region_bits
 
@@ -65,6 +77,55 @@ REASONS = {
 }
 SKIPPABLE = ("features", "ranking", "rerank")
 USER_NAMESPACE = "recsys:user"
+SYSTEM = "recsys"
+# What an experiment arm's ``params`` may turn. ``ranker``: "lightgbm" (default) or "none" (candidate
+# order, no features, no LightGBM: the model's own fallback order); the rest override the service's
+# RerankConfig for that arm (see mlsd.recsys.rerank).
+RERANK_KNOBS = ("epsilon", "diversity", "max_genre_share", "mmr_lambda", "freshness_weight", "explore_pool")
+ARM_KNOBS = ("ranker", *RERANK_KNOBS)
+RANKERS = ("lightgbm", "none")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What one request runs: the registry ``alias`` of its model, the ranker, and the re-ranking policy
+    (``None``: the service's own :class:`RerankConfig`)."""
+
+    alias: str = "champion"
+    ranker: str = "lightgbm"
+    rerank: RerankConfig | None = None
+
+
+def variant_from_params(
+    alias: str | None, params: dict[str, Any] | None, config: RecsysConfig, where: str = "params"
+) -> Variant:
+    """Validate an arm's alias + params into a :class:`Variant`; a bad knob is an InputError naming it."""
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(ARM_KNOBS))
+    if unknown:
+        raise InputError(f"{where}.{unknown[0]}", params[unknown[0]], "unknown recsys knob",
+                         f"use one of {list(ARM_KNOBS)}")  # fmt: skip
+    ranker = params.pop("ranker", "lightgbm")
+    if ranker not in RANKERS:
+        raise InputError(f"{where}.ranker", ranker, "unknown ranker", f"use one of {list(RANKERS)}")
+    rerank = None
+    if params:
+        for key, value in params.items():
+            numeric = key != "diversity"
+            if numeric and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise InputError(f"{where}.{key}", value, "must be a number", "write e.g. 0.1")
+        if "explore_pool" in params:
+            if int(params["explore_pool"]) != params["explore_pool"] or params["explore_pool"] < 1:
+                raise InputError(f"{where}.explore_pool", params["explore_pool"], "must be a whole number >= 1",
+                                 "use e.g. 200")  # fmt: skip
+            params["explore_pool"] = int(params["explore_pool"])
+        rerank = replace(config.rerank, **params)
+        try:
+            replace(config, rerank=rerank).validate()
+        except InputError as err:  # re-point the message at the arm's knob
+            key = str(err.field).rsplit(".", 1)[-1]
+            raise InputError(f"{where}.{key}", err.value, err.problem, err.fix) from None
+    return Variant(alias=alias or config.service.alias, ranker=ranker, rerank=rerank)
 
 
 def parse_user_id(raw: str) -> int:
@@ -92,6 +153,25 @@ class _Loaded:
     seed_starts: np.ndarray  # their slices of seed_items
     seed_items: np.ndarray
     now_ts: int | None
+    # Re-rankers of experiment arms that change the policy, fitted state shared with ``reranker``.
+    rerankers: dict = field(default_factory=dict)
+
+    def reranker_for(self, config: RerankConfig | None) -> Reranker:
+        if config is None:
+            return self.reranker
+        found = self.rerankers.get(config)
+        if found is None:
+            # The fitted attributes (ids, genres, release dates) do not depend on the policy: share them.
+            found = self.rerankers.setdefault(config, _with_config(self.reranker, config))
+        return found
+
+
+def _with_config(reranker: Reranker, config: RerankConfig) -> Reranker:
+    import copy
+
+    clone = copy.copy(reranker)
+    clone.config = config
+    return clone
 
 
 def load_snapshot(model_dir: Path, version: int | None, config: RecsysConfig) -> _Loaded:
@@ -203,6 +283,12 @@ class RecsysService:
 
     ``clock`` (seconds since the epoch) decides "now" for licensing windows; by default it follows
     ``config.service.clock`` ("data": the end of the training data; "wall": ``time.time``).
+
+    ``experiments``: an :class:`~mlsd.platform.experiments.client.ExperimentClient`; its recsys
+    experiments route each request (see the module docstring); every alias an arm names is loaded at
+    startup (a missing one is an InputError naming the arm). ``feature_sample``: an object with
+    ``add(frame)`` (e.g. :class:`mlsd.platform.monitoring.sample.ServingSample`) that receives the
+    ranker features (+ ``prediction``) of champion-served requests, the "current" window of drift.
     """
 
     def __init__(
@@ -215,6 +301,8 @@ class RecsysService:
         seed: int = 0,
         watch: bool = True,
         online_store=None,
+        experiments=None,
+        feature_sample=None,
     ) -> None:
         self.config = config or RecsysConfig()
         self.config.validate()
@@ -235,6 +323,11 @@ class RecsysService:
         # an OnlineStore (MemoryStore | RedisStore); read once per request, before the snapshot's arrays.
         self.store = online_store
         limit_threads(self.config.service.threads)
+        self.experiments = experiments
+        self.feature_sample = feature_sample
+        self._watchers: list = []
+        # Snapshots of the other aliases experiment arms name ("challenger", ...), by alias.
+        self._others: dict[str, _Loaded] = {}
         if model_dir is not None:
             self._state = load_snapshot(Path(model_dir), None, self.config)
         elif self.registry_root is not None:
@@ -248,6 +341,20 @@ class RecsysService:
                 )
         else:
             raise InputError("registry", None, "no model source", "pass registry_root or model_dir")
+        self._arms = self._experiment_arms()
+        for alias in sorted(
+            {v.alias for arms in self._arms.values() for v in arms} - {self.config.service.alias}
+        ):
+            self._others[alias] = self._load_alias(alias)
+            if self.registry_root is not None and watch and self.config.service.reload_poll_s > 0:
+                self._watchers.append(
+                    self._registry().watch(
+                        self.config.service.model_name,
+                        alias,
+                        functools.partial(self._on_alias_move, alias),
+                        interval_s=self.config.service.reload_poll_s,
+                    )
+                )
 
     # -- model loading ---------------------------------------------------------------------------------
     def _registry(self):
@@ -275,13 +382,89 @@ class RecsysService:
         self.reloads += 1
         logger.info("recsys: now serving %s v%s", new_version.name, new_version.version)
 
+    def _load_alias(self, alias: str, where: str = "experiments") -> _Loaded:
+        svc = self.config.service
+        if self.registry_root is None:
+            raise InputError(where, alias, "an arm names a registry alias but the service has no registry",
+                             "serve from a registry (registry_root) or drop the alias")  # fmt: skip
+        reg = self._registry()
+        version = reg.current_version(svc.model_name, alias)
+        if version is None:
+            raise InputError(where, alias, f"the registry has no {alias!r} for model {svc.model_name!r}",
+                             "train one (mlsd pipeline run daily) or pick another arm")  # fmt: skip
+        return load_snapshot(reg.artifact_path(svc.model_name, version), version, self.config)
+
+    def _experiment_arms(self) -> dict[str, list[Variant]]:
+        """Experiment name -> the Variant of each arm, for the client's recsys experiments (validated)."""
+        if self.experiments is None:
+            return {}
+        arms: dict[str, list[Variant]] = {}
+        for name, exp in self.experiments.config.experiments.items():
+            if exp.system != SYSTEM:
+                continue
+            arms[name] = [
+                variant_from_params(
+                    arm.alias, dict(arm.params), self.config, where=f"experiments.{name}.arms[{i}].params"
+                )  # fmt: skip
+                for i, arm in enumerate(exp.arms)
+            ]
+        return arms
+
+    def _on_alias_move(self, alias: str, new_version) -> None:
+        if new_version is None:
+            return
+        self._others[alias] = load_snapshot(
+            self._registry().artifact_path(new_version.name, new_version.version),
+            new_version.version,
+            self.config,
+        )
+        self.reloads += 1
+        logger.info("recsys: %s now %s v%s", alias, new_version.name, new_version.version)
+
     def check_reload(self) -> bool:
-        """Poll the registry once (the watcher thread does this every ``reload_poll_s``)."""
-        return bool(self._watcher and self._watcher.poll())
+        """Poll the registry once (the watcher threads do this every ``reload_poll_s``)."""
+        moved = [w.poll() for w in [self._watcher, *self._watchers] if w is not None]
+        return any(moved)
 
     def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.stop()
+        for w in [self._watcher, *self._watchers]:
+            if w is not None:
+                w.stop()
+
+    def snapshot(self, alias: str | None = None) -> _Loaded:
+        """The serving snapshot of ``alias`` (default: the champion); other aliases only when an
+        experiment arm names them."""
+        if alias is None or alias == self.config.service.alias:
+            return self._state
+        found = self._others.get(alias)
+        if found is None:
+            raise InputError("alias", alias, "not loaded by this service",
+                             f"use one of {[self.config.service.alias, *sorted(self._others)]}")  # fmt: skip
+        return found
+
+    def assign(self, user_id: int) -> tuple[Variant, dict[str, str], list[tuple[str, int]]]:
+        """The variant a user gets: (variant, {experiment: arm name}, [(experiment, arm index)]).
+
+        A user in several recsys experiments (different layers) gets the later experiment's alias and
+        the union of the arms' knobs; one outside every experiment gets the champion path."""
+        if not self._arms:
+            return Variant(alias=self.config.service.alias), {}, []
+        return self._combine({name: int(self.experiments.assign(name, [user_id])[0]) for name in self._arms})
+
+    def _combine(self, arm_of: dict[str, int]) -> tuple[Variant, dict[str, str], list[tuple[str, int]]]:
+        alias, ranker, rerank = self.config.service.alias, "lightgbm", None
+        names: dict[str, str] = {}
+        assigned: list[tuple[str, int]] = []
+        for name, idx in arm_of.items():
+            if idx < 0:
+                continue
+            v = self._arms[name][idx]
+            alias = v.alias
+            ranker = v.ranker if v.ranker != "lightgbm" else ranker
+            rerank = v.rerank if v.rerank is not None else rerank
+            names[name] = self.experiments.config.experiment(name).arms[idx].name
+            assigned.append((name, idx))
+        return Variant(alias=alias, ranker=ranker, rerank=rerank), names, assigned
 
     @property
     def version(self) -> int | None:
@@ -362,20 +545,207 @@ class RecsysService:
         """Top ``k`` titles for one user, with scores, sources, reasons, timings and skipped stages.
 
         ``region``/``age``/``seed_items`` describe a user the platform does not know yet (onboarding
-        picks); for known users they override the stored attributes.
+        picks); for known users they override the stored attributes. With experiments, the user's arm
+        decides the model and knobs, the exposure is logged after the response was built, and
+        ``"experiment"`` names ``{experiment: arm}`` (empty outside every experiment).
         """
+        from mlsd.platform.serving import Deadline
+
+        deadline = Deadline(deadline_ms or self.config.budgets.deadline_ms)
+        uid = parse_user_id(user_id) if isinstance(user_id, str) else int(user_id)
+        variant, names, assigned = self.assign(uid)
+        out = self._serve(uid, k, variant, deadline, region=region, age=age, seed_items=seed_items,
+                          request_id=request_id, observe=True)  # fmt: skip
+        out["experiment"] = names
+        for name, idx in assigned:  # only now was it really served
+            self.experiments.expose(name, [uid], [idx])
+        return out
+
+    def recommend_many(self, user_ids, k: int | None = None) -> list[dict[str, Any]]:
+        """:meth:`recommend` for a batch of users, batch-first: per arm, candidates, rules, features and
+        ranking run once over the whole batch (one candidate frame, one LightGBM call); re-ranking and
+        the answer are per user. Answers have :meth:`recommend`'s shape; ``timings_ms`` are the batch's
+        stage times shared evenly among its users (plus the user's own re-ranking), ``total_ms`` the
+        user's share of the batch's wall time. A batch has no per-request deadline (it is for jobs: the
+        experiment simulator, precomputed pages). Users without a history, and every user when the
+        service has an online store (live profiles), take the single-request path."""
+        uids = self._user_array(user_ids)
+        if self._arms:
+            arm_of = {name: self.experiments.assign(name, uids) for name in self._arms}
+            keys = np.stack(list(arm_of.values()), axis=1)
+        else:
+            arm_of, keys = {}, np.zeros((len(uids), 0), np.int64)
+        out: list[dict[str, Any] | None] = [None] * len(uids)
+        if len(uids):
+            uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+            for g, row in enumerate(uniq):
+                variant, names, _ = self._combine({name: int(row[j]) for j, name in enumerate(arm_of)})
+                rows = np.flatnonzero(inverse.reshape(-1) == g)
+                for r, answer in zip(
+                    rows, self._serve_many(uids[rows], k, variant, observe=True), strict=True
+                ):
+                    answer["experiment"] = names
+                    out[r] = answer
+        for name, arms in arm_of.items():  # only now was the batch really served
+            inside = arms >= 0
+            if inside.any():
+                self.experiments.expose(name, uids[inside], arms[inside])
+        return out  # type: ignore[return-value]
+
+    def preview_many(self, user_ids, k: int | None = None, *, alias: str | None = None,
+                     params: dict[str, Any] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+        """:meth:`preview` for a batch (see :meth:`recommend_many`): no assignment, exposure or metrics."""
+        uids = self._user_array(user_ids)
+        variant = variant_from_params(alias, params, self.config)
+        self.snapshot(variant.alias)
+        answers = self._serve_many(uids, k, variant, observe=False)
+        for answer in answers:
+            answer["experiment"] = {}
+        return answers
+
+    @staticmethod
+    def _user_array(user_ids) -> np.ndarray:
+        raw = list(user_ids)
+        return np.asarray([parse_user_id(u) if isinstance(u, str) else int(u) for u in raw], dtype=np.int64)
+
+    def _serve_many(
+        self, uids: np.ndarray, k: int | None, variant: Variant, observe: bool
+    ) -> list[dict[str, Any]]:
         from mlsd.platform.serving import Deadline, StageTimer
         from mlsd.recsys.model import fallback_scores
 
-        deadline = Deadline(deadline_ms or self.config.budgets.deadline_ms)
         svc = self.config.service
-        uid = parse_user_id(user_id) if isinstance(user_id, str) else int(user_id)
         k = svc.k_default if k is None else k
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or not svc.k_min <= k <= svc.k_max:
             raise InputError(
                 "k", k, f"must be an integer in {svc.k_min}..{svc.k_max}", f"ask for e.g. k={svc.k_default}"
             )
-        state = self._state  # one snapshot for the whole request (hot reload safe)
+        started = time.perf_counter()
+        state = self.snapshot(variant.alias)
+        model = state.model
+        out: list[dict[str, Any] | None] = [None] * len(uids)
+        single = model.users_.index(uids) < 0
+        if self.store is not None:
+            single[:] = True
+        for r in np.flatnonzero(single):  # cold start (seeds, fallback scoring) and live profiles
+            out[r] = self._serve(
+                int(uids[r]), k, variant, Deadline(self.config.budgets.deadline_ms), observe=observe
+            )
+        rows = np.flatnonzero(~single)
+        if len(rows) == 0:
+            return out  # type: ignore[return-value]
+        ids = uids[rows]
+        now = self.now()
+        timer = StageTimer("recsys")
+        with timer.stage("candidates"):
+            frame = _complete(model.candidates(ids), model)
+        with timer.stage("rules"):
+            user = frame["user_id"].to_numpy(np.int64)
+            pos = np.minimum(np.searchsorted(state.user_ids, user), max(len(state.user_ids) - 1, 0))
+            known = state.user_ids[pos] == user if len(state.user_ids) else np.zeros(len(user), bool)
+            bits = np.where(known, state.user_region[pos], region_bits(svc.default_region))
+            age = np.where(known, state.user_age[pos], self.config.rules.unknown_age)
+            ok = state.rules.allowed(frame["item_id"].to_numpy(), now=now, user_region=bits, user_age=age)
+            frame = frame[ok]
+            frame = frame.iloc[np.argsort(frame["batch_row"].to_numpy(), kind="stable")].reset_index(
+                drop=True
+            )
+        n = len(frame)
+        if n and variant.ranker == "none":
+            scores, scored_by = fallback_scores(frame), "candidate_order"
+        elif n:
+            with timer.stage("features"):
+                source_models = {
+                    m: model.generator_.models_[m]
+                    for m in model.score_models
+                    if m in model.generator_.models_
+                }
+                X = model.features_.transform(frame, source_models)
+            with timer.stage("ranking"):
+                scores = _predict(model.ranker_, X)
+            scored_by = "ranker"
+            if observe:
+                self._observe(variant, model, X, scores)
+        else:
+            scores, scored_by = np.zeros(0), "none"
+        shared = {stage: ms / len(ids) for stage, ms in timer.timings_ms.items()}
+        shared_total = (time.perf_counter() - started) * 1000.0 / len(ids)
+        batch_row = frame["batch_row"].to_numpy(np.int64)
+        starts = np.searchsorted(batch_row, np.arange(len(ids) + 1))
+        item_ids = frame["item_id"].to_numpy(np.int64)
+        reranker = state.reranker_for(variant.rerank)
+        for j, r in enumerate(rows):
+            t0 = time.perf_counter()
+            a, b = starts[j], starts[j + 1]
+            sub = frame.iloc[a:b]
+            user_timer = StageTimer("recsys", clock=time.perf_counter)
+            user_timer.timings_ms.update(shared)
+            request_id = uuid.uuid4().hex
+            if b > a:
+                with self._rng_lock:
+                    result = reranker.rerank(item_ids[a:b], scores[a:b], k, now=now, rng=self._rng)
+                shown, shown_scores, propensity, explored = (
+                    result.item_ids, result.scores, result.propensity, result.explored,
+                )  # fmt: skip
+                user_timer.timings_ms["rerank"] = (time.perf_counter() - t0) * 1000.0
+            else:
+                shown, shown_scores = np.zeros(0, np.int64), np.zeros(0)
+                propensity, explored = np.ones(0), np.zeros(0, bool)
+            self.exposures.log(request_id, str(int(ids[j])), shown, propensity, explored, now)
+            deadline = Deadline(self.config.budgets.deadline_ms)
+            answer = self._response(state, sub, int(ids[j]), k, shown, shown_scores, propensity, explored, False,
+                                    now, request_id, user_timer, deadline)  # fmt: skip
+            answer["total_ms"] = round(shared_total + (time.perf_counter() - t0) * 1000.0, 3)
+            answer["deadline_ms"] = None
+            answer["scored_by"] = scored_by if b > a else "none"
+            answer["model_alias"] = variant.alias
+            out[r] = answer
+        return out  # type: ignore[return-value]
+
+    def preview(
+        self,
+        user_id: int | str,
+        k: int | None = None,
+        *,
+        alias: str | None = None,
+        params: dict[str, Any] | None = None,
+        deadline_ms: float | None = None,
+    ) -> dict[str, Any]:
+        """What ``user_id`` would get under a given arm (``alias`` + ``params``), without assignment,
+        exposure logging or metrics: counterfactual evaluation in the simulator, replays, debugging."""
+        from mlsd.platform.serving import Deadline
+
+        uid = parse_user_id(user_id) if isinstance(user_id, str) else int(user_id)
+        variant = variant_from_params(alias, params, self.config)
+        self.snapshot(variant.alias)  # an alias the service did not load is an InputError here
+        deadline = Deadline(deadline_ms or self.config.budgets.deadline_ms)
+        out = self._serve(uid, k, variant, deadline, observe=False)
+        out["experiment"] = {}
+        return out
+
+    def _serve(
+        self,
+        uid: int,
+        k: int | None,
+        variant: Variant,
+        deadline,
+        *,
+        region: str | None = None,
+        age: int | None = None,
+        seed_items: list[int] | None = None,
+        request_id: str | None = None,
+        observe: bool = True,
+    ) -> dict[str, Any]:
+        from mlsd.platform.serving import StageTimer
+        from mlsd.recsys.model import fallback_scores
+
+        svc = self.config.service
+        k = svc.k_default if k is None else k
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not svc.k_min <= k <= svc.k_max:
+            raise InputError(
+                "k", k, f"must be an integer in {svc.k_min}..{svc.k_max}", f"ask for e.g. k={svc.k_default}"
+            )
+        state = self.snapshot(variant.alias)  # one snapshot for the whole request (hot reload safe)
         model = state.model
         live = self._live_profile(uid)
         region = region if region is not None else live.get("region")
@@ -420,6 +790,10 @@ class RecsysService:
             with timer.stage("ranking"):
                 scores = fallback_scores(frame)
             scored_by = "cold_start_fallback"
+        elif n and variant.ranker == "none":
+            # The arm without a ranker: candidate order, no features, no LightGBM (documented knob).
+            scores = fallback_scores(frame)
+            scored_by = "candidate_order"
         elif n and deadline.allows(expected * safety):
             with timer.stage("features"):
                 source_models = {
@@ -433,6 +807,8 @@ class RecsysService:
                 with timer.stage("ranking"):
                     scores = _predict(model.ranker_, X)
                 self._costs["ranking"].observe(timer.timings_ms["ranking"], n)
+                if observe:
+                    self._observe(variant, model, X, scores)
             else:
                 timer.skip(
                     "ranking",
@@ -452,8 +828,9 @@ class RecsysService:
         item_ids = frame["item_id"].to_numpy(np.int64)
         request_id = request_id or uuid.uuid4().hex
         if n and deadline.allows(self._costs["rerank"].expect(n) * safety):
+            reranker = state.reranker_for(variant.rerank)
             with timer.stage("rerank"), self._rng_lock:
-                result = state.reranker.rerank(item_ids, scores, k, now=now, rng=self._rng)
+                result = reranker.rerank(item_ids, scores, k, now=now, rng=self._rng)
             self._costs["rerank"].observe(timer.timings_ms["rerank"], n)
             shown, shown_scores, propensity, explored = (
                 result.item_ids, result.scores, result.propensity, result.explored,
@@ -469,7 +846,19 @@ class RecsysService:
         out = self._response(state, frame, uid, k, shown, shown_scores, propensity, explored, cold, now,
                              request_id, timer, deadline)  # fmt: skip
         out["scored_by"] = scored_by
+        out["model_alias"] = variant.alias
         return out
+
+    def _observe(self, variant: Variant, model, X: pd.DataFrame, scores: np.ndarray) -> None:
+        """Ranker scores of every scored candidate into the score histogram of the arm's alias (a binary
+        ranker's scores are probabilities: ``mlsd_score``; a lambdarank margin is unbounded:
+        ``mlsd_rank_score``); champion-served feature rows into the drift sample (when kept)."""
+        from mlsd.platform.monitoring.metrics import observe_scores
+
+        bounded = getattr(model.ranker_, "objective", "binary") == "binary"
+        observe_scores(SYSTEM, scores, model=variant.alias, bounded=bounded)
+        if self.feature_sample is not None and variant.alias == self.config.service.alias:
+            self.feature_sample.add(X.assign(prediction=scores))
 
     def _response(
         self,

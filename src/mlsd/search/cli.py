@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mlsd.platform.experiments.cli import add_serving_options
+
 
 def _err(msg: str) -> None:
     print(f"[search] {msg}", file=sys.stderr, flush=True)
@@ -144,9 +146,13 @@ def _serve(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir or default_cache_dir(),
         progress=True,
     )
+    from mlsd.platform.experiments.client import ExperimentClient
     from mlsd.search.clicklog import ClickLog
 
-    app = create_search_app(engine, ClickLog(Path(args.data) / "clicklog"))
+    experiments = ExperimentClient.from_options(args.experiments, args.exposure_redis)
+    app = create_search_app(
+        engine, ClickLog(Path(args.data) / "clicklog"), experiments=experiments, registry_dir=registry
+    )
     _err(f"serving on http://{args.host}:{args.port} (model version {engine.ranker_version_})")
     serve(app, args.host, args.port)
     return 0
@@ -231,6 +237,7 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=_positive("--port", 1, 65535), default=8000)
     p.add_argument("--no-dense", action="store_true")
     p.add_argument("--cache-dir", default=None)
+    add_serving_options(p)  # --experiments FILE, --exposure-redis URL
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("bench", help="index build time, memory and per-stage latency percentiles")

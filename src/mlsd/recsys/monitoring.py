@@ -1,0 +1,131 @@
+"""Drift of the recommender: the ranker's features and score now vs the champion's training rows.
+
+**Reference**: ``reference.parquet`` inside the champion's registered artifact, written at train time
+(:meth:`TwoStageRecommender._reference`): a seeded sample (<= 20,000 rows) of the ranker's training
+rows -- the candidates of the label window, with their point-in-time features -- plus the champion's
+score of each row as ``prediction``.
+
+**Current**, the first that exists:
+
+1. ``workdir/monitoring/served_features.parquet``: a reservoir sample of the feature rows the service
+   actually scored for champion-served requests (the service's ``feature_sample``; written by
+   :func:`mlsd.recsys.experiment.run_experiment` and the demo), with its ``.json`` note saying which run;
+2. otherwise the most recent day of the data: the users active that day, their candidates as the
+   champion generates them now, the features and the champion's scores (what serving would see).
+
+:func:`drift_report` returns :meth:`DriftMonitor.report`'s dict (``features``, ``summary``, ...) plus
+``reference`` / ``current`` strings naming the windows, ``model`` / ``version``, and
+``prediction`` (the score's drift, also in ``features``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlsd.platform.errors import InputError
+
+SERVED_FILE = "served_features.parquet"
+DAY_S = 86_400
+MAX_CURRENT_USERS = 500  # users of the last day scored for the fallback "current" window
+
+
+def save_served(workdir: Path, frame: pd.DataFrame, *, source: str) -> Path:
+    """Write served feature rows (+ ``prediction``) as the "current" window, with a note of its source."""
+    out = Path(workdir) / "monitoring"
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(out / SERVED_FILE, index=False)
+    (out / "served_features.json").write_text(json.dumps({"source": source, "rows": len(frame)}))
+    return out / SERVED_FILE
+
+
+def _champion(workdir: Path):
+    from mlsd.platform.registry import ModelRegistry
+    from mlsd.recsys.pipeline import MODEL_NAME
+
+    root = Path(workdir) / "registry"
+    reg = ModelRegistry(root)
+    version = reg.current_version(MODEL_NAME, "champion") if MODEL_NAME in reg.names() else None
+    if version is None:
+        raise InputError("--workdir", str(workdir), "has no recsys champion in registry/",
+                         "train one: mlsd pipeline run daily --workdir DIR (or mlsd recsys demo)")  # fmt: skip
+    return reg, MODEL_NAME, version
+
+
+def last_day_features(
+    workdir: Path, model_dir: Path, max_users: int = MAX_CURRENT_USERS
+) -> tuple[pd.DataFrame, str]:
+    """Features + champion scores of the candidates of users active on the data's last day."""
+    from mlsd.recsys.model import TwoStageRecommender
+    from mlsd.recsys.simulate import load
+
+    dataset = load(Path(workdir) / "data")
+    model = TwoStageRecommender.load(model_dir)
+    inter = dataset.interactions
+    ts = inter["timestamp"].to_numpy()
+    end = int(dataset.meta.get("end_ts") or ts.max() + 1)
+    day = inter[ts >= end - DAY_S]
+    users = np.unique(day["user_id"].to_numpy(np.int64))
+    users = users[model.users_.index(users) >= 0]  # the ranker scores users with a history
+    if len(users) > max_users:
+        users = np.sort(np.random.default_rng(0).choice(users, max_users, replace=False))
+    if len(users) == 0:
+        raise InputError("data", str(Path(workdir) / "data"), "no known user was active on the last day",
+                         "run an experiment or the demo first (they save served requests)")  # fmt: skip
+    frame = model.candidates(users)
+    models = {m: model.generator_.models_[m] for m in model.score_models if m in model.generator_.models_}
+    X = model.features_.transform(frame, models)
+    X = X[model.ranker_.feature_names_]
+    day_name = pd.to_datetime(end - DAY_S, unit="s").date().isoformat()
+    current = X.assign(prediction=np.asarray(model.ranker_.predict(X), dtype=np.float64))
+    return (
+        current,
+        f"candidates of {len(users)} users active on {day_name} (the data's last day), scored by the champion",
+    )
+
+
+def drift_report(workdir: Path, *, bins: int = 10) -> dict[str, Any]:
+    """Drift of the champion's features and score: training reference vs served (or last-day) rows."""
+    from mlsd.platform.monitoring.drift import DriftMonitor
+    from mlsd.recsys.pipeline import REFERENCE_FILE
+
+    workdir = Path(workdir)
+    reg, name, version = _champion(workdir)
+    model_dir = reg.artifact_path(name, version)
+    if not (model_dir / REFERENCE_FILE).exists():
+        raise InputError("--workdir", str(workdir), f"the champion v{version} has no training reference",
+                         "retrain it (mlsd pipeline run daily): models now save reference.parquet")  # fmt: skip
+    reference = pd.read_parquet(model_dir / REFERENCE_FILE)
+    served = workdir / "monitoring" / SERVED_FILE
+    if served.exists():
+        current = pd.read_parquet(served)
+        note = workdir / "monitoring" / "served_features.json"
+        source = (
+            json.loads(note.read_text()).get("source", "served requests")
+            if note.exists()
+            else "served requests"
+        )
+        current_desc = f"{len(current)} feature rows sampled from requests served by the champion: {source}"
+    else:
+        current, current_desc = last_day_features(workdir, model_dir)
+    features = [c for c in reference.columns if c in current.columns]
+    monitor = DriftMonitor(bins=bins, features=features).fit(reference)
+    report = monitor.report(current)
+    mv = reg.get(name, version)
+    window = mv.params
+    start = pd.to_datetime(window.get("cutoff", 0), unit="s").date().isoformat()
+    end = pd.to_datetime(window.get("eval_start", 0), unit="s").date().isoformat()
+    return {
+        "system": "recsys",
+        "model": name,
+        "version": version,
+        "reference": f"{len(reference)} ranker training rows of champion v{version} "
+        f"(label window {start}..{end}), score = 'prediction'",
+        "current": current_desc,
+        **report,
+        "prediction": report["features"].get("prediction"),
+    }
