@@ -343,3 +343,26 @@ def test_wired_into_the_mlsd_cli(monkeypatch, capsys):
     }
     assert cli.main(["dashboard", "--review-sqlite", "/nonexistent/x.sqlite", "--json"]) == 2
     assert "--review-sqlite" in capsys.readouterr().err
+
+
+def test_a_shadow_report_shows_no_split_instead_of_an_srm_p_value():
+    from mlsd.platform.experiments import ExperimentClient, make_experiment
+
+    config = make_experiment(
+        "fraud",
+        [Arm("champion", alias="champion"), Arm("challenger", alias="challenger")],
+        [MetricSpec("fraud_loss", higher_is_better=False)],
+        mode="shadow",
+    )
+    name = next(iter(config.experiments))
+    client = ExperimentClient(config, registry=False)
+    units = np.arange(400)
+    client.expose(name, units, client.assign(name, units))
+    loss = np.random.default_rng(0).exponential(10.0, 400)
+    outcomes = pd.DataFrame({"unit": units, "fraud_loss@champion": loss, "fraud_loss@challenger": loss * 0.5})
+    report = client.analyze(name, outcomes)
+    assert report["verdict"] == {"challenger": "better than the champion"}
+    snap = collect(Sources(experiments=[report], use_process_metrics=False))
+    html = render_page(snap)
+    assert "SRM n/a" in html and "SRM ok" not in html
+    assert "1 win" in html  # a shadow arm that beats the champion counts as a win in the header

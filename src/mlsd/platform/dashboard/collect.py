@@ -299,7 +299,9 @@ def summarize_experiment(report: Mapping[str, Any]) -> dict[str, Any]:
         "arms": report.get("arms", []),
         "primary_metric": primary,
         "alpha": report.get("alpha"),
-        "srm": {k: srm.get(k) for k in ("counts", "expected", "chi2", "p_value", "threshold", "flagged")},
+        "srm": {
+            k: srm.get(k) for k in ("counts", "expected", "chi2", "p_value", "threshold", "flagged", "note")
+        },
         "verdict": report.get("verdict", {}),
         "rows": rows,
         "looks": looks,

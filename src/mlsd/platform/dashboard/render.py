@@ -110,9 +110,9 @@ def _interval(lo: Any, hi: Any) -> str:
 
 
 def _verdict_kind(verdict: str) -> str:
-    if verdict == "win":
+    if verdict in ("win", "better than the champion"):  # split / shadow wording
         return "good"
-    if verdict == "loss" or verdict.startswith(("invalid", "guardrail")):
+    if verdict in ("loss", "worse than the champion") or verdict.startswith(("invalid", "guardrail")):
         return "bad"
     return "warn" if verdict == "keep running" else "mute"
 
@@ -137,11 +137,12 @@ def render_experiments(section: Mapping[str, Any]) -> str:
     out = []
     for exp in section["experiments"]:
         srm = exp["srm"]
-        srm_badge = (
-            _badge(f"SRM flagged (p={fmt(srm.get('p_value'), 2)})", "bad")
-            if srm.get("flagged")
-            else _badge(f"SRM ok (p={fmt(srm.get('p_value'), 2)})", "good")
-        )
+        if srm.get("p_value") is None and srm.get("note"):  # shadow mode: no split, nothing to check
+            srm_badge = _badge("no split: SRM n/a", "mute")
+        elif srm.get("flagged"):
+            srm_badge = _badge(f"SRM flagged (p={fmt(srm.get('p_value'), 2)})", "bad")
+        else:
+            srm_badge = _badge(f"SRM ok (p={fmt(srm.get('p_value'), 2)})", "good")
         verdicts = " ".join(
             _badge(f"{arm}: {v}", _verdict_kind(str(v))) for arm, v in (exp.get("verdict") or {}).items()
         )
@@ -389,7 +390,12 @@ def _kpis(snapshot: Mapping[str, Any]) -> str:
     if exps.get("status") == "ok":
         ex = exps["experiments"]
         flagged = sum(1 for e in ex if e["srm"].get("flagged"))
-        wins = sum(1 for e in ex for v in (e.get("verdict") or {}).values() if v == "win")
+        wins = sum(
+            1
+            for e in ex
+            for v in (e.get("verdict") or {}).values()
+            if v in ("win", "better than the champion")
+        )
         items.append((f"{len(ex)}", f"experiments · {wins} win · {flagged} SRM"))
     else:
         items.append(("–", "experiments"))
