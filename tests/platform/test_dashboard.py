@@ -366,3 +366,21 @@ def test_a_shadow_report_shows_no_split_instead_of_an_srm_p_value():
     html = render_page(snap)
     assert "SRM n/a" in html and "SRM ok" not in html
     assert "1 win" in html  # a shadow arm that beats the champion counts as a win in the header
+
+
+def test_fraud_performance_on_maturing_labels_reaches_the_page():
+    rng = np.random.default_rng(0)
+    ref = pd.DataFrame({"amount": rng.gamma(2, 30, 2000)})
+    report = DriftMonitor().fit(ref).report(ref.sample(500, random_state=1))
+    report["current"] = "served sample: 500 payments"
+    report["performance"] = {
+        "by_label_age": [
+            {"age_days": 1, "frauds_known": 4, "auc_roc": 0.82, "average_precision": 0.38},
+            {"age_days": "final", "frauds_known": 11, "auc_roc": 0.79, "average_precision": 0.20},
+        ]
+    }
+    snap = collect(Sources(drift={"fraud": report}, use_process_metrics=False))
+    (rep,) = snap["drift"]["reports"]
+    assert [r["frauds_known"] for r in rep["performance"]] == [4, 11]
+    html = render_page(snap)
+    assert "performance on labels as they mature" in html and "served sample: 500 payments" in html

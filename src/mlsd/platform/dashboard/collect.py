@@ -521,9 +521,24 @@ def collect_drift(drift: Mapping[str, Any]) -> dict[str, Any]:
                 "n_current": report.get("n_current"),
                 "summary": report.get("summary", {}),
                 "features": features,
+                "reference": report.get("reference"),
+                "current": report.get("current"),
+                "performance": _performance_rows(report.get("performance")),
             }
         )
     return {"reports": reports}
+
+
+PERFORMANCE_KEYS = ("age_days", "frauds_known", "auc_roc", "average_precision", "precision_at_block",
+                    "recall_at_block", "share_of_final_frauds")  # fmt: skip
+
+
+def _performance_rows(performance: Any) -> list[dict[str, Any]]:
+    """Model performance on labels as they mature (fraud's drift report): one row per label age."""
+    rows = performance.get("by_label_age") if isinstance(performance, Mapping) else performance
+    if not isinstance(rows, list):
+        return []
+    return [{k: r.get(k) for k in PERFORMANCE_KEYS} for r in rows if isinstance(r, Mapping)]
 
 
 # ---------------------------------------------------------------------------------------------------

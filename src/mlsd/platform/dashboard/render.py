@@ -278,6 +278,12 @@ def render_drift(section: Mapping[str, Any]) -> str:
             f"<td>{histogram_pair(f.get('bins_reference') or [], f.get('bins_current') or [])}</td></tr>"
             for f in rep["features"]
         )
+        windows = "".join(
+            f"<p class=muted style='margin:2px 0'>{name}: {escape(str(rep[name]))}</p>"
+            for name in ("reference", "current")
+            if rep.get(name)
+        )
+        head += windows + _performance_table(rep.get("performance") or [])
         out.append(
             f'<div class="card drift">{head}<table class="drift-table"><tr><th>feature</th><th>kind</th>'
             '<th class="num">PSI</th><th>band</th><th class="num">KS</th><th class="num">KS p</th>'
@@ -285,6 +291,36 @@ def render_drift(section: Mapping[str, Any]) -> str:
             f'<span style="color:#2563eb">■ current</span></th></tr>{body}</table></div>'
         )
     return "".join(out)
+
+
+def _performance_table(rows: list[Mapping[str, Any]]) -> str:
+    """Performance on labels known N days after scoring: how much of the truth had arrived, and what it said."""
+    if not rows:
+        return ""
+    heads = ("labels known after", "frauds known", "AUC", "AP", "precision @ block", "recall @ block",
+             "share of final frauds")  # fmt: skip
+    body = "".join(
+        "<tr>"
+        + f"<td>{escape(str(r.get('age_days')))}{'' if r.get('age_days') == 'final' else ' d'}</td>"
+        + "".join(
+            f'<td class="num">{fmt(r.get(k), 3)}</td>'
+            for k in (
+                "frauds_known",
+                "auc_roc",
+                "average_precision",
+                "precision_at_block",
+                "recall_at_block",
+                "share_of_final_frauds",
+            )  # fmt: skip
+        )
+        + "</tr>"
+        for r in rows
+    )
+    head = "".join(f'<th class="{"num" if i else ""}">{h}</th>' for i, h in enumerate(heads))
+    return (
+        "<h4 style='margin:8px 0 4px'>performance on labels as they mature</h4>"
+        f'<table class="performance-table"><tr>{head}</tr>{body}</table>'
+    )
 
 
 def render_review(section: Mapping[str, Any]) -> str:

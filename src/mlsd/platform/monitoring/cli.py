@@ -122,12 +122,26 @@ def _system_report(args: argparse.Namespace) -> int:
         print(json.dumps(report, default=str))
         return 0
     _print_table(report)
-    for row in report.get("performance") or []:
-        print(
-            "  performance: "
-            + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
-        )
+    _print_performance(report.get("performance"))
     return 0
+
+
+def _print_performance(performance: dict | None) -> None:
+    """Fraud's performance on labels known N days after scoring (``report["performance"]``)."""
+    from mlsd.platform.dashboard.collect import PERFORMANCE_KEYS, _performance_rows
+
+    rows = _performance_rows(performance)
+    if not rows:
+        return
+    print("performance on labels as they mature:")
+    widths = [max(len(k), 8) for k in PERFORMANCE_KEYS]
+    print("  " + "  ".join(f"{k:>{w}}" for k, w in zip(PERFORMANCE_KEYS, widths, strict=True)))
+    for r in rows:
+        cells = [
+            f"{r[k]:>{w}.4g}" if isinstance(r[k], float) else f"{r[k]!s:>{w}}"
+            for k, w in zip(PERFORMANCE_KEYS, widths, strict=True)
+        ]
+        print("  " + "  ".join(cells))
 
 
 def _print_table(report: dict) -> None:
