@@ -53,3 +53,14 @@ def test_without_ring_columns_only_neutral_card_features():
     f = RingGraph().fit(pd.DataFrame({"card_id": [1, 2]})).lookup(pd.DataFrame({"card_id": [1, 3]}))
     assert list(f.columns) == ["ring_component_size", "ring_fraud_2hop"]
     assert f["ring_component_size"].tolist() == [1, 1]
+
+
+def test_a_payment_without_the_optional_fields_gets_unknown_ring_features():
+    # a graph fitted with devices/IPs/emails must still score a payment that sends none of them
+    graph = RingGraph(max_share=50).fit(_tx(), as_of=50)
+    f = graph.lookup(pd.DataFrame({"card_id": [1, 999]}))
+    assert set(f.columns) == {
+        "ring_component_size", "ring_fraud_2hop", "ring_device_accounts", "ring_ip_accounts", "ring_email_accounts"
+    }  # fmt: skip
+    assert f["ring_component_size"].tolist() == [3, 1]
+    assert f[["ring_device_accounts", "ring_ip_accounts", "ring_email_accounts"]].isna().all().all()

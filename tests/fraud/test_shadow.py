@@ -39,10 +39,8 @@ def payments():
     return tx.iloc[:400].drop(columns=["fraud", "scenario", "label_ts"]).reset_index(drop=True)
 
 
-def _client(arms, mode="shadow"):
-    return ExperimentClient(
-        make_experiment("fraud", arms, METRICS, mode=mode, unit="card_id"), registry=False
-    )
+def _client(arms, mode="shadow", unit="card_id"):
+    return ExperimentClient(make_experiment("fraud", arms, METRICS, mode=mode, unit=unit), registry=False)
 
 
 def test_shadow_experiment_decides_with_champion_scores_arms_and_exposes(payments):
@@ -173,6 +171,14 @@ def test_bad_experiment_configs_are_rejected_at_start_up():
     ]
     with pytest.raises(InputError, match="thresholds"):
         FraudPipeline(FeatureEngine(), RuleEngine(), Const(0.1, "1"), experiments=_client(inverted))
+    # a unit that is not a payment field would be a KeyError (500) on the first payment
+    with pytest.raises(InputError, match="unit"):
+        FraudPipeline(
+            FeatureEngine(),
+            RuleEngine(),
+            Const(0.1, "1"),
+            experiments=_client([arms[0], {"name": "aa", "alias": "champion"}], unit="customer_id"),
+        )
 
 
 def test_http_decisions_name_the_experiment_and_arm():

@@ -104,7 +104,11 @@ class RingGraph:
             ("ip", "ring_ip_accounts"),
             ("email", "ring_email_accounts"),
         ):
-            if column in self.attributes_ and column in frame.columns:
+            if column in self.attributes_ and column not in frame.columns:
+                # an optional field the request left out: unknown, like a null (the model was
+                # trained with the feature, so it must be there, as NaN)
+                out[name] = np.full(n, np.nan)
+            elif column in self.attributes_:
                 values = frame[column].to_numpy()
                 missing = pd.isna(values)
                 # dict look-ups through map() run at C speed; a missing id has no accounts to count

@@ -46,6 +46,8 @@ SYSTEM = "fraud"
 # what an experiment arm's ``params`` may set (documented in docs/fraud.md):
 # thresholds -- {"block": .., "review": ..}: the arm decides with these instead of the live ones
 ARM_PARAMS = frozenset({"thresholds"})
+# Payment fields an experiment may randomise on (required fields: every payment has them).
+UNIT_COLUMNS = ("card_id", "terminal_id")
 
 
 class FeatureEngine(Protocol):
@@ -221,6 +223,11 @@ class FraudPipeline:
                 raise InputError(
                     f"experiments.{exp.name}.mode", exp.mode, "fraud experiments run in shadow mode",
                     "set mode: shadow (the champion decides, the other arms are scored and logged)",
+                )  # fmt: skip
+            if exp.unit not in UNIT_COLUMNS:
+                raise InputError(
+                    f"experiments.{exp.name}.unit", exp.unit, "is not a payment field a unit can be",
+                    f"use one of {', '.join(UNIT_COLUMNS)} (card_id: one cardholder)",
                 )  # fmt: skip
             for arm in exp.arms:
                 # the champion's own alias needs no extra model (a rules-only service scores nothing)
