@@ -88,3 +88,19 @@ def test_cli_errors_exit_2_with_the_field(tmp_path, capsys) -> None:
     assert main(["pipeline", "run", "daily", "--workdir", str(tmp_path), "--date", "yesterday"]) == 2
     assert "--date" in capsys.readouterr().err
     assert main(["pipeline", "run", "weekly", "--workdir", str(tmp_path), "--systems", "recsys"]) == 2
+
+
+def test_the_real_search_job_through_the_cli_is_idempotent(tmp_path, capsys):
+    # a fresh folder: the job simulates its world, trains, registers and promotes the first model
+    argv = ["pipeline", "run", "daily", "--workdir", str(tmp_path), "--systems", "search", "--json"]
+    assert main(argv) == 0
+    (first,) = json.loads(capsys.readouterr().out)["runs"]
+    assert first["status"] == "ran" and first["registered"] and first["promoted"]
+    assert (tmp_path / "pipeline" / "daily" / first["run_date"] / "search.json").exists()
+    assert main(argv) == 0  # the same day again: nothing trains, nothing is registered
+    (again,) = json.loads(capsys.readouterr().out)["runs"]
+    assert again["status"] == "already ran" and again["version"] == first["version"]
+    from mlsd.platform.registry import ModelRegistry
+
+    registry = ModelRegistry(tmp_path / "search" / "registry")
+    assert [v.version for v in registry.versions(registry.names()[0])] == [first["version"]]

@@ -106,3 +106,22 @@ def test_bad_arguments_are_input_errors(world):
     with pytest.raises(InputError) as err:
         run_experiment(world, units=100, arms=["champion", "no_ranker"], lose_exposures=1.5, progress=False)
     assert err.value.field == "--lose-exposures"
+
+
+def test_mlsd_experiment_run_prints_the_report_and_writes_it(world, tmp_path, capsys):
+    import json
+
+    from mlsd.cli import main
+
+    out = tmp_path / "report.json"
+    argv = ["experiment", "run", "recsys", "--units", "300", "--arms", "champion,no_ranker", "--looks", "2",
+            "--workdir", str(world), "--out", str(out)]  # fmt: skip
+    assert main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)  # stdout is one JSON object
+    assert report["experiment"] == "recsys-champion-vs-no_ranker" and len(report["looks"]) == 2
+    assert json.loads(out.read_text())["truth"] == report["truth"]
+    assert main(argv) == 0  # the readable table
+    text = capsys.readouterr().out
+    assert "watch_minutes *" in text and "true diff" in text and "verdict no_ranker" in text
+    assert main(["experiment", "run", "recsys", "--arms", "champion,nope", "--workdir", str(world)]) == 2
+    assert "--arms" in capsys.readouterr().err

@@ -142,12 +142,12 @@ def print_report(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=sys.stdout, width=max(Console().width, 120))
+    console = Console(file=sys.stdout, width=max(Console().width, 160))
     srm = report.get("srm") or {}
     counts = srm.get("counts")
     arms = [a["name"] for a in report.get("arms", [])]
     split = ", ".join(f"{a} {int(c)}" for a, c in zip(arms, counts or [], strict=False))
-    srm_text = srm.get("note") or f"SRM p={_g(srm.get('p_value'))}{'  FLAGGED' if srm.get('flagged') else ''}"
+    srm_text = srm.get("note") or f"SRM p={_p(srm.get('p_value'))}{'  FLAGGED' if srm.get('flagged') else ''}"
     console.print(
         f"[bold]{report.get('experiment')}[/] ({report.get('mode', 'split')}): {split or '-'} units; {srm_text}"
     )
@@ -169,7 +169,7 @@ def print_report(report: dict) -> None:
                 _f(c.get("mean_treatment")),
                 f"{_g(c.get('diff'))} [{_g(c.get('diff_low'))}, {_g(c.get('diff_high'))}]",
                 "n/a" if rel is None else f"{rel:+.2%}",
-                "n/a" if c.get("p_value") is None else f"{c['p_value']:.3g}",
+                _p(c.get("p_value")),
                 f"[{_g(c.get('cs_low'))}, {_g(c.get('cs_high'))}]",
                 _g(true) if true is not None else "-",
                 "-" if cov is None else ("yes" if cov else "NO"),
@@ -183,6 +183,10 @@ def print_report(report: dict) -> None:
         console.print(
             f"  verdict {arm}: [bold]{verdict}[/]  (* primary metric; verdicts use the always-valid interval)"
         )
+
+
+def _p(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
 
 
 def _f(value: float | None) -> str:
@@ -230,7 +234,7 @@ def _analyze(args: argparse.Namespace) -> int:
         print(json.dumps(report))
         return 0
     srm = report["srm"]
-    print(f"experiment {report['experiment']}: SRM p={_g(srm['p_value'])} flagged={srm['flagged']}")
+    print(f"experiment {report['experiment']}: SRM p={_p(srm['p_value'])} flagged={srm['flagged']}")
     for metric, comps in report["metrics"].items():
         for c in comps:
             print(
