@@ -521,9 +521,10 @@ def run_experiment(
     whose exposure is lost (planted SRM). ``keep_stages``: add ``report["stages_ms"]`` (per-stage
     latencies of every served search; the demo writes them to ``monitoring/timings.json``).
     """
-    from mlsd.platform.experiments.online import with_truth
+    from mlsd.platform.experiments.online import arms_from_presets, with_truth
 
     started = time.perf_counter()
+    arms_from_presets(ARM_PRESETS, list(arms or DEFAULT_ARMS))  # a bad arm fails before any simulation
     world = world or load_world(Path(workdir), progress=progress)
     sim = simulate_experiment(
         world, units=units, arms=arms, seed=seed, lose_exposures=lose_exposures,

@@ -11,7 +11,8 @@ carry the true effect and whether the interval covers it (:func:`with_truth`). `
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -205,3 +206,29 @@ def with_truth(report: dict[str, Any], truth: Mapping[str, Mapping[str, float]])
         "truth": {m: {a: float(v) for a, v in per_arm.items()} for m, per_arm in truth.items()},
         "truth_covered": covered,
     }
+
+
+class OnlineSimulator(Protocol):
+    """What ``mlsd.<system>.experiment`` provides (``mlsd experiment run <system>`` calls it).
+
+    A module, not a class: ``ARM_PRESETS`` (name -> ``{"alias", "params", "description"}``),
+    ``DEFAULT_ARMS`` (control first) and ``run_experiment``, which drives the system's real service
+    in-process for ``units`` simulated units and returns ``with_truth(client.analyze(...), truth)`` plus
+    ``world``, ``units`` and ``seconds``. One contract test (``tests/platform/test_online_contract.py``)
+    checks every system against it.
+    """
+
+    ARM_PRESETS: Mapping[str, Mapping[str, Any]]
+    DEFAULT_ARMS: Sequence[str]
+
+    def run_experiment(
+        self,
+        workdir: Path,
+        *,
+        units: int = ...,
+        arms: Sequence[str] | None = ...,
+        seed: int = ...,
+        looks: int = ...,
+        lose_exposures: float = ...,
+        progress: bool = ...,
+    ) -> dict[str, Any]: ...
