@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from mlsd.platform.errors import InputError
 from mlsd.platform.experiments.cli import add_serving_options
 
 
@@ -77,9 +78,11 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--exposure-log", default=None, help="JSONL file for the exposure log")
     p.add_argument("--online-store", default=None, metavar="URL",
                    help="live user profiles: 'memory' or redis://127.0.0.1:6379/0 (enables PUT /v1/users/{id}/profile)")  # fmt: skip
-    add_serving_options(
-        p
-    )  # --experiments FILE (recsys experiments route every request), --exposure-redis URL
+    p.add_argument("--workers", type=_positive_int("workers", 1, 64), default=1,
+                   help="uvicorn worker processes, each with its own copy of the model (one Python process "
+                        "serves one request at a time: throughput grows with processes)")  # fmt: skip
+    # --experiments FILE (recsys experiments route every request), --exposure-redis URL
+    add_serving_options(p)
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("bench", help="latency and throughput, in-process and over HTTP")
@@ -163,6 +166,8 @@ def _serve(args: argparse.Namespace) -> int:
         service=ServiceConfig(clock=args.clock, exposure_log_path=args.exposure_log),
     )
     config.validate()
+    if args.workers > 1:
+        return _serve_workers(args)
     store = None
     if args.online_store == "memory":
         from mlsd.platform.features.online import MemoryStore
@@ -181,6 +186,44 @@ def _serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     serve(create_service_app(service), host=args.host, port=args.port)
+    return 0
+
+
+def _serve_workers(args: argparse.Namespace) -> int:
+    """Several uvicorn worker processes on one port, each building the service from the environment
+    (:func:`mlsd.recsys.service.app_from_env`). State shared between requests must then live outside
+    the process: the online store and the exposure log have to be Redis."""
+    import os
+
+    import uvicorn
+
+    from mlsd.recsys import service
+
+    if args.online_store == "memory":
+        raise InputError(
+            "--online-store", "memory", f"each of the {args.workers} workers would hold its own profiles",
+            "use --online-store redis://127.0.0.1:6379/0 with --workers",
+        )  # fmt: skip
+    if args.experiments and not args.exposure_redis:
+        raise InputError(
+            "--exposure-redis", None, f"each of the {args.workers} workers would log its own exposures",
+            "pass --exposure-redis redis://127.0.0.1:6379/0 with --workers and --experiments",
+        )  # fmt: skip
+    env = {
+        service.REGISTRY_ENV: args.registry,
+        service.DEADLINE_ENV: str(args.deadline_ms),
+        service.CLOCK_ENV: args.clock,
+        service.EXPERIMENTS_ENV: args.experiments or "",
+        service.EXPOSURE_REDIS_ENV: args.exposure_redis or "",
+        service.ONLINE_STORE_ENV: args.online_store or "",
+    }
+    service.app_from_env(env)  # fail here, once, with a clear message, not in N workers
+    os.environ.update(env)
+    print(f"serving with {args.workers} workers on http://{args.host}:{args.port}", file=sys.stderr)
+    uvicorn.run(
+        "mlsd.recsys.service:app_from_env", factory=True, workers=args.workers, host=args.host,
+        port=args.port, log_level="info", access_log=False,
+    )  # fmt: skip
     return 0
 
 

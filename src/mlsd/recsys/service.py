@@ -993,22 +993,42 @@ def create_service_app(service: RecsysService):
 
 REGISTRY_ENV = "MLSD_RECSYS_REGISTRY"
 DEADLINE_ENV = "MLSD_RECSYS_DEADLINE_MS"
+CLOCK_ENV = "MLSD_RECSYS_CLOCK"
+EXPERIMENTS_ENV = "MLSD_RECSYS_EXPERIMENTS"
+EXPOSURE_REDIS_ENV = "MLSD_RECSYS_EXPOSURE_REDIS"
+ONLINE_STORE_ENV = "MLSD_RECSYS_ONLINE_STORE"
 
 
-def app_from_env():
-    """App factory for several uvicorn worker processes (``uvicorn --factory --workers N
-    mlsd.recsys.service:app_from_env``): each worker loads the champion from the registry named by
-    ``MLSD_RECSYS_REGISTRY`` (deadline from ``MLSD_RECSYS_DEADLINE_MS``, default 200). One Python
-    process runs one request at a time (the GIL), so throughput scales with processes, not threads."""
+def app_from_env(environ=None):
+    """App factory for several uvicorn worker processes (``mlsd recsys serve --workers N``, or
+    ``uvicorn --factory --workers N mlsd.recsys.service:app_from_env``): each worker loads the champion
+    from the registry named by ``MLSD_RECSYS_REGISTRY``; optional ``MLSD_RECSYS_DEADLINE_MS`` (default
+    200), ``MLSD_RECSYS_CLOCK`` (data | wall), ``MLSD_RECSYS_EXPERIMENTS`` (experiments YAML) with
+    ``MLSD_RECSYS_EXPOSURE_REDIS`` (the shared exposure log), ``MLSD_RECSYS_ONLINE_STORE`` (Redis URL).
+    One Python process runs one request at a time (the GIL), so throughput scales with processes."""
+    from mlsd.platform.experiments.client import ExperimentClient
     from mlsd.recsys.config import Budgets, ServiceConfig
 
-    registry = os.environ.get(REGISTRY_ENV)
+    env = os.environ if environ is None else environ
+    registry = env.get(REGISTRY_ENV)
     if not registry:
         raise InputError(REGISTRY_ENV, None, "is not set", f"export {REGISTRY_ENV}=/path/to/registry")
-    raw = os.environ.get(DEADLINE_ENV, str(Budgets.deadline_ms))
+    raw = env.get(DEADLINE_ENV, str(Budgets.deadline_ms))
     try:
         budgets = Budgets(deadline_ms=float(raw))
     except ValueError:
         raise InputError(DEADLINE_ENV, raw, "is not a number", f"export {DEADLINE_ENV}=200") from None
-    config = RecsysConfig(budgets=budgets, service=ServiceConfig())
-    return create_service_app(RecsysService(registry, config=config))
+    clock = env.get(CLOCK_ENV) or ServiceConfig.clock
+    config = RecsysConfig(budgets=budgets, service=ServiceConfig(clock=clock))
+    config.validate()
+    store = None
+    if env.get(ONLINE_STORE_ENV):
+        from mlsd.platform.features.online import RedisStore
+
+        store = RedisStore(env[ONLINE_STORE_ENV], prefix="mlsd:")
+    experiments = ExperimentClient.from_options(
+        env.get(EXPERIMENTS_ENV) or None, env.get(EXPOSURE_REDIS_ENV) or None
+    )
+    return create_service_app(
+        RecsysService(registry, config=config, online_store=store, experiments=experiments)
+    )

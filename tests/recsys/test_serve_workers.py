@@ -1,0 +1,58 @@
+"""``mlsd recsys serve --workers N``: each worker builds the service from the environment, so what the
+workers must share (profiles, exposures) has to be Redis; a wrong combination fails before any worker."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from mlsd.cli import main
+from mlsd.platform.errors import InputError
+from mlsd.recsys import service
+from mlsd.recsys.demo import tiny_registry
+
+
+def test_app_from_env_builds_the_service_with_experiments(tmp_path, redis_url, redis_prefix):
+    config = tmp_path / "experiments.yaml"
+    config.write_text(
+        "experiments:\n  - name: recsys-aa\n    system: recsys\n"
+        "    arms: [{name: a, alias: champion}, {name: b, alias: champion}]\n"
+    )
+    env = {
+        service.REGISTRY_ENV: str(tiny_registry() / "registry"),
+        service.DEADLINE_ENV: "500",
+        service.EXPERIMENTS_ENV: str(config),
+        service.EXPOSURE_REDIS_ENV: redis_url,
+    }
+    app = service.app_from_env(env)
+    http = TestClient(app)
+    body = http.get("/v1/recommendations/7?k=5").json()
+    assert len(body["items"]) == 5 and set(body["experiment"]) == {"recsys-aa"}
+    assert app.state.recsys.experiments.log.url == redis_url  # exposures shared by every worker
+
+
+@pytest.mark.parametrize(
+    "env, field",
+    [
+        ({}, service.REGISTRY_ENV),
+        ({service.REGISTRY_ENV: "x", service.DEADLINE_ENV: "soon"}, service.DEADLINE_ENV),
+        ({service.REGISTRY_ENV: "x", service.EXPERIMENTS_ENV: "/no/such.yaml"}, "--experiments"),
+    ],
+)
+def test_app_from_env_names_the_bad_variable(env, field):
+    with pytest.raises(InputError) as err:
+        service.app_from_env(env)
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize(
+    "extra, field",
+    [
+        (["--online-store", "memory"], "--online-store"),
+        (["--experiments", "configs/experiments.yaml"], "--exposure-redis"),
+    ],
+)
+def test_serve_workers_refuses_per_process_state(extra, field, capsys):
+    argv = ["recsys", "serve", "--registry", str(tiny_registry() / "registry"), "--workers", "2", *extra]
+    assert main(argv) == 2
+    assert field in capsys.readouterr().err
