@@ -105,6 +105,7 @@ class ServiceConfig:
     max_events_per_request: int = 10_000
     model_name: str = "search-ltr"
     alias: str = "champion"
+    reload_poll_s: float = 2.0  # how often the service checks the registry for a new champion (0: never)
 
 
 def _normalise_pinned(rules: dict[str, Any]) -> dict[str, Any]:

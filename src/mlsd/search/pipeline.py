@@ -305,8 +305,7 @@ class SearchEngine:
         self.refit_history(history, propensity)
         timings["features_s"] = time.perf_counter() - t
         self.build_timings_ = timings
-        self.ranker_ = None
-        self.ranker_version_: int | None = None
+        self._ranker_pair: tuple[Any, int | None] = (None, None)  # (ranker, version), swapped as one
         b = self.config.budgets
         self._cost = {"dense": _CostEstimate(b.initial_dense_ms), "ltr": _CostEstimate(b.initial_ltr_ms)}
         return self
@@ -318,9 +317,18 @@ class SearchEngine:
         return self
 
     def set_ranker(self, ranker: Any, version: int | None = None) -> SearchEngine:
-        self.ranker_ = ranker
-        self.ranker_version_ = version
+        """Serve ``ranker`` from the next request on (hot reload: a request in flight keeps the ranker
+        and version it started with, read together from one tuple)."""
+        self._ranker_pair = (ranker, version)
         return self
+
+    @property
+    def ranker_(self) -> Any:
+        return self._ranker_pair[0]
+
+    @property
+    def ranker_version_(self) -> int | None:
+        return self._ranker_pair[1]
 
     # -- batch helpers (training, evaluation) ---------------------------------------------------------
     def query_batch(
@@ -407,7 +415,8 @@ class SearchEngine:
             keep = fused.rows[0] >= 0
             rows, scores = fused.rows[0][keep], fused.scores[0][keep].astype(np.float64)
         ranked_by = "hybrid" if len(lists) > 1 else ("dense" if lexical is None else "bm25")
-        ranker = model if model is not None else self.ranker_
+        champion, champion_version = self._ranker_pair  # one read: a hot reload cannot split the pair
+        ranker = model if model is not None else champion
         if ranking != "ltr":
             timer.skip("ltr", f"ranking variant: {ranking}")
         elif ranker is None:
@@ -460,7 +469,7 @@ class SearchEngine:
             "user_id": user_id,
             "parsed": parsed.to_dict(),
             "ranked_by": ranked_by,
-            "model_version": self.ranker_version_ if model is None else getattr(model, "version_", None),
+            "model_version": champion_version if model is None else getattr(model, "version_", None),
             "results": self._results(final, final_scores),
             "rules": report.to_dict(),
             "timings_ms": {s: round(v, 3) for s, v in timer.timings_ms.items()},

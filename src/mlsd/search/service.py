@@ -20,6 +20,7 @@ Bad input never reaches the pipeline as a traceback: an empty or oversized query
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
@@ -31,6 +32,7 @@ from mlsd.search.pipeline import SearchEngine
 from mlsd.search.routing import SearchRouter
 
 MAX_BODY_BYTES = 5_000_000
+logger = logging.getLogger("mlsd.search.service")
 
 
 def create_search_app(
@@ -44,10 +46,13 @@ def create_search_app(
     """The search service over a fitted :class:`SearchEngine` (and a click log for events).
 
     ``experiments``: an ``ExperimentClient`` whose ``system == "search"`` experiments route requests
-    (None: every request takes the champion path); ``registry_dir``: where arm aliases are loaded from.
+    (None: every request takes the champion path); ``registry_dir``: where arm aliases are loaded from,
+    and which the service polls every ``config.service.reload_poll_s`` seconds: when the daily job
+    promotes a new champion, it is loaded and served from the next request on (hot reload).
     """
     svc = engine.config.service
     router = SearchRouter(engine, experiments, registry_dir=registry_dir)  # bad arms fail here, at startup
+    watcher = champion_watcher(engine, registry_dir) if registry_dir is not None else None
 
     def health() -> dict[str, Any]:
         return {
@@ -58,6 +63,9 @@ def create_search_app(
 
     app = create_app("search", title="mlsd search", version=version, health=health)
     app.state.engine = engine
+    app.state.champion_watcher = watcher
+    if watcher is not None:
+        app.router.on_shutdown.append(watcher.stop)
     app.state.router = router
     app.state.clicklog = clicklog
 
@@ -121,3 +129,28 @@ def create_search_app(
         return {"accepted": accepted}
 
     return app
+
+
+def champion_watcher(engine: SearchEngine, registry_dir: Any, *, start: bool = True) -> Any:
+    """Poll the registry's champion alias of the search ranker; on a move, load the new version and
+    hand it to ``engine.set_ranker`` (``start=False``: no thread, call ``.poll()``). None when polling
+    is off (``reload_poll_s <= 0``) or the registry holds no search ranker yet."""
+    from pathlib import Path
+
+    from mlsd.platform.registry import ModelRegistry
+    from mlsd.search.ltr import LambdaMARTRanker
+
+    svc = engine.config.service
+    root = Path(registry_dir)
+    if svc.reload_poll_s <= 0 or not (root / "registry.sqlite").exists():
+        return None
+    registry = ModelRegistry(root)
+
+    def load(new_version: Any) -> None:
+        if new_version is None or new_version.version == engine.ranker_version_:
+            return
+        ranker = LambdaMARTRanker.load(registry.artifact_path(svc.model_name, new_version.version))
+        engine.set_ranker(ranker, new_version.version)  # one tuple swap: requests see old or new
+        logger.info("search: now serving %s v%s", svc.model_name, new_version.version)
+
+    return registry.watch(svc.model_name, svc.alias, load, interval_s=svc.reload_poll_s, start=start)
