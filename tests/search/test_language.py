@@ -37,3 +37,14 @@ def test_translation_keeps_brands_and_numbers():
     assert translate_tokens(["silla", "de", "madera"], "es") == ["chair", "wood"]
     assert translate_tokens(["kabellose", "kopfhorer"], "de") == ["wireless", "headphones"]
     assert translate_tokens(["wireless"], "en") == ["wireless"]
+
+
+def test_inflected_forms_translate_through_their_base_form():
+    from mlsd.search.language import lexicon_forms, translate_tokens
+
+    assert translate_tokens(["auriculares", "negros"], "es") == ["headphones", "black"]
+    assert translate_tokens(["lamparas", "rojas"], "es") == ["lamp", "red"]
+    assert translate_tokens(["schwarze"], "de") == ["black"]
+    assert "color" in lexicon_forms("colores", "es") and "rojo" in lexicon_forms("rojas", "es")
+    # brands, numbers and short words pass through untouched
+    assert translate_tokens(["sonix", "18x18", "gas"], "es") == ["sonix", "18x18", "gas"]

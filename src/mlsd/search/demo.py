@@ -21,7 +21,7 @@ DEMO_QUERIES: tuple[tuple[str, str], ...] = (
     ("typo", "wireles earbuds"),
     ("synonym", "earphones"),
     ("price constraint", "headphones under $50"),
-    ("Spanish", "auriculares negro"),
+    ("Spanish", "auriculares negros"),
     ("brand", "sonix speaker"),
 )
 

@@ -8,8 +8,8 @@ model names) pass through unchanged.
 
 Limits, stated honestly: the lexicons cover a few hundred everyday product terms per language
 (the simulator's taxonomy, colours, materials, common modifiers, price words), not open
-vocabulary; word order and morphology beyond simple plurals are not handled; the dense model
-(all-MiniLM-L6-v2) was trained on English and only partly recovers untranslated foreign words
+vocabulary; inflections reach their base form by suffix rules (:func:`lexicon_forms`), word order
+is not handled; the dense model (all-MiniLM-L6-v2) was trained on English and only partly recovers untranslated foreign words
 through shared sub-words (e.g. "sofa", "camara"), so a non-English query that the lexicon misses
 falls back to weak dense matching.
 """
@@ -375,8 +375,27 @@ class LanguageDetector:
         return [self.detect_tokens(t) for t in token_lists]
 
 
+def lexicon_forms(token: str, lang: str) -> list[str]:
+    """``token`` and the lexicon forms it may inflect: Spanish plurals and feminines ("negros" -> "negro",
+    "lámparas" -> "lámpara", "colores" -> "color", "rojas" -> "rojo"), German adjective endings
+    ("schwarze" / "schwarzen" -> "schwarz"). Lexicons list the base form once; a query uses any form."""
+    forms = [token]
+    if len(token) < 4 or not token.isalpha():
+        return forms
+    if lang == "es":
+        stems = [token[:-2]] if token.endswith("es") else []
+        stems += [token[:-1]] if token.endswith("s") else []
+        for stem in [token, *stems]:
+            forms += [stem] if stem != token else []
+            forms += [stem[:-1] + "o"] if stem.endswith("a") else []
+    elif lang == "de":
+        forms += [token[: -len(end)] for end in ("en", "em", "er", "es", "e") if token.endswith(end)]
+    return list(dict.fromkeys(forms))
+
+
 def translate_tokens(tokens: Sequence[str], lang: str) -> list[str]:
-    """Replace lexicon words and two/three-word phrases by English; others (brands, numbers) pass through."""
+    """Replace lexicon words and two/three-word phrases by English; others (brands, numbers) pass through.
+    A single word the lexicon lacks is looked up in its base forms (:func:`lexicon_forms`)."""
     lexicon = LEXICONS.get(lang)
     if not lexicon:
         return list(tokens)
@@ -391,6 +410,10 @@ def translate_tokens(tokens: Sequence[str], lang: str) -> list[str]:
                 i += n
                 break
         else:
-            out.append(tokens[i])
+            base = next((f for f in lexicon_forms(tokens[i], lang) if f in lexicon), None)
+            if base is None:
+                out.append(tokens[i])
+            elif lexicon[base]:
+                out.extend(lexicon[base].split())
             i += 1
     return out
