@@ -9,9 +9,9 @@ model names) pass through unchanged.
 Limits, stated honestly: the lexicons cover a few hundred everyday product terms per language
 (the simulator's taxonomy, colours, materials, common modifiers, price words), not open
 vocabulary; inflections reach their base form by suffix rules (:func:`lexicon_forms`), word order
-is not handled; the dense model (all-MiniLM-L6-v2) was trained on English and only partly recovers untranslated foreign words
-through shared sub-words (e.g. "sofa", "camara"), so a non-English query that the lexicon misses
-falls back to weak dense matching.
+is not handled; the dense model (all-MiniLM-L6-v2) was trained on English and only partly recovers
+untranslated foreign words through shared sub-words (e.g. "sofa", "camara"), so a non-English query
+that the lexicon misses falls back to weak dense matching.
 """
 
 from __future__ import annotations
