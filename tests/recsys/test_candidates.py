@@ -15,6 +15,7 @@ from mlsd.recsys.candidates import (
     EASECandidates,
     PopularityCandidates,
     RP3BetaCandidates,
+    SequentialEASECandidates,
     top_n_dense,
 )
 from mlsd.recsys.data import binary_matrix, make_interactions, toy_dataset
@@ -42,6 +43,7 @@ def test_top_n_dense_orders_excludes_and_pads():
     "source",
     [
         EASECandidates(lam=10.0),
+        SequentialEASECandidates(window=3, lam=10.0),
         ALSCandidates(factors=8, iterations=10, num_threads=1),
         BlendCandidates({"als": ALSCandidates(factors=8, iterations=10, num_threads=1)}),
     ],
@@ -81,6 +83,51 @@ def test_blend_is_the_weighted_sum_of_per_user_z_scores(toy):
     idx, _ = blend.candidates(users, 3)
     assert (idx[2] == -1).all()
     assert members["ease"].__dict__.get("M_") is None  # the configured members are copied, not fitted
+
+
+def _chain_world():
+    """20 users watch titles 1, 2, 3, 4 in that order (one hour apart); user 99 watched only title 1."""
+    users = np.r_[np.repeat(np.arange(1, 21), 4), 99]
+    items = np.r_[np.tile([1, 2, 3, 4], 20), 1]
+    times = np.r_[1_000_000 + 3600 * np.tile(np.arange(4), 20) + 10 * np.repeat(np.arange(20), 4), 5_000_000]
+    return make_interactions(users, items, times)
+
+
+def test_sequential_ease_counts_only_nearby_titles():
+    inter = _chain_world()
+    user = np.array([99])
+    # Whole-history EASE: every title co-occurs with every other one, so 2, 3 and 4 tie for user 99.
+    ease = EASECandidates(lam=10.0).fit(inter).score_dense(user)[0]
+    ease_items = EASECandidates(lam=10.0).fit(inter).items_
+    s2, s3, s4 = ease[ease_items.index(np.array([2, 3, 4]))]
+    assert s2 == pytest.approx(s3, rel=1e-5) and s3 == pytest.approx(s4, rel=1e-5)
+    # Window 1: only neighbours in time co-occur, so the title watched right after 1 scores highest.
+    seq = SequentialEASECandidates(window=1, lam=10.0).fit(inter)
+    q2, q3, q4 = seq.score_dense(user)[0][seq.items_.index(np.array([2, 3, 4]))]
+    assert q2 > q3 and q2 > q4
+    # A window as wide as the histories sees every pair again: the three tie, as under EASE.
+    wide = SequentialEASECandidates(window=3, lam=10.0).fit(inter)
+    w2, w3, w4 = wide.score_dense(user)[0][wide.items_.index(np.array([2, 3, 4]))]
+    assert w2 == pytest.approx(w3, rel=1e-4) and w3 == pytest.approx(w4, rel=1e-4)
+
+
+def test_sequential_ease_ignores_row_order_and_breaks_time_ties_by_item(toy):
+    inter = toy.interactions.copy()
+    inter["timestamp"] = inter["timestamp"] // 7200 * 7200  # many same-time events per user
+    a = SequentialEASECandidates(window=2, lam=5.0).fit(inter)
+    shuffled = inter.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    b = SequentialEASECandidates(window=2, lam=5.0).fit(shuffled)
+    np.testing.assert_array_equal(
+        a.items_.raw(np.arange(len(a.items_))), b.items_.raw(np.arange(len(b.items_)))
+    )
+    order = b.items_.index(a.items_.raw(np.arange(len(a.items_))))
+    np.testing.assert_allclose(a.M_, b.M_[np.ix_(order, order)], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs", [{"window": 0}, {"window": 2.5}, {"lam": 0.0}])
+def test_sequential_ease_rejects_bad_settings(toy, kwargs):
+    with pytest.raises(InputError):
+        SequentialEASECandidates(**kwargs).fit(toy)
 
 
 def test_ease_refuses_huge_catalogue(toy):

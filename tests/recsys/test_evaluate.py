@@ -72,6 +72,8 @@ def test_two_stage_boosts_from_the_blend(tmp_path):
     assert model.ranker_.base_feature == "m_blend_rel"
     assert model.ranker_.base_coef_[0] > 0  # a higher blend score means a likelier label
     assert "blend" in model.generator_.models_
+    # the blend's members are the evaluation's (sequential EASE among them), with its weights
+    assert set(model.generator_.models_["blend"].members_) == {"ease", "rp3", "als", "seq"}
     items, _, sources = model.recommend(np.array([1, 2]), 5)
     assert (items >= 0).all() and any("blend" in s for row in sources for s in row)
 
