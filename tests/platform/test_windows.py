@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlsd.platform.streaming import MemoryWindowStore, WindowStore, mean_std
+from mlsd.platform.errors import InputError
+from mlsd.platform.streaming import NOT_STORED, MemoryWindowStore, WindowStore, mean_std
 
 HOUR = 3600
 
@@ -192,3 +193,207 @@ def test_prune_forgets_only_ids_outside_the_horizon():
     assert len(store._events) == n  # pruned: only the live batch's ids are kept
     view = store.update_many([0], [n], np.array([5_000]), np.array([1]))  # a live id: a replay
     assert not view.inserted.any()
+
+
+# -- micro-batches: several events of a key, out of order, replayed, at the horizon's edge -------------
+def _brute_force(keys, ids, ts, values, horizon, width):
+    """Reference: apply events one at a time in arrival order; per event, count and sum of (t - width, t]
+    over what it saw: the events stored up to it (up to the original for a replay), less those that
+    left the key's horizon (at or below its latest - horizon)."""
+    stored: dict = {}  # id -> (key, ts, value, order stored)
+    latest: dict = {}
+    counts, sums = [], []
+    for k, i, t, v in zip(keys, ids, ts.tolist(), values.tolist(), strict=True):
+        if i not in stored and (k not in latest or t > latest[k] - horizon):
+            stored[i] = (k, t, v, len(stored))
+            latest[k] = max(latest.get(k, t), t)
+        cut = latest.get(k, t) - horizon
+        upto = len(stored)
+        if i in stored and stored[i][0] == k and stored[i][1] > cut:
+            upto = stored[i][3] + 1  # a replay sees what the original saw
+        inside = [
+            vv
+            for kk, tt, vv, o in stored.values()
+            if kk == k and o < upto and tt > cut and t - width < tt <= t
+        ]
+        counts.append(len(inside))
+        sums.append(sum(inside))
+    return counts, sums
+
+
+def test_one_batch_out_of_order_with_replays_of_one_key(make_store):
+    store = make_store(100)
+    keys = ["k"] * 6 + ["j"]
+    ids = ["a", "b", "c", "b", "d", "a", "z"]
+    ts = np.array([50, 30, 40, 30, 60, 50, 35])
+    values = np.array([1, 2, 4, 2, 8, 1, 16])
+    view = store.update_many(keys, ids, ts, values)
+    assert view.inserted.tolist() == [True, True, True, False, True, False, True]
+    assert view.own_seq.tolist() == [0, 1, 2, 1, 3, 0, 0]
+    count, total, _ = view.moments(view.window(15))
+    # each event sees the events applied before it (arrival order) inside (t - 15, t]:
+    # a@50: a | b@30: b | c@40: b, c | b again: as b saw it | d@60: a, d | a again: as a saw it | z alone
+    assert count.tolist() == [1, 1, 2, 1, 2, 1, 1]
+    assert total.tolist() == [1, 2, 6, 2, 9, 1, 16]
+    later = store.view_many(["k"], np.array([60]))
+    assert later.moments(later.window(100))[1].tolist() == [15]  # a, b, c, d once each
+
+
+def test_eviction_exactly_at_the_window_edge(make_store):
+    store = make_store(100)
+    ts = np.array([0, 50, 100])
+    first = store.update_many(["k", "k", "k"], ["e0", "e50", "e100"], ts, np.array([1, 2, 4]))
+    assert first.moments(first.window(100))[1].tolist() == [1, 3, 6]  # (0, 100] excludes 0
+    # 0 = latest - horizon: left the horizon (forgotten, whatever a window's width), not stored again;
+    # 1 is inside: stored
+    edge = store.update_many(["k", "k"], ["late0", "late1"], np.array([0, 1]), np.array([8, 16]))
+    assert edge.inserted.tolist() == [False, True]
+    assert edge.moments(edge.window(100))[1].tolist() == [0, 16]
+    assert not store.update_many(["k"], ["e0"], np.array([0]), np.array([1])).inserted.any()
+    view = store.view_many(["k", "k"], np.array([100, 150]))
+    assert view.moments(view.window(100))[1].tolist() == [22, 4]  # 1 + 50 + 100 | only 100 in (50, 150]
+    # 151 moves the key's latest: 50 leaves the horizon (50 <= 151 - 100) before its replay arrives
+    moved = store.update_many(["k", "k"], ["e151", "e50"], np.array([151, 50]), np.array([32, 2]))
+    assert moved.inserted.tolist() == [True, False]
+    assert moved.own_seq[1] == NOT_STORED
+    assert moved.moments(moved.window(100))[1].tolist() == [36, 0]
+    assert moved.moments(moved.window(1000))[1].tolist() == [36, 0]  # wider than the horizon: same
+
+
+def test_random_micro_batches_match_one_by_one_application(make_store):
+    horizon = 100
+    store = make_store(horizon)
+    rng = np.random.default_rng(7)
+    hist_k: list = []
+    hist_i: list = []
+    hist_t: list = []
+    hist_v: list = []
+    for b in range(12):
+        n = 40
+        keys = rng.integers(0, 4, n).tolist()
+        ts = 30 * b + rng.integers(-40, 40, n)  # out of order within the batch, spread < horizon
+        ts[:3] = 30 * b - 150  # too late for keys that have moved on
+        values = rng.integers(1, 50, n)
+        ids = [f"{b}-{i}" for i in range(n)]
+        # at-least-once delivery: the same event again, later in this batch or from an earlier one
+        for r in rng.choice(np.arange(1, n), 3, replace=False).tolist():
+            keys[r], ids[r], ts[r], values[r] = keys[r - 1], ids[r - 1], ts[r - 1], values[r - 1]
+        if hist_i:
+            for r, old in zip(
+                rng.choice(n, 2, replace=False).tolist(), rng.choice(len(hist_i), 2), strict=True
+            ):
+                keys[r], ids[r], ts[r], values[r] = hist_k[old], hist_i[old], hist_t[old], hist_v[old]
+        view = store.update_many(keys, ids, ts, values)
+        hist_k += keys
+        hist_i += ids
+        hist_t += ts.tolist()
+        hist_v += values.tolist()
+        for width in (20, 100, 1000):  # narrower than, equal to and wider than the horizon
+            counts, sums = _brute_force(hist_k, hist_i, np.array(hist_t), np.array(hist_v), horizon, width)
+            got = view.moments(view.window(width))
+            assert got[0].tolist() == counts[-n:], (b, width)
+            assert got[1].tolist() == sums[-n:], (b, width)
+
+
+def test_batch_spanning_more_than_the_horizon(make_store):
+    store = make_store(100)
+    keys, ts = ["k"] * 5, np.array([50, 200, 50, 120, 100])
+    # 50 is stored, 200 moves the key on (50 leaves), so the replay of 50 and the new 100 are too late
+    view = store.update_many(keys, ["a", "b", "a", "c", "d"], ts, np.array([1, 2, 1, 4, 8]))
+    assert view.inserted.tolist() == [True, True, False, True, False]
+    assert view.own_seq.tolist() == [0, 1, NOT_STORED, 2, NOT_STORED]
+    for width in (100, 1000):  # 120 does not see 50 (gone) nor 200 (later in time)
+        assert view.moments(view.window(width))[1].tolist() == [1, 2, 0, 4, 0]
+    # what each saw before it: 200 no longer sees 50; the events not stored see 200 (and 120)
+    assert view.moments(view.before() & (view.ts > 0))[1].tolist() == [0, 0, 2, 2, 6]
+
+
+def _redis_state(client, prefix):
+    state = {}
+    for key in client.scan_iter(match=prefix + "*"):
+        name = key.decode()[len(prefix) :]
+        if client.type(key) == b"zset":
+            state[name] = client.zrange(key, 0, -1, withscores=True)
+        else:
+            state[name] = client.hgetall(key)
+    return state
+
+
+def test_batched_redis_equals_the_per_event_reference(redis_url, redis_prefix):
+    """One script per batch leaves the same Redis state and gives the same views as one per event."""
+    import redis
+
+    from mlsd.platform.streaming.redis_windows import RedisWindowStore
+
+    batched = RedisWindowStore(100, 1, url=redis_url, prefix=redis_prefix + "b:")
+    single = RedisWindowStore(100, 1, url=redis_url, prefix=redis_prefix + "s:", batched=False)
+    rng = np.random.default_rng(3)
+    prev_keys, prev_ts = [], np.zeros(0, dtype=np.int64)
+    for b in range(8):
+        n = 30
+        keys = rng.integers(0, 3, n).tolist()
+        ts = 40 * b + rng.integers(-60, 60, n)
+        ts[:2] += 150  # jumps ahead: events of the same batch drop out of the horizon
+        ids = [f"{b}-{i}" for i in range(n)]
+        ids[5], keys[5], ts[5] = ids[4], keys[4], ts[4]
+        if b:
+            ids[6], keys[6], ts[6] = f"{b - 1}-7", prev_keys[7], prev_ts[7]
+        values, attrs = rng.integers(1, 99, n), rng.normal(size=(n, 1))
+        views = [s.update_many(keys, ids, ts, values, attrs) for s in (batched, single)]
+        a, c = views
+        np.testing.assert_array_equal(a.inserted, c.inserted)
+        np.testing.assert_array_equal(a.own_seq, c.own_seq)
+        for width in (10, 100, 1000):
+            for x, y in zip(a.moments(a.window(width)), c.moments(c.window(width)), strict=True):
+                np.testing.assert_array_equal(x, y)
+        for s in (batched, single):
+            s.set_labels(keys[:3], ids[:3], np.full(3, 40 * b))
+            s.revert_many(keys[8:9], ids[8:9])
+        prev_keys, prev_ts = keys, ts
+    client = redis.Redis.from_url(redis_url)
+    assert _redis_state(client, redis_prefix + "b:") == _redis_state(client, redis_prefix + "s:")
+    view_a = batched.view_many([0, 1, 2, 9], np.array([300, 300, 250, 300]))
+    view_b = single.view_many([0, 1, 2, 9], np.array([300, 300, 250, 300]))
+    known_a = view_a.window(100) & (view_a.label_ts <= view_a.t[:, None])
+    known_b = view_b.window(100) & (view_b.label_ts <= view_b.t[:, None])
+    np.testing.assert_array_equal(known_a.sum(axis=1), known_b.sum(axis=1))
+    np.testing.assert_array_equal(
+        view_a.moments(view_a.window(100))[1], view_b.moments(view_b.window(100))[1]
+    )
+
+
+def test_sending_batches_first_and_reading_later_gives_the_same_views(redis_url, redis_prefix):
+    from mlsd.platform.streaming.redis_windows import RedisWindowStore
+
+    stores = [RedisWindowStore(HOUR, url=redis_url, prefix=f"{redis_prefix}{i}:") for i in range(3)]
+    ts = np.array([10, 20, 30, 40])
+    finish = [
+        s.update_many_begin(["a", "b", "a", "a"], [1, 2, 3, 4], ts, np.array([1, 2, 3, 4])) for s in stores
+    ]
+    views = [f() for f in reversed(finish)]  # read in any order
+    for v in views:
+        assert v.moments(v.window(HOUR))[1].tolist() == [1, 2, 4, 8]
+    # members are stored one a line: an id with a line break is refused, on either path
+    for store in (
+        stores[0],
+        RedisWindowStore(HOUR, url=redis_url, prefix=redis_prefix + "s:", batched=False),
+    ):
+        with pytest.raises(InputError, match="ids"):
+            store.update_many(["a", "a"], ["x\ny", 5], np.array([50, 60]), np.array([16, 4]))
+
+
+def test_keys_of_the_earlier_sorted_set_layout_are_moved_over(redis_url, redis_prefix):
+    """State written before members moved into one hash field (a sorted set per key) keeps counting."""
+    import redis
+
+    from mlsd.platform.streaming.redis_windows import RedisWindowStore
+
+    client = redis.Redis.from_url(redis_url)
+    z, h = f"{redis_prefix}k:z", f"{redis_prefix}k:h"
+    client.zadd(z, {"10,0,3#a": 10, "20,1,4#b": 20})
+    client.hset(h, mapping={"e:a": "10,0,3#a", "e:b": "20,1,4#b", "__seq": 2, "__max": 20})
+    store = RedisWindowStore(HOUR, url=redis_url, prefix=redis_prefix)
+    view = store.update_many(["k", "k"], ["b", "c"], np.array([20, 30]), np.array([4, 5]))
+    assert view.inserted.tolist() == [False, True] and view.own_seq.tolist() == [1, 2]
+    assert view.moments(view.window(HOUR))[1].tolist() == [7, 12]
+    assert not client.exists(z) and client.hget(h, "__blob") == b"10,0,3#a\n20,1,4#b\n30,2,5#c\n"

@@ -21,8 +21,9 @@
    be known once every chargeback arrived (30-90 days): real monitoring has to wait for it (see
    :mod:`mlsd.fraud.monitoring`, performance by label age).
 4. **Truth** -- the experiment covers a hash-chosen sample of ``units`` cards out of every card active
-   in the live period (the population). A second pass over the same payments (the feature engine
-   replays a ``tx_id`` without changing state, so every payment gets the very same features) scores
+   in the live period (the population). A second pass over the same payments (fed the feature rows
+   the served pass computed, :class:`RecordedFeatures`, so every payment gets the very same features
+   by construction, whatever the window store does with a replayed event) scores
    every arm for *every* card: the true effect is the population's mean paired difference per card,
    exactly, with no sampling noise. The report's interval is for the sample; the test checks it covers
    the population value.
@@ -257,6 +258,58 @@ class ServedPeriod:
     seconds: float
 
 
+class RecordedFeatures:
+    """A feature engine that passes every batch to ``engine`` and keeps each payment's feature row.
+
+    :meth:`replay` returns an engine that answers the same payments with the same rows and touches no
+    window state: the truth pass scores every arm on exactly what the served pass saw. Rows are kept
+    per batch (one matrix and its tx ids), so recording costs one reference per batch.
+    """
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.feature_names = list(engine.feature_names)
+        self._ids: list[np.ndarray] = []
+        self._rows: list[np.ndarray] = []
+
+    def update_matrix(self, tx: pd.DataFrame) -> np.ndarray:
+        matrix = self.engine.update_matrix(tx)
+        self._ids.append(tx["tx_id"].to_numpy())
+        self._rows.append(matrix)
+        return matrix
+
+    def __getattr__(self, name: str) -> Any:  # add_labels, config, ...: the live engine's
+        return getattr(self.engine, name)
+
+    def replay(self) -> _ReplayedFeatures:
+        return _ReplayedFeatures(self.feature_names, self._ids, self._rows)
+
+
+class _ReplayedFeatures:
+    """The recorded rows, looked up by ``tx_id`` (one sorted search per batch)."""
+
+    def __init__(self, names: list[str], ids: list[np.ndarray], rows: list[np.ndarray]) -> None:
+        self.feature_names = names
+        all_ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+        self._order = np.argsort(all_ids, kind="stable")
+        self._ids = all_ids[self._order]
+        self._rows = np.concatenate(rows) if rows else np.zeros((0, len(names)))
+
+    def update_matrix(self, tx: pd.DataFrame) -> np.ndarray:
+        wanted = tx["tx_id"].to_numpy()
+        at = np.searchsorted(self._ids, wanted)
+        found = (at < len(self._ids)) & (self._ids[np.minimum(at, len(self._ids) - 1)] == wanted)
+        if not found.all():
+            raise InputError(
+                "tx_id", wanted[~found][:5].tolist(), "was not served in the recorded pass",
+                "replay only the payments the served pass scored",
+            )  # fmt: skip
+        return self._rows[self._order[at]]
+
+    def add_labels(self, frame: pd.DataFrame) -> int:  # the rows are fixed: labels change nothing
+        return 0
+
+
 def serve_period(
     pipeline: Any,
     live: pd.DataFrame,
@@ -425,6 +478,7 @@ def run_experiment(
     pipeline = ws.pipeline(review=False, shadow=False, experiments=client, metrics_registry=registry)
     t = time.perf_counter()
     warmed = warm_features(pipeline.features, history, ws.labels.labels_known_at(w.live_start))
+    pipeline.features = RecordedFeatures(pipeline.features)  # the served pass keeps every feature row
     warm_s = time.perf_counter() - t
     if progress:
         print(
@@ -437,7 +491,9 @@ def run_experiment(
 
     # truth: every arm for every card of the population, on the very same features (replayed)
     oracle = experiment_client(arm_names, seed=seed, coverage=1.0, registry=False)
-    truth_pipe = ws.pipeline(review=False, shadow=False, experiments=oracle, features=pipeline.features)
+    truth_pipe = ws.pipeline(
+        review=False, shadow=False, experiments=oracle, features=pipeline.features.replay()
+    )
     truth_pipe.metrics_registry = registry
     full = serve_period(truth_pipe, live, name, batch_size=2000, sample_rows=0, feed_labels=False)
     population_units = per_unit_means(full.outcomes, arm_labels)

@@ -28,6 +28,7 @@ are processed in event-time order (ties by arrival) - the order both paths defin
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -367,6 +368,12 @@ def _risk_offline(f, config, s: _Sorted, rows: np.ndarray, t0: int) -> dict[str,
     return res
 
 
+def _drain(finish) -> None:
+    """Read (and drop) a sent batch's reply after an error elsewhere, so its connection stays usable."""
+    with contextlib.suppress(Exception):  # the original error is the one to report
+        finish()
+
+
 # ------------------------------------------------------------------------------------------------
 # online: per micro-batch, backed by a WindowStore
 # ------------------------------------------------------------------------------------------------
@@ -473,6 +480,7 @@ class FeatureEngine:
         matrix[:, index["amount"]] = amount
         matrix[:, index["is_night"]], matrix[:, index["is_weekend"]] = _calendar(ts)
         card_attrs = _card_attrs(cols, config)
+        batches = []
         for kind in config.entities:
             column = ENTITY_COLUMNS[kind]
             values = cols.get(column)
@@ -486,34 +494,54 @@ class FeatureEngine:
             keys = (values if rows.size == n else values[rows]).tolist() if values is not None else []
             attrs = card_attrs[rows] if kind == "card" else None
             sel_ids = ids if rows.size == n else [ids[i] for i in rows.tolist()]
-            view = self.stores[kind].update_many(keys, sel_ids, ts[rows], cents[rows], attrs)
+            batches.append((kind, rows, attrs, (keys, sel_ids, ts[rows], cents[rows], attrs)))
+        # Redis: send every store's batch before reading any reply, so that the features of one
+        # entity are computed while Redis applies the next entity's batch
+        pending = {}
+        try:
+            for kind, _, _, args in batches:
+                begin = getattr(self.stores[kind], "update_many_begin", None)
+                if begin is not None:
+                    pending[kind] = begin(*args)
+        except BaseException:
+            for finish in pending.values():
+                _drain(finish)
+            raise
+        try:
+            for kind, rows, attrs, args in batches:
+                view = pending.pop(kind)() if kind in pending else self.stores[kind].update_many(*args)
 
-            def put(name: str, col: np.ndarray, rows=rows) -> None:
-                j = index[name]
-                if rows.size == n:
-                    matrix[:, j] = col
-                else:
-                    matrix[:, j] = np.nan
-                    matrix[rows, j] = col
+                def put(name: str, col: np.ndarray, rows=rows) -> None:
+                    j = index[name]
+                    if rows.size == n:
+                        matrix[:, j] = col
+                    else:
+                        matrix[:, j] = np.nan
+                        matrix[rows, j] = col
 
-            for w in config.windows:
-                count, total, squares = view.moments(view.window(w))
-                mean, std = mean_std(count, total, squares, 100.0)
-                name = window_name(w)
-                put(f"{kind}_count_{name}", count.astype(np.float64))
-                put(f"{kind}_sum_{name}", total / 100.0)
-                put(f"{kind}_mean_{name}", mean)
-                put(f"{kind}_std_{name}", std)
-            if kind == "card":
-                for name, col in self._card_online(view, cents[rows], attrs).items():
-                    put(name, col)
-            if kind == "terminal":
-                known = view.label_ts <= view.t[:, None]
-                for w in config.risk_windows:
-                    window = view.window(w, config.risk_delay)
-                    den = window.sum(axis=1)
-                    num = (window & known).sum(axis=1)
-                    put(f"terminal_risk_{window_name(w)}", np.where(den > 0, num / np.maximum(den, 1), 0.0))
+                for w in config.windows:
+                    count, total, squares = view.moments(view.window(w))
+                    mean, std = mean_std(count, total, squares, 100.0)
+                    name = window_name(w)
+                    put(f"{kind}_count_{name}", count.astype(np.float64))
+                    put(f"{kind}_sum_{name}", total / 100.0)
+                    put(f"{kind}_mean_{name}", mean)
+                    put(f"{kind}_std_{name}", std)
+                if kind == "card":
+                    for name, col in self._card_online(view, cents[rows], attrs).items():
+                        put(name, col)
+                if kind == "terminal":
+                    known = view.label_ts <= view.t[:, None]
+                    for w in config.risk_windows:
+                        window = view.window(w, config.risk_delay)
+                        den = window.sum(axis=1)
+                        num = (window & known).sum(axis=1)
+                        risk = np.where(den > 0, num / np.maximum(den, 1), 0.0)
+                        put(f"terminal_risk_{window_name(w)}", risk)
+        except BaseException:
+            for finish in pending.values():
+                _drain(finish)
+            raise
         return matrix
 
     def _card_online(self, view: WindowView, cents: np.ndarray, attrs: np.ndarray) -> dict[str, np.ndarray]:

@@ -14,13 +14,15 @@ same whatever the backend; backends only store and fetch events:
 
 - :class:`MemoryWindowStore` - per-key ring buffers in numpy (capacity doubles when a key holds more
   live events than fit: windows stay exact);
-- :class:`~mlsd.platform.streaming.redis_windows.RedisWindowStore` - per-key sorted set + hash on a
-  real Redis, one Lua script per event (atomic, idempotent), pipelined per micro-batch.
+- :class:`~mlsd.platform.streaming.redis_windows.RedisWindowStore` - per-key hash on a real Redis,
+  one Lua script per micro-batch (atomic, idempotent).
 
 Both are idempotent: an event id already stored is not stored again (``inserted`` is False) and its
-view is the one it had. An event older than the key's latest minus the horizon is outside every
-window; it is not stored. Semantics assume events arrive in event-time order per key (ties broken by
-arrival), which is what the offline batch computation reproduces.
+view is the one it had. Events of a batch are applied in arrival order, as if one at a time: an
+event at or below its key's latest time minus the horizon has left every window - it is not stored,
+no view shows it (whatever the window's width), and a replay of it counts as not stored. The
+features assume events arrive in event-time order per key (ties broken by arrival), which is what
+the offline batch computation reproduces; out-of-order events within the horizon are exact too.
 """
 
 from __future__ import annotations
@@ -56,18 +58,31 @@ class WindowView:
     value: np.ndarray  # (n, k) int64
     attrs: np.ndarray  # (n, k, a) float64
     label_ts: np.ndarray  # (n, k) int64
+    # what the event could see when it was applied, when the matrices hold more (a batch's cells are
+    # shared by its events): cells with ts > cut (the rest had left the key's horizon) and seq <= bound
+    # (stored by then); None = no such limit
+    cut: np.ndarray | None = None  # (n,) int64
+    bound: np.ndarray | None = None  # (n,) int64
     _seen: np.ndarray | None = field(default=None, repr=False, compare=False)
     _upto: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def _visible(self, upto: np.ndarray) -> np.ndarray:
+        if self.bound is not None:
+            upto = np.minimum(upto, self.bound)
+        mask = (self.seq >= 0) & (self.seq <= upto[:, None])
+        if self.cut is not None:
+            mask &= self.ts > self.cut[:, None]
+        return mask
 
     def seen(self) -> np.ndarray:
         """Cells stored up to and including the event itself (by arrival order); computed once per view."""
         if self._seen is None:
-            self._seen = (self.seq >= 0) & (self.seq <= self.own_seq[:, None])
+            self._seen = self._visible(self.own_seq)
         return self._seen
 
     def before(self) -> np.ndarray:
         """Cells stored strictly before the event."""
-        return (self.seq >= 0) & (self.seq < self.own_seq[:, None])
+        return self._visible(np.where(self.own_seq == NOT_STORED, NOT_STORED, self.own_seq - 1))
 
     def window(self, width: int, delay: int = 0, *, include_self: bool = True) -> np.ndarray:
         """Mask of cells with ``t - delay - width < ts <= t - delay`` (and seen by the event)."""
@@ -145,6 +160,28 @@ def _check_batch(keys, ids, ts, values, attrs, n_attrs):
     return ts, values, attrs
 
 
+def _group_cummax(group: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Running maximum of ``values`` within each ``group``, in array order (vectorised)."""
+    n = len(values)
+    if n == 0:
+        return np.asarray(values, dtype=np.int64).copy()
+    order = np.argsort(group, kind="stable")
+    g, v = group[order], values[order].astype(np.int64)
+    new = np.r_[True, g[1:] != g[:-1]]
+    gid = np.cumsum(new) - 1
+    lo = int(v.min())
+    span = int(v.max()) - lo + 1
+    if span * (int(gid[-1]) + 1) < 2**62:  # groups laid end to end on one increasing scale
+        run = np.maximum.accumulate((v - lo) + gid * span) - gid * span + lo
+    else:  # values spread too far for that: one accumulate per group
+        starts = np.flatnonzero(new)
+        ends = np.r_[starts[1:], n]
+        run = np.concatenate([np.maximum.accumulate(v[i:j]) for i, j in zip(starts, ends, strict=True)])
+    out = np.empty(n, dtype=np.int64)
+    out[order] = run
+    return out
+
+
 class MemoryWindowStore(_Scalar):
     """In-process window state: per-key numpy ring buffers of capacity ``k`` (grown on demand)."""
 
@@ -158,6 +195,7 @@ class MemoryWindowStore(_Scalar):
         self._oldest_indexed = UNKNOWN  # oldest ts of an event in _events: a cheap 'anything to prune?'
         self._spare: list[Any] | None = None  # [capacity, rows, arrays or None while filling]
         self._labelled = False
+        self._disordered = False  # some key took an event older than its latest (see update_many)
         rows = 64
         self._ts = np.full((rows, self.capacity), PAD_TS, dtype=np.int64)
         self._seq = np.full((rows, self.capacity), -1, dtype=np.int64)
@@ -274,7 +312,13 @@ class MemoryWindowStore(_Scalar):
             self._grow(int(capacity))
 
     def update_many(self, keys, ids, ts, values, attrs=None) -> WindowView:
-        """Store a micro-batch of events in order (skipping replays) and return their views."""
+        """Store a micro-batch of events in order (skipping replays) and return their views.
+
+        Events are applied in arrival order, as one at a time: each sees its key's latest time so far
+        (``latest``); whatever is at or below ``latest - horizon`` has left the key - an event there is
+        not stored, a replay of one counts as not stored, and no view shows such cells (the Redis
+        store trims them: both answer alike whatever the window width or the ring capacity).
+        """
         ts, values, attrs = _check_batch(keys, ids, ts, values, attrs, self.n_attrs)
         keys = list(keys)
         n = len(keys)
@@ -297,9 +341,15 @@ class MemoryWindowStore(_Scalar):
                     fresh[i] = False
                 else:
                     first[ids[i]] = i
-        # Too late: older than the key's latest event minus the horizon - outside every window.
-        fresh &= ts > self._latest[slots] - self.horizon_s
+        # The key's latest time as each event is applied (a replay or a too-late event is older than
+        # it anyway, so taking every event's time into the running maximum changes nothing).
+        in_order = n < 2 or bool((ts[1:] >= ts[:-1]).all())  # the engine's batches: time-sorted
+        running = ts if in_order else _group_cummax(slots, ts)
+        cut = np.maximum(running, self._latest[slots]) - self.horizon_s
+        # Too late: at or below the key's latest minus the horizon - outside every window.
+        fresh &= ts > cut
         idx = np.flatnonzero(fresh)
+        next_before = self._next[slots] - 1 if idx.size < n else None  # for events not stored
         if idx.size:
             s_new = slots[idx]
             order = np.argsort(s_new, kind="stable")
@@ -310,10 +360,26 @@ class MemoryWindowStore(_Scalar):
             seq[order] = self._next[sorted_slots] + rank
             touched = sorted_slots[starts]
             n_new = np.diff(np.r_[starts, idx.size])
-            # Exactness: the ring must hold every event any event of this batch can see, plus the batch.
-            oldest = np.minimum.reduceat(ts[idx][order], starts)
-            live = (self._ts[touched] > (oldest - self.horizon_s)[:, None]).sum(axis=1)
-            need = int((live + n_new).max())
+            # Exactness: the ring must keep every cell an event of this batch can see (above the lowest
+            # cut among the key's events of the batch) - i.e. every sequence number from the oldest
+            # such cell on, even if out-of-order times interleave older cells - plus the batch.
+            if idx.size == n:  # every event stored (the common case): the lowest cut per key directly
+                low_t = np.minimum.reduceat(cut[idx][order], starts)
+            else:
+                uniq, inverse = np.unique(slots, return_inverse=True)
+                low = np.full(uniq.size, UNKNOWN, dtype=np.int64)
+                np.minimum.at(low, inverse, cut)
+                low_t = low[np.searchsorted(uniq, touched)]
+            # a key that ever took an event older than its latest can interleave times in its ring
+            self._disordered = self._disordered or not in_order or bool((ts[idx] < self._latest[s_new]).any())
+            live = self._ts[touched] > low_t[:, None]
+            if self._disordered:
+                ring_seq = self._seq[touched]
+                ring_seq[~live] = UNKNOWN
+                span = np.where(live.any(axis=1), self._next[touched] - ring_seq.min(axis=1), 0)
+            else:  # times rise with sequence numbers: the live cells are the newest ones
+                span = live.sum(axis=1)
+            need = int((span + n_new).max())
             if need > self.capacity:
                 self._grow(need)
             elif 4 * need > 3 * self.capacity:
@@ -335,20 +401,34 @@ class MemoryWindowStore(_Scalar):
         own[dups] = own[dup_of[dups]]
         inserted = np.zeros(n, dtype=bool)
         inserted[idx] = True
+        bound = None
+        if next_before is not None:  # some event was not stored now
+            # a replay whose original has left the key's horizon (or was reverted) counts as not stored
+            again = np.flatnonzero(~inserted & (own != NOT_STORED))
+            if again.size:
+                cell = (slots[again], own[again] % self.capacity)
+                gone = (self._seq[cell] != own[again]) | (self._ts[cell] <= cut[again])
+                own[again[gone]] = NOT_STORED
+            # the key's last sequence number when each event was applied: an event not stored does
+            # not see the batch's later events (a stored one sees up to itself anyway)
+            seq_or_none = np.full(n, -1, dtype=np.int64)
+            seq_or_none[idx] = own[idx]
+            bound = np.maximum(_group_cummax(slots, seq_or_none), next_before)
         if len(known) > 2 * self._events_at_prune + 100_000:
             self._prune()
-        return self._view(slots, ts, own, inserted)
+        return self._view(slots, ts, own, inserted, cut, bound)
 
     def view_many(self, keys, ts) -> WindowView:
         """Views for hypothetical events at ``ts`` (nothing stored): every stored event counts."""
         keys = list(keys)
         ts = np.asarray(ts, dtype=np.int64)
         slots = self._slot_of(keys, create=False)
-        return self._view(
-            slots, ts, np.full(len(keys), NOT_STORED, dtype=np.int64), np.zeros(len(keys), bool)
-        )
+        latest = np.where(slots < 0, PAD_TS, self._latest[np.maximum(slots, 0)])
+        cut = np.maximum(ts, latest) - self.horizon_s
+        none = np.full(len(keys), NOT_STORED, dtype=np.int64)
+        return self._view(slots, ts, none, np.zeros(len(keys), bool), cut, None)
 
-    def _view(self, slots, ts, own, inserted) -> WindowView:
+    def _view(self, slots, ts, own, inserted, cut, bound) -> WindowView:
         missing = slots < 0
         s = np.where(missing, 0, slots) if missing.any() else slots
         seq = self._seq[s]
@@ -369,6 +449,8 @@ class MemoryWindowStore(_Scalar):
             value=self._value[s],
             attrs=attrs,
             label_ts=label,
+            cut=cut,
+            bound=bound,
         )
 
     def _locate(self, ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
