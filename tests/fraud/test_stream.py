@@ -158,3 +158,11 @@ def test_invalid_payment_is_decided_as_error_not_blocking_the_stream(setup, redi
     assert worker.stats.invalid == 1
     assert client.xpending(keys["input"], "scorers")["pending"] == 0
     assert json.loads(json.dumps(out[0]))["decision"] in {"approve", "review", "block"}
+
+
+def test_stream_command_refuses_a_missing_experiments_file_before_starting_workers(tmp_path, capsys):
+    from mlsd.cli import main
+
+    argv = ["fraud", "stream", "--workdir", str(tmp_path), "--experiments", str(tmp_path / "nope.yaml")]
+    assert main(argv) == 2
+    assert "--experiments" in capsys.readouterr().err

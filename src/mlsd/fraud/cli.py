@@ -144,6 +144,8 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="publish at most N payments")
     p.add_argument("--idle-exit", type=float, default=None, help="stop after this many idle seconds")
     p.add_argument("--json", action="store_true")
+    # --experiments FILE (shadow), --exposure-redis URL (default for workers: the stream's --redis-url)
+    add_serving_options(p)
     p.set_defaults(func=_stream)
 
     p = sub.add_parser("bench", help="replay payments at a rate through in-process, Redis and HTTP paths")

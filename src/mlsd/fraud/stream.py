@@ -274,15 +274,30 @@ def read_decision_entries(client: Any, stream: str) -> list[tuple[float, float]]
 
 
 def _worker_main(
-    workdir: str, redis_url: str, prefix: str, idx: int, idle_exit_s: float | None, results: Any
+    workdir: str,
+    redis_url: str,
+    prefix: str,
+    idx: int,
+    idle_exit_s: float | None,
+    results: Any,
+    experiments: str | None = None,
+    exposure_redis: str | None = None,
 ) -> None:
     import redis
 
     from mlsd.fraud.pipeline import Workspace, freeze_heap
+    from mlsd.platform.experiments.client import ExperimentClient
 
     client = redis.Redis.from_url(redis_url)
     ws = Workspace(Path(workdir))
-    pipeline = ws.pipeline(feature_backend="redis", redis_url=redis_url, redis_prefix=prefix + "fw:")
+    # every worker logs exposures to the same Redis (the stream's unless told otherwise): the workers
+    # of one consumer group serve one experiment
+    shadow = ExperimentClient.from_options(
+        experiments, (exposure_redis or redis_url) if experiments else None
+    )
+    pipeline = ws.pipeline(
+        feature_backend="redis", redis_url=redis_url, redis_prefix=prefix + "fw:", experiments=shadow
+    )
     pipeline.warm_up()
     freeze_heap()
     cfg = ws.config.stream
@@ -323,9 +338,13 @@ def run_stream_command(args: Any) -> dict[str, Any]:
 
     from mlsd.fraud.pipeline import Workspace, load_history
     from mlsd.platform.errors import InputError
+    from mlsd.platform.experiments.client import ExperimentClient
 
     if args.workers < 1:
         raise InputError("--workers", args.workers, "must be >= 1", "e.g. --workers 2")
+    experiments = getattr(args, "experiments", None)
+    exposure_redis = getattr(args, "exposure_redis", None)
+    ExperimentClient.from_options(experiments, exposure_redis)  # a bad file fails here, not in N workers
     ws = Workspace(Path(args.workdir))
     cfg = ws.config.stream
     client = redis.Redis.from_url(args.redis_url)
@@ -350,13 +369,23 @@ def run_stream_command(args: Any) -> dict[str, Any]:
         import queue
 
         local: Any = queue.Queue()
-        _worker_main(str(ws.root), args.redis_url, args.prefix, 0, idle, local)
+        _worker_main(str(ws.root), args.redis_url, args.prefix, 0, idle, local, experiments, exposure_redis)
         stats.append(local.get())
     else:
         results = ctx.Queue()
         procs = [
             ctx.Process(
-                target=_worker_main, args=(str(ws.root), args.redis_url, args.prefix, k, idle, results)
+                target=_worker_main,
+                args=(
+                    str(ws.root),
+                    args.redis_url,
+                    args.prefix,
+                    k,
+                    idle,
+                    results,
+                    experiments,
+                    exposure_redis,
+                ),
             )
             for k in range(args.workers)
         ]
