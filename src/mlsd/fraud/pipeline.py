@@ -801,6 +801,10 @@ class Workspace:
         challenger = self.scorer(svc.challenger_alias) if shadow and svc.shadow else None
         if challenger is not None and champion is not None and challenger.version == champion.version:
             challenger = None  # the challenger won and is the champion now: nothing to shadow
+        if experiments is not None and any(
+            e.system == SYSTEM for e in experiments.config.experiments.values()
+        ):
+            challenger = None  # the shadow experiment scores the arms; the legacy shadow would score twice
         variants: dict[str, Any] = {}
         if experiments is not None:
             for exp in experiments.config.experiments.values():
