@@ -32,6 +32,7 @@ class CountingJob:
             "promoted": False,
             "reason": "challenger did not beat the champion",
             "metrics": {"ndcg@10": 0.4},
+            "data_fingerprint": f"fp-{len(self.calls)}",
         }
 
 
@@ -104,3 +105,12 @@ def test_the_real_search_job_through_the_cli_is_idempotent(tmp_path, capsys):
 
     registry = ModelRegistry(tmp_path / "search" / "registry")
     assert [v.version for v in registry.versions(registry.names()[0])] == [first["version"]]
+
+
+def test_a_job_whose_report_lacks_the_contract_keys_is_a_failure(tmp_path) -> None:
+    def sloppy(workdir, run_date, *, progress=True):
+        return {"run_date": "2026-11-20", "version": 3}
+
+    summary = run_schedule("weekly", tmp_path, jobs={"fraud": sloppy}, progress=False)
+    assert summary["failed"] == ["fraud"] and "lacks" in summary["runs"][0]["error"]
+    assert RunLedger(tmp_path / "pipeline" / "ledger.sqlite").runs() == []  # not recorded as done

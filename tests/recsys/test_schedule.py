@@ -9,22 +9,11 @@ import pytest
 
 from mlsd.platform.errors import InputError
 from mlsd.platform.registry import ModelRegistry
+from mlsd.platform.retraining import REPORT_KEYS as KEYS
 from mlsd.recsys.demo import TINY_SIZE, TINY_TRAIN
 from mlsd.recsys.experiment import ensure_world
 from mlsd.recsys.pipeline import MODEL_NAME
 from mlsd.recsys.schedule import run_scheduled
-
-KEYS = {
-    "system",
-    "run_date",
-    "model",
-    "version",
-    "registered",
-    "promoted",
-    "reason",
-    "metrics",
-    "data_fingerprint",
-}
 
 
 @pytest.fixture(scope="module")

@@ -11,22 +11,11 @@ from mlsd.platform.errors import InputError
 from mlsd.platform.experiments.client import ExperimentClient
 from mlsd.platform.experiments.online import arms_from_presets, make_experiment
 from mlsd.platform.registry import ModelRegistry
+from mlsd.platform.retraining import REPORT_KEYS as KEYS
 from mlsd.search.experiment import ARM_PRESETS, METRICS
 from mlsd.search.pipeline import MODEL_NAME
 from mlsd.search.routing import SearchRouter
 from mlsd.search.schedule import run_scheduled
-
-KEYS = {
-    "system",
-    "run_date",
-    "model",
-    "version",
-    "registered",
-    "promoted",
-    "reason",
-    "metrics",
-    "data_fingerprint",
-}
 
 
 def test_windows_register_a_challenger_gate_it_and_rerun_idempotently(search_world, tmp_path) -> None:

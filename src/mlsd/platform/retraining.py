@@ -40,6 +40,20 @@ from typing import Any
 from mlsd.platform.errors import InputError
 
 SCHEDULE: dict[str, tuple[str, ...]] = {"daily": ("recsys", "search"), "weekly": ("fraud",)}
+# What every system's run_scheduled report holds (the ledger, the CLI and the dashboard read these).
+REPORT_KEYS = frozenset(
+    {
+        "system",
+        "run_date",
+        "model",
+        "version",
+        "registered",
+        "promoted",
+        "reason",
+        "metrics",
+        "data_fingerprint",
+    }
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -185,6 +199,9 @@ def _run_one(
         traceback.print_exc(file=sys.stderr)
         return {"system": system, "status": "failed", "error": f"{type(err).__name__}: {err}"}
     report.setdefault("system", system)
+    missing = sorted(REPORT_KEYS - set(report))
+    if missing:  # a job that does not say what it did cannot be recorded as done
+        return {"system": system, "status": "failed", "error": f"the job's report lacks {missing}"}
     report["seconds"] = round(time.perf_counter() - started, 2)
     day = str(report.get("run_date") or (run_date.isoformat() if run_date else dt.date.today().isoformat()))
     done = ledger.get(cadence, day, system)
