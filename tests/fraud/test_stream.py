@@ -13,6 +13,7 @@ import yaml
 from mlsd.fraud.pipeline import FraudPipeline
 from mlsd.fraud.rules import RuleEngine
 from mlsd.fraud.stream import StreamWorker, publish, read_decisions, stream_keys
+from mlsd.platform.errors import InputError
 from mlsd.platform.streaming.redis_windows import RedisWindowStore
 
 pytestmark = pytest.mark.services
@@ -166,3 +167,22 @@ def test_stream_command_refuses_a_missing_experiments_file_before_starting_worke
     argv = ["fraud", "stream", "--workdir", str(tmp_path), "--experiments", str(tmp_path / "nope.yaml")]
     assert main(argv) == 2
     assert "--experiments" in capsys.readouterr().err
+
+
+def test_the_decided_set_expires_by_time_bucket_but_catches_a_redelivery_across_buckets(setup, redis_prefix):
+    client, make_worker = setup
+    now = [1_800_000_000.0]
+    worker = make_worker("w1", dedup_window_s=60, clock=lambda: now[0])
+    keys = stream_keys(redis_prefix)
+    publish(client, keys["input"], payments(10))
+    worker.run_once(block=False)
+    current, _ = worker.decided_keys()
+    assert 60 < client.ttl(current) <= 120  # two windows: never grows without bound
+    # the same payments delivered again in the next bucket: still decided once
+    now[0] += 60
+    publish(client, keys["input"], payments(10))
+    worker.run_once(block=False)
+    assert worker.stats.written == 10 and worker.stats.duplicates == 10
+    assert len(read_decisions(client, keys["output"])) == 10
+    with pytest.raises(InputError):
+        make_worker("w2", dedup_window_s=0)

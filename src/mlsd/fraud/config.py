@@ -77,6 +77,7 @@ class StreamConfig:
     batch_size: int = 500  # entries per XREADGROUP: micro-batching is what makes 10k tx/s possible
     block_ms: int = 50
     claim_idle_ms: int = 5000  # a pending entry idle this long belongs to a dead worker: reclaim it
+    dedup_window_s: int = 3600  # decided tx_ids are remembered for one to two windows, then expire
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,11 @@ Reprocessing a payment must not count it twice. Two guards make the *effect* exa
   before the script leaves nothing behind; killed after it, it leaves nothing pending. A slow (not
   dead) worker whose entries were reclaimed meanwhile cannot write a duplicate either.
 
+The ``decided`` set is bucketed by time (``dedup_window_s``, one hour by default) and expires: the
+script checks the previous bucket and adds to the current one, so a redelivery is caught for at least
+one window (redeliveries come after ``claim_idle_ms``, seconds) while memory stays bounded by two
+windows of traffic instead of growing with every payment ever decided.
+
 Micro-batching is what makes the throughput: one XREADGROUP of up to ``batch_size`` entries, one
 vectorised pass through features, rules, model and decision, one script call for all outputs.
 """
@@ -34,18 +39,21 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-# KEYS: output stream, decided set, input stream. ARGV: group, n, n x (tx_id, payload), ids to ack.
+# KEYS: output stream, decided set (this bucket), input stream, decided set (previous bucket).
+# ARGV: group, n, ttl seconds, n x (tx_id, payload), ids to ack.
 _WRITE_AND_ACK = """
 local n = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
 local written = 0
 for i = 1, n do
-  local tx = ARGV[1 + 2 * i]
-  if redis.call('SADD', KEYS[2], tx) == 1 then
-    redis.call('XADD', KEYS[1], '*', 'd', ARGV[2 + 2 * i])
+  local tx = ARGV[2 + 2 * i]
+  if redis.call('SISMEMBER', KEYS[4], tx) == 0 and redis.call('SADD', KEYS[2], tx) == 1 then
+    redis.call('XADD', KEYS[1], '*', 'd', ARGV[3 + 2 * i])
     written = written + 1
   end
 end
-local first = 3 + 2 * n
+if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
+local first = 4 + 2 * n
 local step = 500
 for s = first, #ARGV, step do
   local e = math.min(s + step - 1, #ARGV)
@@ -110,7 +118,9 @@ class StreamWorker:
         batch_size: int = 500,
         block_ms: int = 50,
         claim_idle_ms: int = 5000,
+        dedup_window_s: int = 3600,
         before_commit: Callable[[list[bytes]], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
         self.scorer = scorer
@@ -120,6 +130,15 @@ class StreamWorker:
         self.batch_size = batch_size
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
+        if int(dedup_window_s) < 1:
+            from mlsd.platform.errors import InputError
+
+            raise InputError(
+                "stream.dedup_window_s", dedup_window_s, "must be >= 1 second",
+                "keep it well above claim_idle_ms (default 3600)",
+            )  # fmt: skip
+        self.dedup_window_s = int(dedup_window_s)
+        self.clock = clock
         # Test hook: called after scoring, before the atomic write+ack (raise in it to "die" mid-batch).
         self.before_commit = before_commit
         self.stats = WorkerStats()
@@ -177,7 +196,7 @@ class StreamWorker:
         if self.before_commit is not None:
             self.before_commit(ids)
         now_ms = time.time() * 1000.0
-        args: list[Any] = [self.group, len(records)]
+        args: list[Any] = [self.group, len(records), 2 * self.dedup_window_s]
         for record, payment in zip(records, payments, strict=True):
             sent_ms = payment.get("sent_ms")
             if sent_ms is not None:
@@ -185,12 +204,19 @@ class StreamWorker:
                 record = {**record, "sent_ms": sent_ms}
             args.extend((str(record["tx_id"]), json.dumps(record, separators=(",", ":"))))
         args.extend(ids)
+        current, previous = self.decided_keys()
         written = int(
-            self._script(keys=[self.keys["output"], self.keys["decided"], self.keys["input"]], args=args)
+            self._script(keys=[self.keys["output"], current, self.keys["input"], previous], args=args)
         )
         self.stats.written += written
         self.stats.duplicates += len(records) - written
         self.stats.batches += 1
+
+    def decided_keys(self) -> tuple[str, str]:
+        """The ``decided`` sets of the current and the previous time bucket."""
+        bucket = int(self.clock() // self.dedup_window_s)
+        base = self.keys["decided"]
+        return f"{base}:{bucket}", f"{base}:{bucket - 1}"
 
     def _score_individually(self, payments: list[dict]) -> list[Mapping[str, Any]]:
         from mlsd.fraud.data import from_records
@@ -312,6 +338,7 @@ def _worker_main(
         batch_size=cfg.batch_size,
         block_ms=cfg.block_ms,
         claim_idle_ms=cfg.claim_idle_ms,
+        dedup_window_s=cfg.dedup_window_s,
     )
     try:
         stats = worker.run(idle_exit_s=idle_exit_s)
