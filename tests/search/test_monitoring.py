@@ -43,3 +43,17 @@ def test_no_champion_is_an_input_error(tmp_path) -> None:
     with pytest.raises(InputError) as err:
         drift_report(tmp_path)
     assert err.value.field == "--workdir"
+
+
+def test_mlsd_monitor_report_for_the_system(search_world, capsys) -> None:
+    import json
+
+    from mlsd.cli import main
+
+    workdir, _ = search_world
+    assert main(["monitor", "report", "--system", "search", "--workdir", str(workdir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)  # one JSON object on stdout
+    assert {"features", "summary", "reference", "current"} <= set(report)
+    assert "prediction" in report["features"]  # prediction drift next to the features
+    assert main(["monitor", "report", "--system", "search", "--workdir", str(workdir)]) == 0
+    assert "stable" in capsys.readouterr().out
