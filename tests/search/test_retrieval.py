@@ -98,3 +98,110 @@ def test_rrf_known_answer():
     # scores: 1 -> 1/1 ; 2 -> 1/2 + 1/2 = 1 ; 3 -> 1/3 + 1/1
     assert fused.product_ids[0].tolist() == [3, 1, 2, -1] or fused.product_ids[0].tolist() == [3, 2, 1, -1]
     np.testing.assert_allclose(fused.scores[0, :3], [4 / 3, 1.0, 1.0])
+
+
+def _reference_matrices(products: pd.DataFrame, method: str) -> tuple[dict, dict]:
+    """The per-row path the index used to take: analyse every row, then ``bm25s.BM25.index`` per field."""
+    import bm25s
+    import scipy.sparse as sp
+    from bm25s.tokenization import Tokenized
+
+    from mlsd.search.data import TEXT_FIELDS, normalize_products
+    from mlsd.search.text import analyze_many
+
+    products = normalize_products(products)
+    tokens = {f: analyze_many(products[f].tolist()) for f in TEXT_FIELDS}
+    vocab: dict[str, int] = {}
+    for field_tokens in tokens.values():
+        for doc in field_tokens:
+            for t in doc:
+                vocab.setdefault(t, len(vocab))
+    out = {}
+    for field in TEXT_FIELDS:
+        docs = [[vocab[t] for t in doc] for doc in tokens[field]]
+        if sum(map(len, docs)) == 0:
+            out[field] = sp.csr_matrix((len(products), len(vocab)), dtype=np.float32)
+            continue
+        model = bm25s.BM25(k1=1.2, b=0.75, method=method)  # BM25Index defaults
+        model.index(Tokenized(ids=docs, vocab=vocab), show_progress=False, create_empty_token=False)
+        s = model.scores
+        csc = sp.csc_matrix((s["data"], s["indices"], s["indptr"]), shape=(len(products), len(vocab)))
+        out[field] = csc.tocsr()
+    return vocab, out
+
+
+# Accents, entities and tags, sizes and fractions, plurals, stop words, punctuation runs, empty text.
+TRICKY = [
+    "Cámara Réflex 18x18 Boxes",
+    "Pillow Covers 18x18, Set of 4 (18X18)",
+    "5/16 in. Drill Bits & Batteries; 4.2 V",
+    "AT&T phones &amp; chargers &lt;new&gt; <b>Bold</b> Glasses",
+    "",
+    "...///",
+    "a..b//c. v1.2.3/x trailing. /lead",
+    "The Shoes of the Year",
+    "STRASSE Straße ﬁlter café ＡＢＣ １８ İstanbul",
+    "Watches, Glasses, Dresses, Buses, Status, Analysis, Batteries, Boxes",
+    "&#233;t&eacute; &#x41;B &bogus; &amp",
+    "ñandú — “quotes” 1½ 3×4",
+]
+
+
+@pytest.fixture(scope="module")
+def tricky_products():
+    rng = np.random.default_rng(3)
+    n = 400
+    pick = lambda: [TRICKY[i] for i in rng.integers(0, len(TRICKY), n)]  # noqa: E731
+    return pd.DataFrame(
+        {
+            "product_id": np.arange(n) + 100,
+            "title": [f"{t} Model {i % 37}" for i, t in enumerate(pick())],
+            "brand": [""] * n,  # an empty field: an all-zero matrix
+            "category": pick(),
+            "attributes": [None if i % 5 == 0 else t for i, t in enumerate(pick())],
+            "description": [t + " " + u for t, u in zip(pick(), pick(), strict=True)],
+        }
+    )
+
+
+@pytest.mark.parametrize("method", ["lucene", "robertson", "atire"])
+def test_fit_identical_to_per_row_bm25s(tricky_products, method):
+    index = BM25Index(method=method).fit(tricky_products)
+    vocab, reference = _reference_matrices(tricky_products, method)
+    assert list(index.vocab_.items()) == list(vocab.items())  # same terms, same column order
+    for field, ref in reference.items():
+        got = index.matrices_[field]
+        assert got.shape == ref.shape and got.dtype == ref.dtype == np.float32
+        # bit-identical weights in the same CSR layout, so every downstream sum is identical too
+        np.testing.assert_array_equal(got.indptr, ref.indptr)
+        np.testing.assert_array_equal(got.indices, ref.indices)
+        np.testing.assert_array_equal(got.data, ref.data)
+    assert index.matrices_["brand"].nnz == 0 and index.matrices_["title"].nnz > 0
+
+
+def test_fit_identical_on_simulated_catalog():
+    from mlsd.search.simulate import simulate_catalog
+
+    products, _ = simulate_catalog(300, seed=1)
+    index = BM25Index().fit(products)
+    vocab, reference = _reference_matrices(products, "lucene")
+    assert list(index.vocab_) == list(vocab)
+    for field, ref in reference.items():
+        np.testing.assert_array_equal(index.matrices_[field].toarray(), ref.toarray())
+    queries = ["navy watch", "linen throw 20x20", "oakwell blankets"]
+    c = index.retrieve(queries, k=20)
+    assert (c.product_ids[:, 0] >= 0).all()
+    # the fused score of each candidate is the weighted sum of the reference field weights
+    weights = {"title": 2.0, "brand": 1.5, "category": 1.0, "attributes": 0.7, "description": 0.5}
+    fused = sum(w * reference[f] for f, w in weights.items()).tocsr()
+    q = index.query_matrix(queries)
+    for i in range(len(queries)):
+        rows = c.rows[i][c.rows[i] >= 0]
+        expected = np.asarray((fused[rows] @ q[i].T).todense()).ravel()
+        np.testing.assert_allclose(c.scores[i, : len(rows)], expected, rtol=1e-6)
+
+
+def test_unsupported_bm25_variant(products):
+    with pytest.raises(InputError) as err:
+        BM25Index(method="bm25+").fit(products)
+    assert err.value.field == "method"

@@ -19,7 +19,7 @@ import scipy.sparse as sp
 
 from mlsd.platform.errors import InputError
 from mlsd.search.data import TEXT_FIELDS, normalize_products
-from mlsd.search.text import analyze, analyze_many
+from mlsd.search.text import AnalyzedTexts, analyze, analyze_batch
 
 MAX_CANDIDATES = 1000
 # BM25F-style field weights for the fused lexical score (title matches matter most).
@@ -94,6 +94,53 @@ def _top_k_sparse(scores: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray
     return idx, top
 
 
+def _bm25_idf(df: np.ndarray, n_docs: int, method: str) -> np.ndarray:
+    """float32 idf per term, by bm25s's own idf function on each distinct document frequency."""
+    from bm25s.scoring import _select_idf_scorer
+
+    idf_fn = _select_idf_scorer(method)
+    distinct, inverse = np.unique(df, return_inverse=True)
+    # Python floats rounded to float32, exactly as bm25s fills its idf array; df 0 (absent) stays 0.
+    values = np.array([idf_fn(int(d), N=n_docs) if d else 0.0 for d in distinct], dtype=np.float32)
+    return values[inverse]
+
+
+def _bm25_field_matrix(
+    analyzed: AnalyzedTexts, term_ids: np.ndarray, n_terms: int, k1: float, b: float, method: str
+) -> sp.csr_matrix:
+    """``(n_docs, n_terms)`` float32 BM25 weights of one field, equal to ``bm25s.BM25(...).index`` of its rows.
+
+    Weights are computed once per (distinct text, term) and gathered to the rows holding that text: a
+    weight depends only on the text's terms and length and the field-wide idf and mean length.
+    """
+    if method not in ("robertson", "lucene", "atire"):
+        # bm25l / bm25+ subtract a non-occurrence score this fast path does not compute.
+        raise InputError("method", method, "unsupported BM25 variant", "use 'lucene', 'robertson' or 'atire'")
+    from bm25s.scoring import _select_tfc_scorer
+
+    n_docs, n_distinct = len(analyzed.text_codes), len(analyzed.offsets) - 1
+    if len(analyzed.term_codes) == 0:  # e.g. no brands in this catalog
+        return sp.csr_matrix((n_docs, n_terms), dtype=np.float32)
+    length = np.diff(analyzed.offsets)  # terms per distinct text
+    text_of_term = np.repeat(np.arange(n_distinct, dtype=np.int64), length)
+    # (text, term) pairs with their term frequency, sorted by text then term: CSR order.
+    keys, tf = np.unique(text_of_term * n_terms + term_ids[analyzed.term_codes], return_counts=True)
+    e_text, e_term = keys // n_terms, keys % n_terms
+    rows_per_text = np.bincount(analyzed.text_codes, minlength=n_distinct)
+    df = np.bincount(e_term, weights=rows_per_text[e_text], minlength=n_terms).astype(np.int64)
+    avg_len = length[analyzed.text_codes].mean()  # bm25s: mean of the row lengths (int64 array)
+    # Same operand types as bm25s (float32 tf, integer length, float64 mean), so the same rounding.
+    tf32 = tf.astype(np.float32)
+    tfc = _select_tfc_scorer(method)(tf_array=tf32, l_d=length[e_text], l_avg=avg_len, k1=k1, b=b)
+    weights = (_bm25_idf(df, n_docs, method)[e_term] * tfc).astype(np.float32)
+    # Gather each row's run of entries from its distinct text.
+    entry_start = np.concatenate([[0], np.cumsum(np.bincount(e_text, minlength=n_distinct))])
+    row_nnz = np.diff(entry_start)[analyzed.text_codes]
+    indptr = np.concatenate([[0], np.cumsum(row_nnz)]).astype(np.int64)
+    gather = np.repeat(entry_start[analyzed.text_codes] - indptr[:-1], row_nnz) + np.arange(indptr[-1])
+    return sp.csr_matrix((weights[gather], e_term[gather].astype(np.int32), indptr), shape=(n_docs, n_terms))
+
+
 class BM25Index:
     """BM25 over title, brand, category, attributes and description, one bm25s weight matrix per field.
 
@@ -117,33 +164,25 @@ class BM25Index:
         self.method = method
 
     def fit(self, products: pd.DataFrame) -> BM25Index:
-        import bm25s
-        from bm25s.tokenization import Tokenized
+        """Index ``products`` (the :mod:`mlsd.search.data` schema): one BM25 weight matrix per field.
 
+        The weights are bm25s's (same idf, length normalisation and float32 rounding), computed with numpy
+        over the distinct texts of each field and gathered to rows, instead of bm25s's per-document loop.
+        """
         products = normalize_products(products)
-        tokens = {f: analyze_many(products[f].tolist()) for f in self.fields}
+        analyzed = {f: analyze_batch(products[f]) for f in self.fields}
+        # Vocabulary in first-seen order over fields, then rows, then tokens (as a row-by-row pass builds it).
         vocab: dict[str, int] = {}
-        for field_tokens in tokens.values():
-            for doc in field_tokens:
-                for t in doc:
-                    if t not in vocab:
-                        vocab[t] = len(vocab)
+        global_ids = {
+            f: np.fromiter((vocab.setdefault(t, len(vocab)) for t in a.terms), np.int64, len(a.terms))
+            for f, a in analyzed.items()
+        }
         self.vocab_ = vocab
         self.product_ids_ = products["product_id"].to_numpy(np.int64)
-        n_docs, n_terms = len(products), len(vocab)
-        self.matrices_: dict[str, sp.csr_matrix] = {}
-        for field in self.fields:
-            docs = [[vocab[t] for t in doc] for doc in tokens[field]]
-            if sum(map(len, docs)) == 0:  # e.g. no brands in this catalog
-                self.matrices_[field] = sp.csr_matrix((n_docs, n_terms), dtype=np.float32)
-                continue
-            model = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
-            model.index(Tokenized(ids=docs, vocab=vocab), show_progress=False, create_empty_token=False)
-            s = model.scores
-            indptr = np.asarray(s["indptr"])
-            indptr = np.pad(indptr, (0, n_terms + 1 - len(indptr)), mode="edge")
-            csc = sp.csc_matrix((s["data"], s["indices"], indptr), shape=(n_docs, n_terms))
-            self.matrices_[field] = csc.tocsr()
+        self.matrices_: dict[str, sp.csr_matrix] = {
+            f: _bm25_field_matrix(analyzed[f], global_ids[f], len(vocab), self.k1, self.b, self.method)
+            for f in self.fields
+        }
         weights = self.field_weights or DEFAULT_FIELD_WEIGHTS
         combined = sum(weights.get(f, 1.0) * self.matrices_[f] for f in self.fields)
         self.combined_ = sp.csr_matrix(combined, dtype=np.float32)
