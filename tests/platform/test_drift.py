@@ -137,3 +137,16 @@ def test_prediction_drift_and_bad_input():
     with pytest.raises(InputError) as err:
         DriftMonitor().fit(pd.DataFrame({"a": []}))
     assert err.value.field == "reference"
+
+
+def test_discrete_numeric_features_compare_as_categories():
+    import math
+
+    ref = pd.DataFrame({"flag": [0] * 500 + [1] * 500, "amount": np.arange(1000.0)})
+    cur = pd.DataFrame({"flag": [0] * 600 + [1] * 400, "amount": np.arange(1000.0)})
+    report = DriftMonitor(discrete_max=20).fit(ref).report(cur)
+    assert report["features"]["flag"]["kind"] == "categorical"
+    assert report["features"]["amount"]["kind"] == "numeric"  # 1,000 distinct values: quantile bins
+    expected = 0.1 * math.log(1.2) + (-0.1) * math.log(0.8)
+    assert report["features"]["flag"]["psi"] == pytest.approx(expected, abs=1e-6)
+    assert DriftMonitor().fit(ref).report(cur)["features"]["flag"]["kind"] == "numeric"  # off by default

@@ -189,10 +189,8 @@ def drift_report(workdir: Path) -> dict[str, Any]:
         if span_days < 7 and "is_weekend" in columns:
             columns.remove("is_weekend")
             left_out.append(f"is_weekend (the current window spans {span_days:.1f} days, less than a week)")
-    # low-cardinality numeric features (flags, ring sizes) are spikes: quantile bins cannot split them,
-    # and one spike moving between two merged bins reads as a huge PSI; as categories they compare cleanly
-    categorical = [c for c in columns if c != "prediction" and reference[c].nunique() <= 20]
-    monitor = DriftMonitor(features=columns, categorical=categorical).fit(reference[columns])
+    # flags and ring sizes are spikes, compared as categories (DriftMonitor's discrete_max)
+    monitor = DriftMonitor(features=columns, discrete_max=20).fit(reference[columns])
     report = monitor.report(current[columns])
     window = mv.params.get("reference_window") or mv.params.get("train_window")
     report["system"] = "fraud"

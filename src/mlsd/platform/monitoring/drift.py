@@ -116,6 +116,9 @@ class DriftMonitor:
     of the reference); ``categorical`` columns to treat as categories even if numeric (ids, codes);
     ``max_categories`` kept per categorical feature (the rest is ``__other__``); ``ks_sample`` reference
     values kept per numeric feature for KS (a seeded random sample, so the fitted monitor stays small).
+    ``discrete_max``: a numeric feature with at most this many distinct reference values (flags, counts,
+    ring sizes) is compared as categories (0: never). Quantile bins cannot split such spikes, and one
+    spike moving between two merged bins reads as a huge PSI; as categories they compare cleanly.
     """
 
     def __init__(
@@ -128,6 +131,7 @@ class DriftMonitor:
         max_categories: int = 50,
         ks_sample: int = 20_000,
         random_state: int = 0,
+        discrete_max: int = 0,
     ) -> None:
         self.reference = reference
         self.bins = bins
@@ -136,6 +140,7 @@ class DriftMonitor:
         self.max_categories = max_categories
         self.ks_sample = ks_sample
         self.random_state = random_state
+        self.discrete_max = discrete_max
 
     def fit(self, reference: pd.DataFrame | None = None) -> DriftMonitor:
         """Learn bins, reference shares and a KS sample per feature, from ``reference`` or, when it is
@@ -161,7 +166,8 @@ class DriftMonitor:
         self.profiles_: dict[str, dict[str, Any]] = {}
         for name in features:
             col = reference[name]
-            if name in self.categorical or not _is_numeric(col):
+            discrete = self.discrete_max > 0 and _is_numeric(col) and col.nunique() <= self.discrete_max
+            if name in self.categorical or discrete or not _is_numeric(col):
                 cats = _categories(col, self.max_categories)
                 counts = categorical_counts(col, cats)
                 self.profiles_[name] = {"kind": "categorical", "categories": cats, "counts": counts.tolist()}
