@@ -32,6 +32,7 @@ from mlsd.platform.experiments.exposures import (
     aggregate_many,
     exposure_counts,
     first_exposures,
+    unit_sums,
 )
 
 
@@ -198,12 +199,10 @@ def analyze_shadow(
     units = first["unit"].astype(str).to_numpy() if len(first) else np.zeros(0, dtype=str)
     per_unit = pd.DataFrame(index=pd.Index(units, name="unit"))
     if len(outcomes):
-        sums = (
-            outcomes.assign(**{unit_column: outcomes[unit_column].astype(str)})
-            .groupby(unit_column)
-            .sum(numeric_only=True)
-        )
-        per_unit = per_unit.join(sums, how="left")
+        numeric = [
+            c for c in outcomes.columns if c != unit_column and pd.api.types.is_numeric_dtype(outcomes[c])
+        ]
+        per_unit = per_unit.join(unit_sums(outcomes, numeric, unit_column), how="left")
     per_unit = per_unit.fillna(0.0)
     control = exp.arms[0].name
     metrics: dict[str, list[dict[str, Any]]] = {}

@@ -329,6 +329,23 @@ def exposure_counts(exposures: pd.DataFrame, n_arms: int) -> np.ndarray:
     return np.bincount(first["arm"].to_numpy(np.int64), minlength=n_arms)[:n_arms]
 
 
+def unit_sums(
+    frame: pd.DataFrame, columns: Sequence[str], unit_column: str = "unit", name: str = "outcomes"
+) -> pd.DataFrame:
+    """``columns`` of ``frame`` summed per unit, indexed by the unit id as a string (ids hash and join
+    as strings everywhere, so the int 42 and the string "42" are one unit). A missing column is an
+    InputError naming ``<name>.<column>``."""
+    columns = list(dict.fromkeys(columns))
+    missing = [c for c in [unit_column, *columns] if c not in frame.columns]
+    if missing:
+        raise InputError(
+            f"{name}.{missing[0]}", list(frame.columns), "column not found", f"add column {missing[0]!r}"
+        )
+    part = frame[[unit_column, *columns]].copy()
+    part[unit_column] = part[unit_column].astype(str)
+    return part.groupby(unit_column, sort=False)[columns].sum()
+
+
 def aggregate(
     exposures: pd.DataFrame,
     outcomes: pd.DataFrame,
@@ -356,15 +373,7 @@ def aggregate(
             raise InputError(
                 name, None, f"metric {spec.name!r} needs {sorted(cols.values())}", f"pass {name}"
             )
-        missing = [c for c in [unit_column, *cols.values()] if c not in source.columns]
-        if missing:
-            raise InputError(
-                f"{name}.{missing[0]}", list(source.columns), "column not found", f"add column {missing[0]!r}"
-            )
-        per_unit = source[[unit_column, *cols.values()]].copy()
-        per_unit[unit_column] = per_unit[unit_column].astype(str)
-        per_unit = per_unit.groupby(unit_column, sort=False)[list(cols.values())].sum()
-        frame = frame.join(per_unit, how="left")
+        frame = frame.join(unit_sums(source, list(cols.values()), unit_column, name), how="left")
     frame = frame.fillna(0.0)
     values = {v: frame[c].to_numpy(np.float64) for v, c in variables.items()}
     return MetricStats.from_arrays(spec.name, arms, first["arm"].to_numpy(np.int64), values)

@@ -27,7 +27,7 @@ from mlsd.platform.experiments.assignment import (
     MetricSpec,
     bucket_of,
 )
-from mlsd.platform.experiments.exposures import MetricStats, metric_variables
+from mlsd.platform.experiments.exposures import MetricStats, metric_variables, unit_sums
 
 N_BUCKETS = 10_000
 
@@ -110,21 +110,11 @@ def lose_exposures(arm_idx: Any, fraction: float, seed: int = 0) -> np.ndarray:
 def _per_unit(
     outcomes: pd.DataFrame, covariates: pd.DataFrame | None, columns: Sequence[str], unit_column: str
 ) -> pd.DataFrame:
-    cols = [c for c in dict.fromkeys(columns) if covariates is None or c not in covariates.columns]
-    missing = [c for c in [unit_column, *cols] if c not in outcomes.columns]
-    if missing:
-        raise InputError(
-            f"outcomes.{missing[0]}", list(outcomes.columns), "column not found", f"add column {missing[0]!r}"
-        )
-    frame = outcomes[[unit_column, *cols]].copy()
-    frame[unit_column] = frame[unit_column].astype(str)
-    frame = frame.groupby(unit_column, sort=True)[cols].sum()
-    if covariates is not None:
-        extra = [c for c in columns if c in covariates.columns]
-        if extra:
-            cov = covariates[[unit_column, *extra]].copy()
-            cov[unit_column] = cov[unit_column].astype(str)
-            frame = frame.join(cov.groupby(unit_column)[extra].sum(), how="left")
+    """Outcome columns summed per unit, joined with the covariate columns (every outcome unit kept)."""
+    cov_cols = [c for c in dict.fromkeys(columns) if covariates is not None and c in covariates.columns]
+    frame = unit_sums(outcomes, [c for c in columns if c not in cov_cols], unit_column).sort_index()
+    if cov_cols:
+        frame = frame.join(unit_sums(covariates, cov_cols, unit_column, "covariates"), how="left")
     return frame.fillna(0.0)
 
 
