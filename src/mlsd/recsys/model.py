@@ -291,6 +291,12 @@ class TwoStageRecommender:
         exclude = self._exclude(user_ids) if exclude_seen else None
         return self.generator_.candidates(user_ids, exclude=exclude, seed_items=seed_items)
 
+    def rank_features(self, candidates: pd.DataFrame) -> pd.DataFrame:
+        """The ranker's features for candidate rows (the fitted candidate scorers feed some of them);
+        what :meth:`score`, the service and drift monitoring all compute."""
+        gen = self.generator_.models_
+        return self.features_.transform(candidates, {m: gen[m] for m in self.score_models if m in gen})
+
     def score(self, candidates: pd.DataFrame) -> np.ndarray:
         """Stage two: ranker scores for the candidate frame's rows.
 
@@ -298,10 +304,7 @@ class TwoStageRecommender:
         ranker only ever trained on users with a history, and on cold rows (every user feature
         missing) it pushed popular titles above the ones similar to the user's onboarding picks.
         Scores are compared within a user only, so the two scales never meet."""
-        models = {m: self.generator_.models_[m] for m in self.score_models if m in self.generator_.models_}
-        scores = np.asarray(
-            self.ranker_.predict(self.features_.transform(candidates, models)), dtype=np.float64
-        )
+        scores = np.asarray(self.ranker_.predict(self.rank_features(candidates)), dtype=np.float64)
         cold = self.users_.index(candidates["user_id"].to_numpy()) < 0
         if cold.any():
             scores[cold] = fallback_scores(candidates[cold])

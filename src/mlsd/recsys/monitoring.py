@@ -77,9 +77,7 @@ def last_day_features(
         raise InputError("data", str(Path(workdir) / "data"), "no known user was active on the last day",
                          "run an experiment or the demo first (they save served requests)")  # fmt: skip
     frame = model.candidates(users)
-    models = {m: model.generator_.models_[m] for m in model.score_models if m in model.generator_.models_}
-    X = model.features_.transform(frame, models)
-    X = X[model.ranker_.feature_names_]
+    X = model.rank_features(frame)[model.ranker_.feature_names_]
     day_name = pd.to_datetime(end - DAY_S, unit="s").date().isoformat()
     current = X.assign(prediction=np.asarray(model.ranker_.predict(X), dtype=np.float64))
     return (

@@ -231,12 +231,6 @@ def _complete(frame: pd.DataFrame, model) -> pd.DataFrame:
     return frame.assign(**missing) if missing else frame
 
 
-def _rank_features(model, frame: pd.DataFrame) -> pd.DataFrame:
-    """The ranker's features for candidate rows (the model's own candidate scorers feed some of them)."""
-    gen = model.generator_.models_
-    return model.features_.transform(frame, {m: gen[m] for m in model.score_models if m in gen})
-
-
 def _predict(ranker, X: pd.DataFrame) -> np.ndarray:
     """LightGBM scores for one request. One thread on a float32 array: for a few hundred rows,
     OpenMP start-up and the DataFrame conversion cost several times the trees themselves."""
@@ -661,7 +655,7 @@ class RecsysService:
             scores, scored_by = fallback_scores(frame), "candidate_order"
         elif n:
             with timer.stage("features"):
-                X = _rank_features(model, frame)
+                X = model.rank_features(frame)
             with timer.stage("ranking"):
                 scores = _predict(model.ranker_, X)
             scored_by = "ranker"
@@ -797,7 +791,7 @@ class RecsysService:
             scored_by = "candidate_order"
         elif n and deadline.allows(expected * safety):
             with timer.stage("features"):
-                X = _rank_features(model, frame)
+                X = model.rank_features(frame)
             self._costs["features"].observe(timer.timings_ms["features"], n)
             if deadline.allows(self._costs["ranking"].expect(n) * safety):
                 with timer.stage("ranking"):
