@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from mlsd.platform.errors import InputError
+from mlsd.platform.retraining import resolve_run_date
 
 DAY = 86_400
 # a run needs label_delay (7) + eval (7) days before the cut-off plus a week to train on
@@ -41,17 +41,11 @@ def run_scheduled(workdir: Path, run_date: dt.date | None = None, *, progress: b
     first_day = int(tx["ts"].min()) // DAY * DAY
     last_day = int(tx["ts"].max()) // DAY * DAY
     earliest = first_day + MIN_HISTORY_DAYS * DAY
-    if run_date is None:
-        run_date = _date(last_day)
-    if not isinstance(run_date, dt.date):
-        raise InputError("--date", run_date, "not a date", "use YYYY-MM-DD")
+    run_date = resolve_run_date(
+        run_date, _date(earliest), _date(last_day),
+        what=f"the days with {MIN_HISTORY_DAYS} days of history before them (data from {_date(first_day)})",
+    )  # fmt: skip
     day = int(pd.Timestamp(run_date).tz_localize("UTC").timestamp())
-    if not earliest <= day <= last_day:
-        raise InputError(
-            "--date", run_date.isoformat(), "outside the data a weekly retrain can use",
-            f"use a date from {_date(earliest)} to {_date(last_day)} (the data spans {_date(first_day)} to "
-            f"{_date(last_day)}; training needs {MIN_HISTORY_DAYS} days of history)",
-        )  # fmt: skip
     cutoff = min(day + DAY - 1, int(tx["ts"].max()))
     window = tx.loc[tx["ts"] <= cutoff].reset_index(drop=True)
     data_fp = fingerprint(window[["tx_id", "ts", "amount"]])  # the same lineage retrain() records

@@ -119,6 +119,22 @@ def _exclusive(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def resolve_run_date(run_date: Any, first: dt.date, last: dt.date, what: str = "the data") -> dt.date:
+    """The day a scheduled job trains up to: ``run_date``, or ``last`` when it is None. A value that is
+    not a date, or a date outside ``first..last`` (the days the job's data can train on), is an
+    InputError naming ``--date`` with the valid range, as every system's job reports it."""
+    if run_date is None:
+        return last
+    if isinstance(run_date, dt.datetime) or not isinstance(run_date, dt.date):
+        raise InputError("--date", run_date, "is not a date", f"use YYYY-MM-DD, e.g. {last.isoformat()}")
+    if not first <= run_date <= last:
+        raise InputError(
+            "--date", run_date.isoformat(), f"is outside {what} ({first.isoformat()}..{last.isoformat()})",
+            f"pick a date in {first.isoformat()}..{last.isoformat()} (or omit --date for {last.isoformat()})",
+        )  # fmt: skip
+    return run_date
+
+
 def parse_date(text: str | None) -> dt.date | None:
     """``YYYY-MM-DD`` (or ``None``: each system's latest day of data)."""
     if text is None:

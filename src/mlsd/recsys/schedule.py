@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from mlsd.platform.errors import InputError
+from mlsd.platform.retraining import resolve_run_date
 from mlsd.recsys.config import TrainConfig
 
 DAY_S = 86_400
@@ -92,14 +92,7 @@ def run_scheduled(workdir: Path, run_date: dt.date | None = None, *, progress: b
     )
 
     first, last = valid_dates(dataset, config)
-    run_date = last if run_date is None else run_date
-    if isinstance(run_date, dt.datetime) or not isinstance(run_date, dt.date):
-        raise InputError("--date", run_date, "is not a date", f"use YYYY-MM-DD, e.g. {last.isoformat()}")
-    if not first <= run_date <= last:
-        raise InputError(
-            "--date", run_date.isoformat(), f"is outside the data ({first.isoformat()}..{last.isoformat()})",
-            f"pick a date in {first.isoformat()}..{last.isoformat()} (or omit --date for {last.isoformat()})",
-        )  # fmt: skip
+    run_date = resolve_run_date(run_date, first, last)
     end = _midnight(run_date + dt.timedelta(days=1))
     inter = dataset.interactions
     upto = RecsysDataset(

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from mlsd.platform.errors import InputError
+from mlsd.platform.retraining import resolve_run_date
 from mlsd.search.pipeline import MODEL_NAME, SYSTEM
 
 GATE_METRIC = "truth_ndcg@10"
@@ -73,13 +74,7 @@ def run_scheduled(
     if len(log) == 0:
         raise InputError("--workdir", str(workdir), "the click log is empty", "simulate sessions first")
     first, last = _date_of(log["ts"].min()), _date_of(log["ts"].max())
-    if run_date is None:
-        run_date = last
-    if not first <= run_date <= last:
-        raise InputError(
-            "--date", run_date.isoformat(), f"outside the click log ({first} .. {last})",
-            f"pass a date from {first} to {last}",
-        )  # fmt: skip
+    run_date = resolve_run_date(run_date, first, last, what="the click log")
     end_ts = _day_start(run_date + dt.timedelta(days=1))
     impressions = log[log["ts"].to_numpy() < end_ts].reset_index(drop=True)
     data_fp = window_fingerprint(impressions)
