@@ -239,7 +239,10 @@ def test_end_to_end_through_the_client_finds_the_planted_effect_and_a_logging_bu
 
 
 def test_analyze_verb_reads_config_and_stats_files(tmp_path, capsys):
-    from mlsd.platform.experiments.cli import main
+    from mlsd.cli import main as mlsd_main
+
+    def main(argv):
+        return mlsd_main(["experiment", *argv])
 
     (tmp_path / "exp.yaml").write_text(
         "experiments:\n  - name: ranker\n    arms: [{name: control}, {name: treatment}]\n    metrics: [{name: m}]\n"

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from mlsd.platform.dashboard import Sources, collect, render_page, write_html
 from mlsd.platform.dashboard.app import create_dashboard_app
 from mlsd.platform.dashboard.charts import bar_chart, fmt, heat_color, histogram_pair, interval_chart
-from mlsd.platform.dashboard.cli import main as dashboard_main
+from mlsd.cli import main as mlsd_main
 from mlsd.platform.dashboard.collect import (
     collect_latency,
     histogram_quantile,
@@ -257,15 +257,15 @@ def test_cli_json_html_and_bad_input(tmp_path, capsys):
     reg = make_registry(tmp_path)
     drift = tmp_path / "drift.json"
     drift.write_text(json.dumps(make_drift()))
-    assert dashboard_main(["--registry", str(reg.root), "--drift", f"fraud={drift}", "--json"]) == 0
+    assert mlsd_main(["dashboard", "--registry", str(reg.root), "--drift", f"fraud={drift}", "--json"]) == 0
     snap = json.loads(capsys.readouterr().out)
     assert snap["drift"]["reports"][0]["label"] == "fraud" and snap["registry"]["status"] == "ok"
     out = tmp_path / "page" / "d.html"
-    assert dashboard_main(["--registry", str(reg.root), "--html", str(out)]) == 0
+    assert mlsd_main(["dashboard", "--registry", str(reg.root), "--html", str(out)]) == 0
     assert "fraud-model" in out.read_text()
-    assert dashboard_main(["--port", "70000", "--json"]) == 2
+    assert mlsd_main(["dashboard", "--port", "70000", "--json"]) == 2
     assert "--port" in capsys.readouterr().err
-    assert dashboard_main(["--size", "big", "--json"]) == 2
+    assert mlsd_main(["dashboard", "--size", "big", "--json"]) == 2
 
 
 def test_discover_finds_sources_by_content(tmp_path):

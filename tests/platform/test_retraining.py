@@ -9,7 +9,8 @@ import pytest
 
 from mlsd.cli import main
 from mlsd.platform.errors import InputError
-from mlsd.platform.retraining import SCHEDULE, RunLedger, parse_date, run_schedule
+from mlsd.platform.retraining import RunLedger, Trained, Verdict, Window, parse_date, retrain, run_schedule
+from mlsd.platform.system import SystemDir, systems_with
 
 
 class CountingJob:
@@ -19,11 +20,11 @@ class CountingJob:
         self.calls: list[tuple[str, dt.date | None]] = []
         self.fail = fail
 
-    def __call__(self, workdir, run_date, *, progress=True):
-        self.calls.append((str(workdir), run_date))
+    def __call__(self, dirs, run_date, *, progress=True):
+        self.calls.append((str(dirs.home), run_date))
         if self.fail:
             raise RuntimeError("disk full")
-        workdir.mkdir(parents=True, exist_ok=True)
+        dirs.create()
         return {
             "run_date": (run_date or dt.date(2026, 11, 26)).isoformat(),
             "model": "m",
@@ -37,7 +38,9 @@ class CountingJob:
 
 
 def test_the_schedule_is_recsys_and_search_daily_and_fraud_weekly() -> None:
-    assert SCHEDULE == {"daily": ("recsys", "search"), "weekly": ("fraud",)}
+    # each registered system declares its cadence; the platform lists no system itself
+    assert [s.name for s in systems_with("daily")] == ["recsys", "search"]
+    assert [s.name for s in systems_with("weekly")] == ["fraud"]
 
 
 def test_re_running_a_day_returns_the_stored_report_and_runs_nothing(tmp_path) -> None:
@@ -81,7 +84,7 @@ def test_bad_input_names_the_flag(tmp_path) -> None:
         parse_date("2026-13-01")
     assert err.value.field == "--date"
     with pytest.raises(InputError) as err:
-        run_schedule("daily", tmp_path, systems=["fraud"])
+        run_schedule("daily", tmp_path, only=["fraud"])
     assert err.value.field == "--systems"
 
 
@@ -114,3 +117,56 @@ def test_a_job_whose_report_lacks_the_contract_keys_is_a_failure(tmp_path) -> No
     summary = run_schedule("weekly", tmp_path, jobs={"fraud": sloppy}, progress=False)
     assert summary["failed"] == ["fraud"] and "lacks" in summary["runs"][0]["error"]
     assert RunLedger(tmp_path / "pipeline" / "ledger.sqlite").runs() == []  # not recorded as done
+
+
+class MeanSteps:
+    """A real (tiny) system half of a retrain job: the model is the mean of the data up to the day,
+    the gate prefers the model closer to the last day's value."""
+
+    system, model = "toy", "toy-mean"
+
+    def __init__(self, values: dict[dt.date, float]) -> None:
+        self.values = values
+        self.trained = 0
+
+    def window(self, dirs, run_date, champion, *, progress):
+        run_date = run_date or max(self.values)
+        data = [v for d, v in sorted(self.values.items()) if d <= run_date]
+        backfill = champion is not None and champion.params["run_date"] > run_date.isoformat()
+        return Window(run_date, fingerprint=f"{sum(data)}:{len(data)}", settings={"kind": "mean"},
+                      data=data, backfill=backfill)  # fmt: skip
+
+    def train(self, window, out, *, progress):
+        self.trained += 1
+        (out / "mean.txt").write_text(str(sum(window.data) / len(window.data)))
+        return Trained(out, params={"run_date": window.run_date.isoformat()}, metrics={"n": len(window.data)})
+
+    def gate(self, window, challenger, champion, *, progress):
+        def error(mv):
+            return abs(float((mv.path / "mean.txt").read_text()) - window.data[-1])
+
+        better = error(challenger) < error(champion)
+        return Verdict(better, "closer to the last day" if better else "not closer", {"error": error(challenger)})
+
+
+def test_retrain_runs_the_platform_job_over_a_systems_steps(tmp_path) -> None:
+    from mlsd.platform.registry import ModelRegistry
+
+    d = [dt.date(2026, 1, i) for i in (1, 2, 3)]
+    steps = MeanSteps({d[0]: 1.0, d[1]: 5.0, d[2]: 9.0})
+    dirs = SystemDir(tmp_path, "toy")
+    first = retrain(steps, dirs, d[0], progress=False)
+    assert first["promoted"] and first["reason"].startswith("first model")
+    again = retrain(steps, dirs, d[0], progress=False)  # same window + settings: nothing trained
+    assert not again["registered"] and steps.trained == 1 and again["version"] == 1
+    second = retrain(steps, dirs, d[2], progress=False)  # mean 5 vs last 9: closer than 1 -> promoted
+    assert second["registered"] and second["promoted"] and second["champion"] == 2
+    registry = ModelRegistry(dirs.registry)
+    assert registry.aliases("toy-mean") == {"champion": 2, "challenger": 2}
+    back = retrain(steps, dirs, d[1], progress=False)  # before the champion's day: a backfill
+    assert back["registered"] and not back["promoted"] and registry.current_version("toy-mean") == 2
+    assert {k for k in first} >= {"system", "run_date", "model", "version", "registered", "promoted",
+                                  "reason", "metrics", "data_fingerprint"}  # fmt: skip
+    assert sorted(p.name for p in dirs.runs.iterdir()) == [
+        "2026-01-01-v1.json", "2026-01-02-v3.json", "2026-01-03-v2.json"
+    ]  # fmt: skip

@@ -1,11 +1,12 @@
 """Scheduled retraining: ``mlsd pipeline run daily|weekly --workdir W [--date YYYY-MM-DD]``.
 
-The recommender and the search ranker retrain daily, the fraud model weekly (its labels mature over
-weeks; a daily fraud retrain would mostly learn from labels that are not in yet). Each system's job is
-``mlsd.<system>.schedule.run_scheduled(W/<system>, run_date)``: train on the data up to ``run_date``,
-register the result as the *challenger*, run the offline gate against the champion on the same
-evaluation window, promote only a winner, and return a report. This module only sequences the jobs,
-keeps a ledger and writes the reports:
+Each registered system (:mod:`mlsd.platform.system`) declares its cadence: the recommender and the
+search ranker retrain daily, the fraud model weekly (its labels mature over weeks; a daily fraud retrain
+would mostly learn from labels that are not in yet). A system's job is ``System.retrain(W/<system>,
+run_date)``, and most are :func:`retrain` over the system's :class:`RetrainSteps`: the platform owns the
+job (window -> fingerprint -> earlier run? -> train -> register -> gate -> promote -> report), the
+system supplies only its steps. This module also sequences the jobs of a cadence, keeps a ledger and
+writes the reports:
 
 * ``W/pipeline/ledger.sqlite`` -- one row per (cadence, run date, system) that finished: re-running a
   day returns the stored report and changes nothing (the system jobs are idempotent on their own too:
@@ -27,19 +28,20 @@ import argparse
 import contextlib
 import datetime as dt
 import fcntl
-import importlib
 import json
 import sqlite3
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mlsd.platform.errors import InputError
-
-SCHEDULE: dict[str, tuple[str, ...]] = {"daily": ("recsys", "search"), "weekly": ("fraud",)}
+from mlsd.platform.jsonio import plain, write_json
+from mlsd.platform.system import CADENCES, SystemDir, systems, systems_with
 # What every system's run_scheduled report holds (the ledger, the CLI and the dashboard read these).
 REPORT_KEYS = frozenset(
     {
@@ -54,6 +56,130 @@ REPORT_KEYS = frozenset(
         "data_fingerprint",
     }
 )
+
+# ---------------------------------------------------------------------------------------------------
+# One retrain job: the platform's half. A system supplies RetrainSteps; retrain() does the rest.
+
+
+@dataclass
+class Window:
+    """What one run trains on, as a system's :meth:`RetrainSteps.window` chose it.
+
+    ``fingerprint`` identifies the training data (``mlsd.platform.registry.fingerprint``); ``settings``
+    are the training settings that define "the same job" (stored in the version's params): a version
+    with both equal means the job already ran. ``backfill`` (the champion has seen data after
+    ``run_date``) registers a challenger but never gates or promotes: the gate would be a leak.
+    ``data`` is the system's own payload, handed back to its ``train`` and ``gate`` steps.
+    """
+
+    run_date: dt.date
+    fingerprint: str
+    settings: dict[str, Any]
+    data: Any = None
+    backfill: bool = False
+    backfill_reason: str = ""
+
+
+@dataclass
+class Trained:
+    """A trained model in ``artifact_dir`` (copied by the registry), with its params and metrics."""
+
+    artifact_dir: Path
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Verdict:
+    """The offline gate's answer: promote the challenger or keep the champion, and why."""
+
+    promote: bool
+    reason: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class RetrainSteps(Protocol):
+    """A system's half of a retrain job (see :func:`retrain`)."""
+
+    system: str
+    model: str
+
+    def window(self, dirs: SystemDir, run_date: dt.date | None, champion: Any, *, progress: bool) -> Window:
+        """The data up to ``run_date`` (None: the latest day; out of range: InputError naming --date)."""
+        ...
+
+    def train(self, window: Window, out: Path, *, progress: bool) -> Trained:
+        """Fit on ``window`` and save the artifact under ``out`` (a fresh temporary folder)."""
+        ...
+
+    def gate(self, window: Window, challenger: Any, champion: Any, *, progress: bool) -> Verdict:
+        """Compare two registered versions offline on the same evaluation data."""
+        ...
+
+
+def retrain(
+    steps: RetrainSteps, dirs: SystemDir, run_date: dt.date | None = None, *, progress: bool = True
+) -> dict[str, Any]:
+    """window -> fingerprint -> earlier run? -> train -> register -> gate -> promote -> report.
+
+    The challenger is registered under the ``challenger`` alias; the first model of a registry is
+    promoted without a gate (there is nothing to compare with). The report (:data:`REPORT_KEYS` plus
+    ``champion``, ``gate`` and ``seconds``) is also written to ``dirs.runs/<run date>.json``.
+    """
+    from mlsd.platform.registry import ModelRegistry
+
+    started = time.perf_counter()
+    dirs.create()
+    registry = ModelRegistry(dirs.registry)
+    known = steps.model in registry.names()
+    champion = registry.alias(steps.model, "champion") if known else None
+    window = steps.window(dirs, run_date, champion, progress=progress)
+    base = {"system": steps.system, "run_date": window.run_date.isoformat(), "model": steps.model,
+            "data_fingerprint": window.fingerprint}  # fmt: skip
+    for mv in registry.versions(steps.model) if known else []:
+        if mv.data_fingerprint == window.fingerprint and _same_settings(mv.params, window.settings):
+            return _report(dirs, started, {
+                **base, "version": mv.version, "registered": False, "promoted": False,
+                "reason": f"v{mv.version} was already trained on this window (data fingerprint "
+                f"{window.fingerprint[:12]}...) with the same settings: nothing to do",
+                "metrics": mv.metrics, "champion": None if champion is None else champion.version,
+            }, write=False)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix=f"mlsd-{steps.system}-train-") as tmp:
+        trained = steps.train(window, Path(tmp), progress=progress)
+        challenger = registry.register(
+            steps.model, trained.artifact_dir, params=plain({**window.settings, **trained.params}),
+            metrics=plain(trained.metrics), data_fingerprint=window.fingerprint,
+            parent=None if champion is None else champion.version,
+        )  # fmt: skip
+    registry.promote(steps.model, challenger.version, "challenger")
+    gate: dict[str, Any] = {}
+    if champion is None:
+        verdict = Verdict(True, "first model in this registry: promoted without a gate")
+    elif window.backfill:
+        verdict = Verdict(False, window.backfill_reason or "backfill: registered as challenger only")
+    else:
+        verdict = steps.gate(window, challenger, champion, progress=progress)
+        gate = verdict.metrics
+    if verdict.promote:
+        registry.promote(steps.model, challenger.version, "champion")
+    return _report(dirs, started, {
+        **base, "version": challenger.version, "registered": True, "promoted": verdict.promote,
+        "reason": verdict.reason, "metrics": challenger.metrics, "gate": gate,
+        "champion": registry.current_version(steps.model, "champion"),
+    })  # fmt: skip
+
+
+def _same_settings(params: Mapping[str, Any], settings: Mapping[str, Any]) -> bool:
+    return all(plain(params.get(k)) == plain(v) for k, v in settings.items())
+
+
+def _report(dirs: SystemDir, started: float, report: dict[str, Any], *, write: bool = True) -> dict[str, Any]:
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    if write:
+        write_json(dirs.runs / f"{report['run_date']}-v{report['version']}.json", report)
+    return report
+
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -150,28 +276,28 @@ def run_schedule(
     workdir: str | Path,
     run_date: dt.date | None = None,
     *,
-    systems: Sequence[str] | None = None,
+    only: Sequence[str] | None = None,
     progress: bool = True,
     jobs: Mapping[str, Callable[..., Mapping[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Run every job of ``cadence`` once for ``run_date``; returns ``{cadence, workdir, runs, failed}``.
 
     ``runs`` holds one report per system (``status``: ``ran``, ``already ran`` -- from the ledger --
-    or ``failed`` with the error). ``systems`` restricts the cadence to a subset. ``jobs`` replaces
-    the systems' ``run_scheduled`` functions (``system -> callable(workdir, run_date, progress=)``),
-    e.g. to schedule a job of your own.
+    or ``failed`` with the error). ``only`` restricts the cadence to a subset. ``jobs`` replaces
+    the systems' retrain jobs (``system -> callable(SystemDir, run_date, progress=)``), e.g. to
+    schedule a job of your own.
     """
-    if cadence not in SCHEDULE:
-        raise InputError("cadence", cadence, "unknown cadence", f"use one of {', '.join(SCHEDULE)}")
-    planned = SCHEDULE[cadence]
-    if systems is not None:
-        wrong = [s for s in systems if s not in planned]
+    if cadence not in CADENCES:
+        raise InputError("cadence", cadence, "unknown cadence", f"use one of {', '.join(CADENCES)}")
+    planned = tuple(s.name for s in systems_with(cadence))
+    if only is not None:
+        wrong = [s for s in only if s not in planned]
         if wrong:
             raise InputError(
                 "--systems", ",".join(wrong), f"not part of the {cadence} schedule",
                 f"the {cadence} run trains {', '.join(planned)}",
             )  # fmt: skip
-        planned = tuple(s for s in planned if s in systems)
+        planned = tuple(s for s in planned if s in only)
     root = Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
     ledger = RunLedger(root / "pipeline" / "ledger.sqlite")
@@ -205,8 +331,8 @@ def _run_one(
     started = time.perf_counter()
     try:
         if job is None:
-            job = importlib.import_module(f"mlsd.{system}.schedule").run_scheduled
-        report = dict(job(root / system, run_date, progress=progress))
+            job = systems()[system].retrain
+        report = dict(job(SystemDir(root, system), run_date, progress=progress))
     except InputError:
         if alone:
             raise  # one job asked for: its clear message and exit 2
@@ -241,13 +367,13 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     sub.required = True
     run = sub.add_parser(
         "run",
-        help="scheduled retraining: daily (recsys, search) or weekly (fraud)",
+        help="scheduled retraining of every system of a cadence (daily or weekly)",
         description="Retrain, register challengers, gate them offline against the champion, promote "
         "winners and write a report per system. Idempotent: re-running a day changes nothing.",
     )
-    run.add_argument("cadence", choices=sorted(SCHEDULE), help="daily: recsys + search; weekly: fraud")
+    run.add_argument("cadence", choices=CADENCES, help="each system declares its cadence (mlsd pipeline --help)")
     run.add_argument(
-        "--workdir", required=True, help="the folder holding <system>/data and <system>/registry"
+        "--workdir", required=True, help="the workdir W holding W/<system>/{data,registry,runs,...}"
     )
     run.add_argument(
         "--date", default=None, help="train on data up to this day, YYYY-MM-DD (default: latest)"
@@ -260,7 +386,7 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     systems = [s.strip() for s in args.systems.split(",") if s.strip()] if args.systems else None
     summary = run_schedule(
-        args.cadence, args.workdir, parse_date(args.date), systems=systems, progress=not args.json
+        args.cadence, args.workdir, parse_date(args.date), only=systems, progress=not args.json
     )
     if args.json:
         print(json.dumps(summary, default=str))

@@ -146,6 +146,50 @@ class Deadline:
         return f"Deadline(budget_ms={self.budget_ms:g}, remaining_ms={self.remaining_ms():.2f})"
 
 
+class StageCost:
+    """What a stage is expected to cost, learned from its own timings: ``fixed_ms + per_item_ms * n``.
+
+    A service asks ``deadline.allows(cost.expect(n))`` before a skippable stage and feeds the measured
+    time back with ``observe(ms, n)`` (an exponentially weighted average, weight ``alpha``). Batches of
+    at most ``small_batch`` items teach the fixed part, larger ones the per-item part. A skipped stage
+    is not measured, so one slow spell would keep it skipped for good: ``skipped()`` lowers the
+    estimate a little each time, and the stage is tried again.
+
+    Examples:
+        >>> cost = StageCost(per_item_ms=0.01)
+        >>> cost.expect(1000)
+        10.0
+        >>> cost.observe(20.0, 1000); round(cost.expect(1000), 3)
+        12.0
+        >>> cost.skipped(); round(cost.expect(1000), 3)
+        9.6
+    """
+
+    __slots__ = ("alpha", "fixed_ms", "per_item_ms", "small_batch")
+
+    def __init__(
+        self, fixed_ms: float = 0.0, per_item_ms: float = 0.0, *, alpha: float = 0.2, small_batch: int = 0
+    ) -> None:
+        self.fixed_ms = float(fixed_ms)
+        self.per_item_ms = float(per_item_ms)
+        self.alpha = float(alpha)
+        self.small_batch = int(small_batch)
+
+    def expect(self, n: int) -> float:
+        return self.fixed_ms + self.per_item_ms * max(int(n), 1)
+
+    def observe(self, ms: float, n: int) -> None:
+        n = max(int(n), 1)
+        if n <= self.small_batch:
+            self.fixed_ms += self.alpha * (ms - self.fixed_ms)
+        else:
+            self.per_item_ms += self.alpha * (max(ms - self.fixed_ms, 0.0) / n - self.per_item_ms)
+
+    def skipped(self) -> None:
+        self.fixed_ms *= 1.0 - self.alpha
+        self.per_item_ms *= 1.0 - self.alpha
+
+
 class StageTimer:
     """Times named stages of one request: ``with timer.stage("rank"): ...``.
 

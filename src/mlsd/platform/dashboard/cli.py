@@ -165,14 +165,3 @@ def run_dashboard(args: argparse.Namespace) -> int:
     print(f"mlsd dashboard at http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
     serve(create_dashboard_app(sources), host=args.host, port=args.port, log_level="warning")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m mlsd.platform.dashboard.cli`` is ``mlsd dashboard ...`` (same parser, same error handling)."""
-    from mlsd.cli import main as mlsd_main
-
-    return mlsd_main(["dashboard", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -118,6 +118,39 @@ def _per_unit(
     return frame.fillna(0.0)
 
 
+class LossyExposureLog:
+    """An exposure log with a planted bug: the exposures of ``lost_units`` never arrive.
+
+    Wraps a real :class:`~mlsd.platform.experiments.exposures.ExposureLog`; what the simulators use to
+    show that the sample-ratio check catches a logging bug (``lose_exposures`` picks the units).
+
+    Examples:
+        >>> from mlsd.platform.experiments.exposures import MemoryExposureLog
+        >>> log = LossyExposureLog(MemoryExposureLog(), lost_units=["b"])
+        >>> log.log("exp", ["a", "b", "c"], [0, 1, 0]).tolist()
+        [True, False, True]
+        >>> sorted(log.exposures("exp")["unit"])
+        ['a', 'c']
+    """
+
+    def __init__(self, inner: Any, lost_units: Any = ()) -> None:
+        self.inner = inner
+        self.lost = pd.Index(np.asarray(list(lost_units)).astype(str))
+
+    def log(self, experiment: str, unit_ids: Any, arms: Any, ts: Any = None) -> np.ndarray:
+        units = np.asarray(unit_ids).reshape(-1).astype(str)
+        keep = ~pd.Index(units).isin(self.lost)
+        arms = np.asarray(arms).reshape(-1)
+        new = np.zeros(len(units), dtype=bool)
+        if keep.any():
+            kept_ts = None if ts is None else np.broadcast_to(np.asarray(ts), units.shape)[keep]
+            new[keep] = self.inner.log(experiment, units[keep], arms[keep], kept_ts)
+        return new
+
+    def exposures(self, experiment: str) -> pd.DataFrame:
+        return self.inner.exposures(experiment)
+
+
 def aa_rejection_rate(
     outcomes: pd.DataFrame,
     experiment: Experiment,

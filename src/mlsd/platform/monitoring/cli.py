@@ -169,14 +169,3 @@ def _print_table(report: dict) -> None:
     Console(file=sys.stdout).print(table)
     s = report["summary"]
     print(f"{s['stable']} stable, {s['moderate']} moderate, {s['significant']} significant")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m mlsd.platform.monitoring.cli`` is ``mlsd monitor ...`` (same parser, same error handling)."""
-    from mlsd.cli import main as mlsd_main
-
-    return mlsd_main(["monitor", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
