@@ -1,43 +1,44 @@
-"""``mlsd demo``: every system end to end on its embedded default, with a readable summary.
+"""``mlsd demo``: every registered system end to end on its embedded default, with a readable summary.
 
-Each system provides ``mlsd.<system>.demo.run(workdir: Path) -> dict`` which simulates data, trains,
-registers, serves a few requests in-process, runs one online experiment through its service and
-prints what happened; it leaves the experiment report, a drift report and stage timings under its
-folder. This module only sequences them, sums up the experiments and writes the dashboard page,
-which finds those files by content (:func:`mlsd.platform.dashboard.discover.discover`).
+Each system's ``System.demo(dirs)`` simulates data into ``W/<system>/data``, trains, registers, serves a
+few requests in-process, runs one online experiment through its engine and prints what happened; it
+leaves the experiment report, a drift report and stage timings in ``W/<system>/monitoring``. This
+module only sequences them, sums up the experiments, writes the dashboard page (which finds those
+files by content: :func:`mlsd.platform.dashboard.discover.discover`) and ends with the commands that
+serve each system's champion from the same workdir.
 """
 
 from __future__ import annotations
 
-import importlib
+import json
 import tempfile
 import time
 from pathlib import Path
 
 from rich.console import Console
 
-from mlsd.cli import SYSTEMS
 from mlsd.platform.errors import InputError
+from mlsd.platform.system import get_system, system_names
 
 
-def run_demo(systems: list[str], workdir: str | None = None) -> int:
-    unknown = [s for s in systems if s not in SYSTEMS]
+def run_demo(systems: list[str], workdir: str | Path | None = None) -> int:
+    names = system_names()
+    unknown = [s for s in systems if s not in names]
     if unknown:
-        raise InputError(
-            "--systems", ",".join(unknown), "unknown system", f"choose from {', '.join(SYSTEMS)}"
-        )
+        raise InputError("--systems", ",".join(unknown), "unknown system", f"choose from {', '.join(names)}")
     console = Console(stderr=False)
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="mlsd-demo-"))
     summary: dict[str, float] = {}
     for name in systems:
         console.rule(f"[bold]mlsd {name}")
         started = time.perf_counter()
-        importlib.import_module(f"mlsd.{name}.demo").run(root / name)
+        system = get_system(name)
+        system.demo(system.dirs(root))
         summary[name] = time.perf_counter() - started
     console.rule("[bold]done")
     for name, seconds in summary.items():
         console.print(f"  {name:<8} finished in {seconds:6.1f} s")
-    console.print(f"  artifacts (data, registry, logs) under {root}")
+    console.print(f"  workdir (W/<system>/data, registry, runs, monitoring, review): {root}")
     from mlsd.platform.dashboard import write_html
     from mlsd.platform.dashboard.discover import discover
 
@@ -46,13 +47,14 @@ def run_demo(systems: list[str], workdir: str | None = None) -> int:
         console.print(line)
     page = write_html(sources, root / "dashboard.html")
     console.print(f"  dashboard (static page): {page}   live: .venv/bin/mlsd dashboard --workdir {root}")
+    console.print("  serve the champions trained here:")
+    for name in systems:
+        console.print(f"    .venv/bin/mlsd {name} serve --workdir {root}", soft_wrap=True)
     return 0
 
 
 def experiment_lines(paths: list[Path]) -> list[str]:
     """One line per experiment report the demo wrote: the primary metric's lift and the verdict."""
-    import json
-
     from mlsd.platform.dashboard.collect import _find_report
 
     lines = []

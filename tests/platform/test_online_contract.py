@@ -1,24 +1,23 @@
-"""One contract, three online simulators: every ``mlsd.<system>.experiment`` module offers what
+"""One contract for every registered system's online simulator (``System.world()``): it offers what
 ``mlsd experiment run <system>`` calls (presets, default arms, run_experiment's keywords) and refuses an
 unknown arm with an InputError naming ``--arms`` before it simulates anything."""
 
 from __future__ import annotations
 
-import importlib
 import inspect
 
 import pytest
 
 from mlsd.platform.errors import InputError
-from mlsd.platform.experiments.cli import ONLINE_SYSTEMS
 from mlsd.platform.experiments.online import OnlineSimulator
+from mlsd.platform.system import get_system, system_names
 
 CONTRACT_KEYWORDS = {"units", "arms", "seed", "looks", "lose_exposures", "progress"}
 
 
-@pytest.fixture(params=ONLINE_SYSTEMS)
+@pytest.fixture(params=system_names())
 def simulator(request):
-    return importlib.import_module(f"mlsd.{request.param}.experiment")
+    return get_system(request.param).world()
 
 
 def test_presets_and_default_arms(simulator) -> None:
@@ -31,7 +30,7 @@ def test_presets_and_default_arms(simulator) -> None:
 
 def test_run_experiment_takes_the_contract_keywords(simulator) -> None:
     params = inspect.signature(simulator.run_experiment).parameters
-    assert list(params)[0] == "workdir"
+    assert list(params)[0] == "dirs"
     assert set(params) >= CONTRACT_KEYWORDS
     for name in CONTRACT_KEYWORDS:
         assert params[name].kind is inspect.Parameter.KEYWORD_ONLY
@@ -40,7 +39,9 @@ def test_run_experiment_takes_the_contract_keywords(simulator) -> None:
 
 
 def test_an_unknown_arm_is_refused_before_any_work(simulator, tmp_path) -> None:
+    from mlsd.platform.system import SystemDir
+
     with pytest.raises(InputError) as err:
-        simulator.run_experiment(tmp_path, arms=[simulator.DEFAULT_ARMS[0], "no-such-arm"], progress=False)
+        simulator.run_experiment(SystemDir(tmp_path, "world"), arms=[simulator.DEFAULT_ARMS[0], "no-such-arm"], progress=False)
     assert err.value.field == "--arms"
     assert not any(tmp_path.iterdir())  # nothing simulated, nothing trained

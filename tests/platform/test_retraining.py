@@ -146,7 +146,9 @@ class MeanSteps:
             return abs(float((mv.path / "mean.txt").read_text()) - window.data[-1])
 
         better = error(challenger) < error(champion)
-        return Verdict(better, "closer to the last day" if better else "not closer", {"error": error(challenger)})
+        return Verdict(
+            better, "closer to the last day" if better else "not closer", {"error": error(challenger)}
+        )
 
 
 def test_retrain_runs_the_platform_job_over_a_systems_steps(tmp_path) -> None:

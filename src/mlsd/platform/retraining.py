@@ -42,6 +42,7 @@ from typing import Any, Protocol
 from mlsd.platform.errors import InputError
 from mlsd.platform.jsonio import plain, write_json
 from mlsd.platform.system import CADENCES, SystemDir, systems, systems_with
+
 # What every system's run_scheduled report holds (the ledger, the CLI and the dashboard read these).
 REPORT_KEYS = frozenset(
     {
@@ -178,7 +179,6 @@ def _report(dirs: SystemDir, started: float, report: dict[str, Any], *, write: b
     if write:
         write_json(dirs.runs / f"{report['run_date']}-v{report['version']}.json", report)
     return report
-
 
 
 _SCHEMA = """
@@ -371,7 +371,9 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
         description="Retrain, register challengers, gate them offline against the champion, promote "
         "winners and write a report per system. Idempotent: re-running a day changes nothing.",
     )
-    run.add_argument("cadence", choices=CADENCES, help="each system declares its cadence (mlsd pipeline --help)")
+    run.add_argument(
+        "cadence", choices=CADENCES, help="each system declares its cadence (mlsd pipeline --help)"
+    )
     run.add_argument(
         "--workdir", required=True, help="the workdir W holding W/<system>/{data,registry,runs,...}"
     )

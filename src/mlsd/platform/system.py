@@ -56,11 +56,13 @@ __all__ = [
     "LAYOUT",
     "Engine",
     "HttpRequest",
+    "ReviewQueue",
     "System",
     "SystemDir",
     "get_system",
     "system_names",
     "systems",
+    "review_systems",
     "systems_with",
 ]
 
@@ -177,6 +179,14 @@ class Engine(Protocol):
     def handle(self, requests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]: ...
 
 
+class ReviewQueue(Protocol):
+    """What the platform (the dashboard) reads of a system's human review queue."""
+
+    def counts(self) -> dict[str, int]: ...
+
+    def list(self, status: str = "open", limit: int = 20) -> list[Any]: ...
+
+
 @dataclass(frozen=True)
 class HttpRequest:
     """One call of a system's HTTP API (what the contract suite sends to a served app)."""
@@ -204,7 +214,9 @@ class System:
     * ``demo(dirs)`` runs the system's part of ``mlsd demo``.
     * ``example_requests(dirs, n)`` -> ``n`` valid request bodies for ``Engine.handle`` taken from the
       data; ``http_request(body)`` -> the :class:`HttpRequest` that asks the same over HTTP.
-    * ``review_queue(path)`` opens a human review queue stored at ``path`` (None: no queue).
+    * ``review_queue(location, **options)`` opens a human review queue: a SQLite file path, or a
+      ``postgresql://`` DSN (``schema=`` option); None: the system has no queue. The dashboard reads
+      it through :class:`ReviewQueue`.
     """
 
     name: str
@@ -222,7 +234,7 @@ class System:
     demo: Callable[..., Any]
     example_requests: Callable[..., list[dict[str, Any]]]
     http_request: Callable[[Mapping[str, Any]], HttpRequest]
-    review_queue: Callable[[Path], Any] | None = None
+    review_queue: Callable[..., ReviewQueue] | None = None
     schemas: Mapping[str, Any] = field(default_factory=dict)
     import_formats: tuple[str, ...] = ()
 
@@ -270,6 +282,11 @@ def get_system(name: str, field: str = "system") -> System:
     if name not in names:
         raise InputError(field, name, "unknown system", f"use one of {', '.join(names)}")
     return _load(name)
+
+
+def review_systems() -> list[System]:
+    """The systems that keep a human review queue."""
+    return [s for s in systems().values() if s.review_queue is not None]
 
 
 def systems_with(cadence: str) -> list[System]:

@@ -121,14 +121,14 @@ def build_sources(args: argparse.Namespace):
             "pass --review-sqlite or --review-postgres, not both",
         )
     if args.review_sqlite or args.review_postgres:
-        from mlsd.fraud.review import SQLReviewQueue
+        from mlsd.platform.dashboard.discover import open_review_queue
 
         if args.review_sqlite:
             if not Path(args.review_sqlite).exists():
                 raise InputError("--review-sqlite", args.review_sqlite, "file not found", "check the path")
-            sources.review = SQLReviewQueue.sqlite(args.review_sqlite)
+            sources.review = open_review_queue(args.review_sqlite)
         else:
-            sources.review = SQLReviewQueue.postgres(args.review_postgres, schema=args.review_schema)
+            sources.review = open_review_queue(args.review_postgres, schema=args.review_schema)
     return sources
 
 

@@ -45,11 +45,7 @@ def build_demo(workdir: str | Path | None = None, seed: int = 7, units: int = 60
         (root / "experiments" / f"{report['experiment']}.json").write_text(json.dumps(report))
     drift = demo_drift(rng)
     (root / "drift.json").write_text(json.dumps(drift))
-    review = None
-    try:
-        review = demo_review(root / "fraud.sqlite", rng)
-    except ImportError:  # the fraud package is optional here: the page shows "no data" for it
-        review = None
+    review = demo_review(root / "review.sqlite", rng)  # None (panel says "no data") without a queue
     return Sources(
         registries=[registry],
         experiments=[root / "experiments"],
@@ -265,9 +261,11 @@ def demo_drift(rng: np.random.Generator, n: int = 4000) -> dict[str, Any]:
 
 
 def demo_review(path: Path, rng: np.random.Generator, n: int = 80) -> Any:
-    from mlsd.fraud.review import SQLReviewQueue
+    from mlsd.platform.dashboard.discover import open_review_queue
 
-    queue = SQLReviewQueue.sqlite(path)
+    queue = open_review_queue(path)
+    if queue is None:  # no registered system keeps a review queue
+        return None
     if sum(queue.counts().values()):
         return queue
     prob = rng.beta(2, 5, n)

@@ -6,7 +6,8 @@ Files are classified by *content*, not by name, so each system may lay out its w
 * a JSON file with an experiment analysis (keys ``srm`` and ``metrics``, or one level down) -> experiment;
 * a JSON file with a drift report (``features`` and ``summary``) -> drift, labelled by its path;
 * a JSON file with stage timings (``timings_ms`` records, or ``stages``) -> latency;
-* a SQLite file with a ``review_cases`` table -> the fraud review queue (the first one found).
+* a SQLite file with a ``review_cases`` table -> a review queue (the first one found), opened by the
+  first registered system that keeps one (:func:`mlsd.platform.system.review_systems`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from mlsd.platform.dashboard.collect import Sources, _find_report
 from mlsd.platform.errors import InputError
+from mlsd.platform.system import review_systems
 
 MAX_JSON_BYTES = 20_000_000
 MAX_DEPTH = 5
@@ -42,6 +44,14 @@ def _has_review_table(path: Path) -> bool:
     except sqlite3.Error:
         return False
     return row is not None
+
+
+def open_review_queue(location: str | Path, **options) -> object | None:
+    """The review queue at ``location`` (SQLite file or ``postgresql://`` DSN), opened by the first
+    registered system that keeps one; None when no system does."""
+    for system in review_systems():
+        return system.review_queue(location, **options)
+    return None
 
 
 def discover(workdir: str | Path) -> Sources:
@@ -72,9 +82,7 @@ def discover(workdir: str | Path) -> Sources:
             ):
                 timings.append(path)
         elif path.suffix in (".sqlite", ".db") and review is None and _has_review_table(path):
-            from mlsd.fraud.review import SQLReviewQueue
-
-            review = SQLReviewQueue.sqlite(path)
+            review = open_review_queue(path)
     return Sources(
         registries=registries,
         experiments=experiments,

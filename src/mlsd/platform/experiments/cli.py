@@ -1,8 +1,8 @@
 """``mlsd experiment <verb>``: run (an online experiment through a system's real service and its
 simulated world), calibrate (simulated error rates), bench (throughput), analyze (a stats file).
 
-Wired into ``mlsd.cli`` through ``PLATFORM``; this module only provides :func:`add_commands`. ``run
-<system>`` calls ``mlsd.<system>.experiment.run_experiment`` (see :mod:`mlsd.platform.experiments.online`).
+``mlsd.cli`` wires in :func:`add_commands`. ``run <system>`` calls the registered system's world
+simulator, ``System.world().run_experiment(W/<system>, ...)`` (see :mod:`mlsd.platform.experiments.online`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from mlsd.platform.errors import DataFormatError, InputError
+from mlsd.platform.jsonio import dumps, write_json
 
 PROG = "mlsd experiment"
 
@@ -27,7 +28,7 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
         "simulated outcomes into the experiment's analysis (lift, CI, CUPED, SRM, confidence sequence), "
         "and put the simulator's true effect next to each estimate.",
     )
-    run.add_argument("system", help="recsys, search or fraud")
+    run.add_argument("system", help="a registered system: fraud, recsys or search")
     run.add_argument("--units", type=int, default=2000, help="simulated units (users, cards) (default 2000)")
     run.add_argument(
         "--arms", default=None, help="comma-separated arm presets, control first (default: the system's)"
@@ -43,8 +44,8 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--workdir",
         default=None,
-        help="the system's folder (data/, registry/) to reuse, e.g. the demo's <dir>/recsys "
-        "(default: a new temporary folder, where a small world is simulated and trained)",
+        help="the workdir W whose simulated world W/<system>/ to reuse or create, sized for --units "
+        "(default: a new temporary folder)",
     )
     run.add_argument("--out", default=None, help="also write the report as JSON to this file")
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -81,39 +82,34 @@ def _positive(value: int, field: str, minimum: int = 1) -> None:
 
 def _emit(result: dict, as_json: bool) -> int:
     if as_json:
-        print(json.dumps(result))
+        print(dumps(result))
     else:
         for key, value in result.items():
             print(f"{key:>28}: {value}")
     return 0
 
 
-ONLINE_SYSTEMS = ("recsys", "search", "fraud")
-
-
 def _run(args: argparse.Namespace) -> int:
-    import importlib
     import tempfile
 
-    if args.system not in ONLINE_SYSTEMS:
-        raise InputError("system", args.system, "unknown system", f"use one of {', '.join(ONLINE_SYSTEMS)}")
+    from mlsd.platform.experiments.online import arms_from_presets
+    from mlsd.platform.system import get_system
+
+    system = get_system(args.system)
     _positive(args.units, "--units", 20)
     _positive(args.looks, "--looks", 0)
     if not 0.0 <= args.lose_exposures < 1.0:
         raise InputError("--lose-exposures", args.lose_exposures, "must be in [0, 1)", "use e.g. 0.1")
-    module = importlib.import_module(f"mlsd.{args.system}.experiment")
+    world = system.world()
     arms = None if args.arms is None else [a.strip() for a in args.arms.split(",") if a.strip()]
-    from mlsd.platform.experiments.online import arms_from_presets
-
     if arms is not None:  # the simulators' own check, run before a temporary world folder is made
-        arms_from_presets(module.ARM_PRESETS, arms)
-    workdir = (
-        Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix=f"mlsd-exp-{args.system}-"))
-    )
+        arms_from_presets(world.ARM_PRESETS, arms)
+    root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix=f"mlsd-exp-{system.name}-"))
+    dirs = system.dirs(root)
     if not args.json:
-        print(f"{args.system}: world and models under {workdir}", file=sys.stderr)
-    report = module.run_experiment(
-        workdir,
+        print(f"{system.name}: world and models under {dirs.home}", file=sys.stderr)
+    report = world.run_experiment(
+        dirs,
         units=args.units,
         arms=arms,
         seed=args.seed,
@@ -122,11 +118,9 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.json,
     )
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        write_json(args.out, report)
     if args.json:
-        print(json.dumps(report, default=str))
+        print(dumps(report))
     else:
         print_report(report)
     return 0
@@ -226,7 +220,7 @@ def _analyze(args: argparse.Namespace) -> int:
         ) from err
     report = analyze_experiment(exp, stats, planned_n=args.planned_n)
     if args.json:
-        print(json.dumps(report))
+        print(dumps(report))
         return 0
     srm = report["srm"]
     print(f"experiment {report['experiment']}: SRM p={_p(srm['p_value'])} flagged={srm['flagged']}")

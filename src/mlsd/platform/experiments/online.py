@@ -1,8 +1,8 @@
 """What the systems' online world simulators share: one-experiment configs, arm presets, a planted
 logging bug, A/A calibration by re-randomisation, and the known truth next to the estimate.
 
-Each system's ``mlsd.<system>.experiment.run_experiment`` drives its real service in-process for N
-simulated units and returns :meth:`ExperimentClient.analyze`'s report; the simulator also knows what
+Each system's world simulator (``System.world()``, :class:`OnlineSimulator`) drives its real serving
+engine in-process for N simulated units and returns :meth:`ExperimentClient.analyze`'s report; the simulator also knows what
 every unit *would* have done under every arm (expected outcomes, no sampling noise), so the report can
 carry the true effect and whether the interval covers it (:func:`with_truth`). ``mlsd experiment run
 <system>`` prints that report.
@@ -11,7 +11,6 @@ carry the true effect and whether the interval covers it (:func:`with_truth`). `
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -28,6 +27,7 @@ from mlsd.platform.experiments.assignment import (
     bucket_of,
 )
 from mlsd.platform.experiments.exposures import MetricStats, metric_variables, unit_sums
+from mlsd.platform.system import SystemDir
 
 N_BUCKETS = 10_000
 
@@ -232,13 +232,14 @@ def with_truth(report: dict[str, Any], truth: Mapping[str, Mapping[str, float]])
 
 
 class OnlineSimulator(Protocol):
-    """What ``mlsd.<system>.experiment`` provides (``mlsd experiment run <system>`` calls it).
+    """A system's world simulator, what ``System.world()`` returns (``mlsd experiment run <system>``).
 
     A module, not a class: ``ARM_PRESETS`` (name -> ``{"alias", "params", "description"}``),
-    ``DEFAULT_ARMS`` (control first) and ``run_experiment``, which drives the system's real service
-    in-process for ``units`` simulated units and returns ``with_truth(client.analyze(...), truth)`` plus
-    ``world``, ``units`` and ``seconds``. One contract test (``tests/platform/test_online_contract.py``)
-    checks every system against it.
+    ``DEFAULT_ARMS`` (control first) and ``run_experiment``, which simulates (or reuses) a world sized
+    for ``units`` in the system's folders ``dirs``, drives the system's real serving engine in-process
+    for ``units`` simulated units and returns ``with_truth(client.analyze(...), truth)`` plus
+    ``world``, ``units`` and ``seconds``. One contract test (``tests/platform/test_system_contract.py``)
+    checks every registered system against it.
     """
 
     ARM_PRESETS: Mapping[str, Mapping[str, Any]]
@@ -246,7 +247,7 @@ class OnlineSimulator(Protocol):
 
     def run_experiment(
         self,
-        workdir: Path,
+        dirs: SystemDir,
         *,
         units: int = ...,
         arms: Sequence[str] | None = ...,

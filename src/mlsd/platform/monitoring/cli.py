@@ -1,23 +1,23 @@
 """``mlsd monitor report``: a drift report, from two files or from a system's own windows.
 
 * ``--reference A.parquet --current B.parquet``: any two frames, column by column;
-* ``--system S --workdir W``: ``mlsd.<S>.monitoring.drift_report(W)`` -- the champion's training
-  reference against what was served since (plus, for fraud, performance on labels as they mature).
+* ``--system S --workdir W``: the registered system's ``drift_report(W/S)``
+  (:class:`mlsd.platform.system.System`) -- the champion's training reference against what was served
+  since (plus, for fraud, performance on labels as they mature).
 
-Wired into ``mlsd.cli`` by adding ``"monitor": ("mlsd.platform.monitoring.cli", "...")`` to
-``SYSTEMS``; this module only provides :func:`add_commands`.
+``mlsd.cli`` wires in :func:`add_commands`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import pandas as pd
 
 from mlsd.platform.errors import DataFormatError, InputError
+from mlsd.platform.jsonio import dumps
 
 PROG = "mlsd monitor"
 
@@ -35,10 +35,8 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     )
     report.add_argument("--reference", default=None, help="training/reference data (.parquet or .csv)")
     report.add_argument("--current", default=None, help="recent data to compare (.parquet or .csv)")
-    report.add_argument("--system", default=None, help="recsys, search or fraud (with --workdir)")
-    report.add_argument(
-        "--workdir", default=None, help="the system's folder, e.g. the demo's <dir>/fraud (with --system)"
-    )
+    report.add_argument("--system", default=None, help="a registered system, e.g. fraud (with --workdir)")
+    report.add_argument("--workdir", default=None, help="the workdir W holding W/<system>/ (with --system)")
     report.add_argument(
         "--features", default=None, help="comma-separated columns (default: all of the reference)"
     )
@@ -72,9 +70,6 @@ def _split(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-SYSTEMS = ("recsys", "search", "fraud")
-
-
 def run_report(args: argparse.Namespace) -> int:
     from mlsd.platform.monitoring.drift import DriftMonitor
 
@@ -93,33 +88,32 @@ def run_report(args: argparse.Namespace) -> int:
     report = monitor.fit(reference).report(current)
     report["reference"], report["current"] = str(args.reference), str(args.current)
     if args.json:
-        print(json.dumps(report))
+        print(dumps(report))
         return 0
     _print_table(report)
     return 0
 
 
 def _system_report(args: argparse.Namespace) -> int:
-    import importlib
+    from mlsd.platform.system import get_system, system_names
 
-    if args.system not in SYSTEMS:
+    if args.system is None:
+        raise InputError("--system", None, "is missing", f"use one of {', '.join(system_names())}")
+    system = get_system(args.system, "--system")
+    dirs = system.dirs(args.workdir or ".")
+    if args.workdir is None or not dirs.exists():
         raise InputError(
-            "--system", args.system, "unknown or missing system", f"use one of {', '.join(SYSTEMS)}"
-        )
-    if args.workdir is None or not Path(args.workdir).is_dir():
-        raise InputError(
-            "--workdir",
-            args.workdir,
-            "not a directory",
-            f"pass the system's folder, e.g. <demo dir>/{args.system}",
-        )
+            "--workdir", args.workdir, f"has no {system.name} folder ({dirs.home})",
+            f"pass the workdir W that holds W/{system.name}/ (the one mlsd demo or mlsd {system.name} "
+            "train wrote to)",
+        )  # fmt: skip
     if args.reference or args.current:
         raise InputError(
             "--reference", args.reference, "cannot be combined with --system", "use one of the two forms"
         )
-    report = importlib.import_module(f"mlsd.{args.system}.monitoring").drift_report(Path(args.workdir))
+    report = system.drift_report(dirs)
     if args.json:
-        print(json.dumps(report, default=str))
+        print(dumps(report))
         return 0
     _print_table(report)
     _print_performance(report.get("performance"))
