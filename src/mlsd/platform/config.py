@@ -28,6 +28,22 @@ def override_sections(
     ``convert`` maps a section name to a function that normalises its values before they are set
     (e.g. YAML lists into tuples). Unknown sections or settings, and sections that are not mappings,
     raise :class:`InputError` naming ``config.<section>.<setting>``.
+
+    Examples:
+        >>> from dataclasses import dataclass, field
+        >>> @dataclass(frozen=True)
+        ... class Service:
+        ...     port: int = 8000
+        ...     workers: int = 1
+        >>> @dataclass(frozen=True)
+        ... class Config:
+        ...     service: Service = field(default_factory=Service)
+        >>> override_sections(Config(), {"service": {"port": 9000}})
+        Config(service=Service(port=9000, workers=1))
+        >>> override_sections(Config(), {"service": {"prot": 9000}})
+        Traceback (most recent call last):
+            ...
+        mlsd.platform.errors.InputError: config.service.prot=9000: unknown setting. Fix: use one of ['port', 'workers']
     """
     sections = {f.name for f in fields(config)}  # type: ignore[arg-type]
     for section, values in (data or {}).items():

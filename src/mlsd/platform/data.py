@@ -19,7 +19,17 @@ from mlsd.platform.errors import DataFormatError
 def require_columns(
     df: pd.DataFrame, columns: Sequence[str], path: Path | str, *, what: str = "table"
 ) -> None:
-    """Raise unless ``df`` has every one of ``columns`` (the message lists the missing and the found ones)."""
+    """Raise unless ``df`` has every one of ``columns`` (the message lists the missing and the found ones).
+
+    Examples:
+        >>> import pandas as pd
+        >>> df = pd.DataFrame({"user_id": [1, 2], "item_id": [10, 20]})
+        >>> require_columns(df, ["user_id", "item_id"], "ratings.csv")   # all there: returns None
+        >>> require_columns(df, ["user_id", "rating"], "ratings.csv", what="ratings file")
+        Traceback (most recent call last):
+            ...
+        mlsd.platform.errors.DataFormatError: file='ratings.csv:1': the ratings file lacks column(s) ['rating']; found ['user_id', 'item_id']. Fix: provide a header with ['user_id', 'rating']
+    """
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise DataFormatError(
@@ -39,7 +49,18 @@ def require_numeric(
     allow_missing: bool = False,
     line_offset: int = 2,
 ) -> np.ndarray:
-    """``df[column]`` as float64 (or int64 with ``integer=True``); the first bad value names its line."""
+    """``df[column]`` as float64 (or int64 with ``integer=True``); the first bad value names its line.
+
+    Examples:
+        >>> import pandas as pd
+        >>> require_numeric(pd.DataFrame({"rating": ["4", "5"]}), "rating", "r.csv", integer=True).tolist()
+        [4, 5]
+        >>> df = pd.DataFrame({"rating": ["4", "4.5", "five"]})   # row 1 is line 3 (header = line 1)
+        >>> require_numeric(df, "rating", "r.csv", integer=True)
+        Traceback (most recent call last):
+            ...
+        mlsd.platform.errors.DataFormatError: file='r.csv:3': column 'rating': expected a whole number, got '4.5'. Fix: write a whole number there
+    """
     require_columns(df, [column], path)
     raw = df[column]
     values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
@@ -61,7 +82,15 @@ def require_numeric(
 
 
 def require_unique(df: pd.DataFrame, column: str, path: Path | str, *, line_offset: int = 2) -> None:
-    """Raise on the first repeated value of ``column`` (an id column), naming the line of the repeat."""
+    """Raise on the first repeated value of ``column`` (an id column), naming the line of the repeat.
+
+    Examples:
+        >>> import pandas as pd
+        >>> require_unique(pd.DataFrame({"item_id": [7, 8, 7]}), "item_id", "items.csv")
+        Traceback (most recent call last):
+            ...
+        mlsd.platform.errors.DataFormatError: file='items.csv:4': column 'item_id': 7 appears more than once. Fix: de-duplicate the file; ids must be unique
+    """
     require_columns(df, [column], path)
     repeated = df[column].duplicated().to_numpy()
     if repeated.any():

@@ -25,6 +25,16 @@ class InputError(ValueError):
 
     ``status`` is the HTTP status the serving layer answers with (422 by default, 404 for an unknown
     resource, 413 for an oversized payload).
+
+    Examples:
+        >>> err = InputError("k", -1, "must be a positive integer", "pass k >= 1")
+        >>> print(err)
+        k=-1: must be a positive integer. Fix: pass k >= 1
+        >>> err.status, err.to_dict()["fix"]
+        (422, 'pass k >= 1')
+        >>> value = InputError("q", "x" * 500, "too long", "shorten it").value   # echoed values are cut
+        >>> len(value), value[-15:]
+        (95, '... (500 chars)')
     """
 
     def __init__(self, field: str, value: Any, problem: str, fix: str, *, status: int = 422) -> None:
@@ -46,7 +56,15 @@ class InputError(ValueError):
 
 
 class DataFormatError(InputError):
-    """A malformed input file: names the file and line, and what was expected there."""
+    """A malformed input file: names the file and line, and what was expected there.
+
+    Examples:
+        >>> err = DataFormatError("ratings.csv", 7, "column 'rating': expected a number", "write a number")
+        >>> print(err)
+        file='ratings.csv:7': column 'rating': expected a number. Fix: write a number
+        >>> err.path, err.line, err.status, isinstance(err, InputError)
+        ('ratings.csv', 7, 422, True)
+    """
 
     def __init__(self, path: Any, line: int | None, problem: str, fix: str) -> None:
         where = f"{path}:{line}" if line is not None else str(path)

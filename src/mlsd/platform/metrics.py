@@ -129,7 +129,17 @@ def _discounts(k: int) -> np.ndarray:
 def precision_at_k(
     recommended: ArrayLike, relevant: Sequence[ArrayLike], k: int | None = None, *, per_user: bool = False
 ) -> float | np.ndarray:
-    """Mean over users of (hits in the top k) / k."""
+    """Mean over users of (hits in the top k) / k.
+
+    Examples:
+        >>> import numpy as np
+        >>> recommended = np.array([[1, 2, 3], [4, 5, -1], [6, 7, 8]])   # user 1 got two items
+        >>> relevant = [[1, 3], [5], []]   # user 2 has no relevant item: excluded from the mean
+        >>> precision_at_k(recommended, relevant)   # (2/3 + 1/3) / 2: the short list still divides by 3
+        0.5
+        >>> precision_at_k(recommended, relevant, per_user=True).round(4).tolist()
+        [0.6667, 0.3333, nan]
+    """
     hits, n_rel = _hits(recommended, relevant, k)
     return _reduce(hits.sum(axis=1) / hits.shape[1], n_rel > 0, per_user)
 
@@ -137,7 +147,15 @@ def precision_at_k(
 def recall_at_k(
     recommended: ArrayLike, relevant: Sequence[ArrayLike], k: int | None = None, *, per_user: bool = False
 ) -> float | np.ndarray:
-    """Mean over users of (hits in the top k) / (number of relevant items)."""
+    """Mean over users of (hits in the top k) / (number of relevant items).
+
+    Examples:
+        >>> import numpy as np
+        >>> recommended = np.array([[1, 2, 3], [4, 5, -1], [6, 7, 8]])   # user 1 got two items
+        >>> relevant = [[1, 3], [5], []]   # user 2 has no relevant item: excluded from the mean
+        >>> recall_at_k(recommended, relevant), recall_at_k(recommended, relevant, k=1)   # k=1: (1/2 + 0) / 2
+        (1.0, 0.25)
+    """
     hits, n_rel = _hits(recommended, relevant, k)
     return _reduce(hits.sum(axis=1) / np.maximum(n_rel, 1), n_rel > 0, per_user)
 
@@ -145,7 +163,18 @@ def recall_at_k(
 def ndcg_at_k(
     recommended: ArrayLike, relevant: Sequence[ArrayLike], k: int | None = None, *, per_user: bool = False
 ) -> float | np.ndarray:
-    """Binary nDCG@k: DCG of the hits over the DCG of ``min(k, n_relevant)`` hits at the top."""
+    """Binary nDCG@k: DCG of the hits over the DCG of ``min(k, n_relevant)`` hits at the top.
+
+    Examples:
+        >>> import numpy as np
+        >>> recommended = np.array([[1, 2, 3], [4, 5, -1], [6, 7, 8]])   # user 1 got two items
+        >>> relevant = [[1, 3], [5], []]   # user 2 has no relevant item: excluded from the mean
+        >>> # user 0: (1 + 1/log2(4)) / (1 + 1/log2(3)) = 0.9197; user 1: (1/log2(3)) / 1 = 0.6309
+        >>> ndcg_at_k(recommended, relevant, per_user=True).round(4).tolist()
+        [0.9197, 0.6309, nan]
+        >>> round(ndcg_at_k(recommended, relevant), 4)
+        0.7753
+    """
     hits, n_rel = _hits(recommended, relevant, k)
     width = hits.shape[1]
     discounts = _discounts(width)
@@ -158,7 +187,16 @@ def ndcg_at_k(
 def map_at_k(
     recommended: ArrayLike, relevant: Sequence[ArrayLike], k: int | None = None, *, per_user: bool = False
 ) -> float | np.ndarray:
-    """MAP@k as in Microsoft Recommenders: sum of precision@rank over hits, divided by n_relevant."""
+    """MAP@k as in Microsoft Recommenders: sum of precision@rank over hits, divided by n_relevant.
+
+    Examples:
+        >>> import numpy as np
+        >>> recommended = np.array([[1, 2, 3], [4, 5, -1], [6, 7, 8]])   # user 1 got two items
+        >>> relevant = [[1, 3], [5], []]   # user 2 has no relevant item: excluded from the mean
+        >>> # user 0: (1/1 + 2/3) / 2 = 0.8333; user 1: (1/2) / 1 = 0.5
+        >>> map_at_k(recommended, relevant, per_user=True).round(4).tolist()
+        [0.8333, 0.5, nan]
+    """
     hits, n_rel = _hits(recommended, relevant, k)
     ranks = np.arange(1, hits.shape[1] + 1, dtype=np.float64)
     precision_at_rank = np.cumsum(hits, axis=1) / ranks
@@ -170,6 +208,14 @@ def coverage_at_k(recommended: ArrayLike, catalog: int | ArrayLike, k: int | Non
 
     ``catalog`` is the number of items, or the array of catalogue item ids (then only recommended items
     that belong to it count).
+
+    Examples:
+        >>> import numpy as np
+        >>> recommended = np.array([[1, 2, 3], [4, 5, -1], [6, 7, 8]])
+        >>> coverage_at_k(recommended, 10), coverage_at_k(recommended, 10, k=1)   # 8 and 3 of 10 items
+        (0.8, 0.3)
+        >>> coverage_at_k(recommended, np.arange(1, 7))   # items 7 and 8 are not in this catalogue
+        1.0
     """
     rec = _prepare_recommended(recommended, k)
     shown = np.unique(rec[rec >= 0])
@@ -194,6 +240,14 @@ def graded_ndcg_at_k(
     """nDCG@k with graded judgements: gain ``2**g - 1``; the ideal ranks all judged gains, best first.
 
     Unjudged items have gain 0. Users whose judgements are all 0 have no ideal DCG and are excluded.
+
+    Examples:
+        >>> import numpy as np
+        >>> # gains 2**1 - 1 = 1 (item 1) and 2**3 - 1 = 7 (item 2): (1 + 7/log2(3)) / (7 + 1/log2(3))
+        >>> round(graded_ndcg_at_k(np.array([[1, 2, 9]]), [{2: 3, 1: 1}]), 4)
+        0.7098
+        >>> graded_ndcg_at_k(np.array([[2, 1]]), [{2: 3, 1: 1}])   # best first: the ideal order
+        1.0
     """
     rec = _prepare_recommended(recommended, k)
     n_users, width = rec.shape
@@ -244,7 +298,15 @@ def graded_ndcg_at_k(
 def ranking_metrics(
     recommended: ArrayLike, relevant: Sequence[ArrayLike], k: int, catalog: int | ArrayLike
 ) -> dict[str, float]:
-    """The five numbers an evaluate command reports: ``{"ndcg@k", "precision@k", "recall@k", "map@k", "coverage@k"}``."""
+    """The five numbers an evaluate command reports: ``{"ndcg@k", "precision@k", "recall@k", "map@k", "coverage@k"}``.
+
+    Examples:
+        >>> import numpy as np
+        >>> recommended = np.array([[1, 2, 3], [4, 5, -1], [6, 7, 8]])   # user 1 got two items
+        >>> relevant = [[1, 3], [5], []]   # user 2 has no relevant item: excluded from the mean
+        >>> {name: round(value, 4) for name, value in ranking_metrics(recommended, relevant, 3, 10).items()}
+        {'ndcg@3': 0.7753, 'precision@3': 0.5, 'recall@3': 1.0, 'map@3': 0.6667, 'coverage@3': 0.8}
+    """
     hits_args = (recommended, relevant, k)
     return {
         f"ndcg@{k}": ndcg_at_k(*hits_args),
@@ -283,7 +345,15 @@ def _binary(y_true: ArrayLike, y_score: ArrayLike) -> tuple[np.ndarray, np.ndarr
 
 
 def roc_auc(y_true: ArrayLike, y_score: ArrayLike) -> float:
-    """Area under the ROC curve (Mann-Whitney U with average ranks for ties)."""
+    """Area under the ROC curve (Mann-Whitney U with average ranks for ties).
+
+    Examples:
+        >>> # 3 of the 4 (positive, negative) pairs are ordered right: 0.35 < 0.4 is the one wrong
+        >>> roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
+        0.75
+        >>> roc_auc([0, 1], [0.5, 0.5])   # a tie counts one half
+        0.5
+    """
     y, s = _binary(y_true, y_score)
     n_pos = int(y.sum())
     n_neg = y.size - n_pos
@@ -302,7 +372,13 @@ def _curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def average_precision(y_true: ArrayLike, y_score: ArrayLike) -> float:
-    """AP = sum over thresholds of (recall step) x precision, one threshold per distinct score (as sklearn)."""
+    """AP = sum over thresholds of (recall step) x precision, one threshold per distinct score (as sklearn).
+
+    Examples:
+        >>> # the positives come at ranks 1 and 3: (1/1 + 2/3) / 2
+        >>> round(average_precision([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]), 4)
+        0.8333
+    """
     y, s = _binary(y_true, y_score)
     tps, fps = _curve(y, s)
     precision = tps / (tps + fps)
@@ -311,7 +387,13 @@ def average_precision(y_true: ArrayLike, y_score: ArrayLike) -> float:
 
 
 def precision_at_top_k(y_true: ArrayLike, y_score: ArrayLike, k: int) -> float:
-    """Share of positives among the k highest scores (e.g. the alerts a review team can look at)."""
+    """Share of positives among the k highest scores (e.g. the alerts a review team can look at).
+
+    Examples:
+        >>> y_true, y_score = [0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]
+        >>> precision_at_top_k(y_true, y_score, 1), precision_at_top_k(y_true, y_score, 2)
+        (1.0, 0.5)
+    """
     y, s = _binary(y_true, y_score)
     if k < 1:
         raise InputError("k", k, "must be a positive integer", "pass k >= 1")
@@ -320,7 +402,13 @@ def precision_at_top_k(y_true: ArrayLike, y_score: ArrayLike, k: int) -> float:
 
 
 def recall_at_fpr(y_true: ArrayLike, y_score: ArrayLike, max_fpr: float) -> float:
-    """Highest recall reachable by a score threshold whose false-positive rate stays <= ``max_fpr``."""
+    """Highest recall reachable by a score threshold whose false-positive rate stays <= ``max_fpr``.
+
+    Examples:
+        >>> y_true, y_score = [0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]
+        >>> recall_at_fpr(y_true, y_score, 0.0), recall_at_fpr(y_true, y_score, 0.5)   # 0.4 is a false alarm
+        (0.5, 1.0)
+    """
     y, s = _binary(y_true, y_score)
     if not 0.0 <= max_fpr <= 1.0:
         raise InputError("max_fpr", max_fpr, "must be a rate in [0, 1]", "pass e.g. 0.01 for 1%")

@@ -44,12 +44,38 @@ _CHUNK = 1 << 20
 
 
 class ArtifactCorrupted(RuntimeError):
-    """A registered artifact's files no longer match the checksums recorded when it was registered."""
+    """A registered artifact's files no longer match the checksums recorded when it was registered.
+
+    Examples:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / "model").mkdir(); _ = (root / "model" / "weights.txt").write_text("w=1")
+        >>> registry = ModelRegistry(root / "registry")
+        >>> mv = registry.register("ranker", root / "model", params={}, metrics={}, data_fingerprint="d")
+        >>> _ = (mv.path / "weights.txt").write_text("w=2")   # someone edits the registered copy
+        >>> registry.artifact_path("ranker", 1)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        mlsd.platform.registry.ArtifactCorrupted: model 'ranker' version 1 at ... does not match its registered checksums: file 'weights.txt' has sha256 ..., expected .... Fix: ...
+    """
 
 
 @dataclass(frozen=True)
 class ModelVersion:
-    """One registered version: its lineage and the sha256 of every artifact file (``files``: rel -> hex)."""
+    """One registered version: its lineage and the sha256 of every artifact file (``files``: rel -> hex).
+
+    Examples:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / "model").mkdir(); _ = (root / "model" / "weights.txt").write_text("w=1")
+        >>> registry = ModelRegistry(root / "registry")
+        >>> mv = registry.register("ranker", root / "model", params={"lr": 0.1}, metrics={"ndcg@10": 0.31},
+        ...                        data_fingerprint="abc")
+        >>> mv.name, mv.version, mv.params, mv.parent, list(mv.files)
+        ('ranker', 1, {'lr': 0.1}, None, ['weights.txt'])
+        >>> mv.files["weights.txt"] == hashlib.sha256(b"w=1").hexdigest()
+        True
+    """
 
     name: str
     version: int
@@ -128,6 +154,15 @@ def fingerprint(data: Any) -> str:
     ``data`` is a DataFrame/Series (values, column names and dtypes; the index is ignored), a numpy array
     (dtype, shape, bytes), a ``Path`` (file bytes, or every file of a directory), or a dict/list/tuple of
     those. Same contents -> same fingerprint, across processes and machines.
+
+    Examples:
+        >>> df = pd.DataFrame({"user_id": [1, 2], "rating": [4.0, 5.0]})
+        >>> fingerprint(df) == fingerprint(df.set_index(pd.Index([10, 20])))   # the index is ignored
+        True
+        >>> fingerprint(df) == fingerprint(df.assign(rating=[4.0, 4.5]))      # the values are not
+        False
+        >>> len(fingerprint({"train": df, "seed": 0}))   # sha256 hex
+        64
     """
     digest = hashlib.sha256()
     _feed(digest, data)
@@ -181,7 +216,26 @@ def _json_default(value: Any) -> Any:
 
 
 class ModelRegistry:
-    """Versions, aliases and lineage of models under ``root`` (see the module docstring)."""
+    """Versions, aliases and lineage of models under ``root`` (see the module docstring).
+
+    Examples:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> registry, model = ModelRegistry(root / "registry"), root / "model"
+        >>> model.mkdir()
+        >>> for w in (1, 2, 3):   # three trainings, each promoted to champion
+        ...     _ = (model / "weights.txt").write_text(f"w={w}")
+        ...     mv = registry.register("ranker", model, params={"w": w}, metrics={}, data_fingerprint="d")
+        ...     _ = registry.promote("ranker", mv.version)
+        >>> registry.current_version("ranker"), registry.alias("ranker").params
+        (3, {'w': 3})
+        >>> registry.rollback("ranker").version, registry.rollback("ranker").version   # a stack
+        (2, 1)
+        >>> (registry.artifact_path("ranker") / "weights.txt").read_text()   # checksums verified
+        'w=1'
+        >>> [(h["action"], h["version"]) for h in registry.history("ranker")][-2:]
+        [('rollback', 2), ('rollback', 1)]
+    """
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
@@ -502,7 +556,24 @@ def verify(mv: ModelVersion) -> None:
 
 
 class AliasWatcher:
-    """Polls a registry alias and calls ``on_change`` when it points somewhere new (see ``watch``)."""
+    """Polls a registry alias and calls ``on_change`` when it points somewhere new (see ``watch``).
+
+    Examples:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / "model").mkdir(); _ = (root / "model" / "weights.txt").write_text("w=1")
+        >>> registry = ModelRegistry(root / "registry")
+        >>> for _ in range(2):
+        ...     _ = registry.register("ranker", root / "model", params={}, metrics={}, data_fingerprint="d")
+        >>> _ = registry.promote("ranker", 1)
+        >>> loaded = []
+        >>> watcher = registry.watch("ranker", "champion", lambda mv: loaded.append(mv.version), start=False)
+        >>> watcher.poll()   # nothing moved since the watcher started
+        False
+        >>> _ = registry.promote("ranker", 2)
+        >>> watcher.poll(), loaded
+        (True, [2])
+    """
 
     def __init__(
         self,

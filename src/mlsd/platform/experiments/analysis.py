@@ -111,6 +111,10 @@ def cs_multiplier(n_total: Any, alpha: float = 0.05, planned_n: float = 10_000) 
     Two-sided Gaussian-mixture boundary: ``sqrt(2 (t r + 1) / (t r) * log(sqrt(t r + 1) / alpha))`` with
     ``r`` the mixing variance. It is ~3.0 at ``planned_n`` for alpha = 0.05 (the fixed-horizon 1.96 is the
     price of never being allowed to look), and grows like ``sqrt(log log t)`` elsewhere.
+
+    Examples:
+        >>> cs_multiplier([100, 10_000, 1_000_000]).round(2).tolist()
+        [9.08, 3.04, 3.56]
     """
     t = np.asarray(n_total, dtype=np.float64)
     tr = t * _mixture_rho2(alpha, planned_n)
@@ -126,6 +130,11 @@ def confidence_sequence(
     Valid simultaneously over all looks: P(the true value ever leaves the sequence) <= alpha
     (asymptotically; the simulation test checks it at the sizes used here). ``planned_n`` only tunes
     where the sequence is tightest; any value keeps it valid.
+
+    Examples:
+        >>> low, high = confidence_sequence(0.5, 0.1, n_total=10_000)   # estimate 0.5, se 0.1
+        >>> round(float(low), 3), round(float(high), 3)   # +-3.04 se, where a fixed-horizon CI is +-1.96
+        (0.196, 0.804)
     """
     half = np.asarray(se) * cs_multiplier(n_total, alpha, planned_n)
     est = np.asarray(estimate, dtype=np.float64)
@@ -138,7 +147,15 @@ def confidence_sequence(
 
 @dataclass
 class Comparison:
-    """One treatment arm against the control on one metric. Fields broadcast like the input stats."""
+    """One treatment arm against the control on one metric. Fields broadcast like the input stats.
+
+    Examples:
+        >>> stats = MetricStats.from_arrays("y", ["control", "treatment"], [0, 0, 0, 1, 1, 1],
+        ...                                 {"y": [1.0, 2.0, 3.0, 2.0, 3.0, 4.0]})
+        >>> c = compare(stats)
+        >>> float(c.diff), round(float(c.relative), 2), bool(c.significant), c.to_dict()["kind"]
+        (1.0, 0.5, False, 'mean')
+    """
 
     metric: str
     control: str
@@ -200,7 +217,26 @@ def compare(
     cuped: bool = True,
     planned_n: float = 10_000,
 ) -> Comparison:
-    """Treatment vs control on ``stats``: absolute and relative lift, CIs, p-value, confidence sequence."""
+    """Treatment vs control on ``stats``: absolute and relative lift, CIs, p-value, confidence sequence.
+
+    Examples:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(1)
+        >>> arm = rng.integers(0, 2, 10_000)
+        >>> minutes = rng.normal(10, 2, 10_000) + 0.5 * arm   # a planted +0.5 for the treatment
+        >>> stats = MetricStats.from_arrays("minutes", ["control", "treatment"], arm, {"y": minutes})
+        >>> c = compare(stats)
+        >>> round(float(c.diff), 3), round(float(c.diff_low), 3), round(float(c.diff_high), 3)   # covers 0.5
+        (0.512, 0.434, 0.59)
+        >>> round(float(c.relative), 3), bool(c.significant), bool(c.sequential_significant)
+        (0.051, True, True)
+        >>> pre = rng.normal(10, 2, 10_000)   # CUPED: a pre-period covariate explaining 80% of the variance
+        >>> stats = MetricStats.from_arrays("minutes", ["control", "treatment"], arm,
+        ...                                 {"y": pre + rng.normal(0, 1, 10_000) + 0.5 * arm, "x": pre})
+        >>> c = compare(stats)
+        >>> c.kind, round(float(c.diff), 3), round(float(c.variance_reduction), 2)
+        ('cuped', 0.502, 0.8)
+    """
     n_arms = len(stats.arms)
     for name, idx in (("treatment", treatment), ("control", control)):
         if not 0 <= idx < n_arms:
@@ -269,6 +305,18 @@ def paired_compare(stats: MetricStats, alpha: float = 0.05, planned_n: float = 1
     comparison needs far fewer units than a split test. Returns the mean difference (challenger minus
     champion) with a t interval, p-value, relative difference (delta method, with the covariance) and the
     always-valid confidence sequence. Mergeable like any stats: shards add up.
+
+    Examples:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(2)
+        >>> champion = rng.normal(10, 3, 500)   # loss per unit; the challenger is 0.2 better on each
+        >>> challenger = champion - 0.2 + rng.normal(0, 0.1, 500)
+        >>> values = {"champion": champion, "challenger": challenger}
+        >>> result = paired_compare(MetricStats.from_arrays("loss", ["shadow"], np.zeros(500), values))
+        >>> round(result["diff"], 3), result["cs_high"] < 0   # 500 units suffice when paired
+        (-0.199, True)
+        >>> round(result["variance_reduction_vs_unpaired"], 3)
+        0.999
     """
     if tuple(stats.variables) != ("champion", "challenger"):
         raise InputError(
@@ -319,6 +367,15 @@ def srm_check(counts: Any, weights: Any, threshold: float = SRM_THRESHOLD) -> di
 
     ``flagged`` when p < ``threshold`` (0.001: with many experiments running, a looser threshold would
     cry wolf daily). A unit counted in an arm of weight 0 is an SRM by definition (p = 0).
+
+    Examples:
+        >>> srm_check([5000, 5000], [1, 1])["flagged"]
+        False
+        >>> check = srm_check([5000, 4600], [1, 1])   # 4% of the treatment's exposures went missing
+        >>> check["flagged"], check["expected"], round(check["chi2"], 2)
+        (True, [4800.0, 4800.0], 16.67)
+        >>> srm_check([90, 10], [0.9, 0.1])["p_value"], srm_check([90, 10], [1, 0])["p_value"]
+        (1.0, 0.0)
     """
     counts = np.asarray(counts, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
@@ -350,6 +407,21 @@ def guardrail(comparison: Comparison, spec: MetricSpec, sequential: bool = False
 
     ``pass``: the (relative) interval rules out a degradation beyond the margin; ``fail``: the whole
     interval lies beyond it; ``inconclusive``: neither yet. ``sequential`` uses the confidence sequence.
+
+    Examples:
+        >>> from dataclasses import replace
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(3)
+        >>> arm = rng.integers(0, 2, 20_000)
+        >>> latency = rng.normal(100, 10, 20_000)   # no real change
+        >>> spec = MetricSpec("latency", higher_is_better=False, guardrail=True, margin=0.02)
+        >>> same = compare(MetricStats.from_arrays("latency", ["control", "treatment"], arm, {"y": latency}))
+        >>> slower = compare(MetricStats.from_arrays("latency", ["control", "treatment"], arm,
+        ...                                          {"y": latency * (1 + 0.05 * arm)}))   # 5% slower
+        >>> guardrail(same, spec)["status"], guardrail(slower, spec)["status"]
+        ('pass', 'fail')
+        >>> guardrail(same, replace(spec, margin=0.001))["status"]   # too tight for 20,000 units
+        'inconclusive'
     """
     low = comparison.relative_cs_low if sequential else comparison.relative_low
     high = comparison.relative_cs_high if sequential else comparison.relative_high
@@ -388,6 +460,20 @@ def analyze_experiment(
     uses the confidence sequence, so it may be read at any time: ``invalid (SRM)`` beats everything,
     then ``guardrail failed``, then the primary metric (the first non-guardrail metric):
     ``win``/``loss`` when the sequence excludes 0, else ``keep running``.
+
+    Examples:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(1)
+        >>> arm = rng.integers(0, 2, 10_000)
+        >>> minutes = rng.normal(10, 2, 10_000) + 0.5 * arm   # a planted +0.5 for the treatment
+        >>> stats = MetricStats.from_arrays("minutes", ["control", "treatment"], arm, {"y": minutes})
+        >>> from mlsd.platform.experiments import Arm
+        >>> exp = Experiment("ranker", (Arm("control"), Arm("treatment")), metrics=(MetricSpec("minutes"),))
+        >>> report = analyze_experiment(exp, {"minutes": stats})
+        >>> report["srm"]["flagged"], report["primary_metric"], report["verdict"]
+        (False, 'minutes', {'treatment': 'win'})
+        >>> analyze_experiment(exp, {"minutes": stats}, counts=[5000, 4600])["verdict"]   # SRM beats all
+        {'treatment': 'invalid (SRM)'}
     """
     specs = {m.name: m for m in experiment.metrics}
     missing = [name for name in specs if name not in stats]

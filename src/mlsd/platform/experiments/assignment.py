@@ -64,6 +64,12 @@ def bucket_of(salt: str, unit_ids: Any) -> np.ndarray:
 
     hashlib has no vectorised form, so this is the one per-id Python step; everything after it (coverage,
     layers, arms) is numpy. About a microsecond per id.
+
+    Examples:
+        >>> bucket_of("ranker", [42, "42", 43]).tolist()   # the int 42 and the string "42" are one unit
+        [2901, 2901, 5135]
+        >>> bucket_of("another-salt", [42]).tolist()       # an independent hash under another salt
+        [4824]
     """
     return _buckets(salt, _id_bytes(unit_ids))
 
@@ -85,7 +91,12 @@ def _buckets(salt: str, encoded: Sequence[bytes]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Arm:
-    """One variant. It names what it changes: a registry ``alias`` (e.g. ``"challenger"``) and/or ``params``."""
+    """One variant. It names what it changes: a registry ``alias`` (e.g. ``"challenger"``) and/or ``params``.
+
+    Examples:
+        >>> Arm("challenger", alias="challenger", params={"k": 50})
+        Arm(name='challenger', weight=1.0, alias='challenger', params={'k': 50})
+    """
 
     name: str
     weight: float = 1.0
@@ -102,6 +113,14 @@ class MetricSpec:
     search, analysed with the delta method. ``covariate``: a pre-period column for CUPED (mean metrics).
     A ``guardrail`` must not degrade by more than ``margin`` (relative, 0.01 = 1%) in the direction given
     by ``higher_is_better``.
+
+    Examples:
+        >>> MetricSpec("minutes").value_column   # a mean metric reads the column of its name
+        'minutes'
+        >>> ctr = MetricSpec("ctr", kind="ratio", numerator="clicks", denominator="searches")
+        >>> latency = MetricSpec("latency_ms", higher_is_better=False, guardrail=True, margin=0.02)
+        >>> ctr.kind, latency.guardrail
+        ('ratio', True)
     """
 
     name: str
@@ -125,6 +144,21 @@ class Experiment:
 
     ``mode="shadow"`` means the service always acts on arm 0 and only scores and logs the other arms
     alongside (fraud: the challenger never declines a payment while it is being evaluated).
+
+    Examples:
+        >>> from dataclasses import replace
+        >>> import numpy as np
+        >>> exp = Experiment("ranker", (Arm("control", weight=3), Arm("challenger")))
+        >>> exp.salt, exp.weights.tolist(), exp.arm_index("challenger")   # the salt defaults to the name
+        ('ranker', [0.75, 0.25], 1)
+        >>> def ramp(coverage):   # the same experiment at another coverage
+        ...     config = ExperimentConfig((Layer("ranking", (replace(exp, coverage=coverage),)),))
+        ...     return Assigner(config).assign("ranker", np.arange(10_000))
+        >>> small, big = ramp(0.1), ramp(0.5)
+        >>> float((small >= 0).mean()), float((big >= 0).mean())
+        (0.1005, 0.4951)
+        >>> bool((big[small >= 0] == small[small >= 0]).all())   # growing coverage moves nobody's arm
+        True
     """
 
     name: str
@@ -161,7 +195,19 @@ class Experiment:
 
 @dataclass(frozen=True)
 class Layer:
-    """Experiments that must not overlap (e.g. two rankers for the same slot)."""
+    """Experiments that must not overlap (e.g. two rankers for the same slot).
+
+    Examples:
+        >>> import numpy as np
+        >>> arms = (Arm("control"), Arm("treatment"))
+        >>> a, b = Experiment("A", arms, allocation=0.5), Experiment("B", arms, allocation=0.5)
+        >>> layer = Layer("ranking", (a, b))   # A takes the first half of the layer's buckets, B the second
+        >>> assigned = Assigner(ExperimentConfig((layer,))).assign_all(np.arange(10_000))
+        >>> float((assigned["A"] >= 0).mean()), float((assigned["B"] >= 0).mean())
+        (0.4951, 0.5049)
+        >>> int(((assigned["A"] >= 0) & (assigned["B"] >= 0)).sum())   # mutually exclusive
+        0
+    """
 
     name: str
     experiments: tuple[Experiment, ...]
@@ -174,7 +220,16 @@ class Layer:
 
 @dataclass(frozen=True)
 class Holdout:
-    """Units kept out of every experiment."""
+    """Units kept out of every experiment.
+
+    Examples:
+        >>> import numpy as np
+        >>> exp = Experiment("ranker", (Arm("control"), Arm("challenger")))
+        >>> assigner = Assigner(ExperimentConfig((Layer("ranking", (exp,)),), holdout=Holdout(0.05)))
+        >>> held = assigner.in_holdout(np.arange(10_000))
+        >>> float(held.mean()), bool((assigner.assign("ranker", np.arange(10_000))[held] == -1).all())
+        (0.0473, True)
+    """
 
     fraction: float = 0.0
     salt: str = "mlsd:global-holdout"
@@ -182,7 +237,20 @@ class Holdout:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """Every layer, experiment and the global holdout: ``from_yaml(path)`` / ``from_dict(d)``."""
+    """Every layer, experiment and the global holdout: ``from_yaml(path)`` / ``from_dict(d)``.
+
+    Examples:
+        >>> arms = [{"name": "control"}, {"name": "challenger"}]
+        >>> # a top-level "experiments" list is one layer named "default"
+        >>> config = ExperimentConfig.from_dict({"experiments": [{"name": "ranker", "arms": arms}]})
+        >>> config.layers[0].name, config.experiment("ranker").arm_names
+        ('default', ['control', 'challenger'])
+        >>> bad = [{"name": "control"}, {"name": "challenger", "weight": -1}]
+        >>> ExperimentConfig.from_dict({"experiments": [{"name": "ranker", "arms": bad}]})   # names the path
+        Traceback (most recent call last):
+            ...
+        mlsd.platform.errors.InputError: layers[0].experiments[0].arms[1].weight=-1.0: must be >= 0. Fix: use e.g. 1 or 0.5
+    """
 
     layers: tuple[Layer, ...]
     holdout: Holdout = field(default_factory=Holdout)
@@ -228,7 +296,21 @@ class ExperimentConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ExperimentConfig:
-        """Load a YAML file; a syntax error raises DataFormatError with the line."""
+        """Load a YAML file; a syntax error raises DataFormatError with the line.
+
+        Examples:
+            >>> import tempfile
+            >>> path = Path(tempfile.mkdtemp()) / "experiments.yaml"
+            >>> _ = path.write_text("experiments:\\n  - name: ranker\\n    arms: [{name: control}, {name: b}]\\n")
+            >>> ExperimentConfig.from_yaml(path).experiment("ranker").arm_names
+            ['control', 'b']
+            >>> _ = path.write_text("experiments:\\n  - name: ranker\\n    arms: [{name: control}\\n")
+            >>> try:
+            ...     ExperimentConfig.from_yaml(path)
+            ... except DataFormatError as err:
+            ...     print(err.line, err.problem.split(" (")[0])
+            4 not valid YAML
+        """
         import yaml
 
         path = Path(path)
@@ -458,7 +540,19 @@ class _Slot:
 class Assigner:
     """Deterministic assignment for every experiment of a config; batch-first.
 
-    >>> arms = Assigner(config).assign("recsys-ranker", user_ids)   # int array, -1 = not in experiment
+    Examples:
+        >>> import numpy as np
+        >>> arms = [{"name": "control"}, {"name": "challenger", "alias": "challenger"}]
+        >>> config = ExperimentConfig.from_dict({"experiments": [{"name": "ranker", "arms": arms}]})
+        >>> assigner = Assigner(config)
+        >>> assigner.assign("ranker", [1, 2, 3, 4, 5, 6]).tolist()   # arm index, -1 = not in the experiment
+        [0, 0, 0, 1, 0, 0]
+        >>> assigner.assign("ranker", ["4"]).tolist()   # the same unit, the same arm, on every machine
+        [1]
+        >>> assigner.arms("ranker", [1, -1])[0].alias   # what the unit's request should use
+        'challenger'
+        >>> np.bincount(assigner.assign("ranker", np.arange(10_000))).tolist()   # weights 1:1
+        [5041, 4959]
     """
 
     def __init__(self, config: ExperimentConfig) -> None:

@@ -42,6 +42,20 @@ class ExperimentClient:
     ``log`` defaults to an in-process :class:`MemoryExposureLog`; pass a :class:`RedisExposureLog` when
     several processes serve the same experiment. ``registry``: Prometheus registry for the exposure
     counter (default: the services' registry; ``False`` to count nothing).
+
+    Examples:
+        >>> spec = {"name": "ranker", "metrics": [{"name": "minutes"}],
+        ...         "arms": [{"name": "control"}, {"name": "challenger", "alias": "challenger"}]}
+        >>> config = ExperimentConfig.from_dict({"experiments": [spec]})
+        >>> client = ExperimentClient(config, registry=False)   # exposures in memory, no counter
+        >>> users = [1, 2, 3, 4, 5, 6]
+        >>> arms = client.assign("ranker", users)
+        >>> {arm: rows.tolist() for arm, rows in client.groups(arms).items()}   # rows per sub-batch
+        {0: [0, 1, 2, 4, 5], 1: [3]}
+        >>> client.arm("ranker", 1).alias   # what arm 1 serves
+        'challenger'
+        >>> client.expose("ranker", users, arms, ts=0).tolist()   # once served; True = first exposure
+        [True, True, True, True, True, True]
     """
 
     def __init__(
@@ -65,7 +79,12 @@ class ExperimentClient:
     ) -> ExperimentClient | None:
         """What a ``serve`` command builds from ``--experiments FILE [--exposure-redis URL]``: ``None``
         without a config (the service then serves its champion to everyone); exposures go to Redis
-        Streams when a URL is given (several processes serving one experiment), else in-process."""
+        Streams when a URL is given (several processes serving one experiment), else in-process.
+
+        Examples:
+            >>> ExperimentClient.from_options(None) is None   # no --experiments: the champion for all
+            True
+        """
         if config_path is None:
             if exposure_redis is not None:
                 raise InputError(
@@ -150,6 +169,20 @@ class ExperimentClient:
         ``looks > 0`` adds ``report["looks"]``: the analysis at ``looks`` evenly spaced points of the
         exposure order (units exposed so far, and their outcome events up to that time when the events
         carry ``time_column``), which is the path of the confidence sequence the dashboard draws.
+
+        Examples:
+            >>> import pandas as pd
+            >>> spec = {"name": "ranker", "metrics": [{"name": "minutes"}],
+            ...         "arms": [{"name": "control"}, {"name": "challenger", "alias": "challenger"}]}
+            >>> config = ExperimentConfig.from_dict({"experiments": [spec]})
+            >>> client = ExperimentClient(config, registry=False)
+            >>> users = np.arange(2000)
+            >>> arms = client.assign("ranker", users)
+            >>> _ = client.expose("ranker", users, arms, ts=0)
+            >>> minutes = np.random.default_rng(0).normal(10, 2, 2000) + 1.0 * (arms == 1)   # planted +1
+            >>> report = client.analyze("ranker", pd.DataFrame({"unit": users, "minutes": minutes}))
+            >>> report["srm"]["flagged"], report["verdict"]
+            (False, {'challenger': 'win'})
         """
         exp = self.config.experiment(experiment)
         exposures = first_exposures(self.exposures(experiment))
@@ -194,6 +227,18 @@ def analyze_shadow(
     shared (one column without ``@``, e.g. payments scored): both arms see the same traffic, so the ratio
     difference is the paired numerator difference over the mean denominator. There is no split, so no
     sample-ratio check: ``srm`` says so instead of pretending a p-value.
+
+    Examples:
+        >>> from mlsd.platform.experiments import MetricSpec
+        >>> arms, spec = (Arm("champion"), Arm("challenger")), MetricSpec("loss", higher_is_better=False)
+        >>> exp = Experiment("fraud", arms, mode="shadow", metrics=(spec,))
+        >>> units = np.arange(400)
+        >>> exposures = pd.DataFrame({"unit": units.astype(str), "arm": 0, "ts": 0})   # all saw the champion
+        >>> loss = np.random.default_rng(0).exponential(10, 400)
+        >>> outcomes = pd.DataFrame({"unit": units, "loss@champion": loss, "loss@challenger": 0.9 * loss})
+        >>> report = analyze_shadow(exp, exposures, outcomes)
+        >>> report["verdict"], round(report["metrics"]["loss"][0]["relative"], 3), report["srm"]["flagged"]
+        ({'challenger': 'better than the champion'}, -0.1, False)
     """
     first = first_exposures(exposures)
     units = first["unit"].astype(str).to_numpy() if len(first) else np.zeros(0, dtype=str)

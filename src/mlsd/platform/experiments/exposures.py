@@ -34,7 +34,12 @@ EXPOSURE_COLUMNS = ("unit", "arm", "ts")
 
 @runtime_checkable
 class ExposureLog(Protocol):
-    """Where exposures go. Every implementation passes ``tests/platform/test_exposures.py``."""
+    """Where exposures go. Every implementation passes ``tests/platform/test_exposures.py``.
+
+    Examples:
+        >>> isinstance(MemoryExposureLog(), ExposureLog)
+        True
+    """
 
     def log(self, experiment: str, unit_ids: Any, arms: Any, ts: Any = None) -> np.ndarray:
         """Log exposures; return a bool mask, True where this call logged a new (unit, arm) for the
@@ -76,7 +81,17 @@ def _frame(units: Sequence[str], arms: Sequence[int], ts: Sequence[int]) -> pd.D
 
 
 class MemoryExposureLog:
-    """In-process exposure log (one process, tests, simulations). Thread-safe."""
+    """In-process exposure log (one process, tests, simulations). Thread-safe.
+
+    Examples:
+        >>> log = MemoryExposureLog()
+        >>> log.log("ranker", ["a", "b", "a", "c"], [0, 1, 0, -1], ts=100).tolist()   # c: not in it
+        [True, True, False, False]
+        >>> log.log("ranker", ["a", "b"], [0, 0], ts=200).tolist()   # b in another arm is a new pair
+        [False, True]
+        >>> log.exposures("ranker").to_dict("list")   # the analysis keeps each unit's first exposure
+        {'unit': ['a', 'b', 'b'], 'arm': [0, 1, 0], 'ts': [100, 100, 200]}
+    """
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
@@ -132,6 +147,13 @@ class RedisExposureLog:
 
     Keys are ``{prefix}exp:{<experiment>}:exposures`` and ``...:seen``; the braces are a Redis Cluster hash
     tag, so both keys of an experiment live on one shard and the Lua script may touch both.
+
+    Examples:
+        >>> # The client connects lazily: units not in the experiment (-1) never reach the server.
+        >>> log = RedisExposureLog("redis://127.0.0.1:6379/0", prefix="mlsd:")
+        >>> isinstance(log, ExposureLog), log.log("ranker", ["a", "b"], [-1, -1]).tolist()
+        (True, [False, False])
+        >>> log.close()
     """
 
     def __init__(
@@ -202,6 +224,17 @@ class MetricStats:
     ``(..., n_arms, k)`` and ``q`` (sums of cross products, ``q[..., a, i, j] = sum v_i v_j``)
     ``(..., n_arms, k, k)``. Leading ``...`` dimensions are optional: simulations stack thousands of
     experiments in one object and every analysis function broadcasts over them.
+
+    Examples:
+        >>> arms = ["control", "treatment"]
+        >>> minutes = [1.0, 3.0, 2.0, 6.0, 99.0]   # the last unit is not in the experiment (-1)
+        >>> stats = MetricStats.from_arrays("minutes", arms, [0, 0, 1, 1, -1], {"y": minutes})
+        >>> stats.n.tolist(), stats.s[:, 0].tolist(), stats.q[:, 0, 0].tolist()   # n, sum y, sum y^2
+        ([2.0, 2.0], [4.0, 8.0], [10.0, 40.0])
+        >>> (stats + stats).n.tolist()   # two shards merge by addition
+        [4.0, 4.0]
+        >>> MetricStats.from_dict(stats.to_dict()).s.tolist() == stats.s.tolist()   # a JSON round trip
+        True
     """
 
     metric: str
@@ -359,6 +392,14 @@ def aggregate(
     ``outcomes`` holds events (any number of rows per unit, column ``unit_column`` plus outcome
     columns), summed per unit; an exposed unit without outcomes counts as 0 -- it was exposed and did
     nothing, which is data, not missingness. ``covariates`` holds one pre-period row per unit for CUPED.
+
+    Examples:
+        >>> import pandas as pd
+        >>> exposures = pd.DataFrame({"unit": ["a", "b", "c", "d"], "arm": [0, 0, 1, 1], "ts": 1})
+        >>> events = pd.DataFrame({"unit": ["a", "a", "c", "e"], "minutes": [2.0, 3.0, 4.0, 9.0]})
+        >>> stats = aggregate(exposures, events, MetricSpec("minutes"), ["control", "treatment"])
+        >>> stats.n.tolist(), (stats.s[:, 0] / stats.n).tolist()   # b and d count as 0; e was never exposed
+        ([2.0, 2.0], [2.5, 2.0])
     """
     variables = metric_variables(spec)
     first = first_exposures(exposures)

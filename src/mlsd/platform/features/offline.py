@@ -31,7 +31,15 @@ _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 class FeatureView:
     """What a feature table holds: its ``name``, the ``entity`` key column, the ``features`` columns, and
     ``ttl_s``, how long a value stays valid (used as ``max_age_s`` in joins and as the online-store TTL).
-    ``time_column`` is the event-time column (int64 seconds since the epoch by project convention)."""
+    ``time_column`` is the event-time column (int64 seconds since the epoch by project convention).
+
+    Examples:
+        >>> view = FeatureView("user_clicks", entity="user_id", features=("clicks",), ttl_s=86_400)
+        >>> view.time_column, view.ttl_s
+        ('feature_time', 86400)
+        >>> view == FeatureView("user_clicks", "user_id", ("clicks",), 86_400, description="daily")
+        True
+    """
 
     name: str
     entity: str
@@ -46,7 +54,23 @@ def _quote(identifier: str) -> str:
 
 
 class OfflineStore:
-    """Parquet feature tables under ``root`` with point-in-time correct joins."""
+    """Parquet feature tables under ``root`` with point-in-time correct joins.
+
+    Examples:
+        >>> import tempfile
+        >>> import pandas as pd
+        >>> store = OfflineStore(tempfile.mkdtemp())
+        >>> clicks = pd.DataFrame({"user_id": [1, 1], "feature_time": [100, 200], "clicks": [1, 5]})
+        >>> store.write("user_clicks", clicks).name, store.tables()
+        ('user_clicks.parquet', ['user_clicks'])
+        >>> store.read("user_clicks", columns=["clicks"])["clicks"].tolist()
+        [1, 5]
+        >>> try:
+        ...     store.read("user_views")
+        ... except InputError as err:
+        ...     print(err.status, err.problem.split(" under ")[0])
+        404 no feature table 'user_views'
+    """
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
@@ -121,6 +145,20 @@ class OfflineStore:
         and ``feature_time`` strictly before the row's ``spine_time``; nulls when there is none (or when
         it is older than ``max_age_s``). Returns the spine's columns, in the spine's row order, plus
         ``columns`` (default: every feature column of the table).
+
+        Examples:
+            >>> import tempfile
+            >>> import pandas as pd
+            >>> store = OfflineStore(tempfile.mkdtemp())
+            >>> feats = pd.DataFrame({"user_id": 1, "feature_time": [100, 200, 300], "clicks": [1, 5, 9]})
+            >>> _ = store.write("user_clicks", feats)
+            >>> spine = pd.DataFrame({"user_id": [1, 1, 1, 2], "ts": [150, 200, 301, 300]})
+            >>> join = dict(on="user_id", spine_time="ts", feature_time="feature_time")
+            >>> # ts=200 sees clicks=1 (stamped 100), not clicks=5: that row is stamped at its own second
+            >>> store.point_in_time_join(spine, "user_clicks", **join)["clicks"].tolist()
+            [1, 1, 9, <NA>]
+            >>> store.point_in_time_join(spine, "user_clicks", **join, max_age_s=50)["clicks"].tolist()
+            [1, <NA>, 9, <NA>]
         """
         path = self._existing(name)
         keys = [on] if isinstance(on, str) else list(on)

@@ -42,7 +42,12 @@ Clock = Callable[[], float]
 
 @runtime_checkable
 class OnlineStore(Protocol):
-    """The seam services code against; see the module docstring for the exact semantics."""
+    """The seam services code against; see the module docstring for the exact semantics.
+
+    Examples:
+        >>> isinstance(MemoryStore(), OnlineStore), isinstance({}, OnlineStore)
+        (True, False)
+    """
 
     def put_many(
         self, namespace: str, rows: Mapping[str, Mapping[str, Value]], ttl_s: float | None = None
@@ -178,7 +183,26 @@ def _fresh(value: Value) -> Value:
 
 
 class MemoryStore:
-    """An in-process online store: ``{namespace: {key: (expires_at, row)}}``, TTL checked on read."""
+    """An in-process online store: ``{namespace: {key: (expires_at, row)}}``, TTL checked on read.
+
+    Examples:
+        >>> import numpy as np
+        >>> now = [1000.0]   # a fake clock: tests advance it instead of sleeping
+        >>> store = MemoryStore(clock=lambda: now[0])
+        >>> emb = np.array([0.5, 1.0], dtype=np.float32)
+        >>> store.put_many("user_features", {"42": {"clicks": 3, "emb": emb}}, ttl_s=60)
+        >>> store.get_many("user_features", ["42", "7"])   # None: no such key
+        [{'clicks': 3, 'emb': array([0.5, 1. ], dtype=float32)}, None]
+        >>> store.get_many("user_features", ["42"], fields=["clicks", "country"])   # absent, not None
+        [{'clicks': 3}]
+        >>> now[0] += 60   # the TTL has run out: the row reads as missing
+        >>> store.get_many("user_features", ["42"])
+        [None]
+        >>> store.put_many("user_features", {"42": {"clicks": 4}})
+        >>> store.put_many("user_features", {"42": {"country": "FR"}})   # replaces the row, no merge
+        >>> store.get_many("user_features", ["42"])
+        [{'country': 'FR'}]
+    """
 
     def __init__(self, clock: Clock = time.time) -> None:
         self.clock = clock
@@ -234,6 +258,14 @@ class RedisStore:
     Every hash carries a reserved field with its expiry time (``inf`` when none) that reads compare with
     ``clock()``; ``PEXPIRE`` is set as well so Redis reclaims expired rows by itself. Writes of a batch
     run in one MULTI/EXEC transaction so a reader never sees a row half replaced.
+
+    Examples:
+        >>> # The client connects lazily: nothing below reaches a server (an empty batch is no round trip).
+        >>> store = RedisStore("redis://127.0.0.1:6379/0", prefix="mlsd:")
+        >>> isinstance(store, OnlineStore), store.get_many("user_features", [])
+        (True, [])
+        >>> store.put_many("user_features", {})
+        >>> store.close()
     """
 
     def __init__(

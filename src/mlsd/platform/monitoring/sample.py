@@ -20,7 +20,19 @@ from mlsd.platform.errors import InputError
 
 
 class ServingSample:
-    """Reservoir sample of served feature rows (any columns; the first batch fixes them)."""
+    """Reservoir sample of served feature rows (any columns; the first batch fixes them).
+
+    Examples:
+        >>> import numpy as np
+        >>> import pandas as pd
+        >>> sample = ServingSample(max_rows=1000, seed=0)
+        >>> for batch in range(10):   # 10,000 rows served, 1,000 kept
+        ...     sample.add(pd.DataFrame({"batch": np.full(1000, batch), "amount": np.ones(1000)}))
+        >>> sample
+        ServingSample(max_rows=1000, rows=1000, seen=10000)
+        >>> np.bincount(sample.frame()["batch"]).tolist()   # uniform: ~100 rows of every batch
+        [110, 88, 105, 84, 93, 113, 118, 90, 101, 98]
+    """
 
     def __init__(self, max_rows: int = 20_000, seed: int = 0) -> None:
         self.max_rows = max_rows

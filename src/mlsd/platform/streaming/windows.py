@@ -48,6 +48,19 @@ class WindowView:
 
     Matrices are ``(n, k)`` with ``k`` the widest key's event count; empty cells have ``seq == -1``
     and ``ts == PAD_TS`` so that no window ever contains them.
+
+    Examples:
+        >>> import numpy as np
+        >>> store = MemoryWindowStore(horizon_s=3600)
+        >>> view = store.update_many(["card1", "card1", "card2", "card1"], ["e1", "e2", "e3", "e4"],
+        ...                          np.array([0, 600, 700, 4000]), np.array([500, 1200, 999, 300]))
+        >>> count, total, squares = view.moments(view.window(3600))   # the last hour, the event included
+        >>> count.tolist(), total.tolist()   # e4 at 4000: e1 at 0 has left its window, e2 has not
+        ([1, 2, 1, 2], [500, 1700, 999, 1500])
+        >>> view.moments(view.window(3600, include_self=False))[0].tolist()   # the hour before each event
+        [0, 1, 0, 1]
+        >>> view.moments(view.window(600, delay=3400))[1].tolist()   # (t - 4000, t - 3400]
+        [0, 0, 0, 1200]
     """
 
     t: np.ndarray  # (n,) int64: each event's own time
@@ -105,6 +118,13 @@ def mean_std(count: np.ndarray, total: np.ndarray, squares: np.ndarray, scale: f
 
     One function used by the online engine and the offline batch computation alike, so both apply
     the same floating-point operations to the same integers and agree to the last bit.
+
+    Examples:
+        >>> import numpy as np
+        >>> # amounts 1200 and 300 cents: count 2, sum 1500, sum of squares 1,530,000; no event: NaN
+        >>> mean, std = mean_std(np.array([2, 0]), np.array([1500, 0]), np.array([1_530_000, 0]), scale=100)
+        >>> mean.tolist(), std.tolist()   # in euros
+        ([7.5, nan], [4.5, nan])
     """
     with np.errstate(invalid="ignore", divide="ignore"):
         n = count.astype(np.float64)
@@ -116,7 +136,12 @@ def mean_std(count: np.ndarray, total: np.ndarray, squares: np.ndarray, scale: f
 
 @runtime_checkable
 class WindowStore(Protocol):
-    """Keyed event-time window state; every implementation passes tests/platform/test_windows.py."""
+    """Keyed event-time window state; every implementation passes tests/platform/test_windows.py.
+
+    Examples:
+        >>> isinstance(MemoryWindowStore(horizon_s=3600), WindowStore)
+        True
+    """
 
     horizon_s: int
     n_attrs: int
@@ -183,7 +208,25 @@ def _group_cummax(group: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 class MemoryWindowStore(_Scalar):
-    """In-process window state: per-key numpy ring buffers of capacity ``k`` (grown on demand)."""
+    """In-process window state: per-key numpy ring buffers of capacity ``k`` (grown on demand).
+
+    Examples:
+        >>> import numpy as np
+        >>> store = MemoryWindowStore(horizon_s=3600)
+        >>> keys, ts = ["card1", "card1"], np.array([0, 4000])
+        >>> view = store.update_many(keys, ["e1", "e2"], ts, np.array([500, 300]))   # amounts in cents
+        >>> view.inserted.tolist(), view.moments(view.window(3600))[1].tolist()   # e2's hour lacks e1
+        ([True, True], [500, 300])
+        >>> # a replay is not stored twice; an event at or below latest - horizon (400) is too late
+        >>> again = store.update_many(keys, ["e2", "e0"], np.array([4000, 100]), np.array([300, 7]))
+        >>> again.inserted.tolist(), (again.own_seq == NOT_STORED).tolist()
+        ([False, False], [False, True])
+        >>> store.revert_many(["card1"], ["e2"])   # a reversed payment
+        1
+        >>> view = store.view_many(["card1", "card9"], np.array([4100, 4100]))   # what-if, stores nothing
+        >>> view.moments(view.window(3600))[0].tolist()   # e2 reverted; card9 never seen
+        [0, 0]
+    """
 
     def __init__(self, horizon_s: int, n_attrs: int = 0, capacity: int = 16) -> None:
         self.horizon_s = int(horizon_s)
