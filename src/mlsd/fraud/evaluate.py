@@ -16,7 +16,8 @@ train 2, delay 1, test 1, 4 folds) and the ``protocol`` field states the dates u
 risk features follow the handbook's convention that labels are known ``delay_days`` after a payment.
 
 ``--dataset simulated`` evaluates on the simulator: train on the first days with only the labels
-known at the training cut-off, test on the rest; adds false-positive rate and recall at the decision
+known at the training cut-off, test on the rest (every row's features, ring ones included, as of
+its own time: only links and labels from before it); adds false-positive rate and recall at the decision
 thresholds, recall per fraud scenario and money caught vs lost.
 """
 
@@ -234,9 +235,15 @@ def evaluate_handbook(frame: pd.DataFrame, args: argparse.Namespace, progress: t
     return result
 
 
-def evaluate_simulated(frame: pd.DataFrame, args: argparse.Namespace, progress: tqdm) -> dict:
-    from mlsd.fraud.graph import RingGraph
+def simulated_features(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every row's features, training and test alike, as of its own ts: windows and terminal risk
+    from :func:`compute_features`, ring features from the links and labels known before the row."""
+    from mlsd.fraud.graph import ring_features_as_of
 
+    return pd.concat([compute_features(frame, FeatureConfig()), ring_features_as_of(frame)], axis=1)
+
+
+def evaluate_simulated(frame: pd.DataFrame, args: argparse.Namespace, progress: tqdm) -> dict:
     ts = frame["ts"].to_numpy(np.int64)
     days = ts // DAY
     first, last = int(days.min()), int(days.max())
@@ -244,9 +251,7 @@ def evaluate_simulated(frame: pd.DataFrame, args: argparse.Namespace, progress: 
     test_start_day = last - test_days + 1
     cutoff = test_start_day * DAY
     progress.set_description("features")
-    features = compute_features(frame, FeatureConfig())
-    ring = RingGraph().fit(frame[ts < cutoff], as_of=cutoff).lookup(frame)
-    features = pd.concat([features, ring], axis=1)
+    features = simulated_features(frame)
     progress.update(1)
     y = frame["fraud"].to_numpy()
     # train only on what a system deployed at the cut-off would know: frauds whose label arrived

@@ -10,6 +10,15 @@ strangers, and they would make ``M`` dense.
 Online: :meth:`RingGraph.lookup` answers from the tables computed in batch (dictionary look-ups); an
 account, device or IP the batch never saw gets the neutral value (a component of one, one account,
 no fraud nearby). Absent columns (the handbook format has none of them) give no ring features.
+
+Training and evaluation rows must not get the batch graph: a graph fitted at the training cut-off
+would hand a payment at day 0 a fraud label that arrived on day 20 and the cards that joined its
+device since. :func:`ring_features_as_of` gives every row the features as of its own ``ts``, strictly
+before it: a card-attribute link counts from the first payment that used it, a fraud label from its
+``label_ts``, and neither at the row's own second. The attribute counts and the labels are exact
+(``searchsorted`` over first-use / label times); the graph's shape (components, who is within two
+hops) is rebuilt at ``step`` boundaries (one hour by default) from the links formed before the
+boundary, so a row sees the graph as of the start of its hour - older, never newer, than its ts.
 """
 
 from __future__ import annotations
@@ -30,6 +39,13 @@ FEATURES: tuple[str, ...] = (
     "ring_ip_accounts",
     "ring_email_accounts",
     "ring_fraud_2hop",
+)
+HOUR = 3_600
+_BIG = np.int64(1) << np.int64(40)  # (attribute code, relative ts) packed in one sortable int64
+_ACCOUNTS = (
+    ("device_id", "ring_device_accounts"),
+    ("ip", "ring_ip_accounts"),
+    ("email", "ring_email_accounts"),
 )
 
 
@@ -158,3 +174,139 @@ class RingGraph:
         graph.attributes_ = meta["attributes"]
         graph.accounts_per_ = meta["tables"]
         return graph
+
+
+def ring_features_as_of(frame: pd.DataFrame, max_share: int = 50, step: int = HOUR) -> pd.DataFrame:
+    """Ring features for every payment of ``frame`` as of its own ``ts`` (rows in frame order).
+
+    What a row at ``t`` sees, all strictly before ``t``:
+
+    - ``ring_{device,ip,email}_accounts``: the cards that used the attribute before ``t``, plus the
+      row's own card (the payment names it; :meth:`RingGraph.lookup` counts it the same way for an
+      id it never saw). Exact.
+    - ``ring_fraud_2hop``: cards within two hops whose first fraud label has ``label_ts < t`` (a
+      fraud without ``label_ts`` is never known). Labels exact; the hops as of the row's ``step``
+      boundary ``(t // step) * step``.
+    - ``ring_component_size``: the card's component in the graph of links formed before that boundary,
+      attributes shared by more than ``max_share`` cards then left out (as in :meth:`RingGraph.fit`).
+
+    Vectorised: one graph build per ``step`` bucket that holds rows and saw new links; every row of a
+    bucket is answered with array indexing (no loop over rows).
+    """
+    if step < 1:
+        raise ValueError(f"step must be >= 1 second, got {step}")
+    if frame.empty:
+        names = {"ring_component_size", "ring_fraud_2hop"} | {n for c, n in _ACCOUNTS if c in frame.columns}
+        return pd.DataFrame({k: np.zeros(0) for k in FEATURES if k in names})
+    n = len(frame)
+    ts = frame["ts"].to_numpy(np.int64)
+    attrs = [c for c in ATTRIBUTES if c in frame.columns]
+    cards, card_idx = np.unique(frame["card_id"].to_numpy(), return_inverse=True)
+    n_cards = cards.size
+    t0 = ts.min()
+    out: dict[str, np.ndarray] = {}
+
+    # distinct (attribute value, card) links with the time of their first payment, one code space
+    link_attr, link_card, link_ts, offset = [], [], [], 0
+    for column, name in _ACCOUNTS:
+        if column not in attrs:
+            continue
+        present = frame[column].notna().to_numpy()
+        codes = np.full(n, -1, np.int64)
+        codes[present] = pd.factorize(frame[column].to_numpy()[present])[0]
+        links = (
+            pd.DataFrame({"a": codes[present], "c": card_idx[present], "t": ts[present]})
+            .groupby(["a", "c"], sort=False)["t"]
+            .min()
+            .reset_index()
+        )
+        # accounts before t: the attribute's first uses before t, plus the row's own card when this
+        # is its first use (its link forms at t, not before); sorted by (attribute, first use)
+        first = links.sort_values(["a", "t"], kind="stable")
+        key = first["a"].to_numpy() * _BIG + (first["t"].to_numpy() - t0)
+        rc = np.where(present, codes, 0) * _BIG
+        before = np.searchsorted(key, rc + (ts - t0), side="left") - np.searchsorted(key, rc, side="left")
+        own_first = (
+            pd.DataFrame({"a": codes, "c": card_idx, "t": ts})
+            .groupby(["a", "c"], sort=False)["t"]
+            .transform("min")
+        ).to_numpy()
+        col = (before + (own_first >= ts)).astype(np.float64)
+        col[~present] = np.nan
+        out[name] = col
+        link_attr.append(links["a"].to_numpy() + offset)
+        link_card.append(links["c"].to_numpy())
+        link_ts.append(links["t"].to_numpy())
+        offset += int(codes.max()) + 1 if present.any() else 0
+    la = np.concatenate(link_attr) if link_attr else np.zeros(0, np.int64)
+    lc = np.concatenate(link_card) if link_card else np.zeros(0, np.int64)
+    lt = np.concatenate(link_ts) if link_ts else np.zeros(0, np.int64)
+    order = np.argsort(lt, kind="stable")
+    la, lc, lt = la[order], lc[order], lt[order]
+
+    # when each card's first fraud label became known (inf: never); cards with one are the targets
+    label_time = np.full(n_cards, np.inf)
+    if "fraud" in frame.columns and "label_ts" in frame.columns:
+        lts = frame["label_ts"].to_numpy(np.float64)
+        known = (frame["fraud"].to_numpy() == 1) & ~np.isnan(lts)
+        np.minimum.at(label_time, card_idx[known], lts[known])
+    targets = np.flatnonzero(np.isfinite(label_time))
+
+    size = np.ones(n, np.float64)
+    fraud = np.zeros(n, np.float64)
+    bucket = ts // step
+    row_order = np.argsort(bucket, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(bucket[row_order]) != 0])
+    ends = np.r_[starts[1:], n]
+    built_k, comp_size, incidence, near = -1, None, None, None
+    for lo, hi in zip(starts, ends, strict=True):  # one iteration per bucket holding rows
+        rows = row_order[lo:hi]
+        boundary = bucket[rows[0]] * step
+        k = int(np.searchsorted(lt, boundary, side="left"))  # links formed strictly before the boundary
+        if k != built_k:
+            comp_size, incidence, near = _graph_as_of(
+                la[:k], lc[:k], n_cards, max(offset, 1), max_share, targets
+            )
+            built_k = k
+        c = card_idx[rows]
+        size[rows] = comp_size[c]
+        if not targets.size:
+            continue
+        # cards within two hops of a target: a neighbour-or-self of the card that is a
+        # neighbour-or-self of the target; the card itself is not its own ring
+        cu, inv = np.unique(c, return_inverse=True)
+        adj = incidence[cu] @ incidence.T
+        adj.data[:] = 1.0
+        reach = (adj @ near).tocoo()
+        keep = targets[reach.col] != cu[reach.row]
+        reach = sparse.csr_matrix(
+            (np.ones(int(keep.sum())), (reach.row[keep], reach.col[keep])), shape=(cu.size, targets.size)
+        )
+        # frauds known before each row's ts: those known at the boundary (one product), plus the few
+        # labels that arrived inside the bucket, before the row
+        fraud[rows] = (reach @ (label_time[targets] < boundary).astype(np.float64))[inv]
+        fresh = np.flatnonzero((label_time[targets] >= boundary) & (label_time[targets] < boundary + step))
+        if fresh.size:
+            hits = reach[:, fresh].toarray()[inv] > 0
+            fraud[rows] += (hits & (label_time[targets[fresh]] < ts[rows][:, None])).sum(axis=1)
+    out["ring_component_size"] = size
+    out["ring_fraud_2hop"] = fraud
+    return pd.DataFrame({k: out[k] for k in FEATURES if k in out})
+
+
+def _graph_as_of(
+    attr: np.ndarray, card: np.ndarray, n_cards: int, n_attrs: int, max_share: int, targets: np.ndarray
+) -> tuple[np.ndarray, sparse.csr_matrix, sparse.csr_matrix]:
+    """From the given links: component size per card, the card x attribute incidence (hotspots left
+    out) and ``near``, cards x targets, 1 where the card is a target or shares an attribute with it."""
+    shared = np.bincount(attr, minlength=n_attrs)
+    keep = (shared[attr] > 1) & (shared[attr] <= max_share)  # hotspots link strangers: left out
+    a, c = attr[keep], card[keep]
+    # components of the bipartite card-attribute graph; a component's size counts its cards
+    bip = sparse.csr_matrix((np.ones(a.size), (c, n_cards + a)), shape=(n_cards + n_attrs,) * 2)
+    _, label = connected_components(bip, directed=False)
+    comp_size = np.bincount(label[:n_cards], minlength=label.max() + 1)[label[:n_cards]].astype(np.float64)
+    incidence = sparse.csr_matrix((np.ones(a.size), (c, a)), shape=(n_cards, n_attrs))
+    near = (incidence @ incidence[targets].T).tocsr()
+    near.data[:] = 1.0
+    return comp_size, incidence, near

@@ -859,7 +859,10 @@ def training_frame(
 ) -> TrainingFrame:
     """Build the training set at ``cutoff`` from what the label store knew then, and nothing later.
 
-    Features see fraud labels only from their ``label_ts`` on (terminal risk); targets come from
+    Every row's features are as of its own ``ts``: the terminal risk sees a fraud label from its
+    ``label_ts`` on, the ring features the links and labels from strictly before the row
+    (:func:`~mlsd.fraud.graph.ring_features_as_of`); the graph fitted at the cut-off is only what the
+    model serves with (``ring``), never a training feature. Targets come from
     :func:`~mlsd.fraud.labels.training_labels` (labels known at the cut-off; the last
     ``label_delay_days`` are too fresh and dropped). The latest ``eval_days`` before that delay are
     the evaluation period champion and challenger compete on; training uses the days before it.
@@ -881,10 +884,10 @@ def training_frame(
     feats = compute_features(for_features, fcfg)
     ring = None
     if "device" in fcfg.entities:  # ring features need devices / IPs / emails: absent in the handbook
-        from mlsd.fraud.graph import RingGraph
+        from mlsd.fraud.graph import RingGraph, ring_features_as_of
 
         ring = RingGraph().fit(for_features, as_of=cutoff)
-        feats = pd.concat([feats, ring.lookup(for_features)], axis=1)
+        feats = pd.concat([feats, ring_features_as_of(for_features, max_share=ring.max_share)], axis=1)
     delay = tcfg.label_delay_days * DAY
     y = training_labels(hist["tx_id"].to_numpy(), hist["ts"].to_numpy(), known, cutoff, delay_s=delay)
     eval_end = cutoff - delay
@@ -1088,7 +1091,10 @@ def tune_on_history(
     capacity: int = 200,
     save: bool = True,
 ) -> dict[str, Any]:
-    """Score the last ``valid_days`` of ``tx`` with the champion and pick thresholds there."""
+    """Score the last ``valid_days`` of ``tx`` with the champion and pick thresholds there.
+
+    Each payment gets its features as of its own ``ts`` (the ring features from links and labels
+    before it, not the champion's graph, which may know labels that arrived after the payment)."""
     from mlsd.fraud.decision import tune_thresholds
     from mlsd.fraud.features import compute_features
     from mlsd.platform.errors import InputError
@@ -1105,7 +1111,11 @@ def tune_on_history(
     feats = compute_features(tx, ws.feature_config())
     ring = ws.ring("champion")
     if ring is not None:
-        feats = pd.concat([feats, ring.lookup(tx).set_axis(feats.index)], axis=1)
+        from mlsd.fraud.graph import ring_features_as_of
+
+        feats = pd.concat(
+            [feats, ring_features_as_of(tx, max_share=ring.max_share).set_axis(feats.index)], axis=1
+        )
     valid = ts > start
     p = champion.predict(feats.loc[valid])
     result = tune_thresholds(
