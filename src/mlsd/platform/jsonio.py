@@ -27,8 +27,12 @@ import numpy as np
 __all__ = ["dumps", "plain", "write_json"]
 
 
-def plain(value: Any) -> Any:
-    """``value`` as JSON-ready Python: numpy -> int/float/list, Path -> str, NaN/inf -> None, recursively."""
+def plain(value: Any, *, strict: bool = False) -> Any:
+    """``value`` as JSON-ready Python: numpy -> int/float/list, Path -> str, NaN/inf -> None, recursively.
+
+    Anything else becomes its ``str``, or, with ``strict``, a TypeError naming its type (what a store
+    of record, such as the model registry's metadata, wants).
+    """
     if isinstance(value, np.ndarray):
         value = value.tolist()
     elif isinstance(value, np.generic):
@@ -36,15 +40,17 @@ def plain(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
+        return {str(k): plain(v, strict=strict) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
-        return [plain(v) for v in value]
+        return [plain(v, strict=strict) for v in value]
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, dt.date | dt.datetime):
         return value.isoformat()
     if isinstance(value, str | int | bool) or value is None:
         return value
+    if strict:
+        raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
     return str(value)
 
 

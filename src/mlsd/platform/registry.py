@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from mlsd.platform.errors import InputError
+from mlsd.platform.jsonio import plain
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _CHUNK = 1 << 20
@@ -200,19 +201,11 @@ def _check_name(kind: str, value: Any) -> str:
 
 def _json(kind: str, value: Mapping[str, Any]) -> str:
     try:
-        return json.dumps(dict(value), sort_keys=True, default=_json_default)
+        return json.dumps(plain(dict(value), strict=True), sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as err:
         raise InputError(
             kind, value, f"must be JSON-serialisable ({err})", "pass plain numbers and strings"
         ) from None
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
 class ModelRegistry:

@@ -32,6 +32,7 @@ from scipy import stats as sps
 from mlsd.platform.errors import InputError
 from mlsd.platform.experiments.assignment import Experiment, MetricSpec
 from mlsd.platform.experiments.exposures import MetricStats
+from mlsd.platform.jsonio import plain
 
 SRM_THRESHOLD = 1e-3
 
@@ -192,21 +193,10 @@ class Comparison:
         return (self.cs_low > 0) | (self.cs_high < 0)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
-        out["significant"] = _plain(self.significant)
-        out["sequential_significant"] = _plain(self.sequential_significant)
+        out = {f.name: plain(getattr(self, f.name)) for f in fields(self)}
+        out["significant"] = plain(self.significant)
+        out["sequential_significant"] = plain(self.sequential_significant)
         return out
-
-
-def _plain(value: Any) -> Any:
-    """numpy -> JSON-ready (NaN -> None, so json.dumps never writes invalid JSON)."""
-    if isinstance(value, np.ndarray | np.generic):
-        value = value.tolist()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
 
 
 def compare(
@@ -340,20 +330,20 @@ def paired_compare(stats: MetricStats, alpha: float = 0.05, planned_n: float = 1
         reduction = 1 - se**2 / unpaired_se**2
     return {
         "metric": stats.metric,
-        "n": _plain(n),
-        "mean_champion": _plain(ma),
-        "mean_challenger": _plain(mb),
-        "diff": _plain(diff),
-        "se": _plain(se),
-        "diff_low": _plain(diff - crit * se),
-        "diff_high": _plain(diff + crit * se),
-        "p_value": _plain(p_value),
-        "relative": _plain(relative),
-        "relative_low": _plain(relative - sps.norm.ppf(1 - alpha / 2) * relative_se),
-        "relative_high": _plain(relative + sps.norm.ppf(1 - alpha / 2) * relative_se),
-        "cs_low": _plain(cs_low),
-        "cs_high": _plain(cs_high),
-        "variance_reduction_vs_unpaired": _plain(reduction),
+        "n": plain(n),
+        "mean_champion": plain(ma),
+        "mean_challenger": plain(mb),
+        "diff": plain(diff),
+        "se": plain(se),
+        "diff_low": plain(diff - crit * se),
+        "diff_high": plain(diff + crit * se),
+        "p_value": plain(p_value),
+        "relative": plain(relative),
+        "relative_low": plain(relative - sps.norm.ppf(1 - alpha / 2) * relative_se),
+        "relative_high": plain(relative + sps.norm.ppf(1 - alpha / 2) * relative_se),
+        "cs_low": plain(cs_low),
+        "cs_high": plain(cs_high),
+        "variance_reduction_vs_unpaired": plain(reduction),
         "alpha": alpha,
     }
 
@@ -393,12 +383,12 @@ def srm_check(counts: Any, weights: Any, threshold: float = SRM_THRESHOLD) -> di
     p = sps.chi2.sf(chi2, dof)
     p = np.where(((counts > 0) & ~live).any(axis=-1), 0.0, p)
     return {
-        "counts": _plain(counts),
-        "expected": _plain(expected),
-        "chi2": _plain(chi2),
-        "p_value": _plain(p),
+        "counts": plain(counts),
+        "expected": plain(expected),
+        "chi2": plain(chi2),
+        "p_value": plain(p),
         "threshold": threshold,
-        "flagged": _plain(p < threshold),
+        "flagged": plain(p < threshold),
     }
 
 
@@ -436,9 +426,9 @@ def guardrail(comparison: Comparison, spec: MetricSpec, sequential: bool = False
         "treatment": comparison.treatment,
         "margin": spec.margin,
         "higher_is_better": spec.higher_is_better,
-        "relative": _plain(comparison.relative),
-        "interval": [_plain(low), _plain(high)],
-        "status": _plain(status),
+        "relative": plain(comparison.relative),
+        "interval": [plain(low), plain(high)],
+        "status": plain(status),
     }
 
 
