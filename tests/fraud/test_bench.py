@@ -12,22 +12,22 @@ KEYS = {"achieved_tps", "p50_ms", "p95_ms", "p99_ms"}
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    from mlsd.fraud.pipeline import bootstrap
+def dirs(tmp_path_factory):
+    from mlsd.fraud.bench import bootstrap
+    from mlsd.platform.system import SystemDir
 
-    root = tmp_path_factory.mktemp("bench")
-    bootstrap(root, cards=150, days=30, lgbm_params={"n_estimators": 20})
-    return root
+    dirs = SystemDir(tmp_path_factory.mktemp("bench"), "fraud")
+    return bootstrap(dirs, cards=150, days=30, lgbm_params={"n_estimators": 20})
 
 
-def test_inprocess_path_contract(workdir):
-    result = run_bench(tps=400, seconds=0.5, paths=["inproc"], workdir=workdir)
+def test_inprocess_path_contract(dirs):
+    result = run_bench(tps=400, seconds=0.5, paths=["inproc"], dirs=dirs)
     json.dumps(result)  # JSON-serialisable as printed by --json
     assert set(result["inproc"]) >= KEYS
     assert result["inproc"]["payments"] == 200 == result["config"]["payments"]
     assert result["inproc"]["achieved_tps"] > 0
     assert result["inproc"]["p50_ms"] <= result["inproc"]["p95_ms"] <= result["inproc"]["p99_ms"]
-    assert result["config"]["model_version"] == "1"
+    assert result["config"]["model_version"] == 1
 
 
 def test_inprocess_stops_by_itself_when_it_cannot_keep_up():
@@ -43,9 +43,9 @@ def test_inprocess_stops_by_itself_when_it_cannot_keep_up():
 
 @pytest.mark.slow
 @pytest.mark.services
-def test_redis_and_http_paths_contract(workdir, redis_url):
+def test_redis_and_http_paths_contract(dirs, redis_url):
     result = run_bench(
-        tps=200, seconds=1, paths=["redis", "http"], workers=[1], redis_url=redis_url, workdir=workdir
+        tps=200, seconds=1, paths=["redis", "http"], workers=[1], redis_url=redis_url, dirs=dirs
     )
     assert KEYS | {"workers"} <= set(result["redis"]["workers=1"])
     assert result["redis"]["workers=1"]["payments"] == 200

@@ -1,4 +1,5 @@
-"""`mlsd fraud demo` end to end, run small: every step happens and the summary adds up."""
+"""`mlsd fraud demo` end to end, run small: every step happens, the summary adds up, and everything lands
+in the platform layout W/fraud/{data,features,registry,runs,monitoring,review}."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from rich.console import Console
 @pytest.mark.slow
 def test_demo_runs_every_step(tmp_path):
     from mlsd.fraud.demo import run
+    from mlsd.platform.system import SystemDir
 
+    dirs = SystemDir(tmp_path, "fraud")
     buffer = io.StringIO()
     out = run(
-        tmp_path,
+        dirs,
         cards=250,
         days=36,
         sequence=False,
@@ -35,10 +38,13 @@ def test_demo_runs_every_step(tmp_path):
     # contract point 6: the files the dashboard finds by content
     import json
 
-    exp = json.loads((tmp_path / "experiments" / f"{out['experiment']['name']}.json").read_text())
+    exp = json.loads((dirs.monitoring / "experiments" / f"{out['experiment']['name']}.json").read_text())
     assert exp["mode"] == "shadow" and exp["system"] == "fraud" and exp["primary_metric"] == "fraud_loss"
     assert exp["srm"]["counts"][0] > 0 and "8. shadow experiment" in text
-    drift = json.loads((tmp_path / "monitoring" / "drift.json").read_text())
+    drift = json.loads((dirs.monitoring / "drift.json").read_text())
     assert {"features", "summary", "reference", "current", "performance"} <= set(drift)
-    timings = json.loads((tmp_path / "monitoring" / "timings.json").read_text())
+    timings = json.loads((dirs.monitoring / "timings.json").read_text())
     assert timings["system"] == "fraud" and len(timings["stages"]["model"]) > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fraud"]
+    assert (dirs.features / "labels.sqlite").is_file() and (dirs.review / "review.sqlite").is_file()
+    assert (dirs.data / "transactions.parquet").is_file() and (dirs.registry / "thresholds.json").is_file()

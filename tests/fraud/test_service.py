@@ -1,4 +1,5 @@
-"""HTTP service: scoring, per-stage timings, deadline fallback, review endpoints, and 4xx on bad input."""
+"""HTTP service over the engine: scoring, per-stage timings, deadline fallback, review endpoints, 4xx on bad
+input, and /health naming the model."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from mlsd.fraud.config import FraudConfig
-from mlsd.fraud.pipeline import FraudPipeline
+from mlsd.fraud.engine import FraudPipeline
 from mlsd.fraud.review import SQLReviewQueue
 from mlsd.fraud.rules import RuleEngine
 from mlsd.fraud.service import build_app
@@ -61,7 +62,7 @@ class CardCounter:
 class AmountModel:
     """Known-answer model: probability = min(amount / 1000, 1); contribution all on amount_k."""
 
-    version = "7"
+    version = 7
     feature_names = ("card_count", "amount_k")
 
     def predict(self, features):
@@ -106,7 +107,7 @@ def test_score_one_has_decision_probability_reasons_timings(client):
     assert body["decision"] == "block" and body["probability"] == pytest.approx(0.95)
     assert body["reasons"] == ["SCORE_BLOCK", "MODEL:amount_k"]
     assert set(body["timings_ms"]) >= {"features", "rules", "model", "decision"}
-    assert body["rules_only"] is False and body["rules_version"] == 5 and body["model_version"] == "7"
+    assert body["rules_only"] is False and body["rules_version"] == 5 and body["model_version"] == 7
     assert body["deadline_ms"] == 100.0
 
 
@@ -143,7 +144,8 @@ def test_deadline_falls_back_to_rules_only(tmp_path):
 
 def test_health_and_metrics(client):
     h = client.get("/health").json()
-    assert h["status"] == "ok" and h["rules_version"] == 5 and h["model_version"] == "7"
+    assert h["status"] == "ok" and h["rules_version"] == 5
+    assert h["model"] == "fraud" and h["model_version"] == 7 and h["rules_only"] is False
     client.post("/v1/score", json=pay(1))
     assert "mlsd_stage_seconds" in client.get("/metrics").text
 
@@ -197,3 +199,14 @@ def test_bad_query_and_body_on_review_list_and_resolve(client):
     assert r.status_code == 409 and r.json()["error"]["field"] == "tx_id"  # not claimed
     r = client.post("/v1/score", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422
+
+
+def test_a_deliberately_rules_only_service_says_so(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(RULES))
+    pipeline = FraudPipeline(CardCounter(), RuleEngine(rules))  # no model: the operator's choice
+    with TestClient(build_app(pipeline)) as c:
+        h = c.get("/health").json()
+        body = c.post("/v1/score", json=pay(1, 6000.0)).json()
+    assert h["rules_only"] is True and h["model_version"] is None
+    assert body["rules_only"] is True and body["decision"] == "block"

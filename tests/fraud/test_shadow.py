@@ -7,10 +7,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from mlsd.fraud.decision import BLOCK
+from mlsd.fraud.engine import FraudPipeline
 from mlsd.fraud.features import FeatureEngine
-from mlsd.fraud.pipeline import FraudPipeline
 from mlsd.fraud.rules import RuleEngine
-from mlsd.fraud.simulate import simulate
+from mlsd.fraud.world import simulate
 from mlsd.platform.errors import InputError
 from mlsd.platform.experiments.client import ExperimentClient
 from mlsd.platform.experiments.online import make_experiment

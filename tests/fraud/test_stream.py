@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from mlsd.fraud.pipeline import FraudPipeline
+from mlsd.fraud.engine import FraudPipeline
 from mlsd.fraud.rules import RuleEngine
 from mlsd.fraud.stream import StreamWorker, publish, read_decisions, stream_keys
 from mlsd.platform.errors import InputError
@@ -80,7 +80,7 @@ def setup(redis_url, redis_prefix, tmp_path):
 
     def make_worker(name, prefix=redis_prefix, **kwargs):
         pipeline = FraudPipeline(RedisCardWindows(client, prefix + "win:"), RuleEngine(path))
-        return StreamWorker(client, pipeline.score_records, prefix=prefix, consumer=name, **kwargs)
+        return StreamWorker(client, pipeline.handle, prefix=prefix, consumer=name, **kwargs)
 
     yield client, make_worker
     client.close()

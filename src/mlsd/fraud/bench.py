@@ -11,7 +11,8 @@
   every few milliseconds to ``/v1/score/batch``. Latency = response time - scheduled arrival.
 
 Everything is bounded (``seconds`` of schedule, then a drain limit) and loopback only; keys the run
-creates on Redis live under a unique prefix and are deleted afterwards.
+creates on Redis live under a unique prefix and are deleted afterwards. Without a trained workdir,
+:func:`bootstrap` simulates a small world and trains a champion in a temporary one.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from mlsd.platform.errors import InputError
+from mlsd.platform.system import SystemDir
 
 
 def _summary(latency_s: np.ndarray, n_done: int, elapsed_s: float, target: int) -> dict[str, Any]:
@@ -46,7 +48,7 @@ def _summary(latency_s: np.ndarray, n_done: int, elapsed_s: float, target: int) 
 
 def replay_payments(n: int, seed: int = 1, start: int | None = None) -> pd.DataFrame:
     """Simulated payments for a replay (sized to ``n``; the simulator's own time line)."""
-    from mlsd.fraud.simulate import simulate
+    from mlsd.fraud.world import simulate
 
     days = 7
     cards = max(50, int(n / (1.5 * days)) + 1)
@@ -125,19 +127,19 @@ def _replay(
 def _redis_worker(workdir: str, redis_url: str, prefix: str, ready_key: str, stop_key: str, idx: int) -> None:
     import redis
 
-    from mlsd.fraud.pipeline import Workspace, freeze_heap
+    from mlsd.fraud.engine import freeze_heap, load_engine
     from mlsd.fraud.stream import StreamWorker
 
     client = redis.Redis.from_url(redis_url)
-    ws = Workspace(Path(workdir))
-    pipeline = ws.pipeline(
-        review=False, feature_backend="redis", redis_url=redis_url, redis_prefix=prefix + "fw:"
-    )
+    pipeline = load_engine(
+        SystemDir(workdir, "fraud"), review=False, feature_backend="redis", redis_url=redis_url,
+        redis_prefix=prefix + "fw:",
+    )  # fmt: skip
     pipeline.warm_up()
     freeze_heap()  # as `mlsd fraud stream` does
     worker = StreamWorker(
         client,
-        pipeline.score_records,
+        pipeline.handle,
         prefix=prefix,
         consumer=f"bench-{idx}",
         batch_size=1000,
@@ -149,7 +151,7 @@ def _redis_worker(workdir: str, redis_url: str, prefix: str, ready_key: str, sto
 
 
 def bench_redis(
-    workdir: Path,
+    dirs: SystemDir,
     tx: pd.DataFrame,
     tps: float,
     seconds: float,
@@ -169,7 +171,9 @@ def bench_redis(
     ensure_group(client, keys["input"], "scorers")
     ctx = mp.get_context("spawn")  # a clean interpreter per worker: no forked locks or threads
     procs = [
-        ctx.Process(target=_redis_worker, args=(str(workdir), redis_url, prefix, ready, stop, k), daemon=True)
+        ctx.Process(
+            target=_redis_worker, args=(str(dirs.root), redis_url, prefix, ready, stop, k), daemon=True
+        )
         for k in range(workers)
     ]
     for p in procs:
@@ -237,11 +241,11 @@ def _json_payloads(tx: pd.DataFrame) -> list[str]:
 def _http_server(workdir: str, port: int) -> None:
     import uvicorn
 
-    from mlsd.fraud.pipeline import Workspace, freeze_heap
+    from mlsd.fraud.engine import FraudDirs, freeze_heap, load_engine
     from mlsd.fraud.service import build_app
 
-    ws = Workspace(Path(workdir))
-    app = build_app(ws.pipeline(review=False), config=ws.config)
+    state = FraudDirs(SystemDir(workdir, "fraud"))
+    app = build_app(load_engine(state, review=False), config=state.config)
     freeze_heap()  # as `mlsd fraud serve` does
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
@@ -255,7 +259,7 @@ def _free_port() -> int:
 
 
 def bench_http(
-    workdir: Path,
+    dirs: SystemDir,
     tx: pd.DataFrame,
     tps: float,
     seconds: float,
@@ -267,7 +271,7 @@ def bench_http(
     import httpx
 
     port = _free_port()
-    proc = mp.get_context("spawn").Process(target=_http_server, args=(str(workdir), port), daemon=True)
+    proc = mp.get_context("spawn").Process(target=_http_server, args=(str(dirs.root), port), daemon=True)
     proc.start()
     url = f"http://127.0.0.1:{port}"
     try:
@@ -302,6 +306,24 @@ def bench_http(
 # ---------------------------------------------------------------------------------------------------
 
 
+def bootstrap(
+    dirs: SystemDir,
+    *,
+    cards: int = 600,
+    days: int = 35,
+    seed: int = 0,
+    lgbm_params: dict[str, Any] | None = None,
+) -> SystemDir:
+    """A workdir with a trained champion on simulated history (for the bench and tests)."""
+    from mlsd.fraud.training import train
+    from mlsd.fraud.world import simulate_into
+
+    simulate_into(dirs, {"cards": cards, "terminals": max(50, cards // 4), "days": days, "seed": seed})
+    # the model a deployment runs (LightGBM at its default size), not the scheduled job's small one
+    train(dirs, seed=seed, lgbm_params=lgbm_params or {}, progress=False)
+    return dirs
+
+
 def run_bench(
     *,
     tps: float = 10_000,
@@ -309,10 +331,10 @@ def run_bench(
     paths: list[str] | None = None,
     workers: list[int] | None = None,
     redis_url: str = "redis://127.0.0.1:6379/0",
-    workdir: Path | None = None,
+    dirs: SystemDir | None = None,
 ) -> dict[str, Any]:
     """Run the chosen paths; returns ``{"config": ..., "inproc": M, "redis": {"workers=1": M, ...}, "http": M}``."""
-    from mlsd.fraud.pipeline import Workspace, bootstrap, freeze_heap
+    from mlsd.fraud.engine import MODEL_NAME, freeze_heap, load_engine
 
     paths = paths or ["inproc", "redis", "http"]
     unknown = set(paths) - {"inproc", "redis", "http"}
@@ -320,11 +342,11 @@ def run_bench(
         raise InputError("--paths", ",".join(sorted(unknown)), "unknown path", "use inproc, redis, http")
     if not tps > 0 or not seconds > 0:
         raise InputError("--tps", tps, "rate and duration must be positive", "e.g. --tps 10000 --seconds 30")
-    if workdir is None:
-        workdir = Path(tempfile.mkdtemp(prefix="mlsd-fraud-bench-"))
-        print(f"bench: training a small model in {workdir}", file=sys.stderr)
-        bootstrap(workdir, sequence=False)
-    ws = Workspace(workdir)
+    if dirs is None:
+        dirs = SystemDir(Path(tempfile.mkdtemp(prefix="mlsd-fraud-bench-")), "fraud")
+        print(f"bench: training a small model in {dirs.home}", file=sys.stderr)
+        bootstrap(dirs)
+    dirs.require_champion(MODEL_NAME)
     n = int(tps * seconds)
     warmup = 200
     replay = replay_payments(n + warmup, seed=11)
@@ -333,8 +355,8 @@ def run_bench(
         "config": {"tps": tps, "seconds": seconds, "payments": n, "model_version": None},
     }
     if "inproc" in paths:
-        pipeline = ws.pipeline(review=False)
-        result["config"]["model_version"] = None if pipeline.champion is None else pipeline.champion.version
+        pipeline = load_engine(dirs, review=False)
+        result["config"]["model_version"] = pipeline.model_version
         # size the window stores for the replayed population once, off the clock, as a deployment
         # sizes them for its card / terminal base: growing a store mid-stream copies all of it
         presize = getattr(pipeline.features, "presize", None)
@@ -350,8 +372,8 @@ def run_bench(
         result["redis"] = {}
         for w in workers or [1]:
             print(f"bench: Redis stream path, {w} worker(s)", file=sys.stderr)
-            result["redis"][f"workers={w}"] = bench_redis(workdir, tx, tps, seconds, w, redis_url)
+            result["redis"][f"workers={w}"] = bench_redis(dirs, tx, tps, seconds, w, redis_url)
     if "http" in paths:
         print("bench: HTTP path", file=sys.stderr)
-        result["http"] = bench_http(workdir, tx, tps, seconds)
+        result["http"] = bench_http(dirs, tx, tps, seconds)
     return result

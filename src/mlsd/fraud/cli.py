@@ -1,37 +1,56 @@
 """``mlsd fraud <verb>``: simulate, train, evaluate, tune-thresholds, backtest, review, serve, stream,
-bench, demo. Heavy imports (pandas, lightgbm, torch, fastapi) happen inside the verbs, so
-``mlsd fraud --help`` stays fast. ``--json`` prints exactly one JSON object on stdout.
+bench, demo.
+
+Every verb that reads or writes the system's state takes ``--workdir W`` (the workdir shared by all
+systems; the fraud state lives in ``W/fraud/{data,features,registry,runs,monitoring,review}``, see
+:class:`mlsd.fraud.engine.FraudDirs`). ``evaluate`` and ``bench`` read external files or temporary
+folders; ``backtest`` reads ``--data`` or the workdir's payments. Heavy imports (pandas, lightgbm,
+torch, fastapi) happen inside the verbs, so ``mlsd fraud --help`` stays fast. ``--json`` prints
+exactly one JSON object on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from mlsd.platform.experiments.cli import add_serving_options
+from mlsd.platform.jsonio import dumps
+from mlsd.platform.system import SystemDir
+
+NAME = "fraud"
+SIZES = ("tiny", "demo", "default")
+
+
+def _dirs(args: argparse.Namespace) -> SystemDir:
+    return SystemDir(Path(args.workdir), NAME)
 
 
 def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, default=_default, sort_keys=False))
-
-
-def _default(value: Any) -> Any:
-    import numpy as np
-
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return None if np.isnan(value) else float(value)
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(type(value).__name__)
+    print(dumps(obj))
 
 
 def _err(msg: str) -> None:
     print(msg, file=sys.stderr)
+
+
+def _workdir(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument(
+        "--workdir", required=required, default=None,
+        help="the workdir W shared by all systems (fraud state in W/fraud/...)",
+    )  # fmt: skip
+
+
+def _experiment_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--experiments", default=None, metavar="FILE",
+        help="experiments YAML (fraud experiments run in shadow mode; see configs/experiments.yaml)",
+    )  # fmt: skip
+    p.add_argument(
+        "--exposure-redis", default=None, metavar="URL",
+        help="log exposures to Redis Streams (several processes serving one experiment)",
+    )  # fmt: skip
 
 
 class _LazyEvaluateParser(argparse.ArgumentParser):
@@ -53,24 +72,25 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     sub.required = True
 
     p = sub.add_parser(
-        "simulate", help="generate seeded payments with five fraud scenarios and delayed labels"
+        "simulate",
+        help="generate seeded payments with five fraud scenarios and delayed labels (W/fraud/data)",
     )
-    p.add_argument("--out", required=True, help="directory for transactions.parquet")
-    p.add_argument("--cards", type=int, default=2000)
-    p.add_argument("--terminals", type=int, default=500)
-    p.add_argument("--days", type=int, default=30)
+    _workdir(p)
+    p.add_argument("--size", choices=SIZES, default="default", help="tiny (tests), demo or default (~200k)")
+    p.add_argument("--cards", type=int, default=None, help="override the size's cards")
+    p.add_argument("--terminals", type=int, default=None, help="override the size's terminals")
+    p.add_argument("--days", type=int, default=None, help="override the size's days")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_simulate)
 
-    p = sub.add_parser("train", help="retrain: challenger on labels known at the cut-off, promote if it wins")
-    p.add_argument("--data", required=True, help="simulated dir/parquet or handbook CSV(s)")
-    p.add_argument("--workdir", required=True, help="registry, label store and feature state go here")
-    p.add_argument(
-        "--cutoff", default=None, help="training cut-off (YYYY-MM-DD or epoch s); default: end of data"
+    p = sub.add_parser(
+        "train", help="train on W/fraud/data (labels known at the cut-off), register, promote a winner"
     )
-    p.add_argument("--no-sequence", action="store_true", help="LightGBM only (faster)")
-    p.add_argument("--trees", type=int, default=None, help="LightGBM trees (default: the model's)")
+    _workdir(p)
+    p.add_argument("--date", default=None, help="train on data up to this day, YYYY-MM-DD (default: latest)")
+    p.add_argument("--sequence", action="store_true", help="add the GRU sequence model (slower)")
+    p.add_argument("--trees", type=int, default=None, help="LightGBM trees (default 60)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_train)
 
@@ -87,10 +107,9 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "tune-thresholds", help="pick block/review thresholds for FPR < 1%% and a review capacity"
     )
-    p.add_argument("--data", required=True)
-    p.add_argument("--workdir", required=True, help="where `mlsd fraud train` put the registry")
+    _workdir(p)
     p.add_argument(
-        "--valid-days", type=int, default=7, help="the last N days of --data are the validation period"
+        "--valid-days", type=int, default=7, help="the data's last N days are the validation period"
     )
     p.add_argument("--max-fpr", type=float, default=0.01)
     p.add_argument("--capacity", type=int, default=200, help="review cases the team handles per day")
@@ -99,13 +118,16 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("backtest", help="hit rate, precision and recall of each rule over labelled history")
     p.add_argument("--rules", default=None, help="rule file (default: the packaged rules.yaml)")
-    p.add_argument("--data", required=True)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", default=None, help="payments: a folder, Parquet file or handbook CSV(s)")
+    source.add_argument("--workdir", default=None, help="the workdir W (its W/fraud/data)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_backtest)
 
-    p = sub.add_parser("review", help="the manual review queue: list, claim, resolve")
-    p.add_argument("--db", default="fraud.sqlite", help="SQLite file (default backend)")
-    p.add_argument("--postgres", default=None, help="PostgreSQL DSN (instead of --db)")
+    p = sub.add_parser("review", help="the manual review queue (W/fraud/review): list, claim, resolve")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--workdir", default=None, help="the workdir W (W/fraud/review/review.sqlite)")
+    where.add_argument("--postgres", default=None, help="PostgreSQL DSN (instead of the workdir's SQLite)")
     p.add_argument("--schema", default="mlsd_fraud")
     rsub = p.add_subparsers(dest="action", metavar="<action>")
     rsub.required = True
@@ -124,17 +146,21 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--json", action="store_true")
     p.set_defaults(func=_review)
 
-    p = sub.add_parser("serve", help="HTTP scoring + review-queue service")
-    p.add_argument("--workdir", required=True, help="where `mlsd fraud train` put the registry")
+    p = sub.add_parser("serve", help="HTTP scoring + review-queue service over the workdir's champion")
+    _workdir(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--rules", default=None)
     p.add_argument("--config", default=None, help="YAML FraudConfig")
-    add_serving_options(p)  # --experiments FILE (fraud experiments run in shadow mode), --exposure-redis URL
+    p.add_argument(
+        "--rules-only", action="store_true",
+        help="serve the rules without a model (deliberately; /health says rules_only)",
+    )  # fmt: skip
+    _experiment_options(p)
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("stream", help="Redis Streams workers: payments in, decisions out (consumer group)")
-    p.add_argument("--workdir", required=True)
+    _workdir(p)
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     p.add_argument("--prefix", default="mlsd:fraud:")
     p.add_argument("--workers", type=int, default=1)
@@ -145,7 +171,7 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--idle-exit", type=float, default=None, help="stop after this many idle seconds")
     p.add_argument("--json", action="store_true")
     # --experiments FILE (shadow), --exposure-redis URL (default for workers: the stream's --redis-url)
-    add_serving_options(p)
+    _experiment_options(p)
     p.set_defaults(func=_stream)
 
     p = sub.add_parser("bench", help="replay payments at a rate through in-process, Redis and HTTP paths")
@@ -154,12 +180,16 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--paths", default="inproc,redis,http")
     p.add_argument("--workers", default="1,2", help="Redis worker counts to try, e.g. 1,2")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    p.add_argument("--workdir", default=None, help="a trained workdir (default: train a small model first)")
+    p.add_argument(
+        "--workdir", default=None, help="a trained workdir W (default: train a small model in a temp folder)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_bench)
 
-    p = sub.add_parser("demo", help="simulate, train, stream a day, review, late label, retrain (< ~90 s)")
-    p.add_argument("--workdir", default=None)
+    p = sub.add_parser(
+        "demo", help="simulate, train, stream a day, review, late label, retrain, shadow test (< ~90 s)"
+    )
+    _workdir(p, required=False)
     p.set_defaults(func=_demo)
 
 
@@ -167,18 +197,10 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from mlsd.fraud.simulate import simulate
+    from mlsd.fraud.world import simulate_size
 
-    tx = simulate(n_cards=args.cards, n_terminals=args.terminals, days=args.days, seed=args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tx.to_parquet(out / "transactions.parquet", index=False)
-    summary = {
-        "path": str(out / "transactions.parquet"),
-        "payments": len(tx),
-        "frauds": int(tx["fraud"].sum()),
-        "by_scenario": {str(k): int(v) for k, v in tx["scenario"].value_counts().sort_index().items()},
-    }
+    overrides = {k: getattr(args, k) for k in ("cards", "terminals", "days") if getattr(args, k) is not None}
+    summary = simulate_size(_dirs(args), args.size, seed=args.seed, **overrides)
     if args.json:
         _print_json(summary)
     else:
@@ -187,19 +209,17 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mlsd.fraud.pipeline import Workspace, load_history, parse_time, retrain
+    from mlsd.fraud.training import LGBM_PARAMS, train
+    from mlsd.platform.retraining import parse_date
 
-    tx = load_history(args.data)
-    ws = Workspace(Path(args.workdir))
-    cutoff = parse_time(args.cutoff, "--cutoff") if args.cutoff else int(tx["ts"].max())
-    # the history's labels as they had arrived by the cut-off (review same day, chargebacks later)
-    ws.ingest_labels(tx, known_at=cutoff)
-    params = {"n_estimators": args.trees} if args.trees else None
-    report = retrain(tx, ws, cutoff=cutoff, sequence=not args.no_sequence, progress=True, lgbm_params=params)
+    params = {**LGBM_PARAMS, "n_estimators": args.trees} if args.trees else None
+    report = train(
+        _dirs(args), parse_date(args.date), sequence=args.sequence, lgbm_params=params, progress=not args.json
+    )
     if args.json:
         _print_json(report)
     else:
-        _err(json.dumps(report, indent=2, default=_default))
+        _err(dumps(report, indent=2))
     return 0
 
 
@@ -210,11 +230,16 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from mlsd.fraud.pipeline import Workspace, load_history, tune_on_history
+    from mlsd.fraud.engine import MODEL_NAME, FraudDirs
+    from mlsd.fraud.training import read_transactions, tune_on_history
 
-    tx = load_history(args.data)
-    ws = Workspace(Path(args.workdir))
-    result = tune_on_history(tx, ws, valid_days=args.valid_days, max_fpr=args.max_fpr, capacity=args.capacity)
+    dirs = _dirs(args)
+    dirs.require_champion(MODEL_NAME)  # before reading anything: the fix names the commands
+    state = FraudDirs(dirs)
+    tx = read_transactions(state)
+    result = tune_on_history(
+        tx, state, valid_days=args.valid_days, max_fpr=args.max_fpr, capacity=args.capacity
+    )
     if args.json:
         _print_json(result)
     else:
@@ -223,17 +248,20 @@ def _tune(args: argparse.Namespace) -> int:
             f"({result['n_payments']} payments, {result['n_fraud']} frauds): FPR {result['fpr']:.4%}, "
             f"recall blocked {result['recall_block']:.3f}, recall blocked+reviewed "
             f"{result['recall_review_or_block']:.3f}, reviews/day mean {result['reviews_per_day_mean']:.1f} "
-            f"max {result['reviews_per_day_max']:.0f} (capacity {args.capacity})"
+            f"max {result['reviews_per_day_max']:.0f} (capacity {args.capacity}); saved to {state.thresholds_path}"
         )
     return 0
 
 
 def _backtest(args: argparse.Namespace) -> int:
-    from mlsd.fraud.pipeline import backtest_history, load_history
+    from mlsd.fraud.data import load_history
+    from mlsd.fraud.engine import FraudDirs
     from mlsd.fraud.rules import RuleSet, default_rules_path
+    from mlsd.fraud.training import backtest_history, read_transactions
 
     rules = RuleSet.from_yaml(args.rules or default_rules_path())
-    report = backtest_history(rules, load_history(args.data))
+    tx = load_history(args.data) if args.data else read_transactions(FraudDirs(_dirs(args)))
+    report = backtest_history(rules, tx)
     if args.json:
         _print_json({"rules_version": rules.version, "rules": report.to_dict("records")})
     else:
@@ -243,12 +271,21 @@ def _backtest(args: argparse.Namespace) -> int:
 
 
 def _review(args: argparse.Namespace) -> int:
-    from mlsd.fraud.review import open_review_queue
+    from mlsd.fraud.engine import FraudDirs
+    from mlsd.fraud.review import review_queue_at
+    from mlsd.platform.errors import InputError
 
     if args.postgres:
-        queue = open_review_queue("postgres", postgres_dsn=args.postgres, schema=args.schema)
+        queue = review_queue_at(args.postgres, schema=args.schema)
     else:
-        queue = open_review_queue("sqlite", sqlite_path=args.db)
+        dirs = _dirs(args)
+        path = FraudDirs(dirs).review_path
+        if not path.is_file():  # a read creates nothing: the queue is made by a serving process
+            raise InputError(
+                "--workdir", str(dirs.root), f"holds no fraud review queue ({path})",
+                f"serve first, payments sent to review open cases: mlsd fraud serve --workdir {dirs.root}",
+            )  # fmt: skip
+        queue = review_queue_at(path)
     try:
         if args.action == "list":
             cases = queue.list(status=args.status, limit=args.limit)
@@ -279,16 +316,21 @@ def _review(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from mlsd.fraud.config import FraudConfig
-    from mlsd.fraud.pipeline import Workspace, freeze_heap
+    from mlsd.fraud.engine import FraudDirs, freeze_heap, load_engine
     from mlsd.fraud.service import build_app
     from mlsd.platform.experiments.client import ExperimentClient
     from mlsd.platform.serving import serve
 
+    dirs = _dirs(args)
     config = FraudConfig.from_file(args.config)
-    ws = Workspace(Path(args.workdir), config=config)
+    if not args.rules_only:
+        dirs.require_champion(config.service.model_name, alias=config.service.champion_alias)  # exit 2
     client = ExperimentClient.from_options(args.experiments, args.exposure_redis)
-    pipeline = ws.pipeline(rules_path=args.rules, review=True, experiments=client)
-    app = build_app(pipeline, config=config)
+    state = FraudDirs(dirs, config)
+    if args.rules_only:
+        dirs.create()  # the review queue of a rules-only service still lives in the layout
+    engine = load_engine(state, rules_path=args.rules, rules_only=args.rules_only, experiments=client)
+    app = build_app(engine, config=state.config)
     freeze_heap()
     serve(app, host=args.host, port=args.port)
     return 0
@@ -301,7 +343,7 @@ def _stream(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(summary)
     else:
-        _err(json.dumps(summary, indent=2, default=_default))
+        _err(dumps(summary, indent=2))
     return 0
 
 
@@ -314,12 +356,12 @@ def _bench(args: argparse.Namespace) -> int:
         paths=[p.strip() for p in args.paths.split(",") if p.strip()],
         workers=[int(w) for w in str(args.workers).split(",") if w.strip()],
         redis_url=args.redis_url,
-        workdir=Path(args.workdir) if args.workdir else None,
+        dirs=_dirs(args) if args.workdir else None,
     )
     if args.json:
         _print_json(result)
     else:
-        _err(json.dumps(result, indent=2, default=_default))
+        _err(dumps(result, indent=2))
     return 0
 
 
@@ -328,5 +370,6 @@ def _demo(args: argparse.Namespace) -> int:
 
     from mlsd.fraud.demo import run
 
-    run(Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="mlsd-fraud-demo-")))
+    root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="mlsd-demo-"))
+    run(SystemDir(root, NAME))
     return 0

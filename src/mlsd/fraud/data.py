@@ -15,6 +15,7 @@ for the JSON payloads of the HTTP service and the stream worker.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -173,3 +174,31 @@ def from_records(records: Sequence[Mapping[str, Any]], *, max_batch: int | None 
 def to_cents(amount: np.ndarray | pd.Series) -> np.ndarray:
     """Amounts as int64 cents: window sums over integers are exact, so batch and online agree bit for bit."""
     return np.rint(np.asarray(amount, dtype=np.float64) * 100.0).astype(np.int64)
+
+
+def load_history(path: str | Path) -> pd.DataFrame:
+    """Payments from a folder holding ``transactions.parquet``, a Parquet file or the handbook's CSV file(s)."""
+    from mlsd.fraud.handbook import load_handbook
+
+    path = Path(path)
+    if path.is_dir() and (path / "transactions.parquet").exists():
+        path = path / "transactions.parquet"
+    if path.suffix == ".parquet":
+        if not path.exists():
+            raise FileNotFoundError(2, "No such file", str(path))
+        return validate_transactions(pd.read_parquet(path))
+    return load_handbook(path)
+
+
+def parse_time(value: str | int, field: str = "time") -> int:
+    """Epoch seconds from an int or an ISO date/time (UTC)."""
+    text = str(value).strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        stamp = pd.Timestamp(text)
+    except (ValueError, TypeError) as err:
+        raise InputError(field, value, "not a date", "use YYYY-MM-DD or epoch seconds") from err
+    if stamp.tzinfo is None:
+        stamp = stamp.tz_localize("UTC")
+    return int(stamp.timestamp())

@@ -6,15 +6,17 @@ through features, rules, model and decision (micro-batches) -> review queue: an 
 resolves the top cases (labels stored at once) -> a chargeback for an approved fraud arrives late ->
 retrain: a challenger on the labels known now, promoted only if it beats the champion -> a shadow
 experiment (champion vs challenger through :class:`~mlsd.platform.experiments.client.ExperimentClient`)
-on the live day, a drift report and the stage timings, written where the dashboard finds them:
-``experiments/<name>.json``, ``monitoring/drift.json``, ``monitoring/timings.json``.
+on the live day, a drift report and the stage timings, written where the dashboard finds them.
+
+Everything lands in the platform layout (``mlsd demo`` passes ``W/fraud``): payments in
+``data/transactions.parquet``, models and ``thresholds.json`` in ``registry/``, the label store in
+``features/labels.sqlite``, the review queue in ``review/review.sqlite``, and under ``monitoring/``
+the served sample, ``timings.json``, ``drift.json`` and ``experiments/<name>.json``.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,11 +24,14 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from mlsd.platform.jsonio import write_json
+from mlsd.platform.system import SystemDir
+
 DAY = 86_400
 
 
 def run(
-    workdir: Path,
+    dirs: SystemDir,
     *,
     cards: int = 800,
     days: int = 40,
@@ -37,27 +42,24 @@ def run(
     review_capacity: int = 15,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Run the demo under ``workdir``; returns the figures it printed."""
+    """Run the demo in ``dirs`` (``W/fraud``); returns the figures it printed."""
     from mlsd.fraud.config import FraudConfig
+    from mlsd.fraud.engine import FraudDirs, load_engine
     from mlsd.fraud.features import replay
-    from mlsd.fraud.pipeline import Workspace, retrain
-    from mlsd.fraud.simulate import simulate
+    from mlsd.fraud.training import train_version
+    from mlsd.fraud.world import simulate_into
 
     console = console or Console()
     started = time.perf_counter()
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "monitoring").mkdir(exist_ok=True)
-    out: dict[str, Any] = {"workdir": str(workdir)}
+    dirs.create()
+    out: dict[str, Any] = {"workdir": str(dirs.home)}
 
     # 1. simulate: history up to the cut-off, then one live day
-    tx = simulate(n_cards=cards, n_terminals=max(60, cards // 4), days=days, seed=seed)
+    tx = simulate_into(dirs, {"cards": cards, "terminals": max(60, cards // 4), "days": days, "seed": seed})
     day0 = int(tx["ts"].min()) // DAY * DAY
     cutoff = day0 + (days - 1) * DAY
     history = tx.loc[tx["ts"] < cutoff].reset_index(drop=True)
     live = tx.loc[tx["ts"] >= cutoff].reset_index(drop=True)
-    (workdir / "data").mkdir(exist_ok=True)
-    tx.to_parquet(workdir / "data" / "transactions.parquet", index=False)
     out["simulated"] = {
         "payments": len(tx),
         "frauds": int(tx["fraud"].sum()),
@@ -71,7 +73,7 @@ def run(
 
     # 2. labels known at the cut-off, and the first champion
     config = FraudConfig.from_dict({"review": {"daily_capacity": review_capacity}})
-    ws = Workspace(workdir / "workspace", config=config)
+    ws = FraudDirs(dirs, config=config)
     n_labels = ws.ingest_labels(history, known_at=cutoff)
     known_frauds = n_labels
     hidden = int(((history["fraud"] == 1) & (history["label_ts"] > cutoff)).sum())
@@ -80,7 +82,7 @@ def run(
         "in history are not known yet (chargebacks arrive 30-90 days later)"
     )
     t = time.perf_counter()
-    first = retrain(
+    first = train_version(
         history,
         ws,
         cutoff=cutoff,
@@ -100,8 +102,9 @@ def run(
     # thresholds for FPR < 1 % and the review team's capacity, chosen on the matured week
     tuned = first["suggested_thresholds"]
     if tuned is not None:
-        (ws.root / "thresholds.json").write_text(json.dumps(tuned, indent=2))
-        ws = Workspace(ws.root, config=FraudConfig.from_dict({"review": {"daily_capacity": review_capacity}}))
+        write_json(ws.thresholds_path, tuned)
+        ws.close()
+        ws = FraudDirs(dirs, config=FraudConfig.from_dict({"review": {"daily_capacity": review_capacity}}))
         console.print(
             f"   thresholds tuned on the matured week (labels known then): block >= {tuned['block']:.3f}, "
             f"review >= {tuned['review']:.3f}; FPR {tuned['fpr']:.3%}, recall blocked {tuned['recall_block']:.2f}, "
@@ -110,7 +113,7 @@ def run(
     out["thresholds"] = tuned
 
     # 3. the online pipeline, windows warmed on history (with labels as they arrived)
-    pipeline = ws.pipeline()
+    pipeline = load_engine(ws)
     known = ws.labels.labels_known_at(cutoff)
     warm = history.drop(columns=["fraud", "label_ts", "scenario"])
     fraud_ts = known.loc[known["label"] == 1].set_index("tx_id")["label_ts"]
@@ -146,8 +149,8 @@ def run(
                 )
             )
     stream_s = time.perf_counter() - t
-    served.save(workdir / "monitoring" / "served.parquet")
-    (workdir / "monitoring" / "timings.json").write_text(json.dumps({"system": "fraud", "stages": stages}))
+    served.save(dirs.monitoring / "served.parquet")
+    write_json(dirs.monitoring / "timings.json", {"system": "fraud", "stages": stages})
     d = pd.concat(decided, ignore_index=True)
     d["fraud"] = live["fraud"].to_numpy()
     d["amount"] = live["amount"].to_numpy()
@@ -237,7 +240,7 @@ def run(
     # 7. retrain on everything known now; the challenger must beat the champion to be promoted
     ws.ingest_labels(tx, known_at=now)  # every other label that arrived by the end of the day
     t = time.perf_counter()
-    second = retrain(
+    second = train_version(
         tx.loc[tx["ts"] <= now],
         ws,
         cutoff=now,
@@ -255,12 +258,12 @@ def run(
         f"matured week -> {verdict}"
     )
     t = time.perf_counter()
-    out["experiment"] = _shadow_experiment(workdir, ws, pipeline.features, live, console)
+    out["experiment"] = _shadow_experiment(dirs, ws, pipeline.features, live, console)
     out["experiment"]["seconds"] = round(time.perf_counter() - t, 1)
     from mlsd.fraud.monitoring import drift_report
 
-    drift = drift_report(workdir)
-    (workdir / "monitoring" / "drift.json").write_text(json.dumps(drift, default=str))
+    drift = drift_report(dirs)
+    write_json(dirs.monitoring / "drift.json", drift)
     age1, final = drift["performance"]["by_label_age"][0], drift["performance"]["by_label_age"][-1]
     out["drift"] = {"summary": drift["summary"], "performance": drift["performance"]["by_label_age"]}
     console.print(
@@ -271,7 +274,8 @@ def run(
         f"{_fmt(final['average_precision'])} ({final['frauds_known']})"
     )
     out["seconds"] = round(time.perf_counter() - started, 1)
-    console.print(f"[green]fraud demo done in {out['seconds']} s[/] (artifacts under {workdir})")
+    console.print(f"[green]fraud demo done in {out['seconds']} s[/] (artifacts under {dirs.home})")
+    ws.close()
     return out
 
 
@@ -279,13 +283,11 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _shadow_experiment(workdir: Path, ws: Any, features: Any, live: pd.DataFrame, console: Console) -> dict:
+def _shadow_experiment(dirs: SystemDir, ws: Any, features: Any, live: pd.DataFrame, console: Console) -> dict:
     """Champion vs challenger as a shadow experiment on the live day (already in the windows: the
     feature engine replays those payments' features), analysed on the day's final labels."""
-    from mlsd.fraud.experiment import METRICS, serve_period
-
-    started = time.perf_counter()
-    from mlsd.fraud.pipeline import MODEL_NAME
+    from mlsd.fraud.engine import MODEL_NAME, load_engine
+    from mlsd.fraud.world import METRICS, serve_period
     from mlsd.platform.experiments.client import ExperimentClient
     from mlsd.platform.experiments.online import make_experiment
 
@@ -303,13 +305,12 @@ def _shadow_experiment(workdir: Path, ws: Any, features: Any, live: pd.DataFrame
     config = make_experiment("fraud", arms, list(METRICS), mode="shadow", unit="card_id")
     client = ExperimentClient(config)
     name = next(iter(config.experiments))
-    pipe = ws.pipeline(review=False, shadow=False, experiments=client, features=features)
+    started = time.perf_counter()
+    pipe = load_engine(ws, review=False, shadow=False, experiments=client, features=features)
     period = serve_period(pipe, live, name, feed_labels=False)
     report = client.analyze(name, period.outcomes, looks=5)
     report["labels"] = "final labels of the live day (simulator truth)"
-    path = workdir / "experiments" / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, default=str))
+    path = write_json(dirs.monitoring / "experiments" / f"{name}.json", report)
     units = int(report["srm"]["counts"][0])
     console.print(
         f"[bold]8. shadow experiment[/] {name}: {units:,} cards; champion v{versions['champion']} decides, "

@@ -10,7 +10,9 @@ earlier one (a review said legit, a chargeback says fraud); history is kept, nev
 Two backends with one contract (``tests/fraud/test_labels.py`` runs on both): SQLite (default, a
 file) and PostgreSQL (a real server; one schema per deployment). :class:`Database` hides the
 dialect differences and is shared with the review queue so that resolving a case and recording its
-label happen in one transaction.
+label happen in one transaction. On SQLite the two may live in two files (the platform layout keeps
+labels in ``features/labels.sqlite`` and cases in ``review/review.sqlite``): the review database
+*attaches* the label file (``Database(..., attach={"labels": path})``), and one transaction spans both.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class Database:
 
     Each instance is one connection: separate instances on the same database behave as separate
     clients (that is how the review queue's concurrent-claim tests exercise real locking).
+    ``attach`` (SQLite only) maps a table name to another SQLite file that holds it: the file is
+    attached to this connection and :meth:`table` names the table there.
     """
 
     def __init__(
@@ -45,10 +49,12 @@ class Database:
         sqlite_path: str | Path | None = None,
         postgres_dsn: str | None = None,
         schema: str = "mlsd_fraud",
+        attach: dict[str, str | Path] | None = None,
     ) -> None:
         if (sqlite_path is None) == (postgres_dsn is None):
             raise ValueError("give exactly one of sqlite_path, postgres_dsn")
         self._lock = threading.RLock()
+        self._attached: dict[str, str] = {}
         if sqlite_path is not None:
             self.dialect = "sqlite"
             self.prefix = ""
@@ -59,7 +65,15 @@ class Database:
             )
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
+            for table, path in (attach or {}).items():
+                alias = f"{table}_db"
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                self.conn.execute(f"ATTACH DATABASE ? AS {alias}", (str(path),))
+                self.conn.execute(f"PRAGMA {alias}.journal_mode=WAL")
+                self._attached[table] = alias
         else:
+            if attach:
+                raise ValueError("attach is for SQLite files; PostgreSQL keeps every table in one schema")
             import psycopg
 
             if not _SCHEMA_RE.match(schema):
@@ -73,7 +87,16 @@ class Database:
         self.schema = schema
 
     def table(self, name: str) -> str:
-        return self.prefix + name
+        attached = self._attached.get(name)
+        return f"{attached}.{name}" if attached else self.prefix + name
+
+    def index_sql(self, index: str, table: str, columns: str) -> str:
+        """``CREATE INDEX IF NOT EXISTS`` for ``table`` (an attached SQLite file names the index's
+        database, not the table's: that is SQLite's syntax)."""
+        attached = self._attached.get(table)
+        if attached:
+            return f"CREATE INDEX IF NOT EXISTS {attached}.{index} ON {table} ({columns})"
+        return f"CREATE INDEX IF NOT EXISTS {index} ON {self.table(table)} ({columns})"
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.dialect == "postgres" else sql
@@ -163,7 +186,7 @@ class SQLLabelStore:
                 f"CREATE TABLE IF NOT EXISTS {self.t} (tx_id TEXT NOT NULL, label SMALLINT NOT NULL, "
                 "label_ts BIGINT NOT NULL, source TEXT NOT NULL, PRIMARY KEY (tx_id, label_ts, source))"
             )
-            cur.execute(f"CREATE INDEX IF NOT EXISTS labels_ts_idx ON {self.t} (label_ts)")
+            cur.execute(db.index_sql("labels_ts_idx", "labels", "label_ts"))
 
     @classmethod
     def sqlite(cls, path: str | Path) -> SQLLabelStore:

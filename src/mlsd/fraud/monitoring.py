@@ -1,13 +1,15 @@
 """Fraud monitoring: feature and prediction drift against the champion's training reference, and the
 model's performance on labels as they mature.
 
-``drift_report(workdir)``:
+``drift_report(dirs)`` (``dirs``: the fraud :class:`~mlsd.platform.system.SystemDir`, ``W/fraud``;
+reading it creates nothing):
 
 * **reference** -- ``reference.parquet`` saved next to the champion in the registry at training time
   (<= 20k training rows, the model's own features plus its score as ``prediction``);
-* **current** -- what the service served: ``workdir/monitoring/served.parquet`` (a reservoir sample of
-  served feature rows with the champion's score, written by ``run_experiment`` and the demo); when it
-  is absent, the data's last ``LIVE_DAYS`` days are featurised offline and scored by the champion;
+* **current** -- what the service served: ``dirs.monitoring/served.parquet`` (a reservoir sample of
+  served feature rows with the champion's score, written by the world's ``run_experiment`` and the
+  demo); when it is absent, the data's last ``LIVE_DAYS`` days are featurised offline (labels as the
+  label store knows them) and scored by the champion;
 * **features / summary** -- :class:`~mlsd.platform.monitoring.drift.DriftMonitor` (PSI bands, KS);
 * **performance** -- fraud labels arrive late (review: hours; chargebacks: 30-90 days), so a
   precision/recall measured a day after scoring is not the one measured a month later. For the
@@ -21,48 +23,33 @@ model's performance on labels as they mature.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from mlsd.fraud.engine import MODEL_NAME, FraudDirs
 from mlsd.platform.errors import InputError
+from mlsd.platform.system import SystemDir
 
 DAY = 86_400
 # chargebacks take 30-90 days: the last ages show the labels that 1-30 days cannot see yet
 LABEL_AGES_DAYS = (1, 7, 14, 30, 60, 90)
+LIVE_DAYS = 7  # without a served sample, the data's last week is "what was served"
 
 
-def _workspace(workdir: Path) -> Any:
-    from mlsd.fraud.pipeline import Workspace
-
-    root = Path(workdir) / "workspace"
-    if not (root / "registry").exists():
-        raise InputError(
-            "--workdir", str(workdir), "no fraud workspace (workspace/registry) here",
-            "run `mlsd experiment run fraud --workdir W`, `mlsd pipeline run weekly --workdir W` or the demo",
-        )  # fmt: skip
-    return Workspace(root)
+def live_start(tx: pd.DataFrame) -> int:
+    """First second of the data's last ``LIVE_DAYS`` days (the world's live period)."""
+    last_day = int(tx["ts"].max()) // DAY * DAY
+    return last_day - (LIVE_DAYS - 1) * DAY
 
 
-def load_data(workdir: Path) -> pd.DataFrame:
-    """The system's payments: ``data/transactions.parquet`` (or the demo's ``transactions.parquet``)."""
-    for path in (Path(workdir) / "data" / "transactions.parquet", Path(workdir) / "transactions.parquet"):
-        if path.exists():
-            return pd.read_parquet(path)
-    raise InputError(
-        "--workdir", str(workdir), "no payments (data/transactions.parquet) here",
-        "run `mlsd experiment run fraud --workdir W` or the demo first",
-    )  # fmt: skip
-
-
-def _offline_current(ws: Any, tx: pd.DataFrame, start: int) -> pd.DataFrame:
+def _offline_current(ws: FraudDirs, tx: pd.DataFrame, start: int) -> pd.DataFrame:
     """The payments from ``start`` featurised offline (labels as known at the data's end) and scored."""
     from mlsd.fraud.features import compute_features
 
     end = int(tx["ts"].max())
-    known = ws.labels.labels_known_at(end)
+    known = ws.labels_known_at(end)
     fraud_ts = known.loc[known["label"] == 1].set_index("tx_id")["label_ts"]
     frame = tx.drop(columns=["fraud", "label_ts", "scenario"], errors="ignore")
     label_ts = frame["tx_id"].astype(str).map(fraud_ts)
@@ -139,31 +126,22 @@ def performance_by_label_age(
     }
 
 
-def drift_report(workdir: Path) -> dict[str, Any]:
+def drift_report(dirs: SystemDir) -> dict[str, Any]:
     """The champion's training reference vs what was served (+ performance by label age)."""
-    from mlsd.fraud.experiment import LIVE_DAYS, live_start
-    from mlsd.fraud.pipeline import MODEL_NAME
+    from mlsd.fraud.training import read_transactions
     from mlsd.platform.monitoring.drift import DriftMonitor
 
-    workdir = Path(workdir)
-    ws = _workspace(workdir)
-    mv = ws.model_version("champion")
-    if mv is None:
-        raise InputError(
-            "--workdir",
-            str(workdir),
-            "no fraud champion in the registry",
-            "train one first (mlsd fraud train)",
-        )
+    mv = dirs.require_champion(MODEL_NAME)  # no champion: the fix, and nothing created
+    ws = FraudDirs(dirs)
     ref_path = ws.registry.artifact_path(MODEL_NAME, mv.version) / "reference.parquet"
     if not ref_path.exists():
         raise InputError(
             "--workdir", str(ref_path), "the champion has no training reference (trained before it existed)",
-            "retrain: `mlsd pipeline run weekly --workdir W` saves one next to the new model",
+            f"retrain: `mlsd fraud train --workdir {dirs.root}` saves one next to the new model",
         )  # fmt: skip
     reference = pd.read_parquet(ref_path)
-    tx = load_data(workdir)
-    served_path = workdir / "monitoring" / "served.parquet"
+    tx = read_transactions(ws)
+    served_path = dirs.monitoring / "served.parquet"
     if served_path.exists():
         current = pd.read_parquet(served_path)
         current_text = f"served sample ({served_path}): {len(current):,} payments scored by the service"

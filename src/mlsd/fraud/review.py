@@ -93,8 +93,11 @@ class SQLReviewQueue:
             cur.execute(f"CREATE INDEX IF NOT EXISTS review_open_idx ON {self.t} (status, priority)")
 
     @classmethod
-    def sqlite(cls, path: str | Path) -> SQLReviewQueue:
-        return cls(Database(sqlite_path=path))
+    def sqlite(cls, path: str | Path, *, labels_path: str | Path | None = None) -> SQLReviewQueue:
+        """Cases in the SQLite file ``path``; labels there too, or in ``labels_path`` (attached: the
+        platform layout's ``features/labels.sqlite``), still one transaction per resolution."""
+        attach = None if labels_path is None or Path(labels_path) == Path(path) else {"labels": labels_path}
+        return cls(Database(sqlite_path=path, attach=attach))
 
     @classmethod
     def postgres(cls, dsn: str, schema: str = "mlsd_fraud") -> SQLReviewQueue:
@@ -215,6 +218,19 @@ class SQLReviewQueue:
 
     def close(self) -> None:
         self.db.close()
+
+
+def review_queue_at(location: str | Path, *, schema: str = "mlsd_fraud") -> SQLReviewQueue:
+    """The review queue at ``location`` (``System.review_queue``): a ``postgresql://`` DSN (``schema``),
+    or a SQLite file. The platform layout's ``W/fraud/review/review.sqlite`` gets its label store,
+    ``W/fraud/features/labels.sqlite``, attached; any other file keeps its labels inside."""
+    text = str(location)
+    if text.startswith(("postgresql://", "postgres://")):
+        return SQLReviewQueue.postgres(text, schema)
+    path = Path(location)
+    layout_labels = path.parent.parent / "features" / "labels.sqlite"
+    in_layout = path.parent.name == "review" and layout_labels.parent.is_dir()
+    return SQLReviewQueue.sqlite(path, labels_path=layout_labels if in_layout else None)
 
 
 def open_review_queue(

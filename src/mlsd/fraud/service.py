@@ -1,6 +1,9 @@
-"""HTTP service: score payments within a 100 ms deadline, and work the review queue.
+"""The fraud HTTP API over a :class:`~mlsd.fraud.engine.FraudPipeline`: routes only.
 
-Endpoints (on top of the platform's ``/health`` and ``/metrics``):
+Scoring is the engine's (:meth:`FraudPipeline.score_bodies`, the path :meth:`FraudPipeline.handle`
+takes too); this module turns requests into engine calls within a 100 ms deadline and answers JSON.
+Endpoints (on top of the platform's ``/health``, which names ``model``, ``model_version`` and
+``rules_only``, and ``/metrics``):
 
 * ``POST /v1/score`` - one payment -> ``{tx_id, decision, probability, reasons, rules_only,
   timings_ms, skipped, rules_version, model_version}``;
@@ -9,41 +12,22 @@ Endpoints (on top of the platform's ``/health`` and ``/metrics``):
 * ``GET /v1/review/cases?status=open&limit=50``, ``POST /v1/review/claim`` ``{reviewer, limit}``,
   ``POST /v1/review/cases/{tx_id}/resolve`` ``{reviewer, outcome}`` (the label is stored at once).
 
-Bodies are validated by :func:`mlsd.fraud.data.from_records` (plus ``country`` here, a rule-only
-context field), so every bad input answers 4xx JSON naming the field: 422 for a missing, negative or
+Bodies are validated by :func:`mlsd.fraud.data.from_records` (plus ``country``, a rule-only context
+field), so every bad input answers 4xx JSON naming the field: 422 for a missing, negative or
 non-numeric field or an unknown currency, 413 for an oversized batch, 404/409 for review cases.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-import pandas as pd
 from fastapi import Body, FastAPI, Query
 
 from mlsd.fraud.config import FraudConfig
-from mlsd.fraud.pipeline import FraudPipeline
+from mlsd.fraud.engine import MODEL_NAME, FraudPipeline
 from mlsd.platform.errors import InputError
 from mlsd.platform.serving import Deadline, create_app
-
-_COUNTRY = re.compile(r"^[A-Z]{2}$")
-
-
-def _context(records: Sequence[Mapping[str, Any]], prefix: str) -> pd.DataFrame | None:
-    """Rule-only context fields the model schema does not carry (``country``, ISO 3166 alpha-2)."""
-    if not any("country" in r for r in records):
-        return None
-    countries = []
-    for i, r in enumerate(records):
-        value = r.get("country")
-        if value is not None and (not isinstance(value, str) or not _COUNTRY.match(value.upper())):
-            raise InputError(
-                f"{prefix.format(i=i)}country", value, "is not an ISO 3166 alpha-2 code", "send e.g. 'FR'"
-            )
-        countries.append(None if value is None else value.upper())
-    return pd.DataFrame({"country": countries})
 
 
 def build_app(
@@ -57,10 +41,8 @@ def build_app(
 
     ``experiments``: an :class:`~mlsd.platform.experiments.client.ExperimentClient`; its fraud
     experiments run in shadow mode (the pipeline needs the arms' models: build it with
-    ``Workspace.pipeline(experiments=...)``). Each decision then names its experiment and arm.
+    ``load_engine(dirs, experiments=...)``). Each decision then names its experiment and arm.
     """
-    from mlsd.fraud.data import from_records
-
     if experiments is not None:
         pipeline.experiments = experiments  # validates: shadow mode, every arm's model loaded
     config = config or FraudConfig()
@@ -70,7 +52,9 @@ def build_app(
     def health() -> dict[str, Any]:
         rules = pipeline.rules.current()
         return {
-            "model_version": None if pipeline.champion is None else pipeline.champion.version,
+            "model": MODEL_NAME,
+            "model_version": pipeline.model_version,
+            "rules_only": pipeline.rules_only,
             "challenger_version": None if pipeline.challenger is None else pipeline.challenger.version,
             "rules_version": rules.version,
             "rules_reload_errors": pipeline.rules.reload_errors,
@@ -81,10 +65,8 @@ def build_app(
     app = create_app("fraud", title="mlsd fraud detection", health=health)
     pipeline.warm_up()
 
-    def score(records: list[Mapping[str, Any]], deadline: Deadline, prefix: str) -> tuple[list[dict], dict]:
-        context = _context(records, prefix)
-        tx = from_records(records, max_batch=svc.max_batch)
-        batch = pipeline.score(tx, deadline=deadline, context=context)
+    def score(records: list[Mapping[str, Any]], deadline: Deadline) -> tuple[list[dict], dict]:
+        batch = pipeline.score_bodies(records, deadline=deadline)
         return batch.records(), batch.response()
 
     @app.post("/v1/score", tags=["fraud"])
@@ -94,7 +76,7 @@ def build_app(
             raise InputError(
                 "body", type(payment).__name__, "is not a JSON object", "send one payment object"
             )
-        records, meta = score([payment], deadline, "")
+        records, meta = score([payment], deadline)
         return {**records[0], **meta, "deadline_ms": svc.deadline_ms}
 
     @app.post("/v1/score/batch", tags=["fraud"])
@@ -111,13 +93,17 @@ def build_app(
             raise InputError(
                 "payments", len(payments), f"batch larger than {svc.max_batch}", "split the batch", status=413
             )
-        records, meta = score(payments, deadline, "payments[{i}].")
+        records, meta = score(payments, deadline)
         return {"decisions": records, **meta, "deadline_ms": svc.deadline_ms}
 
     def need_queue() -> Any:
         if queue is None:
             raise InputError(
-                "review_queue", None, "no review queue configured", "start serve with --db", status=404
+                "review_queue",
+                None,
+                "no review queue in this service",
+                "serve with the review queue on",
+                status=404,
             )
         return queue
 

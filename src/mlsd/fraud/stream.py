@@ -20,7 +20,9 @@ one window (redeliveries come after ``claim_idle_ms``, seconds) while memory sta
 windows of traffic instead of growing with every payment ever decided.
 
 Micro-batching is what makes the throughput: one XREADGROUP of up to ``batch_size`` entries, one
-vectorised pass through features, rules, model and decision, one script call for all outputs.
+vectorised pass through features, rules, model and decision (the engine's one serving path,
+:meth:`~mlsd.fraud.engine.FraudPipeline.handle`, over the entries' payment bodies), one script call
+for all outputs.
 """
 
 from __future__ import annotations
@@ -32,10 +34,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +61,9 @@ end
 return written
 """
 
-# A scorer turns a frame of validated payments into one JSON-ready decision dict per row (same order).
-Scorer = Callable[[pd.DataFrame], Sequence[Mapping[str, Any]]]
+# A scorer turns payment bodies into one JSON-ready decision dict per payment (same order), raising
+# InputError on a bad body: FraudPipeline.handle.
+Scorer = Callable[[Sequence[Mapping[str, Any]]], Sequence[Mapping[str, Any]]]
 
 
 @dataclass
@@ -182,14 +182,13 @@ class StreamWorker:
         return len(entries)
 
     def process(self, entries: list[tuple[bytes, dict]]) -> None:
-        from mlsd.fraud.data import from_records
         from mlsd.platform.errors import InputError
 
         ids = [e[0] for e in entries]
         payments = [json.loads(e[1][b"p"]) for e in entries]
         self.stats.read += len(entries)
         try:
-            records = list(self.scorer(from_records(payments)))
+            records = list(self.scorer(payments))
         except InputError:
             # One bad payment must not block the stream: split the batch so the good ones still score.
             records = self._score_individually(payments)
@@ -219,13 +218,12 @@ class StreamWorker:
         return f"{base}:{bucket}", f"{base}:{bucket - 1}"
 
     def _score_individually(self, payments: list[dict]) -> list[Mapping[str, Any]]:
-        from mlsd.fraud.data import from_records
         from mlsd.platform.errors import InputError
 
         out: list[Mapping[str, Any]] = []
         for payment in payments:
             try:
-                out.extend(self.scorer(from_records([payment])))
+                out.extend(self.scorer([payment]))
             except InputError as err:
                 self.stats.invalid += 1
                 out.append({"tx_id": payment.get("tx_id", "?"), "decision": "error", "error": err.to_dict()})
@@ -311,25 +309,26 @@ def _worker_main(
 ) -> None:
     import redis
 
-    from mlsd.fraud.pipeline import Workspace, freeze_heap
+    from mlsd.fraud.engine import FraudDirs, freeze_heap, load_engine
     from mlsd.platform.experiments.client import ExperimentClient
+    from mlsd.platform.system import SystemDir
 
     client = redis.Redis.from_url(redis_url)
-    ws = Workspace(Path(workdir))
+    ws = FraudDirs(SystemDir(workdir, "fraud"))
     # every worker logs exposures to the same Redis (the stream's unless told otherwise): the workers
     # of one consumer group serve one experiment
     shadow = ExperimentClient.from_options(
         experiments, (exposure_redis or redis_url) if experiments else None
     )
-    pipeline = ws.pipeline(
-        feature_backend="redis", redis_url=redis_url, redis_prefix=prefix + "fw:", experiments=shadow
+    pipeline = load_engine(
+        ws, feature_backend="redis", redis_url=redis_url, redis_prefix=prefix + "fw:", experiments=shadow
     )
     pipeline.warm_up()
     freeze_heap()
     cfg = ws.config.stream
     worker = StreamWorker(
         client,
-        pipeline.score_records,
+        pipeline.handle,
         prefix=prefix,
         input_stream=cfg.input_stream,
         output_stream=cfg.output_stream,
@@ -363,16 +362,20 @@ def run_stream_command(args: Any) -> dict[str, Any]:
 
     import redis
 
-    from mlsd.fraud.pipeline import Workspace, load_history
+    from mlsd.fraud.data import load_history
+    from mlsd.fraud.engine import MODEL_NAME, FraudDirs
     from mlsd.platform.errors import InputError
     from mlsd.platform.experiments.client import ExperimentClient
+    from mlsd.platform.system import SystemDir
 
     if args.workers < 1:
         raise InputError("--workers", args.workers, "must be >= 1", "e.g. --workers 2")
     experiments = getattr(args, "experiments", None)
     exposure_redis = getattr(args, "exposure_redis", None)
     ExperimentClient.from_options(experiments, exposure_redis)  # a bad file fails here, not in N workers
-    ws = Workspace(Path(args.workdir))
+    dirs = SystemDir(args.workdir, "fraud")
+    dirs.require_champion(MODEL_NAME)  # before spawning N workers: exit 2 with the fix
+    ws = FraudDirs(dirs)
     cfg = ws.config.stream
     client = redis.Redis.from_url(args.redis_url)
     keys = stream_keys(args.prefix, cfg.input_stream, cfg.output_stream)
@@ -396,7 +399,7 @@ def run_stream_command(args: Any) -> dict[str, Any]:
         import queue
 
         local: Any = queue.Queue()
-        _worker_main(str(ws.root), args.redis_url, args.prefix, 0, idle, local, experiments, exposure_redis)
+        _worker_main(str(dirs.root), args.redis_url, args.prefix, 0, idle, local, experiments, exposure_redis)
         stats.append(local.get())
     else:
         results = ctx.Queue()
@@ -404,7 +407,7 @@ def run_stream_command(args: Any) -> dict[str, Any]:
             ctx.Process(
                 target=_worker_main,
                 args=(
-                    str(ws.root),
+                    str(dirs.root),
                     args.redis_url,
                     args.prefix,
                     k,

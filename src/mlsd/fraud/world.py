@@ -1,10 +1,37 @@
-"""The fraud online world simulator: a shadow experiment through the real :class:`FraudPipeline`.
+"""The fraud world: a seeded payment simulator and the online shadow experiment run through it.
 
-``run_experiment(workdir, units=2000, arms=["champion", "challenger"])``:
+Nothing in production (engine, service, training, monitoring) imports this module: it is the
+system's embedded world, what ``mlsd fraud simulate``, ``mlsd experiment run fraud`` (``System.world()``),
+the demo and the bench use in place of a real payment network.
 
-1. **World** -- ``workdir/data/transactions.parquet`` (the default simulated world, written once,
-   deterministically, when absent; :func:`ensure_data`) and ``workdir/workspace`` (registry, label
-   store). The **live period** is the data's last ``LIVE_DAYS`` days. Every arm's model comes from the
+**The simulator** (:func:`simulate`).
+The world: cities; cards (= customer accounts) living in a city with a spending profile (mean
+amount, payments per day), a primary and a spare device, a home IP and an email; terminals in a
+city with a merchant category. Genuine payments happen mostly at terminals of the home city during
+the day. Frauds, each tagged with its ``scenario``:
+
+1. large amounts - a random payment's amount replaced by a large one;
+2. compromised terminals - every payment at a terminal is fraudulent for ``terminal_days`` days;
+3. compromised cards - a third of a card's payments for ``card_days`` days have amounts x5;
+4. account takeover - a burst of payments within an hour, from a never-seen device and IP, at a
+   terminal in a distant city;
+5. fraud rings - synthetic accounts that share a few devices, IPs and emails and pay at a handful
+   of colluding terminals.
+
+Labels arrive late: a share of frauds is caught by review the same day (``label_ts`` a few hours
+after the payment), the rest by chargebacks 30-90 days later. Genuine payments mature when the
+chargeback window closes (``label_ts = ts + 90 days``). Everything is numpy; one million payments
+take a few seconds.
+
+:data:`SIZES` are the sizes ``mlsd fraud simulate --size`` offers (``tiny`` for tests, ``demo``,
+``default``); :func:`world_for` sizes a world for an experiment of ``units`` cards.
+
+**The online experiment** (:func:`run_experiment`).
+``run_experiment(dirs, units=2000, arms=["champion", "challenger"])``:
+
+1. **World** -- ``dirs.data/transactions.parquet`` (a world sized for ``units`` cards by
+   :func:`world_for`, written once, deterministically, when absent; :func:`ensure_data`), the registry
+   in ``dirs.registry`` and the label store in ``dirs.features``. The **live period** is the data's last ``LIVE_DAYS`` days. Every arm's model comes from the
    registry by alias, reused when it was trained on this very data (its lineage fingerprint matches)
    and before the live period (no leakage); otherwise it is trained here: ``champion`` at the cut-off a
    week before the live period, ``challenger`` = the weekly retrain at the live period's start (labels
@@ -37,23 +64,261 @@ the paired analysis. Random loss costs power, not validity (pairing is within a 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from mlsd.fraud.engine import FraudDirs, load_engine
+from mlsd.fraud.monitoring import live_start
 from mlsd.platform.errors import InputError
+from mlsd.platform.jsonio import write_json
+from mlsd.platform.system import SystemDir
 
 DAY = 86_400
-LIVE_DAYS = 7
-# the default world (`mlsd experiment run fraud`, `mlsd pipeline run weekly`): ~200k payments, 6 weeks
-WORLD: dict[str, int] = {"cards": 3000, "terminals": 600, "days": 42, "seed": 0}
+DEFAULT_START = 1_767_225_600  # 2026-01-01 00:00:00 UTC
+CATEGORIES = np.array(
+    ["grocery", "fuel", "restaurant", "electronics", "travel", "fashion", "online", "pharmacy"]
+)
+CATEGORY_SCALE = np.array([0.8, 1.0, 0.9, 2.5, 3.0, 1.5, 1.2, 0.6])
+
+
+def _check(name: str, value: int, low: int) -> int:
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < low:
+        raise InputError(name, value, f"must be an integer >= {low}", f"pass {name} >= {low}")
+    return int(value)
+
+
+def simulate(
+    n_cards: int = 2_000,
+    n_terminals: int = 500,
+    days: int = 30,
+    seed: int = 0,
+    *,
+    start: int = DEFAULT_START,
+    tx_per_card_day: float = 1.5,
+    n_cities: int = 30,
+    large_amount_rate: float = 0.001,
+    terminals_per_day: float = 0.001,
+    terminal_days: int = 7,
+    cards_per_day: float = 0.001,
+    card_days: int = 14,
+    takeovers_per_day: float = 0.0005,
+    rings: int | None = None,
+    ring_size: int = 8,
+    review_share: float = 0.3,
+) -> pd.DataFrame:
+    """Simulate ``days`` of payments; return a frame in the :mod:`mlsd.fraud.data` schema, sorted by ts.
+
+    Rates are per card (or terminal) per day, so the fraud mix stays stable across sizes.
+    ``rings`` defaults to one ring per 2,000 cards (at least one).
+    """
+    n_cards = _check("n_cards", n_cards, 1)
+    n_terminals = _check("n_terminals", n_terminals, 1)
+    days = _check("days", days, 1)
+    seed = _check("seed", seed, 0)
+    rng = np.random.default_rng(seed)
+    n_cities = min(n_cities, n_terminals)
+
+    # The world. Cities spread over Europe; terminals belong to a city (every city has at least one).
+    city_lat = rng.uniform(36.0, 60.0, n_cities)
+    city_lon = rng.uniform(-9.0, 30.0, n_cities)
+    term_city = np.concatenate([np.arange(n_cities), rng.integers(0, n_cities, n_terminals - n_cities)])
+    term_city = np.sort(term_city)  # terminals grouped by city: city c owns a contiguous id range
+    city_first = np.searchsorted(term_city, np.arange(n_cities))
+    city_count = np.bincount(term_city, minlength=n_cities)
+    term_lat = city_lat[term_city] + rng.normal(0, 0.05, n_terminals)
+    term_lon = city_lon[term_city] + rng.normal(0, 0.05, n_terminals)
+    term_cat = rng.integers(0, len(CATEGORIES), n_terminals)
+
+    card_city = rng.integers(0, n_cities, n_cards)
+    card_mean = rng.uniform(5.0, 100.0, n_cards)
+    card_rate = rng.uniform(0.2, 2.0 * tx_per_card_day, n_cards)
+    card_ip = np.arange(n_cards)
+    household = rng.random(n_cards) < 0.05  # some households share an IP: rings are not just shared IPs
+    card_ip[household] = rng.integers(0, n_cards, household.sum())
+
+    # Genuine payments: Poisson per card-day, daytime-heavy clock, mostly in the home city.
+    counts = rng.poisson(np.repeat(card_rate, days))
+    card = np.repeat(np.repeat(np.arange(n_cards), days), counts)
+    day = np.repeat(np.tile(np.arange(days), n_cards), counts)
+    n = card.size
+    secs = np.mod(rng.normal(13.5 * 3600, 4.5 * 3600, n).astype(np.int64), DAY)
+    ts = start + day.astype(np.int64) * DAY + secs
+    city = np.where(rng.random(n) < 0.95, card_city[card], rng.integers(0, n_cities, n))
+    terminal = city_first[city] + (rng.random(n) * city_count[city]).astype(np.int64)
+    amount = np.round(
+        np.maximum(0.5, rng.gamma(2.0, card_mean[card] / 2.0) * CATEGORY_SCALE[term_cat[terminal]]), 2
+    )
+    device = np.where(rng.random(n) < 0.9, 2 * card, 2 * card + 1)
+    ip = np.where(rng.random(n) < 0.85, card_ip[card], n_cards + rng.integers(0, 50 * n_cities, n))
+    scenario = np.zeros(n, dtype=np.int8)
+    cols = {"card": card, "ts": ts, "terminal": terminal, "amount": amount, "device": device, "ip": ip}
+
+    # (1) large amounts
+    large = rng.random(n) < large_amount_rate
+    amount[large] = np.round(rng.uniform(300.0, 3000.0, large.sum()), 2)
+    scenario[large] = 1
+
+    # (2) compromised terminals: all payments there for terminal_days days
+    n_comp_t = rng.poisson(terminals_per_day * n_terminals * days)
+    comp_t = rng.integers(0, n_terminals, n_comp_t)
+    comp_t_start = start + rng.integers(0, days, n_comp_t).astype(np.int64) * DAY
+    scenario = _mark_periods(
+        terminal, ts, comp_t, comp_t_start, terminal_days * DAY, scenario, 2, n_terminals
+    )
+
+    # (3) compromised cards: a third of the payments for card_days days, amounts x5
+    n_comp_c = rng.poisson(cards_per_day * n_cards * days)
+    comp_c = rng.integers(0, n_cards, n_comp_c)
+    comp_c_start = start + rng.integers(0, days, n_comp_c).astype(np.int64) * DAY
+    hit = _mark_periods(card, ts, comp_c, comp_c_start, card_days * DAY, np.zeros(n, np.int8), 3, n_cards)
+    hit = (hit == 3) & (scenario == 0) & (rng.random(n) < 1 / 3)
+    amount[hit] = np.round(amount[hit] * 5, 2)
+    scenario[hit] = 3
+
+    # (4) account takeover: bursts appended as new rows
+    n_ato = rng.poisson(takeovers_per_day * n_cards * days)
+    burst = rng.integers(3, 9, n_ato)
+    ato_card = np.repeat(rng.integers(0, n_cards, n_ato), burst)
+    ato_t0 = np.repeat(start + rng.integers(0, days * DAY - 3600, n_ato), burst)
+    ato_ts = ato_t0 + rng.integers(0, 3600, ato_card.size)
+    far_city = (card_city[ato_card] + rng.integers(1, max(n_cities, 2), ato_card.size)) % n_cities
+    ato_terminal = city_first[far_city] + (rng.random(ato_card.size) * city_count[far_city]).astype(np.int64)
+    ato_id = np.repeat(np.arange(n_ato), burst)
+    ato = {
+        "card": ato_card,
+        "ts": ato_ts,
+        "terminal": ato_terminal,
+        "amount": np.round(rng.uniform(50.0, 900.0, ato_card.size), 2),
+        "device": 2 * n_cards + ato_id,  # a device never seen before
+        "ip": n_cards + 50 * n_cities + ato_id,  # and an IP never seen before
+    }
+
+    # (5) fraud rings: new accounts sharing a few devices/IPs/emails, paying at colluding terminals
+    n_rings = max(1, n_cards // 2000) if rings is None else rings
+    ring_parts = [
+        _ring(rng, r, ring_size, n_cards, n_cities, n_terminals, days, start) for r in range(n_rings)
+    ]
+
+    parts = [pd.DataFrame(cols | {"scenario": scenario}), pd.DataFrame(ato | {"scenario": np.int8(4)})]
+    parts += [pd.DataFrame(p | {"scenario": np.int8(5)}) for p in ring_parts]
+    df = pd.concat(parts, ignore_index=True)
+    df = df.sort_values("ts", kind="stable", ignore_index=True)
+    m = len(df)
+    card_all = df["card"].to_numpy()
+    group = df["email_group"].fillna(0).to_numpy() if "email_group" in df else np.zeros(m)
+    email_id = np.where(card_all < n_cards, card_all, group.astype(np.int64))
+    fraud = (df["scenario"].to_numpy() > 0).astype(np.int8)
+    ts_all = df["ts"].to_numpy().astype(np.int64)
+    review = rng.random(m) < review_share
+    delay = np.where(
+        review,
+        rng.integers(3600, 6 * 3600, m),  # review-detected: within hours, same day
+        rng.integers(30 * DAY, 90 * DAY, m),  # chargeback: 30-90 days
+    )
+    label_ts = np.where(fraud == 1, ts_all + delay, ts_all + 90 * DAY)
+    term = df["terminal"].to_numpy().astype(np.int64)
+    out = pd.DataFrame(
+        {
+            "tx_id": np.arange(m, dtype=np.int64),
+            "ts": ts_all,
+            "card_id": card_all.astype(np.int64),
+            "terminal_id": term,
+            "amount": df["amount"].to_numpy().astype(np.float64),
+            "device_id": "d" + pd.Series(df["device"].to_numpy().astype(np.int64)).astype(str),
+            "ip": _ip_strings(df["ip"].to_numpy().astype(np.int64)),
+            "email": "u" + pd.Series(email_id.astype(np.int64)).astype(str) + "@mail.example",
+            "lat": np.round(term_lat[term], 5),
+            "lon": np.round(term_lon[term], 5),
+            "mcc": CATEGORIES[term_cat[term]],
+            "currency": "EUR",
+            "fraud": fraud,
+            "scenario": df["scenario"].to_numpy().astype(np.int8),
+            "label_ts": label_ts.astype(np.int64),
+        }
+    )
+    return out
+
+
+def _mark_periods(
+    entity: np.ndarray,
+    ts: np.ndarray,
+    targets: np.ndarray,
+    starts: np.ndarray,
+    length: int,
+    scenario: np.ndarray,
+    code: int,
+    n_entities: int,
+) -> np.ndarray:
+    """Mark genuine rows of ``entity`` inside any [start, start+length) compromise period of that entity."""
+    scenario = scenario.copy()
+    if targets.size == 0:
+        return scenario
+    # Per entity the union of periods is small; sort periods by entity and test each row against its
+    # entity's periods through a padded (n_entities, max_periods) table - no Python loop over rows.
+    order = np.argsort(targets, kind="stable")
+    targets, starts = targets[order], starts[order]
+    per = np.bincount(targets, minlength=n_entities)
+    width = per.max()
+    slot = np.arange(targets.size) - np.repeat(np.cumsum(per) - per, per)
+    table = np.full((n_entities, width), np.iinfo(np.int64).min // 2, dtype=np.int64)
+    table[targets, slot] = starts
+    rel = ts[:, None] - table[entity]
+    inside = ((rel >= 0) & (rel < length)).any(axis=1)
+    scenario[inside & (scenario == 0)] = code
+    return scenario
+
+
+def _ring(rng, r, size, n_cards, n_cities, n_terminals, days, start) -> dict[str, np.ndarray]:
+    """One fraud ring: ``size`` synthetic accounts sharing 2 devices, 2 IPs and 3 emails."""
+    accounts = 10_000_000 + r * 1000 + np.arange(size)  # synthetic card ids, far from genuine ones
+    per_account = rng.integers(2, 6, size)
+    acc = np.repeat(accounts, per_account)
+    k = acc.size
+    colluding = rng.integers(0, n_terminals, 3)
+    base = 20_000_000 + r * 10
+    return {
+        "card": acc,
+        "ts": start + rng.integers(0, days * DAY, k),
+        "terminal": colluding[rng.integers(0, 3, k)],
+        "amount": np.round(rng.uniform(80.0, 600.0, k), 2),
+        "device": base + rng.integers(0, 2, k),
+        "ip": base + rng.integers(0, 2, k),
+        "email_group": base + rng.integers(0, 3, k),
+    }
+
+
+def _ip_strings(codes: np.ndarray) -> pd.Series:
+    """Deterministic dotted-quad strings for integer IP codes (10.x.y.z)."""
+    s = pd.Series
+    return (
+        "10."
+        + s((codes >> 16) & 255).astype(str)
+        + "."
+        + s((codes >> 8) & 255).astype(str)
+        + "."
+        + s(codes & 255).astype(str)
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# The online experiment world
+
+# `mlsd fraud simulate --size`: tiny trains in seconds (tests), demo is the demo's, default ~200k payments
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"cards": 300, "terminals": 60, "days": 30},
+    "demo": {"cards": 800, "terminals": 200, "days": 40},
+    "default": {"cards": 3000, "terminals": 600, "days": 42},
+}
+WORLD: dict[str, int] = {**SIZES["default"], "seed": 0}
 LGBM_PARAMS: dict[str, Any] = {"n_estimators": 60}  # a small model: the world trains in seconds
+# an experiment world: enough cards that `units` of them are active in the live period, and never so
+# few that the champion has too few frauds to learn from
+MIN_WORLD_CARDS = 600
 NO_VELOCITY_DROP = ("card_*",)
 
 ARM_PRESETS: dict[str, dict[str, Any]] = {
@@ -94,15 +359,24 @@ TRUTH_COLUMNS = ("fraud", "scenario", "label_ts")
 # The world: data and the models the arms need
 
 
-def ensure_data(workdir: Path, world: Mapping[str, int] | None = None) -> pd.DataFrame:
-    """``workdir/data/transactions.parquet``, simulated once (seeded, so the same world every time)."""
-    from mlsd.fraud.simulate import simulate
+def world_for(units: int, seed: int = 0) -> dict[str, int]:
+    """A world for an experiment of ``units`` cards: almost every card pays during a 7-day live
+    period, so ``units`` cards (5% spare) and a terminal per 5 cards; 35 days (champion, challenger
+    and a matured evaluation week before the live period) up to 2,000 cards, 42 above."""
+    cards = max(MIN_WORLD_CARDS, int(np.ceil(int(units) * 1.05)))
+    return {
+        "cards": cards,
+        "terminals": max(60, cards // 5),
+        "days": 35 if cards <= 2000 else 42,
+        "seed": seed,
+    }
 
-    path = Path(workdir) / "data" / "transactions.parquet"
-    if path.exists():
-        return pd.read_parquet(path)
-    w = {**WORLD, **(world or {})}
+
+def simulate_into(dirs: SystemDir, world: Mapping[str, int]) -> pd.DataFrame:
+    """Simulate ``world`` (``cards, terminals, days, seed``) into ``dirs.data/transactions.parquet``."""
+    w = {**WORLD, **dict(world)}
     tx = simulate(n_cards=w["cards"], n_terminals=w["terminals"], days=w["days"], seed=w["seed"])
+    path = FraudDirs(dirs).transactions_path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tx.to_parquet(tmp, index=False)
@@ -110,10 +384,37 @@ def ensure_data(workdir: Path, world: Mapping[str, int] | None = None) -> pd.Dat
     return tx
 
 
-def live_start(tx: pd.DataFrame) -> int:
-    """First second of the live period: the data's last ``LIVE_DAYS`` days."""
-    last_day = int(tx["ts"].max()) // DAY * DAY
-    return last_day - (LIVE_DAYS - 1) * DAY
+def simulate_size(
+    dirs: SystemDir, size: str = "default", *, seed: int = 0, progress: bool = False, **overrides: int
+) -> dict[str, Any]:
+    """``mlsd fraud simulate`` (``System.simulate``): the world of :data:`SIZES` ``size`` (``cards``,
+    ``terminals``, ``days`` overridable) into ``dirs.data``; returns what was written."""
+    if size not in SIZES:
+        raise InputError("--size", size, "unknown size", f"use one of {', '.join(SIZES)}")
+    started = time.perf_counter()
+    tx = simulate_into(dirs, {**SIZES[size], **overrides, "seed": seed})
+    summary = {
+        "path": str(FraudDirs(dirs).transactions_path),
+        "size": size,
+        "payments": int(len(tx)),
+        "frauds": int(tx["fraud"].sum()),
+        "days": int((int(tx["ts"].max()) - int(tx["ts"].min())) // DAY + 1),
+        "by_scenario": {str(k): int(v) for k, v in tx["scenario"].value_counts().sort_index().items()},
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    if progress:
+        print(
+            f"fraud: simulated {summary['payments']:,} payments ({summary['frauds']} frauds) into {dirs.data}"
+        )
+    return summary
+
+
+def ensure_data(dirs: SystemDir, world: Mapping[str, int] | None = None) -> pd.DataFrame:
+    """``dirs.data/transactions.parquet``, simulated once (seeded, so the same world every time)."""
+    path = FraudDirs(dirs).transactions_path
+    if path.exists():
+        return pd.read_parquet(path)
+    return simulate_into(dirs, {**WORLD, **(world or {})})
 
 
 def _trained_on(mv: Any, tx: pd.DataFrame) -> bool:
@@ -129,16 +430,16 @@ def _trained_on(mv: Any, tx: pd.DataFrame) -> bool:
 
 @dataclass
 class World:
-    """What the simulator serves: the data, the workspace and the live period's first second."""
+    """What the simulator serves: the data, the fraud state and the live period's first second."""
 
     tx: pd.DataFrame
-    ws: Any
+    state: FraudDirs
     live_start: int
     models: dict[str, dict[str, Any]]
 
 
 def ensure_world(
-    workdir: Path,
+    dirs: SystemDir,
     aliases: Sequence[str],
     *,
     world: Mapping[str, int] | None = None,
@@ -146,12 +447,12 @@ def ensure_world(
     progress: bool = False,
 ) -> World:
     """Data + a model for every alias in ``aliases`` (reused or trained, see the module docstring)."""
-    from mlsd.fraud.pipeline import MODEL_NAME, Workspace, retrain
+    from mlsd.fraud.training import train_version
 
-    workdir = Path(workdir)
-    tx = ensure_data(workdir, world)
+    tx = ensure_data(dirs, world)
+    dirs.create()
     start = live_start(tx)
-    ws = Workspace(workdir / "workspace")
+    ws = FraudDirs(dirs)
     ws.ingest_labels(tx, known_at=start)  # idempotent: the label events known when the live period starts
     recipes = {
         "champion": {"cutoff": start - 7 * DAY},
@@ -167,27 +468,28 @@ def ensure_world(
             if alias not in recipes:
                 raise InputError(
                     "--arms", alias, "no model under this alias and no recipe to train one",
-                    f"register a model as {alias!r} in {ws.root / 'registry'} or use {sorted(recipes)}",
+                    f"register a model as {alias!r} in {dirs.registry} or use {sorted(recipes)}",
                 )  # fmt: skip
             recipe = recipes[alias]
             t = time.perf_counter()
             if progress:
                 print(f"fraud: training {alias} (cut-off {_day(recipe['cutoff'])})", flush=True)
-            result = retrain(
+            result = train_version(
                 tx.loc[tx["ts"] <= recipe["cutoff"]],
                 ws,
                 cutoff=recipe["cutoff"],
                 sequence=False,
                 lgbm_params={**LGBM_PARAMS, **(lgbm_params or {})},
                 alias=alias,
-                compete=False,  # the world's roles are fixed: the weekly gate lives in schedule.py
+                compete=False,  # the world's roles are fixed: the weekly gate is training.retrain's
                 drop_features=tuple(recipe.get("drop_features", ())),
             )
             if alias == "champion" and result["suggested_thresholds"] is not None:
                 # the live thresholds, tuned with the champion on its matured week (FPR < 1%, review
                 # capacity), as `mlsd fraud tune-thresholds` would: every arm decides with them
-                (ws.root / "thresholds.json").write_text(json.dumps(result["suggested_thresholds"], indent=2))
-                ws = Workspace(ws.root)
+                write_json(ws.thresholds_path, result["suggested_thresholds"])
+                ws.close()
+                ws = FraudDirs(dirs)
             mv = ws.model_version(alias)
             models[alias] = {"version": mv.version, "trained_s": round(time.perf_counter() - t, 1)}
         else:
@@ -197,7 +499,6 @@ def ensure_world(
             ap_eval=(mv.metrics.get("eval") or {}).get("average_precision"),
             drop_features=mv.params.get("drop_features", []),
         )
-    assert MODEL_NAME in ws.registry.names()
     models["thresholds"] = {"block": ws.config.thresholds.block, "review": ws.config.thresholds.review}
     return World(tx, ws, start, models)
 
@@ -208,26 +509,6 @@ def _day(ts: int) -> str:
 
 # ---------------------------------------------------------------------------------------------------
 # Serving the live period
-
-
-class _LossyLog:
-    """An exposure log that silently loses the writes of some units (the planted logging bug)."""
-
-    def __init__(self, inner: Any, dropped: set[str]) -> None:
-        self.inner = inner
-        self.dropped = dropped
-
-    def log(self, experiment: str, unit_ids: Any, arms: Any, ts: Any = None) -> np.ndarray:
-        units = np.asarray(unit_ids).astype(str)
-        keep = ~pd.Index(units).isin(list(self.dropped)) if self.dropped else np.ones(len(units), bool)
-        new = np.zeros(len(units), dtype=bool)
-        if keep.any():
-            ts_arr = None if ts is None else np.broadcast_to(np.asarray(ts), units.shape)[keep]
-            new[keep] = self.inner.log(experiment, units[keep], np.asarray(arms)[keep], ts_arr)
-        return new
-
-    def exposures(self, experiment: str) -> pd.DataFrame:
-        return self.inner.exposures(experiment)
 
 
 def warm_features(engine: Any, history: pd.DataFrame, known: pd.DataFrame) -> int:
@@ -421,7 +702,7 @@ def experiment_client(
 
 
 def run_experiment(
-    workdir: Path,
+    dirs: SystemDir,
     *,
     units: int = 2000,
     arms: Sequence[str] | None = None,
@@ -433,18 +714,19 @@ def run_experiment(
     lgbm_params: Mapping[str, Any] | None = None,
     batch_size: int = 500,
 ) -> dict[str, Any]:
-    """Run the fraud shadow experiment in ``workdir`` and return the report with its truth.
+    """Run the fraud shadow experiment in ``dirs`` (``W/fraud``) and return the report with its truth.
 
     ``units``: cards in the experiment (a hash-chosen sample of the cards active in the live period;
-    all of them when there are fewer). ``arms``: preset names, control first (default
-    champion, challenger); a name given twice is an A/A test. ``world``: override the default world's
-    size (``cards``, ``terminals``, ``days``, ``seed``) when ``workdir`` has no data yet.
+    all of them when there are fewer). Without data in ``dirs.data`` a world sized for ``units`` is
+    simulated (:func:`world_for`; an existing world is reused as it is). ``arms``: preset names,
+    control first (default champion, challenger); a name given twice is an A/A test. ``world``:
+    override the world's size (``cards``, ``terminals``, ``days``, ``seed``) when there is no data yet.
     """
     from prometheus_client import CollectorRegistry
 
     from mlsd.platform.experiments.exposures import MemoryExposureLog
+    from mlsd.platform.experiments.online import LossyExposureLog, with_truth
     from mlsd.platform.experiments.online import lose_exposures as lose_mask
-    from mlsd.platform.experiments.online import with_truth
 
     started = time.perf_counter()
     arm_names = list(arms or DEFAULT_ARMS)
@@ -454,8 +736,9 @@ def run_experiment(
         raise InputError("--lose-exposures", lose_exposures, "must be in [0, 1)", "use e.g. 0.1")
     probe = experiment_client(arm_names, seed=seed)  # validates the arm names before any training
     aliases = [a.alias for a in probe.config.layers[0].experiments[0].arms if a.alias]
-    w = ensure_world(Path(workdir), aliases, world=world, lgbm_params=lgbm_params, progress=progress)
-    tx, ws = w.tx, w.ws
+    sized = {**world_for(int(units), seed), **(world or {})}
+    w = ensure_world(dirs, aliases, world=sized, lgbm_params=lgbm_params, progress=progress)
+    tx, ws = w.tx, w.state
     history = tx.loc[tx["ts"] < w.live_start].reset_index(drop=True)
     live = tx.loc[tx["ts"] >= w.live_start].reset_index(drop=True)
     population = np.unique(live["card_id"].to_numpy())
@@ -472,10 +755,10 @@ def run_experiment(
         arm_names,
         seed=seed,
         coverage=coverage,
-        log=_LossyLog(MemoryExposureLog(), dropped),
+        log=LossyExposureLog(MemoryExposureLog(), dropped),
         registry=registry,
     )
-    pipeline = ws.pipeline(review=False, shadow=False, experiments=client, metrics_registry=registry)
+    pipeline = load_engine(ws, review=False, shadow=False, experiments=client, metrics_registry=registry)
     t = time.perf_counter()
     warmed = warm_features(pipeline.features, history, ws.labels.labels_known_at(w.live_start))
     pipeline.features = RecordedFeatures(pipeline.features)  # the served pass keeps every feature row
@@ -491,8 +774,8 @@ def run_experiment(
 
     # truth: every arm for every card of the population, on the very same features (replayed)
     oracle = experiment_client(arm_names, seed=seed, coverage=1.0, registry=False)
-    truth_pipe = ws.pipeline(
-        review=False, shadow=False, experiments=oracle, features=pipeline.features.replay()
+    truth_pipe = load_engine(
+        ws, review=False, shadow=False, experiments=oracle, features=pipeline.features.replay()
     )
     truth_pipe.metrics_registry = registry
     full = serve_period(truth_pipe, live, name, batch_size=2000, sample_rows=0, feed_labels=False)
@@ -530,14 +813,16 @@ def run_experiment(
     }
     report["arm_presets"] = {a: ARM_PRESETS[a]["description"] for a in dict.fromkeys(arm_names)}
     report["seconds"] = round(time.perf_counter() - started, 1)
-    _write_monitoring(Path(workdir), period)
+    report["world"]["size"] = {k: sized[k] for k in ("cards", "terminals", "days", "seed")}
+    write_monitoring(dirs, period)
+    ws.close()
     return report
 
 
-def _write_monitoring(workdir: Path, period: ServedPeriod) -> None:
-    """The served sample (drift's "current") and the stage timings, under ``workdir/monitoring``."""
-    out = workdir / "monitoring"
+def write_monitoring(dirs: SystemDir, period: ServedPeriod) -> None:
+    """The served sample (drift's "current") and the stage timings, under ``dirs.monitoring``."""
+    out = dirs.monitoring
     out.mkdir(parents=True, exist_ok=True)
     if len(period.served):
         period.served.to_parquet(out / "served.parquet", index=False)
-    (out / "timings.json").write_text(json.dumps({"system": "fraud", "stages": period.timings}))
+    write_json(out / "timings.json", {"system": "fraud", "stages": period.timings})

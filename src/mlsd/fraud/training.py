@@ -1,0 +1,471 @@
+"""Training the fraud model on the labels known at a cut-off, registering it, and the weekly retrain.
+
+Data flows top to bottom:
+
+1. **Labels at the cut-off** -- :meth:`~mlsd.fraud.engine.FraudDirs.ingest_labels` records the label
+   events known by the cut-off in the label store (``W/fraud/features/labels.sqlite``); a label known
+   only later stays invisible to the training set by construction.
+2. **Training frame** -- :func:`training_frame`: features see fraud labels only from their
+   ``label_ts`` on, targets are the labels known at the cut-off; the last ``label_delay_days`` are too
+   fresh and dropped; the ``eval_days`` before them are the latest matured period (the gate's data).
+3. **Fit** -- :func:`fit`: LightGBM (+ optional GRU), calibrated; scores the matured period, suggests
+   thresholds there, keeps a reference sample (the drift baseline). :func:`save_artifact` writes
+   ``model/``, ``ring/`` and ``reference.parquet``.
+4. **The weekly retrain** -- :class:`FraudRetrainSteps` is the fraud half of the platform's
+   :func:`mlsd.platform.retraining.retrain` (window -> fingerprint -> earlier run? -> train -> register
+   -> challenger alias -> gate -> promote -> report in ``W/fraud/runs``). Its gate scores champion and
+   challenger on the same matured period (average precision) and promotes only a winner.
+   :func:`train` (``mlsd fraud train``, ``System.train``) and :func:`retrain`
+   (``mlsd pipeline run weekly``, ``System.retrain``) both run it; there is no separate schedule module.
+5. :func:`train_version` registers a fitted model under any alias without the gate: what the world
+   simulator and the demo use to build models with fixed roles (a planted worse model, a champion at
+   an earlier cut-off).
+
+Thresholds (:func:`tune_on_history`, ``mlsd fraud tune-thresholds``) are chosen on the last days of
+labelled history and saved as ``W/fraud/registry/thresholds.json``; rule backtests over labelled
+history are :func:`backtest_history`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlsd.fraud.config import FraudConfig
+from mlsd.fraud.engine import MODEL_NAME, FraudDirs, ModelScorer, Scorer, feature_config_for
+from mlsd.fraud.pipeline import TrainingFrame, training_frame, tune_on_history
+from mlsd.platform.errors import InputError
+from mlsd.platform.retraining import Trained, Verdict, Window, resolve_run_date
+from mlsd.platform.retraining import retrain as platform_retrain
+from mlsd.platform.system import SystemDir
+
+__all__ = [
+    "DAY",
+    "LGBM_PARAMS",
+    "FraudRetrainSteps",
+    "Fitted",
+    "TrainingFrame",
+    "backtest_history",
+    "fit",
+    "reference_sample",
+    "retrain",
+    "save_artifact",
+    "train",
+    "train_version",
+    "training_frame",
+    "tune_on_history",
+]
+
+DAY = 86_400
+# a run needs label_delay (7) + eval (7) days before the cut-off plus a week to train on
+MIN_HISTORY_DAYS = 21
+# the scheduled job's model: LightGBM only, 60 trees (a weekly retrain on the default world in seconds)
+LGBM_PARAMS: dict[str, Any] = {"n_estimators": 60}
+REFERENCE_ROWS = 20_000
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fit one model on the labels known at a cut-off
+
+
+@dataclass
+class Fitted:
+    """A model fitted at ``frame.cutoff``, its scores on the matured period and what to save with it."""
+
+    model: Any
+    scorer: ModelScorer
+    frame: TrainingFrame
+    all_features: pd.DataFrame  # the full feature set (the champion is scored on its own features)
+    train: np.ndarray
+    eval: np.ndarray
+    eval_metrics: dict[str, Any]
+    suggested_thresholds: dict[str, Any] | None
+    reference: pd.DataFrame
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def fit(
+    tx: pd.DataFrame,
+    labels: Any,
+    cutoff: int,
+    config: FraudConfig | None = None,
+    *,
+    sequence: bool = True,
+    seed: int = 0,
+    seq_epochs: int = 8,
+    lgbm_params: Mapping[str, Any] | None = None,
+    drop_features: tuple[str, ...] = (),
+) -> Fitted:
+    """Fit a model on the labels ``labels`` knew at ``cutoff``; score the latest matured period.
+
+    ``drop_features``: feature columns (or prefixes ending in ``*``) the model must not see (e.g. a
+    planted worse model). A reference sample of the training rows with the model's score
+    (``prediction``, <= 20k rows) is the drift monitor's baseline.
+    """
+    from mlsd.fraud.models import FraudModel
+
+    config = config or FraudConfig()
+    fcfg = feature_config_for(tx)
+    frame = training_frame(tx, labels, cutoff, config, fcfg)
+    all_features = frame.features
+    if drop_features:
+        frame.features = frame.features.drop(columns=_matching(frame.features.columns, drop_features))
+    train, ev = frame.split == "train", frame.split == "eval"
+    y_train = frame.y[train].astype(np.int8)
+    if y_train.sum() < 2 or (y_train == 0).sum() < 2:
+        raise InputError(
+            "--date", _day(cutoff), "too few labelled frauds known before the evaluation period",
+            "simulate more days or train at a later date",
+        )  # fmt: skip
+    if not ev.any():
+        raise InputError(
+            "--date", _day(cutoff), "no payments in the evaluation period before the label delay",
+            "train at a date within label_delay_days of the data's end",
+        )  # fmt: skip
+    model = FraudModel(
+        lgbm_params=None if lgbm_params is None else dict(lgbm_params), sequence=sequence, seed=seed,
+        seq_epochs=seq_epochs,
+    ).fit(frame.features.loc[train], y_train, time=frame.ts[train])  # fmt: skip
+    scorer = ModelScorer(model)
+    y_eval = frame.y[ev].astype(np.int8)
+    p_eval = scorer.predict(frame.features.loc[ev])
+    # the drift baseline: labelled rows whose windows were already full (the data's first days have
+    # cold windows and would make every served payment look drifted)
+    warm = (train | ev) & (frame.ts >= frame.ts.min() + max(fcfg.windows))
+    reference = reference_sample(frame.features.loc[warm if warm.any() else train], scorer, seed=seed)
+    params = {
+        "cutoff": int(cutoff),
+        "feature_config": "default" if "device" in fcfg.entities else "handbook",
+        "sequence": bool(sequence),
+        "train_rows": int(train.sum()),
+        "train_frauds": int(y_train.sum()),
+        "eval_window": list(frame.eval_window),
+        "label_delay_days": config.training.label_delay_days,
+        "drop_features": list(drop_features),
+        "train_window": [int(frame.ts[train].min()), int(frame.ts[train].max())],
+        "reference_window": [int(frame.ts[warm].min()), int(frame.ts[warm].max())] if warm.any() else None,
+    }
+    return Fitted(
+        model, scorer, frame, all_features, train, ev, metrics(y_eval, p_eval),
+        _suggest_thresholds(y_eval, p_eval, frame.ts[ev], frame.eval_window[0], config), reference, params,
+    )  # fmt: skip
+
+
+def save_artifact(fitted: Fitted, out: Path) -> Path:
+    """``out/model`` (+ ``out/ring``) and ``out/reference.parquet``: one registry artifact."""
+    out = Path(out)
+    fitted.model.save(out / "model")
+    if fitted.frame.ring is not None:
+        fitted.frame.ring.save(out / "ring")
+    fitted.reference.to_parquet(out / "reference.parquet", index=False)
+    return out
+
+
+def score_eval(fitted: Fitted, scorer: Scorer) -> dict[str, Any]:
+    """``scorer``'s metrics on ``fitted``'s matured period (each model on its own feature set)."""
+    y = fitted.frame.y[fitted.eval].astype(np.int8)
+    return metrics(y, scorer.predict(fitted.all_features.loc[fitted.eval]))
+
+
+def metrics(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
+    """Average precision and ROC AUC (NaN when the period has one class only), rows and frauds."""
+    from mlsd.platform.metrics import average_precision, roc_auc
+
+    both = len(y) > 0 and y.min() != y.max()
+    return {
+        "average_precision": float(average_precision(y, p)) if both else float("nan"),
+        "auc_roc": float(roc_auc(y, p)) if both else float("nan"),
+        "n": int(len(y)),
+        "frauds": int(y.sum()),
+    }
+
+
+def _matching(columns: Any, patterns: tuple[str, ...]) -> list[str]:
+    """Columns named by ``patterns`` (exact names, or prefixes written ``card_*``)."""
+    prefixes = tuple(p[:-1] for p in patterns if p.endswith("*"))
+    exact = {p for p in patterns if not p.endswith("*")}
+    return [c for c in columns if c in exact or (prefixes and c.startswith(prefixes))]
+
+
+def reference_sample(features: pd.DataFrame, scorer: Scorer, seed: int = 0) -> pd.DataFrame:
+    """<= 20k training rows (seeded sample) of the model's own features plus its score as
+    ``prediction``: what the drift monitor compares served traffic with."""
+    rng = np.random.default_rng([seed, 20_000])
+    rows = features if len(features) <= REFERENCE_ROWS else features.iloc[
+        np.sort(rng.choice(len(features), REFERENCE_ROWS, replace=False))
+    ]  # fmt: skip
+    out = rows[list(scorer.feature_names)].reset_index(drop=True)
+    out["prediction"] = scorer.predict(rows)
+    return out
+
+
+def _suggest_thresholds(y: np.ndarray, p: np.ndarray, ts: np.ndarray, start: int, config: FraudConfig) -> Any:
+    """Thresholds for FPR < max_fpr and the review capacity on the matured period (labels as known
+    then); applied only by ``tune-thresholds`` or the operator."""
+    from mlsd.fraud.decision import tune_thresholds
+
+    if len(y) == 0 or y.min() == y.max():
+        return None
+    return tune_thresholds(
+        y,
+        p,
+        (ts - start) // DAY,
+        max_fpr=config.training.max_fpr,
+        daily_capacity=config.review.daily_capacity,
+    ).to_dict()
+
+
+def _day(ts: int) -> str:
+    return pd.Timestamp(int(ts), unit="s").strftime("%Y-%m-%d")
+
+
+# ---------------------------------------------------------------------------------------------------
+# A version with a fixed role (the world simulator, the demo): fit + register under an alias
+
+
+def train_version(
+    tx: pd.DataFrame,
+    state: FraudDirs,
+    *,
+    cutoff: int,
+    alias: str = "challenger",
+    compete: bool = True,
+    sequence: bool = True,
+    seed: int = 0,
+    seq_epochs: int = 8,
+    lgbm_params: Mapping[str, Any] | None = None,
+    drop_features: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Fit at ``cutoff`` (labels already in ``state``'s label store), register under ``alias`` and,
+    with ``compete``, promote to champion if it beats the champion's AP on the matured period (or
+    there is no champion). ``compete=False`` never promotes (a variant kept for experiments)."""
+    from mlsd.platform.registry import fingerprint
+
+    fitted = fit(
+        tx, state.labels, cutoff, state.config, sequence=sequence, seed=seed, seq_epochs=seq_epochs,
+        lgbm_params=lgbm_params, drop_features=drop_features,
+    )  # fmt: skip
+    champion = state.scorer("champion")
+    champion_eval = score_eval(fitted, champion) if champion is not None else None
+    state.dirs.create()
+    with tempfile.TemporaryDirectory(prefix="mlsd-fraud-model-") as tmp:
+        mv = state.registry.register(
+            MODEL_NAME, save_artifact(fitted, Path(tmp)), params={**fitted.params, "alias": alias},
+            metrics={"eval": fitted.eval_metrics, "champion_eval": champion_eval},
+            data_fingerprint=fingerprint(tx.loc[tx["ts"] <= cutoff, ["tx_id", "ts", "amount"]]),
+            parent=None if champion is None else int(champion.version),
+        )  # fmt: skip
+    state.registry.promote(MODEL_NAME, mv.version, alias=alias)
+    verdict = _gate(fitted.eval_metrics, champion_eval, state.config)
+    promoted = champion is None or (compete and verdict.promote)
+    if promoted:
+        state.registry.promote(MODEL_NAME, mv.version, alias="champion")
+    return {
+        "cutoff": int(cutoff),
+        "challenger_version": mv.version,
+        "champion_version_before": None if champion is None else int(champion.version),
+        "promoted": bool(promoted),
+        "champion_version": int(state.model_version("champion").version),
+        "train_rows": fitted.params["train_rows"],
+        "train_frauds": fitted.params["train_frauds"],
+        "eval_window": list(fitted.frame.eval_window),
+        "challenger_eval": fitted.eval_metrics,
+        "champion_eval": champion_eval,
+        "labels_known": int(len(state.labels.labels_known_at(cutoff))),
+        "suggested_thresholds": fitted.suggested_thresholds,
+    }
+
+
+def _gate(new: Mapping[str, Any], old: Mapping[str, Any] | None, config: FraudConfig) -> Verdict:
+    """Promote when the challenger's AP beats the champion's by more than ``min_improvement``."""
+    ap_new = new["average_precision"]
+    if old is None:
+        return Verdict(True, "no champion to compare with")
+    ap_old = old["average_precision"]
+    need = config.training.min_improvement
+    if np.isnan(ap_new):
+        return Verdict(False, "the matured period has one class only: no AP, kept the champion")
+    if np.isnan(ap_old) or ap_new > ap_old + need:
+        return Verdict(
+            True, f"challenger AP {ap_new:.4f} beat the champion's {ap_old:.4f} on the same matured period"
+        )
+    return Verdict(
+        False, f"challenger AP {ap_new:.4f} did not beat the champion's {ap_old:.4f} (+{need} needed): kept the champion"
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------
+# The retrain job: the fraud half of mlsd.platform.retraining.retrain
+
+
+@dataclass
+class _Payload:
+    state: FraudDirs
+    tx: pd.DataFrame
+    cutoff: int
+    fitted: Fitted | None = None
+
+
+@dataclass
+class FraudRetrainSteps:
+    """The fraud :class:`~mlsd.platform.retraining.RetrainSteps`: a window ending at ``run_date``'s
+    end, labels known then, a challenger fitted on them and a gate on the latest matured period."""
+
+    config: FraudConfig | None = None
+    sequence: bool = False
+    lgbm_params: Mapping[str, Any] | None = field(default_factory=lambda: dict(LGBM_PARAMS))
+    seed: int = 0
+    seq_epochs: int = 8
+    system: str = "fraud"
+    model: str = MODEL_NAME
+
+    def window(self, dirs: SystemDir, run_date: dt.date | None, champion: Any, *, progress: bool) -> Window:
+        from mlsd.platform.registry import fingerprint
+
+        state = FraudDirs(dirs, self.config)
+        tx = read_transactions(state)
+        first_day = int(tx["ts"].min()) // DAY * DAY
+        last_day = int(tx["ts"].max()) // DAY * DAY
+        earliest = first_day + MIN_HISTORY_DAYS * DAY
+        if earliest > last_day:
+            raise InputError(
+                "--workdir", str(dirs.root), f"holds {(last_day - first_day) // DAY + 1} days of payments",
+                f"a fraud model needs {MIN_HISTORY_DAYS + 1}+ days (label delay + evaluation week + a week "
+                f"to train on): mlsd fraud simulate --workdir {dirs.root} --days 35",
+            )  # fmt: skip
+        run_date = resolve_run_date(
+            run_date, _date(earliest), _date(last_day),
+            what=f"the days with {MIN_HISTORY_DAYS} days of history before them (data from {_date(first_day)})",
+        )  # fmt: skip
+        day = int(pd.Timestamp(run_date).tz_localize("UTC").timestamp())
+        cutoff = min(day + DAY - 1, int(tx["ts"].max()))
+        window_tx = tx.loc[tx["ts"] <= cutoff].reset_index(drop=True)
+        settings = {
+            "cutoff": cutoff,
+            "sequence": self.sequence,
+            "lgbm_params": dict(self.lgbm_params or {}),
+            "drop_features": [],
+            "label_delay_days": state.config.training.label_delay_days,
+        }
+        seen = None if champion is None else champion.params.get("cutoff")
+        backfill = seen is not None and int(seen) > cutoff
+        return Window(
+            run_date, fingerprint(window_tx[["tx_id", "ts", "amount"]]), settings,
+            data=_Payload(state, window_tx, cutoff), backfill=backfill,
+            backfill_reason=f"backfill: the champion was trained up to {_day(int(seen))}, after this "
+            "window; registered as challenger only (gating it would leak)" if backfill else "",
+        )  # fmt: skip
+
+    def train(self, window: Window, out: Path, *, progress: bool) -> Trained:
+        payload: _Payload = window.data
+        state = payload.state
+        # the label events known at the cut-off (idempotent); later ones stay invisible to training
+        state.ingest_labels(payload.tx, known_at=payload.cutoff)
+        if progress:
+            print(f"fraud: training on labels known at {_day(payload.cutoff)} 23:59", flush=True)
+        payload.fitted = fitted = fit(
+            payload.tx, state.labels, payload.cutoff, state.config, sequence=self.sequence, seed=self.seed,
+            seq_epochs=self.seq_epochs, lgbm_params=self.lgbm_params,
+        )  # fmt: skip
+        save_artifact(fitted, out)
+        return Trained(
+            out,
+            params={**fitted.params, "alias": "challenger"},
+            metrics={"eval": fitted.eval_metrics, "suggested_thresholds": fitted.suggested_thresholds},
+        )
+
+    def gate(self, window: Window, challenger: Any, champion: Any, *, progress: bool) -> Verdict:
+        """Champion and challenger on the same matured period (labels as known at the cut-off)."""
+        payload: _Payload = window.data
+        state = payload.state
+        old = ModelScorer(
+            _load(state, champion.version), version=int(champion.version)
+        )  # the champion, on its own feature set
+        champion_eval = score_eval(payload.fitted, old)
+        verdict = _gate(payload.fitted.eval_metrics, champion_eval, state.config)
+        verdict.reason = f"v{challenger.version} vs champion v{champion.version}: {verdict.reason}"
+        verdict.metrics = {
+            "challenger_eval": payload.fitted.eval_metrics,
+            "champion_eval": champion_eval,
+            "eval_window": [_day(t) for t in payload.fitted.frame.eval_window],
+        }
+        return verdict
+
+
+def _load(state: FraudDirs, version: int) -> Any:
+    from mlsd.fraud.engine import load_model
+
+    return load_model(state.registry.artifact_path(MODEL_NAME, int(version)))
+
+
+def _date(ts: int) -> dt.date:
+    return pd.Timestamp(int(ts), unit="s").date()
+
+
+def require_transactions(state: FraudDirs) -> Path:
+    """``W/fraud/data/transactions.parquet``, or an InputError naming the command that makes it."""
+    root = state.dirs.root
+    if not state.transactions_path.is_file():
+        raise InputError(
+            "--workdir", str(root), f"holds no fraud payments ({state.transactions_path})",
+            f"create them first: mlsd fraud simulate --workdir {root}",
+        )  # fmt: skip
+    return state.transactions_path
+
+
+def read_transactions(state: FraudDirs) -> pd.DataFrame:
+    """The workdir's payments, validated (see :func:`require_transactions`)."""
+    from mlsd.fraud.data import validate_transactions
+
+    return validate_transactions(pd.read_parquet(require_transactions(state)))
+
+
+def train(
+    dirs: SystemDir,
+    run_date: dt.date | None = None,
+    *,
+    config: FraudConfig | None = None,
+    sequence: bool = False,
+    lgbm_params: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``mlsd fraud train``: train on ``dirs.data`` up to ``run_date`` (default: the data's last day),
+    register, promote when there is no champion yet (otherwise the gate decides). The run's report."""
+    steps = FraudRetrainSteps(
+        config=config, sequence=sequence, seed=seed,
+        lgbm_params=dict(LGBM_PARAMS) if lgbm_params is None else dict(lgbm_params),
+    )  # fmt: skip
+    require_transactions(FraudDirs(dirs, config))  # no data: the fix, before the job creates the layout
+    return platform_retrain(steps, dirs, run_date, progress=progress)
+
+
+def retrain(dirs: SystemDir, run_date: dt.date | None = None, *, progress: bool = True) -> dict[str, Any]:
+    """The weekly scheduled job (``mlsd pipeline run weekly``): :func:`train` with the job's settings."""
+    return train(dirs, run_date, progress=progress)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rule backtests over history
+
+
+def backtest_history(rules: Any, tx: pd.DataFrame) -> pd.DataFrame:
+    """Per-rule hit rate, precision and recall over labelled history (features computed offline)."""
+    from mlsd.fraud.features import compute_features
+    from mlsd.fraud.rules import backtest
+
+    if "fraud" not in tx.columns:
+        raise InputError(
+            "--data", "", "backtest needs labelled payments (a fraud column)", "use labelled history"
+        )
+    feats = compute_features(tx, feature_config_for(tx))
+    frame = {c: tx[c].to_numpy() for c in tx.columns if c not in ("fraud", "scenario", "label_ts")}
+    frame.update({c: feats[c].to_numpy() for c in feats.columns})
+    return backtest(rules, pd.DataFrame(frame), tx["fraud"].to_numpy())
