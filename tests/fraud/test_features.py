@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from mlsd.fraud.features import DAY, HOUR, FeatureConfig, FeatureEngine, compute_features, replay
-from mlsd.fraud.simulate import simulate
+from mlsd.fraud.world import simulate
 
 T0 = 1_767_225_600
 

@@ -11,8 +11,8 @@ from mlsd.fraud.evaluate import simulated_features
 from mlsd.fraud.features import FeatureConfig, compute_features
 from mlsd.fraud.graph import RingGraph, ring_features_as_of
 from mlsd.fraud.labels import SQLLabelStore
-from mlsd.fraud.pipeline import training_frame
-from mlsd.fraud.simulate import simulate
+from mlsd.fraud.training import training_frame
+from mlsd.fraud.world import simulate
 
 HOUR = 3_600
 DAY = 86_400

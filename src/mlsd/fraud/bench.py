@@ -13,6 +13,9 @@
 Everything is bounded (``seconds`` of schedule, then a drain limit) and loopback only; keys the run
 creates on Redis live under a unique prefix and are deleted afterwards. Without a trained workdir,
 :func:`bootstrap` simulates a small world and trains a champion in a temporary one.
+
+:func:`bench_feature_engine` times the online feature engine alone (no rules, no model):
+``python -m mlsd.fraud.bench --backend memory|redis --json``.
 """
 
 from __future__ import annotations
@@ -377,3 +380,74 @@ def run_bench(
         print("bench: HTTP path", file=sys.stderr)
         result["http"] = bench_http(dirs, tx, tps, seconds)
     return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# The feature engine alone
+
+
+def bench_feature_engine(
+    backend: str = "memory",
+    n_cards: int = 20_000,
+    n_terminals: int = 4_000,
+    payments: int = 200_000,
+    batch_size: int = 1_000,
+    warmup: int = 50_000,
+    redis_url: str = "redis://127.0.0.1:6379/15",
+) -> dict:
+    """Throughput of the feature engine alone (no rules, no model): wall and CPU-time payments/s.
+
+    ``python -m mlsd.fraud.bench --backend memory|redis --json``; the full decision path is
+    ``mlsd fraud bench``. A Redis run writes under a unique prefix and deletes it afterwards.
+    """
+    import time
+    import uuid
+
+    from mlsd.fraud.features import FeatureEngine
+    from mlsd.fraud.world import simulate
+
+    days = max(1, int(np.ceil((warmup + payments) / (n_cards * 1.5) * 1.2)))
+    tx = simulate(n_cards=n_cards, n_terminals=n_terminals, days=days, seed=0).iloc[: warmup + payments]
+    prefix = f"mlsd-engine-bench:{uuid.uuid4().hex[:12]}:"
+    engine = FeatureEngine(backend=backend, redis_url=redis_url, prefix=prefix)
+    try:
+        for i in range(0, warmup, batch_size):
+            engine.update_batch(tx.iloc[i : i + batch_size])
+        wall, cpu = time.perf_counter(), time.process_time()
+        for i in range(warmup, len(tx), batch_size):
+            engine.update_batch(tx.iloc[i : i + batch_size])
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    finally:
+        if backend == "redis":
+            for store in engine.stores.values():
+                store.clear()  # type: ignore[attr-defined]
+    n = len(tx) - warmup
+    return {
+        "backend": backend,
+        "payments": n,
+        "batch_size": batch_size,
+        "tx_per_s_wall": round(n / wall, 1),
+        "tx_per_s_cpu": round(n / cpu, 1),
+        "features": len(engine.feature_names),
+    }
+
+
+if __name__ == "__main__":  # python -m mlsd.fraud.bench --backend memory --json
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="feature engine throughput (no rules, no model)")
+    parser.add_argument("--backend", choices=("memory", "redis"), default="memory")
+    parser.add_argument("--payments", type=int, default=200_000)
+    parser.add_argument("--batch-size", type=int, default=1_000)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
+    parser.add_argument("--json", action="store_true")
+    a = parser.parse_args()
+    warm = 50_000 if a.backend == "memory" else 5_000
+    print(
+        json.dumps(
+            bench_feature_engine(
+                a.backend, payments=a.payments, batch_size=a.batch_size, warmup=warm, redis_url=a.redis_url
+            )
+        )
+    )

@@ -338,7 +338,7 @@ def _load(args: argparse.Namespace) -> pd.DataFrame:
             raise FileNotFoundError(2, "No such file", str(path))
         frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
         return validate_transactions(frame, require_labels=True)
-    from mlsd.fraud.simulate import simulate
+    from mlsd.fraud.world import simulate
 
     return simulate(args.cards, args.terminals, args.days, args.seed)
 

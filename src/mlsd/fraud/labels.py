@@ -146,23 +146,6 @@ class _Cursor:
         self.cur.executemany(self.db._sql(sql), rows)
 
 
-def open_database(
-    backend: str = "sqlite",
-    *,
-    sqlite_path: str | Path = "fraud.sqlite",
-    postgres_dsn: str | None = None,
-    schema: str = "mlsd_fraud",
-) -> Database:
-    """A :class:`Database` for ``backend`` (``sqlite`` | ``postgres``)."""
-    if backend == "sqlite":
-        return Database(sqlite_path=sqlite_path)
-    if backend == "postgres":
-        return Database(
-            postgres_dsn=postgres_dsn or "postgresql://postgres@127.0.0.1:5432/test", schema=schema
-        )
-    raise InputError("backend", backend, "unknown backend", "use sqlite or postgres")
-
-
 class LabelStore(Protocol):
     """Where labels live, with the time each became known."""
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from mlsd.fraud.labels import Database, SQLLabelStore, open_database
+from mlsd.fraud.labels import Database, SQLLabelStore
 from mlsd.platform.errors import InputError
 
 OUTCOMES = {"fraud": 1, "legit": 0}
@@ -231,19 +231,6 @@ def review_queue_at(location: str | Path, *, schema: str = "mlsd_fraud") -> SQLR
     layout_labels = path.parent.parent / "features" / "labels.sqlite"
     in_layout = path.parent.name == "review" and layout_labels.parent.is_dir()
     return SQLReviewQueue.sqlite(path, labels_path=layout_labels if in_layout else None)
-
-
-def open_review_queue(
-    backend: str = "sqlite",
-    *,
-    sqlite_path: str | Path = "fraud.sqlite",
-    postgres_dsn: str | None = None,
-    schema: str = "mlsd_fraud",
-) -> SQLReviewQueue:
-    """The review queue (and its label store, ``.labels``) on the configured backend."""
-    return SQLReviewQueue(
-        open_database(backend, sqlite_path=sqlite_path, postgres_dsn=postgres_dsn, schema=schema)
-    )
 
 
 def _check_status(status: str) -> None:

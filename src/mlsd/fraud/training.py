@@ -29,6 +29,7 @@ history are :func:`backtest_history`.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,7 +41,6 @@ import pandas as pd
 
 from mlsd.fraud.config import FraudConfig
 from mlsd.fraud.engine import MODEL_NAME, FraudDirs, ModelScorer, Scorer, feature_config_for
-from mlsd.fraud.pipeline import TrainingFrame, training_frame, tune_on_history
 from mlsd.platform.errors import InputError
 from mlsd.platform.retraining import Trained, Verdict, Window, resolve_run_date
 from mlsd.platform.retraining import retrain as platform_retrain
@@ -69,6 +69,67 @@ MIN_HISTORY_DAYS = 21
 # the scheduled job's model: LightGBM only, 60 trees (a weekly retrain on the default world in seconds)
 LGBM_PARAMS: dict[str, Any] = {"n_estimators": 60}
 REFERENCE_ROWS = 20_000
+
+
+# ---------------------------------------------------------------------------------------------------
+# The training set at a cut-off: what the label store knew then, and nothing later
+
+
+@dataclass
+class TrainingFrame:
+    """Features and labels as known at ``cutoff``; ``split`` is "train", "eval" or "" (unusable)."""
+
+    features: pd.DataFrame
+    y: np.ndarray
+    split: np.ndarray
+    ts: np.ndarray
+    cutoff: int
+    eval_window: tuple[int, int]
+    ring: Any = None
+
+
+def training_frame(
+    tx: pd.DataFrame, labels: Any, cutoff: int, config: FraudConfig | None = None, feature_config: Any = None
+) -> TrainingFrame:
+    """Build the training set at ``cutoff`` from what the label store knew then, and nothing later.
+
+    Every row's features are as of its own ``ts``: the terminal risk sees a fraud label from its
+    ``label_ts`` on, the ring features the links and labels from strictly before the row
+    (:func:`~mlsd.fraud.graph.ring_features_as_of`); the graph fitted at the cut-off is only what the
+    model serves with (``ring``), never a training feature. Targets come from
+    :func:`~mlsd.fraud.labels.training_labels` (labels known at the cut-off; the last
+    ``label_delay_days`` are too fresh and dropped). The latest ``eval_days`` before that delay are
+    the evaluation period champion and challenger compete on; training uses the days before it.
+    """
+    from mlsd.fraud.features import compute_features
+    from mlsd.fraud.labels import training_labels
+
+    tcfg = (config or FraudConfig()).training
+    hist = tx.loc[tx["ts"].to_numpy() <= cutoff].reset_index(drop=True)
+    known = labels.labels_known_at(cutoff)
+    fraud_known = known.loc[known["label"] == 1].set_index("tx_id")["label_ts"]
+    key = hist["tx_id"].astype(str)
+    label_ts = key.map(fraud_known)
+    # only what the business knew feeds the features: ground-truth columns are replaced, never used
+    for_features = hist.drop(columns=["fraud", "label_ts", "scenario"], errors="ignore")
+    for_features["fraud"] = label_ts.notna().astype(np.int8).to_numpy()
+    for_features["label_ts"] = label_ts.to_numpy(np.float64)
+    fcfg = feature_config or feature_config_for(hist)
+    feats = compute_features(for_features, fcfg)
+    ring = None
+    if "device" in fcfg.entities:  # ring features need devices / IPs / emails: absent in the handbook
+        from mlsd.fraud.graph import RingGraph, ring_features_as_of
+
+        ring = RingGraph().fit(for_features, as_of=cutoff)
+        feats = pd.concat([feats, ring_features_as_of(for_features, max_share=ring.max_share)], axis=1)
+    delay = tcfg.label_delay_days * DAY
+    y = training_labels(hist["tx_id"].to_numpy(), hist["ts"].to_numpy(), known, cutoff, delay_s=delay)
+    eval_end = cutoff - delay
+    eval_start = eval_end - tcfg.eval_days * DAY
+    ts = hist["ts"].to_numpy()
+    usable = ~np.isnan(y)
+    split = np.where(usable & (ts < eval_start), "train", np.where(usable & (ts <= eval_end), "eval", ""))
+    return TrainingFrame(feats, y, split, ts, int(cutoff), (int(eval_start), int(eval_end)), ring)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -453,7 +514,57 @@ def retrain(dirs: SystemDir, run_date: dt.date | None = None, *, progress: bool 
 
 
 # ---------------------------------------------------------------------------------------------------
-# Rule backtests over history
+# Thresholds and rule backtests over labelled history
+
+
+def tune_on_history(
+    tx: pd.DataFrame,
+    ws: FraudDirs,
+    *,
+    valid_days: int = 7,
+    max_fpr: float = 0.01,
+    capacity: int = 200,
+    save: bool = True,
+) -> dict[str, Any]:
+    """Score the last ``valid_days`` of ``tx`` with the champion and pick thresholds there.
+
+    Each payment gets its features as of its own ``ts`` (the ring features from links and labels
+    before it, not the champion's graph, which may know labels that arrived after the payment)."""
+    from mlsd.fraud.decision import tune_thresholds
+    from mlsd.fraud.features import compute_features
+    from mlsd.platform.errors import InputError
+
+    champion = ws.scorer("champion")
+    if champion is None:
+        raise InputError("--workdir", str(ws.root), "no champion model", "run `mlsd fraud train` first")
+    if "fraud" not in tx.columns:
+        raise InputError(
+            "--data", "", "validation needs labelled payments (a fraud column)", "use labelled history"
+        )
+    ts = tx["ts"].to_numpy()
+    start = ts.max() - valid_days * DAY
+    feats = compute_features(tx, ws.feature_config())
+    ring = ws.ring("champion")
+    if ring is not None:
+        from mlsd.fraud.graph import ring_features_as_of
+
+        feats = pd.concat(
+            [feats, ring_features_as_of(tx, max_share=ring.max_share).set_axis(feats.index)], axis=1
+        )
+    valid = ts > start
+    p = champion.predict(feats.loc[valid])
+    result = tune_thresholds(
+        tx["fraud"].to_numpy()[valid],
+        p,
+        (ts[valid] - start) // DAY,
+        max_fpr=max_fpr,
+        daily_capacity=capacity,
+        amount=tx["amount"].to_numpy()[valid],
+    ).to_dict()
+    result["model_version"] = champion.version
+    if save:
+        (ws.root / "thresholds.json").write_text(json.dumps(result, indent=2))
+    return result
 
 
 def backtest_history(rules: Any, tx: pd.DataFrame) -> pd.DataFrame:
