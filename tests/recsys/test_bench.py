@@ -35,19 +35,16 @@ def test_summarize_percentiles_are_exact():
 
 
 @pytest.mark.slow
-def test_http_with_several_uvicorn_worker_processes():
-    """``--workers 2``: a real ``uvicorn --workers 2`` child serving the registry's champion; both
+def test_http_with_several_uvicorn_worker_processes(tiny):
+    """``--workers 2``: a real ``uvicorn --workers 2`` child serving the workdir's champion; both
     workers answer /health before the run, every request succeeds, and the server is gone after."""
     import asyncio
 
     import numpy as np
 
     from mlsd.recsys.bench import ServerProcess, _http_run
-    from mlsd.recsys.demo import tiny_registry
-
-    registry = tiny_registry() / "registry"
     users = np.array([1, 2, 3, 10**9 + 1] * 4)  # known and cold ids alike
-    with ServerProcess(registry, workers=2) as server:
+    with ServerProcess(tiny.root, workers=2) as server:
         latencies, stages, _wall, errors = asyncio.run(_http_run(server.url, users, 10, concurrency=4))
     assert errors == 0 and len(latencies) == len(users)
     assert "candidates" in stages and len(stages["candidates"]) == len(users)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mlsd.cli import main
-from mlsd.recsys.demo import tiny_registry
+from mlsd.platform.registry import ModelRegistry
 
 
 def test_help_lists_every_verb(capsys):
@@ -26,24 +26,25 @@ def test_evaluate_comes_from_the_model_module(capsys):
     assert "--protocol" in out and "--path" in out
 
 
-def test_simulate_json_is_one_object_and_writes_the_tables(tmp_path, capsys):
-    out_dir = tmp_path / "sim"
-    code = main(["recsys", "simulate", "--users", "60", "--items", "30", "--days", "6", "--seed", "3",
-                 "--out", str(out_dir), "--json"])  # fmt: skip
+def test_simulate_json_is_one_object_and_writes_the_layout(tmp_path, capsys):
+    code = main(["recsys", "simulate", "--workdir", str(tmp_path), "--size", "tiny", "--users", "60", "--items",
+                 "30", "--days", "6", "--seed", "3", "--json"])  # fmt: skip
     assert code == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out)  # exactly one JSON object on stdout
     assert summary["users"] == 60 and summary["items"] == 30 and summary["events"] > 0
-    assert {p.name for p in out_dir.iterdir()} >= {"interactions.parquet", "items.parquet", "users.parquet"}
+    data = tmp_path / "recsys" / "data"
+    assert summary["data"] == str(data)
+    assert {p.name for p in data.iterdir()} >= {"interactions.parquet", "items.parquet", "users.parquet"}
 
 
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["recsys", "simulate", "--users", "0", "--out", "x"], "--users"),
-        (["recsys", "simulate", "--users", "many", "--out", "x"], "--users"),
+        (["recsys", "simulate", "--users", "0", "--workdir", "x"], "--users"),
+        (["recsys", "simulate", "--users", "many", "--workdir", "x"], "--users"),
         (["recsys", "bench", "--k", "501"], "--k"),
-        (["recsys", "serve", "--registry", "r", "--port", "0"], "--port"),
+        (["recsys", "serve", "--workdir", "w", "--port", "0"], "--port"),
     ],
 )
 def test_bad_arguments_exit_2_naming_the_option(argv, needle, capsys):
@@ -54,27 +55,26 @@ def test_bad_arguments_exit_2_naming_the_option(argv, needle, capsys):
     assert needle in err and "Fix:" in err
 
 
-def test_train_on_a_missing_folder_is_a_clear_error(tmp_path, capsys):
-    assert (
-        main(["recsys", "train", "--data", str(tmp_path / "nope"), "--registry", str(tmp_path / "reg")]) == 2
-    )
+def test_train_on_an_empty_workdir_is_a_clear_error(tmp_path, capsys):
+    assert main(["recsys", "train", "--workdir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "mlsd: error: data=" in err and "mlsd recsys simulate" in err
+    assert "mlsd: error: --workdir=" in err and f"mlsd recsys simulate --workdir {tmp_path}" in err
 
 
-def test_train_json_registers_a_champion(tmp_path, capsys):
-    data = tiny_registry() / "data"
-    code = main(["recsys", "train", "--data", str(data), "--registry", str(tmp_path / "reg"), "--train-days", "12",
-                 "--label-days", "4", "--n-estimators", "5", "--json"])  # fmt: skip
-    assert code == 0
+def test_simulate_train_serve_share_one_workdir(tmp_path, capsys):
+    assert main(["recsys", "simulate", "--workdir", str(tmp_path), "--size", "tiny", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["recsys", "train", "--workdir", str(tmp_path), "--n-estimators", "5", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["version"] == 1 and report["promoted"] is True
-    assert set(report["metrics"]) == {"ndcg@10", "precision@10", "recall@10", "map@10", "coverage@10"}
+    assert report["version"] == 1 and report["promoted"] is True and report["registered"] is True
+    assert {"ndcg@10", "precision@10", "recall@10", "map@10", "coverage@10"} <= set(report["metrics"])
+    assert ModelRegistry(tmp_path / "recsys" / "registry").get("recsys-ranker", 1).params["n_estimators"] == 5
+    assert main(["recsys", "train", "--workdir", str(tmp_path), "--n-estimators", "5"]) == 0
+    assert "already trained" in capsys.readouterr().out  # the same job twice registers nothing
 
 
-def test_serve_without_a_champion_is_a_clear_error(tmp_path, capsys):
-    from mlsd.platform.registry import ModelRegistry
-
-    ModelRegistry(tmp_path / "empty")
-    assert main(["recsys", "serve", "--registry", str(tmp_path / "empty")]) == 2
-    assert "mlsd recsys train" in capsys.readouterr().err
+def test_serve_without_a_champion_exits_2_with_the_fix_and_creates_nothing(tmp_path, capsys):
+    assert main(["recsys", "serve", "--workdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"mlsd recsys train --workdir {tmp_path}" in err and "recsys-ranker" in err
+    assert list(tmp_path.iterdir()) == []

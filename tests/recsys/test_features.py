@@ -128,14 +128,13 @@ def test_scale_free_counts_and_no_raw_scores():
     assert X2["i_pop"].tolist() == pytest.approx(X["i_pop"].tolist())
 
 
-def test_one_user_path_gives_the_batch_feature_matrix():
+def test_one_user_path_gives_the_batch_feature_matrix(tiny):
     """Serving transforms one user at a time (numpy per-user max/rank, cached content rows); the
     training batch goes through pandas group-bys: the feature matrices must be identical."""
-    from mlsd.recsys.demo import tiny_registry
-    from mlsd.recsys.service import RecsysService
+    from mlsd.recsys.model import TwoStageRecommender
+    from mlsd.recsys.training import MODEL_NAME
 
-    svc = RecsysService(tiny_registry() / "registry", watch=False)
-    model = svc._state.model
+    model = TwoStageRecommender.load(tiny.require_champion(MODEL_NAME).path)
     models = {m: model.generator_.models_[m] for m in model.score_models if m in model.generator_.models_}
     assert "content" in models  # the cached one-row content scores are exercised
     users = model.users_.ids[:6]
@@ -174,14 +173,13 @@ def test_per_user_best_and_rank_match_pandas_group_bys():
     assert np.isnan(best).all() and np.isnan(rank).all()
 
 
-def test_serving_caches_are_not_pickled_and_a_refit_drops_them():
+def test_serving_caches_are_not_pickled_and_a_refit_drops_them(tiny):
     import pickle
 
-    from mlsd.recsys.demo import tiny_registry
-    from mlsd.recsys.service import RecsysService
+    from mlsd.recsys.model import TwoStageRecommender
+    from mlsd.recsys.training import MODEL_NAME
 
-    svc = RecsysService(tiny_registry() / "registry", watch=False)
-    model = svc._state.model
+    model = TwoStageRecommender.load(tiny.require_champion(MODEL_NAME).path)
     content = model.generator_.models_["content"]
     uid = np.array([model.users_.ids[0]])
     frame = model.candidates(uid)

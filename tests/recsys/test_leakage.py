@@ -12,7 +12,7 @@ import pytest
 
 from mlsd.recsys.candidates import CandidateGenerator
 from mlsd.recsys.features import build_training_rows
-from mlsd.recsys.simulate import DAY_S, simulate
+from mlsd.recsys.world import DAY_S, simulate
 
 SOURCES = {"als": 60, "content": 40, "popular": 30, "trending": 20, "new": 10}
 

@@ -11,23 +11,18 @@ import pytest
 
 from mlsd.platform.errors import InputError
 from mlsd.platform.registry import ModelRegistry
-from mlsd.recsys.demo import TINY_SIZE, TINY_TRAIN
-from mlsd.recsys.experiment import ensure_world
+from mlsd.platform.system import SystemDir
 from mlsd.recsys.monitoring import drift_report, save_served
-from mlsd.recsys.pipeline import MODEL_NAME, REFERENCE_FILE
+from mlsd.recsys.training import MODEL_NAME, REFERENCE_FILE
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("recsys-monitor")
-    ensure_world(root, size=TINY_SIZE, train=TINY_TRAIN)
-    return root
+def workdir(tiny):
+    return tiny
 
 
 def _reference(workdir) -> pd.DataFrame:
-    return pd.read_parquet(
-        ModelRegistry(workdir / "registry").artifact_path(MODEL_NAME, "champion") / REFERENCE_FILE
-    )
+    return pd.read_parquet(ModelRegistry(workdir.registry).artifact_path(MODEL_NAME, "champion") / REFERENCE_FILE)
 
 
 def test_reference_is_saved_with_the_model(workdir):
@@ -48,10 +43,10 @@ def test_served_rows_are_the_current_window_and_a_planted_shift_is_caught(tmp_pa
     ref = _reference(workdir)
     # The reference itself (re-sampled) is stable; the same rows with scores pushed up are not.
     same = ref.sample(len(ref), replace=True, random_state=0).reset_index(drop=True)
-    local = tmp_path / "w"
-    local.mkdir()
-    (local / "registry").symlink_to(workdir / "registry")
-    (local / "data").symlink_to(workdir / "data")
+    local = SystemDir(tmp_path, "recsys")
+    local.home.mkdir()
+    (local.registry).symlink_to(workdir.registry)
+    (local.data).symlink_to(workdir.data)
     save_served(local, same, source="a resample of the reference")
     stable = drift_report(local)
     assert stable["prediction"]["band"] == "stable" and "resample" in stable["current"]
@@ -62,7 +57,8 @@ def test_served_rows_are_the_current_window_and_a_planted_shift_is_caught(tmp_pa
     assert drifted["features"]["u_events"]["psi"] == pytest.approx(stable["features"]["u_events"]["psi"])
 
 
-def test_a_workdir_without_a_champion_is_an_input_error(tmp_path):
+def test_a_workdir_without_a_champion_is_an_input_error_and_creates_nothing(tmp_path):
     with pytest.raises(InputError) as err:
-        drift_report(tmp_path)
-    assert err.value.field == "--workdir"
+        drift_report(SystemDir(tmp_path, "recsys"))
+    assert err.value.field == "--workdir" and "mlsd recsys train --workdir" in err.value.fix
+    assert list(tmp_path.iterdir()) == []

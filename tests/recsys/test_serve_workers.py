@@ -1,5 +1,6 @@
-"""``mlsd recsys serve --workers N``: each worker builds the service from the environment, so what the
-workers must share (profiles, exposures) has to be Redis; a wrong combination fails before any worker."""
+"""``mlsd recsys serve --workdir W --workers N``: each worker builds the engine from the environment (which
+carries the workdir), so what the workers must share (profiles, exposures) has to be Redis; a wrong
+combination fails before any worker."""
 
 from __future__ import annotations
 
@@ -9,17 +10,16 @@ from fastapi.testclient import TestClient
 from mlsd.cli import main
 from mlsd.platform.errors import InputError
 from mlsd.recsys import service
-from mlsd.recsys.demo import tiny_registry
 
 
-def test_app_from_env_builds_the_service_with_experiments(tmp_path, redis_url, redis_prefix):
+def test_app_from_env_builds_the_service_with_experiments(tiny, tmp_path, redis_url, redis_prefix):
     config = tmp_path / "experiments.yaml"
     config.write_text(
         "experiments:\n  - name: recsys-aa\n    system: recsys\n"
         "    arms: [{name: a, alias: champion}, {name: b, alias: champion}]\n"
     )
     env = {
-        service.REGISTRY_ENV: str(tiny_registry() / "registry"),
+        service.WORKDIR_ENV: str(tiny.root),
         service.DEADLINE_ENV: "500",
         service.EXPERIMENTS_ENV: str(config),
         service.EXPOSURE_REDIS_ENV: redis_url,
@@ -34,9 +34,10 @@ def test_app_from_env_builds_the_service_with_experiments(tmp_path, redis_url, r
 @pytest.mark.parametrize(
     "env, field",
     [
-        ({}, service.REGISTRY_ENV),
-        ({service.REGISTRY_ENV: "x", service.DEADLINE_ENV: "soon"}, service.DEADLINE_ENV),
-        ({service.REGISTRY_ENV: "x", service.EXPERIMENTS_ENV: "/no/such.yaml"}, "--experiments"),
+        ({}, service.WORKDIR_ENV),
+        ({service.WORKDIR_ENV: "x", service.DEADLINE_ENV: "soon"}, service.DEADLINE_ENV),
+        ({service.WORKDIR_ENV: "x", service.EXPERIMENTS_ENV: "/no/such.yaml"}, "--experiments"),
+        ({service.WORKDIR_ENV: "/no/such/workdir"}, "--workdir"),
     ],
 )
 def test_app_from_env_names_the_bad_variable(env, field):
@@ -52,7 +53,7 @@ def test_app_from_env_names_the_bad_variable(env, field):
         (["--experiments", "configs/experiments.yaml"], "--exposure-redis"),
     ],
 )
-def test_serve_workers_refuses_per_process_state(extra, field, capsys):
-    argv = ["recsys", "serve", "--registry", str(tiny_registry() / "registry"), "--workers", "2", *extra]
+def test_serve_workers_refuses_per_process_state(tiny, extra, field, capsys):
+    argv = ["recsys", "serve", "--workdir", str(tiny.root), "--workers", "2", *extra]
     assert main(argv) == 2
     assert field in capsys.readouterr().err

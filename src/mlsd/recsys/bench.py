@@ -5,12 +5,12 @@
 2. train the two-stage model on the events of ``train_users`` of them (training cost is not what this
    measures; serving cost depends on the catalogue, not on how many users trained the ranker) and
    register it;
-3. **in-process**: ``requests`` calls of :meth:`RecsysService.recommend` (k=50), 95% users the model
+3. **in-process**: ``requests`` single requests through :meth:`RecsysEngine.handle` (k=50), 95% users the model
    knows and 5% brand-new ids (cold start), after a short warm-up;
 4. **http**: a real uvicorn server on 127.0.0.1 (a free port) and an httpx client with ``concurrency``
    requests in flight, the same mix and count; the server stops when the run ends. ``workers=1``
-   serves from a thread of this process (the in-process service); ``workers>1`` starts ``uvicorn
-   --workers N`` as a child process, each worker loading the champion from the registry.
+   serves from a thread of this process (the in-process engine); ``workers>1`` starts ``uvicorn
+   --workers N`` as a child process, each worker loading the champion from the workdir.
 
 Prints ``{"in_process": B, "http": B}`` with ``B = {"p50_ms", "p95_ms", "p99_ms", "throughput_rps",
 "stages": {stage: p99_ms}}``; what was run (sizes, timings of the set-up) goes to stderr.
@@ -52,23 +52,23 @@ def summarize(latencies_ms: list[float], stage_ms: dict[str, list[float]], wall_
     }
 
 
-def request_users(service, n: int, rng: np.random.Generator, cold_share: float = 0.05) -> np.ndarray:
+def request_users(engine, n: int, rng: np.random.Generator, cold_share: float = 0.05) -> np.ndarray:
     """``n`` user ids: known users of the champion model, and ``cold_share`` ids it has never seen."""
-    known = service._state.model.users_.ids
+    known = engine.snapshot().model.users_.ids
     users = rng.choice(known, size=n)
     cold = rng.random(n) < cold_share
     users[cold] = int(known.max()) + 1 + rng.integers(0, 1_000_000, int(cold.sum()))
     return users
 
 
-def bench_in_process(service, users: np.ndarray, k: int) -> dict[str, Any]:
+def bench_in_process(engine, users: np.ndarray, k: int) -> dict[str, Any]:
     for u in users[: min(20, len(users))]:  # warm-up: lazy imports, first FAISS/LightGBM calls
-        service.recommend(int(u), k)
+        engine.handle([{"user_id": int(u), "k": k}])
     latencies, stages = [], {s: [] for s in STAGES}
     started = time.perf_counter()
     for u in users:
         t0 = time.perf_counter()
-        out = service.recommend(int(u), k)
+        out = engine.handle([{"user_id": int(u), "k": k}])[0]  # a single request: a batch of one
         latencies.append((time.perf_counter() - t0) * 1000.0)
         for s, ms in out["timings_ms"].items():
             stages.setdefault(s, []).append(ms)
@@ -142,11 +142,12 @@ async def _http_run(url: str, users: np.ndarray, k: int, concurrency: int) -> tu
 
 
 class ServerProcess:
-    """``uvicorn --workers N`` serving the registry's champion in a child process; ``with`` starts
-    it, waits until every worker answers /health (each loads the model itself), and stops it."""
+    """``uvicorn --workers N`` serving the champion of workdir ``W`` (``W/recsys/registry``) in a child
+    process; ``with`` starts it, waits until every worker answers /health (each loads the model
+    itself), and stops it."""
 
-    def __init__(self, registry: str | Path, workers: int, port: int | None = None) -> None:
-        self.registry, self.workers = Path(registry), int(workers)
+    def __init__(self, workdir: str | Path, workers: int, port: int | None = None) -> None:
+        self.workdir, self.workers = Path(workdir), int(workers)
         self.port = port or _free_port()
         self.proc = None
 
@@ -156,12 +157,12 @@ class ServerProcess:
 
         import httpx
 
-        from mlsd.recsys.service import REGISTRY_ENV
+        from mlsd.recsys.service import WORKDIR_ENV
 
         cmd = [sys.executable, "-m", "uvicorn", "mlsd.recsys.service:app_from_env", "--factory",
                "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
                "--log-level", "warning", "--no-access-log"]  # fmt: skip
-        env = {**os.environ, REGISTRY_ENV: str(self.registry)}
+        env = {**os.environ, WORKDIR_ENV: str(self.workdir)}
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
         pids: set[int] = set()
         deadline = time.monotonic() + 300
@@ -189,11 +190,11 @@ class ServerProcess:
 
 
 def bench_http(
-    service, users: np.ndarray, k: int, concurrency: int, workers: int = 1, registry: str | Path | None = None
+    engine, users: np.ndarray, k: int, concurrency: int, workers: int = 1, workdir: str | Path | None = None
 ) -> dict[str, Any]:
     from mlsd.recsys.service import create_service_app
 
-    server = ServerProcess(registry, workers) if workers > 1 else ServerThread(create_service_app(service))
+    server = ServerProcess(workdir, workers) if workers > 1 else ServerThread(create_service_app(engine))
     with server:
         latencies, stages, wall, errors = asyncio.run(_http_run(server.url, users, k, concurrency))
     if errors:
@@ -216,13 +217,16 @@ def run_bench(
     n_estimators: int = 100,
     workers: int = 1,
 ) -> dict[str, Any]:
-    """Set up (simulate, train, register) and measure; returns ``{"in_process": B, "http": B}``."""
+    """Set up (simulate, train, register in ``W/recsys/registry``) and measure; returns
+    ``{"in_process": B, "http": B}``."""
+    from mlsd.platform.system import SystemDir
     from mlsd.recsys.config import RecsysConfig, ServiceConfig, TrainConfig
-    from mlsd.recsys.pipeline import train_daily
-    from mlsd.recsys.service import RecsysService
-    from mlsd.recsys.simulate import simulate
+    from mlsd.recsys.engine import RecsysEngine
+    from mlsd.recsys.training import train_daily
+    from mlsd.recsys.world import simulate
 
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="mlsd-recsys-bench-"))
+    dirs = SystemDir(root, "recsys").create()
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     dataset, _ = simulate(users, items, days=60, seed=seed, events_per_user=events_per_user)
@@ -236,16 +240,16 @@ def run_bench(
         train_set = dataset
     t0 = time.perf_counter()
     cfg = TrainConfig(sources=sources or dict(BENCH_SOURCES), n_estimators=n_estimators)
-    report = train_daily(train_set, root / "registry", cfg, progress=True)
+    report = train_daily(train_set, dirs.registry, cfg, progress=True)
     _log(f"trained on {report['train_events']:,} events of {train_users:,} users in {time.perf_counter() - t0:.1f} s "
          f"(next-day ndcg@10 {report['metrics']['ndcg@10']:.3f})")  # fmt: skip
     config = RecsysConfig(service=ServiceConfig(reload_poll_s=0))
-    service = RecsysService(root / "registry", config=config, seed=seed)
-    in_users = request_users(service, requests, rng)
-    http_users = request_users(service, requests, rng)
+    engine = RecsysEngine(dirs.registry, config=config, seed=seed)
+    in_users = request_users(engine, requests, rng)
+    http_users = request_users(engine, requests, rng)
     _log(f"in-process: {requests} requests, k={k}")
-    in_process = bench_in_process(service, in_users, k)
+    in_process = bench_in_process(engine, in_users, k)
     _log(f"http: {requests} requests, concurrency {concurrency}, uvicorn ({workers} worker(s)) on 127.0.0.1")
-    http = bench_http(service, http_users, k, concurrency, workers, root / "registry")
-    service.close()
+    http = bench_http(engine, http_users, k, concurrency, workers, root)
+    engine.close()
     return {"in_process": in_process, "http": http}

@@ -1,7 +1,11 @@
 """``mlsd recsys <verb>``: simulate, train, evaluate, serve, bench, demo.
 
-Heavy modules (pandas, lightgbm, faiss, fastapi) are imported inside each verb, so ``mlsd recsys --help``
-stays instant. Every verb with ``--json`` prints exactly one JSON object on stdout; progress goes to stderr.
+The verbs that read or write state take ``--workdir W`` and keep it in ``W/recsys/{data,registry,runs,
+monitoring}`` (``SYSTEM.dirs(W)``): ``simulate --workdir W`` -> ``train --workdir W`` -> ``serve
+--workdir W``; ``demo --workdir W`` does all three and more. ``evaluate`` (MovieLens files) and ``bench``
+(a temporary workdir unless given one) read external data. Heavy modules (pandas, lightgbm, faiss,
+fastapi) are imported inside each verb, so ``mlsd recsys --help`` stays instant. Every verb with
+``--json`` prints exactly one JSON object on stdout; progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -11,7 +15,14 @@ import json
 import sys
 
 from mlsd.platform.errors import InputError
-from mlsd.platform.experiments.cli import add_serving_options
+from mlsd.platform.jsonio import dumps
+from mlsd.platform.system import SystemDir
+
+SIZES = ("tiny", "demo", "default")  # mlsd.recsys.world.SIZES (not imported: --help stays instant)
+
+
+def _dirs(workdir) -> SystemDir:
+    return SystemDir(workdir, "recsys")
 
 
 def _positive_int(name: str, low: int = 1, high: int | None = None):
@@ -35,31 +46,31 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     """Register the recommender's verbs on ``mlsd recsys``."""
     sub = parser.add_subparsers(dest="verb", metavar="<verb>")
     sub.required = True
+    workdir = {"required": True, "help": "the workdir W; the recommender's state is W/recsys/{data,registry,...}"}
 
     p = sub.add_parser(
-        "simulate", help="generate a streaming platform's users, titles and ~60 days of events"
+        "simulate", help="generate a streaming platform's users, titles and days of events into W/recsys/data"
     )
-    p.add_argument("--users", type=_positive_int("users", 10), default=20_000)
-    p.add_argument("--items", type=_positive_int("items", 20), default=2_000)
-    p.add_argument("--days", type=_positive_int("days", 2), default=60)
-    p.add_argument(
-        "--events-per-user", type=float, default=25.0, help="mean watch events per established user"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="folder for interactions/items/users.parquet")
+    p.add_argument("--workdir", **workdir)
+    p.add_argument("--size", choices=SIZES, default="default",
+                   help="tiny (tests), demo, default (20,000 viewers x 2,000 titles x 60 days)")  # fmt: skip
+    p.add_argument("--users", type=_positive_int("users", 10), default=None, help="override the size's viewers")
+    p.add_argument("--items", type=_positive_int("items", 20), default=None, help="override the size's titles")
+    p.add_argument("--days", type=_positive_int("days", 2), default=None, help="override the size's days")
+    p.add_argument("--events-per-user", type=float, default=None, help="mean watch events per established user")
+    p.add_argument("--seed", type=int, default=None, help="default: the size's own seed")
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser(
-        "train", help="the daily job: train, evaluate on the next day, register, promote if better"
+        "train", help="the daily job on W/recsys/data: train, evaluate on the next day, register, promote if better"
     )
-    p.add_argument("--data", required=True, help="a folder from `mlsd recsys simulate`")
-    p.add_argument("--registry", required=True, help="model registry folder (created if absent)")
-    p.add_argument("--train-days", type=float, default=30.0)
-    p.add_argument("--label-days", type=float, default=7.0)
-    p.add_argument("--k", type=_positive_int("k", 1, 500), default=10)
-    p.add_argument("--n-estimators", type=_positive_int("n-estimators", 1), default=300)
-    p.add_argument("--threads", type=_positive_int("threads", 1), default=1, help="LightGBM threads")
+    p.add_argument("--workdir", **workdir)
+    p.add_argument("--train-days", type=float, default=None, help="default: the champion's, else the data's job")
+    p.add_argument("--label-days", type=float, default=None)
+    p.add_argument("--k", type=_positive_int("k", 1, 500), default=None)
+    p.add_argument("--n-estimators", type=_positive_int("n-estimators", 1), default=None)
+    p.add_argument("--threads", type=_positive_int("threads", 1), default=None, help="LightGBM threads")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_train)
 
@@ -68,8 +79,8 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
 
     evaluate.add_arguments(p)
 
-    p = sub.add_parser("serve", help="HTTP service: GET /v1/recommendations/{user_id}?k=50")
-    p.add_argument("--registry", required=True)
+    p = sub.add_parser("serve", help="HTTP service over W/recsys's champion: GET /v1/recommendations/{user_id}?k=50")
+    p.add_argument("--workdir", **workdir)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_positive_int("port", 1, 65535), default=8000)
     p.add_argument("--deadline-ms", type=float, default=200.0)
@@ -81,8 +92,10 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_positive_int("workers", 1, 64), default=1,
                    help="uvicorn worker processes, each with its own copy of the model (one Python process "
                         "serves one request at a time: throughput grows with processes)")  # fmt: skip
-    # --experiments FILE (recsys experiments route every request), --exposure-redis URL
-    add_serving_options(p)
+    p.add_argument("--experiments", default=None, metavar="FILE",
+                   help="experiments YAML: the recsys experiments route every request")  # fmt: skip
+    p.add_argument("--exposure-redis", default=None, metavar="URL",
+                   help="log exposures to Redis Streams (several processes serving one experiment)")  # fmt: skip
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("bench", help="latency and throughput, in-process and over HTTP")
@@ -96,71 +109,56 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--train-users", type=_positive_int("train-users", 10), default=3_000,
                    help="users whose events train the model (all users stay in the catalogue)")  # fmt: skip
     p.add_argument("--k", type=_positive_int("k", 1, 500), default=50)
-    p.add_argument("--workdir", default=None, help="keep data and registry here (default: a temp dir)")
+    p.add_argument("--workdir", default=None, help="keep data and registry in W/recsys/ (default: a temp dir)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_bench)
 
-    p = sub.add_parser("demo", help="simulate, train, register and serve a few users (about a minute)")
-    p.add_argument("--workdir", default=None)
+    p = sub.add_parser("demo", help="simulate, train, register, serve a few users, an A/B test, drift (about a minute)")
+    p.add_argument("--workdir", default=None, help="the workdir W (default: a temp dir); W/recsys/...")
     p.set_defaults(func=_demo)
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    import time
-    from pathlib import Path
+    overrides = {key: value for key, value in (("n_users", args.users), ("n_items", args.items),
+                 ("days", args.days), ("events_per_user", args.events_per_user)) if value is not None}  # fmt: skip
+    from mlsd.recsys.world import simulate_into
 
-    from mlsd.recsys.simulate import save, simulate
-
-    started = time.perf_counter()
-    print(f"simulating {args.users:,} users x {args.items:,} titles x {args.days} days ...", file=sys.stderr)
-    dataset, truth = simulate(
-        args.users, args.items, args.days, args.seed, events_per_user=args.events_per_user
-    )
-    out = save(dataset, truth, Path(args.out))
-    inter = dataset.interactions
-    summary = {
-        "out": str(out),
-        "users": len(dataset.users),
-        "items": len(dataset.items),
-        "events": len(inter),
-        "by_event": {str(k): int(v) for k, v in inter["event"].value_counts().items()},
-        "new_users": int(truth.users["is_new"].sum()),
-        "start_ts": truth.start_ts,
-        "end_ts": truth.end_ts,
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    print(json.dumps(summary) if args.json else json.dumps(summary, indent=2))
+    summary = simulate_into(_dirs(args.workdir), args.size, args.seed, progress=True, **overrides)
+    print(dumps(summary) if args.json else dumps(summary, indent=2))
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mlsd.recsys.config import TrainConfig
-    from mlsd.recsys.pipeline import train_daily
-    from mlsd.recsys.simulate import load
+    overrides = {key: value for key, value in (("train_days", args.train_days), ("label_days", args.label_days),
+                 ("k", args.k), ("n_estimators", args.n_estimators), ("threads", args.threads))
+                 if value is not None}  # fmt: skip
+    from mlsd.recsys.training import train
 
-    cfg = TrainConfig(
-        train_days=args.train_days, label_days=args.label_days, k=args.k, n_estimators=args.n_estimators,
-        threads=args.threads,
-    )  # fmt: skip
-    report = train_daily(load(args.data), args.registry, cfg)
+    report = train(_dirs(args.workdir), progress=not args.json, **overrides)
     if args.json:
-        print(json.dumps(report, default=str))
-    else:
-        k = args.k
-        m, p = report["metrics"], report["popularity"]
-        print(f"registered {report['model']} v{report['version']} ({report['seconds']} s)")
-        print(f"  next-day ndcg@{k}: two-stage {m[f'ndcg@{k}']:.4f} vs popularity {p[f'ndcg@{k}']:.4f} "
-              f"({report['eval_users']} users)")  # fmt: skip
-        print(f"  {'promoted to champion' if report['promoted'] else 'not promoted'}: {report['reason']}")
+        print(dumps(report))
+        return 0
+    m = report["metrics"]
+    ndcg = sorted(key for key in m if key.startswith("ndcg@"))
+    if not report["registered"]:
+        print(report["reason"])
+        return 0
+    print(f"registered {report['model']} v{report['version']} ({report['seconds']} s) for {report['run_date']}")
+    for key in ndcg:
+        print(f"  next-day {key}: two-stage {m[key]:.4f} vs popularity {m.get('popularity_' + key, float('nan')):.4f} "
+              f"({m.get('eval_users')} users)")  # fmt: skip
+    print(f"  {'promoted to champion' if report['promoted'] else 'not promoted'}: {report['reason']}")
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from mlsd.platform.serving import serve
-    from mlsd.recsys.config import Budgets, RecsysConfig, ServiceConfig
-    from mlsd.recsys.service import RecsysService, create_service_app
+    from mlsd.recsys.config import MODEL_NAME, Budgets, RecsysConfig, ServiceConfig
+    from mlsd.recsys.engine import RecsysEngine
+    from mlsd.recsys.service import create_service_app
 
+    dirs = _dirs(args.workdir)
+    dirs.require_champion(MODEL_NAME)  # exit 2 with the fix before anything loads or is created
     config = RecsysConfig(
         budgets=Budgets(deadline_ms=args.deadline_ms),
         service=ServiceConfig(clock=args.clock, exposure_log_path=args.exposure_log),
@@ -168,6 +166,9 @@ def _serve(args: argparse.Namespace) -> int:
     config.validate()
     if args.workers > 1:
         return _serve_workers(args)
+    from mlsd.platform.experiments.client import ExperimentClient
+    from mlsd.platform.serving import serve
+
     store = None
     if args.online_store == "memory":
         from mlsd.platform.features.online import MemoryStore
@@ -177,22 +178,17 @@ def _serve(args: argparse.Namespace) -> int:
         from mlsd.platform.features.online import RedisStore
 
         store = RedisStore(args.online_store, prefix="mlsd:")
-    from mlsd.platform.experiments.client import ExperimentClient
-
     experiments = ExperimentClient.from_options(args.experiments, args.exposure_redis)
-    service = RecsysService(args.registry, config=config, online_store=store, experiments=experiments)
-    print(
-        f"serving {config.service.model_name} v{service.version} on http://{args.host}:{args.port}",
-        file=sys.stderr,
-    )
-    serve(create_service_app(service), host=args.host, port=args.port)
+    engine = RecsysEngine.from_dirs(dirs, config=config, online_store=store, experiments=experiments)
+    print(f"serving {MODEL_NAME} v{engine.model_version} on http://{args.host}:{args.port}", file=sys.stderr)
+    serve(create_service_app(engine), host=args.host, port=args.port)
     return 0
 
 
 def _serve_workers(args: argparse.Namespace) -> int:
-    """Several uvicorn worker processes on one port, each building the service from the environment
-    (:func:`mlsd.recsys.service.app_from_env`). State shared between requests must then live outside
-    the process: the online store and the exposure log have to be Redis."""
+    """Several uvicorn worker processes on one port, each building the engine from the environment
+    (:func:`mlsd.recsys.service.app_from_env`; the variables carry the workdir). State shared between
+    requests must then live outside the process: the online store and the exposure log have to be Redis."""
     import os
 
     import uvicorn
@@ -210,7 +206,7 @@ def _serve_workers(args: argparse.Namespace) -> int:
             "pass --exposure-redis redis://127.0.0.1:6379/0 with --workers and --experiments",
         )  # fmt: skip
     env = {
-        service.REGISTRY_ENV: args.registry,
+        service.WORKDIR_ENV: str(args.workdir),
         service.DEADLINE_ENV: str(args.deadline_ms),
         service.CLOCK_ENV: args.clock,
         service.EXPERIMENTS_ENV: args.experiments or "",
@@ -241,9 +237,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     import tempfile
-    from pathlib import Path
 
     from mlsd.recsys.demo import run
 
-    run(Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="mlsd-recsys-demo-")))
+    run(_dirs(args.workdir or tempfile.mkdtemp(prefix="mlsd-recsys-demo-")))
     return 0

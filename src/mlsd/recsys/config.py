@@ -9,12 +9,14 @@ builds one from a plain mapping (for a YAML file or a test) and rejects unknown 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mlsd.platform.config import override_sections
 from mlsd.platform.errors import InputError
 
+# The registered model the daily job trains and the engine serves (the system's ``model``).
+MODEL_NAME = "recsys-ranker"
 # The regions and age ratings the simulator produces and the rules understand.
 REGIONS: tuple[str, ...] = ("US", "EU", "LATAM", "APAC", "IN")
 # age rating -> minimum viewer age (a hard rule, not a preference)
@@ -71,7 +73,7 @@ class ServiceConfig:
     k_default: int = 50
     k_min: int = 1
     k_max: int = 500
-    model_name: str = "recsys-ranker"
+    model_name: str = MODEL_NAME
     alias: str = "champion"
     reload_poll_s: float = 2.0  # cheap poll of the registry alias; 0 disables the background poller
     exposure_log_path: str | None = None  # JSONL file for exposures; None keeps them in memory only
@@ -99,6 +101,18 @@ class TrainConfig:
     n_estimators: int = 300
     # One LightGBM thread: OpenMP threads spin-wait, which on a busy 2-core box costs 3x the time.
     threads: int = 1
+
+    def fit(self, days: float) -> TrainConfig:
+        """This job shortened to a calendar of ``days`` days when it does not fit in it (one day of
+        history before the label days, the evaluation day): data of any length still trains.
+
+        >>> TrainConfig().fit(60).train_days, TrainConfig().fit(20).train_days, TrainConfig().fit(20).label_days
+        (30.0, 18.0, 4.0)
+        """
+        if days >= self.train_days + self.eval_days + 1:
+            return self
+        train_days = max(float(days) - self.eval_days - 1.0, 2.0)
+        return replace(self, train_days=train_days, label_days=max(1.0, float(int(train_days // 4))))
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,15 @@ optional ``release_ts``, ``region``, ``age_rating``, ``license_start``, ``licens
 
 ``Users``: ``user_id`` plus optional ``age``, ``gender``, ``occupation``, ``region``.
 
-:class:`IdMap` turns raw ids into dense 0..n-1 indices (and back) for the matrix code.
+:class:`IdMap` turns raw ids into dense 0..n-1 indices (and back) for the matrix code. :func:`save`
+and :func:`load` keep a dataset as one Parquet file per table plus ``meta.json`` (``W/recsys/data``).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -42,6 +45,8 @@ ITEM_OPTIONAL: tuple[str, ...] = (
     "cast",
 )
 USER_COLUMNS: tuple[str, ...] = ("user_id",)
+# A watch past this fraction of the runtime is a positive: the label of training and evaluation.
+LABEL_THRESHOLD = 0.7
 USER_OPTIONAL: tuple[str, ...] = ("age", "gender", "occupation", "region")
 
 
@@ -239,3 +244,33 @@ def toy_dataset(n_users: int = 60, n_items: int = 40, per_user: int = 8, seed: i
     )
     user_frame = pd.DataFrame({"user_id": np.arange(1, n_users + 1), "age": 20 + np.arange(n_users) % 40})
     return RecsysDataset(inter, frame, user_frame, name="toy")
+
+
+# ------------------------------------------------------------------------------------------------
+# Files: one Parquet per table plus meta.json (what ``W/recsys/data`` holds)
+
+TABLES = ("interactions", "items", "users")
+
+
+def save(dataset: RecsysDataset, out: str | Path) -> Path:
+    """Write ``interactions/items/users.parquet`` and ``meta.json`` (name + ``dataset.meta``) under ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in TABLES:
+        getattr(dataset, name).to_parquet(out / f"{name}.parquet", index=False)
+    (out / "meta.json").write_text(json.dumps({"name": dataset.name, **dataset.meta}, indent=2))
+    return out
+
+
+def load(path: str | Path) -> RecsysDataset:
+    """Read a folder written by :func:`save` (``mlsd recsys simulate``) back into a RecsysDataset."""
+    path = Path(path)
+    missing = [f"{n}.parquet" for n in TABLES if not (path / f"{n}.parquet").exists()]
+    if missing:
+        raise InputError(
+            "data", str(path), f"is not a recsys dataset folder (missing {', '.join(missing)})",
+            "create one with: mlsd recsys simulate --workdir W (it writes W/recsys/data)",
+        )  # fmt: skip
+    meta = json.loads((path / "meta.json").read_text()) if (path / "meta.json").exists() else {}
+    frames = {n: pd.read_parquet(path / f"{n}.parquet") for n in TABLES}
+    return validate(RecsysDataset(**frames, name=meta.pop("name", path.name), meta=meta))

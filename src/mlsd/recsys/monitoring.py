@@ -7,9 +7,9 @@ score of each row as ``prediction``.
 
 **Current**, the first that exists:
 
-1. ``workdir/monitoring/served_features.parquet``: a reservoir sample of the feature rows the service
-   actually scored for champion-served requests (the service's ``feature_sample``; written by
-   :func:`mlsd.recsys.experiment.run_experiment` and the demo), with its ``.json`` note saying which run;
+1. ``W/recsys/monitoring/served_features.parquet``: a reservoir sample of the feature rows the engine
+   actually scored for champion-served requests (the engine's ``feature_sample``; written by the
+   simulated world's experiments and the demo), with its ``.json`` note saying which run;
 2. otherwise the most recent day of the data: the users active that day, their candidates as the
    champion generates them now, the features and the champion's scores (what serving would see).
 
@@ -28,42 +28,31 @@ import numpy as np
 import pandas as pd
 
 from mlsd.platform.errors import InputError
+from mlsd.platform.system import SystemDir
 
 SERVED_FILE = "served_features.parquet"
 DAY_S = 86_400
 MAX_CURRENT_USERS = 500  # users of the last day scored for the fallback "current" window
 
 
-def save_served(workdir: Path, frame: pd.DataFrame, *, source: str) -> Path:
+def save_served(dirs: SystemDir, frame: pd.DataFrame, *, source: str) -> Path:
     """Write served feature rows (+ ``prediction``) as the "current" window, with a note of its source."""
-    out = Path(workdir) / "monitoring"
-    out.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(out / SERVED_FILE, index=False)
-    (out / "served_features.json").write_text(json.dumps({"source": source, "rows": len(frame)}))
-    return out / SERVED_FILE
+    from mlsd.platform.jsonio import write_json
 
-
-def _champion(workdir: Path):
-    from mlsd.platform.registry import ModelRegistry
-    from mlsd.recsys.pipeline import MODEL_NAME
-
-    root = Path(workdir) / "registry"
-    reg = ModelRegistry(root)
-    version = reg.current_version(MODEL_NAME, "champion") if MODEL_NAME in reg.names() else None
-    if version is None:
-        raise InputError("--workdir", str(workdir), "has no recsys champion in registry/",
-                         "train one: mlsd pipeline run daily --workdir DIR (or mlsd recsys demo)")  # fmt: skip
-    return reg, MODEL_NAME, version
+    dirs.monitoring.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(dirs.monitoring / SERVED_FILE, index=False)
+    write_json(dirs.monitoring / "served_features.json", {"source": source, "rows": len(frame)})
+    return dirs.monitoring / SERVED_FILE
 
 
 def last_day_features(
-    workdir: Path, model_dir: Path, max_users: int = MAX_CURRENT_USERS
+    dirs: SystemDir, model_dir: Path, max_users: int = MAX_CURRENT_USERS
 ) -> tuple[pd.DataFrame, str]:
     """Features + champion scores of the candidates of users active on the data's last day."""
+    from mlsd.recsys.data import load
     from mlsd.recsys.model import TwoStageRecommender
-    from mlsd.recsys.simulate import load
 
-    dataset = load(Path(workdir) / "data")
+    dataset = load(dirs.require_data(f"mlsd recsys simulate --workdir {dirs.root}"))
     model = TwoStageRecommender.load(model_dir)
     inter = dataset.interactions
     ts = inter["timestamp"].to_numpy()
@@ -74,7 +63,7 @@ def last_day_features(
     if len(users) > max_users:
         users = np.sort(np.random.default_rng(0).choice(users, max_users, replace=False))
     if len(users) == 0:
-        raise InputError("data", str(Path(workdir) / "data"), "no known user was active on the last day",
+        raise InputError("data", str(dirs.data), "no known user was active on the last day",
                          "run an experiment or the demo first (they save served requests)")  # fmt: skip
     frame = model.candidates(users)
     X = model.rank_features(frame)[model.ranker_.feature_names_]
@@ -86,22 +75,24 @@ def last_day_features(
     )
 
 
-def drift_report(workdir: Path, *, bins: int = 10) -> dict[str, Any]:
-    """Drift of the champion's features and score: training reference vs served (or last-day) rows."""
+def drift_report(dirs: SystemDir, *, bins: int = 10) -> dict[str, Any]:
+    """Drift of the champion's features and score: training reference vs served (or last-day) rows.
+    A read path: no champion is an InputError with the fix, and nothing is created."""
     from mlsd.platform.monitoring.drift import DriftMonitor
-    from mlsd.recsys.pipeline import REFERENCE_FILE
+    from mlsd.platform.registry import verify
+    from mlsd.recsys.training import MODEL_NAME, REFERENCE_FILE
 
-    workdir = Path(workdir)
-    reg, name, version = _champion(workdir)
-    model_dir = reg.artifact_path(name, version)
+    mv = dirs.require_champion(MODEL_NAME)
+    verify(mv)
+    model_dir, version = mv.path, mv.version
     if not (model_dir / REFERENCE_FILE).exists():
-        raise InputError("--workdir", str(workdir), f"the champion v{version} has no training reference",
+        raise InputError("--workdir", str(dirs.root), f"the champion v{version} has no training reference",
                          "retrain it (mlsd pipeline run daily): models now save reference.parquet")  # fmt: skip
     reference = pd.read_parquet(model_dir / REFERENCE_FILE)
-    served = workdir / "monitoring" / SERVED_FILE
+    served = dirs.monitoring / SERVED_FILE
     if served.exists():
         current = pd.read_parquet(served)
-        note = workdir / "monitoring" / "served_features.json"
+        note = dirs.monitoring / "served_features.json"
         source = (
             json.loads(note.read_text()).get("source", "served requests")
             if note.exists()
@@ -109,17 +100,16 @@ def drift_report(workdir: Path, *, bins: int = 10) -> dict[str, Any]:
         )
         current_desc = f"{len(current)} feature rows sampled from requests served by the champion: {source}"
     else:
-        current, current_desc = last_day_features(workdir, model_dir)
+        current, current_desc = last_day_features(dirs, model_dir)
     features = [c for c in reference.columns if c in current.columns]
     monitor = DriftMonitor(bins=bins, features=features).fit(reference)
     report = monitor.report(current)
-    mv = reg.get(name, version)
     window = mv.params
     start = pd.to_datetime(window.get("cutoff", 0), unit="s").date().isoformat()
     end = pd.to_datetime(window.get("eval_start", 0), unit="s").date().isoformat()
     return {
         "system": "recsys",
-        "model": name,
+        "model": MODEL_NAME,
         "version": version,
         "reference": f"{len(reference)} ranker training rows of champion v{version} "
         f"(label window {start}..{end}), score = 'prediction'",

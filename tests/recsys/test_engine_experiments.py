@@ -1,5 +1,6 @@
-"""The service routes every request through the A/B framework: assignment, the arm's model and knobs,
-one exposure per user, the arm in the answer, score histograms per model; batch and single paths agree."""
+"""The engine routes every request through the A/B framework: assignment, the arm's model and knobs,
+one exposure per user, the arm in the answer, score histograms per model; a batch and its requests
+one by one agree."""
 
 from __future__ import annotations
 
@@ -14,16 +15,15 @@ from mlsd.platform.experiments.exposures import RedisExposureLog
 from mlsd.platform.experiments.online import arms_from_presets, make_experiment
 from mlsd.platform.registry import ModelRegistry
 from mlsd.platform.serving import REGISTRY
-from mlsd.recsys.demo import tiny_registry
-from mlsd.recsys.experiment import ARM_PRESETS, METRICS, world_service_config
-from mlsd.recsys.service import RecsysService
+from mlsd.recsys.engine import RecsysEngine
+from mlsd.recsys.world import ARM_PRESETS, METRICS, world_service_config
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
+def registry(tmp_path_factory, tiny):
     """The tiny world's registry plus a v2 under the alias "challenger" (same files: a distinct version)."""
     root = tmp_path_factory.mktemp("recsys-exp") / "registry"
-    shutil.copytree(tiny_registry() / "registry", root)
+    shutil.copytree(tiny.registry, root)
     reg = ModelRegistry(root)
     v2 = reg.register("recsys-ranker", reg.artifact_path("recsys-ranker", 1), params={}, metrics={},
                       data_fingerprint="challenger", parent=1)  # fmt: skip
@@ -38,13 +38,13 @@ def _client(names, log=None):
 
 
 def _users(service, n=40):
-    return [int(u) for u in service._state.model.users_.ids[:n]]
+    return [int(u) for u in service.snapshot().model.users_.ids[:n]]
 
 
 def test_each_user_gets_her_arms_model_and_is_exposed_once(registry):
     client = _client(["champion", "challenger"])
     name = "recsys-champion-vs-challenger"
-    svc = RecsysService(registry, config=world_service_config(), experiments=client)
+    svc = RecsysEngine(registry, config=world_service_config(), experiments=client)
     users = _users(svc)
     arms = client.assign(name, users)
     assert set(arms.tolist()) == {0, 1}  # both arms occur among 40 users
@@ -67,7 +67,7 @@ def test_each_user_gets_her_arms_model_and_is_exposed_once(registry):
 
 def test_no_ranker_arm_serves_candidate_order_without_features(registry):
     client = _client(["no_ranker", "champion"])
-    svc = RecsysService(registry, config=world_service_config(), experiments=client)
+    svc = RecsysEngine(registry, config=world_service_config(), experiments=client)
     users = _users(svc)
     arms = client.assign("recsys-no_ranker-vs-champion", users)
     out = svc.recommend(users[int(np.flatnonzero(arms == 0)[0])], 5)
@@ -79,11 +79,11 @@ def test_no_ranker_arm_serves_candidate_order_without_features(registry):
 def test_batch_path_matches_single_requests_and_exposes_once(registry):
     client = _client(["champion", "challenger"])
     name = "recsys-champion-vs-challenger"
-    svc = RecsysService(registry, config=world_service_config(), experiments=client)
-    users = _users(svc, 60) + [987_654_321]  # and one cold-start visitor (single-request path)
-    batch = svc.recommend_many(users, 7)
+    svc = RecsysEngine(registry, config=world_service_config(), experiments=client)
+    users = _users(svc, 60) + [987_654_321]  # and one cold-start visitor
+    batch = svc.handle([{"user_id": u, "k": 7} for u in users])
     assert len(client.exposures(name)) == len(users)
-    single = [svc.preview(u, 7, alias=b["model_alias"]) for u, b in zip(users, batch, strict=True)]
+    single = [svc.preview([{"user_id": u, "k": 7}], alias=b["model_alias"])[0] for u, b in zip(users, batch, strict=True)]
     assert [[i["item_id"] for i in b["items"]] for b in batch] == [
         [i["item_id"] for i in s["items"]] for s in single
     ]
@@ -91,31 +91,32 @@ def test_batch_path_matches_single_requests_and_exposes_once(registry):
         ["champion", "challenger"][a] for a in client.assign(name, users)
     ]
     assert batch[-1]["cold_start"] and not batch[0]["cold_start"]
-    svc.preview_many(users, 7, alias="challenger")  # counterfactual: logs nothing
+    svc.preview([{"user_id": u, "k": 7} for u in users], alias="challenger")  # counterfactual: logs nothing
     assert len(client.exposures(name)) == len(users)
 
 
 def test_param_knobs_change_the_list_and_bad_arms_are_input_errors(registry):
-    svc = RecsysService(registry, config=world_service_config())
+    svc = RecsysEngine(registry, config=world_service_config())
     uid = _users(svc, 1)[0]
-    base = [i["item_id"] for i in svc.preview(uid, 10)["items"]]
-    capped = [i["item_id"] for i in svc.preview(uid, 10, params={"max_genre_share": 0.1})["items"]]
+    body = [{"user_id": uid, "k": 10}]
+    base = [i["item_id"] for i in svc.preview(body)[0]["items"]]
+    capped = [i["item_id"] for i in svc.preview(body, params={"max_genre_share": 0.1})[0]["items"]]
     assert capped != base  # at most one title per genre: the page changes
     bad = {"ranker": "xgboost"}
     with pytest.raises(InputError) as err:
-        RecsysService(registry, config=world_service_config(),
+        RecsysEngine(registry, config=world_service_config(),
                       experiments=_client_with(["champion", "champion"], params=bad))  # fmt: skip
     assert err.value.field.endswith("arms[1].params.ranker")
     with pytest.raises(InputError) as err:
-        RecsysService(registry, config=world_service_config(),
+        RecsysEngine(registry, config=world_service_config(),
                       experiments=_client_with(["champion", "champion"], params={"epsilon": 2.0}))  # fmt: skip
     assert err.value.field.endswith("arms[1].params.epsilon")
     with pytest.raises(InputError) as err:
-        RecsysService(registry, config=world_service_config(),
+        RecsysEngine(registry, config=world_service_config(),
                       experiments=_client_with(["champion", "champion"], alias="staging"))  # fmt: skip
     assert err.value.value == "staging"
     with pytest.raises(InputError) as err:
-        svc.preview(uid, 5, alias="challenger")  # not loaded: no experiment names it
+        svc.preview(body, alias="challenger")  # not loaded: no experiment names it
     assert err.value.field == "alias"
 
 
@@ -128,10 +129,10 @@ def _client_with(names, *, params=None, alias=None):
 def test_exposures_go_to_real_redis(registry, redis_url, redis_prefix):
     log = RedisExposureLog(redis_url, prefix=redis_prefix)
     client = _client(["champion", "challenger"], log=log)
-    svc = RecsysService(registry, config=world_service_config(), experiments=client)
+    svc = RecsysEngine(registry, config=world_service_config(), experiments=client)
     users = _users(svc, 20)
-    svc.recommend_many(users, 5)
-    svc.recommend_many(users[:5], 5)  # repeats are not new exposures, across calls too
+    svc.handle([{"user_id": u, "k": 5} for u in users])
+    svc.handle([{"user_id": u, "k": 5} for u in users[:5]])  # repeats are not new exposures, across calls too
     exposed = client.exposures("recsys-champion-vs-challenger")
     assert sorted(exposed["unit"].tolist()) == sorted(map(str, users))
 
@@ -142,7 +143,7 @@ def test_http_answer_names_the_experiment_and_arm(registry):
     from mlsd.recsys.service import create_service_app
 
     client = _client(["champion", "no_ranker"])
-    svc = RecsysService(registry, config=world_service_config(), experiments=client)
+    svc = RecsysEngine(registry, config=world_service_config(), experiments=client)
     uid = _users(svc, 1)[0]
     body = TestClient(create_service_app(svc)).get(f"/v1/recommendations/{uid}", params={"k": 3}).json()
     arm = ["champion", "no_ranker"][int(client.assign("recsys-champion-vs-no_ranker", [uid])[0])]
@@ -156,7 +157,7 @@ def test_an_arms_alias_is_hot_reloaded_when_it_moves(registry, tmp_path):
     root = tmp_path / "registry"
     shutil.copytree(registry, root)
     cfg = RecsysConfig(service=ServiceConfig(reload_poll_s=3600))  # watchers exist; we poll by hand
-    svc = RecsysService(root, config=cfg, experiments=_client(["champion", "challenger"]))
+    svc = RecsysEngine(root, config=cfg, experiments=_client(["champion", "challenger"]))
     try:
         assert svc.snapshot("challenger").version == 2 and not svc.check_reload()
         reg = ModelRegistry(root)
@@ -164,6 +165,6 @@ def test_an_arms_alias_is_hot_reloaded_when_it_moves(registry, tmp_path):
                           data_fingerprint="v3", parent=1)  # fmt: skip
         reg.promote("recsys-ranker", v3.version, alias="challenger")
         assert svc.check_reload() and svc.snapshot("challenger").version == 3
-        assert svc.version == 1  # the champion did not move
+        assert svc.model_version == 1  # the champion did not move
     finally:
         svc.close()

@@ -1,6 +1,7 @@
-"""The recommender's online experiments against the simulator's known truth: a planted effect is found
+"""The simulated world, part 2 (online experiments) against its known truth: a planted effect is found
 with the right sign and its interval covers the true effect; an A/A test rejects at about the nominal
-rate; a planted exposure-logging bug is flagged as a sample-ratio mismatch."""
+rate; a planted exposure-logging bug is flagged as a sample-ratio mismatch; the world is sized for the
+units asked for."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ import pytest
 
 from mlsd.platform.errors import InputError
 from mlsd.platform.experiments.online import aa_rejection_rate
+from mlsd.platform.system import SystemDir
 from mlsd.recsys.config import TrainConfig
-from mlsd.recsys.experiment import (
+from mlsd.recsys.world import (
     ARM_PRESETS,
     DEFAULT_ARMS,
+    WORLD,
     World,
     ensure_world,
     run_experiment,
     simulate_experiment,
+    world_size,
 )
 
 # Many light viewers over few titles: cheap to simulate and train, enough viewers for an SRM test.
@@ -29,9 +33,9 @@ TRAIN = TrainConfig(
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("recsys-world")
-    ensure_world(workdir, size=SIZE, train=TRAIN)
-    return workdir
+    dirs = SystemDir(tmp_path_factory.mktemp("recsys-world"), "recsys")
+    ensure_world(dirs, size=SIZE, train=TRAIN)
+    return dirs
 
 
 def test_presets_and_default_arms():
@@ -46,7 +50,7 @@ def test_presets_and_default_arms():
 
 def test_expected_outcomes_match_the_sampled_ones(world):
     # The truth is only as good as the expectation formulas: check them against many draws.
-    w = World.load(world / "data")
+    w = World.load(world.data)
     users = np.repeat(w.user_ids[:50], 400)
     lists = np.tile(np.r_[w.item_ids[:9], -1], (len(users), 1))
     drawn = w.sample(users, lists, np.random.default_rng(0))
@@ -71,7 +75,7 @@ def test_planted_worse_arm_is_detected_and_the_interval_covers_the_truth(world):
     assert not report["srm"]["flagged"]
     assert len(report["looks"]) == 4 and report["looks"][-1]["n"] == sum(report["srm"]["counts"])
     assert report["units"] == 1500 and report["world"]["arms"]["no_ranker"]["params"] == {"ranker": "none"}
-    assert (world / "monitoring" / "served_features.parquet").exists()  # the drift "current" window
+    assert (world.monitoring / "served_features.parquet").exists()  # the drift "current" window
 
 
 @pytest.mark.slow
@@ -101,8 +105,11 @@ def test_bad_arguments_are_input_errors(world):
         run_experiment(world, units=100, arms=["champion", "nope"], progress=False)
     assert err.value.field == "--arms"
     with pytest.raises(InputError) as err:
-        run_experiment(world, units=10**6, arms=["champion", "no_ranker"], progress=False)
+        run_experiment(world, units=10**7, arms=["champion", "no_ranker"], progress=False)
     assert err.value.field == "--units"
+    with pytest.raises(InputError) as err:  # a world simulated for fewer viewers is not resized
+        run_experiment(world, units=20_000, arms=["champion", "no_ranker"], progress=False)
+    assert err.value.field == "--units" and "fresh --workdir" in err.value.fix
     with pytest.raises(InputError) as err:
         run_experiment(world, units=100, arms=["champion", "no_ranker"], lose_exposures=1.5, progress=False)
     assert err.value.field == "--lose-exposures"
@@ -115,7 +122,7 @@ def test_mlsd_experiment_run_prints_the_report_and_writes_it(world, tmp_path, ca
 
     out = tmp_path / "report.json"
     argv = ["experiment", "run", "recsys", "--units", "300", "--arms", "champion,no_ranker", "--looks", "2",
-            "--workdir", str(world), "--out", str(out)]  # fmt: skip
+            "--workdir", str(world.root), "--out", str(out)]  # fmt: skip
     assert main([*argv, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)  # stdout is one JSON object
     assert report["experiment"] == "recsys-champion-vs-no_ranker" and len(report["looks"]) == 2
@@ -123,5 +130,19 @@ def test_mlsd_experiment_run_prints_the_report_and_writes_it(world, tmp_path, ca
     assert main(argv) == 0  # the readable table
     text = capsys.readouterr().out
     assert "watch_minutes *" in text and "true diff" in text and "verdict no_ranker" in text
-    assert main(["experiment", "run", "recsys", "--arms", "champion,nope", "--workdir", str(world)]) == 2
+    assert main(["experiment", "run", "recsys", "--arms", "champion,nope", "--workdir", str(world.root)]) == 2
     assert "--arms" in capsys.readouterr().err
+
+
+def test_the_world_is_sized_for_the_units():
+    assert world_size(300) == WORLD  # a few hundred units: the default world (fast)
+    big = world_size(5000)
+    assert big.n_users >= 5000 and (big.n_items, big.days, big.train) == (WORLD.n_items, WORLD.days, WORLD.train)
+
+
+@pytest.mark.slow
+def test_5000_units_get_a_world_of_their_own(tmp_path):
+    report = run_experiment(SystemDir(tmp_path, "recsys"), units=5000, arms=["champion", "no_ranker"], looks=1,
+                            progress=False)  # fmt: skip
+    assert report["units"] == 5000 and report["world"]["viewers"] >= 5000
+    assert report["truth"]["watch_minutes"]["no_ranker"] < 0

@@ -1,4 +1,5 @@
-"""The simulator: schema, determinism, rules respected by construction, and the planted known answers."""
+"""The simulated world, part 1 (the data): schema, determinism, rules respected by construction, the planted
+known answers, sizes and the data folder of a workdir."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import pandas as pd
 import pytest
 
 from mlsd.platform.errors import InputError
-from mlsd.recsys import simulate as sim
-from mlsd.recsys.data import validate
+from mlsd.platform.system import SystemDir
+from mlsd.recsys import world as sim
+from mlsd.recsys.data import load, validate
 from mlsd.recsys.rules import RuleFilter, region_bits
 
 
@@ -102,12 +104,27 @@ def test_completion_follows_taste(world):
 
 def test_save_load_round_trip(tmp_path, world):
     ds, truth = world
-    sim.save(ds, truth, tmp_path / "sim")
-    back = sim.load(tmp_path / "sim")
+    sim.save_world(ds, truth, tmp_path / "sim", train=sim.SIZES["default"].train)
+    back = load(tmp_path / "sim")
     pd.testing.assert_frame_equal(back.interactions, ds.interactions)
-    assert back.meta["start_ts"] == ds.meta["start_ts"]
+    assert back.meta["start_ts"] == ds.meta["start_ts"] and back.meta["train"]["train_days"] == 30
+    assert (tmp_path / "sim" / "truth_users.parquet").exists()
     with pytest.raises(InputError, match="simulate"):
-        sim.load(tmp_path / "nothing-here")
+        load(tmp_path / "nothing-here")
+
+
+def test_simulate_into_writes_the_size_and_its_training_job(tmp_path):
+    dirs = SystemDir(tmp_path, "recsys")
+    summary = sim.simulate_into(dirs, "tiny")
+    tiny = sim.SIZES["tiny"]
+    assert summary["users"] == tiny.n_users and summary["train"]["train_days"] == tiny.train.train_days
+    assert load(dirs.data).meta["train"]["n_estimators"] == tiny.train.n_estimators
+    # a custom calendar shorter than the size's job gets the job shortened to fit
+    short = sim.simulate_into(dirs, "tiny", n_users=50, days=8)
+    assert short["users"] == 50 and short["train"]["train_days"] == 6 and short["train"]["label_days"] == 1
+    with pytest.raises(InputError) as err:
+        sim.simulate_into(dirs, "huge")
+    assert err.value.field == "--size"
 
 
 @pytest.mark.parametrize(
