@@ -33,9 +33,11 @@ def tiny_catalog() -> pd.DataFrame:
 
 @pytest.fixture(scope="session")
 def search_world(tmp_path_factory):
-    """The default simulated search world (1,500 products, 20k logged searches), trained without the
-    dense index (~5 s): ``(workdir, SearchWorld)``. Tests that change the folder copy it first."""
-    from mlsd.search.experiment import load_world
+    """The demo-sized simulated search world (1,500 products, 20k logged searches, 500 users), trained
+    without the dense index (~5 s): ``(SystemDir, SearchWorld)``. Tests that change its folders copy
+    them first."""
+    from mlsd.platform.system import SystemDir
+    from mlsd.search.world import load_world
 
-    workdir = tmp_path_factory.mktemp("search-world")
-    return workdir, load_world(workdir, dense=False, progress=False)
+    dirs = SystemDir(tmp_path_factory.mktemp("search-world"), "search")
+    return dirs, load_world(dirs, dense=False, progress=False)

@@ -31,3 +31,15 @@ def test_dense_shard_probe_contract() -> None:
     assert out["vectors"] == 3000 and out["flat_memory_mb"] == round(3000 * 384 * 4 / 1e6, 1)
     assert 0 < out["flat_search_p50_ms"] <= out["flat_search_p99_ms"]
     assert out["hnsw"]["vectors"] == 500 and out["hnsw"]["build_s"] >= 0
+
+
+def test_understanding_probe_through_the_cli(capsys) -> None:
+    import json
+
+    from mlsd.cli import main
+
+    argv = ["search", "bench", "--understanding", "--products", "600", "--queries", "120", "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["products"] == 600 and report["queries"] == 120
+    assert 0 < report["intent_accuracy_vs_simulator"] <= 1 and report["parse_ms_p50"] > 0

@@ -1,4 +1,4 @@
-"""``mlsd search`` verbs: JSON on stdout, bad arguments -> message and exit 2."""
+"""``mlsd search`` verbs: state in ``--workdir W`` (W/search/...), JSON on stdout, bad arguments -> exit 2."""
 
 from __future__ import annotations
 
@@ -9,41 +9,32 @@ import pytest
 from mlsd.cli import main
 
 
-def test_simulate_json(tmp_path, capsys) -> None:
-    assert (
-        main(
-            [
-                "search",
-                "simulate",
-                "--products",
-                "300",
-                "--sessions",
-                "500",
-                "--queries",
-                "30",
-                "--users",
-                "20",
-                "--out",
-                str(tmp_path / "d"),
-                "--json",
-            ]
-        )
-        == 0
-    )
+def test_simulate_then_train_in_a_workdir(tmp_path, capsys) -> None:
+    w = str(tmp_path)
+    argv = ["search", "simulate", "--workdir", w, "--size", "tiny", "--sessions", "1500", "--json"]
+    assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["products"] == 300 and out["searches"] == 500 and out["events"] >= out["impressions"]
-    assert (tmp_path / "d" / "products.parquet").exists() and (
-        tmp_path / "d" / "clicklog" / "events"
-    ).is_dir()
+    assert out["products"] == 800 and out["searches"] == 1500 and out["events"] >= out["impressions"]
+    assert (tmp_path / "search" / "data" / "products.parquet").exists()
+    assert (tmp_path / "search" / "data" / "clicklog" / "events").is_dir()
+    assert main(argv) == 2  # never simulates over existing data
+    assert "already holds data" in capsys.readouterr().err
+    assert main(["search", "train", "--workdir", w, "--no-dense", "--no-compare", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["version"] == 1 and report["promoted"] and report["model"] == "search-ltr"
+    assert (tmp_path / "search" / "registry" / "registry.sqlite").exists()
+    assert list((tmp_path / "search" / "runs").glob("*.json"))
 
 
 @pytest.mark.parametrize(
     "argv",
     [
-        ["search", "simulate", "--products", "5", "--out", "x"],
-        ["search", "simulate", "--products", "many", "--out", "x"],
+        ["search", "simulate", "--workdir", "x", "--products", "5"],
+        ["search", "simulate", "--workdir", "x", "--products", "many"],
+        ["search", "simulate", "--workdir", "x", "--size", "huge"],
+        ["search", "simulate", "--products", "300"],  # --workdir is required
         ["search", "bench", "--queries", "0"],
-        ["search", "serve", "--data", "d", "--port", "70000"],
+        ["search", "serve", "--workdir", "d", "--port", "70000"],
     ],
 )
 def test_bad_arguments_exit_2(argv, capsys) -> None:
@@ -53,17 +44,24 @@ def test_bad_arguments_exit_2(argv, capsys) -> None:
     assert "mlsd" in capsys.readouterr().err
 
 
-def test_train_on_a_missing_folder_is_a_clear_error(tmp_path, capsys) -> None:
-    assert main(["search", "train", "--data", str(tmp_path / "nope"), "--no-dense", "--json"]) == 2
+def test_train_on_an_empty_workdir_is_a_clear_error(tmp_path, capsys) -> None:
+    assert main(["search", "train", "--workdir", str(tmp_path), "--no-dense", "--json"]) == 2
     err = capsys.readouterr().err
-    assert "products.parquet" in err and "simulate" in err
+    assert "search/data" in err and "mlsd search simulate --workdir" in err
+
+
+def test_serve_without_a_champion_exits_2_naming_the_commands_and_creates_nothing(tmp_path, capsys) -> None:
+    for workdir in (tmp_path, tmp_path / "typo"):
+        assert main(["search", "serve", "--workdir", str(workdir)]) == 2
+        err = capsys.readouterr().err
+        assert "search-ltr" in err and "mlsd search simulate --workdir" in err and "mlsd search train" in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_config_key_is_a_clear_error(tmp_path, capsys) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("rules:\n  max_per_brnd: 2\n")
-    (tmp_path / "d").mkdir()
-    assert main(["search", "train", "--data", str(tmp_path / "d"), "--config", str(cfg), "--no-dense"]) == 2
+    assert main(["search", "train", "--workdir", str(tmp_path), "--config", str(cfg), "--no-dense"]) == 2
     assert "max_per_brnd" in capsys.readouterr().err
 
 

@@ -7,15 +7,15 @@ import shutil
 from fastapi.testclient import TestClient
 
 from mlsd.platform.registry import ModelRegistry
-from mlsd.search.pipeline import MODEL_NAME
+from mlsd.search.engine import MODEL_NAME
 from mlsd.search.service import champion_watcher, create_search_app
 
 
 def test_a_promoted_champion_is_served_without_a_restart(search_world, tmp_path) -> None:
-    workdir, world = search_world
+    dirs, world = search_world
     engine = world.engine
     original = (engine.ranker_, engine.ranker_version_)
-    shutil.copytree(workdir / "registry", tmp_path / "registry")
+    shutil.copytree(dirs.registry, tmp_path / "registry")
     registry = ModelRegistry(tmp_path / "registry")
     champion = registry.alias(MODEL_NAME)
     try:

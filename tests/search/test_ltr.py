@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 
 from mlsd.search.config import LTRConfig, ObjectiveConfig, SearchConfig
+from mlsd.search.engine import SearchEngine
 from mlsd.search.features import FEATURE_NAMES
 from mlsd.search.ltr import LambdaMARTRanker, ground_truth_ndcg, pair_labels, quantise
-from mlsd.search.pipeline import SearchEngine, train_ranker
-from mlsd.search.simulate import simulate
+from mlsd.search.training import train_ranker
+from mlsd.search.world import simulate
 
 
 class _Prop:

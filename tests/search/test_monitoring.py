@@ -8,15 +8,16 @@ import pandas as pd
 import pytest
 
 from mlsd.platform.errors import InputError
+from mlsd.platform.system import SystemDir
 from mlsd.search.clicklog import ClickLog
+from mlsd.search.engine import FEATURE_NAMES
 from mlsd.search.monitoring import drift_report
-from mlsd.search.pipeline import FEATURE_NAMES
-from mlsd.search.simulate import DAY, Simulation
+from mlsd.search.world import DAY, Simulation
 
 
 def test_unchanged_traffic_is_stable(search_world) -> None:
-    workdir, world = search_world
-    report = drift_report(workdir, engine=world.engine)
+    dirs, world = search_world
+    report = drift_report(dirs, engine=world.engine)
     assert set(report["features"]) == {*FEATURE_NAMES, "prediction"}
     assert report["summary"]["significant"] == 0, report["summary"]
     assert "training pairs" in report["reference"] and "2025-12-25..2025-12-31" in report["current"]
@@ -24,25 +25,27 @@ def test_unchanged_traffic_is_stable(search_world) -> None:
 
 
 def test_a_shift_in_the_query_mix_is_flagged(search_world, tmp_path) -> None:
-    workdir, world = search_world
+    dirs, world = search_world
+    copy = SystemDir(tmp_path, "search")
     for part in ("data", "registry"):
-        shutil.copytree(workdir / part, tmp_path / part)
-    sim = Simulation.load(tmp_path / "data")
+        shutil.copytree(dirs.home / part, copy.home / part)
+    sim = Simulation.load(copy.data)
     imp = sim.impressions
     price_queries = sim.queries.loc[sim.queries["intent"] == "price_category", "query_id"]
     week = imp[(imp["ts"] >= imp["ts"].max() - 7 * DAY) & imp["query_id"].isin(price_queries)]
     shifted = week.assign(ts=week["ts"] + 7 * DAY, search_id=week["search_id"] + 10_000_000)
-    ClickLog(tmp_path / "data" / "clicklog").append_impressions(pd.DataFrame(shifted))
-    report = drift_report(tmp_path, engine=world.engine)
+    ClickLog(copy.data / "clicklog").append_impressions(pd.DataFrame(shifted))
+    report = drift_report(copy, engine=world.engine)
     drifted = report["summary"]["drifted"]
     assert report["features"]["price_in_range"]["band"] == "significant", drifted
     assert report["summary"]["significant"] >= 2
 
 
-def test_no_champion_is_an_input_error(tmp_path) -> None:
+def test_no_champion_is_an_input_error_and_creates_nothing(tmp_path) -> None:
     with pytest.raises(InputError) as err:
-        drift_report(tmp_path)
-    assert err.value.field == "--workdir"
+        drift_report(SystemDir(tmp_path / "w", "search"))
+    assert err.value.field == "--workdir" and "mlsd search train --workdir" in err.value.fix
+    assert not (tmp_path / "w").exists()
 
 
 def test_mlsd_monitor_report_for_the_system(search_world, capsys) -> None:
@@ -50,7 +53,8 @@ def test_mlsd_monitor_report_for_the_system(search_world, capsys) -> None:
 
     from mlsd.cli import main
 
-    workdir, _ = search_world
+    dirs, _ = search_world
+    workdir = dirs.root
     assert main(["monitor", "report", "--system", "search", "--workdir", str(workdir), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)  # one JSON object on stdout
     assert {"features", "summary", "reference", "current"} <= set(report)

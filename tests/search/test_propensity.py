@@ -7,7 +7,7 @@ import pytest
 
 from mlsd.platform.errors import InputError
 from mlsd.search.propensity import PositionBasedEM, SwapPropensityEstimator, estimate_propensities
-from mlsd.search.simulate import ClickModel, simulate
+from mlsd.search.world import ClickModel, simulate
 
 
 @pytest.fixture(scope="module", params=[1.0, 0.7])

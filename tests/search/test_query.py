@@ -72,7 +72,7 @@ def test_bad_queries(qu, bad):
 
 def test_understanding_report_on_simulated_queries():
     from mlsd.search.query import understanding_report
-    from mlsd.search.simulate import simulate_catalog, simulate_queries
+    from mlsd.search.world import simulate_catalog, simulate_queries
 
     products, _ = simulate_catalog(600, seed=1)
     queries = simulate_queries(products, 150, seed=1)

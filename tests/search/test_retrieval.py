@@ -180,7 +180,7 @@ def test_fit_identical_to_per_row_bm25s(tricky_products, method):
 
 
 def test_fit_identical_on_simulated_catalog():
-    from mlsd.search.simulate import simulate_catalog
+    from mlsd.search.world import simulate_catalog
 
     products, _ = simulate_catalog(300, seed=1)
     index = BM25Index().fit(products)
@@ -205,3 +205,19 @@ def test_unsupported_bm25_variant(products):
     with pytest.raises(InputError) as err:
         BM25Index(method="bm25+").fit(products)
     assert err.value.field == "method"
+
+
+def test_grouped_dense_index_expands_titles_to_products() -> None:
+    products = pd.DataFrame(
+        {"product_id": [1, 2, 3, 4, 5], "title": ["a", "b", "a", "c", "a"], "review_count": [5, 0, 50, 1, 7]}
+    )
+    vectors = np.eye(3, dtype=np.float32)  # titles a, b, c in first-seen order
+    from mlsd.search.retrieval import GroupedDenseIndex
+
+    index = GroupedDenseIndex().fit(products, embeddings=vectors)
+    assert index.n_groups == 3
+    qv = np.array([[1.0, 0.0, 0.0], [0.0, 0.2, 0.9]], dtype=np.float32)
+    cands = index.retrieve(["x", "y"], k=4, query_vectors=qv)
+    assert cands.product_ids[0].tolist()[:3] == [3, 5, 1]  # title "a", most reviewed first
+    assert cands.product_ids[1].tolist()[0] == 4
+    np.testing.assert_allclose(index.cosine(qv, np.array([0, 1]), np.array([2, 1])), [1.0, 0.2], rtol=1e-6)

@@ -7,9 +7,9 @@ from fastapi.testclient import TestClient
 
 from mlsd.search.clicklog import ClickLog
 from mlsd.search.config import SearchConfig
-from mlsd.search.pipeline import SearchEngine
+from mlsd.search.engine import SearchEngine
 from mlsd.search.service import create_search_app
-from mlsd.search.simulate import simulate
+from mlsd.search.world import simulate
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,9 @@ def test_search_ok(client) -> None:
     assert body["parsed"]["entities"]["color"] == "black"
     assert {"corrected", "expansions", "intent", "entities", "language"} <= set(body["parsed"])
     assert "bm25" in body["timings_ms"] and isinstance(body["skipped"], list)
-    assert client.get("/health").json()["products"] == 600
+    health = client.get("/health").json()
+    assert health["products"] == 600 and health["model"] == "search-ltr" and health["model_version"] is None
+    assert body["batch"] == 1  # a request is the engine's batch of one
 
 
 @pytest.mark.parametrize(
@@ -57,6 +59,12 @@ def test_bad_search_input_names_the_field(client, params, status, field) -> None
     r = client.get("/v1/search", params=params)
     assert r.status_code == status and _field(r) == field
     assert len(r.text) < 2000  # a 10 KB query is not echoed back
+
+
+def test_events_without_a_click_log_are_503_with_the_fix(engine) -> None:
+    r = TestClient(create_search_app(engine)).post("/v1/events", json={"events": [
+        {"type": "click", "search_id": "s", "product_id": 1}]})  # fmt: skip
+    assert r.status_code == 503 and "--workdir" in r.json()["error"]["fix"]
 
 
 def test_events_are_recorded_in_the_click_log(client) -> None:

@@ -14,6 +14,10 @@ What is measured, in order:
 The output is one JSON object with ``p50_ms``, ``p95_ms``, ``p99_ms`` (end to end, in-process) and
 ``stages`` (p99 per stage, over the requests that ran it), plus what was skipped. Numbers come from
 whatever machine runs it: on a shared box they include other processes' load (``load_avg`` is recorded).
+
+Two narrower probes: ``--dense-probe N`` (:func:`probe_dense_shard`: flat dense search over N distinct
+vectors) and ``--understanding`` (:func:`understanding_bench`: accuracy and cost of query
+understanding against simulated queries whose specs are known).
 """
 
 from __future__ import annotations
@@ -113,8 +117,9 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run the benchmark; returns the JSON-ready result (see the module docstring)."""
     from mlsd.search.config import SearchConfig
-    from mlsd.search.pipeline import SearchEngine, train_ranker
-    from mlsd.search.simulate import simulate
+    from mlsd.search.engine import SearchEngine
+    from mlsd.search.training import train_ranker
+    from mlsd.search.world import simulate
 
     def say(msg: str) -> None:
         if log is not None:
@@ -219,3 +224,14 @@ def run_bench(
         hits, misses = engine.dense_.cache_hits_, engine.dense_.cache_misses_
         result["query_vector_cache_hit_rate"] = round(hits / max(hits + misses, 1), 3)
     return result
+
+
+def understanding_bench(n_products: int = 5000, n_queries: int = 1000, *, seed: int = 0) -> dict[str, Any]:
+    """:func:`mlsd.search.query.understanding_report` on a simulated catalog and query stream (the
+    figures of docs/search.md, "Query understanding")."""
+    from mlsd.search.query import understanding_report
+    from mlsd.search.world import simulate_catalog, simulate_queries
+
+    products, _ = simulate_catalog(n_products, seed)
+    queries = simulate_queries(products, n_queries, seed)
+    return understanding_report(products, queries, seed=seed)

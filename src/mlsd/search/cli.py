@@ -1,4 +1,11 @@
-"""``mlsd search <verb>``: simulate, train, evaluate, serve, bench, demo.
+"""``mlsd search <verb>``: simulate, train, serve, demo (state in a workdir), evaluate, bench.
+
+The verbs that read or write state take ``--workdir W`` and keep it in ``W/search/{data,registry,runs,
+monitoring}`` (:class:`~mlsd.platform.system.SystemDir`): ``simulate`` writes ``data/`` (catalog,
+queries, judged set, and the logged sessions as the click log ``data/clicklog``), ``train`` registers in
+``registry/`` and reports to ``runs/``, ``serve`` serves the registry's champion and appends
+``POST /v1/events`` to ``data/clicklog`` -- and, with no champion there, exits 2 naming the commands
+that make one. ``evaluate`` (public datasets) and ``bench`` (a temporary world) read no workdir.
 
 Heavy imports (pandas, torch, lightgbm) happen inside the verbs so ``mlsd search --help`` stays fast.
 ``--json`` prints exactly one JSON object on stdout; progress goes to stderr.
@@ -12,7 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mlsd.platform.experiments.cli import add_serving_options
+from mlsd.platform.jsonio import dumps
+from mlsd.platform.system import SystemDir
+
+SYSTEM = "search"
 
 
 def _err(msg: str) -> None:
@@ -57,40 +67,25 @@ def _config(args: argparse.Namespace):
 
 
 def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, default=str))
+    print(dumps(obj))
+
+
+def _dirs(args: argparse.Namespace) -> SystemDir:
+    return SystemDir(Path(args.workdir), SYSTEM)
 
 
 # -- verbs ---------------------------------------------------------------------------------------------
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    import time
+    from mlsd.search.world import simulate_into
 
-    from mlsd.search.clicklog import ClickLog
-    from mlsd.search.simulate import simulate
-
-    started = time.perf_counter()
-    _err(f"simulating {args.products} products, {args.sessions} searches (seed {args.seed})")
-    sim = simulate(args.products, args.sessions, args.seed, n_queries=args.queries, n_users=args.users)
-    out = Path(args.out)
-    sim.save(out)
-    events = ClickLog(out / "clicklog").append_impressions(sim.impressions) if len(sim.impressions) else 0
-    summary = {
-        "out": str(out),
-        "products": len(sim.products),
-        "distinct_titles": int(sim.products["title"].nunique()),
-        "queries": len(sim.queries),
-        "spanish_queries": int((sim.queries["lang"] == "es").sum()),
-        "typo_queries": int(sim.queries["typo"].sum()),
-        "users": len(sim.users),
-        "searches": int(sim.impressions["search_id"].nunique()) if len(sim.impressions) else 0,
-        "impressions": len(sim.impressions),
-        "clicks": int(sim.impressions["clicked"].sum()) if len(sim.impressions) else 0,
-        "purchases": int(sim.impressions["purchased"].sum()) if len(sim.impressions) else 0,
-        "events": events,
-        "true_eta": sim.click_model.eta,
-        "seconds": round(time.perf_counter() - started, 2),
-    }
+    dirs = _dirs(args)
+    _err(f"simulating the {args.size} world (seed {args.seed}) into {dirs.data}")
+    summary = simulate_into(
+        dirs, size=args.size, seed=args.seed, products=args.products, sessions=args.sessions,
+        queries=args.queries, users=args.users,
+    )  # fmt: skip
     if args.json:
         _print_json(summary)
     else:
@@ -100,28 +95,18 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mlsd.search.pipeline import default_cache_dir, train_and_register
+    from mlsd.search.training import train
 
-    registry = Path(args.registry) if args.registry else Path(args.data) / "registry"
-    report = train_and_register(
-        Path(args.data),
-        registry,
-        config=_config(args),
-        dense=not args.no_dense,
-        cache_dir=args.cache_dir or default_cache_dir(),
-        compare_raw=not args.no_compare,
-        progress=not args.json,
-        log=_err,
-    )
-    report["registry"] = str(registry)
+    dirs = _dirs(args)
+    report = train(
+        dirs, config=_config(args), dense=not args.no_dense, cache_dir=args.cache_dir,
+        compare_raw=not args.no_compare, progress=not args.json, log=_err,
+    )  # fmt: skip
     if args.json:
         _print_json(report)
     else:
-        print(
-            json.dumps(
-                {k: report[k] for k in ("model", "version", "promoted", "metrics", "train_seconds")}, indent=2
-            )
-        )
+        keys = ("model", "version", "registered", "promoted", "reason", "metrics", "champion", "seconds")
+        print(json.dumps({k: report.get(k) for k in keys}, indent=2, default=str))
     return 0
 
 
@@ -132,36 +117,37 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from mlsd.platform.experiments.client import ExperimentClient
     from mlsd.platform.serving import serve
-    from mlsd.search.pipeline import default_cache_dir, load_engine
+    from mlsd.search.clicklog import ClickLog
+    from mlsd.search.engine import MODEL_NAME, load_engine
     from mlsd.search.service import create_search_app
 
-    registry = Path(args.registry) if args.registry else Path(args.data) / "registry"
-    _err(f"loading {args.data} (registry {registry})")
-    engine = load_engine(
-        Path(args.data),
-        registry,
-        config=_config(args),
-        dense=not args.no_dense,
-        cache_dir=args.cache_dir or default_cache_dir(),
-        progress=True,
-    )
-    from mlsd.platform.experiments.client import ExperimentClient
-    from mlsd.search.clicklog import ClickLog
-
+    dirs = _dirs(args)
+    dirs.require_champion(MODEL_NAME)  # before anything is loaded or created: exit 2 with the fix
     experiments = ExperimentClient.from_options(args.experiments, args.exposure_redis)
+    _err(f"loading the champion of {dirs.registry} over {dirs.data}")
+    engine = load_engine(dirs, config=_config(args), cache_dir=args.cache_dir, progress=True)
     app = create_search_app(
-        engine, ClickLog(Path(args.data) / "clicklog"), experiments=experiments, registry_dir=registry
+        engine, ClickLog(dirs.data / "clicklog"), experiments=experiments, registry_dir=dirs.registry
     )
-    _err(f"serving on http://{args.host}:{args.port} (model version {engine.ranker_version_})")
+    _err(f"serving on http://{args.host}:{args.port} (search-ltr v{engine.model_version}); "
+         f"events go to {dirs.data / 'clicklog'}")  # fmt: skip
     serve(app, args.host, args.port)
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
     from mlsd.search.bench import probe_dense_shard, run_bench
-    from mlsd.search.pipeline import default_cache_dir
+    from mlsd.search.embeddings import default_cache_dir
 
+    if args.understanding:
+        from mlsd.search.bench import understanding_bench
+
+        _err(f"query understanding on {args.products} simulated products, {args.queries} query texts")
+        result = understanding_bench(args.products, args.queries, seed=args.seed)
+        _print_json(result) if args.json else print(json.dumps(result, indent=2))
+        return 0
     if args.dense_probe:
         _err(f"probing flat dense search over {args.dense_probe} distinct vectors")
         result = probe_dense_shard(args.dense_probe, hnsw_sample=args.hnsw_sample)
@@ -189,9 +175,17 @@ def _demo(args: argparse.Namespace) -> int:
 
     from mlsd.search.demo import run
 
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="mlsd-search-demo-"))
-    run(workdir)
+    root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="mlsd-search-demo-"))
+    run(SystemDir(root, SYSTEM))
+    print(f"serve its champion: mlsd search serve --workdir {root}")
     return 0
+
+
+def _workdir(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument(
+        "--workdir", required=required, default=None,
+        help="the workdir W: this system's state is W/search/{data,registry,runs,monitoring}",
+    )  # fmt: skip
 
 
 def add_commands(parser: argparse.ArgumentParser) -> None:
@@ -199,21 +193,24 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="verb", metavar="<verb>")
     sub.required = True
 
-    p = sub.add_parser("simulate", help="simulate a catalog, queries, users and a position-biased click log")
-    p.add_argument("--products", type=_positive("--products", 100), default=20_000)
-    p.add_argument("--sessions", type=_positive("--sessions", 0), default=50_000, help="logged searches")
-    p.add_argument("--queries", type=_positive("--queries", 10), default=2000, help="distinct query texts")
-    p.add_argument("--users", type=_positive("--users", 1), default=5000)
+    p = sub.add_parser(
+        "simulate", help="simulate a catalog, queries, users and a position-biased click log into W/search/data"
+    )
+    _workdir(p)
+    p.add_argument("--size", choices=("tiny", "demo", "default"), default="default",
+                   help="tiny (tests), demo (mlsd demo's world), default (20K products, 50K searches)")  # fmt: skip
+    p.add_argument("--products", type=_positive("--products", 100), default=None, help="override the size's")
+    p.add_argument("--sessions", type=_positive("--sessions", 0), default=None, help="logged searches")
+    p.add_argument("--queries", type=_positive("--queries", 10), default=None, help="distinct query texts")
+    p.add_argument("--users", type=_positive("--users", 1), default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="folder for the catalog, queries, ground truth and click log")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser(
-        "train", help="train LambdaMART with IPS from the click log, register, promote if better"
+        "train", help="train LambdaMART with IPS on W/search/data's click log, register, gate, promote"
     )
-    p.add_argument("--data", required=True, help="folder from `mlsd search simulate --out`")
-    p.add_argument("--registry", default=None, help="model registry folder (default DATA/registry)")
+    _workdir(p)
     p.add_argument(
         "--config", default=None, help="YAML with SearchConfig sections (objective, ltr, rules, ...)"
     )
@@ -229,15 +226,18 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     evaluate.add_arguments(p)
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("serve", help="HTTP service: GET /v1/search, POST /v1/events")
-    p.add_argument("--data", required=True)
-    p.add_argument("--registry", default=None)
+    p = sub.add_parser(
+        "serve", help="HTTP service of W/search's champion: GET /v1/search, POST /v1/events (-> data/clicklog)"
+    )
+    _workdir(p)
     p.add_argument("--config", default=None)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_positive("--port", 1, 65535), default=8000)
-    p.add_argument("--no-dense", action="store_true")
     p.add_argument("--cache-dir", default=None)
-    add_serving_options(p)  # --experiments FILE, --exposure-redis URL
+    p.add_argument("--experiments", default=None, metavar="FILE",
+                   help="experiments YAML: search experiments route signed-in users by user_id")  # fmt: skip
+    p.add_argument("--exposure-redis", default=None, metavar="URL",
+                   help="log exposures to Redis Streams (several processes serving one experiment)")  # fmt: skip
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("bench", help="index build time, memory and per-stage latency percentiles")
@@ -256,6 +256,12 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
         help="instead: time flat dense search over N distinct vectors (one shard without title grouping)",
     )
     p.add_argument(
+        "--understanding",
+        action="store_true",
+        help="instead: query understanding accuracy and parse cost on --products simulated products and "
+        "--queries simulated query texts (e.g. --products 5000 --queries 1000)",
+    )
+    p.add_argument(
         "--hnsw-sample",
         type=_positive("--hnsw-sample", 0),
         default=0,
@@ -264,6 +270,6 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_bench)
 
-    p = sub.add_parser("demo", help="simulate, train with IPS, serve a few queries in-process")
-    p.add_argument("--workdir", default=None)
+    p = sub.add_parser("demo", help="simulate, train with IPS, serve a few queries in-process, in W/search")
+    _workdir(p, required=False)
     p.set_defaults(func=_demo)

@@ -203,14 +203,14 @@ class ClickLog:
     """Append-only search event log in ``root/events/*.parquet``; read with DuckDB.
 
     ``append(events)`` validates and buffers; ``flush()`` writes one part; ``events()`` and
-    ``impressions()`` flush first, so a reader always sees every accepted event.
+    ``impressions()`` flush first, so a reader always sees every accepted event. The folder is made
+    by the first write, never by opening or reading the log (a read path creates nothing).
     """
 
     def __init__(self, root: Path | str, *, flush_every: int = 5000) -> None:
         self.root = Path(root)
         self.flush_every = flush_every
         self._dir = self.root / "events"
-        self._dir.mkdir(parents=True, exist_ok=True)
         self._buffer: list[pd.DataFrame] = []
         self._buffered = 0
         self._lock = threading.Lock()
@@ -243,6 +243,7 @@ class ClickLog:
         if not self._buffer:
             return
         frame = pd.concat(self._buffer, ignore_index=True)
+        self._dir.mkdir(parents=True, exist_ok=True)
         name = f"part-{time.time_ns():020d}-{os.getpid()}-{next(self._counter):06d}-{uuid.uuid4().hex[:6]}"
         tmp = self._dir / f".{name}.tmp"
         frame.to_parquet(tmp, index=False)
@@ -251,7 +252,7 @@ class ClickLog:
         self._buffered = 0
 
     def _glob(self) -> str | None:
-        return str(self._dir / "*.parquet") if any(self._dir.glob("*.parquet")) else None
+        return str(self._dir / "*.parquet") if self._dir.is_dir() and any(self._dir.glob("*.parquet")) else None
 
     def __len__(self) -> int:
         self.flush()

@@ -1,21 +1,30 @@
-"""``mlsd search demo`` (and the search part of ``mlsd demo``): the whole product in about a minute.
+"""``mlsd search demo --workdir W`` (and the search part of ``mlsd demo``): the whole product in about a minute.
 
-1. simulate a small catalog, query stream and position-biased click log into ``workdir/data``;
-2. estimate propensities from the log's randomised swaps, train LambdaMART with IPS and the same model
-   on raw clicks, score both against the simulator's ground truth, register the IPS model (champion);
-3. load the service in-process (FastAPI test client, no socket) and send a few searches -- a typo, a
-   synonym, a price constraint, a Spanish query, a brand -- plus the events of one of them;
+Everything lands in the workdir layout (``W/search/...``), so the champion it trains is the one
+``mlsd search serve --workdir W`` serves afterwards:
+
+1. simulate the demo world (:data:`~mlsd.search.world.WORLD_SIZES`) -- a catalog, a query stream and a
+   position-biased click log -- into ``data/`` (a rerun reuses it);
+2. train (:func:`mlsd.search.training.train`): propensities from the log's randomised swaps, LambdaMART
+   with IPS and the same model on raw clicks, both scored on the judged set; the IPS model is
+   registered in ``registry/`` (champion) and the run report written to ``runs/``;
+3. load the engine from the workdir's champion, serve it in-process (FastAPI test client, no socket)
+   and send a few searches -- a typo, a synonym, a price constraint, a Spanish query, a brand -- plus
+   the events of one of them (appended to ``data/clicklog``);
 4. print the results with the parsed query and per-stage timings;
 5. run one small online experiment (LambdaMART vs BM25-only, ``experiment_units`` simulated users through
    the same router the service uses) and the drift report, and write what the dashboard discovers:
-   ``experiments/<name>.json``, ``monitoring/drift.json`` and ``monitoring/timings.json``.
+   ``monitoring/experiments/<name>.json``, ``monitoring/drift.json`` and ``monitoring/timings.json``.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from pathlib import Path
 from typing import Any
+
+from mlsd.platform.jsonio import write_json
+from mlsd.platform.system import SystemDir
 
 DEMO_QUERIES: tuple[tuple[str, str], ...] = (
     ("typo", "wireles earbuds"),
@@ -27,78 +36,72 @@ DEMO_QUERIES: tuple[tuple[str, str], ...] = (
 
 
 def run(
-    workdir: Path,
+    dirs: SystemDir,
     *,
-    products: int = 1500,
-    sessions: int = 20_000,
+    products: int | None = None,
+    sessions: int | None = None,
     dense: bool = True,
     quiet: bool = False,
     parser_options: dict[str, Any] | None = None,
     experiment_units: int = 300,
 ) -> dict[str, Any]:
-    """Run the demo under ``workdir``; returns a summary (timings, metrics, the answers, the files written).
+    """Run the demo in ``dirs``; returns a summary (timings, metrics, the answers, the files written).
 
-    ``experiment_units``: users in the demo's online experiment (0 skips the experiment and the
-    monitoring files)."""
+    ``products``, ``sessions``: override the demo world's size. ``experiment_units``: users in the
+    demo's online experiment (0 skips the experiment and the monitoring files)."""
     from fastapi.testclient import TestClient
     from rich.console import Console
     from rich.table import Table
 
+    from mlsd.platform.registry import ModelRegistry
     from mlsd.search.clicklog import ClickLog
-    from mlsd.search.pipeline import default_cache_dir, train_and_register
+    from mlsd.search.engine import MODEL_NAME, load_engine
     from mlsd.search.service import create_search_app
-    from mlsd.search.simulate import simulate
+    from mlsd.search.training import train
+    from mlsd.search.world import Simulation, simulate_into
 
     console = Console(quiet=quiet)
-    workdir = Path(workdir)
-    data_dir, registry_dir = workdir / "data", workdir / "registry"
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    # 100 query texts and 500 users: ~200 logged searches per query, enough impressions per (query,
-    # product) for IPS to pay off (with ~130 per query and 1,000 users it only ties raw clicks, see docs).
-    sim = simulate(products, sessions, seed=0, n_queries=100, n_users=500)
-    sim.save(data_dir)
-    ClickLog(data_dir / "clicklog").append_impressions(sim.impressions)
+    made = simulate_into(dirs, size="demo", reuse=True, products=products, sessions=sessions)
+    sim = Simulation.load(dirs.data)
     timings["simulate_s"] = time.perf_counter() - t
     imp = sim.impressions
     console.print(
-        f"[bold]simulated[/] {len(sim.products):,} products ({sim.products['title'].nunique():,} distinct titles), "
+        f"[bold]{'reused' if made['reused'] else 'simulated'}[/] {len(sim.products):,} products "
+        f"({sim.products['title'].nunique():,} distinct titles), "
         f"{len(sim.queries)} query texts ({int((sim.queries['lang'] == 'es').sum())} Spanish, "
         f"{int(sim.queries['typo'].sum())} with typos), {imp['search_id'].nunique():,} searches, "
         f"{int(imp['clicked'].sum()):,} clicks, {int(imp['purchased'].sum()):,} purchases; "
-        f"true examination 1/rank^{sim.click_model.eta:g}"
+        f"true examination 1/rank^{sim.click_model.eta:g} -> {dirs.data}"
     )
 
     t = time.perf_counter()
-    cache_dir = default_cache_dir()
-    report, engine = train_and_register(
-        data_dir,
-        registry_dir,
-        dense=dense,
-        cache_dir=cache_dir,
-        log=(lambda m: console.print(f"  [dim]{m}[/]")),
-        parser_options=parser_options,
-        return_engine=True,
-    )
+    report = train(dirs, dense=dense, parser_options=parser_options, progress=False,
+                   log=lambda m: console.print(f"  [dim]{m}[/]"))  # fmt: skip
     timings["train_s"] = time.perf_counter() - t
-    prop = report["propensity"] or {}
-    est = prop.get("propensities", [])[:5]
+    registry = ModelRegistry(dirs.registry)
+    prop_file = registry.artifact_path(MODEL_NAME, report["version"]) / "propensity.json"
+    prop = json.loads(prop_file.read_text())
     console.print(
         f"[bold]propensities[/] estimated from randomised swaps: eta={prop.get('eta', float('nan')):.2f} "
-        f"(true {sim.click_model.eta:g}); ranks 1-5: {est}"
+        f"(true {sim.click_model.eta:g}); ranks 1-5: {prop.get('propensities', [])[:5]}"
     )
     m = report["metrics"]
     console.print(
-        f"[bold]LambdaMART[/] ground-truth nDCG@10: IPS {m.get('truth_ndcg@10')} vs raw clicks "
-        f"{m.get('raw_clicks_truth_ndcg@10')}; registered v{report['version']} "
-        f"({'champion' if report['promoted'] else 'not promoted'})"
+        f"[bold]LambdaMART[/] judged nDCG@10: IPS {m.get('truth_ndcg@10')} vs raw clicks "
+        f"{m.get('raw_clicks_truth_ndcg@10')}; v{report['version']}: {report['reason']} "
+        f"(champion v{report['champion']})"
     )
 
     t = time.perf_counter()
-    client = TestClient(create_search_app(engine, ClickLog(data_dir / "clicklog")))
-    timings["load_service_s"] = time.perf_counter() - t
+    engine = load_engine(dirs)
+    timings["load_engine_s"] = time.perf_counter() - t
+
+    clicklog = ClickLog(dirs.data / "clicklog")
+    client = TestClient(create_search_app(engine, clicklog))
 
     answers = []
     for label, q in DEMO_QUERIES:
@@ -146,6 +149,7 @@ def run(
             },
         ]
     posted = client.post("/v1/events", json={"events": events}).json()
+    clicklog.flush()  # the service buffers events; the next training must see them
     bad = client.get("/v1/search", params={"q": "", "k": 5})
     console.print(
         f"POST /v1/events -> {posted}; GET /v1/search?q= -> {bad.status_code} {bad.json()['error']['message']}"
@@ -155,7 +159,7 @@ def run(
     if experiment_units > 0:
         t = time.perf_counter()
         written, experiment_summary = _experiment_and_monitoring(
-            workdir, sim, engine, registry_dir, answers, experiment_units, console
+            dirs, sim, engine, answers, experiment_units, console
         )
         timings["experiment_and_monitoring_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
@@ -164,6 +168,9 @@ def run(
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "metrics": m,
         "propensity_eta": prop.get("eta"),
+        "world_reused": made["reused"],
+        "version": report["version"],
+        "champion": report["champion"],
         "answers": [
             {
                 "label": a["label"],
@@ -180,45 +187,27 @@ def run(
     }
 
 
-def _write_json(path: Path, obj: Any) -> str:
-    import json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_plain))
-    tmp.replace(path)
-    return str(path)
-
-
-def _plain(value: Any) -> Any:
-    import numpy as np
-
-    if isinstance(value, np.ndarray | np.generic):
-        return value.tolist()
-    return str(value)
-
-
 def _experiment_and_monitoring(
-    workdir: Path, sim: Any, engine: Any, registry_dir: Path, answers: list, units: int, console: Any
+    dirs: SystemDir, sim: Any, engine: Any, answers: list, units: int, console: Any
 ) -> tuple[dict[str, str], dict[str, Any]]:
-    """The demo's experiment (LTR vs BM25), drift report and served stage timings, written as JSON."""
-    from mlsd.search.experiment import run_experiment, summary_lines, world_from_simulation
+    """The demo's experiment (LTR vs BM25), drift report and served stage timings, written as JSON
+    to ``dirs.monitoring``."""
     from mlsd.search.monitoring import drift_report
+    from mlsd.search.world import run_experiment, summary_lines, world_from_simulation
 
-    world = world_from_simulation(sim, engine, registry_dir)
-    report = run_experiment(workdir, units=units, looks=5, progress=False, world=world, keep_stages=True)
+    world = world_from_simulation(sim, engine, dirs.registry)
+    report = run_experiment(dirs, units=units, looks=5, progress=False, world=world, keep_stages=True)
     stages = report.pop("stages_ms")
     for a in answers:  # the showcase queries were served too
         for stage, ms in a["body"]["timings_ms"].items():
             stages.setdefault(stage, []).append(ms)
+    out = dirs.monitoring
     written = {
-        "experiment": _write_json(workdir / "experiments" / f"{report['experiment']}.json", report),
-        "timings": _write_json(
-            workdir / "monitoring" / "timings.json", {"system": "search", "stages": stages}
-        ),
+        "experiment": str(write_json(out / "experiments" / f"{report['experiment']}.json", report)),
+        "timings": str(write_json(out / "timings.json", {"system": "search", "stages": stages})),
     }
-    drift = drift_report(workdir, engine=engine)
-    written["drift"] = _write_json(workdir / "monitoring" / "drift.json", drift)
+    drift = drift_report(dirs, engine=engine)
+    written["drift"] = str(write_json(out / "drift.json", drift))
     for line in summary_lines(report):
         console.print(f"[bold]experiment[/] {line}")
     s = drift["summary"]

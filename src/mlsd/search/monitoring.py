@@ -1,7 +1,7 @@
 """Drift of the search ranker's inputs and scores against its training reference.
 
 * **Reference**: saved next to the model at train time (``reference.parquet`` in the registry version,
-  written by :func:`~mlsd.search.pipeline.train_ranker` / ``LambdaMARTRanker.save``): up to 20,000 of the
+  written by :func:`~mlsd.search.training.train_ranker` / ``LambdaMARTRanker.save``): up to 20,000 of the
   logged (query, product) pairs the champion learned from, one row of :data:`FEATURE_NAMES` each, plus
   the champion's score as ``prediction``. The random negatives added for training are left out: serving
   never shows them.
@@ -12,6 +12,10 @@
   are per-pair averages over the users who saw the pair, and a one-day window averages over far fewer
   users than the training label window (two weeks), so its averages are more dispersed -- measured on
   the default world, ``aff_brand`` reads PSI 0.51 ("significant") on one unchanged day and 0.02 on seven.
+
+:func:`drift_report` reads ``W/search/data`` (the click log) and ``W/search/registry`` (the champion
+and its reference) and writes nothing: the caller decides where a report goes (the demo writes
+``W/search/monitoring/drift.json``).
 
 Both sides are built the same way on purpose: a difference then means the traffic moved (new queries,
 new products, a shifted click-through), not that the two windows were computed differently. One
@@ -24,14 +28,14 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from mlsd.platform.errors import InputError
-from mlsd.search.pipeline import FEATURE_NAMES, MODEL_NAME, SYSTEM
+from mlsd.platform.system import SystemDir
+from mlsd.search.engine import FEATURE_NAMES, MODEL_NAME, SYSTEM
 
 DAY = 86_400
 
@@ -44,7 +48,7 @@ def current_window(
     ``engine`` is not modified (a shallow copy gets the window's point-in-time history features).
     """
     from mlsd.search.features import normalize_queries
-    from mlsd.search.pipeline import pair_features
+    from mlsd.search.training import pair_features
 
     ts = impressions["ts"].to_numpy()
     last_day = dt.datetime.fromtimestamp(int(ts.max()), tz=dt.UTC).date()
@@ -75,31 +79,23 @@ def current_window(
     }
 
 
-def drift_report(workdir: Path, *, engine: Any = None, days: int = 7) -> dict[str, Any]:
+def drift_report(dirs: SystemDir, *, engine: Any = None, days: int = 7) -> dict[str, Any]:
     """``DriftMonitor.report`` of the champion's training reference vs the latest ``days`` of traffic.
 
-    ``workdir``: the search folder (``data/`` with the click log, ``registry/`` with a champion).
-    ``engine``: an already fitted engine over the same catalog (the demo's), else one is fitted here.
-    Adds ``reference``/``current`` (which windows), ``system``, ``model``, ``version``.
+    ``dirs``: the search folders (``data/`` with the click log, ``registry/`` with a champion; none: an
+    InputError naming the commands that train one). ``engine``: an already fitted engine over the same
+    catalog (the demo's), else one is fitted here with the champion's settings. Adds
+    ``reference``/``current`` (which windows), ``system``, ``model``, ``version``.
     """
     from mlsd.platform.monitoring.drift import DriftMonitor
     from mlsd.platform.registry import ModelRegistry
-    from mlsd.search.experiment import FAST_PARSER
+    from mlsd.search.engine import SearchEngine, load_data
     from mlsd.search.ltr import LambdaMARTRanker
-    from mlsd.search.pipeline import SearchEngine, load_data
 
-    workdir = Path(workdir)
     if days < 1:
         raise InputError("days", days, "must be >= 1", "use 1 for the latest day")
-    registry_dir = workdir / "registry"
-    registry = ModelRegistry(registry_dir) if registry_dir.exists() else None
-    champion = registry.alias(MODEL_NAME) if registry and MODEL_NAME in registry.names() else None
-    if champion is None:
-        raise InputError(
-            "--workdir", str(workdir), "has no search champion to monitor",
-            "train one first (`mlsd pipeline run daily --workdir W` or `mlsd search demo`)",
-        )  # fmt: skip
-    path = registry.artifact_path(MODEL_NAME, "champion")
+    champion = dirs.require_champion(MODEL_NAME)
+    path = ModelRegistry(dirs.registry).artifact_path(MODEL_NAME, champion.version)
     if not (path / "reference.parquet").exists():
         raise InputError(
             "--workdir", str(path), f"champion v{champion.version} was saved without a training reference",
@@ -109,21 +105,18 @@ def drift_report(workdir: Path, *, engine: Any = None, days: int = 7) -> dict[st
     meta_file = path / "reference.json"
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
     ranker = LambdaMARTRanker.load(path)
-    data = load_data(workdir / "data")
+    data = load_data(dirs.data)
     impressions = data["clicklog"].impressions()
     if len(impressions) == 0:
         raise InputError(
-            "--workdir", str(workdir), "the click log is empty", "serve or simulate searches first"
+            "--workdir", str(dirs.root), "the click log is empty", "serve or simulate searches first"
         )
     if engine is None:
+        from mlsd.search.embeddings import default_cache_dir
         from mlsd.search.propensity import estimate_propensities
 
-        dense = bool(champion.params.get("dense", False))
-        engine = SearchEngine(dense=dense, parser_options=FAST_PARSER)
-        if dense:
-            from mlsd.search.pipeline import default_cache_dir
-
-            engine.cache_dir = default_cache_dir()
+        engine = SearchEngine(dense=bool(champion.params.get("dense", False)), cache_dir=default_cache_dir(),
+                              parser_options=dict(champion.params.get("parser") or {}))  # fmt: skip
         engine.fit(data["products"], query_log=impressions["query"].astype(str).unique().tolist())
         engine.propensity_ = estimate_propensities(impressions, clip=engine.config.ltr.propensity_clip)
     current, window = current_window(engine, impressions, ranker, meta, days=days)

@@ -189,7 +189,7 @@ def understanding_report(products: pd.DataFrame, queries: pd.DataFrame, *, seed:
     """Accuracy and cost of query understanding against simulated queries whose specs are known.
 
     ``queries`` needs ``text``, ``intent`` (simulator intents), ``lang`` and ``typo`` columns (as made
-    by :func:`mlsd.search.simulate.simulate_queries`). The intent classifier is trained on queries
+    by :func:`mlsd.search.world.simulate_queries`). The intent classifier is trained on queries
     synthesised from the catalog only, never on these.
     """
     import time
@@ -227,27 +227,3 @@ def understanding_report(products: pd.DataFrame, queries: pd.DataFrame, *, seed:
         "parse_ms_p50": round(float(np.percentile(timings, 50)), 3),
         "parse_ms_p99": round(float(np.percentile(timings, 99)), 3),
     }
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mlsd.search.query --products 5000 --queries 1000 --json``: the figures in docs/search.md."""
-    import argparse
-    import json
-
-    from mlsd.search.simulate import simulate_catalog, simulate_queries
-
-    parser = argparse.ArgumentParser(prog="python -m mlsd.search.query", description=main.__doc__)
-    parser.add_argument("--products", type=int, default=5000)
-    parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    products, _ = simulate_catalog(args.products, args.seed)
-    queries = simulate_queries(products, args.queries, args.seed)
-    report = understanding_report(products, queries, seed=args.seed)
-    print(json.dumps(report) if args.json else "\n".join(f"{k}: {v}" for k, v in report.items()))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,11 +1,11 @@
 """Experiment routing for search: which ranking variant answers a request, and the exposure it logs.
 
 :class:`SearchRouter` sits between the service (or the world simulator, which drives the same object
-in-process) and :class:`~mlsd.search.pipeline.SearchEngine`. At construction it resolves, for every
+in-process) and :class:`~mlsd.search.engine.SearchEngine`. At construction it resolves, for every
 experiment of ``system == "search"`` in the :class:`~mlsd.platform.experiments.client.ExperimentClient`,
 each arm to a :class:`Variant`:
 
-* ``arm.params["ranker"]`` -> the engine's ranking variant (:data:`~mlsd.search.pipeline.RANKINGS`:
+* ``arm.params["ranker"]`` -> the engine's ranking variant (:data:`~mlsd.search.engine.RANKINGS`:
   ``ltr``, ``hybrid``, ``bm25``, ``dense``; default ``ltr``);
 * ``arm.alias`` -> a registry alias of the ``search-ltr`` model, loaded once at startup next to the
   champion (``champion`` is the engine's own ranker; ``challenger`` is a second LambdaMART).
@@ -13,8 +13,11 @@ each arm to a :class:`Variant`:
 A bad arm (unknown ranker, an alias the registry lacks, ``dense`` on an engine without a dense index)
 is an :class:`~mlsd.platform.errors.InputError` at startup, never a 500 on a request.
 
-Per batch of requests: one ``assign`` per experiment; each request runs the variant of the first
-experiment (config order) that holds its unit; scores go to ``mlsd_rank_score{system="search",
+Per batch of requests (the routing itself is the platform's
+:class:`~mlsd.platform.experiments.router.ArmRouter`): one ``assign`` per experiment; each request runs
+the variant of the first experiment (config order) that holds its unit, and the requests of one
+variant are answered together by one :meth:`~mlsd.search.engine.SearchEngine.search_batch` call (the
+engine's one serving path); scores go to ``mlsd_rank_score{system="search",
 model=<arm>}`` (one ``observe_scores`` call per arm and batch); ``expose`` is called once the responses
 were built, per experiment, for the units that were actually served their arm.
 
@@ -35,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from mlsd.platform.errors import InputError
-from mlsd.search.pipeline import MODEL_NAME, RANKINGS, SYSTEM, SearchEngine
+from mlsd.search.engine import MODEL_NAME, RANKINGS, SYSTEM, SearchEngine
 
 
 @dataclass(frozen=True)
@@ -67,17 +70,14 @@ class SearchRouter:
         registry_dir: str | Path | None = None,
         metrics_registry: Any = None,
     ) -> None:
+        from mlsd.platform.experiments.router import ArmRouter
+
         self.engine = engine
         self.experiments = experiments
         self.registry_dir = registry_dir
         self.metrics_registry = metrics_registry
-        self.variants_: dict[str, list[Variant]] = {}
-        if experiments is not None:
-            from mlsd.platform.experiments.assignment import experiment_names
-
-            for name in experiment_names(experiments.config, SYSTEM):
-                exp = experiments.config.experiment(name)
-                self.variants_[name] = [self._variant(name, i, arm) for i, arm in enumerate(exp.arms)]
+        self.router_ = ArmRouter(experiments, SYSTEM, self._variant)  # bad arms fail here
+        self.variants_: dict[str, list[Variant]] = self.router_.variants_
 
     # -- startup --------------------------------------------------------------------------------------
     def _variant(self, experiment: str, index: int, arm: Any) -> Variant:
@@ -131,60 +131,53 @@ class SearchRouter:
         return ranker
 
     # -- serving ----------------------------------------------------------------------------------------
-    def route(self, user_ids: Sequence[str]) -> tuple[list[Variant], list[tuple[str, int] | None]]:
-        """The variant of each request and its (experiment, arm index), None when in no experiment."""
-        n = len(user_ids)
-        variants: list[Variant] = [CHAMPION] * n
-        where: list[tuple[str, int] | None] = [None] * n
-        if not self.variants_:
-            return variants, where
-        ids = np.asarray([str(u) for u in user_ids], dtype=object)
-        signed_in = np.flatnonzero(ids != "")
-        open_rows = signed_in
-        for name, arms in self.variants_.items():
-            if not len(open_rows):
-                break
-            assigned = self.experiments.assign(name, ids[open_rows])
-            for row, arm in zip(
-                open_rows[assigned >= 0].tolist(), assigned[assigned >= 0].tolist(), strict=True
-            ):
-                variants[row] = arms[arm]
-                where[row] = (name, arm)
-            open_rows = open_rows[assigned < 0]  # a unit takes the first experiment that holds it
-        return variants, where
+    def handle(self, requests: Sequence[Any], *, ts: Any = None) -> list[dict[str, Any]]:
+        """Request bodies ``{"q", "k", "user_id"}`` (checked as :meth:`SearchEngine.handle` checks them),
+        each answered under its unit's arm: what the service's ``GET /v1/search`` calls with a batch of one."""
+        queries, user_ids, ks = self.engine.parse_requests(requests)
+        return self.search_many(queries, user_ids, ks, ts=ts)
 
     def search_many(
         self,
         queries: Sequence[str],
         user_ids: Sequence[str],
-        k: int | None = None,
+        k: int | Sequence[int] | None = None,
         *,
         ts: Any = None,
         expose: bool = True,
+        budget_ms: float | None = None,
     ) -> list[dict[str, Any]]:
         """Answer a batch of searches, each under its unit's arm; log exposures once all were answered.
 
-        ``ts`` (seconds, scalar or one per request) stamps the exposures (default: now); the world
-        simulator passes its simulated clock. Every response carries ``"experiment": {name: arm}``
-        (empty when the request is in no experiment).
+        The searches of one variant go to the engine as one batch (``budget_ms``: that batch's
+        deadline, default the configured one). ``ts`` (seconds, scalar or one per request) stamps the
+        exposures (default: now); the world simulator passes its simulated clock. Every response
+        carries ``"experiment": {name: arm}`` (empty when the request is in no experiment).
         """
         if len(queries) != len(user_ids):
             raise InputError(
                 "user_ids", len(user_ids), f"expected one per query ({len(queries)})", "align them"
             )
-        variants, where = self.route(user_ids)
-        out = []
-        for q, u, v, w in zip(queries, user_ids, variants, where, strict=True):
-            resp = self.engine.search(q, str(u), k, ranking=v.ranking, model=v.model)
-            resp["experiment"] = {w[0]: v.arm} if w is not None else {}
-            out.append(resp)
-        self._observe(out, variants)
+        n = len(queries)
+        ks = [k] * n if k is None or isinstance(k, int | np.integer) else list(k)
+        routes = self.router_.route(user_ids)
+        out: list[dict[str, Any]] = [{}] * n
+        for v, rows in routes.groups(default=CHAMPION):
+            sub_k = [ks[i] for i in rows]
+            answers = self.engine.search_batch(
+                [queries[i] for i in rows], [str(user_ids[i]) for i in rows],
+                None if sub_k[0] is None else sub_k, budget_ms=budget_ms, ranking=v.ranking, model=v.model,
+            )  # fmt: skip
+            for i, resp in zip(rows.tolist(), answers, strict=True):
+                resp["experiment"] = {routes.experiment[i]: v.arm} if routes.experiment[i] else {}
+                out[i] = resp
+        self._observe(out, [v or CHAMPION for v in routes.variants])
         if expose and self.experiments is not None:
-            self._expose(user_ids, where, ts)
+            self.router_.expose(routes, [str(u) for u in user_ids], ts)
         return out
 
     def search(self, query: str, user_id: str = "", k: int | None = None) -> dict[str, Any]:
-        """One request (the HTTP handler): :meth:`search_many` of one."""
+        """One search: :meth:`search_many` of one."""
         return self.search_many([query], [user_id], k)[0]
 
     def _observe(self, responses: list[dict[str, Any]], variants: list[Variant]) -> None:
@@ -196,17 +189,4 @@ class SearchRouter:
         for arm, scores in by_arm.items():
             observe_scores(
                 SYSTEM, np.asarray(scores), model=arm, registry=self.metrics_registry, bounded=False
-            )
-
-    def _expose(self, user_ids: Sequence[str], where: list[tuple[str, int] | None], ts: Any) -> None:
-        ts_arr = None if ts is None else np.broadcast_to(np.asarray(ts, dtype=np.int64), (len(user_ids),))
-        for name in self.variants_:
-            rows = [i for i, w in enumerate(where) if w is not None and w[0] == name]
-            if not rows:
-                continue
-            self.experiments.expose(
-                name,
-                [str(user_ids[i]) for i in rows],
-                np.asarray([where[i][1] for i in rows], dtype=np.int64),  # type: ignore[index]
-                None if ts_arr is None else ts_arr[rows],
             )

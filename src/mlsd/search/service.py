@@ -1,10 +1,15 @@
-"""HTTP service: ``GET /v1/search`` and ``POST /v1/events``, on the platform's app factory.
+"""HTTP service: ``GET /v1/search`` and ``POST /v1/events`` over a :class:`~mlsd.search.engine.SearchEngine`.
+
+HTTP only: every search is the engine's one serving path (a batch of one, through the experiment
+router); this module maps the routes, the request limits and the hot reload of the champion.
 
 * ``GET /v1/search?q=...&user_id=...&k=48`` -> ``{"search_id", "results": [...], "parsed": {corrected,
   expansions, intent, entities, language, ...}, "timings_ms": {stage: ms}, "skipped": [...], ...}``.
 * ``POST /v1/events`` with ``{"events": [{"type": "impression"|"click"|"add_to_cart"|"purchase",
   "search_id", "product_id", "position", "query", "user_id", "value", "ts"}, ...]}`` appends to the
-  click log that ``mlsd search train`` reads; answers ``{"accepted": n}``.
+  click log that ``mlsd search train`` reads (served from a workdir: ``W/search/data/clicklog``, next
+  to the simulated sessions, so training reads one table); answers ``{"accepted": n}``.
+* ``GET /health`` names the ``model`` and the ``model_version`` served (and the catalog size).
 
 Experiments: pass ``experiments`` (an :class:`~mlsd.platform.experiments.client.ExperimentClient`) and
 every search experiment in its config routes requests by ``user_id`` through
@@ -28,7 +33,7 @@ from fastapi import FastAPI, Query, Request
 from mlsd.platform.errors import InputError
 from mlsd.platform.serving import create_app
 from mlsd.search.clicklog import ClickLog, validate_events
-from mlsd.search.pipeline import SearchEngine
+from mlsd.search.engine import MODEL_NAME, SearchEngine
 from mlsd.search.routing import SearchRouter
 
 MAX_BODY_BYTES = 5_000_000
@@ -56,8 +61,9 @@ def create_search_app(
 
     def health() -> dict[str, Any]:
         return {
+            "model": MODEL_NAME,
+            "model_version": engine.model_version,
             "products": len(engine.products_),
-            "model_version": engine.ranker_version_,
             "dense": engine.dense_ is not None,
         }
 
@@ -68,6 +74,8 @@ def create_search_app(
         app.router.on_shutdown.append(watcher.stop)
     app.state.router = router
     app.state.clicklog = clicklog
+    if clicklog is not None:  # accepted events still buffered in memory are written before exit
+        app.router.on_shutdown.append(clicklog.flush)
 
     @app.get("/v1/search", tags=["search"])
     def search(
@@ -75,11 +83,7 @@ def create_search_app(
         user_id: str = Query("", max_length=200, description="who is searching (personalisation)"),
         k: int = Query(svc.k_default, description=f"results wanted, {svc.k_min}..{svc.k_max}"),
     ) -> dict[str, Any]:
-        if not svc.k_min <= k <= svc.k_max:
-            raise InputError(
-                "k", k, f"must be in [{svc.k_min}, {svc.k_max}]", f"ask for {svc.k_min}..{svc.k_max} results"
-            )
-        return router.search(q, user_id, k)
+        return router.handle([{"q": q, "user_id": user_id, "k": k}])[0]  # checked by the engine
 
     @app.post("/v1/events", tags=["search"])
     async def events(request: Request) -> dict[str, Any]:
@@ -122,7 +126,7 @@ def create_search_app(
                 "events",
                 len(items),
                 "this service has no click log configured",
-                "start it with --data DIR",
+                "serve from a workdir (mlsd search serve --workdir W): events go to W/search/data/clicklog",
                 status=503,
             )
         accepted = clicklog.append(frame, validated=True)

@@ -1,4 +1,4 @@
-"""The pipeline: parse -> retrieve -> features -> LTR -> rules under a deadline; training and registry."""
+"""The engine: parse -> retrieve -> features -> LTR -> rules under a deadline, one batch-first path."""
 
 from __future__ import annotations
 
@@ -6,16 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlsd.search.clicklog import ClickLog
+from mlsd.platform.errors import InputError
+from mlsd.platform.system import SystemDir
 from mlsd.search.config import SearchConfig
-from mlsd.search.pipeline import (
-    GroupedDenseIndex,
-    SearchEngine,
-    load_engine,
-    train_and_register,
-    train_ranker,
-)
-from mlsd.search.simulate import simulate
+from mlsd.search.engine import SearchEngine, load_engine
+from mlsd.search.training import train_ranker
+from mlsd.search.world import simulate
 
 FAST = {"intent_queries": 300}
 
@@ -69,36 +65,6 @@ def test_deadline_degrades_and_reports_what_was_skipped(world) -> None:
     assert "ltr" not in out["timings_ms"] and "rules" in out["timings_ms"]
 
 
-def test_grouped_dense_index_expands_titles_to_products() -> None:
-    products = pd.DataFrame(
-        {"product_id": [1, 2, 3, 4, 5], "title": ["a", "b", "a", "c", "a"], "review_count": [5, 0, 50, 1, 7]}
-    )
-    vectors = np.eye(3, dtype=np.float32)  # titles a, b, c in first-seen order
-    index = GroupedDenseIndex().fit(products, embeddings=vectors)
-    assert index.n_groups == 3
-    qv = np.array([[1.0, 0.0, 0.0], [0.0, 0.2, 0.9]], dtype=np.float32)
-    cands = index.retrieve(["x", "y"], k=4, query_vectors=qv)
-    assert cands.product_ids[0].tolist()[:3] == [3, 5, 1]  # title "a", most reviewed first
-    assert cands.product_ids[1].tolist()[0] == 4
-    np.testing.assert_allclose(index.cosine(qv, np.array([0, 1]), np.array([2, 1])), [1.0, 0.2], rtol=1e-6)
-
-
-def test_train_register_promote_and_load(tmp_path) -> None:
-    sim = simulate(800, 4000, seed=4, n_queries=60, n_users=100)
-    data = tmp_path / "data"
-    sim.save(data)
-    ClickLog(data / "clicklog").append_impressions(sim.impressions)
-    cfg = SearchConfig.from_dict({"ltr": {"n_estimators": 20}})
-    report = train_and_register(data, tmp_path / "reg", config=cfg, dense=False, parser_options=FAST)
-    assert report["version"] == 1 and report["promoted"]
-    m = report["metrics"]
-    assert 0 < m["truth_ndcg@10"] <= 1 and 0 < m["raw_clicks_truth_ndcg@10"] <= 1
-    assert report["propensity"]["method"] == "SwapPropensityEstimator"
-    engine = load_engine(data, tmp_path / "reg", config=cfg, dense=False, parser_options=FAST)
-    assert engine.ranker_version_ == 1
-    assert engine.search("lamp", "1", k=5)["ranked_by"] == "ltr"
-
-
 def test_pinned_product_is_served_first_even_when_not_retrieved(world) -> None:
     sim, engine = world
     in_stock = sim.products[
@@ -115,3 +81,56 @@ def test_pinned_product_is_served_first_even_when_not_retrieved(world) -> None:
     out = pinned.search("zzqx lamp", "", k=5)
     assert out["results"][0]["product_id"] == pid and out["rules"]["pinned"] == [pid]
     assert all(r["score"] is None or np.isfinite(r["score"]) for r in out["results"])
+
+
+def test_a_batch_is_answered_as_its_queries_one_by_one(world) -> None:
+    _, engine = world
+    queries = ["headphones under $50", "wireles earbuds", "black chair", "auriculares", "sofa"]
+    users = ["3", "", "7", "3", "11"]
+    batch = engine.search_batch(queries, users, [10, 5, 10, 3, 10])
+    assert [r["batch"] for r in batch] == [5] * 5 and len({r["search_id"] for r in batch}) == 5
+    for q, u, k, got in zip(queries, users, [10, 5, 10, 3, 10], batch, strict=True):
+        alone = engine.search(q, u, k)
+        assert alone["batch"] == 1 and set(alone) == set(got)
+        assert got["query"] == q and got["user_id"] == u and got["ranked_by"] == alone["ranked_by"] == "ltr"
+        assert [r["product_id"] for r in got["results"]] == [r["product_id"] for r in alone["results"]]
+        np.testing.assert_allclose([r["score"] for r in got["results"]], [r["score"] for r in alone["results"]])
+    # the bm25 variant of the same batch: no LTR stage at all
+    lexical = engine.search_batch(queries, users, 10, ranking="bm25")
+    assert all(r["ranked_by"] == "bm25" and "ltr" not in r["timings_ms"] for r in lexical)
+
+
+def test_a_batch_degrades_as_one_under_its_deadline(world) -> None:
+    _, engine = world
+    out = engine.search_batch(["sofa", "lamp", "chair"], None, 5, budget_ms=1e-6)
+    for r in out:
+        assert r["ranked_by"] == "bm25" and r["results"]
+        assert any(s["stage"] == "ltr" and "deadline" in s["reason"] for s in r["skipped"])
+
+
+def test_handle_takes_request_bodies_and_names_the_bad_field(world) -> None:
+    _, engine = world
+    out = engine.handle([{"q": "black chair", "k": 4, "user_id": "u1"}, {"q": "lamp"}])
+    assert len(out[0]["results"]) == 4 and 4 < len(out[1]["results"]) <= 48  # k defaults to k_default
+    assert out[0]["user_id"] == "u1" and out[1]["user_id"] == "" and engine.model_version == 1
+    cases = [
+        ([{"q": ""}], "q"),
+        ([{"q": "lamp", "k": 0}], "k"),
+        ([{"q": "lamp", "k": True}], "k"),
+        ([{"q": "lamp", "user_id": ["x"]}], "user_id"),
+        ([{"q": "lamp", "ranker": "bm25"}], "ranker"),
+        ([{"q": "lamp"}, {"k": 3}], "requests[1].q"),
+        (["lamp"], "body"),
+        ([], "requests"),
+    ]
+    for bodies, field in cases:
+        with pytest.raises(InputError) as err:
+            engine.handle(bodies)
+        assert err.value.field == field, (bodies, err.value.field)
+
+
+def test_load_engine_without_a_champion_names_the_fix_and_creates_nothing(tmp_path) -> None:
+    with pytest.raises(InputError) as err:
+        load_engine(SystemDir(tmp_path / "w", "search"))
+    assert err.value.field == "--workdir" and "mlsd search train --workdir" in err.value.fix
+    assert not (tmp_path / "w").exists()

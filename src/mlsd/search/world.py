@@ -1,6 +1,10 @@
-"""A catalog, a query stream and a position-biased click log whose ground truth is known.
+"""The simulated world of search: a catalog, queries, shoppers and their clicks, whose truth is known.
 
-Everything is vectorised numpy: a 1M-product catalog takes seconds. The pieces, in data-flow order:
+Two halves, in data-flow order. Production code (engine, service, training, monitoring) never imports
+this module; the CLI's ``simulate`` and ``demo`` verbs, the bench and the tests do.
+
+**The data generator** (:func:`simulate`, :func:`simulate_into`). Everything is vectorised numpy: a
+1M-product catalog takes seconds.
 
 1. **Catalog** (:func:`simulate_catalog`): products of a fixed taxonomy (category path, brand,
    colour, material, size), with price, rating, review counts and dates, return rate, stock, margin and
@@ -21,19 +25,52 @@ Everything is vectorised numpy: a 1M-product catalog takes seconds. The pieces, 
 
 Ground truth: ``grade`` 0..3 per (query, product) (0 wrong category, 1 right category but a requested
 brand / colour / price missed, 2 matches everything asked, 3 matches and is a top-quality item) and the
-true examination propensities, so debiasing can be checked against the answer.
+true examination propensities, so debiasing can be checked against the answer. :func:`simulate_into`
+writes a world of one of :data:`WORLD_SIZES` into ``W/search/data``: the catalog, queries, users, hidden truth
+and judged set as Parquet, and the logged sessions as the click log (``data/clicklog``) that training
+reads.
+
+**The online experiment world** (:func:`run_experiment`, what ``System.world()`` returns). A **unit**
+is a user (the experiment's ``unit="user_id"``) who issues a few searches (``1 + Poisson`` of a per-user
+activity rate, so heavy and light users differ, as in real traffic). Each search draws a query from the
+simulated query stream (Zipf weights) and is answered by the real
+:class:`~mlsd.search.engine.SearchEngine` through :class:`~mlsd.search.routing.SearchRouter` under the
+unit's arm, which also logs the exposure; the searches are sent in batches, each arm's share of a
+batch answered by one engine call (the engine's one serving path; each search keeps the deadline it
+would have alone). The shopper's reaction comes from the truth above: position-based examination
+``(1/rank)**eta``, attraction by the true grade tilted by brand taste and price sensitivity,
+add-to-cart by grade and quality, purchase, order value = price x quantity.
+
+Because the truth is known, every search is also *evaluated* under every arm: the ranked list that arm
+would have shown (the served response for the unit's own arm, the engine's answer under the other
+arms' variants otherwise) gives the expected clicks, purchases and revenue with no sampling noise.
+The true effect of a metric is the difference of those expectations over all units, which
+:func:`~mlsd.platform.experiments.online.with_truth` puts next to the estimate.
+
+The world lives in a workdir's layout (``W/search/data`` and ``W/search/registry``): a workdir with a
+simulated world and a champion is reused, otherwise one sized for the units asked is simulated
+(:func:`world_size`: one user per unit, so every unit has click-log history) and trained there.
+
+Metrics (:data:`METRICS`): clicks per search (primary), conversions per search and revenue per search
+(ratios over searches, delta method), revenue per user (mean, CUPED on the user's pre-period search
+count), and a latency guardrail (mean served latency per search -- each search's share of its batch --
+must not grow by more than 50%).
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from mlsd.platform.errors import InputError
+from mlsd.platform.system import SystemDir
 
 # --------------------------------------------------------------------------------------------------
 # Taxonomy. (department, group, leaf, English nouns (synonyms), Spanish noun, median price)
@@ -598,12 +635,15 @@ class Simulation:
             max_grade=3.0,
         )
 
-    def save(self, out: Path) -> Path:
+    def save(self, out: Path, *, world: dict[str, Any] | None = None) -> Path:
+        """Every frame as Parquet plus ``simulation.json`` (seed, click model and ``world``: the sizes
+        asked for, which :func:`simulate_into` compares before reusing a folder)."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         for name in ("products", "truth", "queries", "users", "impressions", "qrels"):
             getattr(self, name).to_parquet(out / f"{name}.parquet", index=False)
-        meta = {"seed": self.seed, "click_model": self.click_model.__dict__, "n_products": len(self.products)}
+        meta = {"seed": self.seed, "click_model": self.click_model.__dict__, "n_products": len(self.products),
+                "world": world}  # fmt: skip
         (out / "simulation.json").write_text(json.dumps(meta, indent=2))
         return out
 
@@ -613,10 +653,10 @@ class Simulation:
         meta_path = path / "simulation.json"
         if not meta_path.exists():
             raise InputError(
-                "--data",
+                "--workdir",
                 str(path),
                 "not a simulated dataset folder (no simulation.json)",
-                "run `mlsd search simulate --out DIR` first",
+                "run `mlsd search simulate --workdir W` first",
             )
         meta = json.loads(meta_path.read_text())
         frames = {
@@ -645,3 +685,558 @@ def simulate(
     users = simulate_users(n_users, seed)
     impressions, qrels = simulate_sessions(products, truth, queries, users, n_sessions, seed, model)
     return Simulation(products, truth, queries, users, impressions, qrels, model, seed)
+
+
+# The sizes of `mlsd search simulate --size` (and of System.simulate): tiny for tests (seconds), demo for
+# `mlsd demo` and the experiment world (100 query texts and 500 users: ~200 logged searches per query,
+# enough impressions per (query, product) for IPS to pay off; with ~130 per query and 1,000 users it
+# only ties raw clicks, see docs/search.md), default for the figures in the docs.
+WORLD_SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"products": 800, "sessions": 4000, "queries": 60, "users": 100},
+    "demo": {"products": 1500, "sessions": 20_000, "queries": 100, "users": 500},
+    "default": {"products": 20_000, "sessions": 50_000, "queries": 2000, "users": 5000},
+}
+# Query understanding with a smaller synthetic intent set: what the small worlds train with (seconds).
+FAST_PARSER: dict[str, Any] = {"intent_queries": 200}
+
+
+def simulate_into(
+    dirs: SystemDir,
+    *,
+    size: str = "default",
+    seed: int = 0,
+    reuse: bool = False,
+    progress: bool = False,
+    **counts: int | None,
+) -> dict[str, Any]:
+    """Simulate a world of ``size`` (:data:`WORLD_SIZES`; ``counts`` -- ``products``, ``sessions``,
+    ``queries``, ``users`` -- override it) into ``dirs.data``; returns a summary.
+
+    The logged sessions become the click log ``dirs.data/clicklog`` (the one training reads and the
+    service appends to). A data folder that already holds something is never overwritten: with
+    ``reuse`` a world simulated with the same sizes and seed is kept as it is (``"reused": True``);
+    anything else is an :class:`InputError` naming the folder.
+    """
+    from mlsd.search.clicklog import ClickLog
+
+    if size not in WORLD_SIZES:
+        raise InputError("--size", size, "unknown size", f"use one of {', '.join(WORLD_SIZES)}")
+    world = {**WORLD_SIZES[size], **{k: int(v) for k, v in counts.items() if v is not None}, "seed": int(seed)}
+    unknown = sorted(set(world) - {*WORLD_SIZES[size], "seed"})
+    if unknown:
+        raise InputError(unknown[0], counts[unknown[0]], "unknown size setting",
+                         f"use {', '.join(WORLD_SIZES[size])}")  # fmt: skip
+    meta_file = dirs.data / "simulation.json"
+    if dirs.data.is_dir() and any(dirs.data.iterdir()):
+        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+        if reuse and meta.get("world") == world:
+            return {"data": str(dirs.data), "reused": True, **world}
+        raise InputError("--workdir", str(dirs.root), f"{dirs.data} already holds data",
+                         "simulate into a fresh --workdir (or delete that folder first)")  # fmt: skip
+    started = time.perf_counter()
+    if progress:
+        print(f"simulating {world['products']:,} products, {world['sessions']:,} searches of "
+              f"{world['queries']:,} query texts by {world['users']:,} users (seed {seed}) into {dirs.data}")  # fmt: skip
+    sim = simulate(world["products"], world["sessions"], seed, n_queries=world["queries"], n_users=world["users"])
+    dirs.create()
+    sim.save(dirs.data, world=world)
+    events = ClickLog(dirs.data / "clicklog").append_impressions(sim.impressions) if len(sim.impressions) else 0
+    imp = sim.impressions
+    return {
+        "data": str(dirs.data),
+        "reused": False,
+        "size": size,
+        "products": len(sim.products),
+        "distinct_titles": int(sim.products["title"].nunique()),
+        "queries": len(sim.queries),
+        "spanish_queries": int((sim.queries["lang"] == "es").sum()),
+        "typo_queries": int(sim.queries["typo"].sum()),
+        "users": len(sim.users),
+        "searches": int(imp["search_id"].nunique()) if len(imp) else 0,
+        "impressions": len(imp),
+        "clicks": int(imp["clicked"].sum()) if len(imp) else 0,
+        "purchases": int(imp["purchased"].sum()) if len(imp) else 0,
+        "events": events,
+        "true_eta": sim.click_model.eta,
+        "seed": seed,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# The online experiment world
+
+ARM_PRESETS: dict[str, dict[str, Any]] = {
+    "ltr": {
+        "alias": "champion",
+        "params": {"ranker": "ltr"},
+        "description": "champion LambdaMART over hybrid (BM25 + dense) retrieval: the production path",
+    },
+    "bm25": {
+        "alias": None,
+        "params": {"ranker": "bm25"},
+        "description": "BM25 only: lexical retrieval order, no dense retrieval, no LTR",
+    },
+    "hybrid": {
+        "alias": None,
+        "params": {"ranker": "hybrid"},
+        "description": "retrieval fusion (BM25 + dense, RRF) without LTR",
+    },
+    "dense": {
+        "alias": None,
+        "params": {"ranker": "dense"},
+        "description": "dense retrieval order only (needs an engine with the MiniLM index)",
+    },
+    "challenger": {
+        "alias": "challenger",
+        "params": {"ranker": "ltr"},
+        "description": "the registry's challenger LambdaMART (registered by `mlsd pipeline run daily`)",
+    },
+}
+DEFAULT_ARMS: tuple[str, ...] = ("ltr", "bm25")  # the issue's LambdaMART vs BM25-only
+
+METRICS: tuple[dict[str, Any], ...] = (
+    {"name": "clicks_per_search", "kind": "ratio", "numerator": "clicks", "denominator": "searches"},
+    {"name": "conversions_per_search", "kind": "ratio", "numerator": "purchases", "denominator": "searches"},
+    {"name": "revenue_per_search", "kind": "ratio", "numerator": "revenue", "denominator": "searches"},
+    {"name": "revenue_per_user", "column": "revenue", "covariate": "pre_searches"},
+    {
+        "name": "latency_ms_per_search",
+        "kind": "ratio",
+        "numerator": "latency_ms",
+        "denominator": "searches",
+        "guardrail": True,
+        "margin": 0.5,
+        "higher_is_better": False,
+    },
+)
+# Outcome column -> the expectation it has under an arm (what the truth is computed from).
+_EXPECTED = {"clicks": "e_clicks", "purchases": "e_purchases", "revenue": "e_revenue"}
+MEAN_QUANTITY = 1.15  # the simulator buys 2 units in 15% of purchases
+
+
+# --------------------------------------------------------------------------------------------------
+# The world: simulated truth + a trained engine
+
+
+@dataclass
+class SearchWorld:
+    """The simulator's truth (catalog, hidden quality, queries, users, click model) and a served engine."""
+
+    products: pd.DataFrame
+    truth: pd.DataFrame
+    queries: pd.DataFrame
+    users: pd.DataFrame
+    click_model: ClickModel
+    engine: Any
+    registry_dir: Path | None = None
+    description: dict[str, Any] | None = None
+
+
+def world_size(units: int) -> dict[str, int]:
+    """The world an experiment of ``units`` users is simulated in: the demo world with one user per unit
+    (every unit then has click-log history, so LTR personalises for all of them) and at least four
+    logged searches per user."""
+    demo = WORLD_SIZES["demo"]
+    return {**demo, "users": int(units), "sessions": max(demo["sessions"], 4 * int(units))}
+
+
+def load_world(
+    dirs: SystemDir,
+    *,
+    units: int | None = None,
+    dense: bool | None = None,
+    progress: bool = True,
+    parser_options: dict[str, Any] | None = None,
+) -> SearchWorld:
+    """The simulated world of ``dirs``: reuse its data (from the simulator) and champion, train a
+    champion on its data when there is none (no dense index, :data:`FAST_PARSER`: seconds), or simulate
+    a world there first -- sized for ``units`` (:func:`world_size`; None: the demo size) -- when its data
+    folder is empty. A data folder the simulator did not write (real data) is refused: the world needs
+    the simulator's truth.
+
+    ``dense``, ``parser_options``: serve with these (default: as the champion was trained).
+    """
+    from mlsd.search.engine import MODEL_NAME, load_engine
+    from mlsd.search.training import train
+
+    say = print if progress else (lambda *_: None)
+    started = time.perf_counter()
+    if not (dirs.data / "simulation.json").exists():
+        if (dirs.data / "products.parquet").exists():  # real data: never overwrite it with a simulation
+            raise InputError(
+                "--workdir", str(dirs.root), f"{dirs.data} is not a simulated world (no simulation.json)",
+                "the online simulator needs the simulator's truth: use a fresh --workdir",
+            )  # fmt: skip
+        counts = world_size(units) if units is not None else WORLD_SIZES["demo"]
+        simulate_into(dirs, size="demo", progress=progress, **counts)
+    sim = Simulation.load(dirs.data)
+    try:
+        champion = dirs.require_champion(MODEL_NAME)
+        source = f"reused (champion v{champion.version})"
+    except InputError:
+        say(f"training a champion in {dirs.registry}")
+        train(dirs, dense=bool(dense), parser_options=parser_options or FAST_PARSER, compare_raw=False,
+              progress=False)  # fmt: skip
+        source = "simulated and trained here"
+    engine = load_engine(dirs, dense=dense, parser_options=parser_options)
+    return SearchWorld(
+        sim.products, sim.truth, sim.queries, sim.users, sim.click_model, engine, dirs.registry,
+        {
+            "source": source,
+            "products": len(sim.products),
+            "queries": len(sim.queries),
+            "users": len(sim.users),
+            "logged_searches": int(sim.impressions["search_id"].nunique()),
+            "examination": f"(1/rank)^{sim.click_model.eta:g}",
+            "dense": engine.dense_ is not None,
+            "champion_version": engine.model_version,
+            "build_s": round(time.perf_counter() - started, 2),
+        },
+    )  # fmt: skip
+
+
+def world_from_simulation(sim: Any, engine: Any, registry_dir: Path | None = None) -> SearchWorld:
+    """A :class:`SearchWorld` over an in-memory :class:`Simulation` and a served engine (the demo's,
+    which already has both)."""
+    return SearchWorld(
+        sim.products, sim.truth, sim.queries, sim.users.copy(), sim.click_model, engine, registry_dir,
+        {
+            "source": "the demo's world",
+            "products": len(sim.products),
+            "queries": len(sim.queries),
+            "users": len(sim.users),
+            "logged_searches": int(sim.impressions["search_id"].nunique()),
+            "examination": f"(1/rank)^{sim.click_model.eta:g}",
+            "dense": engine.dense_ is not None,
+            "champion_version": engine.model_version,
+        },
+    )  # fmt: skip
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """2-3 printable lines: arm means, lift with CI and truth, verdict, SRM."""
+    primary = report.get("primary_metric") or next(iter(report["metrics"]))
+    lines = []
+    for comp in report["metrics"][primary]:
+        arm = comp.get("treatment")
+        truth = report.get("truth", {}).get(primary, {}).get(arm)
+        covered = report.get("truth_covered", {}).get(primary, {}).get(arm)
+        lines.append(
+            f"{report['experiment']}: {primary} control {comp['mean_control']:.3f} vs {arm} "
+            f"{comp['mean_treatment']:.3f}; diff {comp['diff']:+.3f} [{comp['diff_low']:+.3f}, "
+            f"{comp['diff_high']:+.3f}], relative {comp['relative']:+.1%}"
+            + (
+                f"; true diff {truth:+.3f} ({'covered' if covered else 'NOT covered'})"
+                if truth is not None
+                else ""
+            )
+        )
+    srm = report.get("srm", {})
+    verdicts = report.get("verdict")
+    lines.append(
+        f"verdict {verdicts}; SRM p={srm.get('p_value', float('nan')):.3g} "
+        f"({'FLAGGED' if srm.get('flagged') else 'ok'}); {report['units']} units, {report['seconds']} s"
+    )
+    return lines
+
+
+# --------------------------------------------------------------------------------------------------
+# Expected and sampled shopper behaviour on a ranked page
+
+
+def page_outcomes(
+    world: SearchWorld, query_index: np.ndarray, user_rows: np.ndarray, pages: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per-position probabilities of click and purchase, and the price, for a batch of result pages.
+
+    ``pages``: ``(n, k)`` product ids in shown order, -1 padding. Returns ``p_click``, ``p_buy`` and
+    ``price`` of shape ``(n, k)`` (0 where padded): the simulator's click model, vectorised.
+    """
+    n, k = pages.shape
+    valid = pages >= 0
+    pid = np.where(valid, pages, 0)
+    qi = np.repeat(np.asarray(query_index, np.int64), k)
+    grade = true_grades(world.queries, qi, world.products, world.truth, pid.ravel()).reshape(n, k)
+    p = world.products
+    dept = p["department"].cat.codes.to_numpy()[pid]
+    fav = world.users[[f"fav_brand_{d.lower()}" for d in DEPARTMENTS]].to_numpy()[user_rows]
+    likes_brand = np.take_along_axis(fav, dept, axis=1) == p["brand_id"].to_numpy()[pid]
+    price = p["price"].to_numpy()[pid]
+    median = np.array([t[5] for t in TAXONOMY])[p["leaf_id"].to_numpy()[pid]]
+    sensitivity = world.users["price_sensitivity"].to_numpy()[user_rows][:, None]
+    pricey = np.clip(np.log(price / median), 0, 2) * sensitivity
+    attract = np.clip(ATTRACT_BY_GRADE[grade] * np.where(likes_brand, 1.4, 1.0) * (1 - 0.3 * pricey), 0, 0.97)
+    exam = true_propensity(np.arange(1, k + 1), world.click_model.eta)[None, :]
+    quality = world.truth["quality"].to_numpy()[pid]
+    cart = CART_BY_GRADE[grade] * (0.7 + 0.3 / (1 + np.exp(-quality))) * (1 - 0.3 * pricey)
+    p_click = np.where(valid, exam * attract, 0.0)
+    return {
+        "p_click": p_click,
+        "p_cart": np.where(valid, cart, 0.0),
+        "p_buy": p_click * np.where(valid, cart, 0.0) * BUY_GIVEN_CART,
+        "price": np.where(valid, price, 0.0),
+    }
+
+
+def expected(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Expected clicks, purchases and revenue per page (no sampling)."""
+    return {
+        "e_clicks": out["p_click"].sum(axis=1),
+        "e_purchases": out["p_buy"].sum(axis=1),
+        "e_revenue": (out["p_buy"] * out["price"]).sum(axis=1) * MEAN_QUANTITY,
+    }
+
+
+def sample(out: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One draw of clicks, purchases and revenue per page from the same probabilities."""
+    clicked = rng.random(out["p_click"].shape) < out["p_click"]
+    bought = clicked & (rng.random(clicked.shape) < out["p_cart"] * BUY_GIVEN_CART)
+    qty = 1 + (rng.random(clicked.shape) < MEAN_QUANTITY - 1)
+    return {
+        "clicks": clicked.sum(axis=1).astype(np.float64),
+        "purchases": bought.sum(axis=1).astype(np.float64),
+        "revenue": np.round((bought * out["price"] * qty).sum(axis=1), 2),
+    }
+
+
+def _pages(responses: Sequence[dict[str, Any]], k: int) -> np.ndarray:
+    pages = np.full((len(responses), k), -1, dtype=np.int64)
+    for i, resp in enumerate(responses):
+        ids = [r["product_id"] for r in resp["results"][:k]]
+        pages[i, : len(ids)] = ids
+    return pages
+
+
+# --------------------------------------------------------------------------------------------------
+# Units and their searches
+
+
+def simulate_units(world: SearchWorld, units: int, seed: int = 0, searches_per_unit: float = 2.5) -> dict:
+    """Unit ids, taste rows, pre-period search counts and the experiment's searches (query, unit, ts).
+
+    Users ``0..len(world.users)-1`` are the world's (with click-log history, so LTR personalises for
+    them); further units are new users with freshly drawn tastes.
+    """
+    if units < 2:
+        raise InputError("--units", units, "too few units for an experiment", "use at least 2 (e.g. 2000)")
+    rng = np.random.default_rng([seed, 4242])
+    extra = max(0, units - len(world.users))
+    if extra:
+        fresh = simulate_users(extra, seed + 1000).assign(user_id=lambda f: f["user_id"] + len(world.users))
+        world.users = pd.concat([world.users, fresh], ignore_index=True)
+    unit_ids = np.arange(units).astype(str)
+    # Activity differs between users (gamma rates): the pre-period count is the CUPED covariate.
+    rate = rng.gamma(2.0, max(searches_per_unit - 1, 0.05) / 2.0, units)
+    n_search = 1 + rng.poisson(rate)
+    pre = rng.poisson(2 * rate)
+    unit_of = np.repeat(np.arange(units), n_search)
+    q = rng.choice(len(world.queries), size=len(unit_of), p=world.queries["weight"].to_numpy())
+    start = EPOCH_END + DAY
+    return {
+        "unit_ids": unit_ids,
+        "pre_searches": pre,
+        "search_unit": unit_of,
+        "search_query": q,
+        "search_ts": start + unit_of.astype(np.int64),  # unit i arrives at second i of the experiment
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# The experiment
+
+
+def simulate_experiment(
+    world: SearchWorld,
+    *,
+    units: int = 2000,
+    arms: Sequence[str] | None = None,
+    seed: int = 0,
+    lose_exposures: float = 0.0,
+    searches_per_unit: float = 2.5,
+    k: int | None = None,
+    batch: int = 512,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Drive the router for ``units`` users; return the client, experiment name, outcomes, covariates and
+    the true effects (what :func:`run_experiment` analyses; tests use the pieces, e.g. for A/A)."""
+    from mlsd.platform.experiments.client import ExperimentClient
+    from mlsd.platform.experiments.exposures import MemoryExposureLog
+    from mlsd.platform.experiments.online import LossyExposureLog, arms_from_presets, make_experiment
+    from mlsd.platform.experiments.online import lose_exposures as lose_mask
+    from mlsd.search.routing import SearchRouter
+
+    names = list(arms) if arms is not None else list(DEFAULT_ARMS)
+    arm_objs = arms_from_presets(ARM_PRESETS, names)
+    config = make_experiment("search", arm_objs, list(METRICS))
+    name = next(iter(config.experiments))
+    k = k or world.click_model.page_size
+    pop = simulate_units(world, units, seed, searches_per_unit)
+    unit_ids = pop["unit_ids"]
+    probe = ExperimentClient(config, registry=False)
+    assigned = probe.assign(name, unit_ids)
+    keep = lose_mask(assigned, lose_exposures, seed)
+    client = ExperimentClient(config, log=LossyExposureLog(MemoryExposureLog(), unit_ids[~keep]))
+    router = SearchRouter(world.engine, client, registry_dir=world.registry_dir)
+    variants = router.variants_[name]
+
+    s_unit, s_query, s_ts = pop["search_unit"], pop["search_query"], pop["search_ts"]
+    texts = world.queries["text"].to_numpy()
+    n = len(s_unit)
+    arm_of = assigned[s_unit]
+    expected_by_arm = {v.arm: {c: np.zeros(n) for c in _EXPECTED.values()} for v in variants}
+    sampled = {c: np.zeros(n) for c in ("clicks", "purchases", "revenue")}
+    latency = np.zeros(n)
+    stages: dict[str, list[float]] = {}
+    cache: dict[tuple[int, str, int], np.ndarray] = {}  # (query, user or "", arm) -> page
+    rng = np.random.default_rng([seed, 31337])
+    # Each search keeps the deadline it would have alone: a batch of m searches gets m budgets.
+    budget = world.engine.config.budgets.deadline_ms
+    started = time.perf_counter()
+    for lo in range(0, n, batch):
+        sl = slice(lo, min(lo + batch, n))
+        users = unit_ids[s_unit[sl]]
+        responses = router.search_many(
+            texts[s_query[sl]].tolist(), users.tolist(), k, ts=s_ts[sl], budget_ms=budget * len(users)
+        )
+        served = _pages(responses, k)
+        # A response's timings are its variant's batch's: each search is charged its share.
+        latency[sl] = [r["total_ms"] / r["batch"] for r in responses]
+        for r in responses:
+            for stage, ms in r["timings_ms"].items():
+                stages.setdefault(stage, []).append(ms / r["batch"])
+        rows = s_unit[sl]
+        for a, v in enumerate(variants):
+            # The page arm `a` shows: the served one for units in it, the engine's answer otherwise
+            # (cached: a variant without LTR does not depend on the user), asked for as one batch.
+            pages = served.copy()
+            other = np.flatnonzero(arm_of[sl] != a)
+            keys = [(int(s_query[lo + j]), str(users[j]) if v.ranking == "ltr" else "", a) for j in other]
+            missing = list(dict.fromkeys(key for key in keys if key not in cache))
+            if missing:
+                answers = world.engine.search_batch(
+                    [texts[q] for q, _, _ in missing], [u for _, u, _ in missing], k,
+                    ranking=v.ranking, model=v.model, budget_ms=budget * len(missing),
+                )  # fmt: skip
+                cache.update(zip(missing, _pages(answers, k), strict=True))
+            for j, key in zip(other, keys, strict=True):
+                pages[j] = cache[key]
+            out = page_outcomes(world, s_query[sl], rows, pages)
+            for col, val in expected(out).items():
+                expected_by_arm[v.arm][col][sl] = val
+            mine = arm_of[sl] == a
+            if mine.any():
+                draw = sample({key: val[mine] for key, val in out.items()}, rng)
+                for col, val in draw.items():
+                    sampled[col][np.flatnonzero(mine) + lo] = val
+        if progress:
+            print(f"  {min(lo + batch, n):,}/{n:,} searches ({time.perf_counter() - started:.1f} s)")
+
+    outcomes = pd.DataFrame(
+        {
+            "unit": unit_ids[s_unit],
+            "ts": s_ts,
+            "searches": 1.0,
+            **sampled,
+            "latency_ms": latency,
+        }
+    )
+    covariates = pd.DataFrame({"unit": unit_ids, "pre_searches": pop["pre_searches"].astype(np.float64)})
+    truth = _truth(expected_by_arm, s_unit, units, [v.arm for v in variants])
+    return {
+        "client": client,
+        "experiment": name,
+        "outcomes": outcomes,
+        "covariates": covariates,
+        "truth": truth,
+        "expected": {
+            arm: {c: float(v.sum() / n) for c, v in cols.items()} for arm, cols in expected_by_arm.items()
+        },
+        "searches": n,
+        "engine_calls": n + len(cache),
+        "drive_s": round(time.perf_counter() - started, 2),
+        "stages": stages,
+    }
+
+
+def _truth(
+    expected_by_arm: dict[str, dict[str, np.ndarray]], s_unit: np.ndarray, units: int, arms: list[str]
+) -> dict[str, dict[str, float]]:
+    """True differences (treatment - control) of every metric over all units, from expectations."""
+    searches = len(s_unit)
+
+    def per_search(arm: str, col: str) -> float:
+        return float(expected_by_arm[arm][col].sum() / searches)
+
+    def per_user(arm: str, col: str) -> float:
+        return float(np.bincount(s_unit, expected_by_arm[arm][col], minlength=units).mean())
+
+    control = arms[0]
+    truth: dict[str, dict[str, float]] = {
+        "clicks_per_search": {},
+        "conversions_per_search": {},
+        "revenue_per_search": {},
+        "revenue_per_user": {},
+    }
+    for arm in arms[1:]:
+        truth["clicks_per_search"][arm] = per_search(arm, "e_clicks") - per_search(control, "e_clicks")
+        truth["conversions_per_search"][arm] = per_search(arm, "e_purchases") - per_search(
+            control, "e_purchases"
+        )
+        truth["revenue_per_search"][arm] = per_search(arm, "e_revenue") - per_search(control, "e_revenue")
+        truth["revenue_per_user"][arm] = per_user(arm, "e_revenue") - per_user(control, "e_revenue")
+    return truth
+
+
+def run_experiment(
+    dirs: SystemDir,
+    *,
+    units: int = 2000,
+    arms: Sequence[str] | None = None,
+    seed: int = 0,
+    looks: int = 10,
+    lose_exposures: float = 0.0,
+    progress: bool = True,
+    world: SearchWorld | None = None,
+    searches_per_unit: float = 2.5,
+    keep_stages: bool = False,
+) -> dict[str, Any]:
+    """Run one online experiment of search arms (:data:`ARM_PRESETS`, default :data:`DEFAULT_ARMS`) on
+    ``units`` simulated users through the real engine; return the analysis with the true effects.
+
+    ``world``: an already loaded :class:`SearchWorld` (the demo passes its own); otherwise the world in
+    ``dirs`` (``W/search/data`` and ``registry``) is reused or created for ``units`` (:func:`load_world`). ``lose_exposures``: share of treatment units
+    whose exposure is lost (planted SRM). ``keep_stages``: add ``report["stages_ms"]`` (per-stage
+    latencies of every served search; the demo writes them to ``monitoring/timings.json``).
+    """
+    from mlsd.platform.experiments.online import arms_from_presets, with_truth
+
+    started = time.perf_counter()
+    arms_from_presets(ARM_PRESETS, list(arms or DEFAULT_ARMS))  # a bad arm fails before any simulation
+    world = world or load_world(dirs, units=units, progress=progress)
+    sim = simulate_experiment(
+        world, units=units, arms=arms, seed=seed, lose_exposures=lose_exposures,
+        searches_per_unit=searches_per_unit, progress=progress,
+    )  # fmt: skip
+    report = sim["client"].analyze(
+        sim["experiment"], sim["outcomes"], covariates=sim["covariates"], looks=looks
+    )
+    report = with_truth(report, sim["truth"])
+    report.update(
+        experiment=sim["experiment"],
+        system="search",
+        world={
+            **(world.description or {}),
+            "searches": sim["searches"],
+            "engine_calls": sim["engine_calls"],
+            "searches_per_unit": round(sim["searches"] / units, 3),
+            "expected_per_search": sim["expected"],
+            "lose_exposures": lose_exposures,
+            "seed": seed,
+        },
+        units=units,
+        seconds=round(time.perf_counter() - started, 2),
+    )
+    if keep_stages:
+        report["stages_ms"] = sim["stages"]
+    return report

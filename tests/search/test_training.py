@@ -1,0 +1,82 @@
+"""Training: LambdaMART from the click log, registered, gated and promoted by the platform's retrain job."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+
+import pytest
+
+from mlsd.platform.errors import InputError
+from mlsd.platform.experiments.client import ExperimentClient
+from mlsd.platform.experiments.online import arms_from_presets, make_experiment
+from mlsd.platform.registry import ModelRegistry
+from mlsd.platform.retraining import REPORT_KEYS
+from mlsd.platform.system import SystemDir
+from mlsd.search.config import SearchConfig
+from mlsd.search.engine import MODEL_NAME, load_engine
+from mlsd.search.routing import SearchRouter
+from mlsd.search.training import retrain, train
+from mlsd.search.world import ARM_PRESETS, FAST_PARSER, METRICS, simulate_into
+
+
+def test_train_registers_promotes_reports_and_the_engine_serves_it(tmp_path) -> None:
+    dirs = SystemDir(tmp_path, "search")
+    simulate_into(dirs, size="tiny", seed=4)
+    cfg = SearchConfig.from_dict({"ltr": {"n_estimators": 20}})
+    report = train(dirs, config=cfg, dense=False, parser_options=FAST_PARSER, progress=False)
+    assert set(report) >= REPORT_KEYS and report["version"] == 1 and report["promoted"]
+    m = report["metrics"]
+    assert 0 < m["truth_ndcg@10"] <= 1 and 0 < m["raw_clicks_truth_ndcg@10"] <= 1 and m["propensity_eta"] > 0
+    (run,) = dirs.runs.glob("*.json")  # the run report in W/search/runs
+    assert json.loads(run.read_text())["version"] == 1
+    mv = ModelRegistry(dirs.registry).get(MODEL_NAME, 1)
+    assert mv.params["dense"] is False and mv.params["parser"] == FAST_PARSER
+    assert (mv.path / "propensity.json").exists() and (mv.path / "reference.parquet").exists()
+    engine = load_engine(dirs, config=cfg)  # serves with the champion's settings (no dense, fast parser)
+    assert engine.model_version == 1 and engine.dense_ is None
+    assert engine.search("lamp", "1", k=5)["ranked_by"] == "ltr"
+    again = train(dirs, config=cfg, dense=False, parser_options=FAST_PARSER, progress=False)
+    assert not again["registered"] and again["version"] == 1  # same data, same settings: nothing new
+
+
+def test_train_on_an_empty_workdir_names_the_fix(tmp_path) -> None:
+    with pytest.raises(InputError) as err:
+        train(SystemDir(tmp_path, "search"), dense=False, progress=False)
+    assert err.value.field == "--workdir" and "mlsd search simulate --workdir" in err.value.fix
+
+
+def test_retrain_windows_register_a_challenger_gate_it_and_rerun_idempotently(search_world, tmp_path) -> None:
+    world_dirs, world = search_world
+    dirs = SystemDir(tmp_path, "search")
+    shutil.copytree(world_dirs.data, dirs.data)  # data only: no registry yet
+    first = retrain(dirs, progress=False)  # default: the log's last day
+    assert set(first) >= REPORT_KEYS and first["system"] == "search" and first["run_date"] == "2025-12-31"
+    assert first["registered"] and first["promoted"] and first["version"] == 1
+    again = retrain(dirs, dt.date(2025, 12, 31), progress=False)
+    assert not again["registered"] and not again["promoted"] and "v1" in again["reason"]
+    assert again["data_fingerprint"] == first["data_fingerprint"]
+    early = retrain(dirs, dt.date(2025, 12, 8), progress=False)  # a week of data only
+    assert early["registered"] and early["version"] == 2
+    assert early["data_fingerprint"] != first["data_fingerprint"]
+    registry = ModelRegistry(dirs.registry)
+    windows = [registry.get(MODEL_NAME, v).params["window"]["impressions"] for v in (1, 2)]
+    assert windows[1] < windows[0]
+    assert registry.aliases(MODEL_NAME)["challenger"] == 2
+    gate = early["gate"]
+    # The gate compared both on the same judged set; the week-old model does not beat the champion.
+    assert gate["truth_ndcg@10"] < gate["champion_truth_ndcg@10"] and not early["promoted"]
+    assert registry.aliases(MODEL_NAME)["champion"] == 1 and "does not beat" in early["reason"]
+    assert (registry.artifact_path(MODEL_NAME, 2) / "reference.parquet").exists()
+    # An experiment arm with alias "challenger" now serves v2 next to the champion.
+    arms = arms_from_presets(ARM_PRESETS, ["ltr", "challenger"])
+    client = ExperimentClient(make_experiment("search", arms, list(METRICS)), registry=False)
+    router = SearchRouter(world.engine, client, registry_dir=dirs.registry)
+    users = [str(u) for u in range(20)]
+    served = router.search_many(["lamp"] * 20, users, 5)
+    for resp, arm in zip(served, client.assign("search-ltr-vs-challenger", users).tolist(), strict=True):
+        assert resp["model_version"] == (2 if arm == 1 else world.engine.model_version)
+    with pytest.raises(InputError) as err:
+        retrain(dirs, dt.date(2030, 1, 1), progress=False)
+    assert err.value.field == "--date" and "2025-12-02" in str(err.value) and "2025-12-31" in str(err.value)
