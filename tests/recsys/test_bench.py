@@ -43,6 +43,7 @@ def test_http_with_several_uvicorn_worker_processes(tiny):
     import numpy as np
 
     from mlsd.recsys.bench import ServerProcess, _http_run
+
     users = np.array([1, 2, 3, 10**9 + 1] * 4)  # known and cold ids alike
     with ServerProcess(tiny.root, workers=2) as server:
         latencies, stages, _wall, errors = asyncio.run(_http_run(server.url, users, 10, concurrency=4))

@@ -1,6 +1,9 @@
-"""Candidate sources and their union, on the two-taste toy dataset (known answers)."""
+"""Candidate sources and their union, on the two-taste toy dataset (known answers), and one contract over
+all seven sources (:class:`CandidateSourceContract`)."""
 
 from __future__ import annotations
+
+import pickle
 
 import numpy as np
 import pytest
@@ -18,7 +21,7 @@ from mlsd.recsys.candidates import (
     SequentialEASECandidates,
     top_n_dense,
 )
-from mlsd.recsys.data import binary_matrix, make_interactions, toy_dataset
+from mlsd.recsys.data import IdMap, binary_matrix, make_interactions, toy_dataset
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +186,7 @@ def test_is_excluded_matches_scipy_element_lookup():
     """The serving path's exclusion test (sorted keys) answers exactly what ``exclude[rows, cols]`` does."""
     import scipy.sparse as sp
 
-    from mlsd.recsys.candidates import _is_excluded
+    from mlsd.recsys.candidates.base import is_excluded
 
     rng = np.random.default_rng(0)
     for t in range(50):
@@ -193,4 +196,129 @@ def test_is_excluded_matches_scipy_element_lookup():
         cols = rng.integers(0, n, size=(u, int(rng.integers(1, 10))))
         rows = np.repeat(np.arange(u), cols.shape[1])
         expected = np.asarray(ex[rows, cols.ravel()]).reshape(cols.shape) != 0
-        np.testing.assert_array_equal(_is_excluded(ex, cols), expected)
+        np.testing.assert_array_equal(is_excluded(ex, cols), expected)
+
+
+# ---------------------------------------------------------------------------------------------------
+# One contract over all seven sources: each source opts in with a few lines (like implicit's
+# RecommenderBaseTestMixin), the mixin checks what the generator, the features and the engine rely on.
+
+
+class CandidateSourceContract:
+    """Fit on the toy dataset; candidates' shape and dtype; exclude honoured; ``score`` consistent with
+    ``candidates``; a batch of one is a row of a batch; a pickled source answers the same (models are
+    saved as pickles). A source sets :meth:`make` and, where it differs, the class attributes."""
+
+    users = np.array([1, 2, 3, 4, 5, 999])  # 999: a user the source never saw
+    personalised = True  # unknown users get an all-padding row
+    picklable = True
+
+    def make(self):
+        raise NotImplementedError
+
+    @pytest.fixture(scope="class")
+    def source(self, toy):
+        return self.make().fit(toy)
+
+    @pytest.fixture(scope="class")
+    def seen(self, toy, source):
+        rows = source.users_.index(self.users)
+        full = binary_matrix(toy.interactions, source.users_, source.items_)
+        out = sp.lil_matrix((len(self.users), len(source.items_)))
+        for j, r in enumerate(rows):
+            if r >= 0:
+                out[j] = full[r]
+        return out.tocsr()
+
+    def test_fit_returns_the_source_with_its_id_maps(self, toy):
+        fresh = self.make()
+        assert fresh.fit(toy) is fresh  # scikit-learn style: fit returns the estimator
+        assert isinstance(fresh.items_, IdMap) and 0 < len(fresh.items_) <= toy.items["item_id"].nunique()
+
+    def test_candidates_shape_dtype_and_order(self, source):
+        idx, scores = source.candidates(self.users, 7)
+        assert idx.shape == scores.shape == (len(self.users), 7)
+        assert idx.dtype == np.int64 and scores.dtype == np.float32
+        assert ((idx >= -1) & (idx < len(source.items_))).all()
+        for row, sc in zip(idx, scores, strict=True):
+            real = row[row >= 0]
+            assert len(np.unique(real)) == len(real)  # no title twice
+            assert (row[len(real) :] == -1).all() and np.isneginf(sc[len(real) :]).all()  # padding at the end
+            assert (np.diff(sc[: len(real)]) <= 1e-6).all()  # best first
+        if self.personalised:
+            assert (idx[-1] == -1).all()  # the unknown user
+        else:
+            assert (idx[-1] >= 0).any()
+
+    def test_exclude_is_honoured(self, source, seen):
+        idx, _ = source.candidates(self.users, 10, exclude=seen)
+        rows = np.repeat(np.arange(len(self.users)), idx.shape[1])
+        hit = np.asarray(seen[rows, np.clip(idx, 0, None).ravel()]).reshape(idx.shape) != 0
+        assert not (hit & (idx >= 0)).any()
+
+    def test_score_is_consistent_with_candidates(self, source):
+        idx, scores = source.candidates(self.users, 7)
+        pair = source.score(self.users, idx)
+        assert pair.shape == idx.shape
+        ok = idx >= 0
+        np.testing.assert_allclose(pair[ok], scores[ok], rtol=1e-4, atol=1e-4)
+        assert np.isnan(pair[~ok]).all()
+
+    def test_a_batch_of_one_is_a_row_of_the_batch(self, source):
+        idx, scores = source.candidates(self.users, 7)
+        for j, user in enumerate(self.users):
+            one_idx, one_sc = source.candidates(np.array([user]), 7)
+            np.testing.assert_array_equal(one_idx[0], idx[j])
+            np.testing.assert_allclose(one_sc[0], scores[j], rtol=1e-5, atol=1e-6)
+
+    def test_a_pickled_source_answers_the_same(self, source):
+        if not self.picklable:
+            pytest.skip("this source is not saved")
+        back = pickle.loads(pickle.dumps(source))
+        a, b = source.candidates(self.users, 7), back.candidates(self.users, 7)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
+
+
+class TestALSContract(CandidateSourceContract):
+    def make(self):
+        return ALSCandidates(factors=8, iterations=10, num_threads=1)
+
+
+class TestEASEContract(CandidateSourceContract):
+    def make(self):
+        return EASECandidates(lam=10.0)
+
+
+class TestRP3BetaContract(CandidateSourceContract):
+    def make(self):
+        return RP3BetaCandidates()
+
+
+class TestSequentialEASEContract(CandidateSourceContract):
+    def make(self):
+        return SequentialEASECandidates(window=3, lam=10.0)
+
+
+class TestBlendContract(CandidateSourceContract):
+    def make(self):
+        members = {"ease": EASECandidates(lam=10.0), "rp3": RP3BetaCandidates()}
+        return BlendCandidates(members, {"ease": 1.0, "rp3": 0.5})
+
+
+class TestContentContract(CandidateSourceContract):
+    def make(self):
+        return ContentCandidates()
+
+
+class TestPopularityContract(CandidateSourceContract):
+    personalised = False  # the same list for everyone, unknown users included
+
+    def make(self):
+        return PopularityCandidates("trending", window_days=30)
+
+
+def test_every_source_opts_into_the_contract():
+    covered = {type(cls().make()) for cls in CandidateSourceContract.__subclasses__()}
+    assert covered == {ALSCandidates, EASECandidates, RP3BetaCandidates, SequentialEASECandidates, BlendCandidates,
+                       ContentCandidates, PopularityCandidates}  # fmt: skip

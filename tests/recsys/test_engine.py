@@ -42,7 +42,9 @@ def test_a_batch_answers_each_request_as_a_batch_of_one_would(tiny):
                {"user_id": 987654322, "k": 4}]  # fmt: skip
     batch = engine.handle(bodies)
     single = [engine.handle([body])[0] for body in bodies]
-    assert len(batch) == len(bodies) and [b["user_id"] for b in batch] == [str(int(b["user_id"])) for b in bodies]
+    assert len(batch) == len(bodies) and [b["user_id"] for b in batch] == [
+        str(int(b["user_id"])) for b in bodies
+    ]
     for b, s, body in zip(batch, single, bodies, strict=True):
         assert set(b) == set(s) and b["k"] == body["k"]
         assert [i["item_id"] for i in b["items"]] == [i["item_id"] for i in s["items"]]
@@ -113,6 +115,7 @@ def test_rules_hold_on_every_answer(tiny, service):
         items = data.items.set_index("item_id").loc[shown]
         assert (items["license_start"] <= out["now"]).all() and (items["license_end"] > out["now"]).all()
 
+
 def test_deadline_degrades_to_candidate_order_and_says_so(service, known_user):
     out = service.recommend(known_user, 10, deadline_ms=0.001)
     skipped = {s["stage"] for s in out["skipped"]}
@@ -121,6 +124,7 @@ def test_deadline_degrades_to_candidate_order_and_says_so(service, known_user):
     assert out["items"] and all(it["propensity"] == 1.0 for it in out["items"])
     full = service.recommend(known_user, 10, deadline_ms=10_000)
     assert full["skipped"] == [] and set(full["timings_ms"]) == STAGES
+
 
 def test_exposures_are_logged_with_propensities(service, known_user):
     before = len(service.exposures)
@@ -131,6 +135,7 @@ def test_exposures_are_logged_with_propensities(service, known_user):
     assert mine["item_id"].tolist() == [it["item_id"] for it in out["items"]]
     assert mine["position"].tolist() == list(range(len(out["items"])))
     assert mine["propensity"].tolist() == pytest.approx([it["propensity"] for it in out["items"]])
+
 
 def test_hot_reload_on_promotion_and_corrupted_artifact_refused(tiny, tmp_path):
     root = tmp_path / "registry"
@@ -152,6 +157,7 @@ def test_hot_reload_on_promotion_and_corrupted_artifact_refused(tiny, tmp_path):
     finally:
         svc.close()
 
+
 def test_deadline_budget_comes_from_typed_config(tiny, known_user):
     cfg = RecsysConfig(budgets=Budgets(deadline_ms=0.001), service=ServiceConfig(reload_poll_s=0))
     svc = RecsysEngine(tiny.registry, config=cfg)
@@ -161,6 +167,7 @@ def test_deadline_budget_comes_from_typed_config(tiny, known_user):
         "ranking",
         "rerank",
     }
+
 
 def _onboarding_flow(tiny, store):
     """A visitor signs up, picks three titles; the very next request is personalised from the store."""
@@ -178,10 +185,12 @@ def _onboarding_flow(tiny, store):
     data = load(tiny.data).items.set_index("item_id")
     assert set(data.loc[[it["item_id"] for it in after["items"]], "age_rating"]) - {"G"}
 
+
 def test_onboarding_profile_from_the_memory_online_store(tiny):
     from mlsd.platform.features.online import MemoryStore
 
     _onboarding_flow(tiny, MemoryStore())
+
 
 @pytest.mark.services
 def test_onboarding_profile_from_real_redis(tiny, redis_url, redis_prefix):
@@ -189,6 +198,7 @@ def test_onboarding_profile_from_real_redis(tiny, redis_url, redis_prefix):
 
     with RedisStore(redis_url, prefix=redis_prefix) as store:
         _onboarding_flow(tiny, store)
+
 
 def test_cold_users_are_scored_by_the_models_own_fallback(tiny, service):
     """A user without history gets TwoStageRecommender.score()'s order (candidate order with the

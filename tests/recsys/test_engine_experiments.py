@@ -83,7 +83,10 @@ def test_batch_path_matches_single_requests_and_exposes_once(registry):
     users = _users(svc, 60) + [987_654_321]  # and one cold-start visitor
     batch = svc.handle([{"user_id": u, "k": 7} for u in users])
     assert len(client.exposures(name)) == len(users)
-    single = [svc.preview([{"user_id": u, "k": 7}], alias=b["model_alias"])[0] for u, b in zip(users, batch, strict=True)]
+    single = [
+        svc.preview([{"user_id": u, "k": 7}], alias=b["model_alias"])[0]
+        for u, b in zip(users, batch, strict=True)
+    ]
     assert [[i["item_id"] for i in b["items"]] for b in batch] == [
         [i["item_id"] for i in s["items"]] for s in single
     ]

@@ -22,7 +22,9 @@ def workdir(tiny):
 
 
 def _reference(workdir) -> pd.DataFrame:
-    return pd.read_parquet(ModelRegistry(workdir.registry).artifact_path(MODEL_NAME, "champion") / REFERENCE_FILE)
+    return pd.read_parquet(
+        ModelRegistry(workdir.registry).artifact_path(MODEL_NAME, "champion") / REFERENCE_FILE
+    )
 
 
 def test_reference_is_saved_with_the_model(workdir):

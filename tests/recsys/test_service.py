@@ -45,9 +45,11 @@ def test_known_user_gets_ranked_titles_with_sources_reasons_and_timings(client, 
     assert set(body["timings_ms"]) == STAGES and body["skipped"] == []
     assert body["n_candidates"] >= len(body["items"])
 
+
 def test_default_k_is_50(client, known_user, service):
     body = client.get(f"/v1/recommendations/{known_user}").json()
     assert body["k"] == 50 and len(body["items"]) == min(50, body["n_candidates"])
+
 
 def test_unknown_user_gets_flagged_cold_start_results(client):
     body = client.get("/v1/recommendations/987654321", params={"k": 10, "region": "EU", "age": 30}).json()
@@ -64,6 +66,7 @@ def test_unknown_user_gets_flagged_cold_start_results(client):
         it["item_id"] for it in seeded["items"]
     }  # onboarding picks are not recommended back
     assert any("content" in it["sources"] for it in seeded["items"])  # the picks seed content candidates
+
 
 @pytest.mark.parametrize(
     ("path", "params", "field"),
@@ -84,13 +87,16 @@ def test_bad_input_is_a_4xx_naming_the_field(client, path, params, field):
     assert 400 <= r.status_code < 500
     assert r.json()["error"]["field"] == field
 
+
 def test_k_500_is_allowed(client, known_user):
     r = client.get(f"/v1/recommendations/{known_user}", params={"k": 500})
     assert r.status_code == 200 and r.json()["k"] == 500
 
+
 def test_health_reports_the_model_and_its_version(client):
     body = client.get("/health").json()
     assert body["status"] == "ok" and body["model"] == "recsys-ranker" and body["model_version"] == 1
+
 
 def test_profile_endpoint_feeds_cold_start_over_http(tiny):
     from mlsd.platform.features.online import MemoryStore

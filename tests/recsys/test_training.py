@@ -124,7 +124,10 @@ def test_same_window_registers_nothing_and_a_new_day_trains(workdir):
     assert earlier["promoted"] is False and "backfill" in earlier["reason"]
     assert earlier["data_fingerprint"] != again["data_fingerprint"]
     reg = ModelRegistry(workdir.registry)
-    assert reg.current_version(MODEL_NAME, "champion") == 1 and reg.current_version(MODEL_NAME, "challenger") == 2
+    assert (
+        reg.current_version(MODEL_NAME, "champion") == 1
+        and reg.current_version(MODEL_NAME, "challenger") == 2
+    )
     repeat = retrain(workdir, dt.date(2026, 2, 26), progress=False)
     assert repeat["registered"] is False and repeat["version"] == 2
     assert len(reg.versions(MODEL_NAME)) == 2

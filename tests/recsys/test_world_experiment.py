@@ -137,7 +137,11 @@ def test_mlsd_experiment_run_prints_the_report_and_writes_it(world, tmp_path, ca
 def test_the_world_is_sized_for_the_units():
     assert world_size(300) == WORLD  # a few hundred units: the default world (fast)
     big = world_size(5000)
-    assert big.n_users >= 5000 and (big.n_items, big.days, big.train) == (WORLD.n_items, WORLD.days, WORLD.train)
+    assert big.n_users >= 5000 and (big.n_items, big.days, big.train) == (
+        WORLD.n_items,
+        WORLD.days,
+        WORLD.train,
+    )
 
 
 @pytest.mark.slow

@@ -46,7 +46,10 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     """Register the recommender's verbs on ``mlsd recsys``."""
     sub = parser.add_subparsers(dest="verb", metavar="<verb>")
     sub.required = True
-    workdir = {"required": True, "help": "the workdir W; the recommender's state is W/recsys/{data,registry,...}"}
+    workdir = {
+        "required": True,
+        "help": "the workdir W; the recommender's state is W/recsys/{data,registry,...}",
+    }
 
     p = sub.add_parser(
         "simulate", help="generate a streaming platform's users, titles and days of events into W/recsys/data"
@@ -54,19 +57,28 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", **workdir)
     p.add_argument("--size", choices=SIZES, default="default",
                    help="tiny (tests), demo, default (20,000 viewers x 2,000 titles x 60 days)")  # fmt: skip
-    p.add_argument("--users", type=_positive_int("users", 10), default=None, help="override the size's viewers")
-    p.add_argument("--items", type=_positive_int("items", 20), default=None, help="override the size's titles")
+    p.add_argument(
+        "--users", type=_positive_int("users", 10), default=None, help="override the size's viewers"
+    )
+    p.add_argument(
+        "--items", type=_positive_int("items", 20), default=None, help="override the size's titles"
+    )
     p.add_argument("--days", type=_positive_int("days", 2), default=None, help="override the size's days")
-    p.add_argument("--events-per-user", type=float, default=None, help="mean watch events per established user")
+    p.add_argument(
+        "--events-per-user", type=float, default=None, help="mean watch events per established user"
+    )
     p.add_argument("--seed", type=int, default=None, help="default: the size's own seed")
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser(
-        "train", help="the daily job on W/recsys/data: train, evaluate on the next day, register, promote if better"
+        "train",
+        help="the daily job on W/recsys/data: train, evaluate on the next day, register, promote if better",
     )
     p.add_argument("--workdir", **workdir)
-    p.add_argument("--train-days", type=float, default=None, help="default: the champion's, else the data's job")
+    p.add_argument(
+        "--train-days", type=float, default=None, help="default: the champion's, else the data's job"
+    )
     p.add_argument("--label-days", type=float, default=None)
     p.add_argument("--k", type=_positive_int("k", 1, 500), default=None)
     p.add_argument("--n-estimators", type=_positive_int("n-estimators", 1), default=None)
@@ -79,7 +91,9 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
 
     evaluate.add_arguments(p)
 
-    p = sub.add_parser("serve", help="HTTP service over W/recsys's champion: GET /v1/recommendations/{user_id}?k=50")
+    p = sub.add_parser(
+        "serve", help="HTTP service over W/recsys's champion: GET /v1/recommendations/{user_id}?k=50"
+    )
     p.add_argument("--workdir", **workdir)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_positive_int("port", 1, 65535), default=8000)
@@ -109,12 +123,16 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--train-users", type=_positive_int("train-users", 10), default=3_000,
                    help="users whose events train the model (all users stay in the catalogue)")  # fmt: skip
     p.add_argument("--k", type=_positive_int("k", 1, 500), default=50)
-    p.add_argument("--workdir", default=None, help="keep data and registry in W/recsys/ (default: a temp dir)")
+    p.add_argument(
+        "--workdir", default=None, help="keep data and registry in W/recsys/ (default: a temp dir)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_bench)
 
-    p = sub.add_parser("demo", help="simulate, train, register, serve a few users, an A/B test, drift (about a minute)")
+    p = sub.add_parser(
+        "demo", help="simulate, train, register, serve a few users, an A/B test, drift (about a minute)"
+    )
     p.add_argument("--workdir", default=None, help="the workdir W (default: a temp dir); W/recsys/...")
     p.set_defaults(func=_demo)
 
@@ -144,7 +162,9 @@ def _train(args: argparse.Namespace) -> int:
     if not report["registered"]:
         print(report["reason"])
         return 0
-    print(f"registered {report['model']} v{report['version']} ({report['seconds']} s) for {report['run_date']}")
+    print(
+        f"registered {report['model']} v{report['version']} ({report['seconds']} s) for {report['run_date']}"
+    )
     for key in ndcg:
         print(f"  next-day {key}: two-stage {m[key]:.4f} vs popularity {m.get('popularity_' + key, float('nan')):.4f} "
               f"({m.get('eval_users')} users)")  # fmt: skip

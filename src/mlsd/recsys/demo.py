@@ -159,13 +159,22 @@ def run(dirs: SystemDir, *, size: str = "demo") -> dict[str, Any]:
         r = engine.handle([{"user_id": uid, "k": 10}])[0]
         _table(console, f"user {uid}: signed up this week, onboarding picks only (taste: {truth.loc[uid, 'true_genre']})",
                r, genres)  # fmt: skip
-        shown.append({"user_id": uid, "kind": "new", "cold_start": r["cold_start"], "timings_ms": r["timings_ms"]})
+        shown.append(
+            {"user_id": uid, "kind": "new", "cold_start": r["cold_start"], "timings_ms": r["timings_ms"]}
+        )
     # A visitor the platform has never seen, with two onboarding picks from the app.
     stranger = int(np.max(dataset.users["user_id"])) + 1
     picks = [int(i) for i in inter[inter["event"] == "watch"]["item_id"].value_counts().index[:2]]
     r = engine.handle([{"user_id": stranger, "k": 10, "region": "EU", "age": 30, "seed_items": picks}])[0]
-    _table(console, f"user {stranger}: never seen before (cold start), picked titles {picks} at onboarding", r, genres)
-    shown.append({"user_id": stranger, "kind": "unknown", "cold_start": r["cold_start"], "timings_ms": r["timings_ms"]})
+    _table(
+        console,
+        f"user {stranger}: never seen before (cold start), picked titles {picks} at onboarding",
+        r,
+        genres,
+    )
+    shown.append(
+        {"user_id": stranger, "kind": "unknown", "cold_start": r["cold_start"], "timings_ms": r["timings_ms"]}
+    )
     # Per-stage latency of single requests for the dashboard (timings.json): a few hundred regulars.
     request_timings: dict[str, list[float]] = {}
     for uid in known[:DEMO_TIMED_REQUESTS]:

@@ -280,7 +280,9 @@ def _region_bits(region: Any) -> int:
     return bits
 
 
-def _pairs_in(rows: np.ndarray, items: np.ndarray, pick_rows: np.ndarray, pick_items: np.ndarray) -> np.ndarray:
+def _pairs_in(
+    rows: np.ndarray, items: np.ndarray, pick_rows: np.ndarray, pick_items: np.ndarray
+) -> np.ndarray:
     """Which (row, item) pairs are among the picked pairs (one sorted search over 64-bit keys)."""
     keys = np.unique(pick_rows.astype(np.int64) << 32 | pick_items.astype(np.int64))
     return np.isin(rows.astype(np.int64) << 32 | items.astype(np.int64), keys)
@@ -374,7 +376,9 @@ class RecsysEngine:
         else:
             raise InputError("registry", None, "no model source", "pass registry_root or model_dir")
         self._arms = self._experiment_arms()
-        for alias in sorted({v.alias for arms in self._arms.values() for v in arms} - {self.config.service.alias}):
+        for alias in sorted(
+            {v.alias for arms in self._arms.values() for v in arms} - {self.config.service.alias}
+        ):
             self._others[alias] = self._load_alias(alias)
             if self.registry_root is not None and polling:
                 self._watchers.append(self._registry().watch(
@@ -437,8 +441,9 @@ class RecsysEngine:
             if exp.system != SYSTEM:
                 continue
             arms[name] = [
-                variant_from_params(arm.alias, dict(arm.params), self.config,
-                                    where=f"experiments.{name}.arms[{i}].params")  # fmt: skip
+                variant_from_params(
+                    arm.alias, dict(arm.params), self.config, where=f"experiments.{name}.arms[{i}].params"
+                )  # fmt: skip
                 for i, arm in enumerate(exp.arms)
             ]
         return arms
@@ -542,7 +547,9 @@ class RecsysEngine:
         batch = self._parse(requests)
         deadline = Deadline(batch.deadline_ms)
         out: list[dict[str, Any] | None] = [None] * len(batch)
-        arm_of = {name: self.experiments.assign(name, batch.uids) for name in self._arms} if len(batch) else {}
+        arm_of = (
+            {name: self.experiments.assign(name, batch.uids) for name in self._arms} if len(batch) else {}
+        )
         keys = np.stack(list(arm_of.values()), axis=1) if arm_of else np.zeros((len(batch), 0), np.int64)
         if len(batch):
             uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
@@ -591,7 +598,9 @@ class RecsysEngine:
             where = "" if len(requests) == 1 else f"requests[{i}]."
             try:
                 if not isinstance(body, dict):
-                    raise InputError("", type(body).__name__, "must be a JSON object", '{"user_id": "42", "k": 10}')
+                    raise InputError(
+                        "", type(body).__name__, "must be a JSON object", '{"user_id": "42", "k": 10}'
+                    )
                 unknown = sorted(set(body) - set(REQUEST_KEYS))
                 if unknown:
                     raise InputError(unknown[0], body[unknown[0]], "unknown request field",
@@ -601,7 +610,11 @@ class RecsysEngine:
                 uids.append(_user_id(body["user_id"]))
                 k = body.get("k")
                 k = svc.k_default if k is None else k
-                if isinstance(k, bool) or not isinstance(k, int | np.integer) or not svc.k_min <= k <= svc.k_max:
+                if (
+                    isinstance(k, bool)
+                    or not isinstance(k, int | np.integer)
+                    or not svc.k_min <= k <= svc.k_max
+                ):
                     raise InputError("k", k, f"must be an integer in {svc.k_min}..{svc.k_max}",
                                      f"ask for e.g. k={svc.k_default}")  # fmt: skip
                 ks.append(int(k))
@@ -612,12 +625,16 @@ class RecsysEngine:
                 age = body.get("age")
                 if age is not None and (isinstance(age, bool) or not isinstance(age, int | np.integer)
                                         or not 0 < age < 130):  # fmt: skip
-                    raise InputError("age", age, "must be between 1 and 129", "pass the viewer's age in years")
+                    raise InputError(
+                        "age", age, "must be between 1 and 129", "pass the viewer's age in years"
+                    )
                 ages.append(None if age is None else int(age))
                 picks = body.get("seed_items")
                 if picks is not None:
-                    if isinstance(picks, str | bytes) or len(picks) > 100 or not all(
-                        isinstance(p, int | np.integer) and not isinstance(p, bool) for p in picks
+                    if (
+                        isinstance(picks, str | bytes)
+                        or len(picks) > 100
+                        or not all(isinstance(p, int | np.integer) and not isinstance(p, bool) for p in picks)
                     ):
                         raise InputError("seed_items", picks, "must be up to 100 item ids",
                                          "pass e.g. [12, 40, 7]")  # fmt: skip
@@ -626,7 +643,11 @@ class RecsysEngine:
                 ids.append(str(body.get("request_id") or uuid.uuid4().hex))
                 budget = body.get("deadline_ms")
                 if budget is not None:
-                    if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0 < budget <= 10_000:
+                    if (
+                        isinstance(budget, bool)
+                        or not isinstance(budget, int | float)
+                        or not 0 < budget <= 10_000
+                    ):
                         raise InputError("deadline_ms", budget, "must be in (0, 10000]", "use e.g. 200")
                     budgets.append(float(budget))
             except InputError as err:
@@ -678,7 +699,9 @@ class RecsysEngine:
             out.append(given)
         return out
 
-    def _serve(self, batch: _Requests, variant: Variant, deadline: Deadline, *, served: bool) -> list[dict[str, Any]]:
+    def _serve(
+        self, batch: _Requests, variant: Variant, deadline: Deadline, *, served: bool
+    ) -> list[dict[str, Any]]:
         """THE serving path: one variant, a batch of requests (a single request is a batch of one)."""
         from mlsd.recsys.model import fallback_scores
 
@@ -742,10 +765,15 @@ class RecsysEngine:
                 timer.skip("ranking", f"expected {costs['ranking'].expect(n_warm):.1f} ms, "
                            f"{deadline.remaining_ms():.1f} ms left")  # fmt: skip
                 costs["ranking"].skipped()
-                scores[warm], warm_by = fallback_scores(frame[warm] if n_warm < n else frame), "candidate_order"
+                scores[warm], warm_by = (
+                    fallback_scores(frame[warm] if n_warm < n else frame),
+                    "candidate_order",
+                )
         elif n_warm:
             for stage in ("features", "ranking"):
-                timer.skip(stage, f"expected {expected:.1f} ms for both, {deadline.remaining_ms():.1f} ms left")
+                timer.skip(
+                    stage, f"expected {expected:.1f} ms for both, {deadline.remaining_ms():.1f} ms left"
+                )
                 costs[stage].skipped()
             scores[warm], warm_by = fallback_scores(frame[warm] if n_warm < n else frame), "candidate_order"
 

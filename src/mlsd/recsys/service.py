@@ -44,7 +44,9 @@ def body_from_query(user_id: str, k: int | None = None, *, region: str | None = 
     if seed:
         parts = [p.strip() for p in seed.split(",") if p.strip()]
         if not all(p.isdigit() for p in parts) or len(parts) > 100:
-            raise InputError("seed", seed, "must be up to 100 comma-separated item ids", "use e.g. seed=12,40,7")
+            raise InputError(
+                "seed", seed, "must be up to 100 comma-separated item ids", "use e.g. seed=12,40,7"
+            )
         body["seed_items"] = [int(p) for p in parts]
     if deadline_ms is not None:
         body["deadline_ms"] = deadline_ms

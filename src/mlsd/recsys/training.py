@@ -165,7 +165,9 @@ def _fit(dataset: RecsysDataset, cfg: TrainConfig, steps) -> _Fitted:
     from mlsd.recsys.model import TwoStageRecommender
     from mlsd.recsys.ranker import LightGBMRanker
 
-    bounds = split_days(dataset, train_days=cfg.train_days, label_days=cfg.label_days, eval_days=cfg.eval_days)
+    bounds = split_days(
+        dataset, train_days=cfg.train_days, label_days=cfg.label_days, eval_days=cfg.eval_days
+    )
     inter = dataset.interactions
     ts = inter["timestamp"].to_numpy()
     train = inter[(ts >= bounds["train_start"]) & (ts < bounds["eval_start"])].reset_index(drop=True)

@@ -498,7 +498,6 @@ def simulate(
     return validate(dataset), SimulationTruth(truth_users, truth_items, int(start_ts), int(end_ts))
 
 
-
 # ------------------------------------------------------------------------------------------------
 # Sizes, and the data folder of a workdir
 
@@ -549,7 +548,12 @@ def save_world(dataset: RecsysDataset, truth: SimulationTruth, out: str | Path,
 
 
 def simulate_into(
-    dirs: SystemDir, size: str = "default", seed: int | None = None, *, progress: bool = False, **overrides: Any
+    dirs: SystemDir,
+    size: str = "default",
+    seed: int | None = None,
+    *,
+    progress: bool = False,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Simulate the world ``size`` (one of :data:`SIZES`; ``overrides`` change :func:`simulate`'s
     arguments) into ``dirs.data``, replacing what was there; returns a summary."""
@@ -579,7 +583,6 @@ def simulate_into(
         "train": asdict(train),
         "seconds": round(time.perf_counter() - started, 2),
     }
-
 
 
 # ===================================================================================================
@@ -934,7 +937,9 @@ def simulate_experiment(
 
     started = time.perf_counter()
     if isinstance(units, bool) or not isinstance(units, int | np.integer) or not 10 <= units <= MAX_UNITS:
-        raise InputError("--units", units, f"must be a whole number in 10..{MAX_UNITS:,}", "use e.g. --units 2000")
+        raise InputError(
+            "--units", units, f"must be a whole number in 10..{MAX_UNITS:,}", "use e.g. --units 2000"
+        )
     arm_objs = arms_from_presets(ARM_PRESETS, list(arms or DEFAULT_ARMS))
     lose_mask(np.zeros(1, np.int64), lose_exposures)  # validates the fraction before any work
     built = ensure_world(dirs, units=units, aliases=[a.alias or "champion" for a in arm_objs], size=size,
@@ -972,7 +977,9 @@ def simulate_experiment(
         return [{"user_id": str(u), "k": k} for u in users[rows]]
 
     try:
-        for b0 in tqdm(range(0, units, BATCH), desc="recsys experiment", file=sys.stderr, disable=not progress):
+        for b0 in tqdm(
+            range(0, units, BATCH), desc="recsys experiment", file=sys.stderr, disable=not progress
+        ):
             part = np.arange(b0, min(b0 + BATCH, units))
             clock.now = world.end_ts + (b0 // BATCH) * SECONDS_PER_BATCH
             ts[part] = clock.now
