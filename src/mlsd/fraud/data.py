@@ -9,7 +9,8 @@ only by decisions taken at or after ``label_ts``).
 
 :func:`validate_transactions` coerces a frame to that schema and raises
 :class:`~mlsd.platform.errors.InputError` naming the first bad field; :func:`from_records` does the same
-for the JSON payloads of the HTTP service and the stream worker.
+for the JSON payloads of the HTTP service and the stream worker. :func:`load_history` reads payments
+from a folder, a Parquet file or the handbook's CSV files (``backtest --data``, ``stream --publish``).
 """
 
 from __future__ import annotations
@@ -188,17 +189,3 @@ def load_history(path: str | Path) -> pd.DataFrame:
             raise FileNotFoundError(2, "No such file", str(path))
         return validate_transactions(pd.read_parquet(path))
     return load_handbook(path)
-
-
-def parse_time(value: str | int, field: str = "time") -> int:
-    """Epoch seconds from an int or an ISO date/time (UTC)."""
-    text = str(value).strip()
-    if text.lstrip("-").isdigit():
-        return int(text)
-    try:
-        stamp = pd.Timestamp(text)
-    except (ValueError, TypeError) as err:
-        raise InputError(field, value, "not a date", "use YYYY-MM-DD or epoch seconds") from err
-    if stamp.tzinfo is None:
-        stamp = stamp.tz_localize("UTC")
-    return int(stamp.timestamp())

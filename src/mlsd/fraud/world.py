@@ -31,8 +31,8 @@ take a few seconds.
 
 1. **World** -- ``dirs.data/transactions.parquet`` (a world sized for ``units`` cards by
    :func:`world_for`, written once, deterministically, when absent; :func:`ensure_data`), the registry
-   in ``dirs.registry`` and the label store in ``dirs.features``. The **live period** is the data's last ``LIVE_DAYS`` days. Every arm's model comes from the
-   registry by alias, reused when it was trained on this very data (its lineage fingerprint matches)
+   in ``dirs.registry`` and the label store in ``dirs.features``. The **live period** is the data's
+   last ``LIVE_DAYS`` days. Every arm's model comes from the registry by alias, reused when it was trained on this very data (its lineage fingerprint matches)
    and before the live period (no leakage); otherwise it is trained here: ``champion`` at the cut-off a
    week before the live period, ``challenger`` = the weekly retrain at the live period's start (labels
    known then, never promoted), ``no_velocity`` = the planted worse model (same cut-off as the champion,
