@@ -130,11 +130,14 @@ def retrain(
     from mlsd.platform.registry import ModelRegistry
 
     started = time.perf_counter()
-    dirs.create()
-    registry = ModelRegistry(dirs.registry)
-    known = steps.model in registry.names()
+    registry_db = dirs.registry / "registry.sqlite"
+    registry = ModelRegistry(dirs.registry) if registry_db.is_file() else None
+    known = registry is not None and steps.model in registry.names()
     champion = registry.alias(steps.model, "champion") if known else None
+    # the window first: a bad --date or missing data leaves no empty layout behind
     window = steps.window(dirs, run_date, champion, progress=progress)
+    dirs.create()
+    registry = registry or ModelRegistry(dirs.registry)
     base = {"system": steps.system, "run_date": window.run_date.isoformat(), "model": steps.model,
             "data_fingerprint": window.fingerprint}  # fmt: skip
     for mv in registry.versions(steps.model) if known else []:

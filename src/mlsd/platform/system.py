@@ -174,7 +174,7 @@ class Engine(Protocol):
     are the JSON bodies of the system's HTTP API (the service is a thin layer over this).
     """
 
-    model_version: str
+    model_version: int
 
     def handle(self, requests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]: ...
 

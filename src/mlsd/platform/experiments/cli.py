@@ -237,3 +237,16 @@ def _analyze(args: argparse.Namespace) -> int:
 
 def _g(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.4g}"
+
+
+def add_serving_options(parser: argparse.ArgumentParser) -> None:
+    """``--experiments FILE`` and ``--exposure-redis URL`` for a system's ``serve`` command."""
+    parser.add_argument(
+        "--experiments", default=None, metavar="FILE", help="experiments YAML (see configs/experiments.yaml)"
+    )
+    parser.add_argument(
+        "--exposure-redis",
+        default=None,
+        metavar="URL",
+        help="log exposures to Redis Streams (several processes serving one experiment); default in-process",
+    )
