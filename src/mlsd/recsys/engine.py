@@ -87,7 +87,7 @@ SYSTEM = "recsys"
 # The keys of a request body (the same JSON as the HTTP API's query): user_id is required.
 REQUEST_KEYS = ("user_id", "k", "region", "age", "seed_items", "deadline_ms", "request_id")
 # What an experiment arm's ``params`` may turn. ``ranker``: "lightgbm" (default) or "none" (candidate
-# order, no features, no LightGBM: the model's own fallback order); the rest override the service's
+# order, no features, no LightGBM: the model's own fallback order); the rest override the engine's
 # RerankConfig for that arm (see mlsd.recsys.rerank).
 RERANK_KNOBS = ("epsilon", "diversity", "max_genre_share", "mmr_lambda", "freshness_weight", "explore_pool")
 ARM_KNOBS = ("ranker", *RERANK_KNOBS)
@@ -97,7 +97,7 @@ RANKERS = ("lightgbm", "none")
 @dataclass(frozen=True)
 class Variant:
     """What one request runs: the registry ``alias`` of its model, the ranker, and the re-ranking policy
-    (``None``: the service's own :class:`RerankConfig`)."""
+    (``None``: the engine's own :class:`RerankConfig`)."""
 
     alias: str = "champion"
     ranker: str = "lightgbm"
@@ -725,9 +725,9 @@ class RecsysEngine:
             item_ids = frame["item_id"].to_numpy(np.int64)
             ok = state.rules.allowed(item_ids, now=now, user_region=bits[row], user_age=ages[row])
             if seeds is not None and any(seeds):  # titles a new user picked already are not news
-                picked = np.concatenate([np.full(len(s), j, np.int64) for j, s in enumerate(seeds)]), np.concatenate(
-                    [np.asarray(s, np.int64) for s in seeds])  # fmt: skip
-                ok &= ~_pairs_in(row, item_ids, *picked)
+                pick_rows = np.repeat(np.arange(n_req), [len(s) for s in seeds])
+                pick_items = np.concatenate([np.asarray(s, np.int64) for s in seeds])
+                ok &= ~_pairs_in(row, item_ids, pick_rows, pick_items)
             if not ok.all():
                 frame = frame[ok]
             if not np.all(np.diff(frame["batch_row"].to_numpy()) >= 0):
@@ -745,14 +745,14 @@ class RecsysEngine:
         if cold_row.any():
             scores[cold_row] = fallback_scores(frame[cold_row])
         warm_by = "ranker"
+        warm_rows = frame[warm] if n_warm < n else frame  # no copy in the usual all-warm batch
         expected = costs["features"].expect(n_warm) + costs["ranking"].expect(n_warm)
         if n_warm and variant.ranker == "none":
             # The arm without a ranker: candidate order, no features, no LightGBM (documented knob).
-            scores[warm] = fallback_scores(frame[warm] if n_warm < n else frame)
-            warm_by = "candidate_order"
+            scores[warm], warm_by = fallback_scores(warm_rows), "candidate_order"
         elif n_warm and deadline.allows(expected * safety):
             with timer.stage("features"):
-                X = model.rank_features(frame[warm] if n_warm < n else frame)
+                X = model.rank_features(warm_rows)
             costs["features"].observe(timer.timings_ms["features"], n_warm)
             if deadline.allows(costs["ranking"].expect(n_warm) * safety):
                 with timer.stage("ranking"):
@@ -765,17 +765,14 @@ class RecsysEngine:
                 timer.skip("ranking", f"expected {costs['ranking'].expect(n_warm):.1f} ms, "
                            f"{deadline.remaining_ms():.1f} ms left")  # fmt: skip
                 costs["ranking"].skipped()
-                scores[warm], warm_by = (
-                    fallback_scores(frame[warm] if n_warm < n else frame),
-                    "candidate_order",
-                )
+                scores[warm], warm_by = fallback_scores(warm_rows), "candidate_order"
         elif n_warm:
             for stage in ("features", "ranking"):
                 timer.skip(
                     stage, f"expected {expected:.1f} ms for both, {deadline.remaining_ms():.1f} ms left"
                 )
                 costs[stage].skipped()
-            scores[warm], warm_by = fallback_scores(frame[warm] if n_warm < n else frame), "candidate_order"
+            scores[warm], warm_by = fallback_scores(warm_rows), "candidate_order"
 
         # Re-ranking and the answers: per request, over its slice of the batch's sorted frame.
         starts = np.searchsorted(row, np.arange(n_req + 1))
@@ -796,15 +793,13 @@ class RecsysEngine:
             user_timer = StageTimer(SYSTEM)
             user_timer.timings_ms.update(shared)
             user_timer.skipped = list(timer.skipped)
-            if b > a and rerank:
-                with self._rng_lock:
+            if b > a and rerank:  # the request's own stage (timed and observed per request)
+                with user_timer.stage("rerank"), self._rng_lock:
                     result = reranker.rerank(frame_items[a:b], scores[a:b], k, now=now, rng=self._rng)
                 shown, shown_scores, propensity, explored = (
                     result.item_ids, result.scores, result.propensity, result.explored,
                 )  # fmt: skip
-                own = (time.perf_counter() - t0) * 1000.0
-                user_timer.timings_ms["rerank"] = own
-                rerank_ms += own
+                rerank_ms += user_timer.timings_ms["rerank"]
             else:
                 top = a + np.argsort(-scores[a:b], kind="stable")[:k]
                 shown, shown_scores = frame_items[top], scores[top]

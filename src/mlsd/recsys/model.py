@@ -293,7 +293,7 @@ class TwoStageRecommender:
 
     def rank_features(self, candidates: pd.DataFrame) -> pd.DataFrame:
         """The ranker's features for candidate rows (the fitted candidate scorers feed some of them);
-        what :meth:`score`, the service and drift monitoring all compute."""
+        what :meth:`score`, the serving engine and drift monitoring all compute."""
         gen = self.generator_.models_
         return self.features_.transform(candidates, {m: gen[m] for m in self.score_models if m in gen})
 

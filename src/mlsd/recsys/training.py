@@ -13,7 +13,7 @@ half of the scheduled retrain job (:class:`RecsysRetrainSteps` for :func:`mlsd.p
   ``[cutoff, eval_start)`` (point-in-time by construction), then stage one is refitted on the whole
   window so serving uses the freshest history.
 * The eval day is never seen in training. Relevant titles are the ones a user watched past 70% that
-  day and had not interacted with in the window (the service excludes seen titles too).
+  day and had not interacted with in the window (the engine excludes seen titles too).
 * Champion and challenger are scored on the **same** eval day (the champion's registered metrics came
   from an older day, so comparing against them would compare days, not models). Promotion needs a
   strictly higher ``ndcg@k``.
@@ -127,7 +127,7 @@ class _Popularity:
 def write_catalog(
     out: Path, dataset: RecsysDataset, train: pd.DataFrame, now_ts: int, seeds_per_user: int = 10
 ) -> None:
-    """What the service needs beside the model, inside the same registered (checksummed) artifact:
+    """What the engine needs beside the model, inside the same registered (checksummed) artifact:
     the title catalogue (rules, re-ranking, titles), user attributes (region, age) and, for users the
     model never saw in its window, their last titles before it (cold-start seeds)."""
     out.mkdir(parents=True, exist_ok=True)
