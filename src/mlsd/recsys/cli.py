@@ -15,6 +15,7 @@ import json
 import sys
 
 from mlsd.platform.errors import InputError
+from mlsd.platform.experiments.cli import add_serving_options
 from mlsd.platform.jsonio import dumps
 from mlsd.platform.system import SystemDir
 
@@ -106,10 +107,7 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_positive_int("workers", 1, 64), default=1,
                    help="uvicorn worker processes, each with its own copy of the model (one Python process "
                         "serves one request at a time: throughput grows with processes)")  # fmt: skip
-    p.add_argument("--experiments", default=None, metavar="FILE",
-                   help="experiments YAML: the recsys experiments route every request")  # fmt: skip
-    p.add_argument("--exposure-redis", default=None, metavar="URL",
-                   help="log exposures to Redis Streams (several processes serving one experiment)")  # fmt: skip
+    add_serving_options(p)  # --experiments FILE (recsys experiments route every request), --exposure-redis URL
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("bench", help="latency and throughput, in-process and over HTTP")
