@@ -34,6 +34,7 @@ def test_demo_runs_end_to_end_in_the_workdir_layout(tmp_path) -> None:
     assert report["truth"]["clicks_per_search"]["bm25"] < 0 and "srm" in report and report["looks"]
     drift = json.loads((dirs.monitoring / "drift.json").read_text())
     assert {"features", "summary", "reference", "current"} <= set(drift)
+    assert "2025-12-25..2025-12-31" in drift["current"]  # the showcase events ran on the simulated clock
     timings = json.loads((dirs.monitoring / "timings.json").read_text())
     assert timings["system"] == "search" and {"parse", "bm25", "rules"} <= set(timings["stages"])
     assert out["experiment"]["primary_metric"] == "clicks_per_search"

@@ -94,7 +94,9 @@ def test_a_batch_is_answered_as_its_queries_one_by_one(world) -> None:
         assert alone["batch"] == 1 and set(alone) == set(got)
         assert got["query"] == q and got["user_id"] == u and got["ranked_by"] == alone["ranked_by"] == "ltr"
         assert [r["product_id"] for r in got["results"]] == [r["product_id"] for r in alone["results"]]
-        np.testing.assert_allclose([r["score"] for r in got["results"]], [r["score"] for r in alone["results"]])
+        np.testing.assert_allclose(
+            [r["score"] for r in got["results"]], [r["score"] for r in alone["results"]]
+        )
     # the bm25 variant of the same batch: no LTR stage at all
     lexical = engine.search_batch(queries, users, 10, ranking="bm25")
     assert all(r["ranked_by"] == "bm25" and "ltr" not in r["timings_ms"] for r in lexical)

@@ -194,7 +194,8 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     sub.required = True
 
     p = sub.add_parser(
-        "simulate", help="simulate a catalog, queries, users and a position-biased click log into W/search/data"
+        "simulate",
+        help="simulate a catalog, queries, users and a position-biased click log into W/search/data",
     )
     _workdir(p)
     p.add_argument("--size", choices=("tiny", "demo", "default"), default="default",
@@ -227,7 +228,8 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser(
-        "serve", help="HTTP service of W/search's champion: GET /v1/search, POST /v1/events (-> data/clicklog)"
+        "serve",
+        help="HTTP service of W/search's champion: GET /v1/search, POST /v1/events (-> data/clicklog)",
     )
     _workdir(p)
     p.add_argument("--config", default=None)

@@ -252,7 +252,9 @@ class ClickLog:
         self._buffered = 0
 
     def _glob(self) -> str | None:
-        return str(self._dir / "*.parquet") if self._dir.is_dir() and any(self._dir.glob("*.parquet")) else None
+        return (
+            str(self._dir / "*.parquet") if self._dir.is_dir() and any(self._dir.glob("*.parquet")) else None
+        )
 
     def __len__(self) -> int:
         self.flush()

@@ -126,6 +126,9 @@ def run(
         console.print(f"  ranked by {body['ranked_by']}; timings ms {body['timings_ms']}; skipped: {skipped}")
 
     first = answers[0]["body"]
+    # The showcase search happens on the simulated clock (the second after the last logged search), so
+    # the drift report's window ("the log's last 7 days") stays the simulated week, not these 7 events.
+    now = int(imp["ts"].max()) + 1
     events = [
         {
             "type": "impression",
@@ -134,18 +137,20 @@ def run(
             "user_id": "7",
             "product_id": r["product_id"],
             "position": r["position"],
+            "ts": now,
         }
         for r in first["results"]
     ]
     if first["results"]:
         top = first["results"][0]
         events += [
-            {"type": "click", "search_id": first["search_id"], "product_id": top["product_id"]},
+            {"type": "click", "search_id": first["search_id"], "product_id": top["product_id"], "ts": now},
             {
                 "type": "purchase",
                 "search_id": first["search_id"],
                 "product_id": top["product_id"],
                 "value": top["price"],
+                "ts": now,
             },
         ]
     posted = client.post("/v1/events", json={"events": events}).json()

@@ -212,7 +212,11 @@ class SearchEngine:
                                  f"ask for {svc.k_min}..{svc.k_max} results")  # fmt: skip
             ks.append(int(k))
             user = body.get("user_id", "")
-            if isinstance(user, bool) or not isinstance(user, str | int) or len(str(user)) > MAX_USER_ID_CHARS:
+            if (
+                isinstance(user, bool)
+                or not isinstance(user, str | int)
+                or len(str(user)) > MAX_USER_ID_CHARS
+            ):
                 raise InputError(name("user_id"), user, f"must be a string of at most {MAX_USER_ID_CHARS} characters",
                                  "send the shopper's id, or leave it out for an anonymous search")  # fmt: skip
             user_ids.append(str(user))

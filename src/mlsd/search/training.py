@@ -243,7 +243,9 @@ class SearchSteps:
         impressions = impressions.reset_index(drop=True)
         before = champion.params if champion is not None else {}
         dense = bool(before.get("dense", False)) if self.dense is None else bool(self.dense)
-        parser = dict(before.get("parser") or {}) if self.parser_options is None else dict(self.parser_options)
+        parser = (
+            dict(before.get("parser") or {}) if self.parser_options is None else dict(self.parser_options)
+        )
         settings = {
             "dense": dense,
             "parser": parser,

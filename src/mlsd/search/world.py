@@ -721,7 +721,11 @@ def simulate_into(
 
     if size not in WORLD_SIZES:
         raise InputError("--size", size, "unknown size", f"use one of {', '.join(WORLD_SIZES)}")
-    world = {**WORLD_SIZES[size], **{k: int(v) for k, v in counts.items() if v is not None}, "seed": int(seed)}
+    world = {
+        **WORLD_SIZES[size],
+        **{k: int(v) for k, v in counts.items() if v is not None},
+        "seed": int(seed),
+    }
     unknown = sorted(set(world) - {*WORLD_SIZES[size], "seed"})
     if unknown:
         raise InputError(unknown[0], counts[unknown[0]], "unknown size setting",
@@ -737,10 +741,14 @@ def simulate_into(
     if progress:
         print(f"simulating {world['products']:,} products, {world['sessions']:,} searches of "
               f"{world['queries']:,} query texts by {world['users']:,} users (seed {seed}) into {dirs.data}")  # fmt: skip
-    sim = simulate(world["products"], world["sessions"], seed, n_queries=world["queries"], n_users=world["users"])
+    sim = simulate(
+        world["products"], world["sessions"], seed, n_queries=world["queries"], n_users=world["users"]
+    )
     dirs.create()
     sim.save(dirs.data, world=world)
-    events = ClickLog(dirs.data / "clicklog").append_impressions(sim.impressions) if len(sim.impressions) else 0
+    events = (
+        ClickLog(dirs.data / "clicklog").append_impressions(sim.impressions) if len(sim.impressions) else 0
+    )
     imp = sim.impressions
     return {
         "data": str(dirs.data),
