@@ -11,7 +11,6 @@ fastapi) are imported inside each verb, so ``mlsd recsys --help`` stays instant.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from mlsd.platform.errors import InputError
@@ -107,7 +106,9 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_positive_int("workers", 1, 64), default=1,
                    help="uvicorn worker processes, each with its own copy of the model (one Python process "
                         "serves one request at a time: throughput grows with processes)")  # fmt: skip
-    add_serving_options(p)  # --experiments FILE (recsys experiments route every request), --exposure-redis URL
+    add_serving_options(
+        p
+    )  # --experiments FILE (recsys experiments route every request), --exposure-redis URL
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("bench", help="latency and throughput, in-process and over HTTP")
@@ -249,7 +250,7 @@ def _bench(args: argparse.Namespace) -> int:
         events_per_user=args.events_per_user, train_users=args.train_users, k=args.k,
         workdir=args.workdir, seed=args.seed, workers=args.workers,
     )  # fmt: skip
-    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    print(dumps(result) if args.json else dumps(result, indent=2))
     return 0
 
 

@@ -27,6 +27,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from mlsd.platform.errors import DataFormatError, InputError
+from mlsd.platform.jsonio import write_json
 
 INTERACTION_COLUMNS: dict[str, str] = {
     "user_id": "int64",
@@ -258,7 +259,7 @@ def save(dataset: RecsysDataset, out: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for name in TABLES:
         getattr(dataset, name).to_parquet(out / f"{name}.parquet", index=False)
-    (out / "meta.json").write_text(json.dumps({"name": dataset.name, **dataset.meta}, indent=2))
+    write_json(out / "meta.json", {"name": dataset.name, **dataset.meta})
     return out
 
 

@@ -15,7 +15,6 @@ Prints ONE JSON object on stdout with ``--json``; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -23,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from mlsd.platform.errors import InputError
+from mlsd.platform.jsonio import dumps
 from mlsd.platform.metrics import ranking_metrics
 from mlsd.recsys.candidates import (
     EVAL_SOURCE_SETTINGS,
@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "validation", False):
         out["validation"] = True
     if args.json:
-        print(json.dumps(out))
+        print(dumps(out))
     else:
         header = f"{'model':<12}" + "".join(f"{m:>15}" for m in next(iter(metrics.values())))
         print(f"{args.dataset} ({dataset.name}), protocol {args.protocol}, k={args.k}")

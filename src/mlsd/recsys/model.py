@@ -27,6 +27,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from mlsd.platform.errors import DataFormatError, InputError
+from mlsd.platform.jsonio import write_json
 from mlsd.recsys.candidates import DEFAULT_SOURCES, CandidateGenerator, History, as_user_array, check_n
 from mlsd.recsys.data import IdMap, RecsysDataset, binary_matrix, validate
 from mlsd.recsys.features import DAY, FeatureBuilder, TrainingRows, label_rows
@@ -352,11 +353,7 @@ class TwoStageRecommender:
             if not k.endswith("_") and k not in ("ranker", "source_models")
         }
         params["score_models"] = list(self.score_models)
-        (path / "model.json").write_text(
-            json.dumps(
-                {"params": params, "train_meta": getattr(self, "train_meta_", {})}, indent=2, default=str
-            )
-        )
+        write_json(path / "model.json", {"params": params, "train_meta": getattr(self, "train_meta_", {})})
         return path
 
     @classmethod

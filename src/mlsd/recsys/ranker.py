@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from mlsd.platform.errors import DataFormatError, InputError
+from mlsd.platform.jsonio import write_json
 
 
 class LightGBMRanker:
@@ -209,7 +210,7 @@ class LightGBMRanker:
             "best_iteration": self.best_iteration_,
             "base_coef": getattr(self, "base_coef_", None),
         }
-        (path / "ranker.json").write_text(json.dumps(meta, indent=2))
+        write_json(path / "ranker.json", meta)
         return path
 
     @classmethod

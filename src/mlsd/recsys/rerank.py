@@ -18,7 +18,6 @@ ranked candidates in three steps:
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 from collections import deque
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mlsd.platform.jsonio import dumps
 from mlsd.recsys.config import RerankConfig
 
 DAY_S = 86_400
@@ -195,7 +195,7 @@ class ExposureLog:
             if self.path is not None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 lines = [
-                    json.dumps(
+                    dumps(
                         {
                             "request_id": request_id,
                             "user_id": user_id,

@@ -36,7 +36,6 @@ Entry points:
 from __future__ import annotations
 
 import datetime as dt
-import json
 import sys
 import tempfile
 import time
@@ -48,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from mlsd.platform.errors import InputError
+from mlsd.platform.jsonio import write_json
 from mlsd.platform.retraining import Trained, Verdict, Window, resolve_run_date
 from mlsd.platform.system import SystemDir
 from mlsd.recsys.config import MODEL_NAME, TrainConfig
@@ -140,7 +140,7 @@ def write_catalog(
     ]
     seeds = before.sort_values("timestamp", kind="stable").groupby("user_id").tail(seeds_per_user)
     seeds[["user_id", "item_id", "timestamp"]].to_parquet(out / "seeds.parquet", index=False)
-    (out / "meta.json").write_text(json.dumps({"now_ts": int(now_ts), "dataset": dataset.name}))
+    write_json(out / "meta.json", {"now_ts": int(now_ts), "dataset": dataset.name})
 
 
 @dataclass
