@@ -14,7 +14,6 @@ Heavy imports (pandas, torch, lightgbm) happen inside the verbs so ``mlsd search
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -106,7 +105,7 @@ def _train(args: argparse.Namespace) -> int:
         _print_json(report)
     else:
         keys = ("model", "version", "registered", "promoted", "reason", "metrics", "champion", "seconds")
-        print(json.dumps({k: report.get(k) for k in keys}, indent=2, default=str))
+        print(dumps({k: report.get(k) for k in keys}, indent=2))
     return 0
 
 
@@ -146,12 +145,12 @@ def _bench(args: argparse.Namespace) -> int:
 
         _err(f"query understanding on {args.products} simulated products, {args.queries} query texts")
         result = understanding_bench(args.products, args.queries, seed=args.seed)
-        _print_json(result) if args.json else print(json.dumps(result, indent=2))
+        _print_json(result) if args.json else print(dumps(result, indent=2))
         return 0
     if args.dense_probe:
         _err(f"probing flat dense search over {args.dense_probe} distinct vectors")
         result = probe_dense_shard(args.dense_probe, hnsw_sample=args.hnsw_sample)
-        _print_json(result) if args.json else print(json.dumps(result, indent=2))
+        _print_json(result) if args.json else print(dumps(result, indent=2))
         return 0
     result = run_bench(
         args.products,
@@ -166,7 +165,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result)
     else:
-        print(json.dumps(result, indent=2))
+        print(dumps(result, indent=2))
     return 0
 
 
