@@ -68,7 +68,6 @@ truth, since it is not simulated).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sys
@@ -541,7 +540,7 @@ def save_world(dataset: RecsysDataset, truth: SimulationTruth, out: str | Path,
     meta = dict(dataset.meta)
     if train is not None:
         meta["train"] = asdict(train)
-    out = recsys_data.save(dataclasses.replace(dataset, meta=meta), out)
+    out = recsys_data.save(replace(dataset, meta=meta), out)
     truth.users.to_parquet(out / "truth_users.parquet", index=False)
     truth.items.to_parquet(out / "truth_items.parquet", index=False)
     return out
