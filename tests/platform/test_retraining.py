@@ -95,8 +95,14 @@ def test_cli_errors_exit_2_with_the_field(tmp_path, capsys) -> None:
 
 
 def test_the_real_search_job_through_the_cli_is_idempotent(tmp_path, capsys):
-    # a fresh folder: the job simulates its world, trains, registers and promotes the first model
+    # a workdir without data: the job fails closed, naming the fix, and leaves nothing behind
     argv = ["pipeline", "run", "daily", "--workdir", str(tmp_path), "--systems", "search", "--json"]
+    assert main(argv) == 2
+    assert "mlsd search simulate --workdir" in capsys.readouterr().err
+    assert not (tmp_path / "search").exists()
+    # with data: trains, registers and promotes the first model
+    assert main(["search", "simulate", "--workdir", str(tmp_path), "--size", "tiny"]) == 0
+    capsys.readouterr()
     assert main(argv) == 0
     (first,) = json.loads(capsys.readouterr().out)["runs"]
     assert first["status"] == "ran" and first["registered"] and first["promoted"]

@@ -51,12 +51,9 @@ def _train(dirs: SystemDir, *, progress: bool = True, **options: Any) -> dict[st
 def _retrain(dirs: SystemDir, run_date: dt.date | None, *, progress: bool = True) -> dict[str, Any]:
     from mlsd.search.training import retrain
 
-    if not (dirs.data / "products.parquet").exists():
-        # The scheduled job on a fresh workdir trains on the demo world (deterministic, seed 0), as
-        # `mlsd pipeline run daily --workdir NEW` always did; a workdir with data is never touched.
-        from mlsd.search.world import simulate_into
-
-        simulate_into(dirs, size="demo", reuse=True, progress=progress)
+    # A scheduled job on a workdir without data fails closed: it never trains on a simulated world
+    # in place of the data it was pointed at.
+    dirs.require_data(f"mlsd search simulate --workdir {dirs.root} (or import your catalog and click log)")
     return retrain(dirs, run_date, progress=progress)
 
 
