@@ -9,7 +9,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mlsd.platform.errors import InputError
-from mlsd.platform.registry import ModelRegistry
 from mlsd.platform.system import get_system
 from mlsd.search.system import SYSTEM
 
@@ -39,11 +38,9 @@ def test_example_requests_are_served_in_process_and_over_http(search_world) -> N
     assert http.get("/health").json()["model_version"] == world.engine.model_version
 
 
-def test_the_scheduled_job_simulates_the_demo_world_on_a_fresh_workdir(tmp_path) -> None:
+def test_the_scheduled_job_fails_closed_on_a_workdir_without_data(tmp_path) -> None:
     dirs = SYSTEM.dirs(tmp_path)
     with pytest.raises(InputError) as err:
         SYSTEM.retrain(dirs, dt.date(2030, 1, 1), progress=False)
-    assert err.value.field == "--date" and "2025-12-02" in str(err.value) and "2025-12-31" in str(err.value)
-    assert (dirs.data / "simulation.json").exists()  # simulated deterministically before the check
-    registry = ModelRegistry(dirs.registry)
-    assert "search-ltr" not in registry.names()  # nothing was trained or registered
+    assert err.value.field == "--workdir" and "mlsd search simulate --workdir" in err.value.fix
+    assert not dirs.exists()  # nothing simulated, trained or created in its place

@@ -64,6 +64,7 @@ import numpy as np
 import pandas as pd
 
 from mlsd.platform.errors import InputError
+from mlsd.platform.experiments.router import ArmRouter
 from mlsd.platform.serving import Deadline, StageCost, StageTimer
 from mlsd.platform.system import SystemDir
 from mlsd.recsys.config import RecsysConfig, RerankConfig
@@ -375,9 +376,9 @@ class RecsysEngine:
                 )  # fmt: skip
         else:
             raise InputError("registry", None, "no model source", "pass registry_root or model_dir")
-        self._arms = self._experiment_arms()
+        self._router = ArmRouter(self.experiments, SYSTEM, self._variant_of_arm)
         for alias in sorted(
-            {v.alias for arms in self._arms.values() for v in arms} - {self.config.service.alias}
+            {v.alias for arms in self._router.variants_.values() for v in arms} - {self.config.service.alias}
         ):
             self._others[alias] = self._load_alias(alias)
             if self.registry_root is not None and polling:
@@ -432,21 +433,11 @@ class RecsysEngine:
                              "train one (mlsd pipeline run daily) or pick another arm")  # fmt: skip
         return load_snapshot(reg.artifact_path(svc.model_name, version), version, self.config)
 
-    def _experiment_arms(self) -> dict[str, list[Variant]]:
-        """Experiment name -> the Variant of each arm, for the client's recsys experiments (validated)."""
-        if self.experiments is None:
-            return {}
-        arms: dict[str, list[Variant]] = {}
-        for name, exp in self.experiments.config.experiments.items():
-            if exp.system != SYSTEM:
-                continue
-            arms[name] = [
-                variant_from_params(
-                    arm.alias, dict(arm.params), self.config, where=f"experiments.{name}.arms[{i}].params"
-                )  # fmt: skip
-                for i, arm in enumerate(exp.arms)
-            ]
-        return arms
+    def _variant_of_arm(self, name: str, index: int, arm: Any) -> Variant:
+        """The Variant an experiment arm runs (validated at startup: a bad knob is an InputError here)."""
+        return variant_from_params(
+            arm.alias, dict(arm.params), self.config, where=f"experiments.{name}.arms[{index}].params"
+        )
 
     def _on_alias_move(self, alias: str, new_version) -> None:
         if new_version is None:
@@ -499,13 +490,11 @@ class RecsysEngine:
         alias, ranker, rerank = self.config.service.alias, "lightgbm", None
         names: dict[str, str] = {}
         for name, idx in arm_of.items():
-            if idx < 0:
-                continue
-            v = self._arms[name][idx]
+            v = self._router.variant(name, idx)
             alias = v.alias
             ranker = v.ranker if v.ranker != "lightgbm" else ranker
             rerank = v.rerank if v.rerank is not None else rerank
-            names[name] = self.experiments.config.experiment(name).arms[idx].name
+            names[name] = self._router.arm_name(name, idx)
         return Variant(alias=alias, ranker=ranker, rerank=rerank), names
 
     # -- live profiles (online store) ------------------------------------------------------------------
@@ -547,23 +536,14 @@ class RecsysEngine:
         batch = self._parse(requests)
         deadline = Deadline(batch.deadline_ms)
         out: list[dict[str, Any] | None] = [None] * len(batch)
-        arm_of = (
-            {name: self.experiments.assign(name, batch.uids) for name in self._arms} if len(batch) else {}
-        )
-        keys = np.stack(list(arm_of.values()), axis=1) if arm_of else np.zeros((len(batch), 0), np.int64)
-        if len(batch):
-            uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
-            for g, row in enumerate(uniq):
-                variant, names = self._combine({name: int(row[j]) for j, name in enumerate(arm_of)})
-                rows = np.flatnonzero(inverse.reshape(-1) == g)
-                for r, answer in zip(rows, self._serve(batch.take(rows), variant, deadline, served=True),
-                                     strict=True):  # fmt: skip
-                    answer["experiment"] = names
-                    out[r] = answer
-        for name, arms in arm_of.items():  # only now was the batch really served
-            inside = arms >= 0
-            if inside.any():
-                self.experiments.expose(name, batch.uids[inside], arms[inside])
+        assignment = self._router.assign(batch.uids)
+        for arm_of, rows in assignment.groups():  # one sub-batch per combination of arms
+            variant, names = self._combine(arm_of)
+            for r, answer in zip(rows, self._serve(batch.take(rows), variant, deadline, served=True),
+                                 strict=True):  # fmt: skip
+                answer["experiment"] = names
+                out[r] = answer
+        self._router.expose(assignment, batch.uids)  # only now was the batch really served
         return out  # type: ignore[return-value]
 
     def preview(

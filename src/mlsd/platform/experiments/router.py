@@ -4,12 +4,19 @@ At construction the router resolves every arm of every experiment of one system 
 the system's ``resolve(experiment, index, arm)`` (load a registry alias, check the arm's params); a
 bad arm is then an :class:`~mlsd.platform.errors.InputError` at startup, never a 500 on a request.
 
-Per batch (:meth:`ArmRouter.route`): one ``assign`` per experiment, in config order; a unit takes the
-first experiment that holds it; units with an empty id are in no experiment (an anonymous request
-has no stable unit to randomise). :meth:`Routes.groups` yields the rows per variant, so each
-sub-batch runs its variant in one call, and :meth:`ArmRouter.expose` logs, once the responses were
-built, the exposures of the rows that were served their arm (vectorised; one ``expose`` call per
-experiment).
+Per batch, one ``assign`` per experiment (units with an empty id are in no experiment: an anonymous
+request has no stable unit to randomise), then one of two policies:
+
+* :meth:`ArmRouter.assign` -> :class:`Assignment`: a unit is in every experiment that holds it (one
+  per layer, layers being mutually exclusive inside); :meth:`Assignment.groups` yields each distinct
+  combination of arms with its rows, and the system composes the arms' variants (recsys: the later
+  experiment's model, the union of the re-ranking knobs);
+* :meth:`ArmRouter.route` -> :class:`Routes`: a unit takes the *first* experiment (config order) that
+  holds it and that arm's variant (search); :meth:`Routes.groups` yields the rows per variant.
+
+Either way each sub-batch runs its variant in one call, and :meth:`ArmRouter.expose` logs, once the
+responses were built, the exposures of the rows that were served their arm (vectorised; one
+``expose`` call per experiment).
 
 Examples:
     >>> from mlsd.platform.experiments import ExperimentClient, make_experiment
@@ -24,6 +31,9 @@ Examples:
     [(1, [0, 3]), (1, [2]), (2, [1])]
     >>> int(router.expose(routes, ["u1", "u2", "", "u3"]).sum())   # first exposures of the 3 units
     3
+    >>> assignment = router.assign(["u1", "u2", "", "u3"])       # every experiment (one here)
+    >>> [(held, rows.tolist()) for held, rows in assignment.groups()]
+    [({}, [2]), ({'boost': 0}, [0, 3]), ({'boost': 1}, [1])]
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-__all__ = ["ArmRouter", "Routes"]
+__all__ = ["ArmRouter", "Assignment", "Routes"]
 
 V = TypeVar("V")
 
@@ -57,6 +67,24 @@ class Routes(Generic[V]):
         for key, rows in by_key.items():
             variant = self.variants[rows[0]]
             yield (default if key == 0 or variant is None else variant), np.asarray(rows, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Each request's arm in every experiment: ``arms[i, j]`` for ``experiments[j]`` (-1 = not in it)."""
+
+    experiments: tuple[str, ...]
+    arms: np.ndarray  # int64 (n_requests, n_experiments)
+
+    def groups(self) -> Iterator[tuple[dict[str, int], np.ndarray]]:
+        """({experiment: arm} of the experiments holding them, row positions) per distinct combination."""
+        if self.arms.shape[0] == 0:
+            return
+        combos, inverse = np.unique(self.arms, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        for g, combo in enumerate(combos):
+            held = {name: int(a) for name, a in zip(self.experiments, combo.tolist(), strict=True) if a >= 0}
+            yield held, np.flatnonzero(inverse == g)
 
 
 class ArmRouter(Generic[V]):
@@ -82,6 +110,22 @@ class ArmRouter(Generic[V]):
     def active(self) -> bool:
         return bool(self.variants_)
 
+    def variant(self, experiment: str, arm: int) -> V:
+        return self.variants_[experiment][arm]
+
+    def arm_name(self, experiment: str, arm: int) -> str:
+        return self.arm_names_[experiment][arm]
+
+    def assign(self, unit_ids: Sequence[Any]) -> Assignment:
+        """Every request's arm in every experiment of the system (the all-layers policy)."""
+        ids = np.asarray([str(u) for u in unit_ids], dtype=object)
+        arms = np.full((len(ids), len(self.variants_)), -1, dtype=np.int64)
+        signed = np.flatnonzero(ids != "")
+        for j, name in enumerate(self.variants_):
+            if len(signed):
+                arms[signed, j] = np.asarray(self.client.assign(name, ids[signed]), dtype=np.int64)
+        return Assignment(tuple(self.variants_), arms)
+
     def route(self, unit_ids: Sequence[Any]) -> Routes[V]:
         n = len(unit_ids)
         ids = np.asarray([str(u) for u in unit_ids], dtype=object)
@@ -104,16 +148,21 @@ class ArmRouter(Generic[V]):
             open_rows = open_rows[~held]  # a unit takes the first experiment that holds it
         return Routes(experiment, arm, variants, names)
 
-    def expose(self, routes: Routes[V], unit_ids: Sequence[Any], ts: Any = None) -> np.ndarray:
-        """Log the exposures of the routed rows; True where it was the unit's first exposure."""
+    def expose(self, routed: Routes[V] | Assignment, unit_ids: Sequence[Any], ts: Any = None) -> np.ndarray:
+        """Log the exposures of the routed rows; True where it was a unit's first exposure."""
         first = np.zeros(len(unit_ids), dtype=bool)
         if self.client is None:
             return first
         ids = np.asarray([str(u) for u in unit_ids], dtype=object)
         ts_all = None if ts is None else np.broadcast_to(np.asarray(ts, dtype=np.int64), ids.shape)
-        for name in self.variants_:
-            rows = np.flatnonzero(routes.experiment == name)
+        for j, name in enumerate(self.variants_):
+            if isinstance(routed, Assignment):
+                arms = routed.arms[:, j]
+                rows = np.flatnonzero(arms >= 0)
+            else:
+                rows = np.flatnonzero(routed.experiment == name)
+                arms = routed.arm
             if len(rows):
                 ts_rows = None if ts_all is None else ts_all[rows]
-                first[rows] = self.client.expose(name, ids[rows], routes.arm[rows], ts_rows)
+                first[rows] |= self.client.expose(name, ids[rows], arms[rows], ts_rows)
         return first
