@@ -2,8 +2,9 @@
 
 In data-flow order:
 
-* :func:`train_ranker` -- LambdaMART with IPS (or on raw clicks), point in time: history features from
-  the first part of the log, labels from the rest; :func:`pair_features` featurises logged pairs the
+* :func:`training_pairs` -- the training frame, point in time: history features from the impressions
+  before a cutoff, labels from the rest; :func:`train_ranker` -- LambdaMART with IPS (or on raw
+  clicks) on it; :func:`pair_features` featurises logged pairs the
   way the drift monitor does; :func:`reference_sample` is the drift reference saved with the model.
 * :class:`SearchSteps` -- the search half of a retrain job (:class:`mlsd.platform.retraining.RetrainSteps`):
   ``window`` (every click-log impression up to the end of the run date, UTC; default the log's last
@@ -51,7 +52,27 @@ DAY = 86_400
 # LambdaMART from the click log
 
 
-def train_ranker(
+@dataclass
+class TrainingPairs:
+    """The ranker's training frame: one row per (query, product) pair labelled in ``window``.
+
+    ``X`` holds the pairs' features, every history feature (CTR, conversion, user affinity) computed
+    from ``history`` = the impressions strictly before ``cutoff``; ``gain`` and ``query_index`` come from
+    ``window`` = the impressions at or after it. No label of the window reaches a feature.
+    """
+
+    X: np.ndarray
+    gain: np.ndarray
+    query_index: np.ndarray
+    labels: pd.DataFrame  # query, product_id, gain (random negatives last, gain 0)
+    n_logged: int  # rows of labels that were logged pairs (the rest are random negatives)
+    cutoff: int
+    history: pd.DataFrame
+    window: pd.DataFrame
+    propensity: Any
+
+
+def training_pairs(
     engine: SearchEngine,
     impressions: pd.DataFrame,
     *,
@@ -59,20 +80,21 @@ def train_ranker(
     propensity: Any = None,
     config: SearchConfig | None = None,
     history_share: float = 0.5,
-) -> tuple[Any, dict[str, Any]]:
-    """LambdaMART from the click log: features from the first ``history_share`` of the log (by time),
-    labels from the rest. ``ips`` weights outcomes by 1/propensity (``propensity`` estimated from the log
-    when not given). Returns ``(ranker, report)``; the engine's history features are left as trained.
-    """
-    from mlsd.search.ltr import LambdaMARTRanker, pair_labels
+    cutoff: int | None = None,
+) -> TrainingPairs:
+    """Point in time: the engine's history features refit on the impressions before ``cutoff`` (default
+    the ``history_share`` quantile of the log's times), labels from the rest (IPS-weighted when ``ips``).
+    Leaves the engine's history features as they were fitted here."""
+    from mlsd.search.ltr import pair_labels
     from mlsd.search.propensity import estimate_propensities
 
     config = config or engine.config
     if ips and propensity is None:
         propensity = estimate_propensities(impressions, clip=config.ltr.propensity_clip)
-    cutoff = np.quantile(impressions["ts"].to_numpy(), history_share)
-    history = impressions[impressions["ts"].to_numpy() < cutoff]
-    window = impressions[impressions["ts"].to_numpy() >= cutoff]
+    ts = impressions["ts"].to_numpy()
+    cutoff = int(np.quantile(ts, history_share)) if cutoff is None else int(cutoff)
+    history = impressions[ts < cutoff]
+    window = impressions[ts >= cutoff]
     engine.refit_history(history, propensity if ips else None)
     labels = pair_labels(
         window, propensity if ips else None, config.objective, shrink=config.ltr.label_shrink
@@ -81,6 +103,7 @@ def train_ranker(
     rows = engine.row_of_id_.reindex(labels["product_id"].to_numpy()).to_numpy()
     ok = ~np.isnan(rows)
     labels, qi, rows = labels[ok], qi[ok], rows[ok].astype(np.int64)
+    n_logged = len(labels)
     n_neg = config.ltr.random_negatives
     if n_neg > 0:
         rng = np.random.default_rng(config.ltr.seed)
@@ -101,10 +124,34 @@ def train_ranker(
         qi = np.concatenate([qi, neg_q[fresh]])
         rows = np.concatenate([rows, neg_rows[fresh]])
     X = pair_features(engine, window, texts, qi, rows, labels["product_id"].to_numpy())
-    ranker = LambdaMARTRanker(config.ltr).fit(X, labels["gain"].to_numpy(), qi)
+    return TrainingPairs(X, labels["gain"].to_numpy(), qi, labels.reset_index(drop=True), n_logged,
+                         cutoff, history, window, propensity)  # fmt: skip
+
+
+def train_ranker(
+    engine: SearchEngine,
+    impressions: pd.DataFrame,
+    *,
+    ips: bool = True,
+    propensity: Any = None,
+    config: SearchConfig | None = None,
+    history_share: float = 0.5,
+) -> tuple[Any, dict[str, Any]]:
+    """LambdaMART from the click log's :func:`training_pairs` (features from the first ``history_share``
+    of the log by time, labels from the rest). ``ips`` weights outcomes by 1/propensity (estimated from
+    the log when not given). Returns ``(ranker, report)``; the engine's history features are left as
+    trained.
+    """
+    from mlsd.search.ltr import LambdaMARTRanker
+
+    config = config or engine.config
+    pairs = training_pairs(
+        engine, impressions, ips=ips, propensity=propensity, config=config, history_share=history_share
+    )
+    X, n_logged, history, window = pairs.X, pairs.n_logged, pairs.history, pairs.window
+    ranker = LambdaMARTRanker(config.ltr).fit(X, pairs.gain, pairs.query_index)
     # The drift reference: the logged pairs the ranker learned from (not the random negatives, which
     # serving never shows), with its own scores as "prediction".
-    n_logged = len(labels) - (len(neg) if n_neg > 0 else 0)
     ranker.reference_ = reference_sample(X[:n_logged], ranker.predict(X[:n_logged]), seed=config.ltr.seed)
     ranker.reference_meta_ = {
         "history_impressions": int(len(history)),
@@ -114,12 +161,12 @@ def train_ranker(
     }
     report = {
         "ips": ips,
-        "training_pairs": len(labels),
-        "random_negatives": int(n_neg * len(texts)),
-        "training_queries": len(texts),
+        "training_pairs": len(pairs.labels),
+        "random_negatives": int(len(pairs.labels) - n_logged),
+        "training_queries": int(len(np.unique(pairs.query_index))),
         "history_impressions": len(history),
         "label_impressions": len(window),
-        "propensity": propensity.to_dict() if (ips and propensity is not None) else None,
+        "propensity": pairs.propensity.to_dict() if (ips and pairs.propensity is not None) else None,
         "objective": dict(config.objective.__dict__),
         "feature_names": list(FEATURE_NAMES),
     }
