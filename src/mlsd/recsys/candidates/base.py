@@ -164,3 +164,19 @@ def gather(dense: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
     out = np.take_along_axis(dense, np.clip(item_idx, 0, None), axis=1).astype(np.float32)
     out[item_idx < 0] = np.nan
     return out
+
+
+class DenseScored:
+    """A source that scores every item at once: :meth:`candidates` and :meth:`score` follow from its
+    ``score_dense(user_ids) -> (u, n_items)`` (NaN rows for unknown users) and ``items_``."""
+
+    def candidates(self, user_ids, n: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
+        user_ids = as_user_array(user_ids)
+        n = check_n(n)
+        exclude = check_exclude(exclude, len(user_ids), len(self.items_))  # type: ignore[attr-defined]
+        dense = self.score_dense(user_ids)  # type: ignore[attr-defined]
+        dense[np.isnan(dense)] = -np.inf
+        return top_n_dense(dense, n, exclude)
+
+    def score(self, user_ids, item_idx) -> np.ndarray:
+        return gather(self.score_dense(user_ids), item_idx)  # type: ignore[attr-defined]

@@ -6,12 +6,12 @@ import numpy as np
 
 from mlsd.platform.errors import InputError
 from mlsd.recsys.candidates.als import ALSCandidates
-from mlsd.recsys.candidates.base import History, as_user_array, check_exclude, check_n, gather, top_n_dense
+from mlsd.recsys.candidates.base import DenseScored, History, as_user_array
 from mlsd.recsys.candidates.item_item import EASECandidates, RP3BetaCandidates, SequentialEASECandidates
 from mlsd.recsys.data import IdMap
 
 
-class BlendCandidates:
+class BlendCandidates(DenseScored):
     """A weighted sum of collaborative scorers, each z-scored over the catalogue per user.
 
     The scorers' raw scales are unrelated (EASE regression weights, random-walk probabilities, ALS
@@ -48,17 +48,6 @@ class BlendCandidates:
             std = s.std(axis=1, keepdims=True)
             out += self.weights_[name] * (s - mean) / np.where(std > 0, std, 1.0)
         return out
-
-    def candidates(self, user_ids, n: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
-        user_ids = as_user_array(user_ids)
-        n = check_n(n)
-        exclude = check_exclude(exclude, len(user_ids), len(self.items_))
-        dense = self.score_dense(user_ids)
-        dense[np.isnan(dense)] = -np.inf
-        return top_n_dense(dense, n, exclude)
-
-    def score(self, user_ids, item_idx) -> np.ndarray:
-        return gather(self.score_dense(user_ids), item_idx)
 
 
 def _member(name: str):

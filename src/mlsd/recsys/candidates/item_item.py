@@ -8,11 +8,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from mlsd.platform.errors import InputError
-from mlsd.recsys.candidates.base import History, as_user_array, check_exclude, check_n, gather, top_n_dense
+from mlsd.recsys.candidates.base import DenseScored, History, as_user_array
 from mlsd.recsys.data import IdMap
 
 
-class _ItemItemCandidates:
+class _ItemItemCandidates(DenseScored):
     """Shared shape of EASE and RP3beta: binary history X, a dense items x items matrix M, score = X M.
 
     The dense matrix is why both refuse catalogues above ``max_items``; subclasses only say how M is
@@ -54,17 +54,6 @@ class _ItemItemCandidates:
         if known.any():
             dense[known] = self.X_[rows[known]] @ self.M_
         return dense
-
-    def candidates(self, user_ids, n: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
-        user_ids = as_user_array(user_ids)
-        n = check_n(n)
-        exclude = check_exclude(exclude, len(user_ids), len(self.items_))
-        dense = self.score_dense(user_ids)
-        dense[np.isnan(dense)] = -np.inf
-        return top_n_dense(dense, n, exclude)
-
-    def score(self, user_ids, item_idx) -> np.ndarray:
-        return gather(self.score_dense(user_ids), item_idx)
 
 
 class EASECandidates(_ItemItemCandidates):
