@@ -20,7 +20,7 @@ run() {  # name, then the mlsd arguments; stdout (one JSON object) -> OUT/name.j
 want() { [[ " $GROUPS_WANTED " == *" $1 "* ]]; }
 
 if want quality; then
-  run recsys-movielens          recsys evaluate --dataset movielens --path "$DATA/movielens-100k" --json
+  run recsys-movielens          recsys evaluate --dataset movielens --path "$DATA/movielens-100k" --models popularity,als,blend,two_stage --json
   run recsys-movielens-temporal recsys evaluate --dataset movielens --path "$DATA/movielens-100k" --protocol temporal --json
   run fraud-handbook            fraud evaluate --dataset handbook --path "$DATA/fraud-sample" --json
   for seed in 0 1 2 3 4; do
