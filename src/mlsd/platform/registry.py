@@ -326,7 +326,7 @@ class ModelRegistry:
                 shutil.rmtree(tmp, ignore_errors=True)
         model_version = self.get(name, version)
         meta = model_dir / f"v{version}.json"
-        meta.write_text(json.dumps(model_version.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
+        meta.write_text(json.dumps(plain(model_version.to_dict()), indent=2, sort_keys=True) + "\n")
         return model_version
 
     # -- read ----------------------------------------------------------------------------------------

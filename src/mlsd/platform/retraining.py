@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mlsd.platform.errors import InputError
-from mlsd.platform.jsonio import plain, write_json
+from mlsd.platform.jsonio import dumps, plain, write_json
 from mlsd.platform.system import CADENCES, SystemDir, systems, systems_with
 
 # What every system's run_scheduled report holds (the ledger, the CLI and the dashboard read these).
@@ -226,7 +226,7 @@ class RunLedger:
         with self._connect() as con:
             con.execute(
                 "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?)",
-                (cadence, run_date, system, time.time(), json.dumps(report, default=str)),
+                (cadence, run_date, system, time.time(), dumps(report)),
             )
 
     def runs(self) -> list[dict[str, Any]]:
@@ -355,7 +355,7 @@ def _run_one(
     report["status"] = "ran"
     out = root / "pipeline" / cadence / day / f"{system}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_json(out, report)
     report["report_path"] = str(out)
     ledger.put(cadence, day, system, report)
     return report
@@ -394,7 +394,7 @@ def _run(args: argparse.Namespace) -> int:
         args.cadence, args.workdir, parse_date(args.date), only=systems, progress=not args.json
     )
     if args.json:
-        print(json.dumps(summary, default=str))
+        print(dumps(summary))
     else:
         for r in summary["runs"]:
             if r["status"] == "failed":
