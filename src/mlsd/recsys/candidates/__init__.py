@@ -7,18 +7,9 @@ index, the batch helpers), one module per source family (:mod:`~mlsd.recsys.cand
 :mod:`~mlsd.recsys.candidates.generator` (the union). This module is the package's public API.
 ``tests/recsys/test_candidates.py`` runs one contract over all seven sources.
 
-Every source follows one protocol::
-
-    source.fit(dataset_or_interactions, users=None, items=None) -> source
-    source.candidates(user_ids, n, exclude=None) -> (item_idx (u, n) int64, scores (u, n) float32)
-    source.score(user_ids, item_idx) -> scores (u, m)   # the source's score for given pairs (a feature)
-    source.score_dense(user_ids) -> scores (u, n_items)  # every item (NaN rows: unknown users)
-
-``user_ids`` are raw ids; ``item_idx`` are dense indices into ``source.items_`` (an
-:class:`~mlsd.recsys.data.IdMap`). ``exclude`` is a sparse matrix with one row per requested user
-and one column per item (non-zero = never return it), typically the titles the user already saw.
-Rows are padded with item -1 / score -inf when a source has fewer than ``n`` items for a user
-(unknown users get an all-padding row from the personalised sources).
+Every source follows one batch-first protocol (:class:`~mlsd.recsys.candidates.base.CandidateSource`:
+``fit``, ``candidates``, ``score``, ``score_dense``; raw user ids in, dense item indices out, padding
+with item -1 / score -inf), documented in :mod:`~mlsd.recsys.candidates.base`.
 
 Sources: :class:`ALSCandidates` (implicit ALS + FAISS inner product), :class:`EASECandidates`
 (closed-form item-item model, strong on small catalogues), :class:`RP3BetaCandidates` (a random walk
