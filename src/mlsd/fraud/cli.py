@@ -1,5 +1,5 @@
-"""``mlsd fraud <verb>``: simulate, train, evaluate, tune-thresholds, backtest, review, serve, stream,
-bench, demo.
+"""``mlsd fraud <verb>``: simulate, import, train, evaluate, tune-thresholds, backtest, review, score,
+serve, stream, bench, demo.
 
 Every verb that reads or writes the system's state takes ``--workdir W`` (the workdir shared by all
 systems; the fraud state lives in ``W/fraud/{data,features,registry,runs,monitoring,review}``, see
@@ -21,6 +21,7 @@ from mlsd.platform.system import SystemDir
 
 NAME = "fraud"
 SIZES = ("tiny", "demo", "default")
+IMPORT_FORMATS = ("handbook", "csv", "parquet")  # SYSTEM.import_formats (mlsd.fraud.contract.FORMATS)
 
 
 def _dirs(args: argparse.Namespace) -> SystemDir:
@@ -85,6 +86,19 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser(
+        "import",
+        help="validate payments/labels files against the data contract and append them to W/fraud/data",
+    )
+    _workdir(p)
+    p.add_argument(
+        "--format", required=True, choices=IMPORT_FORMATS,
+        help="handbook (the Fraud Detection Handbook's daily CSVs), csv or parquet (the contract's tables)",
+    )  # fmt: skip
+    p.add_argument("--path", required=True, help="a file or a folder of files")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_import)
+
+    p = sub.add_parser(
         "train", help="train on W/fraud/data (labels known at the cut-off), register, promote a winner"
     )
     _workdir(p)
@@ -146,6 +160,17 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--json", action="store_true")
     p.set_defaults(func=_review)
 
+    p = sub.add_parser(
+        "score", help="decide payments with the workdir's champion (decision, probability, reasons)"
+    )
+    _workdir(p)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--payment", default=None, metavar="JSON", help="one payment as a JSON object")
+    what.add_argument("--file", default=None, metavar="F.jsonl", help="payments, one JSON object a line")
+    p.add_argument("--rules", default=None, help="rule file (default: the packaged rules.yaml)")
+    p.add_argument("--json", action="store_true", help="one JSON object: model_version and decisions")
+    p.set_defaults(func=_score)
+
     p = sub.add_parser("serve", help="HTTP scoring + review-queue service over the workdir's champion")
     _workdir(p)
     p.add_argument("--host", default="127.0.0.1")
@@ -205,6 +230,30 @@ def _simulate(args: argparse.Namespace) -> int:
         _print_json(summary)
     else:
         _err(f"wrote {summary['payments']} payments ({summary['frauds']} frauds) to {summary['path']}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from mlsd.fraud.contract import import_data
+
+    summary = import_data(_dirs(args).data, args.format, args.path)
+    if args.json:
+        _print_json(summary)
+    else:
+        days = ""
+        if summary["first_ts"] is not None:
+            import datetime as dt
+
+            day = lambda t: dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d")  # noqa: E731
+            days = f", payments {day(summary['first_ts'])} .. {day(summary['last_ts'])}, labels known to {day(summary['as_of'])}"
+        _err(
+            f"imported {summary['payments_new']} new payments ({summary['payments_duplicate']} already there) and "
+            f"{summary['labels_new']} new label events from {len(summary['files'])} file(s); "
+            f"{summary['data']} holds {summary['payments_total']} payments, {summary['labels_total']} label events{days}"
+            + ("" if summary["changed"] else " (nothing changed)")
+        )
+        if summary["labels_without_payment"]:
+            _err(f"note: {summary['labels_without_payment']} label events name a payment not imported (yet)")
     return 0
 
 
@@ -334,6 +383,63 @@ def _serve(args: argparse.Namespace) -> int:
     freeze_heap()
     serve(app, host=args.host, port=args.port)
     return 0
+
+
+def _read_payments(args: argparse.Namespace) -> list[Any]:
+    import json
+
+    from mlsd.platform.errors import DataFormatError, InputError
+
+    if args.payment is not None:
+        try:
+            body = json.loads(args.payment)
+        except json.JSONDecodeError as err:
+            raise InputError("--payment", args.payment, f"is not JSON ({err.msg})",
+                             'give one object, e.g. \'{"tx_id": 1, "ts": 1700000000, "card_id": 7, '
+                             '"terminal_id": 3, "amount": 12.5}\'') from err  # fmt: skip
+        return body if isinstance(body, list) else [body]
+    path = Path(args.file)
+    if not path.is_file():
+        raise InputError("--file", str(path), "does not exist", "give a JSON-lines file of payments")
+    bodies = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                bodies.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DataFormatError(
+                    path, n, f"is not JSON ({err.msg})", "write one JSON object a line"
+                ) from err
+    if not bodies:
+        raise DataFormatError(path, None, "holds no payment", "write one JSON object a line")
+    return bodies
+
+
+def _score(args: argparse.Namespace) -> int:
+    from mlsd.fraud.engine import load_engine
+
+    bodies = _read_payments(args)
+    dirs = _dirs(args)
+    # a query: no review cases opened, no shadow log written (the service does both)
+    engine = load_engine(dirs, rules_path=args.rules, review=False, shadow=False)
+    decisions = engine.handle(bodies)
+    if args.json:
+        _print_json({"model_version": engine.model_version, "decisions": decisions})
+        return 0
+    print(f"model fraud v{engine.model_version}, rules {decisions[0].get('rules_version')}")
+    print(f"{'tx_id':>12}  {'decision':<8} {'probability':>11}  reasons")
+    for d in decisions:
+        p = d.get("probability")
+        prob = "-" if p is None else f"{p:.4f}"
+        reasons = "; ".join(_reason_text(r) for r in d.get("reasons", [])) or "-"
+        print(f"{d.get('tx_id')!s:>12}  {d.get('decision')!s:<8} {prob:>11}  {reasons}")
+    return 0
+
+
+def _reason_text(reason: Any) -> str:
+    if isinstance(reason, dict):
+        return str(reason.get("text") or reason.get("name") or reason)
+    return str(reason)
 
 
 def _stream(args: argparse.Namespace) -> int:

@@ -793,9 +793,22 @@ class FraudDirs:
     def ingest_labels(self, tx: pd.DataFrame, known_at: int | None = None) -> int:
         """Record the fraud labels of ``tx`` (simulated truth) that are known at ``known_at`` (all when None).
 
+        Imported data (``W/fraud/data/labels.parquet``, :mod:`mlsd.fraud.contract`) records its own label
+        events instead (fraud and legitimate, with their source), those known at ``known_at``.
+
         Labels arriving within a day of the payment came from review, later ones from chargebacks.
         Legitimate payments need no event: a payment without a fraud label is taken as legitimate.
         """
+        from mlsd.fraud.contract import read_labels_table
+
+        table = read_labels_table(self.dirs.data)
+        if table is not None:  # imported data: its label events, with their own source
+            if known_at is not None:
+                table = table.loc[table["label_ts"].to_numpy(np.int64) <= known_at]
+            return self.labels.add(
+                table["tx_id"].to_numpy(), table["label"].to_numpy(np.int8),
+                table["label_ts"].to_numpy(np.int64), table["source"].astype(str).tolist(),
+            )  # fmt: skip
         if "fraud" not in tx.columns or "label_ts" not in tx.columns:
             return 0
         mask = (tx["fraud"].to_numpy() == 1) & tx["label_ts"].notna().to_numpy()

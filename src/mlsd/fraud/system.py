@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,25 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     from mlsd.fraud.cli import add_commands
 
     add_commands(parser)
+
+
+class _Schemas(Mapping[str, Any]):
+    """``SYSTEM.schemas``: the pyarrow schemas of :mod:`mlsd.fraud.contract`, imported on first use
+    (pyarrow and pandas are not loaded by ``mlsd --help``)."""
+
+    def _load(self) -> Mapping[str, Any]:
+        from mlsd.fraud.contract import SCHEMAS
+
+        return SCHEMAS
+
+    def __getitem__(self, key: str) -> Any:
+        return self._load()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
 
 
 def _simulate(
@@ -118,4 +137,6 @@ SYSTEM = System(
     example_requests=_example_requests,
     http_request=_http_request,
     review_queue=_review_queue,
+    schemas=_Schemas(),
+    import_formats=("handbook", "csv", "parquet"),
 )

@@ -28,6 +28,7 @@ history are :func:`backtest_history`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import tempfile
@@ -66,6 +67,8 @@ __all__ = [
 DAY = 86_400
 # a run needs label_delay (7) + eval (7) days before the cut-off plus a week to train on
 MIN_HISTORY_DAYS = 21
+# a shorter history (one real week of payments with its labels) trains when this many days have matured
+MIN_SHORT_MATURED_DAYS = 4
 # the scheduled job's model: LightGBM only, 60 trees (a weekly retrain on the default world in seconds)
 LGBM_PARAMS: dict[str, Any] = {"n_estimators": 60}
 REFERENCE_ROWS = 20_000
@@ -372,6 +375,7 @@ class _Payload:
     tx: pd.DataFrame
     cutoff: int
     fitted: Fitted | None = None
+    config: FraudConfig | None = None  # the run's (a short history evaluates on fewer days)
 
 
 @dataclass
@@ -393,20 +397,43 @@ class FraudRetrainSteps:
         state = FraudDirs(dirs, self.config)
         tx = read_transactions(state)
         first_day = int(tx["ts"].min()) // DAY * DAY
-        last_day = int(tx["ts"].max()) // DAY * DAY
+        # imported data was exported at `as_of` (its latest label): the labels up to then are known,
+        # so the cut-off may lie after the last payment; simulated data knows no later than its last day
+        last_ts = max(int(tx["ts"].max()), int(_as_of(state) or 0))
+        last_day = last_ts // DAY * DAY
+        delay_days = state.config.training.label_delay_days
         earliest = first_day + MIN_HISTORY_DAYS * DAY
+        short = earliest > last_day
+        if short:  # a short history (one real week): evaluate on its last days, train on the rest
+            earliest = first_day + (delay_days + MIN_SHORT_MATURED_DAYS) * DAY
         if earliest > last_day:
             raise InputError(
-                "--workdir", str(dirs.root), f"holds {(last_day - first_day) // DAY + 1} days of payments",
-                f"a fraud model needs {MIN_HISTORY_DAYS + 1}+ days (label delay + evaluation week + a week "
-                f"to train on): mlsd fraud simulate --workdir {dirs.root} --days 35",
+                "--workdir", str(dirs.root), f"holds {(last_day - first_day) // DAY + 1} days of payments and labels",
+                f"a fraud model needs {delay_days + MIN_SHORT_MATURED_DAYS + 1}+ days (label delay + "
+                f"{MIN_SHORT_MATURED_DAYS} matured days), {MIN_HISTORY_DAYS + 1}+ for a full evaluation week: "
+                f"import more days (mlsd fraud import --workdir {dirs.root} ...) or "
+                f"mlsd fraud simulate --workdir {dirs.root} --days 35",
             )  # fmt: skip
         run_date = resolve_run_date(
             run_date, _date(earliest), _date(last_day),
-            what=f"the days with {MIN_HISTORY_DAYS} days of history before them (data from {_date(first_day)})",
+            what=f"the days with {(earliest - first_day) // DAY} days of history before them "
+            f"(data from {_date(first_day)})",
         )  # fmt: skip
         day = int(pd.Timestamp(run_date).tz_localize("UTC").timestamp())
-        cutoff = min(day + DAY - 1, int(tx["ts"].max()))
+        cutoff = min(day + DAY - 1, last_ts)
+        config = state.config
+        if short:
+            matured = (cutoff - delay_days * DAY - first_day) // DAY
+            eval_days = max(1, min(config.training.eval_days, matured // 3))
+            config = dataclasses.replace(
+                config, training=dataclasses.replace(config.training, eval_days=eval_days)
+            )
+            if progress:
+                print(
+                    f"fraud: {matured} matured days of history: evaluating on the last {eval_days}, "
+                    f"training on the {matured - eval_days} before (a full run needs {MIN_HISTORY_DAYS + 1}+ days)",
+                    flush=True,
+                )
         window_tx = tx.loc[tx["ts"] <= cutoff].reset_index(drop=True)
         settings = {
             "cutoff": cutoff,
@@ -414,12 +441,13 @@ class FraudRetrainSteps:
             "lgbm_params": dict(self.lgbm_params or {}),
             "drop_features": [],
             "label_delay_days": state.config.training.label_delay_days,
+            **({"eval_days": config.training.eval_days} if short else {}),
         }
         seen = None if champion is None else champion.params.get("cutoff")
         backfill = seen is not None and int(seen) > cutoff
         return Window(
             run_date, fingerprint(window_tx[["tx_id", "ts", "amount"]]), settings,
-            data=_Payload(state, window_tx, cutoff), backfill=backfill,
+            data=_Payload(state, window_tx, cutoff, config=config), backfill=backfill,
             backfill_reason=f"backfill: the champion was trained up to {_day(int(seen))}, after this "
             "window; registered as challenger only (gating it would leak)" if backfill else "",
         )  # fmt: skip
@@ -432,7 +460,8 @@ class FraudRetrainSteps:
         if progress:
             print(f"fraud: training on labels known at {_day(payload.cutoff)} 23:59", flush=True)
         payload.fitted = fitted = fit(
-            payload.tx, state.labels, payload.cutoff, state.config, sequence=self.sequence, seed=self.seed,
+            payload.tx, state.labels, payload.cutoff, payload.config or state.config, sequence=self.sequence,
+            seed=self.seed,
             seq_epochs=self.seq_epochs, lgbm_params=self.lgbm_params,
         )  # fmt: skip
         save_artifact(fitted, out)
@@ -476,9 +505,18 @@ def require_transactions(state: FraudDirs) -> Path:
     if not state.transactions_path.is_file():
         raise InputError(
             "--workdir", str(root), f"holds no fraud payments ({state.transactions_path})",
-            f"create them first: mlsd fraud simulate --workdir {root}",
+            f"import them (mlsd fraud import --format handbook|csv|parquet --path P --workdir {root}) "
+            f"or simulate them (mlsd fraud simulate --workdir {root})",
         )  # fmt: skip
     return state.transactions_path
+
+
+def _as_of(state: FraudDirs) -> int | None:
+    """When imported data was known up to (``imports.json``); None for simulated data."""
+    from mlsd.fraud.contract import read_manifest
+
+    manifest = read_manifest(state.dirs.data)
+    return None if manifest is None else manifest.get("as_of")
 
 
 def read_transactions(state: FraudDirs) -> pd.DataFrame:

@@ -1,0 +1,73 @@
+"""Issue 10's acceptance for fraud on the shared handbook sample, through ``mlsd.cli.main``:
+``import --format handbook`` -> ``train`` -> ``score --file`` / ``--payment`` -> ``serve`` (same answer
+over HTTP). The script in docs/fraud.md ("Your own data") runs these same commands."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from mlsd.cli import main
+
+pytestmark = pytest.mark.data
+
+
+def run_json(capsys, *argv):
+    capsys.readouterr()
+    assert main(["fraud", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_handbook_sample_import_train_score_serve(tmp_path, capsys, monkeypatch, shared_data):
+    sample = shared_data("fraud-sample")
+    w = str(tmp_path / "W")
+    first = run_json(capsys, "import", "--format", "handbook", "--path", str(sample), "--workdir", w)
+    assert first["payments_new"] == 67_240 and first["labels_new"] == 598  # the README's counts
+    again = run_json(capsys, "import", "--format", "handbook", "--path", str(sample), "--workdir", w)
+    assert (again["payments_new"], again["labels_new"], again["changed"]) == (0, 0, False)
+
+    report = run_json(capsys, "train", "--workdir", w)
+    assert report["registered"] and report["promoted"] and report["version"] == 1
+    ev = report["metrics"]["eval"]
+    assert ev["frauds"] > 50 and ev["auc_roc"] > 0.6  # a week of real labels: a model, not a coin
+
+    tx = pd.read_parquet(tmp_path / "W" / "fraud" / "data" / "transactions.parquet")
+    few = pd.concat([tx.loc[tx["fraud"] == 0].tail(3), tx.loc[tx["fraud"] == 1].tail(2)])
+    bodies = few.drop(columns=["fraud", "label_ts", "scenario"]).to_dict("records")
+    bodies = [{k: (v.item() if hasattr(v, "item") else v) for k, v in b.items()} for b in bodies]
+    jsonl = tmp_path / "payments.jsonl"
+    jsonl.write_text("".join(json.dumps(b) + "\n" for b in bodies))
+
+    scored = run_json(capsys, "score", "--workdir", w, "--file", str(jsonl))
+    decisions = scored["decisions"]
+    assert scored["model_version"] == 1 and [d["tx_id"] for d in decisions] == [b["tx_id"] for b in bodies]
+    assert all(d["decision"] in ("approve", "review", "block") and d["reasons"] for d in decisions)
+    one = run_json(capsys, "score", "--workdir", w, "--payment", json.dumps(bodies[0]))
+    assert one["decisions"][0] == decisions[0]  # a batch of one: the same answer
+    assert main(["fraud", "score", "--workdir", w, "--file", str(jsonl)]) == 0
+    table = capsys.readouterr().out
+    assert "decision" in table and str(bodies[-1]["tx_id"]) in table
+    assert not list((tmp_path / "W" / "fraud" / "review").iterdir())  # a query opens no review case
+
+    apps = []
+    monkeypatch.setattr("mlsd.platform.serving.serve", lambda app, **kw: apps.append(app))
+    assert main(["fraud", "serve", "--workdir", w]) == 0
+    with TestClient(apps[0]) as client:
+        assert client.get("/health").json()["model_version"] == 1
+        r = client.post("/v1/score/batch", json={"payments": bodies})
+        assert r.status_code == 200
+        served = r.json()["decisions"]
+    for http, cli in zip(served, decisions, strict=True):
+        assert (http["tx_id"], http["decision"]) == (cli["tx_id"], cli["decision"])
+        assert http["probability"] == pytest.approx(cli["probability"], abs=1e-9)
+        assert http["reasons"][0] == cli["reasons"][0]
+
+
+def test_score_without_a_champion_exits_2(tmp_path, capsys):
+    code = main(["fraud", "score", "--workdir", str(tmp_path), "--payment", '{"tx_id": 1}'])
+    assert code == 2
+    assert "mlsd fraud" in capsys.readouterr().err
+    assert not (tmp_path / "fraud").exists()  # a read path creates nothing
