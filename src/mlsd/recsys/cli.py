@@ -1,8 +1,9 @@
-"""``mlsd recsys <verb>``: simulate, train, evaluate, serve, bench, demo.
+"""``mlsd recsys <verb>``: simulate, import, train, recommend, evaluate, serve, bench, demo.
 
 The verbs that read or write state take ``--workdir W`` and keep it in ``W/recsys/{data,registry,runs,
-monitoring}`` (``SYSTEM.dirs(W)``): ``simulate --workdir W`` -> ``train --workdir W`` -> ``serve
---workdir W``; ``demo --workdir W`` does all three and more. ``evaluate`` (MovieLens files) and ``bench``
+monitoring}`` (``SYSTEM.dirs(W)``): ``simulate --workdir W`` or ``import --format F --path P --workdir W``
+-> ``train --workdir W`` -> ``recommend --workdir W --user U`` (one answer at the terminal) or ``serve
+--workdir W`` (the same answer over HTTP); ``demo --workdir W`` simulates, trains, serves and more. ``evaluate`` (MovieLens files) and ``bench``
 (a temporary workdir unless given one) read external data. Heavy modules (pandas, lightgbm, faiss,
 fastapi) are imported inside each verb, so ``mlsd recsys --help`` stays instant. Every verb with
 ``--json`` prints exactly one JSON object on stdout; progress goes to stderr.
@@ -19,6 +20,7 @@ from mlsd.platform.jsonio import dumps
 from mlsd.platform.system import SystemDir
 
 SIZES = ("tiny", "demo", "default")  # mlsd.recsys.world.SIZES (not imported: --help stays instant)
+FORMATS = ("movielens", "csv", "parquet")  # mlsd.recsys.importing.FORMATS (same reason)
 
 
 def _dirs(workdir) -> SystemDir:
@@ -72,6 +74,18 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser(
+        "import",
+        help="append a data source to W/recsys/data in the data contract (validated, atomic, deduplicated)",
+    )
+    p.add_argument("--workdir", **workdir)
+    p.add_argument("--format", required=True, choices=FORMATS,
+                   help="movielens (100K/1M/CSV folders) or the contract's own tables as csv / parquet")  # fmt: skip
+    p.add_argument("--path", required=True,
+                   help="the folder (MovieLens; interactions/items/users.csv|parquet) or one table file")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
+    p.set_defaults(func=_import)
+
+    p = sub.add_parser(
         "train",
         help="the daily job on W/recsys/data: train, evaluate on the next day, register, promote if better",
     )
@@ -85,6 +99,17 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_positive_int("threads", 1), default=None, help="LightGBM threads")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "recommend", help="one user's recommendations from W/recsys's champion, at the terminal"
+    )
+    p.add_argument("--workdir", **workdir)
+    p.add_argument("--user", required=True, help="the user id")
+    p.add_argument("--k", type=_positive_int("k", 1, 500), default=10)
+    p.add_argument(
+        "--json", action="store_true", help="print the answer as one JSON object (as GET /v1/recommendations)"
+    )
+    p.set_defaults(func=_recommend)
 
     p = sub.add_parser("evaluate", help="offline evaluation on MovieLens (popularity, ALS, two-stage)")
     from mlsd.recsys import evaluate
@@ -146,6 +171,27 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from mlsd.recsys.importing import import_data
+
+    summary = import_data(_dirs(args.workdir), args.format, args.path)
+    if args.json:
+        print(dumps(summary))
+        return 0
+    added, rows = summary["added"], summary["rows"]
+    print(f"imported {args.format} {summary['path']} into {summary['data']}")
+    for table in ("interactions", "items", "users"):
+        print(f"  {table:<12} +{added[table]:>7,}  ({rows[table]:,} in all)")
+    if summary.get("note"):
+        print(f"  {summary['note']}")
+    if summary["features_dropped"]:
+        print("  the data has no " + ", ".join(summary["features_dropped"]) + "; without them:")
+        for effect in sorted(set(summary["features_dropped"].values())):
+            print(f"    - {effect}")
+    print(f"next: mlsd recsys train --workdir {args.workdir}")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     overrides = {key: value for key, value in (("train_days", args.train_days), ("label_days", args.label_days),
                  ("k", args.k), ("n_estimators", args.n_estimators), ("threads", args.threads))
@@ -165,9 +211,30 @@ def _train(args: argparse.Namespace) -> int:
         f"registered {report['model']} v{report['version']} ({report['seconds']} s) for {report['run_date']}"
     )
     for key in ndcg:
-        print(f"  next-day {key}: two-stage {m[key]:.4f} vs popularity {m.get('popularity_' + key, float('nan')):.4f} "
+        print(f"  held-out {key}: two-stage {m[key]:.4f} vs popularity {m.get('popularity_' + key, float('nan')):.4f} "
               f"({m.get('eval_users')} users)")  # fmt: skip
     print(f"  {'promoted to champion' if report['promoted'] else 'not promoted'}: {report['reason']}")
+    return 0
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from mlsd.recsys.engine import RecsysEngine
+
+    # The same engine and settings as `serve` (data clock, default region and age): the same answer.
+    engine = RecsysEngine.from_dirs(_dirs(args.workdir), watch=False)
+    answer = engine.handle([{"user_id": args.user, "k": args.k}])[0]
+    if args.json:
+        print(dumps(answer))
+        return 0
+    cold = " (cold start: not in the model's window)" if answer["cold_start"] else ""
+    print(f"user {answer['user_id']}: top {len(answer['items'])} of {answer['n_candidates']} candidates, "
+          f"model v{answer['model_version']}{cold}")  # fmt: skip
+    print(f"{'#':>3}  {'item':>7}  {'score':>8}  {'title':<42}  why")
+    for rank, item in enumerate(answer["items"], 1):
+        title = str(item["title"])[:42]
+        print(
+            f"{rank:>3}  {item['item_id']:>7}  {item['score']:>8.4f}  {title:<42}  {'; '.join(item['reasons'])}"
+        )
     return 0
 
 

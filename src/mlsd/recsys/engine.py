@@ -77,6 +77,7 @@ USER_ID = re.compile(r"^[0-9]{1,18}$")
 REASONS = {
     "als": "viewers with similar taste watched it",
     "ease": "often watched together with your titles",
+    "rp3": "viewers of your titles went on to watch it",
     "content": "similar to titles you watched",
     "popular": "popular on the platform",
     "trending": "trending this week",

@@ -9,6 +9,8 @@ lives in ``W/recsys/{data,registry,runs,monitoring}`` (:class:`~mlsd.platform.sy
   (the platform's retrain job over :class:`~mlsd.recsys.training.RecsysRetrainSteps`);
 * ``engine`` -> :meth:`mlsd.recsys.engine.RecsysEngine.from_dirs`; ``app`` ->
   :func:`mlsd.recsys.service.create_service_app`;
+* ``schemas`` -> the data contract's pyarrow schemas (:mod:`mlsd.recsys.contract`: interactions, items,
+  users); ``import_formats`` -> :data:`mlsd.recsys.importing.FORMATS` (``mlsd recsys import``);
 * ``drift_report`` -> :func:`mlsd.recsys.monitoring.drift_report`; ``world`` -> :mod:`mlsd.recsys.world`;
   ``demo`` -> :func:`mlsd.recsys.demo.run`.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from mlsd.platform.system import HttpRequest, System, SystemDir
@@ -26,6 +28,27 @@ from mlsd.recsys.config import MODEL_NAME
 NAME = "recsys"
 # Query parameters of GET /v1/recommendations/{user_id}, by request-body key.
 QUERY = {"k": "k", "region": "region", "age": "age", "deadline_ms": "deadline_ms"}
+
+
+class _Schemas(Mapping):
+    """:data:`mlsd.recsys.contract.SCHEMAS`, imported on first use (pyarrow and pandas stay out of
+    ``mlsd --help``)."""
+
+    NAMES = ("interactions", "items", "users")
+
+    def _all(self) -> Mapping[str, Any]:
+        from mlsd.recsys.contract import SCHEMAS
+
+        return SCHEMAS
+
+    def __getitem__(self, name: str) -> Any:
+        return self._all()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.NAMES)
+
+    def __len__(self) -> int:
+        return len(self.NAMES)
 
 
 def _add_commands(parser: argparse.ArgumentParser) -> None:
@@ -103,7 +126,7 @@ def _http_request(body: Mapping[str, Any]) -> HttpRequest:
 
 SYSTEM = System(
     name=NAME,
-    summary="movie recommendations: simulate, train, evaluate, serve, bench, demo",
+    summary="movie recommendations: simulate or import, train, recommend, evaluate, serve, bench, demo",
     cadence="daily",
     model=MODEL_NAME,
     add_commands=_add_commands,
@@ -117,4 +140,6 @@ SYSTEM = System(
     demo=_demo,
     example_requests=_example_requests,
     http_request=_http_request,
+    schemas=_Schemas(),
+    import_formats=("movielens", "csv", "parquet"),  # mlsd.recsys.importing.FORMATS (a test checks)
 )

@@ -323,6 +323,15 @@ def config_for(dataset: RecsysDataset) -> TrainConfig:
     return TrainConfig().fit((end - int(ts.min())) / DAY_S)
 
 
+def model_card(dataset: RecsysDataset) -> dict[str, list[str]]:
+    """The optional columns this data feeds into rules and features (``features_used``) and the ones
+    it lacks (``features_dropped``; :func:`mlsd.recsys.contract.coverage`): kept in the registry params."""
+    from mlsd.recsys.contract import coverage
+
+    cover = coverage(dataset.items, dataset.users)
+    return {"features_used": cover["used"], "features_dropped": sorted(cover["dropped"])}
+
+
 class RecsysRetrainSteps:
     """The recommender's half of :func:`mlsd.platform.retraining.retrain` (window, train, gate).
 
@@ -348,6 +357,10 @@ class RecsysRetrainSteps:
         dataset = load(dirs.require_data(f"mlsd recsys simulate --workdir {dirs.root}"))
         config = config_from_params(champion.params) if champion is not None else config_for(dataset)
         config = replace(config, **self.overrides)
+        dropped = model_card(dataset)["features_dropped"]
+        if progress and dropped:  # said once per run; the model card keeps the list
+            print(f"recsys train: the data has no {', '.join(dropped)}: the rules and features that need "
+                  "them are left out (registry params: features_dropped)", file=sys.stderr)  # fmt: skip
         first, last = valid_dates(dataset, config)
         run_date = resolve_run_date(run_date, first, last)
         end = _midnight(run_date + dt.timedelta(days=1))
@@ -381,7 +394,7 @@ class RecsysRetrainSteps:
         window.data["fitted"] = fitted  # the gate scores the champion on the same eval day
         return Trained(
             artifact_dir=_save_artifact(fitted, dataset, out / "model"),
-            params={**asdict(config), **fitted.bounds}, metrics=fitted.registered_metrics(),
+            params={**asdict(config), **fitted.bounds, **model_card(dataset)}, metrics=fitted.registered_metrics(),
         )  # fmt: skip
 
     def gate(self, window: Window, challenger: Any, champion: Any, *, progress: bool) -> Verdict:
