@@ -47,7 +47,7 @@ def test_bad_arguments_exit_2(argv, capsys) -> None:
 def test_train_on_an_empty_workdir_is_a_clear_error(tmp_path, capsys) -> None:
     assert main(["search", "train", "--workdir", str(tmp_path), "--no-dense", "--json"]) == 2
     err = capsys.readouterr().err
-    assert "search/data" in err and "mlsd search simulate --workdir" in err
+    assert "search/data" in err and "mlsd search simulate --workdir" in err and "mlsd search import" in err
 
 
 def test_serve_without_a_champion_exits_2_naming_the_commands_and_creates_nothing(tmp_path, capsys) -> None:

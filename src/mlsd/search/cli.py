@@ -1,9 +1,11 @@
-"""``mlsd search <verb>``: simulate, train, serve, demo (state in a workdir), evaluate, bench.
+"""``mlsd search <verb>``: simulate, import, train, query, serve, demo (state in a workdir), evaluate, bench.
 
 The verbs that read or write state take ``--workdir W`` and keep it in ``W/search/{data,registry,runs,
 monitoring}`` (:class:`~mlsd.platform.system.SystemDir`): ``simulate`` writes ``data/`` (catalog,
 queries, judged set, and the logged sessions as the click log ``data/clicklog``), ``train`` registers in
-``registry/`` and reports to ``runs/``, ``serve`` serves the registry's champion and appends
+``registry/`` and reports to ``runs/``, ``import`` appends a catalog, judgements or click log in the data contract (:mod:`mlsd.search.contract`)
+to ``data/``, ``query`` answers one search from the champion at the terminal, ``serve`` serves the
+registry's champion and appends
 ``POST /v1/events`` to ``data/clicklog`` -- and, with no champion there, exits 2 naming the commands
 that make one. ``evaluate`` (public datasets) and ``bench`` (a temporary world) read no workdir.
 
@@ -90,6 +92,48 @@ def _simulate(args: argparse.Namespace) -> int:
     else:
         for k, v in summary.items():
             print(f"{k:>16}: {v}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from mlsd.search.contract import import_data
+
+    dirs = _dirs(args)
+    summary = import_data(dirs, args.format, args.path, table=args.table)
+    if args.json:
+        _print_json(summary)
+    else:
+        added = ", ".join(f"{n:,} {t}" for t, n in summary["added"].items())
+        print(f"imported {args.format} {args.path} into {summary['data']}: {added or 'nothing'}"
+              f"{'' if summary['changed'] else ' (already imported: nothing changed)'}")  # fmt: skip
+        if summary["added"].get("events_unknown_products"):
+            print(f"note: {summary['added']['events_unknown_products']:,} event(s) name products not in the "
+                  "catalog; training ignores them until the catalog has them")  # fmt: skip
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from mlsd.search.engine import load_engine
+
+    dirs = _dirs(args)
+    engine = load_engine(dirs, cache_dir=args.cache_dir)
+    body: dict[str, Any] = {"q": args.q, "k": args.k or engine.config.service.k_default}
+    if args.user_id:
+        body["user_id"] = args.user_id
+    answer = engine.handle([body])[0]
+    if args.json:
+        _print_json(answer)
+        return 0
+    parsed = answer["parsed"]
+    understood = parsed.get("corrected") or args.q
+    print(f"{args.q!r} -> {understood!r}: {len(answer['results'])} result(s), ranked by {answer['ranked_by']} "
+          f"(search-ltr v{answer['model_version']}, {answer['total_ms']:.0f} ms)")  # fmt: skip
+    for s in answer["skipped"]:
+        print(f"  skipped {s.get('stage')}: {s.get('reason')}")
+    print(f"{'#':>3}  {'product_id':>10}  {'score':>9}  title")
+    for r in answer["results"]:
+        score = "" if r["score"] is None else f"{r['score']:.4f}"
+        print(f"{r['position']:>3}  {r['product_id']:>10}  {score:>9}  {str(r['title'])[:90]}")
     return 0
 
 
@@ -207,8 +251,37 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_simulate)
 
+    from mlsd.search.system import IMPORT_FORMATS
+
     p = sub.add_parser(
-        "train", help="train LambdaMART with IPS on W/search/data's click log, register, gate, promote"
+        "import",
+        help="import a catalog, judgements and/or a click log into W/search/data (appends; re-import is a no-op)",
+    )
+    _workdir(p)
+    p.add_argument("--format", required=True, choices=IMPORT_FORMATS,
+                   help="homedepot / crowdflower / wands (their own files: catalog + judgements), or csv / "
+                   "parquet of the contract's tables (catalog, queries, judgements, events; docs/search.md)")  # fmt: skip
+    p.add_argument("--path", required=True, help="a file, or a folder holding the format's files")
+    p.add_argument("--table", default=None, choices=("catalog", "queries", "judgements", "events"),
+                   help="csv/parquet: the table a single file holds (default: from its name, e.g. events.csv)")  # fmt: skip
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_import)
+
+    p = sub.add_parser("query", help="one search on W/search's champion, printed as a table (or --json)")
+    _workdir(p)
+    p.add_argument("--q", required=True, help="the query text")
+    p.add_argument(
+        "--k", type=_positive("--k", 1), default=None, help="results wanted (default 48, as served)"
+    )
+    p.add_argument("--user-id", default="", help="who is searching (personalisation)")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--json", action="store_true", help="print the answer as one JSON object")
+    p.set_defaults(func=_query)
+
+    p = sub.add_parser(
+        "train",
+        help="train LambdaMART with IPS on W/search/data's click log (none: retrieval only), "
+        "register, gate, promote",
     )
     _workdir(p)
     p.add_argument(

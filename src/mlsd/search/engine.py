@@ -462,14 +462,15 @@ def load_engine(
     progress: bool = False,
 ) -> SearchEngine:
     """The engine ``dirs`` serves: its catalog, history features from its click log, and the champion
-    ranker of its registry. No champion: :class:`InputError` naming the commands that train one.
+    ranker of its registry (a retrieval-only champion, trained without a click log, serves BM25 + dense
+    with no ranker). No champion: :class:`InputError` naming the commands that train one.
 
     ``dense`` and ``parser_options`` default to what the champion was trained with (its registry
     params): the served features are then the ones the ranker learned from.
     """
     from mlsd.platform.registry import ModelRegistry
     from mlsd.search.embeddings import default_cache_dir
-    from mlsd.search.ltr import LambdaMARTRanker
+    from mlsd.search.ltr import load_ranker
     from mlsd.search.propensity import estimate_propensities
 
     champion = dirs.require_champion(MODEL_NAME)
@@ -492,7 +493,9 @@ def load_engine(
             propensity = None
         engine.refit_history(impressions, propensity)
     # Load the champion by version (not by alias): a promotion between the two reads cannot split them.
-    ranker = LambdaMARTRanker.load(ModelRegistry(dirs.registry).artifact_path(MODEL_NAME, champion.version))
+    # A retrieval-only champion (trained without a click log) has no ranker: LTR is skipped, "no ranker
+    # loaded", and answers are ranked by the fused BM25 + dense order.
+    ranker = load_ranker(ModelRegistry(dirs.registry).artifact_path(MODEL_NAME, champion.version))
     engine.set_ranker(ranker, champion.version)
     engine.source_ = dirs  # where its click log and registry are (the service appends and polls there)
     return engine

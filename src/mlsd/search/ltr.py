@@ -199,3 +199,45 @@ def ground_truth_ndcg(
         for _, g in q.groupby(qi)
     ]
     return float(graded_ndcg_at_k(rec, judged, k))
+
+
+# --------------------------------------------------------------------------------------------------
+# A version without a ranker: what `train` registers when the data has no click log
+
+RETRIEVAL_CARD = "retrieval.json"
+
+
+def save_retrieval_card(path: Path, card: dict[str, Any]) -> Path:
+    """A registry artifact that serves BM25 + dense retrieval with no learned ranker: the card says why
+    (e.g. no click log to learn from) and what the version serves."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / RETRIEVAL_CARD).write_text(json.dumps({"ranker": None, **card}, indent=2))
+    return path
+
+
+def load_ranker(path: Path) -> LambdaMARTRanker | None:
+    """The ranker of a registry artifact; ``None`` for a retrieval-only version (its card, no ranker)."""
+    path = Path(path)
+    if (path / RETRIEVAL_CARD).exists() and not (path / "ranker.json").exists():
+        return None
+    return LambdaMARTRanker.load(path)
+
+
+def retrieval_scores(
+    bm25: np.ndarray, dense: np.ndarray | None, qi: np.ndarray, rrf_k: float = 60.0
+) -> np.ndarray:
+    """What a retrieval-only version ranks a query's candidate pairs by: reciprocal-rank fusion of their
+    BM25 and dense ranks within each query (``qi``), as :func:`~mlsd.search.retrieval.rrf_fuse` fuses
+    the two retrieved lists when serving."""
+    out = np.zeros(len(qi))
+    for column in (bm25, dense):
+        if column is None:
+            continue
+        values = np.nan_to_num(np.asarray(column, dtype=np.float64), nan=-np.inf)
+        order = np.lexsort((-values, qi))
+        starts = np.searchsorted(qi[order], qi[order], side="left")
+        rank = np.empty(len(qi), dtype=np.int64)
+        rank[order] = np.arange(len(qi)) - starts
+        out += 1.0 / (rrf_k + 1.0 + rank)
+    return out

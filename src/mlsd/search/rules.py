@@ -47,7 +47,9 @@ class BusinessRules:
     def fit(self, products: pd.DataFrame) -> BusinessRules:
         """Keep the columns the rules read, as arrays aligned with catalog rows."""
         n = len(products)
-        self.stock_ = products["stock"].to_numpy(np.int64) if "stock" in products else np.ones(n, np.int64)
+        self.stock_ = (  # unknown stock (empty in the catalog) counts as in stock
+            products["stock"].fillna(1).to_numpy(np.int64) if "stock" in products else np.ones(n, np.int64)
+        )
         self.price_ = products["price"].to_numpy(np.float64)
         brand = (
             products["brand"].astype(str).str.lower().to_numpy() if "brand" in products else np.full(n, "")

@@ -9,7 +9,8 @@ router); this module maps the routes, the request limits and the hot reload of t
   "search_id", "product_id", "position", "query", "user_id", "value", "ts"}, ...]}`` appends to the
   click log that ``mlsd search train`` reads (served from a workdir: ``W/search/data/clicklog``, next
   to the simulated sessions, so training reads one table); answers ``{"accepted": n}``.
-* ``GET /health`` names the ``model`` and the ``model_version`` served (and the catalog size).
+* ``GET /health`` names the ``model`` and the ``model_version`` served, the catalog size and the
+  ``ranker`` (``null`` for a retrieval-only champion, trained without a click log).
 
 Experiments: pass ``experiments`` (an :class:`~mlsd.platform.experiments.client.ExperimentClient`) and
 every search experiment in its config routes requests by ``user_id`` through
@@ -65,6 +66,8 @@ def create_search_app(
             "model_version": engine.model_version,
             "products": len(engine.products_),
             "dense": engine.dense_ is not None,
+            # None: a retrieval-only champion (trained without a click log): BM25 + dense, no LTR
+            "ranker": None if engine.ranker_ is None else "lambdamart",
         }
 
     app = create_app("search", title="mlsd search", version=version, health=health)
@@ -142,7 +145,7 @@ def champion_watcher(engine: SearchEngine, registry_dir: Any, *, start: bool = T
     from pathlib import Path
 
     from mlsd.platform.registry import ModelRegistry
-    from mlsd.search.ltr import LambdaMARTRanker
+    from mlsd.search.ltr import load_ranker
 
     svc = engine.config.service
     root = Path(registry_dir)
@@ -153,7 +156,7 @@ def champion_watcher(engine: SearchEngine, registry_dir: Any, *, start: bool = T
     def load(new_version: Any) -> None:
         if new_version is None or new_version.version == engine.ranker_version_:
             return
-        ranker = LambdaMARTRanker.load(registry.artifact_path(svc.model_name, new_version.version))
+        ranker = load_ranker(registry.artifact_path(svc.model_name, new_version.version))
         engine.set_ranker(ranker, new_version.version)  # one tuple swap: requests see old or new
         logger.info("search: now serving %s v%s", svc.model_name, new_version.version)
 

@@ -10,6 +10,8 @@ stays fast:
 * ``engine`` -> :func:`mlsd.search.engine.load_engine` (the champion of ``W/search/registry``);
 * ``app`` -> :func:`mlsd.search.service.create_search_app` (events to ``W/search/data/clicklog``, hot
   reload from ``W/search/registry``);
+* ``schemas`` / ``import_formats`` -> :mod:`mlsd.search.contract` (the tables search consumes and
+  ``mlsd search import``);
 * ``drift_report`` -> :mod:`mlsd.search.monitoring`; ``world`` -> :mod:`mlsd.search.world`;
   ``demo`` -> :mod:`mlsd.search.demo`.
 
@@ -27,6 +29,8 @@ from mlsd.platform.system import HttpRequest, System, SystemDir
 
 NAME = "search"
 MODEL = "search-ltr"
+# `mlsd search import --format F`: the public datasets' own layouts, and the contract as CSV or Parquet.
+IMPORT_FORMATS: tuple[str, ...] = ("homedepot", "crowdflower", "wands", "csv", "parquet")
 
 
 def _add_commands(parser: argparse.ArgumentParser) -> None:
@@ -97,15 +101,34 @@ def _example_requests(dirs: SystemDir, n: int = 3, *, k: int = 10) -> list[dict[
     user who searched it (so the bodies exercise personalisation)."""
     from mlsd.search.engine import load_data
 
-    log = load_data(dirs.data)["clicklog"].impressions()
-    if len(log) == 0:
-        from mlsd.platform.errors import InputError
-
-        raise InputError("--workdir", str(dirs.root), "the click log is empty", "simulate sessions first")
+    data = load_data(dirs.data)
+    log = data["clicklog"].impressions()
+    if len(log) == 0:  # imported data without a click log: the judged queries, else catalog titles
+        texts = data["queries"]["text"] if data["queries"] is not None else data["products"]["title"]
+        return [{"q": str(q), "k": k} for q in texts.astype(str).drop_duplicates().head(n)]
     searches = log.drop_duplicates("search_id")
     top = searches["query"].astype(str).value_counts().index[:n].tolist()
     user = searches.groupby(searches["query"].astype(str))["user_id"].first()
     return [{"q": q, "k": k, "user_id": str(user[q])} for q in top]
+
+
+class _Schemas(Mapping[str, Any]):
+    """``SYSTEM.schemas``: :data:`mlsd.search.contract.SCHEMAS`, imported on first use (pyarrow is not
+    loaded by ``mlsd --help``)."""
+
+    def _tables(self) -> Mapping[str, Any]:
+        from mlsd.search.contract import SCHEMAS
+
+        return SCHEMAS
+
+    def __getitem__(self, name: str) -> Any:
+        return self._tables()[name]
+
+    def __iter__(self) -> Any:
+        return iter(self._tables())
+
+    def __len__(self) -> int:
+        return len(self._tables())
 
 
 def _http_request(body: Mapping[str, Any]) -> HttpRequest:
@@ -128,4 +151,6 @@ SYSTEM = System(
     demo=_demo,
     example_requests=_example_requests,
     http_request=_http_request,
+    schemas=_Schemas(),
+    import_formats=IMPORT_FORMATS,
 )

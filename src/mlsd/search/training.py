@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlsd.platform.errors import InputError
 from mlsd.platform.retraining import Trained, Verdict, Window, resolve_run_date
 from mlsd.platform.retraining import retrain as platform_retrain
 from mlsd.platform.system import SystemDir
@@ -224,6 +223,35 @@ def reference_sample(
     return frame
 
 
+# What each feature needs from the data; a feature whose need is missing is dropped (constant, so the
+# trees never split on it) and the model card says so.
+CATALOG_NEEDS: dict[str, str] = {
+    "bm25_brand": "brand", "bm25_category": "category", "bm25_attributes": "attributes",
+    "bm25_description": "description", "review_score": "rating", "rating": "rating",
+    "log_reviews": "review_count", "price_pct": "price", "log_price": "price", "return_rate": "return_rate",
+    "margin": "margin", "promoted": "promoted", "match_brand": "brand", "match_category": "category",
+    "price_in_range": "price",
+}  # fmt: skip
+HISTORY_FEATURES: tuple[str, ...] = ("ctr_product", "cvr_product", "ctr_query_product", "log_impressions",
+                                     "aff_brand", "aff_category")  # fmt: skip
+
+
+def feature_card(products: pd.DataFrame, *, has_events: bool, dense: bool) -> dict[str, Any]:
+    """``{"used": [...], "dropped": {feature: why}}``: the ranker's features this data can feed."""
+    dropped: dict[str, str] = {}
+    for name, column in CATALOG_NEEDS.items():
+        values = products[column] if column in products.columns else None
+        empty = values is None or (values.isna() | (values.astype(str).str.strip() == "")).all()
+        if empty:
+            dropped[name] = f"the catalog has no {column}"
+    if not has_events:
+        for name in HISTORY_FEATURES:
+            dropped[name] = "no click log"
+    if not dense:
+        dropped["dense_cos"] = dropped["dense_gap"] = "dense retrieval is off"
+    return {"used": [f for f in FEATURE_NAMES if f not in dropped], "dropped": dropped}
+
+
 def window_fingerprint(impressions: pd.DataFrame) -> str:
     """The data fingerprint of a training window (what idempotent retraining compares)."""
     from mlsd.platform.registry import fingerprint
@@ -233,10 +261,18 @@ def window_fingerprint(impressions: pd.DataFrame) -> str:
 
 def judged_ndcg(engine: SearchEngine, ranker: Any, queries: pd.DataFrame, qrels: pd.DataFrame) -> float:
     """nDCG@10 of ``ranker`` over the judged set (every judged pair of each query, ranked by its score)
-    with the engine's current history features."""
+    with the engine's current history features; ``ranker=None``: the retrieval-only order (BM25 and
+    dense ranks of the pairs, reciprocal-rank fused)."""
     from mlsd.search.ltr import ground_truth_ndcg
 
     def score(texts: list[str], qi: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        if ranker is None:  # a retrieval-only version: the fused BM25 + dense order of the pairs
+            from mlsd.search.ltr import retrieval_scores
+
+            batch, _ = engine.query_batch(texts)
+            X = engine.features_.transform(batch, qi, rows)
+            dense = X[:, FEATURE_NAMES.index("dense_cos")] if engine.dense_ is not None else None
+            return retrieval_scores(X[:, FEATURE_NAMES.index("bm25")], dense, qi)
         return engine.score_pairs(texts, qi, rows, ranker)
 
     return round(ground_truth_ndcg(score, queries, qrels, engine.row_of_id_), 4)
@@ -279,16 +315,34 @@ class SearchSteps:
             self.log(message)
 
     def window(self, dirs: SystemDir, run_date: dt.date | None, champion: Any, *, progress: bool) -> Window:
-        data = load_data(dirs.require_data(f"mlsd search simulate --workdir {dirs.root}"))
+        from mlsd.platform.registry import fingerprint
+
+        data = load_data(
+            dirs.require_data(
+                f"mlsd search import --workdir {dirs.root} --format F --path P (your data), "
+                f"or mlsd search simulate --workdir {dirs.root}"
+            )
+        )
         log = data["clicklog"].impressions()
-        if len(log) == 0:
-            raise InputError("--workdir", str(dirs.root), f"the click log in {dirs.data / 'clicklog'} is empty",
-                             "simulate sessions (mlsd search simulate) or serve and POST /v1/events first")  # fmt: skip
+        before = champion.params if champion is not None else {}
+        if len(log) == 0:  # no click log: a retrieval-only version (see the module docstring)
+            run_date = run_date or dt.datetime.now(dt.UTC).date()
+            catalog_and_judged = [data["products"][["product_id", "title"]]]
+            if data["qrels"] is not None:
+                catalog_and_judged.append(data["qrels"])
+            dense = bool(before.get("dense", False)) if self.dense is None else bool(self.dense)
+            parser = (
+                dict(before.get("parser") or {}) if self.parser_options is None else dict(self.parser_options)
+            )
+            settings = {"dense": dense, "parser": parser, "ranker": None}
+            span = {"from": None, "to": run_date.isoformat(), "impressions": 0}
+            joined = "+".join(fingerprint(frame) for frame in catalog_and_judged)
+            return Window(run_date, joined, settings,
+                          data={**data, "impressions": log, "span": span})  # fmt: skip
         first, last = _date_of(log["ts"].min()), _date_of(log["ts"].max())
         run_date = resolve_run_date(run_date, first, last, what="the click log")
         impressions = log[log["ts"].to_numpy() < _day_start(run_date + dt.timedelta(days=1))]
         impressions = impressions.reset_index(drop=True)
-        before = champion.params if champion is not None else {}
         dense = bool(before.get("dense", False)) if self.dense is None else bool(self.dense)
         parser = (
             dict(before.get("parser") or {}) if self.parser_options is None else dict(self.parser_options)
@@ -296,6 +350,7 @@ class SearchSteps:
         settings = {
             "dense": dense,
             "parser": parser,
+            "ranker": "lambdamart-ips",
             "ltr": dict(self.config.ltr.__dict__),
             "objective": dict(self.config.objective.__dict__),
         }
@@ -317,9 +372,17 @@ class SearchSteps:
                               parser_options=window.settings["parser"])  # fmt: skip
         engine.fit(data["products"], query_log=impressions["query"].astype(str).unique().tolist(),
                    progress=progress)  # fmt: skip
+        judged = data["qrels"] is not None and data["queries"] is not None
+        features = feature_card(
+            data["products"], has_events=len(impressions) > 0, dense=engine.dense_ is not None
+        )
+        if features["dropped"]:
+            self._say("features dropped (the data lacks what they need): " + "; ".join(
+                f"{name} ({why})" for name, why in features["dropped"].items()))  # fmt: skip
+        if len(impressions) == 0:
+            return self._train_retrieval_only(window, engine, out, features, judged)
         propensity = estimate_propensities(impressions, clip=config.ltr.propensity_clip)
         self._say(f"propensities from {type(propensity).__name__}: eta={propensity.eta_:.3f}")
-        judged = data["qrels"] is not None and data["queries"] is not None
         metrics: dict[str, float] = {}
         if self.compare_raw and judged:  # first: train_ranker leaves the engine's history as it trained
             raw, _ = train_ranker(engine, impressions, ips=False, config=config)
@@ -339,12 +402,38 @@ class SearchSteps:
             "window": window.data["span"],
             "training": {k: report[k] for k in ("training_pairs", "training_queries", "history_impressions",
                                                 "label_impressions", "random_negatives")},
+            "features": features,
         }  # fmt: skip
+        return Trained(artifact, params=params, metrics=metrics)
+
+    def _train_retrieval_only(self, window: Window, engine: SearchEngine, out: Path,
+                              features: dict[str, Any], judged: bool) -> Trained:  # fmt: skip
+        """No click log: nothing to learn a ranker from. Register BM25 + dense retrieval as the version
+        (its card says why), scored on the judged set when there is one (an evaluation: nothing here is
+        fitted to the judgements)."""
+        from mlsd.search.ltr import save_retrieval_card
+
+        data = window.data
+        reason = (f"no click log in {data['clicklog'].root}: the ranker was dropped; this version serves "
+                  "BM25 + dense retrieval (import events with `mlsd search import --format csv|parquet "
+                  "--table events` and train again to fit LambdaMART with IPS)")  # fmt: skip
+        self._say(reason)
+        metrics: dict[str, float] = {}
+        if judged:
+            metrics[GATE_METRIC] = judged_ndcg(engine, None, data["queries"], data["qrels"])
+            metrics["judged_queries"] = float(data["qrels"]["query_id"].nunique())
+            self._say(f"retrieval only: judged nDCG@10 = {metrics[GATE_METRIC]} "
+                      f"({int(metrics['judged_queries'])} judged queries)")  # fmt: skip
+        window.data["engine"] = engine
+        artifact = save_retrieval_card(out / "ranker", {"serves": "bm25+dense" if engine.dense_ is not None
+                                                        else "bm25", "reason": reason, "features": features})  # fmt: skip
+        params = {"run_date": window.run_date.isoformat(), "window": data["span"], "ranker_dropped": reason,
+                  "features": features}  # fmt: skip
         return Trained(artifact, params=params, metrics=metrics)
 
     def gate(self, window: Window, challenger: Any, champion: Any, *, progress: bool) -> Verdict:
         from mlsd.platform.registry import verify
-        from mlsd.search.ltr import LambdaMARTRanker
+        from mlsd.search.ltr import load_ranker
 
         data = window.data
         if data["qrels"] is None or data["queries"] is None:
@@ -353,7 +442,7 @@ class SearchSteps:
         scores = {}
         for role, mv in (("challenger", challenger), ("champion", champion)):
             verify(mv)  # the artifact files are the registered ones
-            scores[role] = judged_ndcg(engine, LambdaMARTRanker.load(mv.path), data["queries"], data["qrels"])
+            scores[role] = judged_ndcg(engine, load_ranker(mv.path), data["queries"], data["qrels"])
         new, old = scores["challenger"], scores["champion"]
         promote = new > old
         reason = (
