@@ -123,3 +123,22 @@ def test_config_rejects_bad_thresholds_and_unknown_keys():
     with pytest.raises(InputError) as err:
         FraudConfig.from_dict({"service": {"deadline": 5}})
     assert err.value.field == "config.service.deadline"
+
+
+def test_tune_thresholds_warns_when_the_window_is_too_small_for_the_capacity():
+    y, p, day = _validation()
+    assert tune_thresholds(y, p, day, max_fpr=0.01, daily_capacity=50).warnings == ()
+    # a capacity above the window's whole volume never binds: review would be 0.0 (issue 10's case)
+    res = tune_thresholds(y, p, day, max_fpr=0.01, daily_capacity=10 * len(y))
+    assert res.review == 0.0 and len(res.warnings) == 1
+    assert "every payment below the block threshold" in res.warnings[0]
+    # a capacity that lets more than 1 payment in 20 into review is flagged too
+    res = tune_thresholds(y, p, day, max_fpr=0.01, daily_capacity=int(0.5 * len(y) / 5))
+    assert res.review > 0.0 and any("of payments to review" in w for w in res.warnings)
+
+
+def test_tune_thresholds_warns_when_the_fpr_target_is_missed():
+    y = np.array([1, 0, 0, 0, 0] * 40, dtype=bool)
+    p = np.ones(len(y))  # every payment scored 1.0: blocking any fraud blocks every legitimate one
+    res = tune_thresholds(y, p, np.zeros(len(y)), max_fpr=0.01, daily_capacity=10)
+    assert res.fpr >= 0.01 and any("FPR < 0.01" in w for w in res.warnings)

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mlsd.cli import main
+from mlsd.platform.registry import ModelRegistry
 
 pytestmark = pytest.mark.data
 
@@ -33,6 +34,19 @@ def test_handbook_sample_import_train_score_serve(tmp_path, capsys, monkeypatch,
     assert report["registered"] and report["promoted"] and report["version"] == 1
     ev = report["metrics"]["eval"]
     assert ev["frauds"] > 50 and ev["auc_roc"] > 0.6  # a week of real labels: a model, not a coin
+    card = ModelRegistry(tmp_path / "W" / "fraud" / "registry").alias("fraud", "champion").params
+    assert card["missing_columns"] == ["device_id", "ip", "email", "lat", "lon"]
+    assert "card_new_device" in card["features_dropped"] and "ring_fraud_2hop" in card["features_dropped"]
+    assert "terminal_risk_7d" in card["features_used"] and not set(card["features_used"]) & set(
+        card["features_dropped"]
+    )
+
+    # issue 10 item 6: a capacity above the file's whole volume would send everything to review
+    thresholds = tmp_path / "W" / "fraud" / "registry" / "thresholds.json"
+    assert main(["fraud", "tune-thresholds", "--workdir", w, "--capacity", "100000"]) == 2
+    assert "every payment below the block threshold" in capsys.readouterr().err and not thresholds.exists()
+    tuned = run_json(capsys, "tune-thresholds", "--workdir", w)
+    assert tuned["warnings"] == [] and 0.0 < tuned["review"] <= tuned["block"] and thresholds.exists()
 
     tx = pd.read_parquet(tmp_path / "W" / "fraud" / "data" / "transactions.parquet")
     few = pd.concat([tx.loc[tx["fraud"] == 0].tail(3), tx.loc[tx["fraud"] == 1].tail(2)])

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mlsd.platform.jsonio import dumps
+from mlsd.platform.jsonio import dumps, write_json
 from mlsd.platform.system import SystemDir
 
 NAME = "fraud"
@@ -127,6 +127,10 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-fpr", type=float, default=0.01)
     p.add_argument("--capacity", type=int, default=200, help="review cases the team handles per day")
+    p.add_argument(
+        "--force", action="store_true",
+        help="save the thresholds even when tuning warns (FPR target missed, review flooding)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_tune)
 
@@ -287,8 +291,19 @@ def _tune(args: argparse.Namespace) -> int:
     state = FraudDirs(dirs)
     tx = read_transactions(state)
     result = tune_on_history(
-        tx, state, valid_days=args.valid_days, max_fpr=args.max_fpr, capacity=args.capacity
+        tx, state, valid_days=args.valid_days, max_fpr=args.max_fpr, capacity=args.capacity, save=False
     )
+    if result["warnings"] and not args.force:
+        from mlsd.platform.errors import InputError
+
+        raise InputError(
+            "--capacity", args.capacity, "the tuned thresholds are unfit to go live: " + "; ".join(result["warnings"]),
+            f"nothing saved; fix the cause, or save them anyway with --force "
+            f"(chose block >= {result['block']:.3f}, review >= {result['review']:.3f})",
+        )  # fmt: skip
+    write_json(state.thresholds_path, result)
+    for warning in result["warnings"]:
+        _err(f"warning (saved with --force): {warning}")
     if args.json:
         _print_json(result)
     else:

@@ -186,6 +186,8 @@ class TuneResult:
     n_fraud: int
     fraud_amount_stopped: float  # amount of fraud blocked or reviewed (money saved if reviews catch it)
     legit_amount_blocked: float  # amount of legitimate payments refused (friction)
+    # why these thresholds should not go live as they are (empty: none); tune-thresholds refuses to save
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -243,6 +245,10 @@ def tune_thresholds(
     blocked = p >= block_t
     flagged = p >= review_t
     chosen_reviews = reviews[:, r]
+    warnings = _tuning_warnings(
+        fpr=float(fpr[b]), max_fpr=max_fpr, review_index=r, block_index=b, per_day=per_day,
+        chosen_reviews=chosen_reviews, daily_capacity=daily_capacity, n=len(y), grid=grid,
+    )  # fmt: skip
     return TuneResult(
         block=block_t,
         review=review_t,
@@ -256,4 +262,38 @@ def tune_thresholds(
         n_fraud=int(y.sum()),
         fraud_amount_stopped=float(amount[flagged & y].sum()),
         legit_amount_blocked=float(amount[blocked & ~y].sum()),
+        warnings=tuple(warnings),
     )
+
+
+MAX_REVIEW_SHARE = 0.05  # more than 1 payment in 20 sent to review is a queue nobody works through
+
+
+def _tuning_warnings(
+    *, fpr: float, max_fpr: float, review_index: int, block_index: int, per_day: np.ndarray,
+    chosen_reviews: np.ndarray, daily_capacity: int, n: int, grid: np.ndarray,
+) -> list[str]:  # fmt: skip
+    """What makes a tuning result unfit to go live: the FPR target missed, or a review threshold that
+    only the tuning window's small volume allowed (it would overflow the queue at production volume)."""
+    out = []
+    if fpr >= max_fpr:
+        out.append(
+            f"no block threshold meets FPR < {max_fpr:g} on the tuning window (FPR {fpr:.4f} at "
+            f"{grid[block_index]:.3f}): the model cannot separate these payments well enough"
+        )
+    per_day_payments = float(per_day[:, 0].mean())
+    share = float(chosen_reviews.sum()) / max(n, 1)
+    if review_index == 0 and block_index > 0:
+        out.append(
+            f"review >= {grid[0]:.3f} sends every payment below the block threshold to review: the tuning "
+            f"window has {per_day_payments:.0f} payments a day, under the capacity of {daily_capacity}, so the "
+            "capacity never bound the choice; tune on production volume (more days, or a capacity scaled "
+            "to this window's share of traffic)"
+        )
+    elif share > MAX_REVIEW_SHARE:
+        out.append(
+            f"review >= {grid[review_index]:.3f} sends {share:.1%} of payments to review (more than "
+            f"{MAX_REVIEW_SHARE:.0%}): {chosen_reviews.mean():.0f} a day of {per_day_payments:.0f}; lower the capacity "
+            "to what the team clears, or tune on production volume"
+        )
+    return out

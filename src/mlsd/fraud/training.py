@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -215,11 +214,32 @@ def fit(
         "drop_features": list(drop_features),
         "train_window": [int(frame.ts[train].min()), int(frame.ts[train].max())],
         "reference_window": [int(frame.ts[warm].min()), int(frame.ts[warm].max())] if warm.any() else None,
+        **features_used_and_dropped(tx, frame.features.columns, all_features.columns),
     }
     return Fitted(
         model, scorer, frame, all_features, train, ev, metrics(y_eval, p_eval),
         _suggest_thresholds(y_eval, p_eval, frame.ts[ev], frame.eval_window[0], config), reference, params,
     )  # fmt: skip
+
+
+# the optional payment columns the full feature set reads (mlsd.fraud.contract); the rest is required
+CONTEXT_COLUMNS: tuple[str, ...] = ("device_id", "ip", "email", "lat", "lon")
+
+
+def features_used_and_dropped(tx: pd.DataFrame, used: Any, computed: Any) -> dict[str, Any]:
+    """The model card's feature lists: ``features_used``, ``features_dropped`` (of the full set, those
+    the data cannot support or ``drop_features`` removed) and ``missing_columns`` (why)."""
+    from mlsd.fraud.features import FeatureConfig
+    from mlsd.fraud.graph import FEATURES as RING_FEATURES
+
+    used = [str(c) for c in used]
+    have = set(map(str, computed))
+    full = [*FeatureConfig().feature_names(), *RING_FEATURES]
+    return {
+        "features_used": used,
+        "features_dropped": [f for f in full if f not in have or f not in used],
+        "missing_columns": [c for c in CONTEXT_COLUMNS if c not in tx.columns],
+    }
 
 
 def save_artifact(fitted: Fitted, out: Path) -> Path:
@@ -459,6 +479,13 @@ class FraudRetrainSteps:
         state.ingest_labels(payload.tx, known_at=payload.cutoff)
         if progress:
             print(f"fraud: training on labels known at {_day(payload.cutoff)} 23:59", flush=True)
+            missing = [c for c in CONTEXT_COLUMNS if c not in payload.tx.columns]
+            if missing:  # said once per run; the model card lists the features used and dropped
+                print(
+                    f"fraud: the payments have no {', '.join(missing)}: training without the features "
+                    "that need them (device, IP, e-mail, ring, geo); see features_dropped in the registry",
+                    flush=True,
+                )
         payload.fitted = fitted = fit(
             payload.tx, state.labels, payload.cutoff, payload.config or state.config, sequence=self.sequence,
             seed=self.seed,
@@ -601,7 +628,9 @@ def tune_on_history(
     ).to_dict()
     result["model_version"] = champion.version
     if save:
-        (ws.root / "thresholds.json").write_text(json.dumps(result, indent=2))
+        from mlsd.platform.jsonio import write_json
+
+        write_json(ws.thresholds_path, result)
     return result
 
 
