@@ -169,3 +169,26 @@ def test_import_cli_json_and_exit_2(tmp_path, capsys):
     assert code == 2
     assert "bad.csv:2" in capsys.readouterr().err
     assert not [p for p in os.listdir(tmp_path / "fraud" / "data") if p.endswith(".tmp")]
+
+
+def test_own_payment_schema_as_csv_trains(tmp_path, capsys):
+    """Issue 10: a CSV in mlsd's own payment schema (what simulate writes) imports with --format csv and
+    trains; its labels are known long after the last payment, so the matured period ends with the data."""
+    sim = tmp_path / "sim"
+    assert main(["fraud", "simulate", "--workdir", str(sim), "--size", "tiny", "--json"]) == 0
+    tx = pd.read_parquet(sim / "fraud" / "data" / "transactions.parquet")
+    tx.to_csv(tmp_path / "own.csv", index=False)
+    w = str(tmp_path / "W")
+    assert (
+        main(["fraud", "import", "--format", "csv", "--path", str(tmp_path / "own.csv"), "--workdir", w]) == 0
+    )
+    capsys.readouterr()
+    assert main(["fraud", "train", "--workdir", w, "--trees", "20", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["registered"] and report["metrics"]["eval"]["frauds"] > 0
+    as_of = read_manifest(tmp_path / "W" / "fraud" / "data")["as_of"]
+    assert (
+        report["run_date"]
+        == str(pd.Timestamp(as_of, unit="s").date())
+        > str(pd.Timestamp(tx["ts"].max(), unit="s").date())
+    )

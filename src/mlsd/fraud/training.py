@@ -126,7 +126,9 @@ def training_frame(
         feats = pd.concat([feats, ring_features_as_of(for_features, max_share=ring.max_share)], axis=1)
     delay = tcfg.label_delay_days * DAY
     y = training_labels(hist["tx_id"].to_numpy(), hist["ts"].to_numpy(), known, cutoff, delay_s=delay)
-    eval_end = cutoff - delay
+    # imported data may know labels long after its last payment (cutoff = its as_of): the matured
+    # period then ends with the payments, not `delay` before a cut-off that lies after all of them
+    eval_end = min(cutoff - delay, int(hist["ts"].max())) if len(hist) else cutoff - delay
     eval_start = eval_end - tcfg.eval_days * DAY
     ts = hist["ts"].to_numpy()
     usable = ~np.isnan(y)
@@ -443,7 +445,7 @@ class FraudRetrainSteps:
         cutoff = min(day + DAY - 1, last_ts)
         config = state.config
         if short:
-            matured = (cutoff - delay_days * DAY - first_day) // DAY
+            matured = (min(cutoff - delay_days * DAY, int(tx["ts"].max())) - first_day) // DAY
             eval_days = max(1, min(config.training.eval_days, matured // 3))
             config = dataclasses.replace(
                 config, training=dataclasses.replace(config.training, eval_days=eval_days)
