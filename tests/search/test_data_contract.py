@@ -161,3 +161,40 @@ def test_import_verb_and_its_errors(tmp_path, capsys) -> None:
         main(["search", "import", "--workdir", w, "--format", "xlsx", "--path", str(cat)])
     with pytest.raises(InputError):
         convert("xlsx", cat)
+
+
+def test_the_simulator_writes_the_contract(tmp_path) -> None:
+    """What ``mlsd search simulate`` writes satisfies the same schemas an import is checked against."""
+    from mlsd.search.clicklog import ClickLog
+    from mlsd.search.contract import _Where, validate_table
+    from mlsd.search.world import simulate_into
+
+    dirs = SystemDir(tmp_path, "search")
+    simulate_into(dirs, size="tiny", sessions=200)
+    products = pd.read_parquet(dirs.data / "products.parquet")
+    catalog = validate_table("catalog", products, _Where("products.parquet"))
+    assert len(catalog) == len(products)
+    assert {"price", "stock", "rating", "margin", "last_review_ts", "color"} <= set(catalog.columns)
+    queries = pd.read_parquet(dirs.data / "queries.parquet")
+    qrels = pd.read_parquet(dirs.data / "qrels.parquet")
+    judged = qrels.assign(query=queries.set_index("query_id")["text"].reindex(qrels["query_id"]).to_numpy())
+    assert len(validate_table("judgements", judged, _Where("qrels.parquet"))) == len(qrels)
+    events = ClickLog(dirs.data / "clicklog").events()
+    assert len(validate_table("events", events, _Where("clicklog"))) == len(events)
+
+
+@pytest.mark.data
+@pytest.mark.parametrize(
+    ("fmt", "sample", "counts"),
+    [
+        ("homedepot", "home-depot-sample", {"catalog": 256, "queries": 40, "judgements": 256}),
+        ("crowdflower", "crowdflower-sample", {"catalog": 1743, "queries": 40, "judgements": 1743}),
+    ],
+)
+def test_the_public_samples_import_into_one_workdir(tmp_path, shared_data, fmt, sample, counts) -> None:
+    dirs = SystemDir(tmp_path, "search")
+    assert import_data(dirs, fmt, shared_data(sample))["added"] == counts
+    assert import_data(dirs, fmt, shared_data(sample))["changed"] is False
+    qrels = pd.read_parquet(dirs.data / "qrels.parquet")
+    products = pd.read_parquet(dirs.data / "products.parquet")
+    assert qrels["product_id"].isin(products["product_id"]).all() and qrels["grade"].min() >= 0

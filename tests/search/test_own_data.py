@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mlsd.cli import main
+from mlsd.platform.errors import InputError
 from mlsd.platform.registry import ModelRegistry
 from mlsd.platform.system import SystemDir, get_system
 from mlsd.search.contract import import_data
@@ -80,6 +81,8 @@ def test_without_a_click_log_train_registers_a_retrieval_only_champion(tmp_path,
     health = TestClient(S.app(engine)).get("/health").json()
     assert health["model_version"] == 1 and health["ranker"] is None
     assert S.example_requests(dirs, 2) == [{"q": "sonix headphones", "k": 10}, {"q": "oak sofa", "k": 10}]
+    with pytest.raises(InputError, match="retrieval only"):  # no ranker inputs to monitor, said plainly
+        S.drift_report(dirs)
     again = S.train(dirs, progress=False, dense=False, compare_raw=False)
     assert not again["registered"]  # same catalog and judgements, same settings: nothing to do
 
@@ -133,3 +136,28 @@ def test_home_depot_sample_import_train_query_serve_then_events(tmp_path, shared
     assert ranked["promoted"], ranked["reason"]
     answer = run("query", "--q", "gorilla gloves", "--k", "3")
     assert answer["ranked_by"] == "ltr" and answer["model_version"] == 2
+
+
+def test_a_catalog_with_gaps_trains_and_serves(tmp_path, tiny_catalog) -> None:
+    """Optional columns with empty cells (unknown price, stock, review count) import as nulls; the
+    ranker's features treat them as missing, the rules treat unknown stock as in stock and 0 as out."""
+    S = get_system("search")
+    dirs = S.dirs(tmp_path)
+    n = len(tiny_catalog)
+    cat = tiny_catalog.assign(
+        price=[None if i % 3 == 0 else 10.0 + i for i in range(n)],
+        stock=[None if i % 4 == 0 else (0 if i == 1 else 5) for i in range(n)],
+        review_count=[None if i % 2 else i for i in range(n)],
+    )
+    cat.to_csv(tmp_path / "catalog.csv", index=False)
+    import_data(dirs, "csv", tmp_path / "catalog.csv")
+    stored = pd.read_parquet(dirs.data / "products.parquet")
+    assert str(stored["stock"].dtype) == "Int64" and stored["stock"].isna().sum() == n // 4
+    report = S.train(dirs, progress=False, dense=False, compare_raw=False)
+    assert report["promoted"] and "truth_ndcg@10" not in report["metrics"]  # no judgements: no figure
+    results = S.engine(dirs).handle([{"q": "auralis modern sofa x1", "k": 48}])[0]["results"]
+    ids = [r["product_id"] for r in results]
+    assert ids and 1 not in ids  # product 1 (Auralis Classic Sofa X1) is out of stock
+    assert 0 in [
+        r["product_id"] for r in S.engine(dirs).handle([{"q": "sonix pro headphones x0"}])[0]["results"]
+    ]

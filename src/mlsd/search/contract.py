@@ -59,7 +59,11 @@ CATALOG = pa.schema(
         pa.field("rating", pa.float64(), metadata={"doc": "mean review rating, >= 0"}),
         pa.field("review_count", pa.int64(), metadata={"doc": "number of reviews"}),
         pa.field("return_rate", pa.float64(), metadata={"doc": "share of orders returned, 0..1"}),
-        pa.field("margin", pa.float64(), metadata={"doc": "unit margin in the catalog's currency"}),
+        pa.field(
+            "margin", pa.float64(), metadata={"doc": "unit margin in the catalog's currency", "signed": "1"}
+        ),
+        pa.field("last_review_ts", pa.int64(), metadata={"doc": "UTC epoch seconds of the latest review"}),
+        pa.field("color", pa.string(), metadata={"doc": "the product's main colour, e.g. black"}),
         pa.field("promoted", pa.int64(), metadata={"doc": "1 when the product is promoted"}),
     ]
 )
@@ -163,9 +167,13 @@ def validate_table(table: str, frame: pd.DataFrame, where: _Where) -> pd.DataFra
         integer = pa.types.is_integer(field.type)
         if integer:
             bad |= num.notna() & (num != np.floor(num))
-        bad |= num < 0
-        _check(where, bad, field.name, col, f"is not {'a whole number' if integer else 'a number'} >= 0",
-               f"write {field.name} as {'an integer' if integer else 'a number'} >= 0 (or leave it empty)")  # fmt: skip
+        signed = (field.metadata or {}).get(b"signed") == b"1"
+        if not signed:
+            bad |= num < 0
+        kind = ("a whole number" if integer else "a number") + ("" if signed else " >= 0")
+        _check(
+            where, bad, field.name, col, f"is not {kind}", f"write {field.name} as {kind} (or leave it empty)"
+        )
         out[field.name] = num.astype(
             "Int64" if integer and field.nullable else "int64" if integer else "float64"
         )

@@ -185,7 +185,8 @@ class SearchFeatures:
         self.id_span_ = int(self.product_ids_.max()) + 1 if n else 1
 
         def col(name: str) -> np.ndarray:
-            return products[name].to_numpy(np.float64) if name in products else np.full(n, np.nan)
+            # astype first: a nullable integer column (Int64, as imported) has NA where a value is unknown
+            return products[name].astype(np.float64).to_numpy() if name in products else np.full(n, np.nan)
 
         price = col("price")
         category = products["category"].astype(str) if "category" in products else pd.Series([""] * n)

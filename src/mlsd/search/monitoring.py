@@ -96,6 +96,13 @@ def drift_report(dirs: SystemDir, *, engine: Any = None, days: int = 7) -> dict[
         raise InputError("days", days, "must be >= 1", "use 1 for the latest day")
     champion = dirs.require_champion(MODEL_NAME)
     path = ModelRegistry(dirs.registry).artifact_path(MODEL_NAME, champion.version)
+    if champion.params.get("ranker", "") is None:  # a retrieval-only champion: no ranker inputs to watch
+        raise InputError(
+            "--workdir", str(dirs.root), f"champion v{champion.version} serves retrieval only (trained "
+            "without a click log): there is no ranker and no training reference to compare with",
+            f"import events (mlsd search import --format csv --table events --workdir {dirs.root} --path F) "
+            "and train (mlsd search train) to get a ranker to monitor",
+        )  # fmt: skip
     if not (path / "reference.parquet").exists():
         raise InputError(
             "--workdir", str(path), f"champion v{champion.version} was saved without a training reference",
