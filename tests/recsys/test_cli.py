@@ -15,7 +15,7 @@ def test_help_lists_every_verb(capsys):
         main(["recsys", "--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    for verb in ("simulate", "train", "evaluate", "serve", "bench", "demo"):
+    for verb in ("simulate", "import", "train", "recommend", "evaluate", "serve", "bench", "demo"):
         assert verb in out
 
 

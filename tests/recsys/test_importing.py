@@ -125,6 +125,11 @@ def test_csv_appends_a_later_slice_and_reimport_changes_nothing(tmp_path):
     assert ds.interactions["timestamp"].tolist() == [100, 200, 300, 400]
     assert ds.interactions["weight"].tolist() == [1.0] * 4 and sorted(ds.users["user_id"]) == [1, 2, 3]
     assert len(json.loads((dirs.data / "meta.json").read_text())["imports"]) == 2
+    # A corrected rating under a stored key replaces the stored row; nothing else moves.
+    fix = write(tmp_path / "d3", "interactions.csv", "user_id,item_id,timestamp,rating\n1,1,100,1.5\n")
+    summary = import_data(dirs, "csv", fix)
+    assert summary["added"]["interactions"] == 0 and summary["written"] == ["interactions"]
+    assert load(dirs.data).interactions["rating"].tolist() == [1.5, 4.0, 4.0, 4.0]
 
 
 def test_a_bad_slice_leaves_the_data_untouched(tmp_path):
@@ -232,3 +237,30 @@ def test_movielens_100k_import_train_recommend_serve(shared_data, tmp_path, caps
     http = TestClient(system.app(engine)).get("/v1/recommendations/1", params={"k": 10})
     assert http.status_code == 200
     assert [item["item_id"] for item in http.json()["items"]] == ids
+
+
+def test_importing_into_simulated_data_keeps_its_columns(tiny, tmp_path):
+    """A slice imported beside simulated data: the simulator's extra columns survive the rewrite."""
+    import shutil
+
+    from mlsd.recsys.data import load
+
+    dirs = SystemDir(tmp_path / "W", "recsys")
+    shutil.copytree(tiny.data, dirs.data)
+    before = load(dirs.data)
+    item = int(before.items["item_id"].iloc[0])
+    ts = int(before.interactions["timestamp"].max()) + 60
+    slice_ = write(
+        tmp_path / "s",
+        "interactions.csv",
+        f"user_id,item_id,timestamp,weight,event\n1,{item},{ts},0.9,watch\n",
+    )
+    summary = import_data(dirs, "csv", slice_)
+    assert summary["added"]["interactions"] == 1 and summary["written"] == ["interactions"]
+    after = load(dirs.data)
+    assert set(after.interactions.columns) == set(before.interactions.columns)  # "event" kept
+    assert (
+        after.interactions["event"].iloc[-1] == "watch"
+        and len(after.interactions) == len(before.interactions) + 1
+    )
+    assert "end_ts" not in after.meta and after.meta["train"] == before.meta["train"]

@@ -115,6 +115,12 @@ class TrainConfig:
         return replace(self, train_days=train_days, label_days=max(1.0, float(int(train_days // 4))))
 
 
+def make_data(root: Any) -> str:
+    """The commands that fill ``W/recsys/data`` (the fix of a "holds no recsys data" error)."""
+    return (f"mlsd recsys simulate --workdir {root} (or your own data: mlsd recsys import "
+            f"--format movielens|csv|parquet --path P --workdir {root})")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class RecsysConfig:
     """The whole product configuration."""

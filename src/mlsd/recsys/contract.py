@@ -57,6 +57,13 @@ INTERACTIONS = pa.schema(
         _f("timestamp", pa.int64(), True, "epoch seconds UTC", "when the event happened"),
         _f("rating", pa.float64(), False, "stars", "explicit rating; null when the event has none"),
         _f(
+            "event",
+            pa.string(),
+            False,
+            "code",
+            "what happened: watch, browse, onboarding, rating, ... (kept, not modelled)",
+        ),
+        _f(
             "weight",
             pa.float64(),
             False,

@@ -10,7 +10,7 @@ Formats (``FORMATS``, ``SYSTEM.import_formats``):
   epoch seconds; an empty field is a null.
 
 Appending: the new rows are merged with what ``W/recsys/data`` holds, deduplicated on each table's
-key (``KEYS``; the newer row wins for a key imported twice), and written back only when something
+key (``KEYS``; an imported row replaces the stored row under its key, other stored rows are kept), and written back only when something
 changed: re-importing the same file writes nothing. Each table file is written to a temporary file and
 moved into place with ``os.replace`` (atomic), items first, then users, interactions and
 ``meta.json``: every table only grows, so a crash between two moves still leaves a valid dataset
@@ -88,7 +88,11 @@ def read_source(fmt: str, path: str | Path) -> dict[str, tuple[pd.DataFrame, Any
                  "csv": ("ratings.csv", "movies.csv", "ratings.csv")}[detect_format(path)]  # fmt: skip
         frames = {"interactions": dataset.interactions, "items": dataset.items, "users": dataset.users}
         return {
-            table: (conform(frame, table, path / file), path / file, _line_row)
+            table: (
+                check_unique(conform(frame, table, path / file), table, path / file),
+                path / file,
+                _line_row,
+            )
             for (table, frame), file in zip(frames.items(), (files[0], files[1], files[2]), strict=True)
         }
     ext = fmt
@@ -112,8 +116,15 @@ def read_source(fmt: str, path: str | Path) -> dict[str, tuple[pd.DataFrame, Any
 
 
 def _arrow(frame: pd.DataFrame, table: str) -> pa.Table:
-    schema = pa.schema([f for f in SCHEMAS[table] if f.name in frame.columns])
-    return pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+    """The contract's types for its columns; columns the stored data already had beyond the contract
+    (the simulator's truth-bearing extras) are kept with their own types, never dropped on a rewrite."""
+    contract = [f for f in SCHEMAS[table] if f.name in frame.columns]
+    names = {f.name for f in contract}
+    extra = [c for c in frame.columns if c not in names]
+    fields = contract + [pa.Schema.from_pandas(frame[extra], preserve_index=False).field(c) for c in extra]
+    return pa.Table.from_pandas(
+        frame[[f.name for f in fields]], schema=pa.schema(fields), preserve_index=False
+    )
 
 
 def _normal(frame: pd.DataFrame, table: str) -> pd.DataFrame:
@@ -127,11 +138,16 @@ def _sorted(frame: pd.DataFrame, table: str) -> pd.DataFrame:
 
 
 def _merge(old: pd.DataFrame | None, new: pd.DataFrame | None, table: str) -> pd.DataFrame | None:
+    """``old`` plus ``new``: a new row replaces the old row(s) under its key (a corrected rating, an
+    updated title); old rows the import does not name are kept as they are (even the simulator's
+    same-second repeats)."""
     if new is None:
         return old
-    merged = new if old is None else pd.concat([old, new], ignore_index=True)
-    # The newer row wins for a key imported twice (a corrected rating, an updated title).
-    return _sorted(merged.drop_duplicates(list(KEYS[table]), keep="last"), table)
+    if old is None:
+        return _sorted(new, table)
+    key = list(KEYS[table])
+    replaced = old[key].merge(new[key].drop_duplicates(), how="left", indicator=True)["_merge"] == "both"
+    return _sorted(pd.concat([old[~replaced.to_numpy()], new], ignore_index=True), table)
 
 
 def _write_atomic(data: Path, name: str, write) -> None:

@@ -29,6 +29,7 @@ import pandas as pd
 
 from mlsd.platform.errors import InputError
 from mlsd.platform.system import SystemDir
+from mlsd.recsys.config import make_data
 
 SERVED_FILE = "served_features.parquet"
 DAY_S = 86_400
@@ -52,7 +53,7 @@ def last_day_features(
     from mlsd.recsys.data import load
     from mlsd.recsys.model import TwoStageRecommender
 
-    dataset = load(dirs.require_data(f"mlsd recsys simulate --workdir {dirs.root}"))
+    dataset = load(dirs.require_data(make_data(dirs.root)))
     model = TwoStageRecommender.load(model_dir)
     inter = dataset.interactions
     ts = inter["timestamp"].to_numpy()

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from mlsd.platform.system import HttpRequest, System, SystemDir
-from mlsd.recsys.config import MODEL_NAME
+from mlsd.recsys.config import MODEL_NAME, make_data
 
 NAME = "recsys"
 # Query parameters of GET /v1/recommendations/{user_id}, by request-body key.
@@ -110,7 +110,7 @@ def _example_requests(dirs: SystemDir, n: int) -> list[dict[str, Any]]:
     """``n`` request bodies for the data's most active viewers (users a trained model knows)."""
     import pandas as pd
 
-    data = dirs.require_data(f"mlsd recsys simulate --workdir {dirs.root}")
+    data = dirs.require_data(make_data(dirs.root))
     users = pd.read_parquet(data / "interactions.parquet", columns=["user_id"])["user_id"]
     top = users.value_counts(sort=True).index[: int(n)]
     return [{"user_id": str(int(u)), "k": 10} for u in top]

@@ -50,7 +50,7 @@ from mlsd.platform.errors import InputError
 from mlsd.platform.jsonio import write_json
 from mlsd.platform.retraining import Trained, Verdict, Window, resolve_run_date
 from mlsd.platform.system import SystemDir
-from mlsd.recsys.config import MODEL_NAME, TrainConfig
+from mlsd.recsys.config import MODEL_NAME, TrainConfig, make_data
 from mlsd.recsys.data import LABEL_THRESHOLD, RecsysDataset
 
 DAY_S = 86_400
@@ -354,7 +354,7 @@ class RecsysRetrainSteps:
         from mlsd.platform.registry import fingerprint
         from mlsd.recsys.data import load
 
-        dataset = load(dirs.require_data(f"mlsd recsys simulate --workdir {dirs.root}"))
+        dataset = load(dirs.require_data(make_data(dirs.root)))
         config = config_from_params(champion.params) if champion is not None else config_for(dataset)
         config = replace(config, **self.overrides)
         dropped = model_card(dataset)["features_dropped"]
