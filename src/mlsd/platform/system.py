@@ -146,7 +146,8 @@ class SystemDir:
             where = f"{self.registry}" + ("" if db.is_file() else " (no registry there)")
             raise InputError(
                 "--workdir", str(self.root), f"no {alias} of model {model!r} in {where}",
-                f"train one first: mlsd {self.system} simulate --workdir {self.root} && "
+                f"train one first: mlsd {self.system} simulate --workdir {self.root} (or your own data: "
+                f"mlsd {self.system} import --format F --path P --workdir {self.root}), then "
                 f"mlsd {self.system} train --workdir {self.root}"
                 + _nearby_hint(self.root, self.system),
             )  # fmt: skip
