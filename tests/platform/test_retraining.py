@@ -178,3 +178,13 @@ def test_retrain_runs_the_platform_job_over_a_systems_steps(tmp_path) -> None:
     assert sorted(p.name for p in dirs.runs.iterdir()) == [
         "2026-01-01-v1.json", "2026-01-02-v3.json", "2026-01-03-v2.json"
     ]  # fmt: skip
+
+
+def test_systems_not_deployed_in_the_workdir_are_skipped_not_failed(tmp_path, capsys) -> None:
+    job = CountingJob()
+    summary = run_schedule("daily", tmp_path, dt.date(2026, 11, 20), jobs={"recsys": job}, progress=False)
+    assert [(r["system"], r["status"]) for r in summary["runs"]] == [("recsys", "ran"), ("search", "skipped")]
+    assert summary["failed"] == [] and "not deployed" in summary["runs"][1]["reason"]
+    # asked for by name, an absent system is a failure with the fix (exit 2), as before
+    assert main(["pipeline", "run", "daily", "--workdir", str(tmp_path), "--systems", "search"]) == 2
+    assert "mlsd search simulate --workdir" in capsys.readouterr().err

@@ -285,8 +285,9 @@ def run_schedule(
 ) -> dict[str, Any]:
     """Run every job of ``cadence`` once for ``run_date``; returns ``{cadence, workdir, runs, failed}``.
 
-    ``runs`` holds one report per system (``status``: ``ran``, ``already ran`` -- from the ledger --
-    or ``failed`` with the error). ``only`` restricts the cadence to a subset. ``jobs`` replaces
+    ``runs`` holds one report per system (``status``: ``ran``, ``already ran`` -- from the ledger --,
+    ``failed`` with the error, or ``skipped`` when the workdir has no folder for a system that was not
+    asked for by name: a deployment of some systems only). ``only`` restricts the cadence to a subset. ``jobs`` replaces
     the systems' retrain jobs (``system -> callable(SystemDir, run_date, progress=)``), e.g. to
     schedule a job of your own.
     """
@@ -308,6 +309,11 @@ def run_schedule(
     with _exclusive(root / "pipeline" / ".lock"):
         for system in planned:
             job = (jobs or {}).get(system)
+            if only is None and job is None and not SystemDir(root, system).exists():
+                # a workdir that deploys some systems only: the others are not failures, just absent
+                runs.append({"system": system, "status": "skipped",
+                             "reason": f"no {root / system} folder: {system} is not deployed in this workdir"})  # fmt: skip
+                continue
             runs.append(_run_one(cadence, system, root, run_date, ledger, progress, len(planned) == 1, job))
     return {
         "cadence": cadence,
@@ -399,6 +405,9 @@ def _run(args: argparse.Namespace) -> int:
         for r in summary["runs"]:
             if r["status"] == "failed":
                 print(f"{r['system']:>7}: FAILED: {r['error']}")
+                continue
+            if r["status"] == "skipped":
+                print(f"{r['system']:>7}: skipped: {r['reason']}")
                 continue
             version = r.get("version")
             state = "registered v" + str(version) if r.get("registered") else f"nothing new (v{version})"
