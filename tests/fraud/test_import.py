@@ -192,3 +192,23 @@ def test_own_payment_schema_as_csv_trains(tmp_path, capsys):
         == str(pd.Timestamp(as_of, unit="s").date())
         > str(pd.Timestamp(tx["ts"].max(), unit="s").date())
     )
+
+
+def test_train_on_too_short_an_import_exits_2_with_the_fix(tmp_path, capsys):
+    w = str(tmp_path / "W")
+    path = payments_csv(tmp_path / "p.csv")  # two days of payments, labels known three days in
+    assert main(["fraud", "import", "--format", "csv", "--path", str(path), "--workdir", w]) == 0
+    capsys.readouterr()
+    assert main(["fraud", "train", "--workdir", w]) == 2
+    err = capsys.readouterr().err
+    assert "holds 4 days of payments and labels" in err and "12+ days" in err and "mlsd fraud import" in err
+    assert not (tmp_path / "W" / "fraud" / "registry").exists()
+
+
+def test_long_integer_ids_stay_exact(tmp_path):
+    big = 9_007_199_254_740_993  # 2**53 + 1: a float64 round trip would change it
+    path = tmp_path / "p.csv"
+    path.write_text(f"tx_id,ts,card_id,terminal_id,amount\n{big},{T0},{big},1,2.0\n")
+    import_data(tmp_path / "d", "csv", path)
+    tx = pd.read_parquet(tmp_path / "d" / "transactions.parquet")
+    assert int(tx["tx_id"].iloc[0]) == big and int(tx["card_id"].iloc[0]) == big

@@ -127,7 +127,12 @@ def _first(mask: np.ndarray) -> int:
 
 def _int_column(frame: pd.DataFrame, column: str, where: _Where, fix: str) -> np.ndarray:
     raw = frame[column]
-    values = pd.to_numeric(raw, errors="coerce").to_numpy(np.float64)
+    if pd.api.types.is_integer_dtype(raw):
+        return raw.to_numpy(np.int64)
+    parsed = pd.to_numeric(raw, errors="coerce")
+    if pd.api.types.is_integer_dtype(parsed):  # parsed as integers: exact beyond 2**53 (long ids)
+        return parsed.to_numpy(np.int64)
+    values = parsed.to_numpy(np.float64)
     bad = ~np.isfinite(values) | (values != np.floor(values))
     if bad.any():
         i = _first(bad)
