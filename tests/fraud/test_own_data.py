@@ -85,3 +85,31 @@ def test_score_without_a_champion_exits_2(tmp_path, capsys):
     assert code == 2
     assert "mlsd fraud" in capsys.readouterr().err
     assert not (tmp_path / "fraud").exists()  # a read path creates nothing
+
+
+def test_a_later_slice_then_the_weekly_pipeline_gates_a_challenger(tmp_path, capsys, shared_data):
+    """The handbook week in two slices (25-29 July, then 30-31 July): the second import lands beside
+    the first, and `mlsd pipeline run weekly` trains on the data up to its end and gates the result."""
+    sample = shared_data("fraud-sample")
+    frame = pd.concat(pd.read_csv(p, dtype=str) for p in sorted(sample.glob("*.csv*")))
+    first, later = tmp_path / "first", tmp_path / "later"
+    first.mkdir(), later.mkdir()
+    early = frame["TX_DATETIME"] < "2018-07-30"
+    frame.loc[early].to_csv(first / "2018-07-25_29.csv", index=False)
+    frame.loc[~early].to_csv(later / "2018-07-30_31.csv", index=False)
+    w = str(tmp_path / "W")
+    assert (
+        run_json(capsys, "import", "--format", "handbook", "--path", str(first), "--workdir", w)[
+            "payments_new"
+        ]
+        > 0
+    )
+    assert run_json(capsys, "train", "--workdir", w)["version"] == 1
+    out = run_json(capsys, "import", "--format", "handbook", "--path", str(later), "--workdir", w)
+    assert out["payments_duplicate"] == 0 and out["payments_total"] == 67_240 and out["labels_total"] == 598
+    assert main(["pipeline", "run", "weekly", "--workdir", w]) == 0
+    runs = sorted((tmp_path / "W" / "fraud" / "runs").glob("*-v2.json"))
+    assert len(runs) == 1
+    report = json.loads(runs[0].read_text())
+    assert report["registered"] and report["run_date"] == "2018-08-07"
+    assert report["reason"].startswith("v2 vs champion v1")  # gated against the champion, not promoted blind
