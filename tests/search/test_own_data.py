@@ -55,7 +55,9 @@ def synthetic_events(queries: pd.DataFrame, qrels: pd.DataFrame, *, days: int = 
     return pd.DataFrame(rows)
 
 
-def test_without_a_click_log_train_registers_a_retrieval_only_champion(tmp_path, tiny_catalog) -> None:
+def test_without_a_click_log_train_registers_a_retrieval_only_champion(
+    tmp_path, tiny_catalog, capsys
+) -> None:
     S = get_system("search")
     dirs = S.dirs(tmp_path)
     tiny_catalog.to_csv(tmp_path / "catalog.csv", index=False)
@@ -81,6 +83,20 @@ def test_without_a_click_log_train_registers_a_retrieval_only_champion(tmp_path,
     health = TestClient(S.app(engine)).get("/health").json()
     assert health["model_version"] == 1 and health["ranker"] is None
     assert S.example_requests(dirs, 2) == [{"q": "sonix headphones", "k": 10}, {"q": "oak sofa", "k": 10}]
+    # the one-shot verb at a terminal: a table, with the reasons in words
+    assert (
+        main(["search", "query", "--workdir", str(tmp_path), "--q", "sonix headphones under $50", "--k", "3"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "3 result(s) for 'sonix headphones under $50' from search-ltr v1" in out
+    assert (
+        "ranked by BM25 keyword retrieval (no learned ranker)" in out
+        and "skipped ltr: no ranker loaded" in out
+    )
+    rows = [line for line in out.splitlines() if line.startswith("  ") and line.strip()[:1].isdigit()]
+    assert "price filter not applied: the catalog has no prices" in out
+    assert len(rows) == 3 and all("Sonix" in row and "Headphones" in row for row in rows)
     with pytest.raises(InputError, match="retrieval only"):  # no ranker inputs to monitor, said plainly
         S.drift_report(dirs)
     again = S.train(dirs, progress=False, dense=False, compare_raw=False)

@@ -115,3 +115,16 @@ def test_category_named_in_the_query_comes_first(seed: int) -> None:
     kept = [r for r in rows if products.iloc[r]["stock"] > 0]
     in_order = [r for r in kept if products.iloc[r]["category"].startswith("Home / Decor")]
     assert out[: len(in_order)].tolist() == in_order[:100]
+
+
+def test_a_catalog_without_prices_skips_the_price_filter_and_says_so() -> None:
+    rng = np.random.default_rng(1)
+    with_prices = _catalog(rng, n=50)
+    rows = np.arange(50)
+    final, report = BusinessRules(RuleConfig()).fit(with_prices).apply(rows, price_max=20.0)
+    assert report.price_filter_skipped is None and report.dropped_price > 0
+    assert (with_prices["price"].to_numpy()[final] <= 20.0).all()
+    no_prices = with_prices.assign(price=np.nan, stock=np.ones(50, dtype=np.int64))
+    final, report = BusinessRules(RuleConfig()).fit(no_prices).apply(rows, price_max=20.0, k=48)
+    assert report.price_filter_skipped == "the catalog has no prices" and report.dropped_price == 0
+    assert len(final) == 48

@@ -124,17 +124,46 @@ def _query(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(answer)
         return 0
-    parsed = answer["parsed"]
-    understood = parsed.get("corrected") or args.q
-    print(f"{args.q!r} -> {understood!r}: {len(answer['results'])} result(s), ranked by {answer['ranked_by']} "
-          f"(search-ltr v{answer['model_version']}, {answer['total_ms']:.0f} ms)")  # fmt: skip
-    for s in answer["skipped"]:
-        print(f"  skipped {s.get('stage')}: {s.get('reason')}")
+    for line in _query_reasons(args.q, answer):
+        print(line)
     print(f"{'#':>3}  {'product_id':>10}  {'score':>9}  title")
     for r in answer["results"]:
         score = "" if r["score"] is None else f"{r['score']:.4f}"
         print(f"{r['position']:>3}  {r['product_id']:>10}  {score:>9}  {str(r['title'])[:90]}")
     return 0
+
+
+RANKED_BY = {
+    "ltr": "LambdaMART (learned from the click log) over BM25 + dense candidates",
+    "hybrid": "BM25 + dense retrieval, reciprocal-rank fused (no learned ranker)",
+    "bm25": "BM25 keyword retrieval (no learned ranker)",
+    "dense": "dense (MiniLM) retrieval only",
+}
+
+
+def _query_reasons(q: str, answer: dict[str, Any]) -> list[str]:
+    """Why the list looks as it does, in words: what was understood, how it was ranked, what the rules
+    and the deadline did."""
+    parsed, rules = answer["parsed"], answer["rules"]
+    lines = [f"{len(answer['results'])} result(s) for {q!r} from search-ltr v{answer['model_version']} "
+             f"in {answer['total_ms']:.0f} ms"]  # fmt: skip
+    if parsed.get("corrections"):
+        fixed = ", ".join(f"{a} -> {b}" for a, b in parsed["corrections"].items())
+        lines.append(f"  understood as {parsed['corrected']!r} (spelling: {fixed})")
+    entities = {k: v for k, v in (parsed.get("entities") or {}).items() if v is not None}
+    if entities:
+        lines.append("  filters/entities: " + ", ".join(f"{k}={v}" for k, v in entities.items()))
+    lines.append(f"  ranked by {RANKED_BY.get(answer['ranked_by'], answer['ranked_by'])}")
+    for s in answer["skipped"]:
+        lines.append(f"  skipped {s.get('stage')}: {s.get('reason')}")
+    if rules.get("price_filter_skipped"):
+        lines.append(f"  price filter not applied: {rules['price_filter_skipped']}")
+    for key, what in (("dropped_out_of_stock", "out of stock"), ("dropped_price", "outside the price asked")):
+        if rules.get(key):
+            lines.append(f"  {rules[key]} candidate(s) removed: {what}")
+    if rules.get("pinned"):
+        lines.append(f"  pinned by a merchandising rule: {rules['pinned']}")
+    return lines
 
 
 def _train(args: argparse.Namespace) -> int:

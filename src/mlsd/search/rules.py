@@ -29,6 +29,7 @@ class RuleReport:
 
     dropped_out_of_stock: int = 0
     dropped_price: int = 0
+    price_filter_skipped: str | None = None  # why a parsed price filter was not applied
     pinned: list[int] = field(default_factory=list)
     category_first: str | None = None  # the parsed category whose products were moved ahead
     demoted_for_diversity: int = 0
@@ -51,6 +52,7 @@ class BusinessRules:
             products["stock"].fillna(1).to_numpy(np.int64) if "stock" in products else np.ones(n, np.int64)
         )
         self.price_ = products["price"].to_numpy(np.float64)
+        self.has_prices_ = bool(np.isfinite(self.price_).any())
         brand = (
             products["brand"].astype(str).str.lower().to_numpy() if "brand" in products else np.full(n, "")
         )
@@ -86,7 +88,12 @@ class BusinessRules:
             in_stock = self.stock_[rows] > 0
             report.dropped_out_of_stock = int((~in_stock).sum())
             keep &= in_stock
-        if cfg.apply_price_filter and (price_min is not None or price_max is not None):
+        asked_price = price_min is not None or price_max is not None
+        if asked_price and not self.has_prices_:
+            # A catalog without prices (e.g. imported titles only) cannot answer "under $20": filtering
+            # would drop every product, so the filter is skipped and the report says so.
+            report.price_filter_skipped = "the catalog has no prices"
+        elif cfg.apply_price_filter and asked_price:
             price = self.price_[rows]
             ok = np.ones(len(rows), dtype=bool)
             if price_min is not None and np.isfinite(price_min):
