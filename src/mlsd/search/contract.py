@@ -358,58 +358,67 @@ def import_data(dirs: SystemDir, fmt: str, path: str | Path, *, table: str | Non
     added: dict[str, int] = {}
     writes: list[tuple[Path, Path]] = []
     data.mkdir(parents=True, exist_ok=True)
-    if catalog is not None:
-        merged = _union(old_products, catalog, ["product_id"])
-        if old_products is None or not merged.equals(old_products):
-            writes.append((_write_parquet(merged, products_f), products_f))
-        added["catalog"] = len(merged) - (0 if old_products is None else len(old_products))
-    if "queries" in tables:
-        old_q = pd.read_parquet(queries_f) if queries_f.exists() else None
-        old_j = pd.read_parquet(qrels_f) if qrels_f.exists() else None
-        texts = (
-            old_q[["query_id", "text"]]
-            if old_q is not None
-            else pd.DataFrame({"query_id": pd.Series(dtype=np.int64), "text": pd.Series(dtype=str)})
-        )
-        fresh = (
-            tables["queries"].loc[~tables["queries"]["text"].isin(texts["text"]), "text"].drop_duplicates()
-        )
-        start = int(texts["query_id"].max()) + 1 if len(texts) else 0
-        new_q = pd.DataFrame(
-            {"query_id": np.arange(start, start + len(fresh), dtype=np.int64), "text": fresh.to_numpy()}
-        )
-        queries = pd.concat([old_q, new_q], ignore_index=True) if old_q is not None else new_q
-        if len(new_q):
-            writes.append((_write_parquet(queries, queries_f), queries_f))
-        added["queries"] = len(new_q)
-        if "judgements" in tables:
-            qid = queries.drop_duplicates("text").set_index("text")["query_id"]
-            j = tables["judgements"]
-            new_j = pd.DataFrame({"query_id": qid.reindex(j["query"]).to_numpy(np.int64),
-                                  "product_id": j["product_id"].to_numpy(np.int64), "grade": j["grade"].to_numpy()})  # fmt: skip
-            merged = _union(old_j, new_j, ["query_id", "product_id"])
-            if old_j is None or not merged.equals(old_j):
-                writes.append((_write_parquet(merged, qrels_f), qrels_f))
-            added["judgements"] = int(len(merged) - (0 if old_j is None else len(old_j)))
-    if "events" in tables:
-        events = tables["events"]
-        unknown = ~events["product_id"].isin(known)
-        if unknown.any():  # training drops them; say so rather than refuse a whole day of log
-            added["events_unknown_products"] = int(unknown.sum())
-        log = ClickLog(data / "clicklog")
-        old = log.events()[list(KEYS["events"])] if len(log) else None
-        if old is not None:
-            seen = pd.MultiIndex.from_frame(old.astype({"product_id": np.int64}))
-            events = events[~pd.MultiIndex.from_frame(events[list(KEYS["events"])]).isin(seen)]
-        added["events"] = len(events)
-        if len(events):
-            part_dir = data / "clicklog" / "events"
-            part_dir.mkdir(parents=True, exist_ok=True)
-            digest = hashlib.sha256(
-                pd.util.hash_pandas_object(events, index=False).to_numpy().tobytes()
-            ).hexdigest()[:12]
-            target = part_dir / f"part-{time.time_ns():020d}-import-{digest}.parquet"
-            writes.append((_write_parquet(events[list(EVENT_COLUMNS)].astype(EVENT_COLUMNS), target), target))
+    try:
+        if catalog is not None:
+            merged = _union(old_products, catalog, ["product_id"])
+            if old_products is None or not merged.equals(old_products):
+                writes.append((_write_parquet(merged, products_f), products_f))
+            added["catalog"] = len(merged) - (0 if old_products is None else len(old_products))
+        if "queries" in tables:
+            old_q = pd.read_parquet(queries_f) if queries_f.exists() else None
+            old_j = pd.read_parquet(qrels_f) if qrels_f.exists() else None
+            texts = (
+                old_q[["query_id", "text"]]
+                if old_q is not None
+                else pd.DataFrame({"query_id": pd.Series(dtype=np.int64), "text": pd.Series(dtype=str)})
+            )
+            fresh = (
+                tables["queries"]
+                .loc[~tables["queries"]["text"].isin(texts["text"]), "text"]
+                .drop_duplicates()
+            )
+            start = int(texts["query_id"].max()) + 1 if len(texts) else 0
+            new_q = pd.DataFrame(
+                {"query_id": np.arange(start, start + len(fresh), dtype=np.int64), "text": fresh.to_numpy()}
+            )
+            queries = pd.concat([old_q, new_q], ignore_index=True) if old_q is not None else new_q
+            if len(new_q):
+                writes.append((_write_parquet(queries, queries_f), queries_f))
+            added["queries"] = len(new_q)
+            if "judgements" in tables:
+                qid = queries.drop_duplicates("text").set_index("text")["query_id"]
+                j = tables["judgements"]
+                new_j = pd.DataFrame({"query_id": qid.reindex(j["query"]).to_numpy(np.int64),
+                                      "product_id": j["product_id"].to_numpy(np.int64), "grade": j["grade"].to_numpy()})  # fmt: skip
+                merged = _union(old_j, new_j, ["query_id", "product_id"])
+                if old_j is None or not merged.equals(old_j):
+                    writes.append((_write_parquet(merged, qrels_f), qrels_f))
+                added["judgements"] = int(len(merged) - (0 if old_j is None else len(old_j)))
+        if "events" in tables:
+            events = tables["events"]
+            unknown = ~events["product_id"].isin(known)
+            if unknown.any():  # training drops them; say so rather than refuse a whole day of log
+                added["events_unknown_products"] = int(unknown.sum())
+            log = ClickLog(data / "clicklog")
+            old = log.events()[list(KEYS["events"])] if len(log) else None
+            if old is not None:
+                seen = pd.MultiIndex.from_frame(old.astype({"product_id": np.int64}))
+                events = events[~pd.MultiIndex.from_frame(events[list(KEYS["events"])]).isin(seen)]
+            added["events"] = len(events)
+            if len(events):
+                part_dir = data / "clicklog" / "events"
+                part_dir.mkdir(parents=True, exist_ok=True)
+                digest = hashlib.sha256(
+                    pd.util.hash_pandas_object(events, index=False).to_numpy().tobytes()
+                ).hexdigest()[:12]
+                target = part_dir / f"part-{time.time_ns():020d}-import-{digest}.parquet"
+                writes.append(
+                    (_write_parquet(events[list(EVENT_COLUMNS)].astype(EVENT_COLUMNS), target), target)
+                )
+    except BaseException:  # a failure while writing leaves no temporary file behind
+        for tmp, _ in writes:
+            tmp.unlink(missing_ok=True)
+        raise
     # Everything is converted, validated and written to temporary files: now rename them into place.
     for tmp, target in writes:
         os.replace(tmp, target)
