@@ -164,6 +164,7 @@ def test_import_cli_json_and_exit_2(tmp_path, capsys):
     )
     out = json.loads(capsys.readouterr().out)
     assert out["payments_new"] == 3 and out["data"] == str(tmp_path / "fraud" / "data")
+    assert out["missing_context"] == ["device_id", "ip", "email", "lat", "lon"]  # said once, at import
     bad = payments_csv(tmp_path / "bad.csv", [f"9,{T0},10,5,x,EUR,0,"])
     code = main(["fraud", "import", "--format", "csv", "--path", str(bad), "--workdir", str(tmp_path)])
     assert code == 2

@@ -256,6 +256,11 @@ def _import(args: argparse.Namespace) -> int:
             f"{summary['data']} holds {summary['payments_total']} payments, {summary['labels_total']} label events{days}"
             + ("" if summary["changed"] else " (nothing changed)")
         )
+        if summary["missing_context"]:
+            _err(
+                f"note: the payments have no {', '.join(summary['missing_context'])}: "
+                "the features that need them (device, IP, e-mail, ring, geo) will be left out of training"
+            )
         if summary["labels_without_payment"]:
             _err(f"note: {summary['labels_without_payment']} label events name a payment not imported (yet)")
     return 0
@@ -441,20 +446,35 @@ def _score(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"model_version": engine.model_version, "decisions": decisions})
         return 0
-    print(f"model fraud v{engine.model_version}, rules {decisions[0].get('rules_version')}")
+    t = engine.decision.thresholds
+    print(
+        f"model fraud v{engine.model_version}, rules v{decisions[0].get('rules_version')}, "
+        f"thresholds review >= {t.review:g}, block >= {t.block:g}"
+    )
     print(f"{'tx_id':>12}  {'decision':<8} {'probability':>11}  reasons")
+    rules = {r.reason: r.description for r in engine.rules.current().rules if r.description}
     for d in decisions:
         p = d.get("probability")
         prob = "-" if p is None else f"{p:.4f}"
-        reasons = "; ".join(_reason_text(r) for r in d.get("reasons", [])) or "-"
+        reasons = "; ".join(_reason_text(r, rules) for r in d.get("reasons", [])) or "-"
         print(f"{d.get('tx_id')!s:>12}  {d.get('decision')!s:<8} {prob:>11}  {reasons}")
     return 0
 
 
-def _reason_text(reason: Any) -> str:
-    if isinstance(reason, dict):
-        return str(reason.get("text") or reason.get("name") or reason)
-    return str(reason)
+SCORE_REASONS = {
+    "SCORE_LOW": "score below the review threshold",
+    "SCORE_REVIEW": "score in the review band",
+    "SCORE_BLOCK": "score above the block threshold",
+}
+
+
+def _reason_text(code: Any, rules: dict[str, str]) -> str:
+    """A reason code with its meaning: the score band, the rule's description, the model's feature."""
+    code = str(code)
+    if code.startswith("MODEL:"):
+        return f"{code} (raised the score)"
+    text = SCORE_REASONS.get(code) or rules.get(code)
+    return f"{code} ({text})" if text else code
 
 
 def _stream(args: argparse.Namespace) -> int:

@@ -96,7 +96,14 @@ LABELS = pa.schema(
 )
 SCHEMAS: Mapping[str, pa.Schema] = {"payments": PAYMENTS, "labels": LABELS}
 KEYS: Mapping[str, tuple[str, ...]] = {"payments": ("tx_id",), "labels": ("tx_id", "label_ts", "source")}
-INLINE_LABELS = ("fraud", "label_ts")  # a payments table may carry its labels (mlsd's own files)
+INLINE_LABELS = ("fraud", "label_ts")
+CONTEXT_COLUMNS = (
+    "device_id",
+    "ip",
+    "email",
+    "lat",
+    "lon",
+)  # what the features beyond the handbook's read  # a payments table may carry its labels (mlsd's own files)
 
 TRANSACTIONS_FILE = "transactions.parquet"
 LABELS_FILE = "labels.parquet"
@@ -509,6 +516,8 @@ def import_data(data_dir: Path, fmt: str, path: str | Path) -> dict[str, Any]:
         "last_ts": int(out_tx["ts"].max()) if len(out_tx) else None,
         "as_of": int(all_ts.max()) if len(all_ts) else None,
         "columns": [c for c in out_tx.columns if c not in INLINE_LABELS],
+        # the optional context the full feature set reads; without it those features are dropped
+        "missing_context": [c for c in CONTEXT_COLUMNS if c not in out_tx.columns],
     }
     if len(new_tx) or new_labels:
         data_dir.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from mlsd.fraud.config import FraudConfig
+from mlsd.fraud.contract import CONTEXT_COLUMNS
 from mlsd.fraud.engine import MODEL_NAME, FraudDirs, ModelScorer, Scorer, feature_config_for
 from mlsd.platform.errors import InputError
 from mlsd.platform.retraining import Trained, Verdict, Window, resolve_run_date
@@ -222,10 +223,6 @@ def fit(
         model, scorer, frame, all_features, train, ev, metrics(y_eval, p_eval),
         _suggest_thresholds(y_eval, p_eval, frame.ts[ev], frame.eval_window[0], config), reference, params,
     )  # fmt: skip
-
-
-# the optional payment columns the full feature set reads (mlsd.fraud.contract); the rest is required
-CONTEXT_COLUMNS: tuple[str, ...] = ("device_id", "ip", "email", "lat", "lon")
 
 
 def features_used_and_dropped(tx: pd.DataFrame, used: Any, computed: Any) -> dict[str, Any]:
