@@ -33,6 +33,9 @@ def test_system_exposes_the_schemas_and_formats() -> None:
     assert required("catalog") == ["product_id", "title"]
     assert required("events") == ["type", "ts", "search_id", "product_id"]
     assert set(s.import_formats) >= {"homedepot", "crowdflower", "wands", "csv", "parquet"}
+    from mlsd.search.contract import FORMATS
+
+    assert tuple(s.import_formats) == FORMATS  # the System's list (the CLI's choices) is the contract's
     assert SCHEMAS["judgements"].field("grade").type == pa.float64()
 
 

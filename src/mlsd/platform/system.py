@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
@@ -56,6 +56,7 @@ __all__ = [
     "LAYOUT",
     "Engine",
     "HttpRequest",
+    "LazyMapping",
     "ReviewQueue",
     "System",
     "SystemDir",
@@ -163,6 +164,38 @@ def _nearby_hint(root: Path, system: str) -> str:
     return ""
 
 
+class LazyMapping(Mapping[str, Any]):
+    """A mapping filled by ``load()`` on first use: what ``System.schemas`` holds, so that listing the
+    systems (``mlsd --help``) imports no pyarrow and no data-contract module.
+
+    Examples:
+        >>> calls = []
+        >>> schemas = LazyMapping(lambda: calls.append(1) or {"payments": "schema"})
+        >>> len(calls)   # nothing loaded yet
+        0
+        >>> sorted(schemas), schemas["payments"], len(calls)   # loaded once, on first use
+        (['payments'], 'schema', 1)
+    """
+
+    def __init__(self, load: Callable[[], Mapping[str, Any]]) -> None:
+        self._load = load
+        self._loaded: Mapping[str, Any] | None = None
+
+    def _data(self) -> Mapping[str, Any]:
+        if self._loaded is None:
+            self._loaded = self._load()
+        return self._loaded
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data())
+
+    def __len__(self) -> int:
+        return len(self._data())
+
+
 # ---------------------------------------------------------------------------------------------------
 # What a system provides
 
@@ -215,6 +248,8 @@ class System:
     * ``demo(dirs)`` runs the system's part of ``mlsd demo``.
     * ``example_requests(dirs, n)`` -> ``n`` valid request bodies for ``Engine.handle`` taken from the
       data; ``http_request(body)`` -> the :class:`HttpRequest` that asks the same over HTTP.
+    * ``schemas``: the data contract's tables (name -> pyarrow schema), usually a :class:`LazyMapping`;
+      ``import_formats``: what ``mlsd <system> import --format`` reads.
     * ``review_queue(location, **options)`` opens a human review queue: a SQLite file path, or a
       ``postgresql://`` DSN (``schema=`` option); None: the system has no queue. The dashboard reads
       it through :class:`ReviewQueue`.

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from mlsd.platform.system import HttpRequest, System, SystemDir
+from mlsd.platform.system import HttpRequest, LazyMapping, System, SystemDir
 from mlsd.recsys.config import MODEL_NAME, make_data
 
 NAME = "recsys"
@@ -30,25 +30,10 @@ NAME = "recsys"
 QUERY = {"k": "k", "region": "region", "age": "age", "deadline_ms": "deadline_ms"}
 
 
-class _Schemas(Mapping):
-    """:data:`mlsd.recsys.contract.SCHEMAS`, imported on first use (pyarrow and pandas stay out of
-    ``mlsd --help``)."""
+def _schemas() -> Mapping[str, Any]:
+    from mlsd.recsys.contract import SCHEMAS
 
-    NAMES = ("interactions", "items", "users")
-
-    def _all(self) -> Mapping[str, Any]:
-        from mlsd.recsys.contract import SCHEMAS
-
-        return SCHEMAS
-
-    def __getitem__(self, name: str) -> Any:
-        return self._all()[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.NAMES)
-
-    def __len__(self) -> int:
-        return len(self.NAMES)
+    return SCHEMAS
 
 
 def _add_commands(parser: argparse.ArgumentParser) -> None:
@@ -140,6 +125,6 @@ SYSTEM = System(
     demo=_demo,
     example_requests=_example_requests,
     http_request=_http_request,
-    schemas=_Schemas(),
+    schemas=LazyMapping(_schemas),
     import_formats=("movielens", "csv", "parquet"),  # mlsd.recsys.importing.FORMATS (a test checks)
 )

@@ -280,7 +280,7 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_simulate)
 
-    from mlsd.search.system import IMPORT_FORMATS
+    from mlsd.search.contract import FORMATS as IMPORT_FORMATS
 
     p = sub.add_parser(
         "import",

@@ -15,7 +15,7 @@ free-text query strings, times UTC epoch seconds, money in the catalog's one cur
   add_to_cart | purchase), ``ts``, ``search_id``, ``product_id``, ``query`` and ``position`` (1-based,
   impressions); ``user_id``, ``logged_position``, ``value`` (a purchase's revenue) optional.
 
-:func:`import_data` converts a file of a format (:data:`IMPORT_FORMATS`) to these tables, validates
+:func:`import_data` converts a file of a format (:data:`FORMATS`) to these tables, validates
 every row (a bad one raises :class:`~mlsd.platform.errors.DataFormatError` naming the file, line,
 column, value and fix), and only then writes ``W/search/data``: each table is rewritten to a temporary
 file and renamed over the old one (``os.replace``), events land as one new click-log part. Appending
@@ -38,7 +38,9 @@ import pyarrow as pa
 
 from mlsd.platform.errors import DataFormatError, InputError
 from mlsd.platform.system import SystemDir
-from mlsd.search.system import IMPORT_FORMATS
+
+# what `mlsd search import --format` reads (SYSTEM.import_formats, checked equal by a test)
+FORMATS: tuple[str, ...] = ("homedepot", "crowdflower", "wands", "csv", "parquet")
 
 CATALOG = pa.schema(
     [
@@ -271,8 +273,8 @@ def _table_of(path: Path, table: str | None) -> str:
 def convert(fmt: str, path: str | Path, table: str | None = None) -> dict[str, pd.DataFrame]:
     """The contract tables of ``path`` in format ``fmt``, validated (``{table: frame}``)."""
     path = Path(path)
-    if fmt not in IMPORT_FORMATS:
-        raise InputError("--format", fmt, "unknown format", f"use one of {', '.join(IMPORT_FORMATS)}")
+    if fmt not in FORMATS:
+        raise InputError("--format", fmt, "unknown format", f"use one of {', '.join(FORMATS)}")
     if table is not None and table not in SCHEMAS:
         raise InputError("--table", table, "unknown table", f"use one of {', '.join(SCHEMAS)}")
     if fmt in ("csv", "parquet"):

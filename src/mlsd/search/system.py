@@ -25,7 +25,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from mlsd.platform.system import HttpRequest, System, SystemDir
+from mlsd.platform.system import HttpRequest, LazyMapping, System, SystemDir
 
 NAME = "search"
 MODEL = "search-ltr"
@@ -112,23 +112,10 @@ def _example_requests(dirs: SystemDir, n: int = 3, *, k: int = 10) -> list[dict[
     return [{"q": q, "k": k, "user_id": str(user[q])} for q in top]
 
 
-class _Schemas(Mapping[str, Any]):
-    """``SYSTEM.schemas``: :data:`mlsd.search.contract.SCHEMAS`, imported on first use (pyarrow is not
-    loaded by ``mlsd --help``)."""
+def _schemas() -> Mapping[str, Any]:
+    from mlsd.search.contract import SCHEMAS
 
-    def _tables(self) -> Mapping[str, Any]:
-        from mlsd.search.contract import SCHEMAS
-
-        return SCHEMAS
-
-    def __getitem__(self, name: str) -> Any:
-        return self._tables()[name]
-
-    def __iter__(self) -> Any:
-        return iter(self._tables())
-
-    def __len__(self) -> int:
-        return len(self._tables())
+    return SCHEMAS
 
 
 def _http_request(body: Mapping[str, Any]) -> HttpRequest:
@@ -151,6 +138,6 @@ SYSTEM = System(
     demo=_demo,
     example_requests=_example_requests,
     http_request=_http_request,
-    schemas=_Schemas(),
+    schemas=LazyMapping(_schemas),
     import_formats=IMPORT_FORMATS,
 )
