@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mlsd.platform.system import HttpRequest, System, SystemDir
+from mlsd.platform.system import HttpRequest, LazyMapping, System, SystemDir
 
 NAME = "fraud"
 MODEL = "fraud"
@@ -28,23 +28,10 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     add_commands(parser)
 
 
-class _Schemas(Mapping[str, Any]):
-    """``SYSTEM.schemas``: the pyarrow schemas of :mod:`mlsd.fraud.contract`, imported on first use
-    (pyarrow and pandas are not loaded by ``mlsd --help``)."""
+def _schemas() -> Mapping[str, Any]:
+    from mlsd.fraud.contract import SCHEMAS
 
-    def _load(self) -> Mapping[str, Any]:
-        from mlsd.fraud.contract import SCHEMAS
-
-        return SCHEMAS
-
-    def __getitem__(self, key: str) -> Any:
-        return self._load()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._load())
-
-    def __len__(self) -> int:
-        return len(self._load())
+    return SCHEMAS
 
 
 def _simulate(
@@ -137,6 +124,6 @@ SYSTEM = System(
     example_requests=_example_requests,
     http_request=_http_request,
     review_queue=_review_queue,
-    schemas=_Schemas(),
+    schemas=LazyMapping(_schemas),
     import_formats=("handbook", "csv", "parquet"),
 )
