@@ -68,6 +68,8 @@ class DataFormatError(InputError):
 
     def __init__(self, path: Any, line: int | None, problem: str, fix: str) -> None:
         where = f"{path}:{line}" if line is not None else str(path)
+        if len(where) > 80:  # keep the file name and the line, which are at the end
+            where = "..." + where[-77:]
         super().__init__("file", where, problem, fix)
         self.path = str(path)
         self.line = line
