@@ -45,6 +45,7 @@ import pandas as pd
 import pyarrow as pa
 
 from mlsd.fraud.config import CURRENCIES
+from mlsd.platform.data import contract_field as _field
 from mlsd.platform.errors import DataFormatError, InputError
 
 __all__ = [
@@ -61,11 +62,6 @@ LABEL_SOURCES: tuple[str, ...] = ("chargeback", "review", "report")
 MAX_AMOUNT = 1e9
 # 2000-01-01 .. 2100-01-01: a ts outside is milliseconds (or a date typed as a number), not seconds
 TS_RANGE = (946_684_800, 4_102_444_800)
-
-
-def _field(name: str, type_: pa.DataType, required: bool, unit: str, doc: str) -> pa.Field:
-    meta = {"required": "true" if required else "false", "unit": unit, "doc": doc}
-    return pa.field(name, type_, nullable=not required, metadata=meta)
 
 
 PAYMENTS = pa.schema(

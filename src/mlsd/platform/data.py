@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -101,3 +102,35 @@ def require_unique(df: pd.DataFrame, column: str, path: Path | str, *, line_offs
             f"column {column!r}: {df[column].iloc[[row]].tolist()[0]!r} appears more than once",
             "de-duplicate the file; ids must be unique",
         )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data contracts: one convention for every system's table schemas (docs/data.md)
+
+
+def contract_field(name: str, type_: Any, required: bool = False, unit: str = "", doc: str = "") -> Any:
+    """A pyarrow field of a data contract: nullable unless ``required``, with ``required``
+    ("true"/"false"), ``unit`` and ``doc`` metadata (what docs/data.md and ``describe`` print).
+
+    Examples:
+        >>> import pyarrow as pa
+        >>> f = contract_field("ts", pa.int64(), True, "epoch seconds UTC", "when it happened")
+        >>> f.nullable, is_required(f), f.metadata[b"unit"].decode()
+        (False, True, 'epoch seconds UTC')
+        >>> required_columns(pa.schema([f, contract_field("note", pa.string())]))
+        ['ts']
+    """
+    import pyarrow as pa
+
+    meta = {"required": "true" if required else "false", "unit": unit, "doc": doc}
+    return pa.field(name, type_, nullable=not required, metadata=meta)
+
+
+def is_required(field: Any) -> bool:
+    """Whether a contract field must be present and non-null in every row."""
+    return (field.metadata or {}).get(b"required") == b"true"
+
+
+def required_columns(schema: Any) -> list[str]:
+    """The required columns of a contract table, in schema order."""
+    return [f.name for f in schema if is_required(f)]

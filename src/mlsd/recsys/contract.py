@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from mlsd.platform.data import contract_field as _f
+from mlsd.platform.data import is_required, required_columns
 from mlsd.platform.errors import DataFormatError
 
 # Timestamps past this are not seconds (2100-01-01 UTC): most likely milliseconds.
@@ -43,11 +45,6 @@ def _show(value: Any) -> str:
     if isinstance(value, (float, np.floating)) and np.isfinite(value) and float(value).is_integer():
         return repr(int(value))
     return repr(value.item() if isinstance(value, np.generic) else value)
-
-
-def _f(name: str, type_: pa.DataType, required: bool, unit: str, doc: str) -> pa.Field:
-    meta = {"required": "true" if required else "false", "unit": unit, "doc": doc}
-    return pa.field(name, type_, nullable=not required, metadata=meta)
 
 
 INTERACTIONS = pa.schema(
@@ -137,7 +134,7 @@ USES: dict[tuple[str, str], str] = {
 
 def required(table: str) -> list[str]:
     """The required columns of ``table``."""
-    return [f.name for f in SCHEMAS[table] if f.metadata[b"required"] == b"true"]
+    return required_columns(SCHEMAS[table])
 
 
 def _is_timestamp(field: pa.Field) -> bool:
@@ -168,9 +165,9 @@ def conform(
             continue
         values = frame[field.name].reset_index(drop=True)
         name = field.name
-        is_required = field.metadata[b"required"] == b"true"
+        must = is_required(field)
         blank = values.isna().to_numpy() | (values.astype(str).str.strip() == "").to_numpy()
-        if is_required and blank.any():
+        if must and blank.any():
             row = int(np.flatnonzero(blank)[0])
             raise DataFormatError(source, line_of(row), f"column {name!r} is empty",
                                   f"every {table} row needs {name}")  # fmt: skip
@@ -198,7 +195,7 @@ def conform(
             raise DataFormatError(
                 source, line_of(row), f"column {name!r} has value {_show(values.iloc[row])}", fix
             )
-        if pa.types.is_integer(field.type) and (is_required or name in DEFAULTS[table]):
+        if pa.types.is_integer(field.type) and (must or name in DEFAULTS[table]):
             numbers = np.where(np.isnan(numbers), DEFAULTS[table].get(name, 0), numbers)
             out[name] = numbers.astype(np.int64)
         elif name in DEFAULTS[table]:

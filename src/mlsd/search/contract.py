@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from mlsd.platform.data import is_required, required_columns
 from mlsd.platform.errors import DataFormatError, InputError
 from mlsd.platform.system import SystemDir
 
@@ -45,10 +46,10 @@ FORMATS: tuple[str, ...] = ("homedepot", "crowdflower", "wands", "csv", "parquet
 CATALOG = pa.schema(
     [
         pa.field(
-            "product_id", pa.int64(), nullable=False, metadata={"required": "1", "doc": "product id, unique"}
+            "product_id", pa.int64(), nullable=False, metadata={"required": "true", "doc": "product id, unique"}
         ),
         pa.field(
-            "title", pa.string(), nullable=False, metadata={"required": "1", "doc": "product name, non-empty"}
+            "title", pa.string(), nullable=False, metadata={"required": "true", "doc": "product name, non-empty"}
         ),
         pa.field("description", pa.string(), metadata={"doc": "free text"}),
         pa.field("brand", pa.string()),
@@ -70,25 +71,25 @@ CATALOG = pa.schema(
     ]
 )
 QUERIES = pa.schema(
-    [pa.field("text", pa.string(), nullable=False, metadata={"required": "1", "doc": "the query as typed"})]
+    [pa.field("text", pa.string(), nullable=False, metadata={"required": "true", "doc": "the query as typed"})]
 )
 JUDGEMENTS = pa.schema(
     [
-        pa.field("query", pa.string(), nullable=False, metadata={"required": "1"}),
+        pa.field("query", pa.string(), nullable=False, metadata={"required": "true"}),
         pa.field(
-            "product_id", pa.int64(), nullable=False, metadata={"required": "1", "doc": "in the catalog"}
+            "product_id", pa.int64(), nullable=False, metadata={"required": "true", "doc": "in the catalog"}
         ),
         pa.field(
-            "grade", pa.float64(), nullable=False, metadata={"required": "1", "doc": ">= 0; 0 = irrelevant"}
+            "grade", pa.float64(), nullable=False, metadata={"required": "true", "doc": ">= 0; 0 = irrelevant"}
         ),
     ]
 )
 EVENTS = pa.schema(
     [
-        pa.field("type", pa.string(), nullable=False, metadata={"required": "1", "doc": "impression|click|add_to_cart|purchase"}),
-        pa.field("ts", pa.int64(), nullable=False, metadata={"required": "1", "doc": "UTC epoch seconds"}),
-        pa.field("search_id", pa.string(), nullable=False, metadata={"required": "1", "doc": "one search's results page"}),
-        pa.field("product_id", pa.int64(), nullable=False, metadata={"required": "1"}),
+        pa.field("type", pa.string(), nullable=False, metadata={"required": "true", "doc": "impression|click|add_to_cart|purchase"}),
+        pa.field("ts", pa.int64(), nullable=False, metadata={"required": "true", "doc": "UTC epoch seconds"}),
+        pa.field("search_id", pa.string(), nullable=False, metadata={"required": "true", "doc": "one search's results page"}),
+        pa.field("product_id", pa.int64(), nullable=False, metadata={"required": "true"}),
         pa.field("query", pa.string(), metadata={"doc": "required for impressions"}),
         pa.field("position", pa.int32(), metadata={"doc": "1-based rank shown; required for impressions"}),
         pa.field("user_id", pa.string()),
@@ -118,7 +119,7 @@ TABLE_FILES: dict[str, tuple[str, ...]] = {
 
 
 def required(table: str) -> list[str]:
-    return [f.name for f in SCHEMAS[table] if (f.metadata or {}).get(b"required") == b"1"]
+    return required_columns(SCHEMAS[table])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -443,7 +444,7 @@ def describe() -> dict[str, Mapping[str, Any]]:
         name: {
             f.name: {
                 "type": str(f.type),
-                "required": (f.metadata or {}).get(b"required") == b"1",
+                "required": is_required(f),
                 "doc": (f.metadata or {}).get(b"doc", b"").decode(),
             }
             for f in schema
