@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ import pyarrow as pa
 
 from mlsd.fraud.config import CURRENCIES
 from mlsd.platform.data import contract_field as _field
+from mlsd.platform.data import merge_on_key, write_atomically
 from mlsd.platform.errors import DataFormatError, InputError
 
 __all__ = [
@@ -415,18 +415,6 @@ def read_labels_table(data_dir: Path) -> pd.DataFrame | None:
     return pd.read_parquet(path) if path.is_file() else None
 
 
-def _write_atomic(frame_or_text: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        if isinstance(frame_or_text, str):
-            tmp.write_text(frame_or_text)
-        else:
-            frame_or_text.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _inline(payments: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     """Each payment with its latest label event inline (``fraud``, ``label_ts``); no event: fraud 0,
     label_ts missing (a payment without a fraud label is taken as legitimate)."""
@@ -472,14 +460,11 @@ def import_data(data_dir: Path, fmt: str, path: str | Path) -> dict[str, Any]:
         old_tx = old_tx.drop(columns=list(INLINE_LABELS), errors="ignore")
     else:
         old_tx, old_labels = _empty("payments"), _empty("labels")
-    seen = set(old_tx["tx_id"].tolist())
-    new_tx = payments.loc[~payments["tx_id"].isin(seen)]
-    merged_tx = (
-        pd.concat([old_tx, new_tx], ignore_index=True) if len(old_tx) else new_tx.reset_index(drop=True)
-    )
+    # payments are an immutable event log: one already there is kept as it was (keep="old")
+    merged_tx = merge_on_key(old_tx, payments, KEYS["payments"], keep="old")
+    new_tx = merged_tx.iloc[len(old_tx) :]
     merged_tx = merged_tx.sort_values(["ts", "tx_id"], kind="stable", ignore_index=True)
-    key = list(KEYS["labels"])
-    merged_labels = pd.concat([old_labels, labels], ignore_index=True).drop_duplicates(key, keep="first")
+    merged_labels = merge_on_key(old_labels, labels, KEYS["labels"], keep="old")
     new_labels = len(merged_labels) - len(old_labels)
     # a label known before its payment happened is a unit or time-zone error, not a label
     ts = merged_tx.set_index("tx_id")["ts"]
@@ -518,12 +503,14 @@ def import_data(data_dir: Path, fmt: str, path: str | Path) -> dict[str, Any]:
     if len(new_tx) or new_labels:
         data_dir.mkdir(parents=True, exist_ok=True)
         # labels first: a crash between the two leaves labels ahead, and importing again completes it
-        _write_atomic(merged_labels.reset_index(drop=True), data_dir / LABELS_FILE)
-        _write_atomic(out_tx, data_dir / TRANSACTIONS_FILE)
         manifest["slices"].append({k: summary[k] for k in ("format", "path", "files", "digest",
                                                            "payments_new", "labels_new")})  # fmt: skip
         manifest["as_of"] = summary["as_of"]
-        _write_atomic(json.dumps(manifest, indent=2), data_dir / MANIFEST_FILE)
+        write_atomically([
+            (data_dir / LABELS_FILE, merged_labels.reset_index(drop=True)),
+            (data_dir / TRANSACTIONS_FILE, out_tx),
+            (data_dir / MANIFEST_FILE, json.dumps(manifest, indent=2)),
+        ])  # fmt: skip
     summary["changed"] = bool(len(new_tx) or new_labels)
     summary["data"] = str(data_dir)
     return summary

@@ -134,3 +134,75 @@ def is_required(field: Any) -> bool:
 def required_columns(schema: Any) -> list[str]:
     """The required columns of a contract table, in schema order."""
     return [f.name for f in schema if is_required(f)]
+
+
+def merge_on_key(
+    old: pd.DataFrame | None, new: pd.DataFrame, key: Sequence[str], *, keep: str = "new"
+) -> pd.DataFrame:
+    """``old`` plus ``new`` with one row per ``key``: what an import appends to a stored table.
+
+    ``keep="new"``: a new row replaces the stored row(s) under its key (a corrected rating, an
+    updated title); ``keep="old"``: the stored row stays and the new one is dropped (an immutable
+    event log: a payment does not change). Rows the import does not name are kept as they are, so
+    re-importing the same file changes nothing.
+
+    Examples:
+        >>> old = pd.DataFrame({"id": [1, 2], "v": ["a", "b"]})
+        >>> new = pd.DataFrame({"id": [2, 3], "v": ["B", "c"]})
+        >>> merge_on_key(old, new, ["id"])["v"].tolist()
+        ['a', 'B', 'c']
+        >>> merge_on_key(old, new, ["id"], keep="old")["v"].tolist()
+        ['a', 'b', 'c']
+    """
+    if keep not in ("new", "old"):
+        raise ValueError(f"keep={keep!r}: use 'new' or 'old'")
+    key = list(key)
+    new = new.drop_duplicates(key, keep="last")
+    if old is None or not len(old):
+        return new.reset_index(drop=True)
+    if keep == "old":
+        both = pd.concat([old, new], ignore_index=True)
+        return both.drop_duplicates(key, keep="first").reset_index(drop=True)
+    named = old[key].merge(new[key], how="left", indicator=True)["_merge"].to_numpy() == "both"
+    return pd.concat([old[~named], new], ignore_index=True)
+
+
+def write_atomically(targets: Sequence[tuple[Path, Any]]) -> list[Path]:
+    """Write every ``(path, content)`` (a DataFrame or a pyarrow Table -> Parquet, a str -> text) to a
+    temporary file
+    beside its path, then rename them all into place: a failure while writing leaves nothing behind
+    and nothing half-written (the renames themselves run in the given order: put the table others
+    refer to first).
+
+    Examples:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> [p.name for p in write_atomically([(root / "a.parquet", pd.DataFrame({"x": [1]})),
+        ...                                     (root / "meta.json", "{}")])]
+        ['a.parquet', 'meta.json']
+        >>> sorted(p.name for p in root.iterdir())   # no temporary file left
+        ['a.parquet', 'meta.json']
+    """
+    import os
+
+    written: list[tuple[Path, Path]] = []
+    try:
+        for path, content in targets:
+            path = Path(path)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            written.append((tmp, path))
+            if isinstance(content, str):
+                tmp.write_text(content)
+            elif isinstance(content, pd.DataFrame):
+                content.to_parquet(tmp, index=False)
+            else:  # a pyarrow Table: written with its own (contract) schema
+                import pyarrow.parquet as pq
+
+                pq.write_table(content, tmp)
+    except BaseException:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, path in written:
+        os.replace(tmp, path)
+    return [path for _, path in written]

@@ -24,7 +24,6 @@ With no training settings in ``meta.json`` yet, a MovieLens import writes :data:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mlsd.platform.data import merge_on_key, write_atomically
 from mlsd.platform.errors import DataFormatError, InputError
 from mlsd.platform.jsonio import write_json
 from mlsd.platform.system import SystemDir
@@ -143,20 +143,7 @@ def _merge(old: pd.DataFrame | None, new: pd.DataFrame | None, table: str) -> pd
     same-second repeats)."""
     if new is None:
         return old
-    if old is None:
-        return _sorted(new, table)
-    key = list(KEYS[table])
-    replaced = old[key].merge(new[key].drop_duplicates(), how="left", indicator=True)["_merge"] == "both"
-    return _sorted(pd.concat([old[~replaced.to_numpy()], new], ignore_index=True), table)
-
-
-def _write_atomic(data: Path, name: str, write) -> None:
-    tmp = data / f".{name}.tmp-{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, data / name)
-    finally:
-        tmp.unlink(missing_ok=True)
+    return _sorted(merge_on_key(old, new, KEYS[table], keep="new"), table)
 
 
 def import_data(dirs: SystemDir, fmt: str, path: str | Path) -> dict[str, Any]:
@@ -198,11 +185,7 @@ def import_data(dirs: SystemDir, fmt: str, path: str | Path) -> dict[str, Any]:
         summary["note"] = "nothing new: every row is already in the data (re-import)"
         return summary
     data.mkdir(parents=True, exist_ok=True)
-    for table in TABLES:
-        if table in changed:
-            _write_atomic(
-                data, f"{table}.parquet", lambda tmp, t=table: pq.write_table(_arrow(merged[t], t), tmp)
-            )
+    write_atomically([(data / f"{t}.parquet", _arrow(merged[t], t)) for t in TABLES if t in changed])
     meta.pop("end_ts", None)  # new events may lie past a simulated end: the data's end is its last event
     meta.setdefault("name", f"import:{Path(path).name}")
     if fmt == "movielens" and "train" not in meta:

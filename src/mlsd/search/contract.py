@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,7 +35,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from mlsd.platform.data import is_required, required_columns
+from mlsd.platform.data import is_required, merge_on_key, required_columns, write_atomically
 from mlsd.platform.errors import DataFormatError, InputError
 from mlsd.platform.system import SystemDir
 
@@ -46,10 +45,16 @@ FORMATS: tuple[str, ...] = ("homedepot", "crowdflower", "wands", "csv", "parquet
 CATALOG = pa.schema(
     [
         pa.field(
-            "product_id", pa.int64(), nullable=False, metadata={"required": "true", "doc": "product id, unique"}
+            "product_id",
+            pa.int64(),
+            nullable=False,
+            metadata={"required": "true", "doc": "product id, unique"},
         ),
         pa.field(
-            "title", pa.string(), nullable=False, metadata={"required": "true", "doc": "product name, non-empty"}
+            "title",
+            pa.string(),
+            nullable=False,
+            metadata={"required": "true", "doc": "product name, non-empty"},
         ),
         pa.field("description", pa.string(), metadata={"doc": "free text"}),
         pa.field("brand", pa.string()),
@@ -71,7 +76,11 @@ CATALOG = pa.schema(
     ]
 )
 QUERIES = pa.schema(
-    [pa.field("text", pa.string(), nullable=False, metadata={"required": "true", "doc": "the query as typed"})]
+    [
+        pa.field(
+            "text", pa.string(), nullable=False, metadata={"required": "true", "doc": "the query as typed"}
+        )
+    ]
 )
 JUDGEMENTS = pa.schema(
     [
@@ -80,7 +89,10 @@ JUDGEMENTS = pa.schema(
             "product_id", pa.int64(), nullable=False, metadata={"required": "true", "doc": "in the catalog"}
         ),
         pa.field(
-            "grade", pa.float64(), nullable=False, metadata={"required": "true", "doc": ">= 0; 0 = irrelevant"}
+            "grade",
+            pa.float64(),
+            nullable=False,
+            metadata={"required": "true", "doc": ">= 0; 0 = irrelevant"},
         ),
     ]
 )
@@ -318,20 +330,6 @@ def convert(fmt: str, path: str | Path, table: str | None = None) -> dict[str, p
 # Appending to W/search/data, atomically
 
 
-def _write_parquet(frame: pd.DataFrame, target: Path) -> Path:
-    """Write to a temporary name beside ``target``; the caller renames it (nothing half-written)."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    frame.to_parquet(tmp, index=False)
-    return tmp
-
-
-def _union(old: pd.DataFrame | None, new: pd.DataFrame, key: list[str]) -> pd.DataFrame:
-    if old is None or not len(old):
-        return new.reset_index(drop=True)
-    both = pd.concat([old, new], ignore_index=True)
-    return both.drop_duplicates(key, keep="last").reset_index(drop=True)
-
-
 def import_data(dirs: SystemDir, fmt: str, path: str | Path, *, table: str | None = None) -> dict[str, Any]:
     """``mlsd search import``: convert ``path`` (format ``fmt``) to the contract, validate it, and append
     it to ``dirs.data`` (dedup on each table's key). Returns counts of rows added per table."""
@@ -359,72 +357,62 @@ def import_data(dirs: SystemDir, fmt: str, path: str | Path, *, table: str | Non
             raise DataFormatError(Path(path), None, f"judgement of product_id={pid}, not in the catalog "
                                   f"({int(unknown.sum())} such pair(s))", "import the catalog first (or with it)")  # fmt: skip
     added: dict[str, int] = {}
-    writes: list[tuple[Path, Path]] = []
-    data.mkdir(parents=True, exist_ok=True)
-    try:
-        if catalog is not None:
-            merged = _union(old_products, catalog, ["product_id"])
-            if old_products is None or not merged.equals(old_products):
-                writes.append((_write_parquet(merged, products_f), products_f))
-            added["catalog"] = len(merged) - (0 if old_products is None else len(old_products))
-        if "queries" in tables:
-            old_q = pd.read_parquet(queries_f) if queries_f.exists() else None
-            old_j = pd.read_parquet(qrels_f) if qrels_f.exists() else None
-            texts = (
-                old_q[["query_id", "text"]]
-                if old_q is not None
-                else pd.DataFrame({"query_id": pd.Series(dtype=np.int64), "text": pd.Series(dtype=str)})
-            )
-            fresh = (
-                tables["queries"]
-                .loc[~tables["queries"]["text"].isin(texts["text"]), "text"]
-                .drop_duplicates()
-            )
-            start = int(texts["query_id"].max()) + 1 if len(texts) else 0
-            new_q = pd.DataFrame(
-                {"query_id": np.arange(start, start + len(fresh), dtype=np.int64), "text": fresh.to_numpy()}
-            )
-            queries = pd.concat([old_q, new_q], ignore_index=True) if old_q is not None else new_q
-            if len(new_q):
-                writes.append((_write_parquet(queries, queries_f), queries_f))
-            added["queries"] = len(new_q)
-            if "judgements" in tables:
-                qid = queries.drop_duplicates("text").set_index("text")["query_id"]
-                j = tables["judgements"]
-                new_j = pd.DataFrame({"query_id": qid.reindex(j["query"]).to_numpy(np.int64),
-                                      "product_id": j["product_id"].to_numpy(np.int64), "grade": j["grade"].to_numpy()})  # fmt: skip
-                merged = _union(old_j, new_j, ["query_id", "product_id"])
-                if old_j is None or not merged.equals(old_j):
-                    writes.append((_write_parquet(merged, qrels_f), qrels_f))
-                added["judgements"] = int(len(merged) - (0 if old_j is None else len(old_j)))
-        if "events" in tables:
-            events = tables["events"]
-            unknown = ~events["product_id"].isin(known)
-            if unknown.any():  # training drops them; say so rather than refuse a whole day of log
-                added["events_unknown_products"] = int(unknown.sum())
-            log = ClickLog(data / "clicklog")
-            old = log.events()[list(KEYS["events"])] if len(log) else None
-            if old is not None:
-                seen = pd.MultiIndex.from_frame(old.astype({"product_id": np.int64}))
-                events = events[~pd.MultiIndex.from_frame(events[list(KEYS["events"])]).isin(seen)]
-            added["events"] = len(events)
-            if len(events):
-                part_dir = data / "clicklog" / "events"
-                part_dir.mkdir(parents=True, exist_ok=True)
-                digest = hashlib.sha256(
-                    pd.util.hash_pandas_object(events, index=False).to_numpy().tobytes()
-                ).hexdigest()[:12]
-                target = part_dir / f"part-{time.time_ns():020d}-import-{digest}.parquet"
-                writes.append(
-                    (_write_parquet(events[list(EVENT_COLUMNS)].astype(EVENT_COLUMNS), target), target)
-                )
-    except BaseException:  # a failure while writing leaves no temporary file behind
-        for tmp, _ in writes:
-            tmp.unlink(missing_ok=True)
-        raise
-    # Everything is converted, validated and written to temporary files: now rename them into place.
-    for tmp, target in writes:
-        os.replace(tmp, target)
+    writes: list[tuple[Path, pd.DataFrame]] = []  # written atomically once everything is validated
+    if catalog is not None:
+        merged = merge_on_key(old_products, catalog, ["product_id"], keep="new")
+        if old_products is None or not merged.equals(old_products):
+            writes.append((products_f, merged))
+        added["catalog"] = len(merged) - (0 if old_products is None else len(old_products))
+    if "queries" in tables:
+        old_q = pd.read_parquet(queries_f) if queries_f.exists() else None
+        old_j = pd.read_parquet(qrels_f) if qrels_f.exists() else None
+        texts = (
+            old_q[["query_id", "text"]]
+            if old_q is not None
+            else pd.DataFrame({"query_id": pd.Series(dtype=np.int64), "text": pd.Series(dtype=str)})
+        )
+        fresh = (
+            tables["queries"].loc[~tables["queries"]["text"].isin(texts["text"]), "text"].drop_duplicates()
+        )
+        start = int(texts["query_id"].max()) + 1 if len(texts) else 0
+        new_q = pd.DataFrame(
+            {"query_id": np.arange(start, start + len(fresh), dtype=np.int64), "text": fresh.to_numpy()}
+        )
+        queries = pd.concat([old_q, new_q], ignore_index=True) if old_q is not None else new_q
+        if len(new_q):
+            writes.append((queries_f, queries))
+        added["queries"] = len(new_q)
+        if "judgements" in tables:
+            qid = queries.drop_duplicates("text").set_index("text")["query_id"]
+            j = tables["judgements"]
+            new_j = pd.DataFrame({"query_id": qid.reindex(j["query"]).to_numpy(np.int64),
+                                  "product_id": j["product_id"].to_numpy(np.int64), "grade": j["grade"].to_numpy()})  # fmt: skip
+            merged = merge_on_key(old_j, new_j, ["query_id", "product_id"], keep="new")
+            if old_j is None or not merged.equals(old_j):
+                writes.append((qrels_f, merged))
+            added["judgements"] = int(len(merged) - (0 if old_j is None else len(old_j)))
+    if "events" in tables:
+        events = tables["events"]
+        unknown = ~events["product_id"].isin(known)
+        if unknown.any():  # training drops them; say so rather than refuse a whole day of log
+            added["events_unknown_products"] = int(unknown.sum())
+        log = ClickLog(data / "clicklog")
+        old = log.events()[list(KEYS["events"])] if len(log) else None
+        if old is not None:
+            seen = pd.MultiIndex.from_frame(old.astype({"product_id": np.int64}))
+            events = events[~pd.MultiIndex.from_frame(events[list(KEYS["events"])]).isin(seen)]
+        added["events"] = len(events)
+        if len(events):
+            part_dir = data / "clicklog" / "events"
+            digest = hashlib.sha256(
+                pd.util.hash_pandas_object(events, index=False).to_numpy().tobytes()
+            ).hexdigest()[:12]
+            target = part_dir / f"part-{time.time_ns():020d}-import-{digest}.parquet"
+            writes.append((target, events[list(EVENT_COLUMNS)].astype(EVENT_COLUMNS)))
+    # Everything is converted and validated: write to temporary files, then rename them into place.
+    for target, _ in writes:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(writes)
     record = {"format": fmt, "path": str(Path(path).resolve()), "added": added, "at": int(time.time())}
     if writes:
         log_file = data / "imports.jsonl"
