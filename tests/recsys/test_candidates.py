@@ -211,7 +211,6 @@ class CandidateSourceContract:
 
     users = np.array([1, 2, 3, 4, 5, 999])  # 999: a user the source never saw
     personalised = True  # unknown users get an all-padding row
-    picklable = True
 
     def make(self):
         raise NotImplementedError
@@ -272,8 +271,6 @@ class CandidateSourceContract:
             np.testing.assert_allclose(one_sc[0], scores[j], rtol=1e-5, atol=1e-6)
 
     def test_a_pickled_source_answers_the_same(self, source):
-        if not self.picklable:
-            pytest.skip("this source is not saved")
         back = pickle.loads(pickle.dumps(source))
         a, b = source.candidates(self.users, 7), back.candidates(self.users, 7)
         np.testing.assert_array_equal(a[0], b[0])
