@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench evaluate clean
+.PHONY: demo test figures lint format bench evaluate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ test: $(STAMP)
 	bash scripts/install-browser.sh || echo "warning: chromium not installed; the browser test will skip" >&2
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
+
+# The README's figures, rerun: the deterministic ones (quality) are checked against the README's text
+# (exit 1 on a mismatch); `make figures GROUPS="quality experiments bench demo"` reruns everything.
+FIGURES_DIR ?= /tmp/mlsd-figures
+GROUPS ?= quality
+figures: $(STAMP)
+	MLSD=$(BIN)/mlsd bash benchmarks/readme_figures.sh $(FIGURES_DIR) $(GROUPS)
+	$(BIN)/python benchmarks/check_figures.py $(FIGURES_DIR)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
