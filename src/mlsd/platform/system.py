@@ -41,7 +41,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -280,9 +279,6 @@ class System:
 
     def dirs(self, workdir: str | Path) -> SystemDir:
         return SystemDir(Path(workdir), self.name)
-
-    def run_retrain(self, workdir: str | Path, run_date: dt.date | None, *, progress: bool = True) -> Any:
-        return self.retrain(self.dirs(workdir), run_date, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------------

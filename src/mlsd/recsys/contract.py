@@ -255,12 +255,3 @@ def coverage(items: pd.DataFrame, users: pd.DataFrame) -> dict[str, Any]:
     return {"used": used, "dropped": dropped}
 
 
-def schema_doc() -> dict[str, list[dict[str, str]]]:
-    """The contract as plain rows (table -> name, type, required, unit, doc): for docs and ``--json``."""
-    return {
-        table: [
-            {"name": f.name, "type": str(f.type), **{k.decode(): v.decode() for k, v in f.metadata.items()}}
-            for f in schema
-        ]
-        for table, schema in SCHEMAS.items()
-    }

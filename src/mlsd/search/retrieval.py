@@ -71,22 +71,6 @@ def _check_k(k: int) -> int:
     return int(k)
 
 
-def _top_k_dense(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k column indices and scores per row of a dense matrix, best first; -1 where score is -inf."""
-    n, m = scores.shape
-    kk = min(k, m)
-    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < m else np.tile(np.arange(m), (n, 1))
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    idx = np.take_along_axis(part, order, axis=1)
-    top = np.take_along_axis(part_scores, order, axis=1)
-    idx = np.where(np.isfinite(top), idx, -1)
-    if kk < k:
-        idx = np.pad(idx, ((0, 0), (0, k - kk)), constant_values=-1)
-        top = np.pad(top, ((0, 0), (0, k - kk)), constant_values=-np.inf)
-    return idx.astype(np.int64), top.astype(np.float32)
-
-
 def _top_k_sparse(scores: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k per row of a sparse score matrix (absent = no match), best first, padded with -1/-inf."""
     n = scores.shape[0]

@@ -106,10 +106,6 @@ class ArmRouter(Generic[V]):
                 self.variants_[name] = [resolve(name, i, arm) for i, arm in enumerate(arms)]
                 self.arm_names_[name] = [arm.name for arm in arms]
 
-    @property
-    def active(self) -> bool:
-        return bool(self.variants_)
-
     def variant(self, experiment: str, arm: int) -> V:
         return self.variants_[experiment][arm]
 
