@@ -21,7 +21,6 @@ from mlsd.platform.system import SystemDir
 
 NAME = "fraud"
 SIZES = ("tiny", "demo", "default")
-IMPORT_FORMATS = ("handbook", "csv", "parquet")  # SYSTEM.import_formats (mlsd.fraud.contract.FORMATS)
 
 
 def _dirs(args: argparse.Namespace) -> SystemDir:
@@ -85,13 +84,15 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_simulate)
 
+    from mlsd.fraud.contract import FORMATS  # the contract's list (== SYSTEM.import_formats, a test checks)
+
     p = sub.add_parser(
         "import",
         help="validate payments/labels files against the data contract and append them to W/fraud/data",
     )
     _workdir(p)
     p.add_argument(
-        "--format", required=True, choices=IMPORT_FORMATS,
+        "--format", required=True, choices=FORMATS,
         help="handbook (the Fraud Detection Handbook's daily CSVs), csv or parquet (the contract's tables)",
     )  # fmt: skip
     p.add_argument("--path", required=True, help="a file or a folder of files")

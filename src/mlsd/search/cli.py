@@ -280,14 +280,14 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_simulate)
 
-    from mlsd.search.contract import FORMATS as IMPORT_FORMATS
+    from mlsd.search.contract import FORMATS  # == SYSTEM.import_formats (a test checks)
 
     p = sub.add_parser(
         "import",
         help="import a catalog, judgements and/or a click log into W/search/data (appends; re-import is a no-op)",
     )
     _workdir(p)
-    p.add_argument("--format", required=True, choices=IMPORT_FORMATS,
+    p.add_argument("--format", required=True, choices=FORMATS,
                    help="homedepot / crowdflower / wands (their own files: catalog + judgements), or csv / "
                    "parquet of the contract's tables (catalog, queries, judgements, events; docs/search.md)")  # fmt: skip
     p.add_argument("--path", required=True, help="a file, or a folder holding the format's files")
