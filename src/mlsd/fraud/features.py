@@ -320,7 +320,9 @@ def _geo(lat, lon, plat, plon, dt, has):
 
 def _seq_step(cents, age, same_terminal, ok):
     present = ok.astype(np.float64)
-    cents, age = np.where(ok, cents, 0), np.where(ok, age, 0)
+    # An out-of-order payment (dated before the card's previous one) has a negative age; log1p of
+    # that is NaN below -1, and a NaN feature must never reach the model: clamp to "same second".
+    cents, age = np.where(ok, cents, 0), np.where(ok, np.maximum(age, 0), 0)
     return (
         np.where(ok, np.log1p(cents / 100.0), 0.0),
         np.where(ok, np.log1p(age.astype(np.float64)), 0.0),
