@@ -56,12 +56,35 @@ def test_outcome_without_impression_is_dropped(tmp_path) -> None:
     assert len(log.impressions()) == 0 and len(log.events()) == 1
 
 
-def test_buffer_is_visible_to_readers_and_persisted(tmp_path) -> None:
+def test_an_append_is_on_disk_before_it_returns(tmp_path) -> None:
     log = ClickLog(tmp_path, flush_every=1000)
     log.append(GOOD[:1])
-    assert len(ClickLog(tmp_path).events()) == 0  # still buffered in the writer
-    assert len(log.events()) == 1  # a read flushes
+    # Another process (a fresh reader) sees it at once: no buffer in the writer's memory.
     assert len(ClickLog(tmp_path).events()) == 1
+    log.append(GOOD[1:])
+    log.flush()  # compaction into Parquet changes nothing a reader sees
+    assert len(ClickLog(tmp_path).events()) == 4 and not list((tmp_path / "events").glob("*.jsonl"))
+    log.append(GOOD[:1])
+    assert ClickLog(tmp_path).events()["product_id"].tolist() == [10, 11, 11, 11, 10]  # order written
+
+
+def test_a_torn_last_line_and_a_half_compacted_segment_are_read_once(tmp_path) -> None:
+    log = ClickLog(tmp_path, flush_every=1000)
+    log.append(GOOD)
+    segment = next((tmp_path / "events").glob("*.jsonl"))
+    with open(segment, "ab") as fh:
+        fh.write(b'{"type":"click","search_id":"s9"')  # a crash mid-write: never acknowledged
+    assert len(ClickLog(tmp_path).events()) == 4
+    # A crash after the Parquet part was written but before the segment was deleted: no duplicates.
+    ClickLog(tmp_path).events().to_parquet(segment.with_suffix(".parquet"))
+    assert len(ClickLog(tmp_path).events()) == 4
+
+
+def test_segments_compact_after_flush_every_events(tmp_path) -> None:
+    log = ClickLog(tmp_path, flush_every=3)
+    log.append(GOOD)
+    assert len(list((tmp_path / "events").glob("*.parquet"))) == 1
+    assert not list((tmp_path / "events").glob("*.jsonl")) and len(log) == 4
 
 
 @pytest.mark.parametrize(
@@ -81,12 +104,54 @@ def test_buffer_is_visible_to_readers_and_persisted(tmp_path) -> None:
         ({"type": "purchase", "search_id": "s", "product_id": 1, "value": -5}, "events[0].value"),
         ({"type": "purchase", "search_id": "s", "product_id": 1, "value": "lots"}, "events[0].value"),
         ({"type": "click", "search_id": "s", "product_id": 1, "ts": "yesterday"}, "events[0].ts"),
+        # Out of range or not an integer: refused, never wrapped to INT64_MIN / INT32_MIN.
+        ({"type": "click", "search_id": "s", "product_id": 1e30}, "events[0].product_id"),
+        ({"type": "click", "search_id": "s", "product_id": 10**30}, "events[0].product_id"),
+        ({"type": "click", "search_id": "s", "product_id": 2**63}, "events[0].product_id"),
+        ({"type": "click", "search_id": "s", "product_id": 3.0}, "events[0].product_id"),
+        ({"type": "click", "search_id": "s", "product_id": 1, "ts": 1e30}, "events[0].ts"),
+        ({"type": "click", "search_id": "s", "product_id": 1, "ts": 10**20}, "events[0].ts"),
+        ({"type": "click", "search_id": "s", "product_id": 1, "ts": 1_700_000_000_000}, "events[0].ts"),
+        ({"type": "click", "search_id": "s", "product_id": 1, "ts": 1.7e9}, "events[0].ts"),
+        ({"type": "click", "search_id": "s", "product_id": 1, "position": -2}, "events[0].position"),
+        (
+            {"type": "impression", "search_id": "s", "product_id": 1, "query": "q", "position": -1},
+            "events[0].position",
+        ),
+        (
+            {"type": "impression", "search_id": "s", "product_id": 1, "query": "q", "position": 2**31},
+            "events[0].position",
+        ),
+        (
+            {"type": "impression", "search_id": "s", "product_id": 1, "query": "q", "position": 1e30},
+            "events[0].position",
+        ),
+        (
+            {
+                "type": "impression",
+                "search_id": "s",
+                "product_id": 1,
+                "query": "q",
+                "position": 1,
+                "logged_position": 1e30,
+            },
+            "events[0].logged_position",
+        ),
     ],
 )
 def test_malformed_events_name_the_field(event, field) -> None:
     with pytest.raises(InputError) as err:
         validate_events([event])
     assert err.value.field == field
+
+
+def test_largest_values_in_range_are_stored_exactly(tmp_path) -> None:
+    log = ClickLog(tmp_path)
+    log.append([{"type": "click", "search_id": "s", "product_id": 2**63 - 1, "ts": 32_503_679_999},
+                {"type": "impression", "search_id": "s", "query": "q", "product_id": 0, "position": 2**31 - 1}])  # fmt: skip
+    back = log.events()
+    assert back["product_id"].tolist() == [2**63 - 1, 0] and back["ts"].iloc[0] == 32_503_679_999
+    assert back["position"].tolist() == [-1, 2**31 - 1]
 
 
 def test_second_bad_event_is_located() -> None:

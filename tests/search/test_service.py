@@ -101,6 +101,19 @@ def test_events_are_recorded_in_the_click_log(client) -> None:
             b'{"events": [{"type": "impression", "search_id": "s", "product_id": 1, "query": "q"}]}',
             "events[0].position",
         ),
+        # out of range: a 422, never stored as INT64_MIN / INT32_MIN
+        (b'{"events": [{"type": "click", "search_id": "s", "product_id": 1e30}]}', "events[0].product_id"),
+        (b'{"events": [{"type": "click", "search_id": "s", "product_id": 1, "ts": 1e30}]}', "events[0].ts"),
+        (b'{"events": [{"type": "click", "search_id": "s", "product_id": 2.0}]}', "events[0].product_id"),
+        (
+            b'{"events": [{"type": "click", "search_id": "s", "product_id": 1, "position": -2}]}',
+            "events[0].position",
+        ),  # fmt: skip
+        (
+            b'{"events": [{"type": "impression", "search_id": "s", "product_id": 1, "query": "q",'
+            b' "position": 99999999999}]}',
+            "events[0].position",
+        ),
     ],
 )
 def test_malformed_events_are_422_naming_the_field(client, body, field) -> None:

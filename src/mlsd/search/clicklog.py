@@ -5,14 +5,22 @@ Events are rows of one narrow schema (:data:`EVENT_COLUMNS`), appended as Parque
 write the same thing and training sees one table. :meth:`ClickLog.impressions` pivots the events into
 one row per shown result with its outcomes, the frame the propensity estimators and the ranker train on.
 
-Appends are buffered in memory and flushed as one Parquet part when the buffer is large or on read, so a
-busy service writes a few files, not one per request. Parts are written to a temporary name and renamed
-(atomic on POSIX), so a reader never sees half a file.
+Durability: :meth:`ClickLog.append` returns only once the events are on disk. Each writer process
+appends JSON lines to its own write-ahead segment ``root/events/ev-<time>-<pid>-<id>.jsonl`` and fsyncs it
+(one fsync per call, i.e. per HTTP request), so a ``200`` from ``POST /v1/events`` survives SIGTERM,
+SIGKILL and a power cut. When a segment holds ``flush_every`` events, on :meth:`ClickLog.flush` and at
+shutdown, it is compacted into ``ev-<time>-<pid>-<id>.parquet`` (temporary name, fsync, rename: atomic on
+POSIX) and the segment is deleted; a reader skips a segment whose Parquet twin exists, so a crash
+between the two steps never counts an event twice. Readers (any process) see the Parquet parts plus
+every live segment; a torn last line (a write cut short by a crash, never acknowledged) is ignored.
+
+Values out of range are refused, never wrapped: ids, positions and timestamps must be JSON integers
+(``1e30`` or ``3.0`` is a 422 naming the field) within the column's type.
 """
 
 from __future__ import annotations
 
-import itertools
+import io
 import os
 import threading
 import time
@@ -37,6 +45,15 @@ EVENT_COLUMNS: dict[str, str] = {
     "position": "int32",  # 1-based rank as shown; impressions only (-1 otherwise)
     "logged_position": "int32",  # rank before a randomised swap; = position when there was none
     "value": "float64",  # order value of a purchase, 0 otherwise
+}
+# Integer columns: what a JSON value must lie in to be stored exactly (upper bounds exclusive).
+# ts: seconds since the epoch, before the year 3000 (a millisecond or microsecond timestamp is a mistake).
+MAX_TS = 32_503_680_000
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "product_id": (0, 2**63),
+    "position": (1, 2**31),
+    "logged_position": (1, 2**31),
+    "ts": (0, MAX_TS),
 }
 IMPRESSION_COLUMNS: tuple[str, ...] = (
     "search_id", "ts", "user_id", "query", "product_id", "position", "logged_position",
@@ -75,12 +92,27 @@ def validate_events(
                 value = None  # missing (JSON has no NaN)
             raise InputError(f"events[{i}].{field}", value, problem, fix)
 
-    def number(name: str, default: float) -> tuple[pd.Series, np.ndarray]:
-        """Numeric column with ``default`` where the event omitted it; second: sent but not a number."""
+    def number(
+        name: str, default: float, none_marker: np.ndarray | None = None
+    ) -> tuple[pd.Series, np.ndarray]:
+        """Numeric column with ``default`` where the event omitted it; second: sent but not a number
+        (for the integer columns of :data:`INT_RANGES`: not an integer in range, e.g. ``1e30``, ``3.0``;
+        ``none_marker``: rows where -1, the stored "no position", is accepted too)."""
         raw = col(name, None)
         sent = raw.notna().to_numpy()
-        num = pd.to_numeric(raw.where(raw.map(lambda v: not isinstance(v, bool)), "x"), errors="coerce")
-        return num.where(sent, default), sent & num.isna().to_numpy()
+        usable = raw.map(lambda v: not isinstance(v, bool))
+        if name in INT_RANGES and raw.dtype == object:
+            # JSON floats where an integer belongs are refused: 1e30 would wrap to INT64_MIN on the cast
+            usable &= ~raw.map(lambda v: isinstance(v, float | np.floating))
+        num = pd.to_numeric(raw.where(usable, "x"), errors="coerce")
+        wrong = sent & num.isna().to_numpy()
+        if name in INT_RANGES:
+            lo, hi = INT_RANGES[name]
+            ok = ((num >= lo) & (num < hi)).to_numpy(copy=True)
+            if none_marker is not None:
+                ok |= none_marker & (num == -1).to_numpy()
+            wrong |= sent & ~ok
+        return num.where(sent, default), wrong
 
     etype = col("type", None)
     bad(
@@ -100,12 +132,17 @@ def validate_events(
     bad(
         pid_bad | (pid.isna() | (pid < 0) | (pid != np.floor(pid))).to_numpy(),
         "product_id",
-        "must be an integer >= 0",
-        "pass a product id",
+        "must be an integer in 0..2^63-1",
+        "pass the product id as a JSON integer",
     )
     is_imp = (etype == "impression").to_numpy()
-    pos, pos_bad = number("position", -1)
-    bad(pos_bad, "position", "must be an integer >= 1", "pass the 1-based rank shown")
+    pos, pos_bad = number("position", -1, none_marker=~is_imp)
+    bad(
+        pos_bad,
+        "position",
+        "must be an integer in 1..2^31-1",
+        "pass the 1-based rank shown as a JSON integer",
+    )
     bad(
         is_imp & ((pos < 1) | (pos != np.floor(pos))).to_numpy(),
         "position",
@@ -118,7 +155,7 @@ def validate_events(
         "must be an integer >= 1",
         "omit it or pass >= 1",
     )
-    logged, logged_bad = number("logged_position", np.nan)
+    logged, logged_bad = number("logged_position", np.nan, none_marker=~is_imp)
     logged = logged.where(logged.notna(), pos)
     bad(
         logged_bad | ((logged < 1) & (pos >= 1)).to_numpy(),
@@ -146,8 +183,8 @@ def validate_events(
     bad(
         ts_bad | (ts < 0).to_numpy(),
         "ts",
-        "must be seconds since the epoch",
-        "pass an int timestamp or omit it",
+        f"must be whole seconds since the epoch, 0..{MAX_TS - 1}",
+        "pass an integer timestamp in seconds (not ms) or omit it",
     )
     user = col("user_id", "")
     out = pd.DataFrame(
@@ -174,7 +211,10 @@ def _records_frame(events: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     for i, e in enumerate(events):
         if not isinstance(e, Mapping):
             raise InputError(f"events[{i}]", e, "expected an object", "send each event as a JSON object")
-    return pd.DataFrame.from_records(list(events))
+    # One object column per key (not from_records): an int next to a missing value would become a
+    # float there, and the integer columns must tell 3 from 3.0.
+    keys = dict.fromkeys(k for e in events for k in e)
+    return pd.DataFrame({k: pd.Series([e.get(k) for e in events], dtype=object) for k in keys})
 
 
 def impressions_to_events(impressions: pd.DataFrame) -> pd.DataFrame:
@@ -200,80 +240,114 @@ def impressions_to_events(impressions: pd.DataFrame) -> pd.DataFrame:
 
 
 class ClickLog:
-    """Append-only search event log in ``root/events/*.parquet``; read with DuckDB.
+    """Append-only search event log under ``root/events/``: fsync'd JSON-line segments compacted into
+    Parquet parts (see the module docstring); read with DuckDB.
 
-    ``append(events)`` validates and buffers; ``flush()`` writes one part; ``events()`` and
-    ``impressions()`` flush first, so a reader always sees every accepted event. The folder is made
-    by the first write, never by opening or reading the log (a read path creates nothing).
+    ``append(events)`` validates and writes durably (it returns once the events are fsync'd);
+    ``flush()`` compacts this process's segment into a Parquet part (``close()`` at shutdown does the
+    same); ``events()`` and ``impressions()`` read every part and every segment, of any process. The
+    folder is made by the first write, never by opening or reading the log (a read path creates nothing).
     """
 
     def __init__(self, root: Path | str, *, flush_every: int = 5000) -> None:
         self.root = Path(root)
         self.flush_every = flush_every
         self._dir = self.root / "events"
-        self._buffer: list[pd.DataFrame] = []
-        self._buffered = 0
         self._lock = threading.Lock()
-        self._counter = itertools.count()
+        self._segment: Path | None = None  # this process's open write-ahead segment
+        self._fd: int | None = None
+        self._in_segment = 0
 
     def append(self, events: Sequence[Mapping[str, Any]] | pd.DataFrame, *, validated: bool = False) -> int:
-        """Validate and buffer ``events``; returns how many were accepted (all or none)."""
+        """Validate ``events`` and write them durably; returns how many were accepted (all or none)."""
         frame = events if validated else validate_events(events)
+        data = _jsonl(frame)
         with self._lock:
-            self._buffer.append(frame)
-            self._buffered += len(frame)
-            if self._buffered >= self.flush_every:
-                self._flush_locked()
+            fd = self._open_segment_locked()
+            _write_all(fd, data)
+            os.fsync(fd)  # the acknowledgement below promises the events are on disk
+            self._in_segment += len(frame)
+            if self._in_segment >= self.flush_every:
+                self._compact_locked()
         return len(frame)
 
     def append_impressions(self, impressions: pd.DataFrame) -> int:
-        """Append a wide impression frame (simulator output) as narrow events, written at once."""
+        """Append a wide impression frame (simulator output) as narrow events, as one Parquet part."""
         events = impressions_to_events(impressions)
         with self._lock:
-            self._buffer.append(events)
-            self._buffered += len(events)
-            self._flush_locked()
+            self._write_part_locked(events, f"ev-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         return len(events)
 
     def flush(self) -> None:
+        """Compact this process's segment into a Parquet part (the events were durable already)."""
         with self._lock:
-            self._flush_locked()
+            self._compact_locked()
 
-    def _flush_locked(self) -> None:
-        if not self._buffer:
+    close = flush  # at shutdown (the service's lifespan): nothing is lost without it, it only tidies
+
+    def _open_segment_locked(self) -> int:
+        if self._fd is None:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            self._segment = self._dir / f"ev-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+            self._fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            _fsync_dir(self._dir)  # the new file's name must survive a crash too
+            self._in_segment = 0
+        return self._fd
+
+    def _compact_locked(self) -> None:
+        if self._fd is None or self._segment is None:
             return
-        frame = pd.concat(self._buffer, ignore_index=True)
+        os.close(self._fd)
+        segment, self._fd, self._segment, self._in_segment = self._segment, None, None, 0
+        frame = _read_segment(segment)
+        if len(frame):
+            self._write_part_locked(frame, segment.stem)
+        segment.unlink()
+        _fsync_dir(self._dir)
+
+    def _write_part_locked(self, frame: pd.DataFrame, name: str) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)
-        name = f"part-{time.time_ns():020d}-{os.getpid()}-{next(self._counter):06d}-{uuid.uuid4().hex[:6]}"
         tmp = self._dir / f".{name}.tmp"
         frame.to_parquet(tmp, index=False)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
         tmp.replace(self._dir / f"{name}.parquet")
-        self._buffer.clear()
-        self._buffered = 0
+        _fsync_dir(self._dir)
 
     def _glob(self) -> str | None:
         return (
             str(self._dir / "*.parquet") if self._dir.is_dir() and any(self._dir.glob("*.parquet")) else None
         )
 
-    def __len__(self) -> int:
-        self.flush()
-        pattern = self._glob()
-        if pattern is None:
-            return 0
+    def _live_segments(self) -> pd.DataFrame:
+        """Events of every write-ahead segment not compacted yet (this and other processes)."""
+        if not self._dir.is_dir():
+            return _empty_events()
+        frames = [
+            _read_segment(p)
+            for p in sorted(self._dir.glob("ev-*.jsonl"))
+            if not p.with_suffix(".parquet").exists()
+        ]
+        frames = [f for f in frames if len(f)]
+        return pd.concat(frames, ignore_index=True) if frames else _empty_events()
+
+    def _relation(self):
+        """A DuckDB connection with the view ``e``: every event, Parquet parts then live segments."""
         import duckdb
 
-        return int(duckdb.sql(f"SELECT count(*) FROM read_parquet('{pattern}')").fetchall()[0][0])
+        con = duckdb.connect()
+        con.register("live", self._live_segments())
+        pattern = self._glob()
+        parts = f"SELECT * FROM read_parquet('{pattern}') UNION ALL BY NAME " if pattern else ""
+        con.execute(f"CREATE VIEW e AS {parts}SELECT * FROM live")
+        return con
+
+    def __len__(self) -> int:
+        return int(self._relation().execute("SELECT count(*) FROM e").fetchall()[0][0])
 
     def events(self) -> pd.DataFrame:
-        """Every event, in the order written."""
-        self.flush()
-        pattern = self._glob()
-        if pattern is None:
-            return pd.DataFrame({c: pd.Series(dtype=t) for c, t in EVENT_COLUMNS.items()})
-        import duckdb
-
-        return duckdb.sql(f"SELECT * FROM read_parquet('{pattern}')").df()
+        """Every event: the Parquet parts in name (time) order, then the live segments."""
+        return self._relation().execute("SELECT * FROM e").df().astype(EVENT_COLUMNS)
 
     def impressions(self, *, since_ts: int | None = None, until_ts: int | None = None) -> pd.DataFrame:
         """One row per impression with its outcomes (:data:`IMPRESSION_COLUMNS`), ``ts`` in ``[since, until)``.
@@ -282,12 +356,7 @@ class ClickLog:
         impression (a click on a result the client never reported showing) is dropped, since without a
         position it carries no usable examination probability.
         """
-        self.flush()
-        pattern = self._glob()
-        if pattern is None:
-            return pd.DataFrame(columns=list(IMPRESSION_COLUMNS))
-        import duckdb
-
+        con = self._relation()
         where = []
         if since_ts is not None:
             where.append(f"i.ts >= {int(since_ts)}")
@@ -295,8 +364,7 @@ class ClickLog:
             where.append(f"i.ts < {int(until_ts)}")
         cond = ("WHERE " + " AND ".join(where)) if where else ""
         sql = f"""
-            WITH e AS (SELECT * FROM read_parquet('{pattern}')),
-            i AS (
+            WITH i AS (
                 SELECT search_id, product_id, min(ts) AS ts, any_value(user_id) AS user_id,
                        any_value(query) AS query, min(position) AS position,
                        min(logged_position) AS logged_position
@@ -319,6 +387,44 @@ class ClickLog:
             FROM i LEFT JOIN o USING (search_id, product_id) {cond}
             ORDER BY i.ts, i.search_id, i.position
         """
-        out = duckdb.sql(sql).df()
+        out = con.execute(sql).df()
         out["clicked"] = out["clicked"] | out["purchased"]
         return out
+
+
+def _empty_events() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in EVENT_COLUMNS.items()})
+
+
+def _jsonl(frame: pd.DataFrame) -> bytes:
+    """Typed events as JSON lines (vectorised; 15 significant digits keep order values exact in cents)."""
+    text = frame[list(EVENT_COLUMNS)].to_json(orient="records", lines=True, double_precision=15)
+    return (text if text.endswith("\n") else text + "\n").encode("utf-8")
+
+
+def _read_segment(path: Path) -> pd.DataFrame:
+    """A segment's events; a torn last line (no newline: a write the crash cut short, so never
+    acknowledged) is dropped."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:  # compacted by its writer since the directory was listed
+        return _empty_events()
+    data = data[: data.rfind(b"\n") + 1]
+    if not data:
+        return _empty_events()
+    frame = pd.read_json(io.BytesIO(data), lines=True, orient="records", dtype=False, convert_dates=False)
+    return frame[list(EVENT_COLUMNS)].astype(EVENT_COLUMNS)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
