@@ -53,6 +53,7 @@ __all__ = [
     "LABEL_SOURCES",
     "SCHEMAS",
     "import_data",
+    "import_tables",
     "read_labels_table",
     "read_manifest",
 ]
@@ -443,7 +444,58 @@ def import_data(data_dir: Path, fmt: str, path: str | Path) -> dict[str, Any]:
     whose payment is not in the data, the time range and ``as_of``.
     """
     payments, labels, files = read_source(fmt, path)
-    data_dir = Path(data_dir)
+    source = {"format": fmt, "path": str(Path(path).resolve()), "files": [f.name for f in files],
+              "digest": _digest(files)}  # fmt: skip
+    return _import(Path(data_dir), payments, labels, source, as_of=None)
+
+
+def import_tables(
+    data_dir: Path,
+    payments: pd.DataFrame,
+    labels: pd.DataFrame | None = None,
+    *,
+    name: str = "tables",
+    as_of: int | None = None,
+) -> dict[str, Any]:
+    """Import DataFrames in the contract into ``data_dir`` (``W/fraud/data``): the same validation,
+    merge, atomic write and summary as :func:`import_data` (errors name ``<name>/<table>`` and the
+    row). ``payments`` may carry inline labels (``fraud``, ``label_ts``) as a payments file may.
+
+    ``as_of`` is when the tables were exported (default: the latest payment or label time in the
+    data). ``mlsd fraud simulate`` passes its last payment: its later label events are the simulated
+    future (chargebacks still to come), kept for the world's truth; training reads only the labels
+    known at its cut-off, which is at most ``as_of``.
+
+    Examples:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> pay = pd.DataFrame({"tx_id": [1, 2], "ts": [1700000000, 1700000100], "card_id": [5, 5],
+        ...                     "terminal_id": [9, 9], "amount": [12.5, 80.0]})
+        >>> lab = pd.DataFrame({"tx_id": [2], "label": [1], "label_ts": [1700090000], "source": ["review"]})
+        >>> s = import_tables(folder, pay, lab)
+        >>> s["payments_new"], s["labels_new"], s["as_of"]
+        (2, 1, 1700090000)
+        >>> import_tables(folder, pay, lab)["changed"]   # again: nothing new
+        False
+    """
+    where = _Where(f"{name}/payments", csv=False)
+    pay = conform(payments, "payments", where)
+    _check_unique(pay, where)
+    events = [] if labels is None else [conform(labels, "labels", _Where(f"{name}/labels", csv=False))]
+    if "fraud" in pay:
+        events.append(_events_from_inline(pay.dropna(subset=["fraud"]), source=None))
+    pay = pay.drop(columns=list(INLINE_LABELS), errors="ignore")
+    lab = pd.concat(events, ignore_index=True) if events else _empty("labels")
+    digest = hashlib.sha256(pd.util.hash_pandas_object(pay, index=False).to_numpy().tobytes())
+    digest.update(pd.util.hash_pandas_object(lab, index=False).to_numpy().tobytes())
+    source = {"format": "tables", "path": name, "files": [], "digest": digest.hexdigest()[:16]}
+    return _import(Path(data_dir), pay, lab, source, as_of=as_of)
+
+
+def _import(
+    data_dir: Path, payments: pd.DataFrame, labels: pd.DataFrame, source: dict[str, Any], *, as_of: int | None
+) -> dict[str, Any]:
+    path = source["path"]
     old_tx_path, old_labels_path = data_dir / TRANSACTIONS_FILE, data_dir / LABELS_FILE
     if old_tx_path.is_file():
         old_tx = pd.read_parquet(old_tx_path)
@@ -481,10 +533,7 @@ def import_data(data_dir: Path, fmt: str, path: str | Path) -> dict[str, Any]:
     manifest = read_manifest(data_dir) or {"slices": []}
     all_ts = np.concatenate([out_tx["ts"].to_numpy(np.int64), merged_labels["label_ts"].to_numpy(np.int64)])
     summary = {
-        "format": fmt,
-        "path": str(Path(path).resolve()),
-        "files": [f.name for f in files],
-        "digest": _digest(files),
+        **source,
         "payments_read": int(len(payments)),
         "payments_new": int(len(new_tx)),
         "payments_duplicate": int(len(payments) - len(new_tx)),
@@ -495,7 +544,7 @@ def import_data(data_dir: Path, fmt: str, path: str | Path) -> dict[str, Any]:
         "labels_total": int(len(merged_labels)),
         "first_ts": int(out_tx["ts"].min()) if len(out_tx) else None,
         "last_ts": int(out_tx["ts"].max()) if len(out_tx) else None,
-        "as_of": int(all_ts.max()) if len(all_ts) else None,
+        "as_of": int(as_of) if as_of is not None else int(all_ts.max()) if len(all_ts) else None,
         "columns": [c for c in out_tx.columns if c not in INLINE_LABELS],
         # the optional context the full feature set reads; without it those features are dropped
         "missing_context": [c for c in CONTEXT_COLUMNS if c not in out_tx.columns],

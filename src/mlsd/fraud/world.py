@@ -372,16 +372,36 @@ def world_for(units: int, seed: int = 0) -> dict[str, int]:
     }
 
 
+def contract_tables(tx: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """The simulated payments as the data contract's tables (:mod:`mlsd.fraud.contract`) and the time
+    they are exported at: ``(payments, labels, as_of)``. The labels are the fraud label events (source
+    ``review`` when known within a day, else ``chargeback``; a legitimate payment has none), as of
+    the last payment: later events are the simulated future the world's truth keeps."""
+    payments = tx.drop(columns=["fraud", "label_ts"])
+    frauds = tx.loc[tx["fraud"].to_numpy() == 1]
+    label_ts = frauds["label_ts"].to_numpy(np.int64)
+    labels = pd.DataFrame({
+        "tx_id": frauds["tx_id"].to_numpy(np.int64),
+        "label": np.ones(len(frauds), np.int8),
+        "label_ts": label_ts,
+        "source": np.where(label_ts - frauds["ts"].to_numpy(np.int64) < DAY, "review", "chargeback").astype(object),
+    })  # fmt: skip
+    return payments, labels, int(tx["ts"].max())
+
+
 def simulate_into(dirs: SystemDir, world: Mapping[str, int]) -> pd.DataFrame:
-    """Simulate ``world`` (``cards, terminals, days, seed``) into ``dirs.data/transactions.parquet``."""
+    """Simulate ``world`` (``cards, terminals, days, seed``) and write it through the import
+    (:func:`mlsd.fraud.contract.import_tables` into a fresh folder that replaces ``dirs.data``):
+    ``dirs.data`` holds what an import of :func:`contract_tables` gives. Returns the stored payments."""
+    from mlsd.fraud.contract import import_tables
+    from mlsd.platform.data import replace_folder
+
     w = {**WORLD, **dict(world)}
     tx = simulate(n_cards=w["cards"], n_terminals=w["terminals"], days=w["days"], seed=w["seed"])
-    path = FraudDirs(dirs).transactions_path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tx.to_parquet(tmp, index=False)
-    tmp.replace(path)  # atomic: a concurrent reader never sees half a file
-    return tx
+    payments, labels, as_of = contract_tables(tx)
+    name = f"simulated-{w['cards']}x{w['terminals']}x{w['days']}d-seed{w['seed']}"
+    replace_folder(dirs.data, lambda folder: import_tables(folder, payments, labels, name=name, as_of=as_of))
+    return pd.read_parquet(FraudDirs(dirs).transactions_path)
 
 
 def simulate_size(

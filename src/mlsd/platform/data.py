@@ -7,14 +7,16 @@ to the file's line number: 2 for a CSV with a header line (row 0 is line 2), 1 w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 
 from mlsd.platform.errors import DataFormatError
+
+T = TypeVar("T")
 
 
 def require_columns(
@@ -206,3 +208,38 @@ def write_atomically(targets: Sequence[tuple[Path, Any]]) -> list[Path]:
     for tmp, path in written:
         os.replace(tmp, path)
     return [path for _, path in written]
+
+
+def replace_folder(target: Path, build: Callable[[Path], T]) -> T:
+    """Build ``target``'s new content with ``build(folder)`` in a fresh folder beside it, then swap it
+    in for what ``target`` held (what ``simulate`` does: a new world replaces the old one, written
+    through the import). A failure in ``build`` leaves ``target`` as it was and nothing behind.
+
+    Examples:
+        >>> import tempfile
+        >>> target = Path(tempfile.mkdtemp()) / "data"
+        >>> target.mkdir(); _ = (target / "old.txt").write_text("old")
+        >>> replace_folder(target, lambda folder: (folder / "new.txt").write_text("new"))
+        3
+        >>> sorted(p.name for p in target.iterdir()), sorted(p.name for p in target.parent.iterdir())
+        (['new.txt'], ['data'])
+    """
+    import os
+    import shutil
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fresh = target.with_name(f".{target.name}.{os.getpid()}.new")
+    stale = target.with_name(f".{target.name}.{os.getpid()}.old")
+    shutil.rmtree(fresh, ignore_errors=True)
+    fresh.mkdir()
+    try:
+        result = build(fresh)
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    if target.exists():
+        os.replace(target, stale)
+    os.replace(fresh, target)
+    shutil.rmtree(stale, ignore_errors=True)
+    return result

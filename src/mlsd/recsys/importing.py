@@ -24,6 +24,7 @@ With no training settings in ``meta.json`` yet, a MovieLens import writes :data:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -149,8 +150,37 @@ def _merge(old: pd.DataFrame | None, new: pd.DataFrame | None, table: str) -> pd
 def import_data(dirs: SystemDir, fmt: str, path: str | Path) -> dict[str, Any]:
     """Import ``path`` (format ``fmt``) into ``dirs.data``; returns a summary (rows read, rows added
     per table, whether anything was written, the optional columns used and dropped)."""
-    source = read_source(fmt, path)
-    data = dirs.data
+    return _import(dirs.data, read_source(fmt, path), fmt, path)
+
+
+def import_tables(
+    dirs: SystemDir | Path, tables: Mapping[str, pd.DataFrame], *, name: str = "tables"
+) -> dict[str, Any]:
+    """Import DataFrames in the contract (``{"interactions": ..., "items": ..., "users": ...}``) into
+    ``dirs.data`` (or into the data folder ``dirs`` itself): the same validation, merge, atomic write and summary as :func:`import_data`
+    (errors name ``<name>/<table>`` and the 1-based row). ``mlsd recsys simulate`` writes through it.
+
+    Examples:
+        >>> import tempfile
+        >>> dirs = SystemDir(tempfile.mkdtemp(), "recsys")
+        >>> items = pd.DataFrame({"item_id": [1, 2], "title": ["Heat", "Up"]})
+        >>> seen = pd.DataFrame({"user_id": [7, 7], "item_id": [1, 2], "timestamp": [1700000000, 1700000060]})
+        >>> import_tables(dirs, {"items": items, "interactions": seen})["rows"]
+        {'items': 2, 'users': 1, 'interactions': 2}
+        >>> import_tables(dirs, {"items": items, "interactions": seen})["written"]   # again: nothing new
+        []
+    """
+    source = {}
+    for table, frame in tables.items():
+        if table not in SCHEMAS:
+            raise InputError("tables", table, "is not a recsys table", f"use {', '.join(SCHEMAS)}")
+        where = f"{name}/{table}"
+        source[table] = (check_unique(conform(frame, table, where), table, where), where, _line_row)
+    return _import(dirs.data if isinstance(dirs, SystemDir) else Path(dirs), source, "tables", name)
+
+
+def _import(data: Path, source: Mapping[str, tuple[pd.DataFrame, Any, Any]], fmt: str,
+            path: str | Path) -> dict[str, Any]:  # fmt: skip
     old = {t: pd.read_parquet(data / f"{t}.parquet") for t in TABLES if (data / f"{t}.parquet").exists()}
     meta = json.loads((data / "meta.json").read_text()) if (data / "meta.json").exists() else {}
 
@@ -191,7 +221,8 @@ def import_data(dirs: SystemDir, fmt: str, path: str | Path) -> dict[str, Any]:
     if fmt == "movielens" and "train" not in meta:
         meta["train"] = dict(MOVIELENS_TRAIN)
     imports = meta.setdefault("imports", [])
-    imports.append({"format": fmt, "path": str(Path(path).resolve()), "added": added})
+    where = str(Path(path).resolve()) if fmt in FORMATS else str(path)  # DataFrames have no file
+    imports.append({"format": fmt, "path": where, "added": added})
     ts = normal["interactions"]["timestamp"]
     meta["span"] = {"first_ts": int(ts.min()), "last_ts": int(ts.max())}
     write_json(data / "meta.json", meta)  # atomic too, and last: it names what the tables hold

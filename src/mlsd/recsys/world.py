@@ -378,6 +378,20 @@ def _watched_fraction(users, items, it, us, rng) -> np.ndarray:
     return np.clip(1.0 / (1.0 + np.exp(-z)) + rng.normal(0.0, 0.05, len(items)), 0.01, 1.0)
 
 
+def _one_per_second(interactions: pd.DataFrame) -> np.ndarray:
+    """The timestamps with a repeat of (viewer, title, second) moved a second later per repeat: the
+    contract's key is ``(user_id, item_id, timestamp)`` (a second event on a title in the same second
+    is a re-watch that began a moment later). No random draw, so the rest of the world is unchanged."""
+    ts = interactions["timestamp"].to_numpy(np.int64).copy()
+    users, items = interactions["user_id"].to_numpy(), interactions["item_id"].to_numpy()
+    while True:  # a moved event may meet another of the same pair a second later: rare, a round or two
+        key = pd.DataFrame({"u": users, "i": items, "t": ts})
+        repeat = key.groupby(["u", "i", "t"], sort=False).cumcount().to_numpy()
+        if not repeat.any():
+            return ts
+        ts += repeat
+
+
 def simulate(
     n_users: int = 2_000,
     n_items: int = 500,
@@ -463,6 +477,7 @@ def simulate(
             ),
         }
     )
+    interactions["timestamp"] = _one_per_second(interactions)
     interactions = interactions.sort_values("timestamp", kind="stable").reset_index(drop=True)
     dataset = RecsysDataset(
         interactions,
@@ -533,16 +548,33 @@ SIZES: dict[str, WorldSize] = {
 }  # fmt: skip
 
 
+def contract_tables(dataset: RecsysDataset) -> dict[str, pd.DataFrame]:
+    """The dataset as the data contract's tables (:mod:`mlsd.recsys.contract`): what the import reads."""
+    return {"items": dataset.items, "users": dataset.users, "interactions": dataset.interactions}
+
+
 def save_world(dataset: RecsysDataset, truth: SimulationTruth, out: str | Path,
                train: TrainConfig | None = None) -> Path:  # fmt: skip
-    """Write the dataset (:func:`mlsd.recsys.data.save`), the truth beside it (``truth_*.parquet``) and,
-    in ``meta.json``, the training job that fits this world's calendar (``train``)."""
-    meta = dict(dataset.meta)
-    if train is not None:
-        meta["train"] = asdict(train)
-    out = recsys_data.save(replace(dataset, meta=meta), out)
-    truth.users.to_parquet(out / "truth_users.parquet", index=False)
-    truth.items.to_parquet(out / "truth_items.parquet", index=False)
+    """Write the dataset through the import (:func:`mlsd.recsys.importing.import_tables`: the
+    contract's validation, types, order and summary, into a fresh folder that replaces ``out``), the
+    truth beside it (``truth_*.parquet``) and, in ``meta.json``, the world's calendar and the training
+    job that fits it (``train``). ``out`` then holds what an import of :func:`contract_tables` gives."""
+    from mlsd.platform.data import replace_folder
+    from mlsd.platform.jsonio import write_json
+    from mlsd.recsys.importing import import_tables
+
+    def build(folder: Path) -> None:
+        import_tables(folder, contract_tables(dataset), name=dataset.name)
+        meta = json.loads((folder / "meta.json").read_text())
+        meta.update({"name": dataset.name, **dataset.meta})
+        if train is not None:
+            meta["train"] = asdict(train)
+        write_json(folder / "meta.json", meta)
+        truth.users.to_parquet(folder / "truth_users.parquet", index=False)
+        truth.items.to_parquet(folder / "truth_items.parquet", index=False)
+
+    out = Path(out)
+    replace_folder(out, build)
     return out
 
 
