@@ -68,3 +68,14 @@ def test_product_embeddings_cached_by_fingerprint(encoder, tmp_path):
     changed = products.assign(title=["oak desk", "fabric sofa"])
     embed_products(changed, encoder, cache_dir=tmp_path, progress=False)
     assert len(list(tmp_path.glob("minilm-*.npy"))) == 2  # a changed catalog gets its own cache entry
+
+
+def test_loading_the_encoder_keeps_library_chatter_out_of_the_logs() -> None:
+    """transformers prints a "Loading weights" bar and load reports on every start: not in our stderr."""
+    import subprocess
+    import sys
+
+    code = "from mlsd.search.embeddings import load_encoder; load_encoder().encode(['barn door'])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Loading weights" not in done.stderr and "it/s" not in done.stderr, done.stderr

@@ -84,6 +84,7 @@ class Encoder:
         verify_model(self.model_dir)
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        _quiet_transformers()
         from sentence_transformers import SentenceTransformer
 
         self.model_ = SentenceTransformer(str(self.model_dir), device="cpu", local_files_only=True)
@@ -103,6 +104,18 @@ class Encoder:
             normalize_embeddings=True,
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def _quiet_transformers() -> None:
+    """Keep the libraries' model-loading chatter ("Loading weights: 100%|...", load reports) out of
+    our logs: it is printed on every process start and says nothing an operator can act on. Our own
+    progress bars (catalog embedding) are separate and stay."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
 
 
 def load_encoder(model_dir: str | Path | None = None) -> Encoder:
