@@ -52,6 +52,9 @@ class ServiceConfig:
     shadow: bool = True  # score the challenger alongside the champion; log only, never decide
     rules_path: str | None = None  # None: the packaged default rules.yaml
     rules_poll_s: float = 1.0
+    # A live payment dated more than this many seconds after the service's clock is refused (422):
+    # clocks drift a little, but a payment from the future would poison its card's windows.
+    max_future_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,10 @@ class FraudConfig:
             )
         if s.deadline_ms <= 0:
             raise InputError("config.service.deadline_ms", s.deadline_ms, "must be positive", "use e.g. 100")
+        if not s.max_future_s >= 0:
+            raise InputError(
+                "config.service.max_future_s", s.max_future_s, "must be >= 0", "use e.g. 300 (5 minutes)"
+            )
         if s.max_batch < 1:
             raise InputError("config.service.max_batch", s.max_batch, "must be >= 1", "use e.g. 1000")
         if r.backend not in {"sqlite", "postgres"}:

@@ -40,14 +40,42 @@ SCENARIOS: dict[int, str] = {
     5: "fraud_ring",
 }
 MAX_AMOUNT = 1e9  # anything larger is a unit error (cents sent as units), not a payment
+# Identifier fields: a JSON string or integer each. Strings are stored as TEXT (review cases, labels)
+# and keyed in Redis: a NUL byte is refused by PostgreSQL, so it is refused here, before anything.
+IDS: tuple[str, ...] = ("tx_id", "card_id", "terminal_id", "device_id", "ip", "email", "mcc")
+MAX_ID_CHARS = 256
+INT64 = (-(2**63), 2**63 - 1)
+MAX_TS = 2**53  # seconds; beyond this a float cannot hold the value exactly (and it is no date)
+
+
+def json_safe(value: Any) -> Any:
+    """A bad value as an error body can carry it: numpy scalars as Python numbers, a non-finite
+    float as ``"Infinity"`` / ``"-Infinity"`` / ``"NaN"`` (a body holding ``inf`` cannot be encoded).
+
+    Examples:
+        >>> json_safe(np.float64("inf")), json_safe(float("nan")), json_safe(np.int64(3)), json_safe("x")
+        ('Infinity', 'NaN', 3, 'x')
+    """
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    return value
 
 
 def _numeric(frame: pd.DataFrame, column: str, dtype: str) -> pd.Series:
     values = pd.to_numeric(frame[column], errors="coerce")
     bad = values.isna() & frame[column].notna()
     if bad.any():
-        raise InputError(column, frame[column][bad].iloc[0], "is not a number", f"send {column} as a number")
+        raise InputError(
+            column, json_safe(frame[column][bad].iloc[0]), "is not a number", f"send {column} as a number"
+        )
     return values.astype(dtype) if not values.isna().any() else values.astype("float64")
+
+
+def _first(values: pd.Series, bad: Any) -> Any:
+    """The first offending value, JSON-safe (an ``inf`` echoed in an error body cannot be encoded)."""
+    return json_safe(values[bad].iloc[0])
 
 
 def validate_transactions(frame: pd.DataFrame, *, require_labels: bool = False) -> pd.DataFrame:
@@ -68,21 +96,27 @@ def validate_transactions(frame: pd.DataFrame, *, require_labels: bool = False) 
                 column, None, "is missing (null) in some payments", f"give every payment a {column}"
             )
     out = frame.copy()
+    _check_ids(out)
     ts = _numeric(out, "ts", "float64")
     if not np.all(np.isfinite(ts)) or np.any(ts != np.floor(ts)):
         raise InputError(
             "ts",
-            ts[~np.isfinite(ts) | (ts != np.floor(ts))].iloc[0],
+            _first(ts, ~np.isfinite(ts) | (ts != np.floor(ts))),
             "is not whole seconds",
             "send ts as integer seconds since the epoch (UTC)",
         )
+    if (np.abs(ts) >= MAX_TS).any():
+        raise InputError(
+            "ts", _first(ts, np.abs(ts) >= MAX_TS), "is not a date (out of range)",
+            "send ts as integer seconds since the epoch (UTC), e.g. 1767225600",
+        )  # fmt: skip
     out["ts"] = ts.astype("int64")
     amount = _numeric(out, "amount", "float64")
     bad = ~np.isfinite(amount) | (amount < 0) | (amount > MAX_AMOUNT)
     if bad.any():
         raise InputError(
             "amount",
-            amount[bad].iloc[0],
+            _first(amount, bad),
             "must be a finite number >= 0 (and < 1e9)",
             "send the payment amount in currency units, e.g. 12.50",
         )
@@ -101,10 +135,10 @@ def validate_transactions(frame: pd.DataFrame, *, require_labels: bool = False) 
     for column, limit in (("lat", 90.0), ("lon", 180.0)):
         if column in out.columns:
             values = _numeric(out, column, "float64")
-            if (values.abs() > limit).any():
+            if (~(values.abs() <= limit) & values.notna()).any():
                 raise InputError(
                     column,
-                    values[values.abs() > limit].iloc[0],
+                    _first(values, ~(values.abs() <= limit) & values.notna()),
                     f"is outside [-{limit:g}, {limit:g}]",
                     f"send {column} in decimal degrees",
                 )
@@ -113,7 +147,7 @@ def validate_transactions(frame: pd.DataFrame, *, require_labels: bool = False) 
         fraud = _numeric(out, "fraud", "float64")
         if fraud.notna().any() and not fraud.dropna().isin([0, 1]).all():
             raise InputError(
-                "fraud", fraud[~fraud.isin([0, 1])].iloc[0], "must be 0 or 1", "label payments 0/1"
+                "fraud", _first(fraud, ~fraud.isin([0, 1])), "must be 0 or 1", "label payments 0/1"
             )
         out["fraud"] = fraud
         if not fraud.isna().any():
@@ -124,13 +158,90 @@ def validate_transactions(frame: pd.DataFrame, *, require_labels: bool = False) 
         if early.any():
             raise InputError(
                 "label_ts",
-                out["label_ts"][early].iloc[0],
+                _first(out["label_ts"], early),
                 "is before the payment's ts",
                 "a label becomes known after the payment",
             )
     if "scenario" in out.columns:
         out["scenario"] = _numeric(out, "scenario", "float64").fillna(0).astype("int8")
     return out
+
+
+def _check_ids(frame: pd.DataFrame) -> None:
+    """Every identifier a string (1..256 characters, no NUL) or an integer within int64.
+
+    Column-wise: a clean column costs one pass over its value types; only a bad one is searched for
+    the first offending row. Numbers of any other kind (a float id) keep working as before."""
+    for column in (c for c in IDS if c in frame.columns):
+        values = frame[column]
+        if values.dtype.kind in "iub":
+            if values.dtype.kind == "u" and len(values) and values.max() > INT64[1]:
+                raise InputError(
+                    column, json_safe(values.max()), "is beyond int64", f"send {column} as a string"
+                )
+            continue
+        if values.dtype.kind == "f":
+            bad = np.isinf(values.to_numpy())
+        elif values.dtype == object:
+            bad = ~np.fromiter(map(_good_id, values.to_numpy()), dtype=bool, count=len(values))
+        else:  # pandas' string dtype
+            text = values.astype("string")
+            bad = (
+                (text.str.len() > MAX_ID_CHARS)
+                | (text.str.len() == 0)
+                | text.str.contains("\x00", regex=False)
+            )
+            bad = bad.fillna(False).to_numpy(dtype=bool)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise _id_error(column, values.iat[i], i, len(values))
+
+
+def _good_id(value: Any) -> bool:
+    kind = type(value)
+    if kind is str:
+        return 0 < len(value) <= MAX_ID_CHARS and "\x00" not in value
+    if kind is int:
+        return INT64[0] <= value <= INT64[1]
+    if kind is float:
+        return value == value and value not in (float("inf"), float("-inf"))  # NaN: missing
+    return value is None or isinstance(value, np.integer | np.floating)
+
+
+def _id_error(column: str, value: Any, i: int, n: int) -> InputError:
+    where = f"payments[{i}].{column}" if n > 1 else column
+    if isinstance(value, str):
+        problem = f"must be 1..{MAX_ID_CHARS} characters without NUL bytes"
+    elif isinstance(value, int) and not isinstance(value, bool):
+        problem = "is beyond int64"
+    else:
+        problem = f"is a {type(value).__name__}, not a string or an integer"
+    return InputError(where, json_safe(value), problem, f"send {column} as a string or an integer")
+
+
+def check_not_future(ts: np.ndarray, *, now: float, max_skew_s: float) -> None:
+    """Refuse payments dated more than ``max_skew_s`` seconds after ``now`` (the live clock).
+
+    A payment from the future becomes its card's newest event: every real payment after it looks
+    out of order to the windows. Refusing it (422) is the deterministic answer.
+
+    Examples:
+        >>> check_not_future(np.array([100, 400]), now=100.0, max_skew_s=300)
+        >>> check_not_future(np.array([100, 32503680000]), now=100.0, max_skew_s=300)
+        Traceback (most recent call last):
+        ...
+        mlsd.platform.errors.InputError: payments[1].ts=32503680000: is more than 300 s after the service's clock (100). Fix: send ts as the payment's own time in seconds since the epoch (UTC), not a future or millisecond timestamp
+    """
+    ahead = np.asarray(ts) > now + max_skew_s
+    if ahead.any():
+        i = int(np.flatnonzero(ahead)[0])
+        raise InputError(
+            f"payments[{i}].ts" if len(ahead) > 1 else "ts",
+            int(ts[i]),
+            f"is more than {max_skew_s:g} s after the service's clock ({int(now)})",
+            "send ts as the payment's own time in seconds since the epoch (UTC), "
+            "not a future or millisecond timestamp",
+        )
 
 
 def from_records(records: Sequence[Mapping[str, Any]], *, max_batch: int | None = None) -> pd.DataFrame:
@@ -159,17 +270,59 @@ def from_records(records: Sequence[Mapping[str, Any]], *, max_batch: int | None 
                     "is missing",
                     f"add the field {column!r}",
                 )
-        amount = record["amount"]
-        if isinstance(amount, bool) or not isinstance(amount, int | float | str):
-            raise InputError(
-                f"payments[{i}].amount" if len(records) > 1 else "amount",
-                amount,
-                "is not a number",
-                "send amount as a number",
-            )
     frame = pd.DataFrame.from_records(list(records))
     frame = frame[[c for c in frame.columns if c in COLUMNS]]
+    for column in frame.columns:
+        _check_json_type(frame[column], JSON_TYPES.get(column, (str, int, float, type(None))))
     return validate_transactions(frame)
+
+
+# What each field may be in a JSON payment (the OpenAPI document says the same): a number sent as a
+# string, a float ts or a float id is refused rather than guessed at.
+_ID = (str, int, type(None))
+_NUMBER = (int, float, type(None))
+JSON_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(IDS, _ID),
+    "ts": (int,),
+    "amount": (int, float),
+    "lat": _NUMBER,
+    "lon": _NUMBER,
+    "currency": (str, type(None)),
+}
+_JSON_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", type(None): "null"}
+
+
+def _check_json_type(values: pd.Series, allowed: tuple[type, ...]) -> None:
+    """Every value of one payment field is one of ``allowed`` JSON types; as in JSON Schema, a number
+    with a zero fraction (``3.0``) is an integer. Column-wise: one pass over the value types, the
+    offending row searched for only when there is one."""
+    kind = values.dtype.kind
+    if kind in "iu" and int in allowed:
+        return
+    if kind == "f":  # numbers, NaN where a null was sent (or an int column with a null in it)
+        v = values.to_numpy()
+        integral = np.isfinite(v) & (v == np.round(v))
+        ok = np.isnan(v) if type(None) in allowed else np.zeros(len(v), dtype=bool)
+        ok |= (integral & (int in allowed)) | (float in allowed)
+    elif kind == "O":
+        types = np.fromiter(map(type, values.to_numpy()), dtype=object, count=len(values))
+        ok = np.fromiter(map(set(allowed).__contains__, types), dtype=bool, count=len(values))
+        floats = np.flatnonzero(np.equal(types, float))  # elementwise: which rows hold a float
+        if int in allowed and float not in allowed and floats.size:
+            ok[floats] = [float(x).is_integer() for x in values.to_numpy()[floats]]
+    else:  # pandas' string dtype: strings; booleans are never a payment field
+        ok = np.full(len(values), str in allowed and kind != "b")
+    if ok.all():
+        return
+    i = int(np.flatnonzero(~ok)[0])
+    value, name = values.iat[i], str(values.name)
+    expected = " or ".join(_JSON_NAMES[t] for t in allowed if t is not type(None))
+    raise InputError(
+        f"payments[{i}].{name}" if len(values) > 1 else name,
+        json_safe(value),
+        f"is {_JSON_NAMES.get(type(value), 'a ' + type(value).__name__)}, not {expected}",
+        f"send {name} as {expected}",
+    )
 
 
 def to_cents(amount: np.ndarray | pd.Series) -> np.ndarray:

@@ -6,6 +6,13 @@ rule lifts an approve to review, a ``block`` rule blocks; a ``flag`` rule only a
 When the model could not run (deadline, no model loaded), the decision is **rules-only**: rules decide
 alone and the result says so.
 
+**Failing closed.** A probability the thresholds cannot read (NaN, +-inf, outside [0, 1]: a broken
+feature, a missing output) never bands as low: that payment goes to ``review`` (``block`` when a rule
+blocks), its probability is reported as ``null``, its score reason is ``MODEL_FAILED`` and it is
+``degraded`` with a ``degraded_reason``. ``decide(..., model_failed=reason)`` does the same for a whole
+batch (the model raised); ``decide(None, degraded=reason)`` marks a rules-only batch the deadline
+forced (rules decide, flagged so nobody takes it for the model's verdict).
+
 Every decision carries reason codes: the score band (``SCORE_BLOCK`` / ``SCORE_REVIEW`` /
 ``SCORE_LOW``, or ``RULES_ONLY`` when the model did not run), the fired rules' codes and the features that pushed the score up most
 (``MODEL:<feature>``, from LightGBM's per-feature contributions).
@@ -17,6 +24,7 @@ the lowest review threshold whose daily case count fits the review team's capaci
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,6 +37,7 @@ from mlsd.platform.errors import InputError
 APPROVE, REVIEW, BLOCK = 0, 1, 2
 DECISION_NAMES = np.array(["approve", "review", "block"])
 SCORE_REASONS = np.array(["SCORE_LOW", "SCORE_REVIEW", "SCORE_BLOCK"])
+MODEL_FAILED = "MODEL_FAILED"  # the score reason of a payment whose probability was unusable
 # rule severity (0 none, 1 flag, 2 review, 3 block) -> the least strict decision it implies
 _RULE_FLOOR = np.array([APPROVE, APPROVE, REVIEW, BLOCK], dtype=np.int8)
 assert ACTIONS == {"flag": 1, "review": 2, "block": 3}
@@ -51,6 +60,15 @@ class Decisions:
     rules_only: bool
     rules_version: int
     band: np.ndarray  # int8 score band from the thresholds alone (ignored when rules_only)
+    # per row: why the decision was taken without a usable model score (None: it was not)
+    degraded_reason: np.ndarray | None = None
+
+    @property
+    def degraded(self) -> np.ndarray:
+        """Per row: True where the model's verdict is missing for a reason nobody chose."""
+        if self.degraded_reason is None:
+            return np.zeros(len(self.decision), dtype=bool)
+        return np.not_equal(self.degraded_reason, None)
 
     def __len__(self) -> int:
         return len(self.decision)
@@ -64,6 +82,8 @@ class Decisions:
         out: list[list[str]] = []
         # rules-only: say so, so that even an approval carries a reason (the model did not vouch for it)
         score_codes = np.full(len(self.band), "RULES_ONLY") if self.rules_only else SCORE_REASONS[self.band]
+        if not self.rules_only:
+            score_codes = np.where(self.degraded, MODEL_FAILED, score_codes)
         names = self.feature_names
         for i, rule_codes in enumerate(self.rule_reasons):
             codes = [str(score_codes[i])]
@@ -74,23 +94,37 @@ class Decisions:
 
     def records(self, tx_ids: Any) -> list[dict[str, Any]]:
         """JSON-ready dicts, one per payment."""
-        probs = self.probability.tolist()
+        probs = np.where(self.degraded, np.nan, self.probability).tolist()
         labels = self.labels.tolist()
+        why = [None] * len(labels) if self.degraded_reason is None else self.degraded_reason.tolist()
         return [
             {
                 "tx_id": tx,
                 "decision": labels[i],
-                "probability": None if probs[i] != probs[i] else round(probs[i], 6),
+                # never NaN/inf in an answer: a missing or unusable score is null
+                "probability": round(probs[i], 6) if math.isfinite(probs[i]) else None,
                 "reasons": reasons,
                 "rules_only": self.rules_only,
+                "degraded": why[i] is not None,
+                "degraded_reason": why[i],
             }
             for i, (tx, reasons) in enumerate(zip(list(tx_ids), self.reasons(), strict=True))
         ]
 
 
+def usable(probability: np.ndarray) -> np.ndarray:
+    """Per row: is this a probability the thresholds can read (finite, in [0, 1])?"""
+    p = np.asarray(probability, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(p) & (p >= 0.0) & (p <= 1.0)
+
+
 def _band(probability: np.ndarray, t: Thresholds) -> np.ndarray:
-    p = np.nan_to_num(np.asarray(probability, dtype=np.float64), nan=0.0)
-    return np.where(p >= t.block, BLOCK, np.where(p >= t.review, REVIEW, APPROVE)).astype(np.int8)
+    """The score band; an unusable probability bands as REVIEW (fail closed), never as low."""
+    p = np.asarray(probability, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        band = np.where(p >= t.block, BLOCK, np.where(p >= t.review, REVIEW, APPROVE))
+    return np.where(usable(p), band, REVIEW).astype(np.int8)
 
 
 class DecisionEngine:
@@ -112,25 +146,39 @@ class DecisionEngine:
         probability: np.ndarray | None = None,
         contributions: np.ndarray | None = None,
         feature_names: tuple[str, ...] | list[str] = (),
+        *,
+        degraded: str | None = None,
+        model_failed: str | None = None,
     ) -> Decisions:
         """Decide a batch. ``probability=None`` means rules-only (the model did not run).
 
         ``contributions`` is ``(n, n_features)`` (a trailing bias column, as LightGBM's
         ``pred_contrib`` returns, is dropped when it is one wider than ``feature_names``).
+        ``model_failed``: the model was asked and gave nothing usable (it raised): every payment is
+        reviewed (blocked when a rule blocks), degraded with this reason. ``degraded``: the reason a
+        rules-only batch had no model (the deadline); rules decide, each row flagged degraded. A
+        probability that is NaN, infinite or outside [0, 1] degrades that row as ``model_failed`` does.
         """
         n = hits.fired.shape[0]
         floor = _RULE_FLOOR[hits.severity]
+        why = np.full(n, None, dtype=object)
+        if model_failed is not None:
+            probability = np.full(n, np.nan)  # nothing usable: every row bands as review below
         rules_only = probability is None
         if rules_only:
             prob = np.full(n, np.nan)
             band = np.zeros(n, dtype=np.int8)
             decision = floor.astype(np.int8)
+            why[:] = degraded
         else:
             prob = np.asarray(probability, dtype=np.float64)
             if prob.shape != (n,):
                 raise ValueError(f"probability has shape {prob.shape}, expected ({n},)")
             band = _band(prob, self.thresholds)
             decision = np.maximum(band, floor).astype(np.int8)
+            bad = ~usable(prob)
+            why[bad] = model_failed or "model output not a probability in [0, 1] (NaN, inf or out of range)"
+            prob = np.where(bad, np.nan, prob)
         k = self.top_reasons
         top_idx = np.full((n, k), -1, dtype=np.int64)
         top_val = np.zeros((n, k))
@@ -163,6 +211,7 @@ class DecisionEngine:
             rules_only=rules_only,
             rules_version=hits.version,
             band=band,
+            degraded_reason=why,
         )
 
 

@@ -33,8 +33,9 @@ import json
 import logging
 import re
 import threading
+import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -205,6 +206,8 @@ class FraudPipeline:
         self.metrics_registry = metrics_registry  # None: the services' Prometheus registry
         self.experiments = experiments
         self._lock = threading.Lock()
+        # what "now" is for live payments (score_bodies refuses ts too far ahead of it); tests set it
+        self.clock: Callable[[], float] = time.time
         # what the model and the explanations cost, learnt online; the first guess is deliberately
         # cheap so a fresh service tries the model rather than falling back on its first request.
         self.model_cost = StageCost(fixed_ms=1.0, per_item_ms=0.05, small_batch=4)
@@ -300,10 +303,16 @@ class FraudPipeline:
         self, requests: Sequence[Mapping[str, Any]], *, deadline: Deadline | None = None
     ) -> ScoredBatch:
         """Validate payment bodies (:func:`mlsd.fraud.data.from_records`, plus the rule-only
-        ``country``) and :meth:`score` them as one micro-batch."""
-        from mlsd.fraud.data import from_records
+        ``country``) and :meth:`score` them as one micro-batch.
+
+        Live payments are checked against :attr:`clock`: a ``ts`` more than ``max_future_s`` ahead
+        of it is refused (422) before it can touch the windows: one payment dated in year 3000 would
+        otherwise be the newest event of its card forever. Replays of history (:meth:`score` on a
+        frame) are not: their ``ts`` is in the past by construction."""
+        from mlsd.fraud.data import check_not_future, from_records
 
         tx = from_records(requests, max_batch=self.config.max_batch)
+        check_not_future(tx["ts"].to_numpy(), now=self.clock(), max_skew_s=self.config.max_future_s)
         return self.score(tx, deadline=deadline, context=_context(requests))
 
     def score(
@@ -328,27 +337,28 @@ class FraudPipeline:
             hits: RuleHits = self.rules.evaluate(frame)
         probability = contributions = None
         names: tuple[str, ...] = ()
+        degraded = failed = None
         model = self.champion
         if model is None:
             timer.skip("model", "no model loaded: rules only")
         elif deadline is not None and not deadline.allows(self.model_cost.expect(n) * self.config.safety):
-            timer.skip(
-                "model",
+            degraded = (
                 f"deadline: {deadline.remaining_ms():.1f} ms left, model needs "
-                f"~{self.model_cost.expect(n):.1f} ms: rules only",
+                f"~{self.model_cost.expect(n):.1f} ms: rules only"
             )
+            timer.skip("model", degraded)
             self.model_cost.skipped()  # not measured while skipped: try it again after a slow spell
         else:
-            before = timer.timings_ms.get("model", 0.0)
-            with timer.stage("model"):
-                probability = model.predict(feats)
-            self.model_cost.observe(timer.timings_ms["model"] - before, n)
-            names = model.feature_names
-            contributions = self._explain(model, feats, probability, hits, deadline, timer)
+            probability, failed = self._predict(model, feats, timer)
+            if failed is None:
+                names = model.feature_names
+                contributions = self._explain(model, feats, probability, hits, deadline, timer)
         with timer.stage("decision"):
-            decisions = self.decision.decide(hits, probability, contributions, names)
-        if probability is not None:
-            self._observe("scores", probability, "champion")
+            decisions = self.decision.decide(
+                hits, probability, contributions, names, degraded=degraded, model_failed=failed
+            )
+        if failed is None and probability is not None:
+            self._observe("scores", probability[~decisions.degraded], "champion")
         self._observe("decisions", decisions.labels, None)
         experiments: dict[str, ShadowArms] = {}
         if self._fraud_experiments:
@@ -362,11 +372,12 @@ class FraudPipeline:
         ):
             if deadline is None or deadline.allows(self.model_cost.expect(n) * self.config.safety):
                 with timer.stage("shadow"):
-                    shadow_p = self.challenger.predict(feats)
-                    band = self.decision.decide(hits, shadow_p).band
-                    self.shadow_log.record(
-                        tx["tx_id"].to_numpy(), decisions, shadow_p, band, self.challenger.version
-                    )
+                    shadow_p = self._shadow_predict(self.challenger, feats, timer)
+                    if shadow_p is not None:
+                        band = self.decision.decide(hits, shadow_p).band
+                        self.shadow_log.record(
+                            tx["tx_id"].to_numpy(), decisions, shadow_p, band, self.challenger.version
+                        )
             else:
                 timer.skip("shadow", "deadline")
         if self.review_queue is not None:
@@ -396,6 +407,40 @@ class FraudPipeline:
             experiments=experiments,
             features=feats,
         )
+
+    def _predict(
+        self, model: Scorer, feats: pd.DataFrame, timer: StageTimer
+    ) -> tuple[np.ndarray | None, str | None]:
+        """The model's probabilities, or None and why: a model that raises or answers the wrong shape
+        must not take the service down, nor approve anything (the decision reviews every payment)."""
+        n = len(feats)
+        before = timer.timings_ms.get("model", 0.0)
+        try:
+            with timer.stage("model"):
+                probability = np.asarray(model.predict(feats), dtype=np.float64)
+        except Exception as err:  # any model failure fails closed, logged for the operator
+            log.exception("fraud model failed on a batch of %d: every payment goes to review", n)
+            return None, f"model error: {type(err).__name__}"
+        self.model_cost.observe(timer.timings_ms["model"] - before, n)
+        if probability.shape != (n,):
+            log.error("fraud model answered shape %s for %d payments", probability.shape, n)
+            return None, f"model output missing: shape {probability.shape} for {n} payments"
+        return probability, None
+
+    @staticmethod
+    def _shadow_predict(model: Scorer, feats: pd.DataFrame, timer: StageTimer) -> np.ndarray | None:
+        """A shadow model's probabilities, or None (logged, stage skipped): it decides nothing, so its
+        failure must not fail the payments it was only watching."""
+        try:
+            p = np.asarray(model.predict(feats), dtype=np.float64)
+        except Exception as err:
+            log.exception("shadow model failed on a batch of %d", len(feats))
+            timer.skip("shadow", f"shadow model error: {type(err).__name__}")
+            return None
+        if p.shape != (len(feats),):
+            timer.skip("shadow", f"shadow model output has shape {p.shape}")
+            return None
+        return p
 
     def _observe(self, kind: str, values: np.ndarray, model: str | None) -> None:
         """Prometheus, batch-level (one histogram / counter update per batch, not per payment)."""
@@ -453,7 +498,8 @@ class FraudPipeline:
                     if scorer is self.champion:
                         p[inside] = decisions.probability[inside]
                     else:
-                        p[inside] = scorer.predict(sub)
+                        arm_p = self._shadow_predict(scorer, sub, timer)
+                        p[inside] = np.nan if arm_p is None else arm_p
                     if scorer is self.champion and engine is self.decision:
                         d = decisions.decision.copy()
                     else:
@@ -462,7 +508,8 @@ class FraudPipeline:
                     probability[arm.name], decision[arm.name] = p, d
                 out[exp.name] = ShadowArms(arm_idx, tuple(exp.arm_names), probability, decision)
             for arm in exp.arms[1:]:
-                self._observe("scores", probability[arm.name][inside], arm.name)
+                scores = probability[arm.name][inside]
+                self._observe("scores", scores[np.isfinite(scores)], arm.name)
         return out
 
     def _feature_matrix(self, tx: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
@@ -486,8 +533,11 @@ class FraudPipeline:
         row = pd.DataFrame(np.zeros((1, len(names))), columns=names)
         for model in (self.champion, self.challenger):
             if model is not None:
-                model.predict(row)
-                model.contributions(row)
+                try:
+                    model.predict(row)
+                    model.contributions(row)
+                except Exception:  # serve anyway: every batch it fails on is reviewed (fail closed)
+                    log.exception("fraud model %s failed its warm-up", getattr(model, "version", None))
 
     def _explain(
         self,
@@ -515,8 +565,13 @@ class FraudPipeline:
             timer.skip("explain", "deadline: reasons without model contributions")
             self.explain_cost.skipped()
             return None
-        with timer.stage("explain"):
-            part = np.asarray(model.contributions(feats.iloc[np.flatnonzero(need)]), dtype=np.float64)
+        try:
+            with timer.stage("explain"):
+                part = np.asarray(model.contributions(feats.iloc[np.flatnonzero(need)]), dtype=np.float64)
+        except Exception as err:  # reasons are a courtesy: their failure must not fail the decision
+            log.exception("fraud model contributions failed")
+            timer.skip("explain", f"explain error: {type(err).__name__}")
+            return None
         self.explain_cost.observe(timer.timings_ms["explain"], int(need.sum()))
         out = np.zeros((len(feats), part.shape[1]))
         out[need] = part

@@ -25,6 +25,8 @@ from mlsd.fraud.labels import Database, SQLLabelStore
 from mlsd.platform.errors import InputError
 
 OUTCOMES = {"fraud": 1, "legit": 0}
+MAX_REVIEWER_CHARS = 100
+MAX_KEY_CHARS = 256  # tx_id / terminal_id as stored (the payment schema's limit, mlsd.fraud.data)
 STATUSES = ("open", "claimed", "resolved")
 _COLUMNS = (
     "tx_id, probability, amount, priority, decision, reasons, status, reviewer, created_ts, claimed_ts, "
@@ -111,10 +113,15 @@ class SQLReviewQueue:
         """
         now = int(time.time()) if now is None else int(now)
         rows = []
+        # every case is checked before the transaction: a bad one (a NUL byte PostgreSQL refuses)
+        # is named here instead of failing the INSERT of the whole batch
         for i, case in enumerate(cases):
             for key in ("tx_id", "probability", "amount"):
                 if case.get(key) is None:
                     raise InputError(f"cases[{i}].{key}", None, "missing", "provide it")
+            check_key(f"cases[{i}].tx_id", case["tx_id"])
+            if case.get("terminal_id") is not None:
+                check_key(f"cases[{i}].terminal_id", case["terminal_id"])
             prob, amount = float(case["probability"]), float(case["amount"])
             if not 0.0 <= prob <= 1.0:
                 raise InputError(
@@ -160,8 +167,7 @@ class SQLReviewQueue:
 
     def claim(self, reviewer: str, limit: int = 1, now: int | None = None) -> list[Case]:
         """Atomically take the ``limit`` highest-priority open cases for ``reviewer``."""
-        if not reviewer or not str(reviewer).strip():
-            raise InputError("reviewer", reviewer, "missing", "name the reviewer claiming the case")
+        check_reviewer(reviewer)
         _check_limit(limit)
         now = int(time.time()) if now is None else int(now)
         lock = " FOR UPDATE SKIP LOCKED" if self.db.dialect == "postgres" else ""
@@ -177,6 +183,8 @@ class SQLReviewQueue:
 
     def resolve(self, tx_id: Any, reviewer: str, outcome: str, now: int | None = None) -> Case:
         """Close a case claimed by ``reviewer`` as ``fraud`` or ``legit``; the label is stored at once."""
+        check_reviewer(reviewer)
+        check_key("tx_id", tx_id)
         if outcome not in OUTCOMES:
             raise InputError("outcome", outcome, "unknown outcome", "use fraud or legit")
         now = int(time.time()) if now is None else int(now)
@@ -205,6 +213,7 @@ class SQLReviewQueue:
         return Case.from_row(rows[0])
 
     def get(self, tx_id: Any) -> Case:
+        check_key("tx_id", tx_id)
         rows = self.db.query(f"SELECT {_COLUMNS} FROM {self.t} WHERE tx_id = ?", (str(tx_id),))
         if not rows:
             raise InputError("tx_id", tx_id, "no review case for this payment", "list the queue", status=404)
@@ -231,6 +240,38 @@ def review_queue_at(location: str | Path, *, schema: str = "mlsd_fraud") -> SQLR
     layout_labels = path.parent.parent / "features" / "labels.sqlite"
     in_layout = path.parent.name == "review" and layout_labels.parent.is_dir()
     return SQLReviewQueue.sqlite(path, labels_path=layout_labels if in_layout else None)
+
+
+def check_reviewer(reviewer: Any) -> str:
+    """A reviewer's name as recorded on the cases: 1..100 printable characters, not only spaces.
+
+    Examples:
+        >>> check_reviewer("ana")
+        'ana'
+        >>> check_reviewer("  ")
+        Traceback (most recent call last):
+        ...
+        mlsd.platform.errors.InputError: reviewer='  ': must be 1..100 printable characters (no NUL, tab or line break). Fix: name the reviewer, e.g. 'ana'
+    """
+    ok = isinstance(reviewer, str) and 0 < len(reviewer) <= MAX_REVIEWER_CHARS
+    if not (ok and reviewer.isprintable() and reviewer.strip()):
+        raise InputError(
+            "reviewer",
+            reviewer,
+            f"must be 1..{MAX_REVIEWER_CHARS} printable characters (no NUL, tab or line break)",
+            "name the reviewer, e.g. 'ana'",
+        )
+    return reviewer
+
+
+def check_key(field: str, value: Any) -> str:
+    """A case key as stored (TEXT): at most 256 characters and no NUL byte, which PostgreSQL refuses."""
+    text = str(value)
+    if not 0 < len(text) <= MAX_KEY_CHARS or "\x00" in text:
+        raise InputError(
+            field, value, f"must be 1..{MAX_KEY_CHARS} characters without NUL bytes", "send the payment's id"
+        )
+    return text
 
 
 def _check_status(status: str) -> None:

@@ -1,0 +1,306 @@
+"""Fraud fails closed (issue 11): no payment from the future, no NaN that approves, no 500 for bad input.
+
+Each test names the case of the issue it reproduces; each failed on the code before the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from mlsd.fraud.config import FraudConfig
+from mlsd.fraud.engine import FraudPipeline
+from mlsd.fraud.review import SQLReviewQueue
+from mlsd.fraud.rules import RuleEngine
+from mlsd.fraud.service import build_app
+
+NOW = 1_767_225_600 + 10 * 86_400  # the service's clock in these tests (2026-01-11), never the wall clock
+CARD = 4242
+
+
+def _strict_json(text: str):
+    """Parse as strict JSON: NaN / Infinity in an answer is a bug (other readers refuse it)."""
+
+    def refuse(name):
+        raise AssertionError(f"{name} in a response: {text[:200]}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def payment(tx_id, ts, amount=20.0, card=CARD, **extra):
+    return {
+        "tx_id": tx_id, "ts": int(ts), "card_id": card, "terminal_id": 7, "amount": amount,
+        "device_id": f"d{card}", "ip": "10.0.0.1", "email": f"u{card}@mail.example",
+        "lat": 48.85, "lon": 2.35, "mcc": "grocery", "currency": "EUR", **extra,
+    }  # fmt: skip
+
+
+class SequenceLike:
+    """Known-answer model shaped like the GRU: it reads the card's sequence, so one NaN there (the
+    log-age of a payment after one from the future) makes its probability NaN, as the issue saw."""
+
+    version = 3
+
+    def __init__(self, names):
+        self.feature_names = tuple(names)
+        self.sequence = [n for n in names if n.startswith("seq")]
+
+    def predict(self, features):
+        x = features[self.sequence].to_numpy(dtype=np.float64)
+        return np.clip(features["amount"].to_numpy() / 4000.0, 0, 1) + 0.0 * x.sum(axis=1)
+
+    def contributions(self, features):
+        return np.zeros((len(features), len(self.feature_names) + 1))
+
+
+def _pipeline(model="sequence", config=None, **kwargs):
+    from mlsd.fraud.features import FeatureEngine
+
+    features = FeatureEngine()
+    champion = SequenceLike(features.feature_names) if model == "sequence" else model
+    pipe = FraudPipeline(features, RuleEngine(), champion, config=(config or FraudConfig()).service, **kwargs)
+    pipe.clock = lambda: float(NOW)
+    return pipe
+
+
+@pytest.fixture
+def client():
+    with TestClient(build_app(_pipeline())) as c:
+        yield c
+
+
+# --- 1. a payment from the future ----------------------------------------------------------------
+
+
+def test_a_payment_dated_in_the_future_is_refused_naming_ts_value_and_fix(client):
+    r = client.post("/v1/score", json=payment(1, 32_503_680_000))
+    assert r.status_code == 422, r.text
+    error = _strict_json(r.text)["error"]
+    assert error["field"] == "ts" and error["value"] == 32_503_680_000
+    assert "clock" in error["problem"] and "seconds since the epoch" in error["fix"]
+
+
+def test_after_the_refused_future_payment_the_card_still_blocks_what_a_clean_card_does(client):
+    """The issue's sequence: future payment, then normal ones on the same card. A 2,500 payment and
+    10 payments in 10 minutes must not be approved, and no answer may carry a null probability."""
+    assert client.post("/v1/score", json=payment("f", 32_503_680_000)).status_code == 422
+    normal = _strict_json(client.post("/v1/score", json=payment("n1", NOW - 3600)).text)
+    assert normal["probability"] is not None and normal["degraded"] is False
+    big = _strict_json(client.post("/v1/score", json=payment("big", NOW - 3000, 2500.0)).text)
+    assert big["decision"] != "approve" and big["probability"] is not None
+    burst = [payment(f"b{i}", NOW - 600 + 60 * i, 15.0) for i in range(10)]
+    decided = _strict_json(client.post("/v1/score/batch", json={"payments": burst}).text)["decisions"]
+    assert decided[-1]["decision"] != "approve"  # card_count_1h >= 8: review
+    assert all(d["probability"] is not None for d in decided)
+
+
+def test_the_allowed_clock_skew_is_configured(client):
+    assert client.post("/v1/score", json=payment(1, NOW + 200)).status_code == 200  # within 5 minutes
+    assert client.post("/v1/score", json=payment(2, NOW + 400)).status_code == 422
+    config = FraudConfig.from_dict({"service": {"max_future_s": 3600}})
+    with TestClient(build_app(_pipeline(config=config), config=config)) as c:
+        assert c.post("/v1/score", json=payment(3, NOW + 400)).status_code == 200
+    with pytest.raises(Exception, match="max_future_s"):
+        FraudConfig.from_dict({"service": {"max_future_s": -1}})
+
+
+def test_a_batch_with_one_future_payment_is_refused_whole_and_names_it(client):
+    batch = [payment(i, NOW - 100) for i in range(3)] + [payment(9, 32_503_680_000)]
+    r = client.post("/v1/score/batch", json={"payments": batch})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "payments[3].ts"
+
+
+# --- 1b. any unusable model output fails closed ---------------------------------------------------
+
+
+class Broken:
+    """A champion whose output is unusable in the way ``kind`` says, for the rows ``rows``."""
+
+    version = 5
+
+    def __init__(self, names, kind, rows=(0,)):
+        self.feature_names = tuple(names)
+        self.kind, self.rows = kind, list(rows)
+
+    def predict(self, features):
+        if self.kind == "raises":
+            raise RuntimeError("GRU weights not loaded")
+        if self.kind == "short":
+            return np.full(len(features) - 1, 0.01)
+        p = np.full(len(features), 0.01)
+        p[self.rows] = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf, "above_one": 1.7}[self.kind]
+        return p
+
+    def contributions(self, features):
+        return np.zeros((len(features), len(self.feature_names) + 1))
+
+
+@pytest.mark.parametrize("kind", ["nan", "inf", "-inf", "above_one", "raises", "short"])
+def test_unusable_model_output_reviews_never_approves_and_says_degraded(kind):
+    from mlsd.fraud.features import FeatureEngine
+
+    names = FeatureEngine().feature_names
+    pipe = _pipeline(Broken(names, kind))
+    bodies = [payment(i, NOW - 1000 + i, card=100 + i) for i in range(3)]
+    out = pipe.handle(bodies)
+    failed = [0, 1, 2] if kind in {"raises", "short"} else [0]
+    for i, record in enumerate(out):
+        if i in failed:
+            assert record["decision"] == "review", (kind, record)
+            assert record["degraded"] is True and record["degraded_reason"]
+            assert record["probability"] is None and record["reasons"][0] == "MODEL_FAILED"
+        else:
+            assert record["decision"] == "approve" and record["degraded"] is False
+    json.dumps(out, allow_nan=False)  # the answer is strict JSON
+
+
+def test_a_blocking_rule_still_blocks_when_the_model_fails():
+    from mlsd.fraud.features import FeatureEngine
+
+    pipe = _pipeline(Broken(FeatureEngine().feature_names, "nan"))
+    (record,) = pipe.handle([payment(1, NOW - 10, 20_000.0)])  # amount_limit: block
+    assert record["decision"] == "block" and record["degraded"] is True
+
+
+def test_a_model_that_raises_answers_200_review_over_http_not_500():
+    from mlsd.fraud.features import FeatureEngine
+
+    with TestClient(build_app(_pipeline(Broken(FeatureEngine().feature_names, "raises")))) as c:
+        r = c.post("/v1/score", json=payment(1, NOW - 10))
+    assert r.status_code == 200, r.text
+    body = _strict_json(r.text)
+    assert body["decision"] == "review" and body["degraded"] is True
+    assert body["degraded_reason"] == "model error: RuntimeError"
+
+
+def test_a_deadline_fallback_is_flagged_degraded_with_the_reason():
+    config = FraudConfig.from_dict({"service": {"deadline_ms": 1e-9}})
+    with TestClient(build_app(_pipeline(config=config), config=config)) as c:
+        body = _strict_json(c.post("/v1/score", json=payment(1, NOW - 10)).text)
+    assert body["rules_only"] is True and body["degraded"] is True
+    assert body["degraded_reason"].startswith("deadline")
+
+
+# --- 8. bad input answers 4xx, never 500 ----------------------------------------------------------
+
+BASE = payment(1, NOW - 10)
+
+
+def _raw(**changes) -> str:
+    """A payment body as raw JSON text (Python's json writes Infinity/NaN as the attacker would)."""
+    return json.dumps({**BASE, **changes})
+
+
+NON_FINITE = [
+    ("amount", math.inf, "Infinity"),
+    ("amount", -math.inf, "-Infinity"),
+    ("amount", math.nan, None),
+    ("lat", math.inf, "Infinity"),
+    ("ts", math.inf, "Infinity"),
+]
+
+
+@pytest.mark.parametrize(("field", "bad", "value"), NON_FINITE)
+def test_non_finite_numbers_are_named_with_a_json_safe_value(field, bad, value):
+    """Python's json reads ``Infinity``; the error used to echo ``inf``, which no JSON encoder writes
+    (the service answered 500). The validator names the field with a value JSON can carry."""
+    from mlsd.fraud.data import from_records
+    from mlsd.platform.errors import InputError
+
+    with pytest.raises(InputError) as err:
+        from_records([{**BASE, field: bad}])
+    assert err.value.field == field
+    if value is not None:
+        assert err.value.value == value
+    json.dumps(err.value.to_dict(), allow_nan=False)
+
+
+@pytest.mark.parametrize(("field", "bad", "value"), NON_FINITE)
+def test_non_finite_numbers_over_http_are_4xx_strict_json(queued_client, field, bad, value):
+    raw = _raw(**{field: bad})
+    r = queued_client.post("/v1/score", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    # the platform's body guard may refuse the whole body first; either way the answer is JSON
+    assert _strict_json(r.text)["error"]["field"] in {field, "body"}
+
+
+BAD_BODIES = [
+    *[
+        ("/v1/score", _raw(**{field: bad}), field, None)
+        for field in ("card_id", "terminal_id", "ip", "tx_id", "device_id", "email")
+        for bad in ({"a": 1}, [1, 2], True)
+    ],
+    ("/v1/score", _raw(amount="12.5"), "amount", "12.5"),  # numbers are JSON numbers
+    ("/v1/score", _raw(ts=1.5), "ts", 1.5),
+    *[("/v1/score", _raw(**{f: 2**70}), f, None) for f in ("ts", "card_id", "tx_id", "terminal_id", "ip")],
+    ("/v1/score", _raw(amount=2**70), "amount", None),
+    ("/v1/score", _raw(tx_id="a\x00b"), "tx_id", "a\x00b"),
+    ("/v1/score", _raw(card_id=""), "card_id", ""),
+    ("/v1/score", _raw(email="x" * 300), "email", None),
+    ("/v1/score/batch", json.dumps({"payments": [BASE, BASE, BASE, 3]}), "payments[3]", 3),
+    ("/v1/score/batch", json.dumps({"payments": [BASE, None]}), "payments[1]", None),
+    (
+        "/v1/score/batch",
+        json.dumps({"payments": [BASE, {**BASE, "card_id": [1]}]}),
+        "payments[1].card_id",
+        None,
+    ),
+    ("/v1/review/claim", json.dumps({"reviewer": "a\x00b"}), "reviewer", "a\x00b"),
+    ("/v1/review/claim", json.dumps({"reviewer": "ana\n"}), "reviewer", "ana\n"),
+    ("/v1/review/claim", json.dumps({"reviewer": "x" * 101}), "reviewer", None),
+    ("/v1/review/claim", json.dumps({"reviewer": "ana", "limit": 2**70}), "limit", None),
+    ("/v1/review/cases/a%00b/resolve", json.dumps({"reviewer": "ana", "outcome": "fraud"}), "tx_id", None),
+    ("/v1/review/cases/1/resolve", json.dumps({"reviewer": "a\x00", "outcome": "fraud"}), "reviewer", None),
+]
+
+
+@pytest.fixture
+def queued_client(tmp_path):
+    queue = SQLReviewQueue.sqlite(tmp_path / "review.sqlite")
+    with TestClient(build_app(_pipeline(review_queue=queue)), raise_server_exceptions=False) as c:
+        yield c
+    queue.close()
+
+
+@pytest.mark.parametrize(("path", "raw", "field", "value"), BAD_BODIES)
+def test_bad_input_is_4xx_strict_json_naming_the_field(queued_client, path, raw, field, value):
+    r = queued_client.post(path, content=raw, headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    error = _strict_json(r.text)["error"]
+    assert error["field"] == field, error
+    if value is not None:
+        assert error["value"] == value
+    assert error["fix"] and error["problem"]
+
+
+def test_a_nul_byte_in_a_batch_is_refused_before_anything_on_postgres(postgres_dsn):
+    """On PostgreSQL the NUL used to fail the review INSERT of the whole batch after the windows had
+    moved (a 500, the other review case lost). Now the batch is refused before it reaches anything,
+    and the same batch without the bad payment enqueues its review case."""
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    queue = SQLReviewQueue.postgres(postgres_dsn, schema=schema)
+    try:
+        pipe = _pipeline(review_queue=queue)
+        review = payment("r1", NOW - 50, 2400.0, card=7)  # p = 0.6: review
+        with TestClient(build_app(pipe), raise_server_exceptions=False) as c:
+            bad = {"payments": [review, payment("x\x00y", NOW - 40, 2400.0, card=8)]}
+            r = c.post("/v1/score/batch", json=bad)
+            assert r.status_code == 422 and r.json()["error"]["field"] == "payments[1].tx_id"
+            assert queue.counts()["open"] == 0
+            r = c.post("/v1/score/batch", json={"payments": [review]})
+            assert r.json()["decisions"][0]["decision"] == "review"
+        assert [case.tx_id for case in queue.list()] == ["r1"]
+        with pytest.raises(Exception, match="NUL"):
+            queue.enqueue([{"tx_id": "ok", "probability": 0.6, "amount": 1.0},
+                           {"tx_id": "a\x00", "probability": 0.6, "amount": 1.0}])  # fmt: skip
+        assert queue.counts()["open"] == 1  # checked before the INSERT: nothing half-done
+        with pytest.raises(Exception, match="printable"):
+            queue.claim("a\x00b")
+    finally:
+        queue.db.execute(f"DROP SCHEMA {schema} CASCADE")
+        queue.close()
