@@ -1,16 +1,26 @@
-"""The app factory: health, Prometheus metrics, the error shape on every failure path, deadlines, stages."""
+"""The app factory: health and readiness, Prometheus metrics, the error shape on every failure path, the
+body guard (JSON only, size and depth limits, no NaN/Infinity), deadlines, stages."""
 
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
-from fastapi import HTTPException, Query
+from fastapi import HTTPException, Query, Request
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
 from mlsd.platform.errors import DataFormatError, InputError
-from mlsd.platform.serving import REGISTRY, Deadline, StageTimer, create_app, metric
+from mlsd.platform.serving import (
+    REGISTRY,
+    Deadline,
+    ErrorBody,
+    SafeJSONResponse,
+    StageTimer,
+    create_app,
+    metric,
+)
 
 
 class FakeClock:
@@ -235,3 +245,182 @@ def test_stage_timer_accumulates_records_failures_and_skips() -> None:
         0.012
     )
     assert sample("mlsd_stage_skipped_total", {"system": "timersys", "stage": "explore"}) == 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# The body guard (issue 11): JSON only, a size limit, a depth limit, no NaN/Infinity in or out.
+
+
+def guarded_app(**options):
+    app = create_app("guardsys", title="guard", **options)
+
+    @app.post("/v1/echo")
+    async def echo(request: Request) -> dict:  # reads the raw body, as search's events route does
+        return {"bytes": len(await request.body())}
+
+    @app.post("/v1/items")
+    def post_item(item: Item) -> dict:
+        return {"name": item.name, "price": item.price}
+
+    @app.get("/v1/nan")
+    def nan():  # no return annotation: FastAPI hands the dict to the response class as it is
+        return {"probability": float("nan"), "scores": [1.0, float("inf")], "n": 3}
+
+    @app.get("/v1/numpy")
+    def numpy_answer():
+        return SafeJSONResponse({"scores": np.array([0.5, np.nan]), "n": np.int64(3)})
+
+    @app.get("/v1/bad-value")
+    def bad_value() -> dict:
+        raise InputError("amount", float("inf"), "must be finite", "send a finite amount")
+
+    return app
+
+
+@pytest.fixture
+def guarded() -> TestClient:
+    return TestClient(guarded_app())
+
+
+def post_raw(client: TestClient, body, content_type: str | None = "application/json", path="/v1/echo"):
+    headers = {} if content_type is None else {"content-type": content_type}
+    return client.post(path, content=body, headers=headers)
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", None]
+)
+def test_a_body_that_is_not_json_is_415_closing_the_cross_origin_form_post(guarded, content_type) -> None:
+    response = post_raw(guarded, b'{"events": []}', content_type)
+    assert response.status_code == 415
+    err = response.json()["error"]
+    assert err["field"] == "Content-Type" and "application/json" in err["fix"]
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "application/json; charset=utf-8", "application/vnd.api+json"]
+)
+def test_json_content_types_pass(guarded, content_type) -> None:
+    assert post_raw(guarded, b'{"a": 1}', content_type).json() == {"bytes": 8}
+    assert guarded.post("/v1/echo").status_code == 200  # no body, nothing to check
+
+
+def test_an_oversized_body_is_413_before_it_is_parsed(guarded) -> None:
+    big = b'{"q": "' + b"x" * (1 << 20) + b'"}'
+    response = post_raw(guarded, big)
+    assert response.status_code == 413 and response.json()["error"]["field"] == "body"
+    assert "1048576" in response.json()["error"]["problem"]
+
+
+def test_a_chunked_body_without_content_length_is_cut_off_too(guarded) -> None:
+    def chunks():
+        for _ in range(30):
+            yield b"x" * 50_000
+
+    response = guarded.post("/v1/echo", content=chunks(), headers={"content-type": "application/json"})
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 413
+
+
+def test_the_body_limit_is_set_per_app() -> None:
+    client = TestClient(guarded_app(max_body_bytes=100))
+    assert post_raw(client, b'{"q": "' + b"x" * 80 + b'"}').status_code == 200
+    assert post_raw(client, b'{"q": "' + b"x" * 120 + b'"}').status_code == 413
+
+
+@pytest.mark.parametrize("path", ["/v1/echo", "/v1/items"])
+def test_json_nested_100000_deep_is_422_not_500(guarded, path) -> None:
+    for body in (b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 100_000 + b"1" + b"}" * 100_000):
+        response = post_raw(guarded, body, path=path)
+        assert response.status_code == 422, response.text
+        assert "nested 100000 levels deep" in response.json()["error"]["problem"]
+    assert post_raw(guarded, b"[" * 60 + b"]" * 60, path="/v1/echo").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "number", [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-2.5E+400", b"9" * 400 + b".0"]
+)
+def test_non_finite_numbers_in_a_body_are_422_naming_them(guarded, number) -> None:
+    response = post_raw(guarded, b'{"name": "x", "price": ' + number + b"}", path="/v1/items")
+    assert response.status_code == 422, response.text
+    err = response.json()["error"]
+    assert err["field"] == "body" and "finite" in err["fix"]
+
+
+def test_the_same_words_inside_strings_are_text(guarded) -> None:
+    body = b'{"name": "NaN Infinity 1e999 [[[[[[", "price": 1e300}'
+    assert post_raw(guarded, body, path="/v1/items").json() == {
+        "name": "NaN Infinity 1e999 [[[[[[",
+        "price": 1e300,
+    }
+
+
+def test_a_response_never_holds_nan_or_infinity(guarded, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="mlsd.serving"):
+        response = guarded.get("/v1/nan")
+    assert response.status_code == 200
+    assert response.text == '{"probability":null,"scores":[1.0,null],"n":3}'
+    assert "non-finite" in caplog.text
+    assert guarded.get("/v1/numpy").text == '{"scores":[0.5,null],"n":3}'
+
+
+def test_an_error_about_an_infinite_value_is_still_its_4xx(guarded) -> None:
+    response = guarded.get("/v1/bad-value")  # starlette's JSONResponse would raise: a 500
+    assert response.status_code == 422 and response.json()["error"]["value"] is None
+
+
+# ---------------------------------------------------------------------------------------------------
+# /health (liveness) and /ready (readiness), and the error bodies as the OpenAPI documents them.
+
+
+def test_ready_answers_503_with_the_reason_while_health_stays_ok() -> None:
+    state = {"redis": True}
+
+    def redis_ping() -> dict:
+        if not state["redis"]:
+            raise ConnectionError("redis at 127.0.0.1:6379 did not answer within 50 ms")
+        return {"redis": "ok"}
+
+    client = TestClient(
+        create_app("readysys", title="r", health=lambda: {"model_version": 3}, ready=redis_ping)
+    )
+    assert client.get("/ready").json() == {"status": "ready", "system": "readysys", "redis": "ok"}
+    state["redis"] = False
+    response = client.get("/ready")
+    assert response.status_code == 503
+    assert response.json()["status"] == "unavailable" and "did not answer" in response.json()["reason"]
+    health = client.get("/health")
+    assert health.status_code == 200 and health.json()["model_version"] == 3  # alive: do not restart it
+
+
+def test_ready_checks_can_be_added_after_the_app_is_built() -> None:
+    app = create_app("readysys2", title="r")
+    client = TestClient(app)
+    assert client.get("/ready").status_code == 200
+
+    def failing() -> dict:
+        raise RuntimeError("reloading v7 failed")
+
+    app.state.ready_checks.append(failing)
+    assert client.get("/ready").status_code == 503 and "v7" in client.get("/ready").json()["reason"]
+
+
+def test_a_failing_liveness_check_is_not_ready_either() -> None:
+    def broken() -> dict:
+        raise RuntimeError("model not loaded")
+
+    assert TestClient(make_app(health=broken)).get("/ready").status_code == 503
+
+
+def test_openapi_documents_the_error_bodies_as_sent(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert "HTTPValidationError" not in spec["components"]["schemas"]  # FastAPI's 422 is not what we send
+    for path, methods in spec["paths"].items():
+        for method, operation in methods.items():
+            for status in ("401", "403", "404", "413", "415", "422"):
+                schema = operation["responses"][status]["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (path, method, status)
+    assert "/ready" in spec["paths"] and "503" in spec["paths"]["/ready"]["get"]["responses"]
+    # what is sent validates against the documented model
+    sent = client.post("/v1/items", json={"name": "x", "price": "cheap"}).json()
+    assert ErrorBody.model_validate(sent).error.field == "price"

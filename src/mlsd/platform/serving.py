@@ -2,13 +2,26 @@
 
 ``create_app(system, title=..., version=...)`` returns a FastAPI app that already has
 
-* ``GET /health`` (status, system, version, uptime; an optional ``health`` callable adds details and
-  answers 503 when it raises),
+* ``GET /health`` (liveness: status, system, version, uptime; an optional ``health`` callable adds
+  details and answers 503 when it raises) and ``GET /ready`` (readiness: 503 with the reason when the
+  ``ready`` callable or a check in ``app.state.ready_checks`` raises, e.g. Redis unreachable or a
+  hot reload that failed),
 * ``GET /metrics`` in the Prometheus text format,
-* a request middleware counting requests and timing them per route template,
+* a request middleware counting requests and timing them per route template, and writing one audit
+  line (``mlsd.audit``: key name, role, method, path, status) per state-changing request,
+* API keys with roles on every state-changing route (:mod:`mlsd.platform.auth`; ``auth=None``, the
+  default for apps built in-process, leaves the app open; :func:`serve` applies the environment's
+  keys and fails closed when there are none),
+* a body guard in front of the routes: POST/PUT/PATCH/DELETE bodies must be ``application/json``
+  (415 otherwise: no cross-origin ``text/plain`` form posts), at most ``max_body_bytes`` (413 before
+  anything is parsed, chunked bodies too), nested at most ``max_json_depth`` deep and free of
+  ``NaN``/``Infinity`` and numbers that overflow to infinity (422),
 * error handlers so a client never sees an HTML traceback: :class:`InputError` -> its ``status`` with
   ``{"error": {...}}``; FastAPI's request validation -> 422 naming the field; unknown route -> 404;
-  anything unexpected -> 500 ``{"error": {...}}`` and a logged traceback.
+  anything unexpected -> 500 ``{"error": {...}}`` and a logged traceback; every error status is
+  documented in the OpenAPI with the :class:`ErrorBody` model,
+* a default response class (:class:`SafeJSONResponse`) that never writes ``NaN``/``Infinity``: a
+  non-finite float goes out as ``null`` and is logged.
 
 Inside a handler, :class:`Deadline` carries the request's time budget through the stages and
 :class:`StageTimer` times each stage (``timer.timings_ms``, and the Prometheus histogram
@@ -21,14 +34,18 @@ once at import: creating many apps in one process (tests do) never registers a m
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+import numpy as np
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import (
@@ -39,11 +56,34 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mlsd.platform.auth import ANONYMOUS, AUDIT, SAFE_METHODS, ApiKeys, presented_key
 from mlsd.platform.errors import InputError
+from mlsd.platform.jsonio import plain
+
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_JSON_DEPTH",
+    "REGISTRY",
+    "Deadline",
+    "ErrorBody",
+    "ErrorDetail",
+    "SafeJSONResponse",
+    "StageCost",
+    "StageTimer",
+    "create_app",
+    "error_body",
+    "metric",
+    "secure",
+    "serve",
+]
 
 logger = logging.getLogger("mlsd.serving")
+
+DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: a batch of payments or events, not a file upload
+DEFAULT_MAX_JSON_DEPTH = 64  # every API here is two or three levels deep; json.loads recurses per level
 
 # ---------------------------------------------------------------------------------------------------
 # Metrics: one registry for the process, get-or-create so modules may declare their own metrics too.
@@ -247,8 +287,57 @@ def _stage_child(system: str, stage: str) -> Any:
 # Errors: every failure answers {"error": {field, value, problem, fix, message}}.
 
 
+class ErrorDetail(BaseModel):
+    """What every 4xx/5xx answer says: the field, the value it got, the problem and the fix."""
+
+    model_config = ConfigDict(extra="allow")  # 422s add "location" and "errors"
+
+    field: str | None
+    value: Any = None
+    problem: str
+    fix: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """``{"error": {field, value, problem, fix, message}}``: the body of every error answer."""
+
+    error: ErrorDetail
+
+
+# Documented on every route (FastAPI's own 422 model is replaced: it is not what is sent).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "no API key, or one not recognised"},
+    403: {"model": ErrorBody, "description": "the API key's role may not call this route"},
+    404: {"model": ErrorBody, "description": "no such endpoint or resource"},
+    413: {"model": ErrorBody, "description": "the body (or a batch in it) is too large"},
+    415: {"model": ErrorBody, "description": "the body is not application/json"},
+    422: {"model": ErrorBody, "description": "invalid input: the field, the value and the fix"},
+}
+
+
 def error_body(err: InputError) -> dict[str, Any]:
     return {"error": err.to_dict()}
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON that is JSON: a non-finite float (NaN, inf) goes out as ``null`` instead of ``NaN`` (which
+    strict parsers refuse) or a 500 (what ``allow_nan=False`` alone gives), and is logged so the bug
+    that produced it is seen. numpy values are converted too.
+
+    Examples:
+        >>> SafeJSONResponse({"p": float("nan"), "k": 3}).body
+        b'{"p":null,"k":3}'
+    """
+
+    def render(self, content: Any) -> bytes:
+        try:  # the common case: plain JSON types, one C-speed pass
+            text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        except (ValueError, TypeError) as err:
+            if isinstance(err, ValueError):
+                logger.warning("a response held a non-finite number (NaN or infinity); it was sent as null")
+            text = json.dumps(plain(content), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return text.encode("utf-8")
 
 
 _FIXES = {
@@ -290,7 +379,7 @@ def _validation_error(exc: RequestValidationError) -> tuple[InputError, str]:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InputError)
     async def _input_error(request: Request, exc: InputError) -> JSONResponse:
-        return JSONResponse(error_body(exc), status_code=exc.status)
+        return _error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -301,7 +390,7 @@ def _install_error_handlers(app: FastAPI) -> None:
             {"loc": [str(p) for p in e.get("loc", ())], "problem": str(e.get("msg", ""))}
             for e in exc.errors()
         ]
-        return JSONResponse(body, status_code=422)
+        return SafeJSONResponse(body, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -318,7 +407,7 @@ def _install_error_handlers(app: FastAPI) -> None:
             err = InputError(
                 "request", request.url.path, str(exc.detail), "see /docs", status=exc.status_code
             )
-        return JSONResponse(
+        return SafeJSONResponse(
             error_body(err), status_code=exc.status_code, headers=getattr(exc, "headers", None)
         )
 
@@ -326,7 +415,13 @@ def _install_error_handlers(app: FastAPI) -> None:
     # Starlette still re-raises them to the server after sending this body, which logs them.
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(_internal_error_body(exc), status_code=500)
+        return SafeJSONResponse(_internal_error_body(exc), status_code=500)
+
+
+def _error_response(err: InputError) -> JSONResponse:
+    # 401 says how to authenticate (RFC 9110); the body says which key to send.
+    headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+    return SafeJSONResponse(error_body(err), status_code=err.status, headers=headers)
 
 
 def _internal_error_body(exc: BaseException) -> dict[str, Any]:
@@ -373,7 +468,7 @@ class _RequestMetrics:
             logger.exception("unhandled error serving %s %s", scope.get("method"), scope.get("path"))
             status["code"] = 500
             if not status["started"]:
-                response = JSONResponse(_internal_error_body(exc), status_code=500)
+                response = SafeJSONResponse(_internal_error_body(exc), status_code=500)
                 await response(scope, receive, send)
         finally:
             self.in_flight.dec()
@@ -383,6 +478,176 @@ class _RequestMetrics:
             method = scope.get("method", "")
             REQUESTS.labels(self.system, method, template, str(status["code"])).inc()
             REQUEST_SECONDS.labels(self.system, method, template).observe(time.perf_counter() - start)
+            if method not in SAFE_METHODS:
+                _audit(self.system, scope, status["code"])
+
+
+def _audit(system: str, scope: Mapping[str, Any], status: int) -> None:
+    """One line per state-changing request, refused ones too: who, what, and the answer (never the key)."""
+    principal = (scope.get("state") or {}).get("principal")
+    name, role = (principal.name, principal.role) if principal is not None else ("-", "-")
+    if principal is not None and not principal.authenticated:
+        role = "none (auth off)"
+    AUDIT.info(
+        "system=%s principal=%s role=%s method=%s path=%s status=%d",
+        system, name, role, scope.get("method"), scope.get("path"), status,
+        extra={"system": system, "principal": name, "role": role, "method": scope.get("method"),
+               "path": scope.get("path"), "status": status},
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------
+# The body guard: what a state-changing request may send, checked before any route parses it.
+
+# JSON strings (escapes included), removed before looking at the structure: brackets, NaN or digits
+# inside a string are text, not JSON.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+# The only numbers that may overflow a float: 200+ integer digits, or an exponent of 100 or more.
+_MAYBE_HUGE = re.compile(rb"-?(?:\d{200,}(?:\.\d*)?(?:[eE][+-]?\d+)?|\d+(?:\.\d*)?[eE]\+?\d{3,})")
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_DEPTH_STEP = np.zeros(256, dtype=np.int32)
+_DEPTH_STEP[list(b"[{")] = 1
+_DEPTH_STEP[list(b"]}")] = -1
+
+
+def json_body_problem(body: bytes, max_depth: int) -> InputError | None:
+    """Why ``body`` must not reach a JSON parser (nested deeper than ``max_depth``, ``NaN``/``Infinity``,
+    a number that overflows to infinity), or None. C-speed passes only: a regex, a translate, a cumsum.
+
+    Examples:
+        >>> json_body_problem(b'{"a": [1, {"b": "[[[[NaN"}]}', 3) is None   # brackets in strings are text
+        True
+        >>> json_body_problem(b"[" * 100_000, 64).problem
+        'JSON nested 100000 levels deep, more than 64'
+        >>> json_body_problem(b'{"amount": Infinity}', 64).value, json_body_problem(b'{"ts": 1e999}', 64).value
+        ('Infinity', '1e999')
+    """
+    structure = _JSON_STRING.sub(b'""', body)
+    for token in (b"NaN", b"Infinity"):
+        if token in structure:
+            return InputError(
+                "body", token.decode(), "is not a JSON number (NaN and Infinity are not JSON)",
+                "send a finite number, or null for an unknown value",
+            )  # fmt: skip
+    for match in _MAYBE_HUGE.finditer(structure):
+        token = match.group()
+        is_float = b"." in token or b"e" in token or b"E" in token  # JSON integers stay exact ints
+        if is_float and math.isinf(float(token)):
+            return InputError(
+                "body", token.decode(), "overflows to infinity", "send a finite number (|x| < 1.8e308)"
+            )
+    brackets = structure.translate(None, _NOT_BRACKET)
+    if len(brackets) // 2 <= max_depth:  # cannot be deeper than half its brackets: no scan needed
+        return None
+    depth = int(np.cumsum(_DEPTH_STEP[np.frombuffer(brackets, dtype=np.uint8)]).max())
+    if depth <= max_depth:
+        return None
+    return InputError(
+        "body", f"{len(body)} bytes", f"JSON nested {depth} levels deep, more than {max_depth}",
+        "send a flatter body: no API here nests more than a few levels",
+    )  # fmt: skip
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+class _BodyGuard:
+    """415 / 413 / 422 for a state-changing request's body before any route sees it (module docstring).
+
+    The body is read here (at most ``max_body_bytes``, counted as it arrives, so a chunked body without
+    Content-Length is cut off too) and replayed to the app in one message.
+    """
+
+    def __init__(self, app: Any, max_body_bytes: int, max_json_depth: int) -> None:
+        self.app = app
+        self.max_body_bytes = int(max_body_bytes)
+        self.max_json_depth = int(max_json_depth)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        declared = headers.get("content-length", "").strip()
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            await self._refuse(self._too_large(f"{int(declared)} bytes"), scope, receive, send)
+            return
+        body, more = [], True
+        size = 0
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client went away: nothing to answer
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                await self._refuse(
+                    self._too_large(f"more than {self.max_body_bytes} bytes"), scope, receive, send
+                )
+                return
+            body.append(chunk)
+            more = message.get("more_body", False)
+        payload = b"".join(body)
+        problem = self._problem(payload, headers.get("content-type", ""))
+        if problem is not None:
+            await self._refuse(problem, scope, receive, send)
+            return
+        await self.app(scope, _replay(payload, receive), send)
+
+    def _problem(self, payload: bytes, content_type: str) -> InputError | None:
+        if not payload:
+            return None
+        if not _is_json(content_type):
+            return InputError(
+                "Content-Type", content_type or None, "this API accepts only JSON bodies",
+                "send the body as JSON with the header 'Content-Type: application/json'", status=415,
+            )  # fmt: skip
+        return json_body_problem(payload, self.max_json_depth)
+
+    def _too_large(self, size: str) -> InputError:
+        return InputError(
+            "body", size, f"larger than this service's limit of {self.max_body_bytes} bytes",
+            "send smaller batches", status=413,
+        )  # fmt: skip
+
+    @staticmethod
+    async def _refuse(err: InputError, scope: dict, receive: Callable, send: Callable) -> None:
+        await _error_response(err)(scope, receive, send)
+
+
+def _replay(payload: bytes, receive: Callable) -> Callable:
+    sent = False
+
+    async def replay() -> Mapping[str, Any]:
+        nonlocal sent
+        if sent:
+            return await receive()  # after the body: wait for the disconnect, as the server would
+        sent = True
+        return {"type": "http.request", "body": payload, "more_body": False}
+
+    return replay
+
+
+# ---------------------------------------------------------------------------------------------------
+# Authorisation: an app-wide dependency, run after routing so the matched route's tags are known.
+
+
+async def _authorize(request: Request) -> None:
+    """Set ``request.state.principal`` (see :mod:`mlsd.platform.auth`), or answer 401/403."""
+    policy: ApiKeys | None = request.app.state.auth
+    if policy is None:
+        request.state.principal = ANONYMOUS
+        return
+    route = request.scope.get("route")
+    tags = tuple(getattr(route, "tags", None) or ())
+    path = getattr(route, "path", request.url.path)
+    key = presented_key(request.headers)
+    principal = policy.authenticate(key)
+    if principal is not None:  # known before the role check, so a refused attempt is audited by name
+        request.state.principal = principal
+    request.state.principal = policy.permit(request.method, path, tags, principal, key)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -395,20 +660,47 @@ def create_app(
     title: str,
     version: str = "0.1.0",
     health: Callable[[], Mapping[str, Any]] | None = None,
+    ready: Callable[[], Mapping[str, Any] | None] | None = None,
+    auth: ApiKeys | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
 ) -> FastAPI:
-    """A FastAPI app with /health, /metrics, request metrics and the project's error shape.
+    """A FastAPI app with /health, /ready, /metrics, request metrics, auth, the body guard and the
+    project's error shape (see the module docstring).
 
     ``health`` (optional) returns extra details for ``/health`` (model version, index size, ...); when it
-    raises, /health answers 503 with the reason, so a load balancer stops sending traffic.
+    raises, /health answers 503 with the reason. ``ready`` (optional) checks the dependencies (a Redis
+    ping with a short timeout, ...): when it raises, ``/ready`` answers 503 with the reason, so a load
+    balancer stops sending traffic while the process stays alive; more checks can be appended to
+    ``app.state.ready_checks`` later (a hot-reload watcher's ``check``). A check must bound its own time.
+
+    ``auth``: the API keys (:class:`mlsd.platform.auth.ApiKeys`) the app enforces; None (the default,
+    for apps built in-process) leaves it open, and :func:`serve` replaces None with
+    ``ApiKeys.from_env()``, so the production path fails closed. It is read per request from
+    ``app.state.auth``. ``max_body_bytes`` / ``max_json_depth``: the body guard's limits.
     """
-    app = FastAPI(title=title, version=version)
+    if max_body_bytes < 1 or max_json_depth < 1:
+        raise InputError(
+            "max_body_bytes" if max_body_bytes < 1 else "max_json_depth",
+            min(max_body_bytes, max_json_depth), "must be positive", "pass a limit >= 1",
+        )  # fmt: skip
+    app = FastAPI(
+        title=title,
+        version=version,
+        default_response_class=SafeJSONResponse,
+        responses=ERROR_RESPONSES,
+        dependencies=[Depends(_authorize)],
+    )
     app.state.system = system
     app.state.started_at = time.time()
+    app.state.auth = auth
+    app.state.ready_checks = [] if ready is None else [ready]
+    app.state.max_body_bytes = int(max_body_bytes)
     _install_error_handlers(app)
-    app.add_middleware(_RequestMetrics, system=system)
+    app.add_middleware(_BodyGuard, max_body_bytes=max_body_bytes, max_json_depth=max_json_depth)
+    app.add_middleware(_RequestMetrics, system=system)  # outermost: counts guard refusals too
 
-    @app.get("/health", tags=["platform"])
-    def _health() -> JSONResponse:
+    def live_body() -> dict[str, Any]:
         body: dict[str, Any] = {
             "status": "ok",
             "system": system,
@@ -416,13 +708,26 @@ def create_app(
             "uptime_s": round(time.time() - app.state.started_at, 3),
         }
         if health is not None:
-            try:
-                body.update(health())
-            except Exception as exc:  # a failing check means "not ready", not "500"
-                logger.warning("health check failed: %s", exc)
-                body.update(status="unavailable", reason=f"{type(exc).__name__}: {exc}")
-                return JSONResponse(body, status_code=503)
-        return JSONResponse(body)
+            body.update(health())
+        return body
+
+    @app.get("/health", tags=["platform"], responses={503: {"description": "the liveness check failed"}})
+    def _health() -> JSONResponse:
+        try:
+            return SafeJSONResponse(live_body())
+        except Exception as exc:  # a failing check means "not live", not "500"
+            return _unavailable("health check", exc)
+
+    @app.get("/ready", tags=["platform"], responses={503: {"description": "a dependency is not ready"}})
+    def _ready() -> JSONResponse:
+        try:
+            live_body()  # not live is not ready either
+            details: dict[str, Any] = {}
+            for check in list(app.state.ready_checks):
+                details.update(check() or {})
+        except Exception as exc:
+            return _unavailable("readiness check", exc)
+        return SafeJSONResponse({"status": "ready", "system": system, **details})
 
     @app.get("/metrics", tags=["platform"])
     def _metrics() -> Response:
@@ -431,8 +736,55 @@ def create_app(
     return app
 
 
+def _unavailable(what: str, exc: Exception) -> JSONResponse:
+    logger.warning("%s failed: %s: %s", what, type(exc).__name__, exc)
+    return SafeJSONResponse(
+        {"status": "unavailable", "reason": f"{type(exc).__name__}: {exc}"}, status_code=503
+    )
+
+
+def _changes_state(app: FastAPI) -> bool:
+    return any(set(getattr(route, "methods", None) or ()) - SAFE_METHODS for route in app.routes)
+
+
+def secure(app: FastAPI, environ: Mapping[str, str] | None = None) -> FastAPI:
+    """Give an app built without auth the environment's keys (:meth:`ApiKeys.from_env`): what
+    :func:`serve` does, and what a factory run by uvicorn itself (``--factory``) should call.
+
+    With no keys configured every state-changing request is refused with a 401 naming the variables
+    to set (fail closed), and a warning says so at start; ``MLSD_AUTH=off`` leaves the app open
+    (warned loudly). An app given ``auth=`` explicitly keeps it. A bad configuration raises an
+    :class:`InputError` (the CLI exits 2 with the fix) before anything is served.
+    """
+    if app.state.auth is not None:
+        return app
+    from mlsd.platform.auth import KEYS_ENV, KEYS_FILE_ENV
+
+    app.state.auth = ApiKeys.from_env(environ)
+    if app.state.auth is not None and not app.state.auth.keys and _changes_state(app):
+        logger.warning(
+            "no API keys configured (%s / %s): every state-changing request to %s will be refused with 401",
+            KEYS_ENV, KEYS_FILE_ENV, app.state.system,
+        )  # fmt: skip
+    return app
+
+
 def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info") -> None:
-    """Run ``app`` under uvicorn until interrupted (no access log: /metrics counts requests instead)."""
+    """Run ``app`` under uvicorn until interrupted (no access log: /metrics counts requests instead and
+    ``mlsd.audit`` logs every state change), after :func:`secure`: the production path fails closed."""
     import uvicorn
 
+    secure(app)
+    _log_audit_to_stderr()
+
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
+def _log_audit_to_stderr() -> None:
+    """uvicorn configures only its own loggers: without a handler the audit lines would go nowhere."""
+    if AUDIT.handlers or logging.getLogger().handlers:
+        return  # the operator configured logging: respect it
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    AUDIT.addHandler(handler)
+    AUDIT.setLevel(logging.INFO)
