@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from pathlib import Path
 
@@ -229,3 +230,84 @@ def test_fingerprint_is_stable_and_content_based(tmp_path: Path) -> None:
     assert len(fingerprint(df)) == 64
     with pytest.raises(InputError):
         fingerprint(object())
+
+
+# -- issue 11: names with control characters, corrupted versions never promoted, failed reloads visible
+
+
+@pytest.mark.parametrize("name", ["ranker\n", "ranker\r\n", "ran\x00ker", "ranker\t", "\nranker"])
+def test_a_name_with_a_newline_or_control_character_is_refused(
+    registry: ModelRegistry, tmp_path, name
+) -> None:
+    artifact = make_artifact(tmp_path / "art", "one")
+    with pytest.raises(InputError) as err:
+        registry.register(name, artifact, params={}, metrics={}, data_fingerprint="x")
+    assert (
+        err.value.field == "name" and "control character" in err.value.problem and "newline" in err.value.fix
+    )
+    with pytest.raises(InputError):
+        registry.promote("ranker", 1, alias="champion\n")
+    assert registry.names() == []
+
+
+def test_promoting_a_corrupted_version_is_refused_and_the_alias_keeps_its_holder(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    register(registry, tmp_path, "one")
+    v2 = register(registry, tmp_path, "two")
+    registry.promote("ranker", 1)
+    (v2.path / "model.txt").write_text("tampered")
+    with pytest.raises(InputError) as err:
+        registry.promote("ranker", 2)
+    assert err.value.status == 409 and err.value.field == "version" and err.value.value == 2
+    assert "model.txt" in err.value.problem and "retrain" in err.value.fix
+    assert registry.current_version("ranker") == 1
+    assert [h["version"] for h in registry.history("ranker")] == [1]
+
+
+def test_rolling_back_to_a_corrupted_version_is_refused(registry: ModelRegistry, tmp_path: Path) -> None:
+    v1 = register(registry, tmp_path, "one")
+    register(registry, tmp_path, "two")
+    registry.promote("ranker", 1)
+    registry.promote("ranker", 2)
+    (v1.path / "model.txt").unlink()
+    with pytest.raises(InputError, match="refusing to roll champion back"):
+        registry.rollback("ranker")
+    assert registry.current_version("ranker") == 2
+
+
+def test_a_failed_reload_is_logged_once_and_makes_ready_say_so(
+    registry: ModelRegistry, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from mlsd.platform.registry import ReloadFailed
+    from mlsd.platform.serving import create_app
+
+    register(registry, tmp_path, "one")
+    v2 = register(registry, tmp_path, "two")
+    registry.promote("ranker", 1)
+    watcher = registry.watch("ranker", "champion", lambda mv: registry.artifact_path(mv.name, mv.version),
+                             start=False)  # fmt: skip
+    app = create_app("reloadsys", title="r", health=lambda: {"model_version": watcher.version})
+    app.state.ready_checks.append(watcher.check)
+    client = TestClient(app)
+    assert client.get("/ready").json()["ranker@champion"] == 1
+
+    registry.promote("ranker", 2)  # intact when promoted ...
+    (v2.path / "model.txt").write_text("tampered")  # ... damaged before the service reloads it
+    with caplog.at_level(logging.ERROR, logger="mlsd.registry"):
+        for _ in range(5):  # five polls of the background loop
+            watcher.poll_and_log()
+    logged = [r for r in caplog.records if r.name == "mlsd.registry"]
+    assert len(logged) == 1 and logged[0].exc_info is not None  # one traceback, not one every 2 s
+    with pytest.raises(ReloadFailed, match="ranker v2"):
+        watcher.check()
+    ready = client.get("/ready")
+    assert ready.status_code == 503
+    assert "ranker v2" in ready.json()["reason"] and "still serving v1" in ready.json()["reason"]
+    assert client.get("/health").status_code == 200  # alive and serving v1: no restart wanted
+
+    (v2.path / "model.txt").write_text("two")  # restored: the next poll loads it
+    watcher.poll_and_log()
+    assert client.get("/ready").json()["ranker@champion"] == 2 and watcher.error is None

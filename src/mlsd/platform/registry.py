@@ -40,7 +40,8 @@ import pandas as pd
 from mlsd.platform.errors import InputError
 from mlsd.platform.jsonio import plain
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# \Z, not $: "$" also matches before a trailing newline, and "ranker\n" would pass.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
 _CHUNK = 1 << 20
 
 
@@ -193,9 +194,12 @@ CREATE TABLE IF NOT EXISTS alias_history (
 
 def _check_name(kind: str, value: Any) -> str:
     if not isinstance(value, str) or not _NAME.match(value):
-        raise InputError(
-            kind, value, "must be letters, digits, '_', '-', '.'", "use a name like recsys-ranker"
+        hidden = isinstance(value, str) and any(not ch.isprintable() for ch in value)
+        problem = "must be letters, digits, '_', '-', '.'" + (
+            " (it holds a control character such as a newline)" if hidden else ""
         )
+        fix = "use a name like recsys-ranker" + (" (strip the trailing newline)" if hidden else "")
+        raise InputError(kind, value, problem, fix)
     return value
 
 
@@ -434,8 +438,13 @@ class ModelRegistry:
         return stack
 
     def promote(self, name: str, version: int, alias: str = "champion") -> ModelVersion:
-        """Point ``alias`` at ``version`` (atomically), remembering the previous holder for rollback."""
+        """Point ``alias`` at ``version`` (atomically), remembering the previous holder for rollback.
+
+        The version's files are verified first: a corrupted version is refused (:class:`InputError`,
+        status 409) and the alias keeps its holder, so no service is told to load what it cannot.
+        """
         _check_name("alias", alias)
+        self._require_intact(name, version, f"promote it to {alias}")
         with self._transaction() as con:
             self._require_name(con, name)
             if not self._exists(con, name, version):
@@ -462,7 +471,8 @@ class ModelRegistry:
         return self.get(name, version)
 
     def rollback(self, name: str, alias: str = "champion") -> ModelVersion:
-        """Give ``alias`` back to the version that held it before the current one."""
+        """Give ``alias`` back to the version that held it before the current one (verified first, like
+        :meth:`promote`: a corrupted previous holder is refused)."""
         with self._transaction() as con:
             self._require_name(con, name)
             stack = self._stack(con, name, alias)
@@ -473,6 +483,7 @@ class ModelRegistry:
                     "promote the version you want instead",
                 )  # fmt: skip
             current, previous = stack[-1], stack[-2]
+            self._require_intact(name, previous, f"roll {alias} back to it")
             now = time.time()
             con.execute(
                 "UPDATE aliases SET version = ?, updated_at = ? WHERE name = ? AND alias = ?",
@@ -483,6 +494,17 @@ class ModelRegistry:
                 (name, alias, previous, current, "rollback", now),
             )
         return self.get(name, previous)
+
+    def _require_intact(self, name: str, version: int, action: str) -> None:
+        mv = self.get(name, version)  # unknown name or version: its own 404
+        try:
+            verify(mv)
+        except ArtifactCorrupted as err:
+            raise InputError(
+                "version", int(version), f"refusing to {action}: {str(err).split('. Fix: ')[0]}",
+                "restore the files, or retrain and promote the fresh version it registers",
+                status=409,
+            ) from err  # fmt: skip
 
     # -- artifacts -------------------------------------------------------------------------------------
 
@@ -548,8 +570,17 @@ def verify(mv: ModelVersion) -> None:
         )
 
 
+class ReloadFailed(RuntimeError):
+    """Raised by :meth:`AliasWatcher.check` while the alias points at a version that could not be loaded."""
+
+
 class AliasWatcher:
     """Polls a registry alias and calls ``on_change`` when it points somewhere new (see ``watch``).
+
+    A failed reload (say, the new version's files are corrupted) is retried at every poll while the
+    old model keeps serving; it is logged with its traceback once per version and error, and
+    :meth:`check` raises :class:`ReloadFailed` until a reload succeeds: a service appends ``check`` to
+    its app's ``ready_checks``, so ``/ready`` answers 503 naming the version instead of a log flood.
 
     Examples:
         >>> import tempfile
@@ -583,19 +614,50 @@ class AliasWatcher:
         self.on_change = on_change
         self.interval_s = interval_s
         self.version = registry.current_version(name, alias)
+        self.error: str | None = None  # why the last reload failed; None once one succeeds
+        self._logged: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def poll(self) -> bool:
-        """Check once; True (and ``on_change`` called) when the alias moved since the last check."""
+        """Check once; True (and ``on_change`` called) when the alias moved since the last check.
+        A failing ``on_change`` raises (after recording :attr:`error`), and is retried next time."""
         version = self.registry.current_version(self.name, self.alias)
         if version == self.version:
             return False
         if self.on_change is not None:
-            self.on_change(None if version is None else self.registry.get(self.name, version))
+            try:
+                self.on_change(None if version is None else self.registry.get(self.name, version))
+            except Exception as err:  # recorded for check(); the caller (or poll_and_log) reports it
+                self.error = (
+                    f"reloading {self.name} v{version} ({self.alias}) failed: {type(err).__name__}: {err}; "
+                    f"still serving v{self.version}"
+                )
+                raise
         # Only after a successful reload: a failed one is retried at the next poll.
         self.version = version
+        self.error = None
+        self._logged = None
         return True
+
+    def check(self) -> dict[str, Any]:
+        """A readiness check: ``{"<name>@<alias>": version}``, or :class:`ReloadFailed` with the reason."""
+        if self.error is not None:
+            raise ReloadFailed(self.error)
+        return {f"{self.name}@{self.alias}": self.version}
+
+    def poll_and_log(self) -> None:
+        """One poll of the background loop: a failure is logged with its traceback once, not every poll."""
+        import logging
+
+        try:
+            self.poll()
+        except Exception:  # a failed reload must not kill the watcher; the old model keeps serving
+            if self.error != self._logged:
+                logging.getLogger("mlsd.registry").exception(
+                    "%s (retrying every %gs; /ready reports it)", self.error, self.interval_s
+                )
+                self._logged = self.error
 
     def start(self) -> AliasWatcher:
         if self._thread is None:
@@ -606,13 +668,8 @@ class AliasWatcher:
         return self
 
     def _run(self) -> None:
-        import logging
-
         while not self._stop.wait(self.interval_s):
-            try:
-                self.poll()
-            except Exception:  # a failed reload must not kill the watcher; the old model keeps serving
-                logging.getLogger("mlsd.registry").exception("reloading %s@%s failed", self.name, self.alias)
+            self.poll_and_log()
 
     def stop(self) -> None:
         self._stop.set()
