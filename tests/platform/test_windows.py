@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -144,42 +146,35 @@ def _grow_workload(store: MemoryWindowStore) -> list:
     return views
 
 
-def test_growth_into_prefilled_arrays_equals_plain_growth(monkeypatch):
-    plain = MemoryWindowStore(10_000, n_attrs=2, capacity=8)
-    monkeypatch.setattr(plain, "_prepare_growth", lambda: None)  # always the synchronous path
-    prefilled = MemoryWindowStore(10_000, n_attrs=2, capacity=8)
-    real_prepare = prefilled._prepare_growth
-    used = []
-
-    def prepare_and_wait():  # deterministic: the background fill finishes before the next batch
-        thread = real_prepare()
-        if thread is not None:
-            thread.join()
-            used.append(prefilled._spare[0])
-
-    monkeypatch.setattr(prefilled, "_prepare_growth", prepare_and_wait)
-    views_a, views_b = _grow_workload(plain), _grow_workload(prefilled)
-    assert used and prefilled.capacity == plain.capacity > 8
-    for name in ("_ts", "_seq", "_value", "_attrs", "_label"):
-        np.testing.assert_array_equal(getattr(plain, name), getattr(prefilled, name))
-    for a, b in zip(views_a, views_b, strict=True):
-        np.testing.assert_array_equal(a.moments(a.window(1000))[1], b.moments(b.window(1000))[1])
+def test_growing_one_key_leaves_the_others_rings_alone():
+    """Each key's ring is sized to its own events: the busy key grows, the others keep their first ring."""
+    store = MemoryWindowStore(10_000, n_attrs=2, capacity=8)
+    views = _grow_workload(store)
+    assert store.capacity > 8  # key 0's ring grew
+    held = len(store)
+    assert store._cap[store._slots[0]] == store.capacity
+    assert (store._cap[1:held] < store.capacity).all()  # the others: rings for their own events
+    reference = _grow_workload(MemoryWindowStore(10_000, n_attrs=2, capacity=64))  # never grows
+    for a, b in zip(views, reference, strict=True):
+        for w in (50, 1000):
+            for x, y in zip(a.moments(a.window(w)), b.moments(b.window(w)), strict=True):
+                np.testing.assert_array_equal(x, y)
 
 
 def test_reserved_store_never_grows_and_gives_the_same_windows():
     plain = MemoryWindowStore(10_000, n_attrs=2, capacity=8)
     sized = MemoryWindowStore(10_000, n_attrs=2, capacity=8)
     sized.reserve(keys=100, capacity=40)  # 40 rounds up to 64 (capacities double)
-    rows = sized._ts.shape[0]
-    assert sized.capacity == 64 and rows >= 100
+    cells = sized._ts.shape[0]  # the arena: every ring's cells
+    assert sized.capacity == 64 and cells >= 100
     views_a, views_b = _grow_workload(plain), _grow_workload(sized)
-    assert plain.capacity > 8 and sized.capacity == 64 and sized._ts.shape[0] == rows
+    assert plain.capacity > 8 and sized.capacity == 64 and sized._ts.shape[0] == cells
     for a, b in zip(views_a, views_b, strict=True):
         for w in (50, 1000):
             for x, y in zip(a.moments(a.window(w)), b.moments(b.window(w)), strict=True):
                 np.testing.assert_array_equal(x, y)
     sized.reserve(keys=10, capacity=8)  # never shrinks
-    assert sized.capacity == 64 and sized._ts.shape[0] == rows
+    assert sized.capacity == 64 and sized._ts.shape[0] == cells
 
 
 def test_prune_forgets_only_ids_outside_the_horizon():
@@ -397,3 +392,135 @@ def test_keys_of_the_earlier_sorted_set_layout_are_moved_over(redis_url, redis_p
     assert view.inserted.tolist() == [False, True] and view.own_seq.tolist() == [1, 2]
     assert view.moments(view.window(HOUR))[1].tolist() == [7, 12]
     assert not client.exists(z) and client.hget(h, "__blob") == b"10,0,3#a\n20,1,4#b\n30,2,5#c\n"
+
+
+# -- bounded state: rings sized per key, idle keys evicted, caps -----------------------------------------
+def _many_keys_and_one_busy(store: MemoryWindowStore, n_keys: int, busy_events: int) -> None:
+    """``n_keys`` keys with one event each, then one key with ``busy_events`` events, all at t < 1000."""
+    keys = [f"k{i}" for i in range(n_keys)]
+    ts = np.sort(np.random.default_rng(0).integers(0, 500, n_keys))
+    for i in range(0, n_keys, 10_000):
+        j = slice(i, i + 10_000)
+        store.update_many(keys[j], keys[j], ts[j], np.ones(ts[j].size, dtype=np.int64))
+    busy = np.arange(busy_events, dtype=np.int64) * 500 // busy_events + 500
+    store.update_many(["busy"] * busy_events, [f"b{i}" for i in range(busy_events)], busy, np.ones_like(busy))
+
+
+def test_memory_is_proportional_to_each_keys_events_not_to_the_busiest_key():
+    """100,000 keys with one event and one key with thousands: bytes per stored event stay small, and
+    the busy key's width costs only its own ring (a dense layout would cost 100,000 x its width)."""
+    n_keys = 100_000
+    sizes = {}
+    for busy_events in (1_000, 8_000):
+        store = MemoryWindowStore(10_000, capacity=2)
+        _many_keys_and_one_busy(store, n_keys, busy_events)
+        assert len(store) == n_keys + 1 and store.capacity >= busy_events
+        sizes[busy_events] = store.nbytes
+        assert store.nbytes < 400 * (n_keys + busy_events)  # arrays, slack and both hash tables
+    assert sizes[8_000] - sizes[1_000] < 400 * 7_000  # 7,000 more events of one key: their bytes only
+    view = store.view_many(["k5", "busy", "new"], np.array([999, 999, 999]))
+    assert view.moments(view.window(10_000))[0].tolist() == [1, 8_000, 0]
+
+
+def test_idle_keys_are_evicted_after_the_horizon_and_the_busy_key_stays():
+    store = MemoryWindowStore(1_000, capacity=2, lateness_s=0)
+    _many_keys_and_one_busy(store, 100_000, 2_000)
+    before = store.nbytes
+    later = np.arange(2_000, dtype=np.int64) + 2_000  # the stream moves on: only the busy key is active
+    store.update_many(["busy"] * 2_000, [f"c{i}" for i in range(2_000)], later, np.ones_like(later))
+    evicted = store.evict()
+    assert evicted == {"idle": 100_000, "max_keys": 0, "max_events": 0}
+    assert len(store) == 1 and len(store._events) == 1_000  # only the busy key's ids in (2999, 3999]
+    assert store.nbytes < before / 10  # the arena keeps its size; hash tables and rings shrank
+    view = store.view_many(["busy", "k7"], np.array([4_000, 4_000]))
+    assert view.moments(view.window(1_000))[0].tolist() == [999, 0]  # (3000, 4000]
+
+
+def _stream(rng, n_batches, n_keys, horizon):
+    """Time-ordered micro-batches (jitter within a batch), a few replays and reverts."""
+    prev = None
+    for b in range(n_batches):
+        n = 50
+        keys = rng.integers(0, n_keys, n) * (b // 4 + 1)  # new keys over time, old ones go idle
+        ts = 40 * b + np.sort(rng.integers(0, 60, n))
+        ids = [f"{b}-{i}" for i in range(n)]
+        if prev is not None:
+            ids[7], keys[7], ts[7] = f"{b - 1}-3", prev[0][3], prev[1][3]  # an at-least-once replay
+        prev = (keys, ts)
+        yield keys.tolist(), ids, ts, rng.integers(1, 99, n), rng.normal(size=(n, 2))
+
+
+def test_eviction_passes_leave_every_window_identical():
+    """A store that runs an eviction pass after every batch answers exactly as one that never does,
+    for events no later than ``lateness`` behind the stream - whatever the window's width."""
+    horizon = 200
+    kept = MemoryWindowStore(horizon, n_attrs=2, capacity=2)
+    evicting = MemoryWindowStore(horizon, n_attrs=2, capacity=2, lateness_s=horizon)
+    evicted = 0
+    for keys, ids, ts, values, attrs in _stream(np.random.default_rng(5), 60, 6, horizon):
+        a = kept.update_many(keys, ids, ts, values, attrs)
+        b = evicting.update_many(keys, ids, ts, values, attrs)
+        for s in (kept, evicting):
+            s.set_labels(keys[:2], ids[:2], ts[:2] + 5)
+            s.revert_many(keys[9:10], ids[9:10])
+        np.testing.assert_array_equal(a.inserted, b.inserted)
+        # a key evicted and seen again restarts its sequence numbers: only 'not stored' must agree
+        np.testing.assert_array_equal(a.own_seq == NOT_STORED, b.own_seq == NOT_STORED)
+        for width in (30, horizon, 10 * horizon):
+            for x, y in zip(a.moments(a.window(width)), b.moments(b.window(width)), strict=True):
+                np.testing.assert_array_equal(x, y)
+            known_a = (a.window(width) & (a.label_ts <= a.t[:, None])).sum(axis=1)
+            np.testing.assert_array_equal(
+                known_a, (b.window(width) & (b.label_ts <= b.t[:, None])).sum(axis=1)
+            )
+        evicted += evicting.evict()["idle"]
+    assert evicted > 0 and len(evicting) < len(kept)
+
+
+def test_a_future_dated_event_does_not_evict_every_key():
+    """The store's clock is the median of recent event times: one payment dated in the year 3000
+    moves its own key only."""
+    store = MemoryWindowStore(100, capacity=2, lateness_s=0)
+    ts = np.arange(1_000, dtype=np.int64)
+    store.update_many((np.arange(1_000) % 50).tolist(), list(range(1_000)), ts, np.ones_like(ts))
+    store.update_many(["attacker"], ["x"], np.array([32_503_680_000]), np.array([1]))
+    assert store.evict()["idle"] == 0 and store.clock < 1_000
+    view = store.view_many([0], np.array([960]))  # key 0's events at 900 and 950 are still there
+    assert view.moments(view.window(100))[0].tolist() == [2]
+
+
+def test_an_event_behind_the_floor_on_an_evicted_key_is_too_late_not_counted_twice():
+    store = MemoryWindowStore(100, capacity=2, lateness_s=0)
+    store.update_many(["old"], ["a"], np.array([10]), np.array([1]))
+    t = np.arange(1_000, 2_000, dtype=np.int64)
+    store.update_many(["busy"] * t.size, [f"b{i}" for i in t.tolist()], t, np.ones_like(t))
+    assert store.evict()["idle"] == 1 and store.floor > 10
+    ids_before = len(store._events)
+    replay = store.update_many(["old", "new"], ["a", "n"], np.array([10, 20]), np.array([1, 1]))
+    assert replay.inserted.tolist() == [False, False]
+    assert (replay.own_seq == NOT_STORED).all() and len(store._events) == ids_before
+    assert store.evict()["idle"] == 2  # the keys were only named: the next pass drops them
+    fresh = store.update_many(["old"], ["c"], np.array([1_999]), np.array([1]))
+    assert fresh.inserted.tolist() == [True] and fresh.moments(fresh.window(100))[0].tolist() == [1]
+
+
+def test_caps_evict_least_recently_used_keys_with_a_metric_and_a_log_line(caplog):
+    from mlsd.platform.serving import REGISTRY
+
+    def evictions(reason):
+        labels = {"store": "test-cap", "reason": reason}
+        return REGISTRY.get_sample_value("mlsd_window_evictions_total", labels) or 0.0
+
+    store = MemoryWindowStore(10_000, capacity=2, max_keys=1_000, max_events=10_000, name="test-cap")
+    before = evictions("max_keys")
+    with caplog.at_level(logging.WARNING, logger="mlsd.streaming"):
+        for b in range(12):  # 1,200 keys in all, each batch newer than the last
+            keys = list(range(100 * b, 100 * (b + 1)))
+            store.update_many(keys, keys, np.full(100, b), np.ones(100, dtype=np.int64))
+    assert len(store) <= 1_000 and evictions("max_keys") > before
+    assert 0 not in store._slots and 1_199 in store._slots  # the oldest went first
+    assert any("max_keys=1000" in r.getMessage() for r in caplog.records)
+    busy = np.arange(12_000, dtype=np.int64) + 100  # one key alone past max_events: it goes too
+    before = evictions("max_events")
+    store.update_many(["busy"] * busy.size, [f"b{i}" for i in range(busy.size)], busy, np.ones_like(busy))
+    assert evictions("max_events") > before and store._top - store._garbage <= 10_000

@@ -12,8 +12,8 @@ over the view (:meth:`WindowView.window`) and count / sum / sum of squares a mas
 (:meth:`WindowView.moments`), all vectorised over ``(batch, capacity)`` matrices. Feature code is the
 same whatever the backend; backends only store and fetch events:
 
-- :class:`MemoryWindowStore` - per-key ring buffers in numpy (capacity doubles when a key holds more
-  live events than fit: windows stay exact);
+- :class:`MemoryWindowStore` - per-key ring buffers in one numpy arena, each as wide as its own key's
+  live events (a ring doubles when its key holds more live events than fit: windows stay exact);
 - :class:`~mlsd.platform.streaming.redis_windows.RedisWindowStore` - per-key hash on a real Redis,
   one Lua script per micro-batch (atomic, idempotent).
 
@@ -23,14 +23,34 @@ event at or below its key's latest time minus the horizon has left every window 
 no view shows it (whatever the window's width), and a replay of it counts as not stored. The
 features assume events arrive in event-time order per key (ties broken by arrival), which is what
 the offline batch computation reproduces; out-of-order events within the horizon are exact too.
+
+Bounded state (:class:`MemoryWindowStore`): what is kept is, per key, a ring of ``capacity * 2**j``
+cells holding its events above ``latest - horizon`` (a key's storage follows its own event count,
+never the busiest key's), the ids of those events (replays, labels) and a few integers. An eviction
+pass runs by itself when the keys or the ids held have doubled since the last one or a cap is
+passed (amortised: no per-request cost), or on :meth:`MemoryWindowStore.evict`. It
+
+- evicts idle keys, whose newest event is at or below ``clock - lateness - horizon``: ``clock`` is
+  the median time of the last 1,024 stored events (a median, so a few payments dated in the future
+  do not evict everyone), ``lateness`` defaults to the horizon. Windows stay exactly as if nothing
+  had been evicted for every event at most ``lateness`` behind the clock; afterwards an event at or
+  below ``floor = clock - lateness`` on a key the store does not hold is too late (not stored, an
+  empty view), so a very late replay of an evicted key's event is never counted twice;
+- shrinks every ring to its live events, compacts the arena and gives mostly empty memory back;
+- with ``max_keys`` / ``max_events`` (cells of all rings) set, evicts the least recently used keys
+  down to 90% of the cap when it is passed. Their windows restart empty: the cap trades exactness
+  for memory, so each time it bites a warning is logged and the Prometheus counter
+  ``mlsd_window_evictions_total{store, reason}`` (reason ``idle``, ``max_keys`` or ``max_events``)
+  grows, as it does for idle evictions.
 """
 
 from __future__ import annotations
 
-import threading
+import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import compress, repeat
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -40,6 +60,9 @@ UNKNOWN = np.iinfo(np.int64).max  # label time of an event whose label is not kn
 NOT_STORED = np.iinfo(np.int64).max  # own_seq of an event that was not stored (too late)
 _SLOT_SHIFT = 40  # the id index packs (slot, seq) in one int: 2^23 keys, 2^40 events per key
 _SEQ_MASK = (1 << _SLOT_SHIFT) - 1
+_RECENT = 1024  # the store's clock is the median time of this many most recently stored events
+
+logger = logging.getLogger("mlsd.streaming")
 
 
 @dataclass
@@ -207,8 +230,31 @@ def _group_cummax(group: np.ndarray, values: np.ndarray) -> np.ndarray:
     return out
 
 
+def _ragged(base: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat cell indices of blocks ``[base, base + count)`` laid end to end, and each cell's block."""
+    owner = np.repeat(np.arange(count.size), count)
+    starts = np.cumsum(count) - count
+    return base[owner] + np.arange(owner.size) - starts[owner], owner
+
+
+def _fit(need: np.ndarray, start: int) -> np.ndarray:
+    """Per key, the smallest ``start * 2**j`` holding ``need`` cells (capacities double, as rings do)."""
+    cap = np.full(need.shape, start, dtype=np.int64)
+    while (short := cap < need).any():
+        cap[short] *= 2
+    return cap
+
+
+_FILL = {"ts": PAD_TS, "seq": -1, "value": 0, "attrs": 0.0, "label": UNKNOWN}  # an empty cell
+
+
 class MemoryWindowStore(_Scalar):
-    """In-process window state: per-key numpy ring buffers of capacity ``k`` (grown on demand).
+    """In-process window state: one ring per key, sized to that key's live events, in one shared arena.
+
+    ``capacity`` is a new key's first ring size; ``max_keys`` / ``max_events`` cap the keys held and
+    the cells of all rings (``None``: no cap); ``lateness_s`` (default: the horizon) is how far
+    behind the store's clock an event may arrive and still get exact windows; ``name`` labels the
+    store's eviction metric.
 
     Examples:
         >>> import numpy as np
@@ -228,131 +274,177 @@ class MemoryWindowStore(_Scalar):
         [0, 0]
     """
 
-    def __init__(self, horizon_s: int, n_attrs: int = 0, capacity: int = 16) -> None:
+    def __init__(
+        self,
+        horizon_s: int,
+        n_attrs: int = 0,
+        capacity: int = 16,
+        *,
+        max_keys: int | None = None,
+        max_events: int | None = None,
+        lateness_s: int | None = None,
+        name: str = "",
+    ) -> None:
         self.horizon_s = int(horizon_s)
         self.n_attrs = int(n_attrs)
-        self.capacity = int(capacity)
+        self.initial_capacity = max(1, int(capacity))
+        self.capacity = self.initial_capacity  # the widest ring so far (or reserved)
+        self.max_keys = None if max_keys is None else int(max_keys)
+        self.max_events = None if max_events is None else int(max_events)
+        self.lateness_s = self.horizon_s if lateness_s is None else int(lateness_s)
+        self.name = name
         self._slots: dict[Any, int] = {}
         self._events: dict[Any, int] = {}  # id -> slot << 40 | seq, for replays and labels
-        self._events_at_prune = 0
-        self._oldest_indexed = UNKNOWN  # oldest ts of an event in _events: a cheap 'anything to prune?'
-        self._spare: list[Any] | None = None  # [capacity, rows, arrays or None while filling]
+        self._events_at_pass = 0
+        self._keys_at_pass = 0
         self._labelled = False
         self._disordered = False  # some key took an event older than its latest (see update_many)
-        rows = 64
-        self._ts = np.full((rows, self.capacity), PAD_TS, dtype=np.int64)
-        self._seq = np.full((rows, self.capacity), -1, dtype=np.int64)
-        self._value = np.zeros((rows, self.capacity), dtype=np.int64)
-        self._attrs = np.zeros((rows, self.capacity, self.n_attrs), dtype=np.float64)
-        self._label = np.full((rows, self.capacity), UNKNOWN, dtype=np.int64)
-        self._next = np.zeros(rows, dtype=np.int64)
-        self._latest = np.full(rows, PAD_TS, dtype=np.int64)
+        self._recent = np.full(_RECENT, PAD_TS, dtype=np.int64)  # times of the last stored events
+        self._recent_at = 0
+        self.clock = PAD_TS  # the stream's time as of the last pass: median of the recent events
+        self.floor = PAD_TS  # an event at or below it, on a key the store does not hold, is too late
+        self._tick = 0
+        self._reserved = (0, 0)  # keys and arena cells asked for by reserve(): passes shrink no lower
+        # per key (slot): its ring's first cell and size in the arena, next sequence number, latest
+        # time, last batch that touched it (for the least-recently-used cap)
+        self._base = np.zeros(64, dtype=np.int64)
+        self._cap = np.zeros(64, dtype=np.int64)
+        self._next = np.zeros(64, dtype=np.int64)
+        self._latest = np.full(64, PAD_TS, dtype=np.int64)
+        self._used = np.zeros(64, dtype=np.int64)
+        # the arena: every ring's cells; cell 0 stays empty (views point missing cells at it), cells
+        # from _top on are empty and free, _garbage counts cells of rings that moved
+        self._top = 1
+        self._garbage = 0
+        self._arena(1024)
 
     # -- state layout ------------------------------------------------------------------------------
-    def _slot_of(self, keys: Sequence[Any], create: bool) -> np.ndarray:
-        out = np.fromiter(map(self._slots.get, keys, repeat(-1)), dtype=np.int64, count=len(keys))
-        if create and (out < 0).any():
-            for i in np.flatnonzero(out < 0):
-                out[i] = self._slots.setdefault(keys[i], len(self._slots))
-            self._reserve(len(self._slots))
+    def _arena(self, size: int) -> None:
+        self._ts = np.full(size, PAD_TS, dtype=np.int64)
+        self._seq = np.full(size, -1, dtype=np.int64)
+        self._value = np.zeros(size, dtype=np.int64)
+        self._attrs = np.zeros((size, self.n_attrs), dtype=np.float64)
+        self._label = np.full(size, UNKNOWN, dtype=np.int64)
+
+    def _slot_of(self, keys: Sequence[Any]) -> np.ndarray:
+        """Each key's slot, -1 for a key the store does not hold."""
+        return np.fromiter(map(self._slots.get, keys, repeat(-1)), dtype=np.int64, count=len(keys))
+
+    def _add_keys(self, keys: Sequence[Any], slots: np.ndarray) -> np.ndarray:
+        """``slots`` with the keys not held (-1) given new slots; their rings are empty until stored to."""
+        out = slots.copy()
+        for i in np.flatnonzero(out < 0):
+            out[i] = self._slots.setdefault(keys[i], len(self._slots))
+        self._reserve_keys(len(self._slots))
         return out
 
-    def _reserve(self, rows: int) -> None:
-        have = self._ts.shape[0]
+    def _reserve_keys(self, rows: int) -> None:
+        have = self._base.size
         if rows <= have:
             return
         extra = max(rows, 2 * have) - have
-        k = self.capacity
-        self._ts = np.vstack([self._ts, np.full((extra, k), PAD_TS, dtype=np.int64)])
-        self._seq = np.vstack([self._seq, np.full((extra, k), -1, dtype=np.int64)])
-        self._value = np.vstack([self._value, np.zeros((extra, k), dtype=np.int64)])
-        self._attrs = np.concatenate([self._attrs, np.zeros((extra, k, self.n_attrs))])
-        self._label = np.vstack([self._label, np.full((extra, k), UNKNOWN, dtype=np.int64)])
-        self._next = np.concatenate([self._next, np.zeros(extra, dtype=np.int64)])
-        self._latest = np.concatenate([self._latest, np.full(extra, PAD_TS, dtype=np.int64)])
+        for name, fill in (("_base", 0), ("_cap", 0), ("_next", 0), ("_latest", PAD_TS), ("_used", 0)):
+            setattr(self, name, np.r_[getattr(self, name), np.full(extra, fill, dtype=np.int64)])
 
-    def _prepare_growth(self) -> threading.Thread | None:
-        """Fill the next capacity's arrays in a background thread, before a key needs them.
+    def _cells(self, slots: np.ndarray) -> np.ndarray:
+        """``(n, k)`` arena cells of the keys' rings (``k`` the widest of them); 0 past a ring's end."""
+        cap = np.where(slots < 0, 0, self._cap[np.maximum(slots, 0)])
+        k = np.arange(max(int(cap.max(initial=0)), 1))
+        return np.where(k < cap[:, None], self._base[np.maximum(slots, 0)][:, None] + k, 0)
 
-        Growing copies every ring into new, larger arrays; on a virtualised host first-touching that
-        much fresh memory (page faults) costs far more than the copy, and the stream would queue
-        behind it. numpy fills large arrays without holding the GIL, so the pages are faulted in off
-        the hot path; :meth:`_grow` then only copies into them. Purely an allocation: no state changes.
+    def _cell_of(self, slot: np.ndarray, seq: np.ndarray) -> np.ndarray:
+        """The arena cell where ``seq`` of each key lives (or would: check ``_seq`` there); 0 if no ring."""
+        cap = self._cap[slot]
+        return np.where(cap > 0, self._base[slot] + seq % np.maximum(cap, 1), 0)
+
+    def _room(self, cells: int) -> None:
+        """Make ``cells`` free cells at ``_top``: compact the rings, and double the arena if still short.
+
+        Compaction only moves rings (no ring changes size: a batch in flight relies on them), and
+        runs only when it frees a quarter of the arena, so its copies are amortised over allocations.
         """
-        k_new, rows = 2 * self.capacity, self._ts.shape[0]
-        pending = self._spare
-        if pending is not None and pending[0] == k_new and pending[1] == rows:
-            return None
-        a = self.n_attrs
-        slot: list[Any] = [k_new, rows, None]
-        self._spare = slot
-
-        def fill() -> None:
-            slot[2] = (
-                np.full((rows, k_new), PAD_TS, dtype=np.int64),
-                np.full((rows, k_new), -1, dtype=np.int64),
-                np.full((rows, k_new), 0, dtype=np.int64),  # full, not zeros: calloc'd pages fault later
-                np.full((rows, k_new, a), 0.0),
-                np.full((rows, k_new), UNKNOWN, dtype=np.int64),
-            )
-
-        thread = threading.Thread(target=fill, name="window-grow", daemon=True)
-        thread.start()
-        return thread
-
-    def _grow(self, need: int) -> None:
-        """Re-lay every ring at a larger capacity; cell of seq s moves to s % new capacity.
-
-        Capacities are powers of two times the first one, so a cell at ``s % k`` either stays (``s %
-        new_k < k``) or moves right by a multiple of ``k``. Most keys hold fewer than ``k`` events, so
-        the rings are widened with empty cells (one copy) and only the few moving cells scattered -
-        re-laying every cell through fancy indices stalled the stream for hundreds of ms.
-        """
-        k = self.capacity
-        new_k = k
-        while new_k < need:
-            new_k *= 2
-        r, c = np.nonzero((self._seq >= 0) & (self._seq % new_k >= k))
-        dest = self._seq[r, c] % new_k
-        rows, extra = self._ts.shape[0], new_k - k
-        spare, self._spare = self._spare, None
-        if spare is not None and spare[0] == new_k and spare[1] == rows and spare[2] is not None:
-            ready = dict(zip(("ts", "seq", "value", "attrs", "label"), spare[2], strict=True))
-            for name in ready:  # prefaulted arrays: copy the rings in, then move the few wrapped cells
-                old, new = getattr(self, "_" + name), ready[name]
-                new[:, :k] = old
-                new[r, dest] = old[r, c]
-                new[r, c] = {"ts": PAD_TS, "seq": -1, "value": 0, "attrs": 0.0, "label": UNKNOWN}[name]
-                setattr(self, "_" + name, new)
-            self.capacity = new_k
+        size = self._ts.size
+        if self._top + cells <= size:
             return
+        live = self._top - self._garbage
+        new_size = size
+        while live + cells > new_size * 3 // 4:
+            new_size *= 2
+        self._relayout(self._cap[: len(self._slots)].copy(), new_size)
 
-        def widen(old: np.ndarray, fill: Any) -> np.ndarray:
-            pad = np.full((rows, extra, *old.shape[2:]), fill, dtype=old.dtype)
-            new = np.concatenate([old, pad], axis=1)
-            new[r, dest] = old[r, c]
-            new[r, c] = fill
-            return new
+    def _relayout(self, new_cap: np.ndarray, size: int) -> None:
+        """Lay every held key's ring end to end in an arena of ``size`` cells, ``new_cap`` cells each.
 
-        self._ts = widen(self._ts, PAD_TS)
-        self._value = widen(self._value, 0)
-        self._attrs = widen(self._attrs, 0.0)
-        self._label = widen(self._label, UNKNOWN)
-        self._seq = widen(self._seq, -1)
-        self.capacity = new_k
+        A cell of sequence number ``s`` goes to ``s % new_cap`` of its ring; a ring shrinks only to
+        what holds its live cells (the caller computes ``new_cap`` so), so nothing visible is lost.
+        """
+        held = len(self._slots)
+        src, owner = _ragged(self._base[:held], self._cap[:held])
+        seq = self._seq[src]
+        keep = (seq >= 0) & (seq >= self._next[owner] - new_cap[owner])  # cells the new ring still holds
+        src, owner, seq = src[keep], owner[keep], seq[keep]
+        base = 1 + np.cumsum(new_cap) - new_cap
+        dst = base[owner] + seq % np.maximum(new_cap[owner], 1)
+        top = 1 + int(new_cap.sum())
+        moved = {name: getattr(self, "_" + name)[src] for name in _FILL}
+        if size != self._ts.size:
+            self._arena(size)
+        else:  # in place: empty the laid-out part, then write the moved cells back
+            for name, fill in _FILL.items():
+                getattr(self, "_" + name)[1 : max(top, self._top)] = fill
+        for name, cells in moved.items():
+            getattr(self, "_" + name)[dst] = cells
+        self._base[:held], self._cap[:held] = base, new_cap
+        self._top, self._garbage = top, 0
+
+    def _grow(self, slots: np.ndarray, new_cap: np.ndarray) -> None:
+        """Give ``slots`` rings of ``new_cap`` cells at the arena's end, each cell ``s`` at ``s % new_cap``.
+
+        Only the growing keys' cells are copied (their old rings become garbage): one busy key no
+        longer widens every other key's ring.
+        """
+        self._room(int(new_cap.sum()))
+        base = self._top + np.cumsum(new_cap) - new_cap
+        src, owner = _ragged(self._base[slots], self._cap[slots])
+        seq = self._seq[src]
+        src, owner, seq = src[seq >= 0], owner[seq >= 0], seq[seq >= 0]
+        dst = base[owner] + seq % new_cap[owner]
+        for name in _FILL:
+            array = getattr(self, "_" + name)
+            array[dst] = array[src]
+        self._garbage += int(self._cap[slots].sum())
+        self._top += int(new_cap.sum())
+        self._base[slots], self._cap[slots] = base, new_cap
+        self.capacity = max(self.capacity, int(new_cap.max()))
 
     # -- API -----------------------------------------------------------------------------------------
-    def reserve(self, keys: int, capacity: int) -> None:
-        """Pre-size the store for ``keys`` keys holding up to ``capacity`` live events each.
+    @property
+    def nbytes(self) -> int:
+        """Bytes this store holds: its arrays plus the hash tables of its key and id indexes.
 
-        Growth (more keys, or one key with more live events than the rings hold) copies the whole
-        store, a stall of tens to hundreds of ms that a stream queues behind; a serving process that
-        knows its population calls this once at warm-up so growth never happens in steady state.
-        Purely an allocation: windows are exact either way (growth remains the fallback).
+        The key and id objects themselves are shared with the caller and not counted.
         """
-        self._reserve(int(keys))
-        if int(capacity) > self.capacity:
-            self._grow(int(capacity))
+        arrays = (self._ts, self._seq, self._value, self._attrs, self._label, self._recent)
+        per_key = (self._base, self._cap, self._next, self._latest, self._used)
+        tables = sys.getsizeof(self._slots) + sys.getsizeof(self._events)
+        return sum(a.nbytes for a in arrays + per_key) + tables
+
+    def reserve(self, keys: int, capacity: int) -> None:
+        """Pre-size the store for ``keys`` keys, the busiest holding up to ``capacity`` live events.
+
+        Growing the arena copies the whole store, a stall a stream queues behind; a serving process
+        that knows its population calls this once at warm-up. The arena gets room for every key at
+        twice its first ring size plus the busiest key's ring (not ``keys * capacity``: rings are as
+        wide as their own key's events). Purely an allocation: windows are exact either way.
+        """
+        keys, capacity = int(keys), int(capacity)
+        self._reserve_keys(keys)
+        busiest = int(_fit(np.array([capacity]), self.initial_capacity)[0])
+        self.capacity = max(self.capacity, busiest)
+        size = 1 + 2 * keys * self.initial_capacity + 2 * busiest
+        self._reserved = (max(self._reserved[0], keys), max(self._reserved[1], size))
+        if size > self._ts.size:
+            self._relayout(self._cap[: len(self._slots)].copy(), size)
 
     def update_many(self, keys, ids, ts, values, attrs=None) -> WindowView:
         """Store a micro-batch of events in order (skipping replays) and return their views.
@@ -360,12 +452,19 @@ class MemoryWindowStore(_Scalar):
         Events are applied in arrival order, as one at a time: each sees its key's latest time so far
         (``latest``); whatever is at or below ``latest - horizon`` has left the key - an event there is
         not stored, a replay of one counts as not stored, and no view shows such cells (the Redis
-        store trims them: both answer alike whatever the window width or the ring capacity).
+        store trims them: both answer alike whatever the window width or the ring capacity). After an
+        eviction pass, an event at or below :attr:`floor` on a key the store does not hold is too
+        late as well (the module's docstring says why).
         """
         ts, values, attrs = _check_batch(keys, ids, ts, values, attrs, self.n_attrs)
         keys = list(keys)
         n = len(keys)
-        slots = self._slot_of(keys, create=True)
+        slots = self._slot_of(keys)
+        held = slots >= 0
+        if not held.all():
+            slots = self._add_keys(keys, slots)
+        self._tick += 1
+        self._used[slots] = self._tick
         own = np.full(n, NOT_STORED, dtype=np.int64)
         # Replays: an id stored before (or earlier in this batch) keeps its original sequence number.
         # dict lookups through map() run at C speed: this is the hot path of the online engine.
@@ -389,57 +488,13 @@ class MemoryWindowStore(_Scalar):
         in_order = n < 2 or bool((ts[1:] >= ts[:-1]).all())  # the engine's batches: time-sorted
         running = ts if in_order else _group_cummax(slots, ts)
         cut = np.maximum(running, self._latest[slots]) - self.horizon_s
-        # Too late: at or below the key's latest minus the horizon - outside every window.
-        fresh &= ts > cut
+        # Too late: at or below the key's latest minus the horizon - outside every window; or, on a
+        # key evicted or never seen, at or below the floor of the last eviction pass.
+        fresh &= (ts > cut) & (held | (ts > self.floor))
         idx = np.flatnonzero(fresh)
         next_before = self._next[slots] - 1 if idx.size < n else None  # for events not stored
         if idx.size:
-            s_new = slots[idx]
-            order = np.argsort(s_new, kind="stable")
-            sorted_slots = s_new[order]
-            starts = np.r_[0, np.flatnonzero(np.diff(sorted_slots)) + 1]
-            rank = np.arange(idx.size) - np.repeat(starts, np.diff(np.r_[starts, idx.size]))
-            seq = np.empty(idx.size, dtype=np.int64)
-            seq[order] = self._next[sorted_slots] + rank
-            touched = sorted_slots[starts]
-            n_new = np.diff(np.r_[starts, idx.size])
-            # Exactness: the ring must keep every cell an event of this batch can see (above the lowest
-            # cut among the key's events of the batch) - i.e. every sequence number from the oldest
-            # such cell on, even if out-of-order times interleave older cells - plus the batch.
-            if idx.size == n:  # every event stored (the common case): the lowest cut per key directly
-                low_t = np.minimum.reduceat(cut[idx][order], starts)
-            else:
-                uniq, inverse = np.unique(slots, return_inverse=True)
-                low = np.full(uniq.size, UNKNOWN, dtype=np.int64)
-                np.minimum.at(low, inverse, cut)
-                low_t = low[np.searchsorted(uniq, touched)]
-            # a key that ever took an event older than its latest can interleave times in its ring
-            self._disordered = self._disordered or not in_order or bool((ts[idx] < self._latest[s_new]).any())
-            live = self._ts[touched] > low_t[:, None]
-            if self._disordered:
-                ring_seq = self._seq[touched]
-                ring_seq[~live] = UNKNOWN
-                span = np.where(live.any(axis=1), self._next[touched] - ring_seq.min(axis=1), 0)
-            else:  # times rise with sequence numbers: the live cells are the newest ones
-                span = live.sum(axis=1)
-            need = int((span + n_new).max())
-            if need > self.capacity:
-                self._grow(need)
-            elif 4 * need > 3 * self.capacity:
-                self._prepare_growth()
-            pos = seq % self.capacity
-            self._ts[s_new, pos] = ts[idx]
-            self._seq[s_new, pos] = seq
-            self._value[s_new, pos] = values[idx]
-            self._attrs[s_new, pos] = attrs[idx]
-            self._label[s_new, pos] = UNKNOWN
-            self._next[touched] += n_new
-            np.maximum.at(self._latest, s_new, ts[idx])
-            own[idx] = seq
-            self._oldest_indexed = min(self._oldest_indexed, int(ts[idx].min()))
-            known.update(
-                zip([ids[i] for i in idx.tolist()], ((s_new << _SLOT_SHIFT) | seq).tolist(), strict=True)
-            )
+            self._store(slots, idx, cut, ts, values, attrs, in_order, ids, own)
         dups = np.flatnonzero(dup_of >= 0)
         own[dups] = own[dup_of[dups]]
         inserted = np.zeros(n, dtype=bool)
@@ -449,7 +504,7 @@ class MemoryWindowStore(_Scalar):
             # a replay whose original has left the key's horizon (or was reverted) counts as not stored
             again = np.flatnonzero(~inserted & (own != NOT_STORED))
             if again.size:
-                cell = (slots[again], own[again] % self.capacity)
+                cell = self._cell_of(slots[again], own[again])
                 gone = (self._seq[cell] != own[again]) | (self._ts[cell] <= cut[again])
                 own[again[gone]] = NOT_STORED
             # the key's last sequence number when each event was applied: an event not stored does
@@ -457,92 +512,230 @@ class MemoryWindowStore(_Scalar):
             seq_or_none = np.full(n, -1, dtype=np.int64)
             seq_or_none[idx] = own[idx]
             bound = np.maximum(_group_cummax(slots, seq_or_none), next_before)
-        if len(known) > 2 * self._events_at_prune + 100_000:
-            self._prune()
-        return self._view(slots, ts, own, inserted, cut, bound)
+        view = self._view(slots, ts, own, inserted, cut, bound)
+        if self._pass_due():  # after the view: a pass renumbers the keys
+            self.evict()
+        return view
+
+    def _store(self, slots, idx, cut, ts, values, attrs, in_order, ids, own) -> None:
+        """Write the batch's events ``idx`` into their keys' rings (growing the rings that need it)."""
+        n = len(slots)
+        s_new = slots[idx]
+        order = np.argsort(s_new, kind="stable")
+        sorted_slots = s_new[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(sorted_slots)) + 1]
+        rank = np.arange(idx.size) - np.repeat(starts, np.diff(np.r_[starts, idx.size]))
+        seq = np.empty(idx.size, dtype=np.int64)
+        seq[order] = self._next[sorted_slots] + rank
+        touched = sorted_slots[starts]
+        n_new = np.diff(np.r_[starts, idx.size])
+        # Exactness: the ring must keep every cell an event of this batch can see (above the lowest
+        # cut among the key's events of the batch) - i.e. every sequence number from the oldest
+        # such cell on, even if out-of-order times interleave older cells - plus the batch.
+        if idx.size == n:  # every event stored (the common case): the lowest cut per key directly
+            low_t = np.minimum.reduceat(cut[idx][order], starts)
+        else:
+            uniq, inverse = np.unique(slots, return_inverse=True)
+            low = np.full(uniq.size, UNKNOWN, dtype=np.int64)
+            np.minimum.at(low, inverse, cut)
+            low_t = low[np.searchsorted(uniq, touched)]
+        # a key that ever took an event older than its latest can interleave times in its ring
+        self._disordered = self._disordered or not in_order or bool((ts[idx] < self._latest[s_new]).any())
+        cells = self._cells(touched)
+        live = self._ts[cells] > low_t[:, None]
+        if self._disordered:
+            ring_seq = self._seq[cells]
+            ring_seq[~live] = UNKNOWN
+            span = np.where(live.any(axis=1), self._next[touched] - ring_seq.min(axis=1), 0)
+        else:  # times rise with sequence numbers: the live cells are the newest ones
+            span = live.sum(axis=1)
+        need = span + n_new
+        short = need > self._cap[touched]
+        if short.any():
+            start = np.maximum(self._cap[touched[short]], self.initial_capacity)
+            self._grow(touched[short], np.maximum(_fit(need[short], self.initial_capacity), start))
+        pos = self._cell_of(s_new, seq)
+        self._ts[pos] = ts[idx]
+        self._seq[pos] = seq
+        self._value[pos] = values[idx]
+        self._attrs[pos] = attrs[idx]
+        self._label[pos] = UNKNOWN
+        self._next[touched] += n_new
+        np.maximum.at(self._latest, s_new, ts[idx])
+        own[idx] = seq
+        recent = ts[idx][-_RECENT:]
+        self._recent[(self._recent_at + np.arange(recent.size)) % _RECENT] = recent
+        self._recent_at += recent.size
+        self._events.update(
+            zip([ids[i] for i in idx.tolist()], ((s_new << _SLOT_SHIFT) | seq).tolist(), strict=True)
+        )
 
     def view_many(self, keys, ts) -> WindowView:
         """Views for hypothetical events at ``ts`` (nothing stored): every stored event counts."""
         keys = list(keys)
         ts = np.asarray(ts, dtype=np.int64)
-        slots = self._slot_of(keys, create=False)
+        slots = self._slot_of(keys)
         latest = np.where(slots < 0, PAD_TS, self._latest[np.maximum(slots, 0)])
         cut = np.maximum(ts, latest) - self.horizon_s
         none = np.full(len(keys), NOT_STORED, dtype=np.int64)
         return self._view(slots, ts, none, np.zeros(len(keys), bool), cut, None)
 
     def _view(self, slots, ts, own, inserted, cut, bound) -> WindowView:
-        missing = slots < 0
-        s = np.where(missing, 0, slots) if missing.any() else slots
-        seq = self._seq[s]
-        view_ts = self._ts[s]  # cells never written hold PAD_TS already
-        if missing.any():
-            seq[missing] = -1
-            view_ts[missing] = PAD_TS
-        shape = seq.shape
+        cells = self._cells(slots)  # a key not held has no ring: every cell is the empty cell 0
+        shape = cells.shape
         # gather only what this store holds: no attrs, or no label ever set, costs nothing
-        attrs = self._attrs[s] if self.n_attrs else np.zeros((*shape, 0))
-        label = self._label[s] if self._labelled else np.broadcast_to(np.int64(UNKNOWN), shape)
+        attrs = self._attrs[cells] if self.n_attrs else np.zeros((*shape, 0))
+        label = self._label[cells] if self._labelled else np.broadcast_to(np.int64(UNKNOWN), shape)
         return WindowView(
             t=ts,
             own_seq=own,
             inserted=inserted,
-            ts=view_ts,
-            seq=seq,
-            value=self._value[s],
+            ts=self._ts[cells],
+            seq=self._seq[cells],
+            value=self._value[cells],
             attrs=attrs,
             label_ts=label,
             cut=cut,
             bound=bound,
         )
 
-    def _locate(self, ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(row index into ids, slot, ring position) of the ids still in their ring."""
+    def _locate(self, ids) -> tuple[np.ndarray, np.ndarray]:
+        """(row index into ids, arena cell) of the ids still in their ring."""
         ids = list(ids)
         hits = np.fromiter(map(self._events.get, ids, repeat(-1)), dtype=np.int64, count=len(ids))
         rows = np.flatnonzero(hits >= 0)
-        slot, seq = hits[rows] >> _SLOT_SHIFT, hits[rows] & _SEQ_MASK
-        pos = seq % self.capacity
-        alive = self._seq[slot, pos] == seq
-        return rows[alive], slot[alive], pos[alive]
+        seq = hits[rows] & _SEQ_MASK
+        cell = self._cell_of(hits[rows] >> _SLOT_SHIFT, seq)
+        alive = self._seq[cell] == seq
+        return rows[alive], cell[alive]
 
     def revert_many(self, keys, ids) -> int:
         """Remove stored events (a reversed payment); a later replay of the id is still ignored."""
-        _, slot, pos = self._locate(ids)
-        live = self._ts[slot, pos] != PAD_TS
-        self._ts[slot[live], pos[live]] = PAD_TS
-        self._value[slot[live], pos[live]] = 0
-        return int(live.sum())
+        _, cell = self._locate(ids)
+        cell = cell[self._ts[cell] != PAD_TS]
+        self._ts[cell] = PAD_TS
+        self._value[cell] = 0
+        return int(cell.size)
 
     def set_labels(self, keys, ids, label_ts) -> int:
         """Record when stored events' labels became known (earliest time wins); unknown ids are ignored."""
         label_ts = np.asarray(label_ts, dtype=np.int64)
-        rows, slot, pos = self._locate(ids)
+        rows, cell = self._locate(ids)
         self._labelled = self._labelled or bool(rows.size)
-        np.minimum.at(self._label, (slot, pos), label_ts[rows])
+        np.minimum.at(self._label, cell, label_ts[rows])
         return int(rows.size)
 
-    def _prune(self) -> None:
-        """Forget ids of events that fell out of their key's horizon (replays of them are too late anyway).
+    # -- bounds: eviction passes -------------------------------------------------------------------
+    def _pass_due(self) -> bool:
+        """A pass is due when the keys or the id index doubled since the last one, or a cap is passed."""
+        return (
+            len(self._slots) > 2 * self._keys_at_pass + 1024
+            or len(self._events) > 2 * self._events_at_pass + 100_000
+            or (self.max_keys is not None and len(self._slots) > self.max_keys)
+            or (self.max_events is not None and self._top - self._garbage > self.max_events)
+        )
 
-        Runs when the index has doubled since the last prune. An event can only have left its key's
-        horizon if it is older than the newest event anywhere minus the horizon; while the oldest
-        indexed event is newer than that, nothing is scanned (the scan of a few hundred thousand ids
-        is a stall the stream would queue behind).
+    def evict(self) -> dict[str, int]:
+        """One eviction pass; returns the keys evicted per reason (``idle``, ``max_keys``, ``max_events``).
+
+        Idle keys (newest event at or below ``clock - lateness - horizon``) go, then least recently
+        used ones while a cap is passed; every ring shrinks to its live events, the arena is
+        compacted and the id index forgets what no window can see. Runs by itself when due (see
+        :meth:`_pass_due`); amortised over the events and keys that made it due.
         """
-        if self._oldest_indexed > int(self._latest.max()) - self.horizon_s:
-            self._events_at_prune = len(self._events)
-            return
-        ids = np.fromiter(self._events.keys(), dtype=object, count=len(self._events))
+        held = len(self._slots)
+        filled = self._recent[: min(self._recent_at, _RECENT)]
+        if filled.size:  # the median: one payment dated in the year 3000 must not evict every key
+            self.clock = max(self.clock, int(np.median(filled)))
+        latest = self._latest[:held]
+        keep = latest > self.clock - self.lateness_s - self.horizon_s
+        evicted = {"idle": held - int(keep.sum())}
+        new_cap = self._live_capacity(held)
+        for reason, cost, cap in (
+            ("max_keys", np.ones(held, dtype=np.int64), self.max_keys),
+            ("max_events", new_cap, self.max_events),
+        ):
+            evicted[reason] = self._least_recently_used(keep, cost, cap)
+        if held:
+            self.floor = max(self.floor, self.clock - self.lateness_s)
+            self._renumber(keep, new_cap)
+        self._keys_at_pass, self._events_at_pass = len(self._slots), len(self._events)
+        self._report(evicted)
+        return evicted
+
+    def _live_capacity(self, held: int) -> np.ndarray:
+        """Per held key, the smallest ring holding its live cells (those above latest - horizon)."""
+        src, owner = _ragged(self._base[:held], self._cap[:held])
+        seq, ts = self._seq[src], self._ts[src]
+        live = (seq >= 0) & (ts != PAD_TS) & (ts > self._latest[owner] - self.horizon_s)
+        oldest = np.full(held, UNKNOWN, dtype=np.int64)
+        np.minimum.at(oldest, owner[live], seq[live])
+        span = np.where(oldest == UNKNOWN, 0, self._next[:held] - oldest)
+        return np.where(span > 0, _fit(span, self.initial_capacity), 0)
+
+    def _least_recently_used(self, keep: np.ndarray, cost: np.ndarray, cap: int | None) -> int:
+        """Drop kept keys, least recently used first, until their ``cost`` is within 90% of ``cap``."""
+        if cap is None or int(cost[keep].sum()) <= cap:
+            return 0
+        kept = np.flatnonzero(keep)
+        newest_first = kept[np.argsort(-self._used[kept], kind="stable")]
+        fits = np.cumsum(cost[newest_first]) <= int(0.9 * cap)
+        gone = newest_first[~fits]
+        keep[gone] = False
+        return int(gone.size)
+
+    def _renumber(self, keep: np.ndarray, new_cap: np.ndarray) -> None:
+        """Keep only ``keep``'s keys, numbered 0.. in their order; rings at ``new_cap``; ids re-indexed."""
+        held = keep.size
+        new_cap = np.where(keep, new_cap, 0)
+        cells = 1 + int(new_cap.sum())
+        size = self._ts.size
+        if 4 * cells < size:  # mostly empty after the pass: give the memory back (not below reserve())
+            size = max(2 * cells, self._reserved[1], 1024)
+        self._relayout(new_cap, size)
+        new_slot = np.cumsum(keep) - 1
+        ids = list(self._events.keys())
         packed = np.fromiter(self._events.values(), dtype=np.int64, count=len(ids))
         slot, seq = packed >> _SLOT_SHIFT, packed & _SEQ_MASK
-        pos = seq % self.capacity
-        ts = self._ts[slot, pos]
-        keep = (self._seq[slot, pos] == seq) & (ts > self._latest[slot] - self.horizon_s)
-        # rebuilt from two lists by zip(): C speed, no per-id Python statement
-        self._events = dict(zip(ids[keep].tolist(), packed[keep].tolist(), strict=True))
-        self._events_at_prune = len(self._events)
-        self._oldest_indexed = int(ts[keep].min()) if keep.any() else UNKNOWN
+        cell = self._cell_of(slot, seq)
+        alive = keep[slot] & (self._seq[cell] == seq) & (self._ts[cell] > self._latest[slot] - self.horizon_s)
+        moved = (new_slot[slot[alive]] << _SLOT_SHIFT) | seq[alive]
+        # rebuilt from lists by zip() / compress(): C speed, no per-id Python statement
+        self._events = dict(zip(compress(ids, alive.tolist()), moved.tolist(), strict=True))
+        keys = compress(self._slots.keys(), keep.tolist())
+        self._slots = dict(zip(keys, range(int(keep.sum())), strict=False))
+        kept = int(keep.sum())
+        rows = self._base.size
+        if 4 * kept < rows:
+            rows = max(2 * kept, self._reserved[0], 64)
+        for name in ("_base", "_cap", "_next", "_latest", "_used"):
+            array = np.full(rows, PAD_TS if name == "_latest" else 0, dtype=np.int64)
+            array[:kept] = getattr(self, name)[:held][keep]
+            setattr(self, name, array)
+
+    def _report(self, evicted: dict[str, int]) -> None:
+        if not any(evicted.values()):
+            return
+        from prometheus_client import Counter
+
+        from mlsd.platform.serving import metric  # lazy: window code runs without the web stack
+
+        counter = metric(
+            Counter, "mlsd_window_evictions", "window-store keys evicted, by reason", ("store", "reason")
+        )
+        for reason, count in evicted.items():
+            if count:
+                counter.labels(self.name, reason).inc(count)
+        capped = evicted["max_keys"] + evicted["max_events"]
+        if capped:
+            logger.warning(
+                "window store %r hit its cap (max_keys=%s, max_events=%s): evicted %d least recently "
+                "used keys whose windows restart empty; raise the cap if this repeats",
+                self.name,
+                self.max_keys,
+                self.max_events,
+                capped,
+            )
 
     def __len__(self) -> int:
         return len(self._slots)
