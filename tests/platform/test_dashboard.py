@@ -383,3 +383,58 @@ def test_fraud_performance_on_maturing_labels_reaches_the_page():
     assert [r["frauds_known"] for r in rep["performance"]] == [4, 11]
     html = render_page(snap)
     assert "performance on labels as they mature" in html and "served sample: 500 payments" in html
+
+
+# -- issue 11: a review DSN's password is never printed -----------------------------------------------
+
+
+def with_password(dsn: str, password: str) -> str:
+    """``dsn`` with ``password`` in its user info (trust auth ignores it; it only has to not leak)."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(dsn)
+    user = parsed.username or "postgres"
+    return parsed._replace(netloc=f"{user}:{password}@{parsed.hostname}:{parsed.port or 5432}").geturl()
+
+
+def test_serving_with_a_postgres_review_queue_prints_the_dsn_masked(postgres_dsn, monkeypatch, capsys):
+    import mlsd.platform.serving
+
+    served = []
+    monkeypatch.setattr(mlsd.platform.serving, "serve", lambda app, **kw: served.append(app))
+    import uuid
+
+    import psycopg
+
+    dsn = with_password(postgres_dsn, "hunter2-secret")
+    schema = f"mlsd_dash_{uuid.uuid4().hex[:8]}"
+    try:
+        assert mlsd_main(["dashboard", "--review-postgres", dsn, "--review-schema", schema]) == 0
+    finally:
+        with psycopg.connect(postgres_dsn, autocommit=True) as con:
+            con.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    err = capsys.readouterr().err
+    assert served and "hunter2-secret" not in err and ":***@" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--review-postgres", "postgresql://mlsd:hunter2-secret@127.0.0.1:1/fraud"],  # nothing listens
+        ["--review-postgres", "postgresql://mlsd:hunter2-secret@127.0.0.1:notaport/fraud"],
+        ["--review-sqlite", "x.sqlite", "--review-postgres", "postgresql://mlsd:hunter2-secret@h/db"],
+        ["--review-postgres", "host=127.0.0.1 port=1 user=mlsd password=hunter2-secret dbname=fraud"],
+    ],
+)
+def test_a_review_dsn_that_fails_is_an_error_naming_it_masked(argv, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert mlsd_main(["dashboard", *argv, "--json"]) == 2
+    captured = capsys.readouterr()
+    assert "hunter2-secret" not in captured.err + captured.out
+    assert "--review-postgres" in captured.err and "***" in captured.err and "Traceback" not in captured.err
+
+
+def test_review_postgres_with_something_that_is_not_a_dsn_creates_nothing(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert mlsd_main(["dashboard", "--review-postgres", "reviews.sqlite", "--json"]) == 2
+    assert "not a PostgreSQL DSN" in capsys.readouterr().err and list(tmp_path.iterdir()) == []

@@ -13,11 +13,38 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
 
 from mlsd.platform.errors import InputError
+
+# user:PASSWORD@ in a URL, password=PASSWORD in a URL query or a key=value DSN (quoted or not)
+_URL_PASSWORD = re.compile(r"(?P<keep>://[^/@:?#]*:)[^@/?#]*@")
+_KEY_PASSWORD = re.compile(r"(?P<keep>\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s&]*)", re.IGNORECASE)
+
+
+def mask_dsn(dsn: str) -> str:
+    """``dsn`` with its password replaced by ``***``: what may be printed or logged.
+
+    Examples:
+        >>> mask_dsn("postgresql://mlsd:s3cret@db.internal:5432/fraud")
+        'postgresql://mlsd:***@db.internal:5432/fraud'
+        >>> mask_dsn("host=db user=mlsd password='s3 cret' dbname=fraud")
+        'host=db user=mlsd password=*** dbname=fraud'
+        >>> mask_dsn("postgresql://db/fraud?user=mlsd&password=s3cret&sslmode=require")
+        'postgresql://db/fraud?user=mlsd&password=***&sslmode=require'
+        >>> mask_dsn("postgresql://mlsd@db/fraud")   # no password: unchanged
+        'postgresql://mlsd@db/fraud'
+    """
+    masked = _URL_PASSWORD.sub(r"\g<keep>***@", dsn)
+    return _KEY_PASSWORD.sub(r"\g<keep>***", masked)
+
+
+def _is_postgres_dsn(dsn: str) -> bool:
+    # The review queue takes the URL form only; anything else it would open as a SQLite file path.
+    return dsn.startswith(("postgresql://", "postgres://"))
 
 
 def add_commands(parser: argparse.ArgumentParser) -> None:
@@ -116,7 +143,7 @@ def build_sources(args: argparse.Namespace):
     if args.review_sqlite and args.review_postgres:
         raise InputError(
             "--review-postgres",
-            args.review_postgres,
+            mask_dsn(args.review_postgres),
             "two review queues given",
             "pass --review-sqlite or --review-postgres, not both",
         )
@@ -128,8 +155,30 @@ def build_sources(args: argparse.Namespace):
                 raise InputError("--review-sqlite", args.review_sqlite, "file not found", "check the path")
             sources.review = open_review_queue(args.review_sqlite)
         else:
-            sources.review = open_review_queue(args.review_postgres, schema=args.review_schema)
+            sources.review = _open_postgres_queue(args.review_postgres, args.review_schema)
     return sources
+
+
+def _open_postgres_queue(dsn: str, schema: str):
+    """The PostgreSQL review queue, or an InputError that names the DSN with its password masked
+    (a driver's traceback or message must not carry it to the terminal or a CI log)."""
+    from mlsd.platform.dashboard.discover import open_review_queue
+
+    if not _is_postgres_dsn(dsn):
+        raise InputError(
+            "--review-postgres", mask_dsn(dsn), "is not a PostgreSQL DSN",
+            "pass postgresql://user:password@host:5432/db (or --review-sqlite FILE for a SQLite queue)",
+        )  # fmt: skip
+    try:
+        return open_review_queue(dsn, schema=schema)
+    except InputError:
+        raise
+    except Exception as err:  # psycopg's errors: connection refused, unknown role, bad option, ...
+        reason = mask_dsn(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        raise InputError(
+            "--review-postgres", mask_dsn(dsn), f"cannot open the review queue ({reason})",
+            "check the host, port, user and database, and that PostgreSQL is running",
+        ) from None  # fmt: skip
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
@@ -162,6 +211,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
     from mlsd.platform.dashboard.app import create_dashboard_app
     from mlsd.platform.serving import serve
 
-    print(f"mlsd dashboard at http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
+    review = f"; review queue {mask_dsn(args.review_postgres)}" if args.review_postgres else ""
+    print(f"mlsd dashboard at http://{args.host}:{args.port}/{review} (Ctrl-C to stop)", file=sys.stderr)
     serve(create_dashboard_app(sources), host=args.host, port=args.port, log_level="warning")
     return 0
