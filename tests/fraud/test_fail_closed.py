@@ -304,3 +304,113 @@ def test_a_nul_byte_in_a_batch_is_refused_before_anything_on_postgres(postgres_d
     finally:
         queue.db.execute(f"DROP SCHEMA {schema} CASCADE")
         queue.close()
+
+
+# --- strict, typed API ---------------------------------------------------------------------------
+
+
+def _resolve(openapi: dict, schema: dict) -> dict:
+    ref = schema.get("$ref")
+    return openapi["components"]["schemas"][ref.rsplit("/", 1)[1]] if ref else schema
+
+
+def test_openapi_documents_real_request_response_and_error_bodies(client):
+    openapi = client.get("/openapi.json").json()
+    routes = {
+        ("post", "/v1/score"): ("Payment", "ScoreResponse"),
+        ("post", "/v1/score/batch"): ("ScoreBatchRequest", "BatchResponse"),
+        ("post", "/v1/review/claim"): ("ClaimRequest", "ClaimResponse"),
+        ("post", "/v1/review/cases/{tx_id}/resolve"): ("ResolveRequest", "ResolveResponse"),
+        ("get", "/v1/review/cases"): (None, "CasesResponse"),
+    }
+    for (method, path), (request, response) in routes.items():
+        op = openapi["paths"][path][method]
+        if request is not None:
+            body = op["requestBody"]["content"]["application/json"]["schema"]
+            assert body == {"$ref": f"#/components/schemas/{request}"}, (path, body)
+        ok = op["responses"]["200"]["content"]["application/json"]["schema"]
+        assert ok == {"$ref": f"#/components/schemas/{response}"}, (path, ok)
+        error = _resolve(openapi, op["responses"]["422"]["content"]["application/json"]["schema"])
+        assert set(error["properties"]) == {"error"}, (path, error)  # the {"error": {...}} sent
+    payment_schema = openapi["components"]["schemas"]["Payment"]
+    assert set(payment_schema["required"]) == {"tx_id", "ts", "card_id", "terminal_id", "amount"}
+    assert payment_schema["properties"]["ts"]["maximum"] <= NOW  # what the clock check accepts
+    batch = openapi["components"]["schemas"]["ScoreBatchRequest"]["properties"]["payments"]
+    assert batch["maxItems"] == FraudConfig().service.max_batch
+
+
+def test_answers_match_the_documented_models(queued_client):
+    from mlsd.fraud import api
+
+    c = queued_client
+    api.ScoreResponse.model_validate(_strict_json(c.post("/v1/score", json=payment(1, NOW - 9)).text))
+    batch = {"payments": [payment(2, NOW - 8, 2400.0, card=5), payment(3, NOW - 7, card=6)]}
+    api.BatchResponse.model_validate(_strict_json(c.post("/v1/score/batch", json=batch).text))
+    api.CasesResponse.model_validate(c.get("/v1/review/cases").json())
+    claimed = api.ClaimResponse.model_validate(c.post("/v1/review/claim", json={"reviewer": "ana"}).json())
+    assert [case.tx_id for case in claimed.cases] == ["2"]
+    r = c.post("/v1/review/cases/2/resolve", json={"reviewer": "ana", "outcome": "legit"})
+    api.ResolveResponse.model_validate(r.json())
+
+
+@pytest.mark.parametrize(
+    "raw", [raw for path, raw, _, _ in BAD_BODIES if path == "/v1/score"] + [_raw(ts=-1)]
+)
+def test_the_documented_payment_refuses_what_the_service_refuses(raw):
+    """The OpenAPI model and the validator agree on the bad payments of the issue."""
+    from pydantic import ValidationError
+
+    from mlsd.fraud import api
+
+    with pytest.raises(ValidationError):
+        api.Payment.model_validate(json.loads(raw), strict=True)
+    api.Payment.model_validate(BASE, strict=True)
+
+
+# --- the reviewer is the API key's owner ---------------------------------------------------------
+
+
+@pytest.fixture
+def keyed_client(tmp_path):
+    auth = pytest.importorskip("mlsd.platform.auth")
+    queue = SQLReviewQueue.sqlite(tmp_path / "review.sqlite")
+    app = build_app(_pipeline(review_queue=queue))
+    app.state.auth = auth.ApiKeys.parse(
+        "scorer:service:svc-key-0123456789abcdef,ana:reviewer:ana-key-0123456789abcdef,"
+        "bob:reviewer:bob-key-0123456789abcdef"
+    )
+    with TestClient(app) as c:
+        c.headers["X-API-Key"] = "svc-key-0123456789abcdef"
+        batch = [payment(f"r{i}", NOW - 9 + i, 2400.0 + i, card=20 + i) for i in range(2)]
+        assert c.post("/v1/score/batch", json={"payments": batch}).status_code == 200
+        c.queue = queue
+        yield c
+    queue.close()
+
+
+def test_with_api_keys_the_reviewer_is_the_keys_owner_and_lands_on_the_case(keyed_client):
+    c = keyed_client
+    ana = {"X-API-Key": "ana-key-0123456789abcdef"}
+    r = c.post("/v1/review/claim", json={"limit": 1}, headers=ana)  # no reviewer in the body
+    assert r.status_code == 200, r.text
+    (case,) = r.json()["cases"]
+    assert case["reviewer"] == "ana"
+    r = c.post("/v1/review/claim", json={"reviewer": "bob", "limit": 1}, headers=ana)  # impersonation
+    assert r.status_code == 403, r.text
+    error = r.json()["error"]
+    assert error["field"] == "reviewer" and error["value"] == "bob" and "omit reviewer" in error["fix"]
+    bob = {"X-API-Key": "bob-key-0123456789abcdef"}
+    r = c.post(f"/v1/review/cases/{case['tx_id']}/resolve", json={"outcome": "fraud"}, headers=bob)
+    assert r.status_code == 409  # claimed by ana: bob cannot resolve it, whatever his body says
+    r = c.post(
+        f"/v1/review/cases/{case['tx_id']}/resolve", json={"reviewer": "ana", "outcome": "fraud"}, headers=ana
+    )
+    assert r.status_code == 200, r.text
+    assert c.queue.get(case["tx_id"]).reviewer == "ana" and c.queue.get(case["tx_id"]).outcome == "fraud"
+
+
+def test_without_auth_the_body_names_the_reviewer(queued_client):
+    c = queued_client
+    c.post("/v1/score", json=payment("q1", NOW - 9, 2400.0, card=30))
+    (case,) = c.post("/v1/review/claim", json={"reviewer": "carla"}).json()["cases"]
+    assert case["reviewer"] == "carla"

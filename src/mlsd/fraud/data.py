@@ -105,9 +105,9 @@ def validate_transactions(frame: pd.DataFrame, *, require_labels: bool = False) 
             "is not whole seconds",
             "send ts as integer seconds since the epoch (UTC)",
         )
-    if (np.abs(ts) >= MAX_TS).any():
+    if ((ts < 0) | (ts >= MAX_TS)).any():
         raise InputError(
-            "ts", _first(ts, np.abs(ts) >= MAX_TS), "is not a date (out of range)",
+            "ts", _first(ts, (ts < 0) | (ts >= MAX_TS)), "is not a date (negative or out of range)",
             "send ts as integer seconds since the epoch (UTC), e.g. 1767225600",
         )  # fmt: skip
     out["ts"] = ts.astype("int64")

@@ -14,7 +14,13 @@ Endpoints (on top of the platform's ``/health``, which names ``model``, ``model_
 
 Bodies are validated by :func:`mlsd.fraud.data.from_records` (plus ``country``, a rule-only context
 field), so every bad input answers 4xx JSON naming the field: 422 for a missing, negative or
-non-numeric field or an unknown currency, 413 for an oversized batch, 404/409 for review cases.
+non-numeric field, an unknown currency, an id that is not a string or an int64, a ``ts`` more than
+``max_future_s`` after the clock; 413 for an oversized batch, 404/409 for review cases. The bodies
+are documented in ``/openapi.json`` by the models of :mod:`mlsd.fraud.api`.
+
+The reviewer of a claim or a resolution is the API key's owner when the request was authenticated
+(``request.state.principal``, set by the platform's auth); a body ``reviewer`` naming someone else
+is refused (403). Without auth (apps built in-process) the body names the reviewer.
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi import Body, FastAPI, Query
+from fastapi import Body, FastAPI, Query, Request
 
+from mlsd.fraud import api
 from mlsd.fraud.config import FraudConfig
 from mlsd.fraud.engine import MODEL_NAME, FraudPipeline
+from mlsd.fraud.review import check_key, check_reviewer
 from mlsd.platform.errors import InputError
 from mlsd.platform.serving import Deadline, create_app
 
@@ -69,7 +77,7 @@ def build_app(
         batch = pipeline.score_bodies(records, deadline=deadline)
         return batch.records(), batch.response()
 
-    @app.post("/v1/score", tags=["fraud"])
+    @app.post("/v1/score", tags=["fraud"], response_model=None, responses=_ok(api.ScoreResponse))
     def score_one(payment: Any = Body(...)) -> dict[str, Any]:
         deadline = Deadline(svc.deadline_ms)
         if not isinstance(payment, Mapping):
@@ -79,7 +87,7 @@ def build_app(
         records, meta = score([payment], deadline)
         return {**records[0], **meta, "deadline_ms": svc.deadline_ms}
 
-    @app.post("/v1/score/batch", tags=["fraud"])
+    @app.post("/v1/score/batch", tags=["fraud"], response_model=None, responses=_ok(api.BatchResponse))
     def score_batch(body: Any = Body(...)) -> dict[str, Any]:
         deadline = Deadline(svc.deadline_ms)
         if not isinstance(body, Mapping) or "payments" not in body:
@@ -107,34 +115,35 @@ def build_app(
             )
         return queue
 
-    @app.get("/v1/review/cases", tags=["review"])
+    @app.get("/v1/review/cases", tags=["review"], response_model=None, responses=_ok(api.CasesResponse))
     def review_cases(status: str = Query("open"), limit: int = Query(50)) -> dict[str, Any]:
         cases = need_queue().list(status=status, limit=limit)
         return {"cases": [c.to_dict() for c in cases], "counts": need_queue().counts()}
 
-    @app.post("/v1/review/claim", tags=["review"])
-    def review_claim(body: Any = Body(...)) -> dict[str, Any]:
+    @app.post("/v1/review/claim", tags=["review"], response_model=None, responses=_ok(api.ClaimResponse))
+    def review_claim(request: Request, body: Any = Body(...)) -> dict[str, Any]:
         body = _object(body)
         limit = body.get("limit", 1)
         if isinstance(limit, bool) or not isinstance(limit, int):
             raise InputError("limit", limit, "is not a whole number", "send e.g. 5")
-        reviewer = body.get("reviewer")
-        if not isinstance(reviewer, str):
-            raise InputError("reviewer", reviewer, "is missing or not a string", "name the reviewer")
+        reviewer = _reviewer(request, body)
         return {"cases": [c.to_dict() for c in need_queue().claim(reviewer, limit=limit)]}
 
-    @app.post("/v1/review/cases/{tx_id}/resolve", tags=["review"])
-    def review_resolve(tx_id: str, body: Any = Body(...)) -> dict[str, Any]:
+    @app.post(
+        "/v1/review/cases/{tx_id}/resolve",
+        tags=["review"],
+        response_model=None,
+        responses=_ok(api.ResolveResponse),
+    )
+    def review_resolve(request: Request, tx_id: str, body: Any = Body(...)) -> dict[str, Any]:
         body = _object(body)
-        for key in ("reviewer", "outcome"):
-            if not isinstance(body.get(key), str):
-                raise InputError(
-                    key,
-                    body.get(key),
-                    "is missing or not a string",
-                    "send reviewer and outcome (fraud|legit)",
-                )
-        case = need_queue().resolve(tx_id, body["reviewer"], body["outcome"])
+        check_key("tx_id", tx_id)
+        reviewer = _reviewer(request, body)
+        if not isinstance(body.get("outcome"), str):
+            raise InputError(
+                "outcome", body.get("outcome"), "is missing or not a string", "send outcome: fraud or legit"
+            )
+        case = need_queue().resolve(tx_id, reviewer, body["outcome"])
         fed = 0
         if case.outcome == "fraud" and case.terminal_id is not None:
             # the online windows learn it now: later payments at this terminal see the known fraud
@@ -143,7 +152,64 @@ def build_app(
             fed = pipeline.add_labels([tx_key], [terminal], [int(case.resolved_ts)])
         return {"case": case.to_dict(), "label_recorded": True, "feature_labels_updated": fed}
 
+    _document_bodies(app, pipeline, min(svc.max_batch, pipeline.config.max_batch))
     return app
+
+
+def _ok(model: type) -> dict[int | str, dict[str, Any]]:
+    """The 200 body, documented (not validated at run time: see :mod:`mlsd.fraud.api`)."""
+    return {200: {"model": model, "description": "success"}}
+
+
+def _reviewer(request: Request, body: Mapping[str, Any]) -> str:
+    """Who claims or resolves: the authenticated key's owner, else the body's ``reviewer``."""
+    principal = getattr(request.state, "principal", None)
+    sent = body.get("reviewer")
+    if principal is None or not getattr(principal, "authenticated", True):
+        return check_reviewer(sent)
+    if sent is not None and sent != principal.name:
+        raise InputError(
+            "reviewer",
+            sent,
+            f"is not the reviewer of this API key ({principal.name!r})",
+            "omit reviewer: the API key says who you are",
+            status=403,
+        )
+    return check_reviewer(principal.name)
+
+
+def _document_bodies(app: FastAPI, pipeline: FraudPipeline, max_batch: int) -> None:
+    """Put the request models of :mod:`mlsd.fraud.api` in ``/openapi.json``.
+
+    The handlers take the raw JSON and validate it themselves (errors name ``payments[3].amount``
+    with a JSON-safe value), so FastAPI would document their bodies as ``{}``: the schema is set
+    here instead, with ``ts``'s maximum at the clock of the moment the document is built (always
+    accepted: the clock only moves on).
+    """
+    from pydantic.json_schema import models_json_schema
+
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        models = [(m, "validation") for m in api.REQUEST_BODIES.values()]
+        _, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(defs.get("$defs", {}))
+        components["Payment"]["properties"]["ts"]["maximum"] = int(pipeline.clock())
+        components["ScoreBatchRequest"]["properties"]["payments"]["maxItems"] = max_batch
+        for path, model in api.REQUEST_BODIES.items():
+            ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+            schema["paths"][path]["post"]["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": ref}},
+            }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _object(body: Any) -> Mapping[str, Any]:
