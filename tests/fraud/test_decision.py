@@ -142,3 +142,32 @@ def test_tune_thresholds_warns_when_the_fpr_target_is_missed():
     p = np.ones(len(y))  # every payment scored 1.0: blocking any fraud blocks every legitimate one
     res = tune_thresholds(y, p, np.zeros(len(y)), max_fpr=0.01, daily_capacity=10)
     assert res.fpr >= 0.01 and any("FPR < 0.01" in w for w in res.warnings)
+
+
+def test_an_unusable_probability_reviews_and_is_degraded_never_approved():
+    frame = pd.DataFrame({"amount": [10.0, 10.0, 10.0, 2000.0, 10.0]})
+    p = np.array([np.nan, np.inf, -0.2, np.nan, 0.1])
+    d = DecisionEngine().decide(RULES.evaluate(frame), p)
+    assert d.labels.tolist() == [
+        "review",
+        "review",
+        "review",
+        "block",
+        "approve",
+    ]  # a block rule still blocks
+    assert d.degraded.tolist() == [True, True, True, True, False]
+    rec = d.records(list("abcde"))
+    assert [r["probability"] for r in rec[:4]] == [None] * 4 and rec[4]["probability"] == 0.1
+    assert rec[0]["reasons"][0] == "MODEL_FAILED" and rec[0]["degraded_reason"]
+    assert DecisionEngine().decision_only(RULES.evaluate(frame), p).tolist() == d.decision.tolist()
+
+
+def test_a_failed_model_reviews_the_batch_and_a_deadline_fallback_says_degraded():
+    frame = pd.DataFrame({"amount": [10.0, 2000.0]})
+    failed = DecisionEngine().decide(RULES.evaluate(frame), None, model_failed="model error: OSError")
+    assert failed.labels.tolist() == ["review", "block"] and not failed.rules_only
+    assert {r["degraded_reason"] for r in failed.records(["a", "b"])} == {"model error: OSError"}
+    late = DecisionEngine().decide(RULES.evaluate(frame), None, degraded="deadline: 0.1 ms left")
+    assert late.rules_only and late.labels.tolist() == ["approve", "block"] and late.degraded.all()
+    chosen = DecisionEngine().decide(RULES.evaluate(frame), None)  # rules only by the operator's choice
+    assert not chosen.degraded.any()

@@ -11,7 +11,14 @@ bottom::
 The feature update always runs: skipping it would corrupt the windows for every later payment. The
 model is the stage the deadline may skip: it runs only when the time left covers its learned cost
 (:class:`~mlsd.platform.serving.StageCost`) times a safety factor; otherwise the batch is decided by
-rules alone and every response says so (``rules_only`` and ``skipped``).
+rules alone and every response says so (``rules_only`` and ``skipped``, and ``degraded`` with the
+deadline as ``degraded_reason``).
+
+Failing closed: a model that raises, answers the wrong shape, or gives a probability that is NaN,
+infinite or outside [0, 1] never approves: those payments go to review (block when a rule blocks),
+``degraded`` with the reason (:meth:`~mlsd.fraud.decision.DecisionEngine.decide`). Live payments
+(:meth:`FraudPipeline.score_bodies`) dated more than ``max_future_s`` after :attr:`FraudPipeline.clock`
+are refused before they touch the windows.
 
 With an :class:`~mlsd.platform.experiments.client.ExperimentClient` (``experiments=``), every fraud
 experiment (``mode="shadow"``) assigns the batch's units (its ``unit`` column, e.g. ``card_id``), keeps
