@@ -257,3 +257,58 @@ def test_memory_and_redis_answer_identically(redis_url: str, redis_prefix: str) 
     clock.advance(16)
     assert stores[0].get_many("ns", keys) == stores[1].get_many("ns", keys) == [None] * 205 + [{"n": -1}]
     stores[1].close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The serving path under an outage: bounded waits, a typed error, a readiness check.
+
+
+@pytest.fixture
+def blackhole():
+    """A TCP listener on 127.0.0.1 that accepts connections and never answers (a blackholed Redis)."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    listener.close()
+
+
+def test_a_blackholed_store_raises_store_unavailable_on_the_serving_path(blackhole) -> None:
+    from mlsd.platform.features.online import StoreUnavailable
+
+    store = RedisStore(blackhole, retry_after_s=60)
+    with pytest.raises(StoreUnavailable, match="unreachable") as first:
+        store.get_many("users", ["1"], timeout_s=0.2)
+    assert "TimeoutError" in str(first.value)
+    # The breaker is open: the next call fails without waiting on the network again.
+    with pytest.raises(StoreUnavailable, match="failed less than 60 s ago"):
+        store.get_many("users", ["1"], timeout_s=0.2)
+    assert store.ping() is False
+    store.close()
+
+
+def test_a_refused_connection_and_a_spent_budget_are_store_unavailable(blackhole) -> None:
+    import socket
+
+    from mlsd.platform.features.online import StoreUnavailable
+
+    with socket.socket() as s:  # a port nobody listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(StoreUnavailable, match="unreachable"):
+        RedisStore(f"redis://:hunter2@127.0.0.1:{port}/0").get_many("users", ["1"], timeout_s=0.2)
+    with pytest.raises(StoreUnavailable) as err:
+        RedisStore(f"redis://:hunter2@127.0.0.1:{port}/0").get_many("users", ["1"], timeout_s=0.2)
+    assert "hunter2" not in str(err.value)  # the password never lands in an error or a log
+    with pytest.raises(StoreUnavailable, match="ms left"):
+        RedisStore(blackhole).get_many("users", ["1"], timeout_s=0.001)  # no time for a round trip
+
+
+def test_the_serving_path_reads_the_same_rows_and_pings(redis_url, redis_prefix) -> None:
+    store = RedisStore(redis_url, prefix=redis_prefix)
+    store.put_many("users", {"1": {"age": 30}})
+    assert store.get_many("users", ["1", "2"], timeout_s=0.5) == [{"age": 30}, None]
+    assert store.ping() is True
+    store.close()

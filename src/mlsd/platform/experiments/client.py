@@ -15,6 +15,9 @@ and the simulator (or a batch job over the outcome events) asks for the report::
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,33 @@ from mlsd.platform.experiments.exposures import (
     first_exposures,
     unit_sums,
 )
+
+logger = logging.getLogger("mlsd.experiments")
+
+# The exposure log is written on the serving path, after the answer was built: a Redis call may wait at
+# most this long (socket connect and read timeouts), and an outage pauses the experiments for
+# ``outage_retry_s`` (every unit gets the default, i.e. control, path) instead of failing requests.
+EXPOSURE_TIMEOUT_S = 0.05
+
+
+def bound_waits(log: Any, timeout_s: float = EXPOSURE_TIMEOUT_S) -> Any:
+    """Give a Redis exposure log socket connect/read timeouts (its connections are made lazily from the
+    pool's settings, so this holds for every one of them); returns ``log``."""
+    pool = log._client.connection_pool  # RedisExposureLog builds its client from the URL alone
+    pool.connection_kwargs.update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    return log
+
+
+def is_outage(err: BaseException) -> bool:
+    """A dependency that did not answer (connection refused or reset, timeout), as opposed to a bug."""
+    try:
+        import redis
+
+        if isinstance(err, redis.ConnectionError | redis.TimeoutError):
+            return True
+    except ImportError:  # pragma: no cover - redis is a dependency
+        pass
+    return isinstance(err, ConnectionError | TimeoutError)
 
 
 class ExperimentClient:
@@ -63,11 +93,16 @@ class ExperimentClient:
         config: ExperimentConfig,
         log: ExposureLog | None = None,
         registry: CollectorRegistry | None | bool = None,
+        *,
+        outage_retry_s: float = 1.0,
     ) -> None:
         self.config = config
         self.log = log if log is not None else MemoryExposureLog()
         self.registry = registry
         self.assigner = Assigner(config)
+        self.outage_retry_s = outage_retry_s
+        self._outage: tuple[float, str] | None = None  # (monotonic time, reason) of the last failed log
+        self._outage_lock = threading.Lock()
 
     @classmethod
     def from_yaml(cls, path: str | Path, **kwargs: Any) -> ExperimentClient:
@@ -98,7 +133,8 @@ class ExperimentClient:
         if exposure_redis is not None:
             from mlsd.platform.experiments.exposures import RedisExposureLog
 
-            log = RedisExposureLog(exposure_redis, prefix=prefix)
+            # Written on the serving path: bounded waits (see EXPOSURE_TIMEOUT_S), never a hung request.
+            log = bound_waits(RedisExposureLog(exposure_redis, prefix=prefix))
         return cls.from_yaml(path, log=log)
 
     def experiments_for(self, system: str) -> list[Experiment]:
@@ -106,8 +142,20 @@ class ExperimentClient:
         return [e for e in self.config.experiments.values() if e.system == system]
 
     def assign(self, experiment: str, unit_ids: Any) -> np.ndarray:
-        """Arm index per unit, -1 for units not in the experiment (held out, not covered, other experiment)."""
-        return self.assigner.assign(experiment, unit_ids)
+        """Arm index per unit, -1 for units not in the experiment (held out, not covered, other experiment).
+
+        While the exposure log is unreachable (:meth:`outage`), every unit gets -1: the default path,
+        since an arm served without its exposure logged would bias the analysis."""
+        arms = self.assigner.assign(experiment, unit_ids)
+        return np.full_like(arms, -1) if self.outage() is not None else arms
+
+    def outage(self) -> str | None:
+        """Why experiments are paused (the exposure log failed less than ``outage_retry_s`` ago), else
+        None. After that time the next exposure is tried again: a success ends the outage."""
+        found = self._outage
+        if found is None or time.monotonic() - found[0] >= self.outage_retry_s:
+            return None
+        return found[1]
 
     def arm(self, experiment: str, index: int) -> Arm | None:
         """The arm for an index (``None`` for -1): its ``alias`` and ``params`` say what to run."""
@@ -129,7 +177,22 @@ class ExperimentClient:
         """
         if self.config.experiment(experiment).mode == "shadow":
             arm_idx = np.minimum(np.asarray(arm_idx, dtype=np.int64), 0)
-        new = self.log.log(experiment, unit_ids, arm_idx, ts)
+        try:
+            new = self.log.log(experiment, unit_ids, arm_idx, ts)
+        except Exception as err:
+            if not is_outage(err):
+                raise
+            # The answers were served already; failing them now would turn an outage into errors.
+            # Experiments pause (assign answers -1) and callers flag their answers degraded.
+            reason = f"exposure log unreachable ({type(err).__name__}: {err}); experiments paused"
+            with self._outage_lock:
+                self._outage = (time.monotonic(), reason)
+            logger.warning("%s: %d exposures of %s not logged", reason, int(np.sum(np.asarray(arm_idx) >= 0)),
+                           experiment)  # fmt: skip
+            return np.zeros(len(np.asarray(unit_ids, dtype=object)), dtype=bool)
+        if self._outage is not None:
+            with self._outage_lock:
+                self._outage = None
         if self.registry is not False:
             from mlsd.platform.monitoring.metrics import count_exposures
 

@@ -20,6 +20,12 @@ Semantics both follow exactly:
   and dicts of those (JSON), and numpy arrays (dtype and shape kept; float32 vectors come back as
   ``np.ndarray`` float32). numpy scalars are stored as the matching Python ``int``/``float``/``bool``;
   tuples come back as lists. Arrays come back read-only (they may share memory with the store).
+
+On a serving path, pass ``timeout_s`` to :meth:`RedisStore.get_many`: the call then uses a client
+with socket connect/read timeouts (``serving_timeout_s``, 50 ms by default) and no retries, refuses to
+start when less than that is left, and raises :class:`StoreUnavailable` on an outage (refused, reset,
+blackholed); after one, such calls fail at once for ``retry_after_s`` (a circuit breaker: 60 requests
+in flight do not each wait for a dead server). :meth:`RedisStore.ping` is the readiness check.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from mlsd.platform.errors import InputError
+
+__all__ = ["MemoryStore", "OnlineStore", "RedisStore", "StoreUnavailable"]
 
 Value = int | float | bool | str | bytes | None | list | dict | np.ndarray
 Row = dict[str, Value]
@@ -58,6 +66,10 @@ class OnlineStore(Protocol):
     ) -> list[Row | None]: ...
 
     def delete_many(self, namespace: str, keys: Sequence[str]) -> None: ...
+
+
+class StoreUnavailable(RuntimeError):
+    """The online store did not answer in time (or refused): serve without it, flagged degraded."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -275,13 +287,30 @@ class RedisStore:
         clock: Clock = time.time,
         *,
         client: Any = None,
+        serving_timeout_s: float = 0.05,
+        retry_after_s: float = 1.0,
     ) -> None:
         import redis
 
         self.url = url
         self.prefix = prefix
         self.clock = clock
+        self.serving_timeout_s = serving_timeout_s
+        self.retry_after_s = retry_after_s
         self.client = client if client is not None else redis.Redis.from_url(url, decode_responses=False)
+        # The serving path's client: bounded waits, no retries (a retry would outlive any deadline).
+        self.serving_client = (
+            client
+            if client is not None
+            else redis.Redis.from_url(
+                url,
+                decode_responses=False,
+                socket_timeout=serving_timeout_s,
+                socket_connect_timeout=serving_timeout_s,
+                retry=None,
+            )  # fmt: skip
+        )
+        self._failed_at = -math.inf  # monotonic time of the last serving-path outage
 
     def _key(self, namespace: str, key: str) -> str:
         return f"{self.prefix}{namespace}:{key}"
@@ -307,11 +336,71 @@ class RedisStore:
         pipe.execute()
 
     def get_many(
-        self, namespace: str, keys: Sequence[str], fields: Sequence[str] | None = None
+        self,
+        namespace: str,
+        keys: Sequence[str],
+        fields: Sequence[str] | None = None,
+        *,
+        timeout_s: float | None = None,
     ) -> list[Row | None]:
+        """Rows of ``keys`` (see the module docstring); ``timeout_s``: the time the caller can give
+        (its deadline's remaining budget): the serving path, which raises :class:`StoreUnavailable`
+        rather than wait longer than ``min(timeout_s, serving_timeout_s)``."""
         if not keys:
             return []
-        pipe = self.client.pipeline(transaction=False)
+        if timeout_s is None:
+            replies = self._read(self.client, namespace, keys, fields)
+        else:
+            replies = self._serving_read(namespace, keys, fields, timeout_s)
+        return self._rows(replies, fields)
+
+    def _serving_read(self, namespace: str, keys: Sequence[str], fields: Sequence[str] | None,
+                      timeout_s: float) -> list[Any]:  # fmt: skip
+        import redis
+
+        if time.monotonic() - self._failed_at < self.retry_after_s:
+            raise StoreUnavailable(
+                f"online store {self._where()} failed less than {self.retry_after_s:g} s ago"
+            )
+        if timeout_s < self.serving_timeout_s:
+            raise StoreUnavailable(f"{timeout_s * 1000:.0f} ms left, a read may take "
+                                   f"{self.serving_timeout_s * 1000:.0f} ms")  # fmt: skip
+        try:
+            replies = self._read(self.serving_client, namespace, keys, fields)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as err:
+            self._failed_at = time.monotonic()
+            raise StoreUnavailable(
+                f"online store {self._where()} unreachable ({type(err).__name__}: {err})"
+            ) from None
+        self._failed_at = -math.inf
+        return replies
+
+    def ping(self, timeout_s: float | None = None) -> bool:
+        """True when the server answers a PING within ``timeout_s`` (default ``serving_timeout_s``):
+        the readiness check of a service that reads this store."""
+        import redis
+
+        client = self.serving_client
+        if timeout_s is not None and timeout_s != self.serving_timeout_s:
+            client = redis.Redis.from_url(
+                self.url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+            )
+        try:
+            return bool(client.ping())
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            return False
+        finally:
+            if client is not self.serving_client:
+                client.close()
+
+    def _where(self) -> str:
+        parts = self.url.split("@")[-1]  # never print a password
+        return parts
+
+    def _read(
+        self, client: Any, namespace: str, keys: Sequence[str], fields: Sequence[str] | None
+    ) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
         if fields is None:
             for key in keys:
                 pipe.hgetall(self._key(namespace, key))
@@ -319,7 +408,9 @@ class RedisStore:
             wanted = [_EXPIRES, *fields]
             for key in keys:
                 pipe.hmget(self._key(namespace, key), wanted)
-        replies = pipe.execute()
+        return pipe.execute()
+
+    def _rows(self, replies: list[Any], fields: Sequence[str] | None) -> list[Row | None]:
         now = self.clock()
         out: list[Row | None] = []
         if fields is None:
@@ -346,6 +437,8 @@ class RedisStore:
 
     def close(self) -> None:
         self.client.close()
+        if self.serving_client is not self.client:
+            self.serving_client.close()
 
     def __enter__(self) -> RedisStore:
         return self
