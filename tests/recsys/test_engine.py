@@ -223,3 +223,19 @@ def test_cold_users_are_scored_by_the_models_own_fallback(tiny, service):
     known = svc.recommend(int(model.users_.ids[0]), 10, deadline_ms=10_000)
     assert known["scored_by"] == "ranker" and "features" in known["timings_ms"]
     svc.close()
+
+
+def test_every_candidate_source_has_a_readable_reason():
+    from mlsd.recsys.candidates.generator import (
+        DEFAULT_SOURCES,
+        EVAL_SOURCE_SETTINGS,
+        EVAL_SOURCES,
+        default_source,
+    )
+    from mlsd.recsys.engine import REASONS
+
+    names = set(DEFAULT_SOURCES) | set(EVAL_SOURCES) | set(EVAL_SOURCE_SETTINGS)
+    for name in sorted(names):
+        default_source(name)  # a source the generator can build, hence emit
+        assert REASONS.get(name), f"source {name!r} has no reason text"
+        assert REASONS[name] != name and " " in REASONS[name]

@@ -110,3 +110,58 @@ def test_profile_endpoint_feeds_cold_start_over_http(tiny):
     bad = client.put("/v1/users/777000/profile", json={"age": -1})
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "age"
     assert client.put("/v1/users/x1/profile", json={}).json()["error"]["field"] == "user_id"
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"seed": "99999999999999999999999"}, "seed"),  # overflowed int64: was a 500
+        ({"seed": "1,²"}, "seed"),  # a unicode digit str.isdigit() accepts and int() may not
+        ({"seed": ",".join(["1"] * 101)}, "seed"),
+    ],
+)
+def test_seeds_out_of_range_are_422(client, params, field):
+    r = client.get("/v1/recommendations/12", params=params)
+    assert r.status_code == 422 and r.json()["error"]["field"] == field
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"age": NaN}',
+        b'{"age": 1e30}',
+        b'{"age": "old"}',
+        b'{"picks": [99999999999999999999999]}',
+        b'{"region": "EU", "favourite": 1}',
+    ],
+)
+def test_bad_profiles_are_4xx_not_500(tiny, body):
+    from mlsd.platform.features.online import MemoryStore
+
+    svc = RecsysEngine(tiny.registry, config=NO_POLL, online_store=MemoryStore())
+    client = TestClient(create_service_app(svc))
+    r = client.put("/v1/users/5/profile", content=body, headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500 and "error" in r.json()
+    assert client.get("/v1/recommendations/5", params={"k": 3}).status_code == 200
+
+
+def test_openapi_documents_typed_bodies(client):
+    r = client.get("/openapi.json")
+    assert r.status_code == 200  # was a 500: a forward reference to JSONResponse
+    spec = r.json()
+    ok = spec["paths"]["/v1/recommendations/{user_id}"]["get"]["responses"]["200"]
+    assert ok["content"]["application/json"]["schema"]["$ref"].endswith("/Recommendations")
+    fields = spec["components"]["schemas"]["Recommendations"]["properties"]
+    assert {"items", "degraded", "filtered", "policy"} <= set(fields)
+
+
+def test_an_unknown_viewer_sees_all_ages_titles_and_the_answer_says_what_was_filtered(client, service):
+    body = client.get("/v1/recommendations/987654321", params={"k": 20}).json()
+    assert body["policy"].startswith("unknown age")
+    assert set(body["filtered"]) == {"region", "age_rating", "license_window", "released_only"}
+    assert body["filtered"]["age_rating"] > 0  # adult and teen titles among the candidates were removed
+    rules = service.snapshot().rules
+    shown = [it["item_id"] for it in body["items"]]
+    assert (rules.catalog_.min_age[rules._positions(shown)] == 0).all()
+    adult = client.get("/v1/recommendations/987654321", params={"k": 20, "age": 40}).json()
+    assert adult["policy"].startswith("age 40 from the request") and adult["filtered"]["age_rating"] == 0

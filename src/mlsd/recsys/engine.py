@@ -51,6 +51,7 @@ scores are probabilities).
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import re
 import threading
@@ -74,15 +75,28 @@ from mlsd.recsys.rules import RuleFilter, region_bits
 logger = logging.getLogger("mlsd.recsys.engine")
 
 USER_ID = re.compile(r"^[0-9]{1,18}$")
+# Readable text for every candidate source a model can emit (tests/recsys/test_engine.py checks the
+# list against the generator's sources).
 REASONS = {
     "als": "viewers with similar taste watched it",
     "ease": "often watched together with your titles",
     "rp3": "viewers of your titles went on to watch it",
+    "seq": "often watched next after your latest titles",
+    "blend": "matches your viewing history",
     "content": "similar to titles you watched",
     "popular": "popular on the platform",
     "trending": "trending this week",
     "new": "new on the platform",
 }
+# What a viewer of unknown age may see (issue 10): the strictest choice. Their age is taken to be
+# ``config.rules.unknown_age`` (0 by default), so only titles rated for all ages (G, and any rating whose
+# minimum age is at most that) pass the age rule; an unknown rating counts as adults-only. A request
+# or a stored profile that gives the age widens it. Each answer says which applied (``policy``) and
+# how many candidates each rule removed (``filtered``).
+UNKNOWN_AGE_POLICY = (
+    "unknown age: treated as age {age}, so only titles rated for all ages are shown; "
+    "pass age= or store a profile to widen it"
+)
 SKIPPABLE = ("features", "ranking", "rerank")
 USER_NAMESPACE = "recsys:user"
 SYSTEM = "recsys"
@@ -275,6 +289,11 @@ def _user_id(raw: Any) -> int:
     return parse_user_id(raw)
 
 
+def _is_age(age: Any) -> bool:
+    """A usable age (a stored profile may hold anything a client once sent: NaN, a string)."""
+    return isinstance(age, int | np.integer) and not isinstance(age, bool) and 0 < age < 130
+
+
 def _region_bits(region: Any) -> int:
     bits = region_bits(region) if isinstance(region, str) else 0
     if bits == 0:
@@ -359,6 +378,10 @@ class RecsysEngine:
         self._watcher = None
         self.reloads = 0
         self.store = online_store
+        # A store with a serving path takes the request's remaining budget (RedisStore: bounded waits).
+        self._store_takes_timeout = (
+            online_store is not None and "timeout_s" in inspect.signature(online_store.get_many).parameters
+        )
         limit_threads(self.config.service.threads)
         self.experiments = experiments
         self.feature_sample = feature_sample
@@ -545,6 +568,11 @@ class RecsysEngine:
                 answer["experiment"] = names
                 out[r] = answer
         self._router.expose(assignment, batch.uids)  # only now was the batch really served
+        outage = self.experiments.outage() if self.experiments is not None else None
+        if outage is not None:  # the exposure log is down: experiments are paused (the default path)
+            for answer in out:
+                reasons = [r for r in (answer["degraded_reason"], outage) if r]  # type: ignore[index]
+                answer.update(degraded=True, degraded_reason="; ".join(reasons))  # type: ignore[union-attr]
         return out  # type: ignore[return-value]
 
     def preview(
@@ -615,9 +643,12 @@ class RecsysEngine:
                     if (
                         isinstance(picks, str | bytes)
                         or len(picks) > 100
-                        or not all(isinstance(p, int | np.integer) and not isinstance(p, bool) for p in picks)
+                        or not all(
+                            isinstance(p, int | np.integer) and not isinstance(p, bool) and 0 <= p < 10**18
+                            for p in picks
+                        )  # fmt: skip
                     ):
-                        raise InputError("seed_items", picks, "must be up to 100 item ids",
+                        raise InputError("seed_items", picks, "must be up to 100 item ids (0..10^18-1)",
                                          "pass e.g. [12, 40, 7]")  # fmt: skip
                     picks = [int(p) for p in picks]
                 seeds.append(picks)
@@ -638,28 +669,63 @@ class RecsysEngine:
             seeds=seeds, request_ids=ids, deadline_ms=max(budgets) if budgets else self.config.budgets.deadline_ms,
         )  # fmt: skip
 
-    def _live_profiles(self, uids: np.ndarray) -> list[dict[str, Any]]:
+    def _live_profiles(self, uids: np.ndarray, deadline: Deadline) -> tuple[list[dict[str, Any]], str | None]:
+        """Live profiles of the batch's users, and why they are missing when the store failed (None:
+        read, or no store). A store with a serving path (:class:`~mlsd.platform.features.online.RedisStore`)
+        gets the deadline's remaining budget and waits at most ``min(remaining, its serving timeout)``;
+        on an outage the batch is served without live profiles: the request's and the training
+        snapshot's region and age, else the defaults (see :data:`UNKNOWN_AGE_POLICY`)."""
+        from mlsd.platform.features.online import StoreUnavailable
+
+        empty = [{} for _ in range(len(uids))]
         if self.store is None or len(uids) == 0:
-            return [{} for _ in range(len(uids))]
-        return [row or {} for row in self.store.get_many(USER_NAMESPACE, [str(int(u)) for u in uids])]
+            return empty, None
+        keys = [str(int(u)) for u in uids]
+        try:
+            if self._store_takes_timeout:
+                rows = self.store.get_many(
+                    USER_NAMESPACE, keys, timeout_s=max(deadline.remaining_ms(), 0) / 1000
+                )
+            else:
+                rows = self.store.get_many(USER_NAMESPACE, keys)
+        except StoreUnavailable as err:
+            return empty, f"live profiles not read: {err}; served from the model with region/age from the " \
+                          "request or the training data, else the defaults"  # fmt: skip
+        return [row or {} for row in rows], None
 
     def _users(self, state: _Loaded, batch: _Requests, live: list[dict[str, Any]]):
-        """Region bits and age per request: the request's own, else the live profile's, else the
-        snapshot's user attributes, else the defaults (vectorised over the batch)."""
+        """Region bits, age and the policy text per request: the request's own, else the live profile's,
+        else the snapshot's user attributes, else the defaults (vectorised over the batch)."""
         pos = np.minimum(np.searchsorted(state.user_ids, batch.uids), max(len(state.user_ids) - 1, 0))
         known = state.user_ids[pos] == batch.uids if len(state.user_ids) else np.zeros(len(batch), bool)
         bits = np.where(known, state.user_region[pos] if len(state.user_ids) else 0,
                         region_bits(self.config.service.default_region)).astype(np.int64)  # fmt: skip
-        ages = np.where(known, state.user_age[pos] if len(state.user_ids) else 0,
-                        self.config.rules.unknown_age).astype(np.int64)  # fmt: skip
+        unknown_age = self.config.rules.unknown_age
+        ages = np.where(known, state.user_age[pos] if len(state.user_ids) else 0, unknown_age).astype(
+            np.int64
+        )
+        # The snapshot stores unknown ages as unknown_age too: a known user without an age is unknown.
+        age_from = np.where(known & (ages != unknown_age), "training data", "").astype(object)
+        region_from = np.where(known, "training data", "").astype(object)
         for j in range(len(batch)):
-            region = batch.regions[j] if batch.regions[j] is not None else live[j].get("region")
+            region, source = (batch.regions[j], "request") if batch.regions[j] is not None else (
+                live[j].get("region"), "profile")  # fmt: skip
             if region is not None:
-                bits[j] = _region_bits(region)
-            age = batch.ages[j] if batch.ages[j] is not None else live[j].get("age")
-            if age is not None:
-                ages[j] = int(age)
-        return bits, ages
+                bits[j], region_from[j] = _region_bits(region), source
+            age, source = (
+                (batch.ages[j], "request") if batch.ages[j] is not None else (live[j].get("age"), "profile")
+            )
+            if _is_age(age):
+                ages[j], age_from[j] = int(age), source
+        policies = [self._policy(int(ages[j]), age_from[j], region_from[j]) for j in range(len(batch))]
+        return bits, ages, policies
+
+    def _policy(self, age: int, age_from: str, region_from: str) -> str:
+        """The policy line of an answer: where its age and region came from (see UNKNOWN_AGE_POLICY)."""
+        text = f"age {age} from the {age_from}" if age_from else UNKNOWN_AGE_POLICY.format(age=age)
+        if not region_from:
+            return f"{text}; unknown region: {self.config.service.default_region} (the service default)"
+        return text
 
     def _seeds(self, state: _Loaded, batch: _Requests, live: list[dict[str, Any]], cold: np.ndarray):
         """Seed titles of the users the model has no history for: the request's picks, the live
@@ -690,8 +756,8 @@ class RecsysEngine:
         state = self.snapshot(variant.alias)  # one snapshot for the whole batch (hot reload safe)
         model = state.model
         n_req = len(batch)
-        live = self._live_profiles(batch.uids)
-        bits, ages = self._users(state, batch, live)
+        live, store_outage = self._live_profiles(batch.uids, deadline)
+        bits, ages, policies = self._users(state, batch, live)
         cold = model.users_.index(batch.uids) < 0
         seeds = self._seeds(state, batch, live, cold)
         now = self.now()
@@ -704,7 +770,12 @@ class RecsysEngine:
         with timer.stage("rules"):
             row = frame["batch_row"].to_numpy(np.int64)
             item_ids = frame["item_id"].to_numpy(np.int64)
-            ok = state.rules.allowed(item_ids, now=now, user_region=bits[row], user_age=ages[row])
+            known, failed = state.rules.failures(item_ids, now=now, user_region=bits[row], user_age=ages[row])
+            ok = known.copy()
+            for mask in failed.values():
+                ok &= ~mask
+            # How many candidates each rule removed, per request (a title may fail several rules).
+            filtered = {rule: np.bincount(row[mask], minlength=n_req) for rule, mask in failed.items()}
             if seeds is not None and any(seeds):  # titles a new user picked already are not news
                 pick_rows = np.repeat(np.arange(n_req), [len(s) for s in seeds])
                 pick_items = np.concatenate([np.asarray(s, np.int64) for s in seeds])
@@ -792,6 +863,10 @@ class RecsysEngine:
             answer["total_ms"] = round(shared_ms + (time.perf_counter() - t0) * 1000.0, 3)
             answer["scored_by"] = "none" if b == a else ("cold_start_fallback" if cold[j] else warm_by)
             answer["model_alias"] = variant.alias
+            answer["filtered"] = {rule: int(counts[j]) for rule, counts in filtered.items()}
+            answer["policy"] = policies[j]
+            answer["degraded"] = store_outage is not None
+            answer["degraded_reason"] = store_outage
             out.append(answer)
         if rerank:
             costs["rerank"].observe(rerank_ms, n)
@@ -841,7 +916,7 @@ class RecsysEngine:
         items = []
         for pos in range(len(shown)):  # k <= 500 response rows: building the JSON is per item anyway
             sources = [s for s, f in zip(names, flags[pos], strict=True) if f]
-            reasons = [REASONS.get(s, s) for s in sources]
+            reasons = [REASONS.get(s) or f"recommended by the {s} model" for s in sources]
             if fresh[pos]:
                 reasons.append("released in the last 30 days")
             if explored[pos]:

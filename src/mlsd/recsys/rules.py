@@ -114,6 +114,33 @@ class RuleFilter:
         ``user_region`` (bits from :func:`region_bits`) and ``user_age`` are scalars or one per request.
         Unknown ids and padding are never allowed.
         """
+        known, failures = self.failures(item_ids, now=now, user_region=user_region, user_age=user_age)
+        ok = known
+        for failed in failures.values():
+            ok &= ~failed
+        return ok
+
+    def failures(
+        self,
+        item_ids: np.ndarray,
+        *,
+        now: int | np.ndarray,
+        user_region: int | np.ndarray,
+        user_age: int | np.ndarray,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Which titles are in the catalogue, and per enabled rule (``region``, ``age_rating``,
+        ``license_window``, ``released_only``) which titles fail it (a title may fail several): what a
+        response reports as ``filtered``. Arguments as :meth:`allowed`.
+
+        Examples:
+            >>> items = pd.DataFrame({"item_id": [1, 2, 3], "age_rating": ["G", "R", "PG-13"],
+            ...                       "region": ["US|EU", "US", "EU"]})
+            >>> rules = RuleFilter().fit(items)
+            >>> known, failed = rules.failures(np.array([1, 2, 3, 9]), now=0,
+            ...                                user_region=region_bits("EU"), user_age=0)
+            >>> known.tolist(), failed["age_rating"].tolist(), failed["region"].tolist()
+            ([True, True, True, False], [False, True, True, False], [False, True, False, False])
+        """
         item_ids = np.asarray(item_ids, dtype=np.int64)
         cfg, cat = self.config, self.catalog_
 
@@ -122,18 +149,21 @@ class RuleFilter:
             return value[:, None] if value.ndim == 1 and item_ids.ndim == 2 else value
 
         pos = self._positions(item_ids)
-        ok = pos >= 0
-        p = np.where(ok, pos, 0)
+        known = pos >= 0
+        p = np.where(known, pos, 0)
         now_b = per_row(now)
+        failed: dict[str, np.ndarray] = {}
         if cfg.region:
-            ok &= (cat.region_bits[p] & per_row(user_region)) != 0
+            failed["region"] = known & ((cat.region_bits[p] & per_row(user_region)) == 0)
         if cfg.age_rating:
-            ok &= cat.min_age[p] <= per_row(user_age)
+            failed["age_rating"] = known & (cat.min_age[p] > per_row(user_age))
         if cfg.license_window:
-            ok &= (cat.license_start[p] <= now_b) & (now_b < cat.license_end[p])
+            failed["license_window"] = known & ~(
+                (cat.license_start[p] <= now_b) & (now_b < cat.license_end[p])
+            )
         if cfg.released_only:
-            ok &= cat.release_ts[p] <= now_b
-        return ok
+            failed["released_only"] = known & (cat.release_ts[p] > now_b)
+        return known, failed
 
     def filter(
         self,

@@ -5,7 +5,14 @@ comes from ``engine.handle``, the one serving path).
   request, i.e. a batch of one (:func:`body_from_query` turns the query into the engine's request body);
 * ``PUT /v1/users/{user_id}/profile``: a sign-up or profile change into the online store (when the
   engine has one);
-* ``GET /health``: ``model``, ``model_version``, hot ``reloads`` and the answering worker's ``pid``.
+* ``GET /health``: ``model``, ``model_version``, hot ``reloads`` and the answering worker's ``pid``;
+  ``GET /ready`` (when the platform app has it): 503 while the online store does not answer a PING.
+
+Degraded, not down: with the online store (Redis) unreachable or blackholed, every request still
+answers 200 within its deadline: the store read waits at most ``min(remaining budget, 50 ms)``
+(:meth:`~mlsd.platform.features.online.RedisStore.get_many`), then the engine serves without live
+profiles (the rules still apply, with the unknown-age policy for a viewer it knows nothing about),
+``"degraded": true`` with ``"degraded_reason"``. The answer's shape is :class:`Recommendations`.
 
 :func:`app_from_env` builds the app in each of several uvicorn worker processes (``mlsd recsys serve
 --workdir W --workers N``): the environment carries the workdir, not a registry path.
@@ -14,20 +21,84 @@ comes from ``engine.handle``, the one serving path).
 from __future__ import annotations
 
 import os
-from typing import Any
+import re
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from fastapi import Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from mlsd.platform.errors import InputError
 from mlsd.recsys.engine import RecsysEngine, parse_user_id
+
+ITEM_ID = re.compile(r"^[0-9]{1,18}$")
+READY_TIMEOUT_S = 0.1
 
 
 class Profile(BaseModel):
     """Body of ``PUT /v1/users/{user_id}/profile``."""
 
-    region: str | None = None
-    age: int | None = Field(None, gt=0, lt=130)
-    picks: list[int] = Field(default_factory=list, max_length=100)
+    model_config = ConfigDict(extra="forbid")
+
+    region: str | None = Field(None, max_length=32, description="viewer region: US, EU, LATAM, APAC or IN")
+    age: int | None = Field(None, gt=0, lt=130, description="viewer age in years")
+    picks: list[Annotated[int, Field(ge=0, lt=10**18)]] = Field(
+        default_factory=list, max_length=100, description="onboarding picks (item ids)"
+    )
+
+
+class ProfileStored(BaseModel):
+    """Answer of ``PUT /v1/users/{user_id}/profile``."""
+
+    user_id: str
+    stored: bool
+
+
+class SkippedStage(BaseModel):
+    stage: str
+    reason: str
+
+
+class RecommendedItem(BaseModel):
+    item_id: int
+    title: str
+    score: float
+    sources: list[str] = Field(description="candidate sources that proposed the title")
+    reasons: list[str] = Field(description="readable reasons, one per source and signal")
+    propensity: float = Field(
+        description="probability this title was shown in this slot (off-policy estimates)"
+    )
+    explored: bool
+
+
+class Recommendations(BaseModel):
+    """Answer of ``GET /v1/recommendations/{user_id}``."""
+
+    user_id: str
+    request_id: str
+    model_version: int | None
+    model_alias: str
+    cold_start: bool = Field(description="the model has no history for this user")
+    k: int
+    n_candidates: int
+    items: list[RecommendedItem]
+    scored_by: str = Field(description="ranker | candidate_order | cold_start_fallback | none")
+    filtered: dict[str, int] = Field(
+        description="candidates each business rule removed (region, age_rating, ...)"
+    )
+    policy: str = Field(
+        description="where the viewer's age and region came from (unknown age: all-ages titles)"
+    )
+    degraded: bool = Field(
+        description="served without a dependency (e.g. the online store); see degraded_reason"
+    )
+    degraded_reason: str | None
+    experiment: dict[str, str] = Field(description="experiment -> arm (empty outside every experiment)")
+    timings_ms: dict[str, float]
+    skipped: list[SkippedStage]
+    deadline_ms: float
+    total_ms: float
+    now: int = Field(description="the time the licensing windows were checked at (seconds since the epoch)")
 
 
 def body_from_query(user_id: str, k: int | None = None, *, region: str | None = None, age: int | None = None,
@@ -43,10 +114,12 @@ def body_from_query(user_id: str, k: int | None = None, *, region: str | None = 
         body["age"] = age
     if seed:
         parts = [p.strip() for p in seed.split(",") if p.strip()]
-        if not all(p.isdigit() for p in parts) or len(parts) > 100:
+        # ASCII digits, at most 18 of them: an id must fit the catalogue's int64 ids
+        if len(parts) > 100 or not all(ITEM_ID.match(p) for p in parts):
             raise InputError(
-                "seed", seed, "must be up to 100 comma-separated item ids", "use e.g. seed=12,40,7"
-            )
+                "seed", seed[:200], "must be up to 100 comma-separated item ids of 1-18 digits",
+                "use e.g. seed=12,40,7",
+            )  # fmt: skip
         body["seed_items"] = [int(p) for p in parts]
     if deadline_ms is not None:
         body["deadline_ms"] = deadline_ms
@@ -55,9 +128,6 @@ def body_from_query(user_id: str, k: int | None = None, *, region: str | None = 
 
 def create_service_app(engine: RecsysEngine):
     """The HTTP surface over ``engine`` on the platform app factory (see the module docstring)."""
-    from fastapi import Query
-    from fastapi.responses import JSONResponse
-
     from mlsd.platform.serving import create_app
 
     svc_cfg = engine.config.service
@@ -72,8 +142,10 @@ def create_service_app(engine: RecsysEngine):
         }
 
     app = create_app("recsys", title="mlsd movie recommendations", health=health)
+    if engine.store is not None and hasattr(engine.store, "ping"):
+        _add_ready_check(app, store_ready(engine.store))
 
-    @app.get("/v1/recommendations/{user_id}", tags=["recsys"])
+    @app.get("/v1/recommendations/{user_id}", tags=["recsys"], response_model=Recommendations)
     def recommendations(
         user_id: str,
         k: int = Query(svc_cfg.k_default, description=f"how many titles, {svc_cfg.k_min}..{svc_cfg.k_max}"),
@@ -83,7 +155,7 @@ def create_service_app(engine: RecsysEngine):
             None, description="comma-separated onboarding picks (item ids) for cold start"
         ),
         deadline_ms: float | None = Query(None, gt=0, le=10_000, description="override the request budget"),
-    ) -> JSONResponse:
+    ) -> Any:
         body = body_from_query(user_id, k, region=region, age=age, seed=seed, deadline_ms=deadline_ms)
         # The answer holds only JSON types already: a JSONResponse skips FastAPI's generic encoder and
         # response validation (~2.5 ms per 50-title answer, about a tenth of the request).
@@ -91,7 +163,7 @@ def create_service_app(engine: RecsysEngine):
 
     if engine.store is not None:
 
-        @app.put("/v1/users/{user_id}/profile", tags=["recsys"])
+        @app.put("/v1/users/{user_id}/profile", tags=["recsys"], response_model=ProfileStored)
         def put_profile(user_id: str, profile: Profile) -> dict[str, Any]:
             """A sign-up or profile change (region, age, onboarding picks): used from the next request on."""
             engine.record_profile(user_id, region=profile.region, age=profile.age, picks=profile.picks)
@@ -99,6 +171,27 @@ def create_service_app(engine: RecsysEngine):
 
     app.state.recsys = engine
     return app
+
+
+def store_ready(store: Any, timeout_s: float = READY_TIMEOUT_S):
+    """The readiness check of a service reading ``store``: raises while it does not answer a PING
+    within ``timeout_s`` (``/ready`` then answers 503 with the reason; ``/health`` stays 200)."""
+
+    def check() -> dict[str, Any]:
+        if not store.ping(timeout_s):
+            raise ConnectionError(
+                f"online store (redis) did not answer a PING within {timeout_s * 1000:.0f} ms"
+            )
+        return {"online_store": "ok"}
+
+    return check
+
+
+def _add_ready_check(app: Any, check: Any) -> None:
+    """Register ``check`` with the platform app's ``/ready`` (a no-op on an app without one)."""
+    checks = getattr(app.state, "ready_checks", None)
+    if checks is not None:
+        checks.append(check)
 
 
 WORKDIR_ENV = "MLSD_RECSYS_WORKDIR"
