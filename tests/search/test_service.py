@@ -120,3 +120,70 @@ def test_malformed_events_are_422_naming_the_field(client, body, field) -> None:
     r = client.post("/v1/events", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 422 and _field(r) == field
     assert len(client.log.events()) == 0  # nothing half-written
+
+
+def test_openapi_documents_typed_bodies(client) -> None:
+    r = client.get("/openapi.json")
+    assert r.status_code == 200
+    spec = r.json()
+    ok = spec["paths"]["/v1/search"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok["$ref"].endswith("/SearchAnswer")
+    assert {"results", "degraded", "experiment"} <= set(
+        spec["components"]["schemas"]["SearchAnswer"]["properties"]
+    )
+    body = spec["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    event = body["properties"]["events"]["items"]
+    assert {"type", "search_id", "product_id", "position", "ts"} <= set(event["properties"])
+    assert "$defs" not in str(body)  # no reference the OpenAPI document cannot resolve
+
+
+@pytest.fixture
+def blackhole():
+    """A Redis URL whose server accepts connections and never answers."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    listener.close()
+
+
+def _experiments(tmp_path, url):
+    from mlsd.platform.experiments.client import ExperimentClient
+
+    path = tmp_path / "experiments.yaml"
+    path.write_text(
+        "experiments:\n  - name: ranker-test\n    system: search\n"
+        "    arms: [{name: control, params: {ranker: hybrid}}, {name: bm25, params: {ranker: bm25}}]\n"
+    )
+    return ExperimentClient.from_options(path, url)
+
+
+def test_a_blackholed_exposure_log_serves_the_control_path_flagged_degraded(
+    engine, tmp_path, blackhole
+) -> None:
+    experiments = _experiments(tmp_path, blackhole)
+    c = TestClient(create_search_app(engine, ClickLog(tmp_path), experiments=experiments))
+    in_experiment = [f"u{i}" for i in range(40) if experiments.assign("ranker-test", [f"u{i}"])[0] >= 0]
+    assert in_experiment
+    first = c.get("/v1/search", params={"q": "lamp", "user_id": in_experiment[0], "k": 3})
+    assert first.status_code == 200 and first.json()["degraded"] is True
+    assert "exposure log unreachable" in first.json()["degraded_reason"]
+    # While the log is down the experiment is paused: every user gets the control (champion) path.
+    later = c.get("/v1/search", params={"q": "lamp", "user_id": in_experiment[-1], "k": 3}).json()
+    assert later["degraded"] is True and later["experiment"] == {}
+    anonymous = c.get("/v1/search", params={"q": "lamp", "k": 3}).json()
+    assert anonymous["degraded"] is False  # no user, no experiment: nothing was left out
+    assert c.get("/health").status_code == 200
+    ready = c.get("/ready")
+    assert ready.status_code == 503 and "exposure log" in ready.text
+
+
+def test_a_healthy_exposure_log_is_not_degraded(engine, tmp_path, redis_url) -> None:
+    c = TestClient(
+        create_search_app(engine, ClickLog(tmp_path), experiments=_experiments(tmp_path, redis_url))
+    )
+    body = c.get("/v1/search", params={"q": "lamp", "user_id": "u1", "k": 3}).json()
+    assert body["degraded"] is False and body["degraded_reason"] is None
+    assert c.get("/ready").status_code == 200

@@ -32,6 +32,9 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from mlsd.platform.errors import InputError
@@ -42,6 +45,74 @@ from mlsd.search.routing import SearchRouter
 
 MAX_BODY_BYTES = 5_000_000
 logger = logging.getLogger("mlsd.search.service")
+
+
+class SearchResult(BaseModel):
+    model_config = ConfigDict(extra="allow")  # ranker diagnostics ride along
+
+    product_id: int
+    position: int = Field(description="1-based rank shown")
+    score: float | None
+    title: str | None = None
+    brand: str | None = None
+    category: str | None = None
+    price: float | None = None
+
+
+class SkippedStage(BaseModel):
+    stage: str
+    reason: str
+
+
+class SearchAnswer(BaseModel):
+    """Answer of ``GET /v1/search`` (extra keys: diagnostics that depend on the ranker)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    search_id: str
+    query: str
+    user_id: str
+    model_version: int | None
+    ranked_by: str = Field(description="the stage whose order was served (ltr, hybrid, bm25, ...)")
+    results: list[SearchResult]
+    parsed: dict[str, Any] = Field(description="corrected, expansions, intent, entities, language, ...")
+    rules: Any = Field(None, description="merchandising rules applied")
+    timings_ms: dict[str, float]
+    skipped: list[SkippedStage]
+    batch: int
+    deadline_ms: float
+    total_ms: float
+    experiment: dict[str, str] = Field(description="experiment -> arm (empty outside every experiment)")
+    degraded: bool = Field(description="served on the control path because a dependency is down")
+    degraded_reason: str | None
+
+
+class Event(BaseModel):
+    """One search event (checked by :func:`~mlsd.search.clicklog.validate_events`, which names the field)."""
+
+    type: str = Field(description="impression | click | add_to_cart | purchase")
+    search_id: str
+    product_id: int = Field(ge=0, lt=2**63)
+    position: int | None = Field(None, ge=1, lt=2**31, description="1-based rank shown; impressions only")
+    logged_position: int | None = Field(None, ge=1, lt=2**31, description="rank before a randomised swap")
+    query: str | None = Field(None, description="the query text; impressions only")
+    user_id: str | None = None
+    value: float | None = Field(None, ge=0, description="order value of a purchase")
+    ts: int | None = Field(
+        None, ge=0, lt=32_503_680_000, description="seconds since the epoch (default: now)"
+    )
+
+
+class EventsBody(BaseModel):
+    """Body of ``POST /v1/events``."""
+
+    events: list[Event] = Field(min_length=1)
+
+
+class EventsAccepted(BaseModel):
+    """Answer of ``POST /v1/events``: sent only once every event is fsync'd to the click log."""
+
+    accepted: int
 
 
 def create_search_app(
@@ -82,16 +153,30 @@ def create_search_app(
     app.state.clicklog = clicklog
     if clicklog is not None:  # every accepted event is on disk already; this compacts the segment
         app.router.on_shutdown.append(clicklog.close)
+    checks = getattr(app.state, "ready_checks", None)
+    if checks is not None and experiments is not None and hasattr(experiments.log, "_client"):
+        checks.append(exposure_log_ready(experiments.log))
 
-    @app.get("/v1/search", tags=["search"])
+    @app.get("/v1/search", tags=["search"], response_model=SearchAnswer, response_model_exclude_unset=True)
     def search(
         q: str = Query(..., description="the query text"),
         user_id: str = Query("", max_length=200, description="who is searching (personalisation)"),
         k: int = Query(svc.k_default, description=f"results wanted, {svc.k_min}..{svc.k_max}"),
-    ) -> dict[str, Any]:
-        return router.handle([{"q": q, "user_id": user_id, "k": k}])[0]  # checked by the engine
+    ) -> Any:
+        answer = router.handle([{"q": q, "user_id": user_id, "k": k}])[0]  # checked by the engine
+        outage = experiments.outage() if experiments is not None else None
+        # The exposure log is down: experiments are paused, the request took the control (champion) path.
+        answer["degraded"] = outage is not None and bool(user_id)
+        answer["degraded_reason"] = outage if answer["degraded"] else None
+        return JSONResponse(jsonable_encoder(answer))
 
-    @app.post("/v1/events", tags=["search"])
+    @app.post(
+        "/v1/events",
+        tags=["search"],
+        response_model=EventsAccepted,
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+            "schema": _inline_defs(EventsBody.model_json_schema())}}}},
+    )  # fmt: skip
     async def events(request: Request) -> dict[str, Any]:
         body = await request.body()
         if len(body) > MAX_BODY_BYTES:
@@ -140,6 +225,45 @@ def create_search_app(
         return {"accepted": accepted}
 
     return app
+
+
+def _inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its ``$defs`` written in place (an OpenAPI operation's schema
+    cannot point into its own ``$defs``)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.rsplit("/", 1)[-1]])
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(value) for value in node]
+        return node
+
+    return walk(schema)
+
+
+def exposure_log_ready(log: Any, timeout_s: float = 0.1):
+    """``/ready`` check: the Redis exposure log answers a PING within ``timeout_s`` (else 503: the
+    service still answers searches, on the control path, flagged degraded)."""
+
+    def check() -> dict[str, Any]:
+        import redis
+
+        where = log._client.connection_pool.connection_kwargs
+        client = redis.Redis(**{k: where[k] for k in ("host", "port", "db", "username", "password") if k in where},
+                             socket_timeout=timeout_s, socket_connect_timeout=timeout_s)  # fmt: skip
+        try:
+            client.ping()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as err:
+            raise ConnectionError(f"exposure log (redis) did not answer a PING: {err}") from None
+        finally:
+            client.close()
+        return {"exposure_log": "ok"}
+
+    return check
 
 
 def champion_watcher(engine: SearchEngine, registry_dir: Any, *, start: bool = True) -> Any:
