@@ -424,3 +424,13 @@ def test_openapi_documents_the_error_bodies_as_sent(client: TestClient) -> None:
     # what is sent validates against the documented model
     sent = client.post("/v1/items", json={"name": "x", "price": "cheap"}).json()
     assert ErrorBody.model_validate(sent).error.field == "price"
+
+
+def test_escaped_quotes_do_not_fool_the_depth_limit() -> None:
+    client = TestClient(guarded_app(max_json_depth=2))
+    text = rb'{"q": "a \" [[[[ \\\" {{{{", "n": [1]}'  # escaped quotes: the brackets are text
+    assert post_raw(client, text).status_code == 200
+    ends = rb'{"q": "a \\", "n": [[[1]]]}'  # an escaped backslash ends the string: the brackets are JSON
+    response = post_raw(client, ends)
+    assert response.status_code == 422 and "nested 4 levels" in response.json()["error"]["problem"]
+    assert post_raw(client, b"{not json", path="/v1/items").json()["error"]["field"] != "body.depth"
