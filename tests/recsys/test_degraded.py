@@ -68,3 +68,24 @@ def test_a_healthy_store_is_not_degraded_and_ready(tiny, redis_url, redis_prefix
     assert body["degraded"] is False and body["degraded_reason"] is None
     assert client.get("/ready").status_code == 200
     svc.close()
+
+
+def test_a_blackholed_exposure_log_pauses_experiments_and_flags_the_answers(tiny, tmp_path, blackhole):
+    from mlsd.platform.experiments.client import ExperimentClient
+
+    path = tmp_path / "experiments.yaml"
+    path.write_text(
+        "experiments:\n  - name: explore-more\n    system: recsys\n"
+        "    arms: [{name: control}, {name: explore, params: {epsilon: 0.2}}]\n"
+    )
+    experiments = ExperimentClient.from_options(path, blackhole)
+    experiments.outage_retry_s = 600  # the pause outlasts the test on a slow machine
+    svc = RecsysEngine(tiny.registry, config=NO_POLL, experiments=experiments)
+    client = TestClient(create_service_app(svc))
+    users = [int(u) for u in svc.snapshot().model.users_.ids[:20]]
+    first = client.get(f"/v1/recommendations/{users[0]}", params={"k": 5})
+    assert first.status_code == 200 and first.json()["degraded"] is True
+    assert "exposure log unreachable" in first.json()["degraded_reason"]
+    later = [client.get(f"/v1/recommendations/{u}", params={"k": 5}).json() for u in users[1:]]
+    assert all(b["degraded"] and b["experiment"] == {} for b in later)  # paused: the champion path
+    svc.close()

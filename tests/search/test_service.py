@@ -164,6 +164,7 @@ def test_a_blackholed_exposure_log_serves_the_control_path_flagged_degraded(
     engine, tmp_path, blackhole
 ) -> None:
     experiments = _experiments(tmp_path, blackhole)
+    experiments.outage_retry_s = 600  # the pause outlasts the test on a slow machine
     c = TestClient(create_search_app(engine, ClickLog(tmp_path), experiments=experiments))
     in_experiment = [f"u{i}" for i in range(40) if experiments.assign("ranker-test", [f"u{i}"])[0] >= 0]
     assert in_experiment
