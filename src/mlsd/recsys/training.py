@@ -182,7 +182,7 @@ def _fit(dataset: RecsysDataset, cfg: TrainConfig, steps) -> _Fitted:
     ).fit(dataset.with_interactions(train), cutoff=bounds["cutoff"])
     steps.update()
 
-    steps.set_postfix_str("evaluate on the next day")
+    steps.set_postfix_str("evaluate on the held-out days")
     metrics = evaluate_model(model, users, relevant, cfg.k, n_items)
     baseline = evaluate_model(_Popularity(train), users, relevant, cfg.k, n_items)
     steps.update()
@@ -207,7 +207,9 @@ def _gate(challenger: dict[str, float], champion_model, champion_version: int, u
     promote = challenger[key] > champ[key] + cfg.min_gain
     reason = (
         f"challenger {key} {challenger[key]:.4f} {'>' if promote else '<='} champion "
-        f"v{champion_version} {champ[key]:.4f} (+{cfg.min_gain}) on the same eval day"
+        f"v{champion_version} {champ[key]:.4f}"
+        + (f" + min gain {cfg.min_gain}" if cfg.min_gain else "")
+        + " on the same held-out days"
     )
     return bool(promote), reason, champ
 
