@@ -1,5 +1,7 @@
-"""Redis Streams workers on the real Redis: load sharing, and a worker dying mid-batch loses nothing
-and counts nothing twice (every payment decided exactly once, window counts exact)."""
+"""Redis Streams workers on the real Redis: load sharing, a worker dying mid-batch loses nothing and
+counts nothing twice (every payment decided exactly once, window counts exact), poison entries go to
+the dead-letter stream, batches are applied in stream order. The multi-process chaos run (kill -9,
+Redis outage) is tests/fraud/test_chaos.py."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import yaml
 
 from mlsd.fraud.engine import FraudPipeline
 from mlsd.fraud.rules import RuleEngine
-from mlsd.fraud.stream import StreamWorker, publish, read_decisions, stream_keys
+from mlsd.fraud.stream import StreamWorker, publish, read_dead_letters, read_decisions, stream_keys
 from mlsd.platform.errors import InputError
 from mlsd.platform.streaming.redis_windows import RedisWindowStore
 
@@ -146,19 +148,80 @@ def test_two_workers_share_the_load(setup, redis_prefix):
     assert w1.stats.read > 0 and w2.stats.read > 0 and w1.stats.read + w2.stats.read == 80
 
 
-def test_invalid_payment_is_decided_as_error_not_blocking_the_stream(setup, redis_prefix):
+def test_poison_entries_go_to_the_dead_letter_stream_and_the_rest_of_the_batch_is_decided(
+    setup, redis_prefix
+):
+    """Each kind of entry that once ended the worker (exit 1, and again on every restart)."""
     client, make_worker = setup
     keys = stream_keys(redis_prefix)
-    pays = payments(5, 1)
-    pays[2] = {**pays[2], "amount": -3}
-    publish(client, keys["input"], pays)
-    worker = make_worker("a")
+    pays = payments(8, 2)
+    publish(client, keys["input"], pays[:2])
+    poison = {
+        client.xadd(keys["input"], {"p": b"{not json"}): "not valid JSON",
+        client.xadd(keys["input"], {"x": b"{}"}): "no 'p' field",
+        client.xadd(keys["input"], {"p": b"[1, 2]"}): "JSON list",
+        client.xadd(keys["input"], {"p": json.dumps({**pays[2], "card_id": {"a": 1}})}): "card_id is a dict",
+    }
+    publish(client, keys["input"], pays[3:5])
+    poison[client.xadd(keys["input"], {"p": json.dumps({**pays[5], "amount": -3})})] = "amount"
+    publish(client, keys["input"], pays[6:7])
+    poison[client.xadd(keys["input"], {"p": json.dumps({**pays[7], "ts": 32503680000})})] = '"field": "ts"'
+    worker = make_worker("a", batch_size=50)
     worker.run(idle_exit_s=0.2)
     out = {d["tx_id"]: d for d in read_decisions(client, keys["output"])}
-    assert len(out) == 5 and out[2]["decision"] == "error" and out[2]["error"]["field"] == "amount"
-    assert worker.stats.invalid == 1
-    assert client.xpending(keys["input"], "scorers")["pending"] == 0
-    assert json.loads(json.dumps(out[0]))["decision"] in {"approve", "review", "block"}
+    assert sorted(out) == [0, 1, 3, 4, 6]  # the batch around the poison is decided
+    assert {d["decision"] for d in out.values()} <= {"approve", "review", "block"}
+    dead = read_dead_letters(client, keys["dead"])
+    assert [d["id"] for d in dead] == sorted(i.decode() for i in poison)  # with the entry id ...
+    for letter in dead:  # ... and the error text
+        assert poison[letter["id"].encode()] in letter["error"]
+    assert worker.stats.invalid == 6
+    assert client.xpending(keys["input"], "scorers")["pending"] == 0  # all acknowledged: no crash loop
+
+
+def test_a_payment_the_engine_names_is_split_off_and_the_rest_scored_as_one_batch(setup, redis_prefix):
+    client, make_worker = setup
+    keys = stream_keys(redis_prefix)
+    pays = payments(5, 2)
+    pays[3] = {**pays[3], "ts": 32503680000}  # the engine refuses it as payments[3].ts
+    publish(client, keys["input"], pays)
+    worker = make_worker("a", batch_size=50)
+    score, calls = worker.scorer, []
+    worker.scorer = lambda bodies: calls.append(len(bodies)) or score(bodies)
+    worker.run(idle_exit_s=0.2)
+    assert calls == [5, 4]  # not one by one: the rest is still one vectorised batch
+    assert sorted(d["tx_id"] for d in read_decisions(client, keys["output"])) == [0, 1, 2, 4]
+    assert "payments[3].ts" in read_dead_letters(client, keys["dead"])[0]["error"]
+
+
+def test_a_payment_that_breaks_the_scorer_is_dead_lettered_not_fatal(setup, redis_prefix):
+    client, make_worker = setup
+    keys = stream_keys(redis_prefix)
+    publish(client, keys["input"], payments(6, 2))
+    worker = make_worker("a", batch_size=50)
+    score = worker.scorer
+
+    def fragile(bodies):  # an engine bug triggered by one payment (not an InputError)
+        if any(b["tx_id"] == 4 for b in bodies):
+            raise TypeError("unhashable type: 'dict'")
+        return score(bodies)
+
+    worker.scorer = fragile
+    worker.run(idle_exit_s=0.2)
+    assert sorted(d["tx_id"] for d in read_decisions(client, keys["output"])) == [0, 1, 2, 3, 5]
+    [letter] = read_dead_letters(client, keys["dead"])
+    assert "TypeError" in letter["error"] and json.loads(letter["body"])["tx_id"] == 4
+
+
+def test_a_dead_letter_is_written_once_when_two_workers_hold_the_entry(setup, redis_prefix):
+    client, make_worker = setup
+    keys = stream_keys(redis_prefix)
+    client.xadd(keys["input"], {"p": b"oops"})
+    slow, fresh = make_worker("slow"), make_worker("fresh", claim_idle_ms=0)
+    entries = slow._read(block=False)
+    fresh.run_once(block=False)  # reclaims the entry and dead-letters it
+    slow._take(entries)  # the slow worker gets to it too: already acknowledged, not written again
+    assert len(read_dead_letters(client, keys["dead"])) == 1
 
 
 def test_stream_command_refuses_a_missing_experiments_file_before_starting_workers(tmp_path, capsys):
@@ -186,3 +249,31 @@ def test_the_decided_set_expires_by_time_bucket_but_catches_a_redelivery_across_
     assert len(read_decisions(client, keys["output"])) == 10
     with pytest.raises(InputError):
         make_worker("w2", dedup_window_s=0)
+
+
+def test_a_batch_waits_until_every_earlier_entry_is_applied(setup, redis_prefix):
+    """Ordered: windows take payments in stream order whichever worker is faster."""
+    client, make_worker = setup
+    keys = stream_keys(redis_prefix)
+    publish(client, keys["input"], payments(20, 2))
+    w1, w2 = make_worker("w1", batch_size=10), make_worker("w2", batch_size=10)
+    w1._take(w1._read(block=False))  # w1 holds entries 0-9 and has not applied them yet
+    assert w2.run_once(block=False) == 0 and w2.stats.waits == 1  # w2 holds 10-19: must wait
+    assert client.xlen(keys["output"]) == 0
+    w1._current = list(w1._held)
+    w1.mark_applied()  # w1's features are in: w2 may go on while w1 still scores
+    assert w2.run_once(block=False) == 10
+    assert w1.run_once(block=False) == 10
+    assert sorted(d["tx_id"] for d in read_decisions(client, keys["output"])) == list(range(20))
+
+
+def test_a_dead_workers_entries_hold_the_others_back_until_reclaimed(setup, redis_prefix):
+    client, make_worker = setup
+    keys = stream_keys(redis_prefix)
+    publish(client, keys["input"], payments(20, 2))
+    dead = make_worker("dead", batch_size=10)
+    dead._read(block=False)  # delivered, never applied: the worker died
+    alive = make_worker("alive", batch_size=10, claim_idle_ms=0)
+    alive.run(idle_exit_s=0.2)
+    assert alive.stats.reclaimed == 10
+    assert [d["tx_id"] for d in read_decisions(client, keys["output"])] == list(range(20))  # in order

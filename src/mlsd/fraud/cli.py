@@ -199,6 +199,16 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--limit", type=int, default=None, help="publish at most N payments")
     p.add_argument("--idle-exit", type=float, default=None, help="stop after this many idle seconds")
+    p.add_argument("--batch-size", type=int, default=None, help="entries per read (default: config, 500)")
+    p.add_argument(
+        "--claim-idle-ms", type=int, default=None,
+        help="reclaim entries a worker has held this long (a dead worker's; default: config, 5000)",
+    )  # fmt: skip
+    p.add_argument(
+        "--unordered", action="store_true",
+        help="apply batches to the windows as they come (faster with many workers; features then "
+        "depend on the workers' timing)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true")
     # --experiments FILE (shadow), --exposure-redis URL (default for workers: the stream's --redis-url)
     _experiment_options(p)

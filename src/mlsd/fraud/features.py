@@ -29,15 +29,20 @@ are processed in event-time order (ties by arrival) - the order both paths defin
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import dataclasses
+import hashlib
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import repeat
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from mlsd.fraud.data import to_cents
 from mlsd.platform.errors import InputError
-from mlsd.platform.streaming import MemoryWindowStore, WindowStore, WindowView, mean_std
+from mlsd.platform.streaming import NOT_STORED, PAD_TS, MemoryWindowStore, WindowStore, WindowView, mean_std
 
 HOUR = 3_600
 DAY = 86_400
@@ -377,15 +382,175 @@ def _drain(finish) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# feature records: a payment's row, kept once, so a replay gets exactly the features it had
+# ------------------------------------------------------------------------------------------------
+class MemoryRecords:
+    """The last ``capacity`` feature rows by ``tx_id``, in this process (a ring: oldest overwritten).
+
+    Examples:
+        >>> import numpy as np
+        >>> records = MemoryRecords(n_features=2, capacity=2)
+        >>> records.put(["a", "b"], np.array([[1.0, 2.0], [3.0, 4.0]]))   # -> rows (first wins)
+        array([[1., 2.],
+               [3., 4.]])
+        >>> found, rows = records.get(["b", "x", "a"])
+        >>> found.tolist(), rows.tolist()
+        ([0, 2], [[3.0, 4.0], [1.0, 2.0]])
+        >>> _ = records.put(["c"], np.array([[5.0, 6.0]]))   # the ring is full: "a" (the oldest) goes
+        >>> records.get(["a", "c"])[0].tolist()
+        [1]
+    """
+
+    def __init__(self, n_features: int, capacity: int = 20_000) -> None:
+        self.capacity = int(capacity)
+        self._rows = np.empty((self.capacity, n_features), dtype=np.float64)
+        self._owner = np.full(self.capacity, None, dtype=object)  # the id each ring slot holds
+        self._slot: dict[Any, int] = {}
+        self._next = 0
+
+    def get(self, ids: list) -> tuple[np.ndarray, np.ndarray]:
+        """``(positions in ids that have a row, their rows)``."""
+        slots = np.fromiter(map(self._slot.get, ids, repeat(-1)), dtype=np.int64, count=len(ids))
+        found = np.flatnonzero(slots >= 0)
+        return found, self._rows[slots[found]]
+
+    def put(self, ids: list, rows: np.ndarray) -> np.ndarray:
+        """Record rows of ids not recorded yet; returns the recorded row of every id (first wins)."""
+        found, have = self.get(ids)
+        out = rows.copy()
+        out[found] = have
+        new = np.ones(len(ids), dtype=bool)
+        new[found] = False
+        first: dict[Any, int] = dict(zip(reversed(ids), range(len(ids) - 1, -1, -1), strict=True))  # 1st
+        new &= np.fromiter(map(first.__getitem__, ids), dtype=np.int64, count=len(ids)) == np.arange(len(ids))
+        idx = np.flatnonzero(new)[-self.capacity :]
+        slots = (self._next + np.arange(idx.size)) % self.capacity
+        self._next = int((self._next + idx.size) % self.capacity)
+        list(map(self._slot.pop, self._owner[slots].tolist(), repeat(None)))  # the slots' ids leave
+        chosen = [ids[i] for i in idx.tolist()]
+        owners = np.empty(len(chosen), dtype=object)
+        owners[:] = chosen
+        self._owner[slots] = owners
+        self._slot.update(zip(chosen, slots.tolist(), strict=True))
+        self._rows[slots] = rows[idx]
+        dup = np.flatnonzero(~new)
+        dup = dup[np.isin(dup, found, invert=True)]
+        if dup.size:  # an id twice in one batch: the later one gets the first one's row
+            out[dup] = out[[first[ids[i]] for i in dup.tolist()]]
+        return out
+
+
+# KEYS: this bucket's hash, the previous bucket's. ARGV: the ids. Returns the positions (1-based,
+# comma separated) of the ids with a row, and those rows concatenated (fixed width each).
+_GET_ROWS = """
+local found, rows = {}, {}
+for i = 1, #ARGV do
+  local row = redis.call('HGET', KEYS[1], ARGV[i]) or redis.call('HGET', KEYS[2], ARGV[i])
+  if row then
+    found[#found + 1] = i
+    rows[#rows + 1] = row
+  end
+end
+return {table.concat(found, ','), table.concat(rows)}
+"""
+
+# KEYS: this bucket's hash, the previous bucket's. ARGV: ttl, row width in bytes, the rows
+# concatenated, then the ids. Records the rows of ids not recorded yet (first writer wins) and
+# returns the positions and rows of the ids that had one already: a concurrent or earlier delivery.
+_PUT_ROWS = """
+local ttl, width, blob = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local lost, rows = {}, {}
+for i = 4, #ARGV do
+  local k = i - 3
+  local row = string.sub(blob, (k - 1) * width + 1, k * width)
+  local have = redis.call('HGET', KEYS[2], ARGV[i])
+  if not have and redis.call('HSETNX', KEYS[1], ARGV[i], row) == 0 then
+    have = redis.call('HGET', KEYS[1], ARGV[i])
+  end
+  if have then
+    lost[#lost + 1] = k
+    rows[#rows + 1] = have
+  end
+end
+if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+return {table.concat(lost, ','), table.concat(rows)}
+"""
+
+
+class RedisRecords:
+    """Feature rows by ``tx_id`` on Redis, shared by every worker: one hash per time bucket of
+    ``window_s`` seconds (wall clock), kept two buckets (like the stream's ``decided`` set), so a
+    redelivery within ``window_s`` finds its row and memory holds two windows of rows.
+
+    Rows are float64 bytes; the key carries a digest of the feature names, so rows of another
+    feature set are never read as this one's.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        prefix: str,
+        feature_names: list[str],
+        window_s: int = 120,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        digest = hashlib.sha1(",".join(feature_names).encode()).hexdigest()[:10]
+        self.base = f"{prefix}rec:{digest}:"
+        self.width = len(feature_names)
+        self.window_s = int(window_s)
+        self.clock = clock
+        self._get = client.register_script(_GET_ROWS)
+        self._put = client.register_script(_PUT_ROWS)
+
+    def _keys(self) -> list[str]:
+        bucket = int(self.clock() // self.window_s)
+        return [f"{self.base}{bucket}", f"{self.base}{bucket - 1}"]
+
+    def _rows(self, reply) -> tuple[np.ndarray, np.ndarray]:
+        positions, blob = reply
+        found = np.fromstring(positions, dtype=np.int64, sep=",") - 1 if positions else np.zeros(0, np.int64)
+        rows = np.frombuffer(blob, dtype="<f8").reshape(found.size, self.width)
+        return found, rows
+
+    def get(self, ids: list) -> tuple[np.ndarray, np.ndarray]:
+        if not ids:
+            return np.zeros(0, np.int64), np.zeros((0, self.width))
+        return self._rows(self._get(keys=self._keys(), args=ids))
+
+    def put(self, ids: list, rows: np.ndarray) -> np.ndarray:
+        if not ids:
+            return rows
+        blob = np.ascontiguousarray(rows, dtype="<f8").tobytes()
+        lost, have = self._rows(
+            self._put(keys=self._keys(), args=[2 * self.window_s, 8 * self.width, blob, *ids])
+        )
+        out = rows.copy()
+        out[lost] = have
+        return out
+
+
+# ------------------------------------------------------------------------------------------------
 # online: per micro-batch, backed by a WindowStore
 # ------------------------------------------------------------------------------------------------
 class FeatureEngine:
     """Online features per micro-batch: ``update_batch(frame) -> DataFrame`` (rows in frame order).
 
     ``backend="memory"`` keeps window state in numpy ring buffers in this process; ``"redis"`` on a
-    Redis server (``redis_url``, keys under ``prefix``), so several workers can share it. Replaying a
-    ``tx_id`` changes no state and returns the features the payment had. Fraud labels enter through
+    Redis server (``redis_url``, keys under ``prefix``), so several workers can share it.
+
+    **Replays get the features they had.** Every payment's feature row is recorded once, keyed by
+    ``tx_id`` (:class:`MemoryRecords`: the last ``record_capacity`` rows of this process;
+    :class:`RedisRecords`: every worker's rows of the last ``record_window_s`` to twice that), and a
+    payment found there is answered from its record without touching the windows - whatever came
+    after it. Between the window update and the record a process can die; the payment is then a
+    replay to the windows, and its view is cut where the original's was (the key's latest time *as
+    of the payment*, not now), so the recomputed row is the one the original would have recorded
+    (the Redis store keeps cells ``retain_s`` past the horizon for that). Fraud labels enter through
     :meth:`add_labels` when they become known.
+
+    ``after_update``: called once the batch's windows are updated and its rows recorded (the stream
+    worker lets the next batch in then: :meth:`~mlsd.fraud.stream.StreamWorker.mark_applied`).
     """
 
     def __init__(
@@ -395,10 +560,25 @@ class FeatureEngine:
         backend: str = "memory",
         redis_url: str = "redis://127.0.0.1:6379/0",
         prefix: str = "mlsd:fraud:",
+        record_window_s: int = 120,
+        record_capacity: int = 20_000,
+        retain_s: int = DAY,
+        socket_timeout_s: float | None = 10.0,
     ) -> None:
         self.config = config or FeatureConfig()
         self.backend = backend
         self.stores: dict[str, WindowStore] = {}
+        self.feature_names = self.config.feature_names()
+        self.after_update: Callable[[], None] | None = None
+        client = None
+        if backend == "redis":
+            import redis
+
+            # a Redis that stops answering must not hang a worker forever: a timeout is an error the
+            # stream worker retries (with backoff), as it does a refused or cut connection
+            client = redis.Redis.from_url(
+                redis_url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
+            )
         for kind in self.config.entities:
             n_attrs = 4 if kind == "card" else 0
             horizon = self.config.horizon(kind)
@@ -408,11 +588,15 @@ class FeatureEngine:
                 from mlsd.platform.streaming.redis_windows import RedisWindowStore
 
                 self.stores[kind] = RedisWindowStore(
-                    horizon, n_attrs, url=redis_url, prefix=f"{prefix}{kind}:"
+                    horizon, n_attrs, prefix=f"{prefix}{kind}:", client=client, retain_s=retain_s
                 )
             else:
                 raise InputError("backend", backend, "unknown window backend", "use 'memory' or 'redis'")
-        self.feature_names = self.config.feature_names()
+        self.records: MemoryRecords | RedisRecords = (
+            RedisRecords(client, prefix, self.feature_names, record_window_s)
+            if client is not None
+            else MemoryRecords(len(self.feature_names), record_capacity)
+        )
 
     def presize(self, frame: pd.DataFrame, headroom: float = 1.5) -> dict[str, tuple[int, int]]:
         """Size the in-memory window stores for the population of ``frame`` (payments this process
@@ -461,6 +645,23 @@ class FeatureEngine:
         _check(frame)
         needed = ("tx_id", "ts", "amount", "lat", "lon", *ENTITY_COLUMNS.values())
         cols = {c: frame[c].to_numpy() for c in needed if c in frame.columns}
+        ids = list(map(str, cols["tx_id"].tolist()))
+        # payments recorded before (a redelivery, a retried request): their rows, windows untouched
+        found, rows = self.records.get(ids)
+        matrix = np.empty((len(ids), len(self.feature_names)), dtype=np.float64)
+        matrix[found] = rows
+        if found.size < len(ids):
+            fresh = np.ones(len(ids), dtype=bool)
+            fresh[found] = False
+            todo = np.flatnonzero(fresh)
+            part = {c: v[todo] for c, v in cols.items()} if found.size else cols
+            computed = self._update_in_time_order(part)
+            matrix[todo] = self.records.put([ids[i] for i in todo.tolist()], computed)
+        if self.after_update is not None:
+            self.after_update()
+        return matrix
+
+    def _update_in_time_order(self, cols: dict[str, np.ndarray]) -> np.ndarray:
         ts_in = cols["ts"].astype(np.int64, copy=False)
         if ts_in.size > 1 and (ts_in[1:] < ts_in[:-1]).any():
             order = np.argsort(ts_in, kind="stable")
@@ -512,6 +713,7 @@ class FeatureEngine:
         try:
             for kind, rows, attrs, args in batches:
                 view = pending.pop(kind)() if kind in pending else self.stores[kind].update_many(*args)
+                view = as_first_seen(view, self.stores[kind].horizon_s)
 
                 def put(name: str, col: np.ndarray, rows=rows) -> None:
                     j = index[name]
@@ -545,6 +747,11 @@ class FeatureEngine:
                 _drain(finish)
             raise
         return matrix
+
+    def clear_records(self) -> None:
+        """Forget the recorded rows (tests that replay one stream through a fresh set of windows)."""
+        if isinstance(self.records, MemoryRecords):
+            self.records = MemoryRecords(len(self.feature_names), self.records.capacity)
 
     def _card_online(self, view: WindowView, cents: np.ndarray, attrs: np.ndarray) -> dict[str, np.ndarray]:
         config = self.config
@@ -611,6 +818,34 @@ class FeatureEngine:
         return self.stores["terminal"].set_labels(
             frame["terminal_id"].tolist(), frame["tx_id"].tolist(), frame["label_ts"].to_numpy(np.int64)
         )
+
+
+def as_first_seen(view: WindowView, horizon_s: int) -> WindowView:
+    """``view`` with each replayed event cut where its first application was: at the key's latest
+    time *as of the event* (the newest of the cells stored up to it) minus the horizon, not at the
+    key's latest time now. Later events of the key then cannot change what the replay sees (they
+    are newer than it, or stored after it), so a payment applied once before a crash and again after
+    gets the same features. Fresh events are left as they are.
+
+    Examples:
+        >>> store = MemoryWindowStore(horizon_s=100)
+        >>> _ = store.update_many(["k", "k"], ["a", "b"], np.array([0, 50]), np.array([1, 2]))
+        >>> _ = store.update_many(["k"], ["c"], np.array([120]), np.array([4]))   # the key moves on
+        >>> again = store.update_many(["k"], ["b"], np.array([50]), np.array([2]))
+        >>> again.moments(again.window(100))[1].tolist()   # now: "a" (at 0) is cut at 120 - 100
+        [2]
+        >>> fixed = as_first_seen(again, 100)
+        >>> fixed.moments(fixed.window(100))[1].tolist()   # as "b" saw it: cut at 50 - 100
+        [3]
+    """
+    again = ~view.inserted & (view.own_seq != NOT_STORED)
+    if view.cut is None or not again.any():
+        return view
+    mine = (view.seq >= 0) & (view.seq <= view.own_seq[:, None])
+    latest_then = np.where(mine, view.ts, PAD_TS).max(axis=1, initial=PAD_TS)
+    cut = view.cut.copy()
+    cut[again] = np.maximum(view.t[again], latest_then[again]) - horizon_s
+    return dataclasses.replace(view, cut=cut, _seen=None, _upto=None)
 
 
 def replay_events(frame: pd.DataFrame, batch_size: int = 512) -> Iterator[tuple[str, pd.DataFrame]]:

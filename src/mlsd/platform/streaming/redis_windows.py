@@ -116,7 +116,8 @@ _APPEND_BATCH = (
     _BLOB_LUA
     + r"""
 local horizon = tonumber(ARGV[1])
-local write = ARGV[2] == '1'
+local write = string.sub(ARGV[2], 1, 1) == '1'
+local retain = tonumber(string.sub(ARGV[2], 3)) or 0  -- cells are kept this long past the horizon
 local counts, tss, pays, ids = {}, {}, {}, {}
 for c in string.gmatch(ARGV[3], '[^,]+') do counts[#counts + 1] = tonumber(c) end
 for x in string.gmatch(ARGV[4], '[^,]+') do tss[#tss + 1] = x end
@@ -202,9 +203,9 @@ for k = 1, #counts do
     labels[#labels + 1] = string.gsub(labs, '([^\n]+)\n', k .. ',%1\n')
   end
   if #added > 0 then
-    if lo and lo <= maxts - horizon then  -- something left the horizon: trim once, at the end
+    if lo and lo <= maxts - horizon - retain then  -- something left the horizon: trim once, at the end
       local dead
-      blob, labs, lo, dead = trim(h, blob, labs, maxts - horizon)
+      blob, labs, lo, dead = trim(h, blob, labs, maxts - horizon - retain)
       -- events of this batch that a later one trimmed are not written at all
       local gone, kept = {}, {}
       for j = 1, #dead, 2 do gone[dead[j]] = true end
@@ -244,6 +245,7 @@ local z, h = KEYS[1], KEYS[2]
 local id = ARGV[1]
 local ts = tonumber(ARGV[2])
 local horizon = tonumber(ARGV[4])
+local retain = tonumber(ARGV[6] or '0')
 local inserted = 0
 local own = ''
 local st = redis.call('HMGET', h, '__seq', '__max', '__blob', '__min', '__lab', '__labs')
@@ -270,20 +272,24 @@ if ARGV[5] == '1' then
         maxts = ts
         redis.call('HSET', h, '__max', ARGV[2])
       end
-      if lo <= maxts - horizon then
+      if lo <= maxts - horizon - retain then
         local labs
-        blob, labs, lo = trim(h, blob, st[6] or '', maxts - horizon)
+        blob, labs, lo = trim(h, blob, st[6] or '', maxts - horizon - retain)
         redis.call('HSET', h, '__labs', labs)
       end
       redis.call('HSET', h, '__blob', blob, '__min', fmt_min(lo))
     end
   end
 end
--- the key's events in (t - horizon, +inf) as one flat 'ts,seq,value,attr...,label' string
+-- the key's events in (max(t, latest) - horizon, +inf) as one flat 'ts,seq,value,attr...,label'
+-- string (the cells kept past the horizon for replays are not shown)
 local labelled = redis.call('HEXISTS', h, '__lab') == 1
+local floor = ts - horizon
+local latest = tonumber(redis.call('HGET', h, '__max') or '')
+if latest and latest - horizon > floor then floor = latest - horizon end
 local parts = {}
 for line in string.gmatch(blob, '([^\n]*)\n') do
-  if tonumber(string.match(line, '^[^,]*')) > ts - horizon then
+  if tonumber(string.match(line, '^[^,]*')) > floor then
     local body = string.sub(line, 1, string.find(line, '#', 1, true) - 1)
     local label = '-1'
     if labelled then
@@ -346,10 +352,14 @@ class RedisWindowStore(_Scalar):
         prefix: str = "mlsd:win:",
         client: Any = None,
         batched: bool = True,
+        retain_s: int = 0,
     ) -> None:
         import redis
 
         self.horizon_s = int(horizon_s)
+        # cells stay this long past the horizon (no view shows them): an event applied once before a
+        # crash and replayed after later events of its batch still finds every cell it saw
+        self.retain_s = int(retain_s)
         self.n_attrs = int(n_attrs)
         self.prefix = prefix
         self.batched = bool(batched)
@@ -378,7 +388,7 @@ class RedisWindowStore(_Scalar):
         args = [f"{p}{k}:{s}" for k in uniques.tolist() for s in "zh"]
         args += [
             str(self.horizon_s),
-            "1" if ids is not None else "0",
+            f"{1 if ids is not None else 0}:{self.retain_s}",
             ",".join(map(str, counts.tolist())),
             ",".join(map(str, ts[order].tolist())),
         ]
@@ -434,7 +444,7 @@ class RedisWindowStore(_Scalar):
             ins = np.zeros(n, dtype=bool)
             own = np.full(n, NOT_STORED, dtype=np.int64)
             bound = seq0 - 1
-            cut = ts_g - self.horizon_s
+            cut = np.maximum(ts_g, latest0) - self.horizon_s  # cells kept past the horizon stay hidden
         back = np.empty_like(order)
         back[order] = np.arange(n)  # grouped position of each event in the caller's order
         ins, own, bound, cut = ins[back], own[back], bound[back], cut[back]
@@ -488,7 +498,11 @@ class RedisWindowStore(_Scalar):
     def _run(self, keys, ids, ts, payloads, mode: str) -> WindowView:
         pipe = self.client.pipeline(transaction=False)
         for key, event_id, t, payload in zip(keys, ids, ts.tolist(), payloads, strict=True):
-            self._append(keys=self._keys(key), args=[event_id, t, payload, self.horizon_s, mode], client=pipe)
+            self._append(
+                keys=self._keys(key),
+                args=[event_id, t, payload, self.horizon_s, mode, self.retain_s],
+                client=pipe,
+            )
         replies = pipe.execute() if len(keys) else []
         return self._parse(replies, ts)
 
