@@ -159,3 +159,47 @@ def test_a_shuffled_micro_batch_gives_the_same_features(stream):
     pd.testing.assert_frame_equal(
         got, expected.iloc[batch.index.get_indexer(shuffled.index)].reset_index(drop=True)
     )
+
+
+def _engine(backend, request):
+    if backend == "memory":
+        return FeatureEngine()
+    url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+    return FeatureEngine(backend="redis", redis_url=url, prefix=prefix)
+
+
+@pytest.mark.parametrize("backend", ["memory", pytest.param("redis", marks=pytest.mark.services)])
+def test_a_batch_replayed_after_later_batches_gets_the_features_it_had(stream, backend, request):
+    """Later payments of the same terminals, devices, IPs moved the 7-day windows on: the replay of an
+    early batch must still get its own features (a redelivered stream entry), on both stores."""
+    engine = _engine(backend, request)
+    tx = stream.sort_values("ts", kind="stable").reset_index(drop=True)
+    first = engine.update_batch(tx.iloc[:200])
+    later = tx[tx["ts"] > tx["ts"].iloc[199] + 8 * DAY].iloc[:300]  # every 7-day window has moved
+    engine.update_batch(later)
+    pd.testing.assert_frame_equal(engine.update_batch(tx.iloc[:200]), first)
+
+
+@pytest.mark.services
+def test_a_payment_applied_before_a_crash_and_again_after_gets_the_same_features(redis_url, redis_prefix):
+    """The crash point between the window update and the feature record: the replay recomputes the
+    row from the windows, and must see what the first application saw although a later payment of
+    its own batch has moved the key on (and Redis has dropped the cells it left behind)."""
+    import redis
+
+    def pay(tx, ts):
+        return (tx, ts, 1, 9, 10.0 * tx)
+
+    old = pd.DataFrame([pay(1, T0)], columns=["tx_id", "ts", "card_id", "terminal_id", "amount"])
+    batch = pd.DataFrame(
+        [pay(2, T0 + 7 * DAY - 10), pay(3, T0 + 7 * DAY + 100)], columns=old.columns
+    )  # tx 2 still sees tx 1 in its 7 days; tx 3 pushes tx 1 out of the terminal's horizon
+    engine = FeatureEngine(backend="redis", redis_url=redis_url, prefix=redis_prefix)
+    engine.update_batch(old)
+    first = engine.update_batch(batch)
+    assert first["terminal_count_7d"].tolist() == [2, 2]
+    client = redis.Redis.from_url(redis_url)
+    records = list(client.scan_iter(match=f"{redis_prefix}rec:*"))
+    if records:
+        client.delete(*records)  # the worker died before the record was written
+    pd.testing.assert_frame_equal(engine.update_batch(batch), first)
