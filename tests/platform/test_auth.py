@@ -290,3 +290,17 @@ def test_the_key_tool_makes_a_key_and_hashes_one_from_stdin() -> None:
     digest = subprocess.run([sys.executable, "-m", "mlsd.platform.auth", "hash"], input=key + "\n",
                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     assert digest == hash_key(key) and digest in new.stdout and keys.authenticate(key).name == "scorer"
+
+
+def test_openapi_says_which_operations_need_a_key() -> None:
+    spec = TestClient(make_app(ApiKeys.parse(KEYS))).get("/openapi.json").json()
+    assert set(spec["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    paths = spec["paths"]
+    assert paths["/v1/things"]["post"]["security"] == [{"bearer": []}, {"apiKey": []}]
+    assert paths["/v1/review/cases/{tx_id}/resolve"]["post"]["security"]
+    assert "security" not in paths["/v1/things"]["get"] and "security" not in paths["/health"]["get"]
+    closed = TestClient(make_app(ApiKeys.parse(KEYS, auth_reads=True))).get("/openapi.json").json()
+    assert (
+        closed["paths"]["/v1/things"]["get"]["security"]
+        and "security" not in closed["paths"]["/ready"]["get"]
+    )

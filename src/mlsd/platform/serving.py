@@ -763,7 +763,35 @@ def create_app(
     def _metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
+    fastapi_openapi = app.openapi
+    app.openapi = lambda: _openapi_with_security(app, fastapi_openapi)  # type: ignore[method-assign]
     return app
+
+
+# The two ways to send a key, as OpenAPI security schemes (either one satisfies an operation).
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
+
+
+def _openapi_with_security(app: FastAPI, fastapi_openapi: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """FastAPI's schema plus who needs a key: every state-changing operation (and every read, when
+    reads are closed), never the platform's own routes. Documented as served in production, so also
+    on an in-process app that enforces nothing."""
+    if app.openapi_schema is None:
+        schema = fastapi_openapi()  # FastAPI's own, with every setting of the app; cached on the app
+        reads_closed = app.state.auth is not None and app.state.auth.auth_reads
+        for route in app.routes:
+            tags = getattr(route, "tags", None) or ()
+            operations = schema.get("paths", {}).get(getattr(route, "path", ""), {})
+            for method in getattr(route, "methods", None) or ():
+                needs_key = "platform" not in tags and (method not in SAFE_METHODS or reads_closed)
+                if needs_key and method.lower() in operations:
+                    operations[method.lower()]["security"] = [{"bearer": []}, {"apiKey": []}]
+        schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def _unavailable(what: str, exc: Exception) -> JSONResponse:
