@@ -194,15 +194,16 @@ def test_a_payment_the_engine_names_is_split_off_and_the_rest_scored_as_one_batc
     assert "payments[3].ts" in read_dead_letters(client, keys["dead"])[0]["error"]
 
 
-def test_a_payment_that_breaks_the_scorer_is_dead_lettered_not_fatal(setup, redis_prefix):
+def test_a_payment_that_keeps_breaking_the_scorer_is_dead_lettered_after_retries(setup, redis_prefix):
     client, make_worker = setup
     keys = stream_keys(redis_prefix)
     publish(client, keys["input"], payments(6, 2))
-    worker = make_worker("a", batch_size=50)
-    score = worker.scorer
+    worker = make_worker("a", batch_size=50, max_attempts=3)
+    score, failures = worker.scorer, []
 
     def fragile(bodies):  # an engine bug triggered by one payment (not an InputError)
         if any(b["tx_id"] == 4 for b in bodies):
+            failures.append(len(bodies))
             raise TypeError("unhashable type: 'dict'")
         return score(bodies)
 
@@ -211,6 +212,26 @@ def test_a_payment_that_breaks_the_scorer_is_dead_lettered_not_fatal(setup, redi
     assert sorted(d["tx_id"] for d in read_decisions(client, keys["output"])) == [0, 1, 2, 3, 5]
     [letter] = read_dead_letters(client, keys["dead"])
     assert "TypeError" in letter["error"] and json.loads(letter["body"])["tx_id"] == 4
+    assert failures.count(1) == 3  # tried three times on its own before it was given up
+
+
+def test_an_engine_failing_for_a_moment_dead_letters_nothing(setup, redis_prefix):
+    client, make_worker = setup
+    keys = stream_keys(redis_prefix)
+    publish(client, keys["input"], payments(6, 2))
+    worker = make_worker("a", batch_size=50)
+    score, calls = worker.scorer, []
+
+    def flaky(bodies):  # e.g. a model server restarting: fails twice, whatever the payments
+        calls.append(len(bodies))
+        if len(calls) <= 2:
+            raise RuntimeError("model unavailable")
+        return score(bodies)
+
+    worker.scorer = flaky
+    worker.run(idle_exit_s=0.2)
+    assert sorted(d["tx_id"] for d in read_decisions(client, keys["output"])) == list(range(6))
+    assert read_dead_letters(client, keys["dead"]) == []
 
 
 def test_a_dead_letter_is_written_once_when_two_workers_hold_the_entry(setup, redis_prefix):

@@ -31,7 +31,9 @@ still overlaps the window update of the next; a dead worker's entries hold the o
 **Survival**: an entry that cannot be a payment (not JSON, no ``p`` field, not an object, an object
 or list as an id, a body the engine's validation refuses) is *poison*: it goes to the dead-letter
 stream (``<input>:dead``: the entry id, the error, the raw body) and is acknowledged, and the rest of
-its batch is decided. A Redis error (connection refused or cut, timeout, server loading) never ends
+its batch is decided. A payment on which the scorer fails otherwise (an exception that is not an
+``InputError``: the engine may be at fault, not the payment) is tried ``max_attempts`` times, with
+backoff, before it is dead-lettered. A Redis error (connection refused or cut, timeout, server loading) never ends
 the worker: it retries with exponential backoff and jitter (bounded by ``retry_max_s``, logged), and
 the entries it holds are processed again (idempotent, as above).
 
@@ -291,6 +293,7 @@ class StreamWorker:
         claim_idle_ms: int = 5000,
         dedup_window_s: int = 3600,
         ordered: bool = True,
+        max_attempts: int = 3,
         retry_base_s: float = 0.05,
         retry_max_s: float = 2.0,
         before_commit: Callable[[list[bytes]], None] | None = None,
@@ -329,7 +332,8 @@ class StreamWorker:
         self._held: dict[bytes, dict] = {}
         self._current: list[bytes] = []  # the batch being scored (mark_applied marks these)
         ensure_group(client, self.keys["input"], group)
-        self._group_ready = True
+        self.max_attempts = max_attempts
+        self._attempts: dict[bytes, int] = {}  # entry id -> scorer failures that were not InputErrors
 
     def _reclaim(self) -> list[tuple[bytes, dict]]:
         """Entries other (dead) consumers left pending longer than ``claim_idle_ms``."""
@@ -364,6 +368,11 @@ class StreamWorker:
         """
         try:
             handled = self._step(block)
+        except RetryLater as err:
+            delay = self.backoff.next()
+            log.warning("stream worker %s: %s; retry in %.2f s", self.consumer, err, delay)
+            self.sleep(delay)
+            return 0
         except transient_redis_errors() as err:
             delay = self.backoff.next()
             self.stats.redis_errors += 1
@@ -377,9 +386,6 @@ class StreamWorker:
         return handled
 
     def _step(self, block: bool) -> int:
-        if not self._group_ready:
-            ensure_group(self.client, self.keys["input"], self.group)
-            self._group_ready = True
         self._take(self._reclaim())
         if not self._held:
             self._take(self._read(block))
@@ -393,6 +399,7 @@ class StreamWorker:
         self.process(batch)
         for entry_id, _ in batch:
             self._held.pop(entry_id, None)
+            self._attempts.pop(entry_id, None)
         return len(batch)
 
     def _take(self, entries: list[tuple[bytes, dict]]) -> None:
@@ -499,11 +506,8 @@ class StreamWorker:
                 if match is None and len(ids) > 1:
                     break  # no index named: find the bad ones one by one (below)
                 bad, why = (int(match.group(1)) if match else 0), _error_text(err)
-            except Exception as err:  # noqa: BLE001 - a body that breaks the engine is poison, not fatal
-                if len(ids) > 1:
-                    break
-                log.exception("stream worker %s: entry %s broke the scorer", self.consumer, ids[0])
-                bad, why = 0, _error_text(err)
+            except Exception:  # noqa: BLE001 - a payment or the engine: tell them apart one by one
+                break
             poison.append((ids.pop(bad), why, _raw(payments.pop(bad))))
         return self._score_individually(ids, payments, poison)
 
@@ -519,9 +523,15 @@ class StreamWorker:
                 kept.append(entry_id)
             except transient:
                 raise
-            except Exception as err:  # noqa: BLE001 - poison: dead-lettered with its error
-                if not isinstance(err, InputError):
-                    log.exception("stream worker %s: entry %s broke the scorer", self.consumer, entry_id)
+            except InputError as err:
+                poison.append((entry_id, _error_text(err), _raw(payment)))
+            except Exception as err:  # noqa: BLE001 - maybe poison, maybe the engine: try again first
+                self._attempts[entry_id] = tries = self._attempts.get(entry_id, 0) + 1
+                log.exception(
+                    "stream worker %s: entry %s broke the scorer (try %d)", self.consumer, entry_id, tries
+                )
+                if tries < self.max_attempts:
+                    raise RetryLater(f"entry {entry_id!r}: {type(err).__name__}: {err}") from err
                 poison.append((entry_id, _error_text(err), _raw(payment)))
         return kept, records, poison
 
@@ -558,6 +568,12 @@ class StreamWorker:
             if max_entries is not None and handled >= max_entries:
                 break
         return self.stats
+
+
+class RetryLater(Exception):
+    """The scorer failed on a payment with an error that is not a validation error: the engine may be
+    at fault rather than the payment, so the batch is tried again (after a backoff) before the payment
+    is dead-lettered (``max_attempts``)."""
 
 
 def _error_text(err: BaseException) -> str:
