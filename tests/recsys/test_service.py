@@ -133,6 +133,7 @@ def test_seeds_out_of_range_are_422(client, params, field):
         b'{"age": "old"}',
         b'{"picks": [99999999999999999999999]}',
         b'{"region": "EU", "favourite": 1}',
+        b'{"age": true}',
     ],
 )
 def test_bad_profiles_are_4xx_not_500(tiny, body):

@@ -105,6 +105,13 @@ def test_segments_compact_after_flush_every_events(tmp_path) -> None:
         ({"type": "purchase", "search_id": "s", "product_id": 1, "value": "lots"}, "events[0].value"),
         ({"type": "click", "search_id": "s", "product_id": 1, "ts": "yesterday"}, "events[0].ts"),
         # Out of range or not an integer: refused, never wrapped to INT64_MIN / INT32_MIN.
+        ({"type": "click", "search_id": "s", "product_id": "12"}, "events[0].product_id"),
+        ({"type": "purchase", "search_id": "s", "product_id": 1, "value": 1e308}, "events[0].value"),
+        ({"type": "click", "search_id": ["a"], "product_id": 1}, "events[0].search_id"),
+        ({"type": "click", "search_id": {"a": 1}, "product_id": 1}, "events[0].search_id"),
+        ({"type": "click", "search_id": "s", "product_id": 1, "user_id": {"x": 1}}, "events[0].user_id"),
+        ({"type": "click", "search_id": "s", "product_id": 1, "query": [1]}, "events[0].query"),
+        ({"type": "click", "search_id": True, "product_id": 1}, "events[0].search_id"),
         ({"type": "click", "search_id": "s", "product_id": 1e30}, "events[0].product_id"),
         ({"type": "click", "search_id": "s", "product_id": 10**30}, "events[0].product_id"),
         ({"type": "click", "search_id": "s", "product_id": 2**63}, "events[0].product_id"),

@@ -41,8 +41,8 @@ class Profile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     region: str | None = Field(None, max_length=32, description="viewer region: US, EU, LATAM, APAC or IN")
-    age: int | None = Field(None, gt=0, lt=130, description="viewer age in years")
-    picks: list[Annotated[int, Field(ge=0, lt=10**18)]] = Field(
+    age: int | None = Field(None, gt=0, lt=130, strict=True, description="viewer age in years")
+    picks: list[Annotated[int, Field(ge=0, lt=10**18, strict=True)]] = Field(
         default_factory=list, max_length=100, description="onboarding picks (item ids)"
     )
 

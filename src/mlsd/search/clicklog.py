@@ -49,6 +49,8 @@ EVENT_COLUMNS: dict[str, str] = {
 # Integer columns: what a JSON value must lie in to be stored exactly (upper bounds exclusive).
 # ts: seconds since the epoch, before the year 3000 (a millisecond or microsecond timestamp is a mistake).
 MAX_TS = 32_503_680_000
+# An order value beyond this is a unit or encoding mistake; 1e308 would overflow revenue sums to inf.
+MAX_VALUE = 1e12
 INT_RANGES: dict[str, tuple[int, int]] = {
     "product_id": (0, 2**63),
     "position": (1, 2**31),
@@ -102,8 +104,9 @@ def validate_events(
         sent = raw.notna().to_numpy()
         usable = raw.map(lambda v: not isinstance(v, bool))
         if name in INT_RANGES and raw.dtype == object:
-            # JSON floats where an integer belongs are refused: 1e30 would wrap to INT64_MIN on the cast
-            usable &= ~raw.map(lambda v: isinstance(v, float | np.floating))
+            # JSON floats (and strings) where an integer belongs are refused: 1e30 would wrap to
+            # INT64_MIN on the cast
+            usable &= ~raw.map(lambda v: isinstance(v, float | np.floating | str))
         num = pd.to_numeric(raw.where(usable, "x"), errors="coerce")
         wrong = sent & num.isna().to_numpy()
         if name in INT_RANGES:
@@ -121,6 +124,15 @@ def validate_events(
         "unknown or missing event type",
         f"use one of {', '.join(EVENT_TYPES)}",
     )
+    for name in ("search_id", "user_id", "query"):
+        if name in frame.columns and frame[name].dtype == object:
+            # Text fields take a string (or an integer id); a list or an object would be stored as its repr.
+            bad(
+                ~frame[name].map(_is_text).to_numpy(),
+                name,
+                "must be a string",
+                f"send {name} as a JSON string",
+            )
     sid = col("search_id", None)
     bad(
         (sid.isna() | (sid.astype(str).str.len() == 0)).to_numpy(),
@@ -173,10 +185,10 @@ def validate_events(
     )
     value, value_bad = number("value", 0.0)
     bad(
-        value_bad | (value < 0).to_numpy() | ~np.isfinite(value.to_numpy(np.float64)),
+        value_bad | ~((value >= 0) & (value < MAX_VALUE)).to_numpy(),
         "value",
-        "must be a number >= 0",
-        "pass the order value",
+        f"must be a number in [0, {MAX_VALUE:.0e})",
+        "pass the order value in the shop's currency",
     )
     ts_default = int(time.time()) if now is None else now
     ts, ts_bad = number("ts", ts_default)
@@ -201,6 +213,14 @@ def validate_events(
         }
     )
     return out.astype(EVENT_COLUMNS)
+
+
+def _is_text(value: Any) -> bool:
+    return (
+        value is None
+        or isinstance(value, str)
+        or (isinstance(value, int | np.integer) and not isinstance(value, bool))
+    )
 
 
 def _records_frame(events: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
