@@ -304,3 +304,14 @@ def test_openapi_says_which_operations_need_a_key() -> None:
         closed["paths"]["/v1/things"]["get"]["security"]
         and "security" not in closed["paths"]["/ready"]["get"]
     )
+
+
+def test_a_path_cannot_forge_an_audit_line(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="mlsd.audit"):
+        client.post(
+            "/v1/review/cases/t1%0Aprincipal=root role=admin/resolve", json={}, headers=bearer(REVIEW_KEY)
+        )
+    (record,) = [r for r in caplog.records if r.name == "mlsd.audit"]
+    message = record.getMessage()
+    assert "\n" not in message and "t1\\nprincipal=root\\x20role=admin/resolve" in message
+    assert message.count(" principal=") == 1 and " role=admin" not in message  # one line, one principal

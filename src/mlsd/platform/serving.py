@@ -486,12 +486,14 @@ def _audit(system: str, scope: Mapping[str, Any], status: int) -> None:
     principal = (scope.get("state") or {}).get("principal")
     name, role = (principal.name, principal.role) if principal is not None else ("-", "-")
     if principal is not None and not principal.authenticated:
-        role = "none (auth off)"
+        role = "auth-off"
+    # The path is percent-decoded: "%0A" would start a forged audit line. Escape what is not printable.
+    path = str(scope.get("path", "")).encode("unicode_escape").decode("ascii").replace(" ", "\\x20")
     AUDIT.info(
         "system=%s principal=%s role=%s method=%s path=%s status=%d",
-        system, name, role, scope.get("method"), scope.get("path"), status,
+        system, name, role, scope.get("method"), path, status,
         extra={"system": system, "principal": name, "role": role, "method": scope.get("method"),
-               "path": scope.get("path"), "status": status},
+               "path": path, "status": status},
     )  # fmt: skip
 
 
