@@ -54,6 +54,7 @@ __all__ = [
     "SCHEMAS",
     "import_data",
     "import_tables",
+    "is_simulated",
     "read_labels_table",
     "read_manifest",
 ]
@@ -408,6 +409,18 @@ def read_manifest(data_dir: Path) -> dict[str, Any] | None:
     """``imports.json`` of ``W/fraud/data`` (None for simulated data: nothing was imported)."""
     path = Path(data_dir) / MANIFEST_FILE
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+SIMULATION_FILE = "simulation.json"  # what `mlsd fraud simulate` writes beside its import: the world
+
+
+def is_simulated(data_dir: Path) -> bool:
+    """Whether ``data_dir`` holds a simulated world (its labels are the simulator's truth, future
+    chargebacks included) rather than only imported data (labels as known at the export)."""
+    data_dir = Path(data_dir)
+    return (data_dir / SIMULATION_FILE).is_file() or (
+        (data_dir / TRANSACTIONS_FILE).is_file() and not (data_dir / MANIFEST_FILE).is_file()
+    )  # a workdir simulated before simulate wrote through the import has no manifest
 
 
 def read_labels_table(data_dir: Path) -> pd.DataFrame | None:

@@ -18,7 +18,9 @@ reading it creates nothing):
   scored (a payment counts as fraud once its label event is known, as the label store's
   ``labels_known_at`` answers), plus the final labels. ``matured_share`` says which share of the
   payments is already that old at the data's end; the rest of a row is projected with the simulated
-  world's label arrival times (production fills it in as time passes).
+  world's label arrival times (production fills it in as time passes). On **imported** data there is
+  no known truth beyond the export (``imports.json``'s ``as_of``, the data's end here): the rows are
+  computed on the label events imported, ``truth`` says so and ``not_computed`` names what is missing.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlsd.fraud.contract import is_simulated, read_manifest
 from mlsd.fraud.engine import MODEL_NAME, FraudDirs
 from mlsd.platform.errors import InputError
 from mlsd.platform.system import SystemDir
@@ -74,6 +77,7 @@ def performance_by_label_age(
     *,
     now: int,
     ages_days: tuple[int, ...] = LABEL_AGES_DAYS,
+    simulated: bool = True,
 ) -> dict[str, Any]:
     """Metrics of the scores in ``scored`` (``tx_id, ts, prediction``) on the labels known ``age`` days
     after each payment, for every age, and on the final labels. ``truth`` holds ``tx_id, fraud,
@@ -117,12 +121,20 @@ def performance_by_label_age(
     final = {"age_days": "final", **metrics(fraud), "share_of_final_frauds": 1.0 if fraud.any() else None}
     final["matured_share"] = float((label_ts[fraud] <= now).mean()) if fraud.any() else None
     rows.append(final)
+    if simulated:
+        note = ("labels known `age_days` after each payment was scored; rows not yet that old at `as_of` "
+                "(1 - matured_share) use the simulated world's label arrival times")  # fmt: skip
+    else:
+        note = ("labels known `age_days` after each payment was scored, from the imported label events; "
+                "no known truth beyond `as_of` (the data's export): a fraud not reported by then counts as "
+                "legitimate, so rows not yet that old (1 - matured_share) and the final row are estimates "
+                "on the labels known so far (frauds and recall can only grow as labels arrive)")  # fmt: skip
     return {
         "by_label_age": rows,
         "thresholds": {"block": thresholds.block, "review": thresholds.review},
         "as_of": pd.Timestamp(int(now), unit="s").isoformat(),
-        "note": "labels known `age_days` after each payment was scored; rows not yet that old at `as_of` "
-        "(1 - matured_share) use the simulated world's label arrival times",
+        "truth": "simulated" if simulated else "imported labels as of the export",
+        "note": note,
     }
 
 
@@ -186,7 +198,17 @@ def drift_report(dirs: SystemDir) -> dict[str, Any]:
     if left_out:
         report["left_out"] = left_out
     if {"tx_id", "ts", "prediction"} <= set(current.columns) and {"fraud", "label_ts"} <= set(tx.columns):
+        simulated = is_simulated(dirs.data)
+        # imported data was exported when its latest label was known (as_of), after its last payment
+        as_of = None if simulated else (read_manifest(dirs.data) or {}).get("as_of")
+        now = max(int(tx["ts"].max()), int(as_of or 0))
         report["performance"] = performance_by_label_age(
-            current, tx, ws.config.thresholds, now=int(tx["ts"].max())
+            current, tx, ws.config.thresholds, now=now, simulated=simulated
         )
+        if not simulated:
+            report["not_computed"] = {
+                "final precision and recall": "no known truth beyond the export "
+                f"({pd.Timestamp(now, unit='s').date()}): frauds reported later are not in the data; "
+                "the performance rows are estimates on the labels known then",
+            }
     return report

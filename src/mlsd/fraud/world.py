@@ -30,7 +30,8 @@ take a few seconds.
 ``run_experiment(dirs, units=2000, arms=["champion", "challenger"])``:
 
 1. **World** -- ``dirs.data/transactions.parquet`` (a world sized for ``units`` cards by
-   :func:`world_for`, written once, deterministically, when absent; :func:`ensure_data`), the registry
+   :func:`world_for`, written once, deterministically, when absent, through the import
+   (:func:`simulate_into`); :func:`ensure_data` refuses imported data, which has no such truth), the registry
    in ``dirs.registry`` and the label store in ``dirs.features``. The **live period** is the data's
    last ``LIVE_DAYS`` days. Every arm's model comes from the registry by alias, reused when it was trained on this very data (its lineage fingerprint matches)
    and before the live period (no leakage); otherwise it is trained here: ``champion`` at the cut-off a
@@ -67,6 +68,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -393,14 +395,19 @@ def simulate_into(dirs: SystemDir, world: Mapping[str, int]) -> pd.DataFrame:
     """Simulate ``world`` (``cards, terminals, days, seed``) and write it through the import
     (:func:`mlsd.fraud.contract.import_tables` into a fresh folder that replaces ``dirs.data``):
     ``dirs.data`` holds what an import of :func:`contract_tables` gives. Returns the stored payments."""
-    from mlsd.fraud.contract import import_tables
+    from mlsd.fraud.contract import SIMULATION_FILE, import_tables
     from mlsd.platform.data import replace_folder
 
     w = {**WORLD, **dict(world)}
     tx = simulate(n_cards=w["cards"], n_terminals=w["terminals"], days=w["days"], seed=w["seed"])
     payments, labels, as_of = contract_tables(tx)
     name = f"simulated-{w['cards']}x{w['terminals']}x{w['days']}d-seed{w['seed']}"
-    replace_folder(dirs.data, lambda folder: import_tables(folder, payments, labels, name=name, as_of=as_of))
+
+    def build(folder: Path) -> None:
+        import_tables(folder, payments, labels, name=name, as_of=as_of)
+        write_json(folder / SIMULATION_FILE, {"name": name, "world": w, "as_of": as_of})
+
+    replace_folder(dirs.data, build)
     return pd.read_parquet(FraudDirs(dirs).transactions_path)
 
 
@@ -431,7 +438,22 @@ def simulate_size(
 
 def ensure_data(dirs: SystemDir, world: Mapping[str, int] | None = None) -> pd.DataFrame:
     """``dirs.data/transactions.parquet``, simulated once (seeded, so the same world every time)."""
+    from mlsd.fraud.contract import is_simulated, read_manifest
+
     path = FraudDirs(dirs).transactions_path
+    if path.exists() and not is_simulated(dirs.data):
+        as_of = (read_manifest(dirs.data) or {}).get("as_of")
+        known = f" (known to {_day(as_of)})" if as_of else ""
+        raise InputError(
+            "--workdir", str(dirs.root),
+            f"holds imported payments ({dirs.data}), not a simulated world: the experiment replays a "
+            "live period through each arm and needs every payment's truth, future chargebacks "
+            f"included; imported data has only the labels reported by its export{known}",
+            f"compare models offline on your labels: `mlsd pipeline run weekly --workdir {dirs.root}` "
+            "gates the challenger on the latest matured week (average precision), and `mlsd monitor "
+            f"report --system fraud --workdir {dirs.root}` reports performance by label age; or run the "
+            "experiment on a simulated world: `mlsd experiment run fraud` (a new workdir)",
+        )  # fmt: skip
     if path.exists():
         return pd.read_parquet(path)
     return simulate_into(dirs, {**WORLD, **(world or {})})

@@ -140,8 +140,7 @@ def _sorted(frame: pd.DataFrame, table: str) -> pd.DataFrame:
 
 def _merge(old: pd.DataFrame | None, new: pd.DataFrame | None, table: str) -> pd.DataFrame | None:
     """``old`` plus ``new``: a new row replaces the old row(s) under its key (a corrected rating, an
-    updated title); old rows the import does not name are kept as they are (even the simulator's
-    same-second repeats)."""
+    updated title); old rows the import does not name are kept as they are."""
     if new is None:
         return old
     return _sorted(merge_on_key(old, new, KEYS[table], keep="new"), table)

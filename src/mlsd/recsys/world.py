@@ -4,7 +4,8 @@ drives that code, in-process, the way a platform and its viewers would.
 
 **Part 1, the data.** ``simulate(n_users, n_items, days=60, seed=0)`` returns a
 :class:`~mlsd.recsys.data.RecsysDataset` in the internal schema plus the ground truth that generated
-it (:func:`simulate_into` writes both to ``W/recsys/data``):
+it (:func:`simulate_into` writes both to ``W/recsys/data``, the dataset through the import,
+:func:`mlsd.recsys.importing.import_tables`, so it meets the data contract like any imported data):
 
 * **titles**: 1-3 genres (the first is the primary one), a cast drawn from actors who specialise in
   the primary genre, year and release date (a few percent are released *during* the window, a few
@@ -852,6 +853,7 @@ def ensure_world(
     from mlsd.recsys.training import config_for, config_from_params, train_daily
 
     built: dict[str, Any] = {"simulated": False, "trained": []}
+    _refuse_imported(dirs)
     if not (dirs.data / "items.parquet").exists():
         spec = world_size(units or 0)
         args = spec.simulate_args(**(size or {}))
@@ -894,6 +896,22 @@ def ensure_world(
         report = train_daily(dataset, dirs.registry, cfg, progress=False, gate=False)
         built["trained"].append({"alias": "challenger", "version": report["version"]})
     return built
+
+
+def _refuse_imported(dirs: SystemDir) -> None:
+    """An experiment needs the simulator's viewers; imported data has none (and no exposure log to
+    replay): say so, and what the data does support, before anything is trained or written."""
+    if (dirs.data / "interactions.parquet").exists() and not (dirs.data / "truth_users.parquet").exists():
+        raise InputError(
+            "--workdir", str(dirs.root),
+            f"holds imported data ({dirs.data}), not a simulated world: an online experiment needs "
+            "viewers who react to the list each arm shows them, and the data has no exposure log (the "
+            "lists shown, with their propensities) to replay or to weight (IPS) either",
+            f"compare models offline on your data: `mlsd pipeline run daily --workdir {dirs.root}` gates "
+            "the challenger on the last week's held-out interactions (nDCG@10), `mlsd recsys evaluate` "
+            "compares the models on a dataset; or run the experiment on a simulated world: "
+            "`mlsd experiment run recsys` (a new workdir)",
+        )  # fmt: skip
 
 
 def world_service_config() -> RecsysConfig:

@@ -333,11 +333,46 @@ def convert(fmt: str, path: str | Path, table: str | None = None) -> dict[str, p
 def import_data(dirs: SystemDir, fmt: str, path: str | Path, *, table: str | None = None) -> dict[str, Any]:
     """``mlsd search import``: convert ``path`` (format ``fmt``) to the contract, validate it, and append
     it to ``dirs.data`` (dedup on each table's key). Returns counts of rows added per table."""
-    from mlsd.search.clicklog import EVENT_COLUMNS, ClickLog
 
     started = time.perf_counter()
     tables = convert(fmt, path, table)
-    data = dirs.data
+    return _import(dirs.data, tables, fmt, str(Path(path).resolve()), started)
+
+
+def import_tables(
+    dirs: SystemDir | Path, tables: Mapping[str, pd.DataFrame], *, name: str = "tables"
+) -> dict[str, Any]:
+    """Import DataFrames in the contract (``{"catalog": ..., "queries": ..., "judgements": ...,
+    "events": ...}``, any of them) into ``dirs.data`` (or the data folder ``dirs`` itself): the same
+    validation (errors name ``<name>/<table>`` and the row), merge, atomic write and summary as
+    :func:`import_data`. ``mlsd search simulate`` writes through it.
+
+    Examples:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> catalog = pd.DataFrame({"product_id": [1, 2], "title": ["oak desk", "steel lamp"]})
+        >>> judged = pd.DataFrame({"query": ["desk"], "product_id": [1], "grade": [2.0]})
+        >>> import_tables(folder, {"catalog": catalog, "judgements": judged})["added"]
+        {'catalog': 2, 'queries': 1, 'judgements': 1}
+        >>> import_tables(folder, {"catalog": catalog, "judgements": judged})["changed"]   # again
+        False
+    """
+    started = time.perf_counter()
+    unknown = sorted(set(tables) - set(SCHEMAS))
+    if unknown:
+        raise InputError("tables", unknown[0], "is not a search table", f"use {', '.join(SCHEMAS)}")
+    valid = {t: validate_table(t, frame, _Where(f"{name}/{t}")) for t, frame in tables.items()}
+    if "judgements" in valid and "queries" not in valid:
+        valid["queries"] = pd.DataFrame({"text": valid["judgements"]["query"].drop_duplicates().to_numpy()})
+    data = dirs.data if isinstance(dirs, SystemDir) else Path(dirs)
+    return _import(data, valid, "tables", name, started)
+
+
+def _import(
+    data: Path, tables: Mapping[str, pd.DataFrame], fmt: str, path: str, started: float
+) -> dict[str, Any]:
+    from mlsd.search.clicklog import EVENT_COLUMNS, ClickLog
+
     products_f, queries_f, qrels_f = (
         data / "products.parquet",
         data / "queries.parquet",
@@ -413,7 +448,7 @@ def import_data(dirs: SystemDir, fmt: str, path: str | Path, *, table: str | Non
     for target, _ in writes:
         target.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(writes)
-    record = {"format": fmt, "path": str(Path(path).resolve()), "added": added, "at": int(time.time())}
+    record = {"format": fmt, "path": path, "added": added, "at": int(time.time())}
     if writes:
         log_file = data / "imports.jsonl"
         with log_file.open("a") as handle:

@@ -79,6 +79,36 @@ def current_window(
     }
 
 
+def _retrieval_only_report(dirs: SystemDir, champion: Any) -> dict[str, Any]:
+    """A champion trained without a click log (a catalog and judgements imported): no ranker, no
+    served traffic, so no drift to compute; the report says so and gives the one estimate the data
+    supports, the champion's nDCG@10 on the imported judgements (measured when it was trained)."""
+    from mlsd.platform.monitoring.drift import empty_report
+
+    fix = (
+        f"import events (mlsd search import --format csv --table events --workdir {dirs.root} --path F) "
+        "and train (mlsd search train) to get a ranker whose inputs can be monitored"
+    )
+    return {
+        **empty_report(),
+        "system": SYSTEM,
+        "model": MODEL_NAME,
+        "version": champion.version,
+        "reference": f"none: {MODEL_NAME} v{champion.version} serves retrieval only (trained without a click log)",
+        "current": "none: the data holds no click log (no served or logged searches)",
+        "not_computed": {
+            "feature and score drift": "no ranker and no training reference: the champion was trained "
+            f"with no click log. Fix: {fix}",
+            "online metrics (CTR, conversion)": "no click log: nothing records what searchers did",
+        },
+        "quality": {
+            "what": "the champion's retrieval on the imported judgements when it was trained (the "
+            "data's own relevance grades: an offline estimate, no online truth)",
+            **{k: v for k, v in champion.metrics.items() if isinstance(v, int | float)},
+        },
+    }
+
+
 def drift_report(dirs: SystemDir, *, engine: Any = None, days: int = 7) -> dict[str, Any]:
     """``DriftMonitor.report`` of the champion's training reference vs the latest ``days`` of traffic.
 
@@ -97,12 +127,7 @@ def drift_report(dirs: SystemDir, *, engine: Any = None, days: int = 7) -> dict[
     champion = dirs.require_champion(MODEL_NAME)
     path = ModelRegistry(dirs.registry).artifact_path(MODEL_NAME, champion.version)
     if champion.params.get("ranker", "") is None:  # a retrieval-only champion: no ranker inputs to watch
-        raise InputError(
-            "--workdir", str(dirs.root), f"champion v{champion.version} serves retrieval only (trained "
-            "without a click log): there is no ranker and no training reference to compare with",
-            f"import events (mlsd search import --format csv --table events --workdir {dirs.root} --path F) "
-            "and train (mlsd search train) to get a ranker to monitor",
-        )  # fmt: skip
+        return _retrieval_only_report(dirs, champion)
     if not (path / "reference.parquet").exists():
         raise InputError(
             "--workdir", str(path), f"champion v{champion.version} was saved without a training reference",

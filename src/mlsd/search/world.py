@@ -635,17 +635,41 @@ class Simulation:
             max_grade=3.0,
         )
 
-    def save(self, out: Path, *, world: dict[str, Any] | None = None) -> Path:
-        """Every frame as Parquet plus ``simulation.json`` (seed, click model and ``world``: the sizes
-        asked for, which :func:`simulate_into` compares before reusing a folder)."""
+    def save(self, out: Path, *, world: dict[str, Any] | None = None, frames: str = ".") -> Path:
+        """Every frame as Parquet (in ``out / frames``) plus ``out/simulation.json`` (seed, click model,
+        where the frames are and ``world``: the sizes asked for, which :func:`simulate_into` compares
+        before reusing a folder)."""
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        (out / frames).mkdir(parents=True, exist_ok=True)
         for name in ("products", "truth", "queries", "users", "impressions", "qrels"):
-            getattr(self, name).to_parquet(out / f"{name}.parquet", index=False)
+            getattr(self, name).to_parquet(out / frames / f"{name}.parquet", index=False)
         meta = {"seed": self.seed, "click_model": self.click_model.__dict__, "n_products": len(self.products),
-                "world": world}  # fmt: skip
+                "world": world, "frames": frames}  # fmt: skip
         (out / "simulation.json").write_text(json.dumps(meta, indent=2))
         return out
+
+    def contract_tables(self) -> dict[str, pd.DataFrame]:
+        """The simulation as the data contract's tables (:mod:`mlsd.search.contract`): the catalog, the
+        judged queries with their graded judgements, and the logged searches as click-log events.
+        Columns beyond the contract stay with the simulation's own frames (its truth)."""
+        from mlsd.search.clicklog import impressions_to_events
+        from mlsd.search.contract import CATALOG
+
+        text = self.queries.set_index("query_id")["text"]
+        tables = {
+            "catalog": self.products[[c for c in self.products.columns if c in CATALOG.names]],
+            "queries": self.queries[["text"]],
+            "judgements": pd.DataFrame(
+                {
+                    "query": text.reindex(self.qrels["query_id"]).to_numpy(),
+                    "product_id": self.qrels["product_id"].to_numpy(),
+                    "grade": self.qrels["grade"].to_numpy(np.float64),
+                }
+            ),  # fmt: skip
+        }
+        if len(self.impressions):
+            tables["events"] = impressions_to_events(self.impressions)
+        return tables
 
     @classmethod
     def load(cls, path: Path) -> Simulation:
@@ -659,8 +683,9 @@ class Simulation:
                 "run `mlsd search simulate --workdir W` first",
             )
         meta = json.loads(meta_path.read_text())
+        folder = path / meta.get("frames", ".")
         frames = {
-            n: pd.read_parquet(path / f"{n}.parquet")
+            n: pd.read_parquet(folder / f"{n}.parquet")
             for n in ("products", "truth", "queries", "users", "impressions", "qrels")
         }
         return cls(**frames, click_model=ClickModel(**meta["click_model"]), seed=int(meta["seed"]))
@@ -700,6 +725,11 @@ WORLD_SIZES: dict[str, dict[str, int]] = {
 FAST_PARSER: dict[str, Any] = {"intent_queries": 200}
 
 
+# Where simulate_into keeps the simulation's own frames (its truth) inside W/search/data: the tables
+# of the data contract beside them are the import's, as for imported data.
+WORLD_FRAMES = "world"
+
+
 def simulate_into(
     dirs: SystemDir,
     *,
@@ -712,12 +742,16 @@ def simulate_into(
     """Simulate a world of ``size`` (:data:`WORLD_SIZES`; ``counts`` -- ``products``, ``sessions``,
     ``queries``, ``users`` -- override it) into ``dirs.data``; returns a summary.
 
-    The logged sessions become the click log ``dirs.data/clicklog`` (the one training reads and the
-    service appends to). A data folder that already holds something is never overwritten: with
+    Written through the import (:func:`mlsd.search.contract.import_tables` of
+    :meth:`Simulation.contract_tables`, into a fresh folder swapped in for ``dirs.data``): the catalog,
+    judged queries and judgements are what an import of those tables gives, and the logged sessions
+    become the click log ``dirs.data/clicklog`` (the one training reads and the service appends to);
+    the simulation's own frames (its truth) lie beside them in ``dirs.data/world``. A data folder that already holds something is never overwritten: with
     ``reuse`` a world simulated with the same sizes and seed is kept as it is (``"reused": True``);
     anything else is an :class:`InputError` naming the folder.
     """
-    from mlsd.search.clicklog import ClickLog
+    from mlsd.platform.data import replace_folder
+    from mlsd.search.contract import import_tables
 
     if size not in WORLD_SIZES:
         raise InputError("--size", size, "unknown size", f"use one of {', '.join(WORLD_SIZES)}")
@@ -745,10 +779,14 @@ def simulate_into(
         world["products"], world["sessions"], seed, n_queries=world["queries"], n_users=world["users"]
     )
     dirs.create()
-    sim.save(dirs.data, world=world)
-    events = (
-        ClickLog(dirs.data / "clicklog").append_impressions(sim.impressions) if len(sim.impressions) else 0
-    )
+
+    def build(folder: Path) -> dict[str, Any]:
+        imported = import_tables(folder, sim.contract_tables(), name=f"simulated-seed{seed}")
+        sim.save(folder, world=world, frames=WORLD_FRAMES)  # the truth-bearing frames, beside
+        return imported
+
+    imported = replace_folder(dirs.data, build)
+    events = imported["added"].get("events", 0)
     imp = sim.impressions
     return {
         "data": str(dirs.data),
@@ -873,8 +911,15 @@ def load_world(
     if not (dirs.data / "simulation.json").exists():
         if (dirs.data / "products.parquet").exists():  # real data: never overwrite it with a simulation
             raise InputError(
-                "--workdir", str(dirs.root), f"{dirs.data} is not a simulated world (no simulation.json)",
-                "the online simulator needs the simulator's truth: use a fresh --workdir",
+                "--workdir", str(dirs.root),
+                f"holds imported data ({dirs.data}), not a simulated world: an online experiment needs "
+                "searchers who react to each arm's results (the simulator's click model and true "
+                "relevance); a click log records reactions to the pages that were shown only",
+                f"compare rankers offline on your data: `mlsd search train --workdir {dirs.root}` reports "
+                "nDCG@10 on your judgements and, with an events file imported, fits LambdaMART on "
+                "position-debiased clicks (IPS); `mlsd pipeline run daily` gates a challenger on the "
+                "judgements; or run the experiment on a simulated world: `mlsd experiment run search` "
+                "(a new workdir)",
             )  # fmt: skip
         counts = world_size(units) if units is not None else WORLD_SIZES["demo"]
         simulate_into(dirs, size="demo", progress=progress, **counts)

@@ -3,7 +3,9 @@
 * ``--reference A.parquet --current B.parquet``: any two frames, column by column;
 * ``--system S --workdir W``: the registered system's ``drift_report(W/S)``
   (:class:`mlsd.platform.system.System`) -- the champion's training reference against what was served
-  since (plus, for fraud, performance on labels as they mature).
+  since (plus, for fraud, performance on labels as they mature). A report may say what its data could
+  not give (``not_computed``: {what: why}, e.g. no known truth on imported data) and the offline
+  estimate it gives instead (``quality``); both are printed after the table.
 
 ``mlsd.cli`` wires in :func:`add_commands`.
 """
@@ -115,9 +117,24 @@ def _system_report(args: argparse.Namespace) -> int:
     if args.json:
         print(dumps(report))
         return 0
-    _print_table(report)
+    if report["features"]:
+        _print_table(report)
+    else:
+        print(f"no feature compared: reference {report.get('reference')}; current {report.get('current')}")
     _print_performance(report.get("performance"))
+    _print_limits(report)
     return 0
+
+
+def _print_limits(report: dict) -> None:
+    """What a system's data could not give (``not_computed``: {what: why}) and the offline estimate
+    it reports instead (``quality``): on imported data there is often no known truth."""
+    quality = report.get("quality") or {}
+    if quality:
+        values = ", ".join(f"{k} {v:.4g}" for k, v in quality.items() if isinstance(v, int | float))
+        print(f"estimate: {values} ({quality.get('what', 'offline')})")
+    for what, why in (report.get("not_computed") or {}).items():
+        print(f"not computed: {what}: {why}")
 
 
 def _print_performance(performance: dict | None) -> None:

@@ -366,3 +366,20 @@ def _check_columns(frame: pd.DataFrame, columns: Sequence[str], field: str) -> N
             "feature column not found",
             f"add column {missing[0]!r} or drop it from the monitored features",
         )
+
+
+def empty_report(n_reference: int = 0, n_current: int = 0) -> dict[str, Any]:
+    """A drift report with no feature compared, in :meth:`DriftMonitor.report`'s shape: what a system
+    returns when its data cannot give a reference or a current window (it says why in
+    ``not_computed``, ``{what: why}``, which ``mlsd monitor report`` prints).
+
+    Examples:
+        >>> empty_report()["summary"]
+        {'stable': 0, 'moderate': 0, 'significant': 0, 'drifted': [], 'max_psi': None}
+    """
+    return {
+        "n_reference": n_reference,
+        "n_current": n_current,
+        "features": {},
+        "summary": {"stable": 0, "moderate": 0, "significant": 0, "drifted": [], "max_psi": None},
+    }
