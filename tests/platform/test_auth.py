@@ -315,3 +315,21 @@ def test_a_path_cannot_forge_an_audit_line(client: TestClient, caplog: pytest.Lo
     message = record.getMessage()
     assert "\n" not in message and "t1\\nprincipal=root\\x20role=admin/resolve" in message
     assert message.count(" principal=") == 1 and " role=admin" not in message  # one line, one principal
+
+
+def test_a_bad_key_configuration_stops_serve_before_it_listens(monkeypatch, capsys) -> None:
+    import uvicorn
+
+    from mlsd.cli import main
+
+    monkeypatch.setattr(
+        uvicorn, "run", lambda *a, **kw: pytest.fail("served despite a bad key configuration")
+    )
+    monkeypatch.setenv("MLSD_API_KEYS", "scorer:service:tinykey")
+    assert main(["dashboard", "--port", "8051"]) == 2  # the dashboard: the cheapest app served by serve()
+    err = capsys.readouterr().err
+    assert (
+        "MLSD_API_KEYS[scorer].key" in err
+        and "python -m mlsd.platform.auth new" in err
+        and "tinykey" not in err
+    )
