@@ -74,6 +74,8 @@ __all__ = [
     "StageTimer",
     "create_app",
     "error_body",
+    "json_body_problem",
+    "json_depth",
     "metric",
     "secure",
     "serve",
@@ -748,7 +750,7 @@ def create_app(
         try:
             return SafeJSONResponse(live_body())
         except Exception as exc:  # a failing check means "not live", not "500"
-            return _unavailable("health check", exc)
+            return _unavailable(system, "health check", exc)
 
     @app.get("/ready", tags=["platform"], responses={503: {"description": "a dependency is not ready"}})
     def _ready() -> JSONResponse:
@@ -758,7 +760,7 @@ def create_app(
             for check in list(app.state.ready_checks):
                 details.update(check() or {})
         except Exception as exc:
-            return _unavailable("readiness check", exc)
+            return _unavailable(system, "readiness check", exc)
         return SafeJSONResponse({"status": "ready", "system": system, **details})
 
     @app.get("/metrics", tags=["platform"])
@@ -796,11 +798,10 @@ def _openapi_with_security(app: FastAPI, fastapi_openapi: Callable[[], dict[str,
     return app.openapi_schema
 
 
-def _unavailable(what: str, exc: Exception) -> JSONResponse:
-    logger.warning("%s failed: %s: %s", what, type(exc).__name__, exc)
-    return SafeJSONResponse(
-        {"status": "unavailable", "reason": f"{type(exc).__name__}: {exc}"}, status_code=503
-    )
+def _unavailable(system: str, what: str, exc: Exception) -> JSONResponse:
+    logger.warning("%s %s failed: %s: %s", system, what, type(exc).__name__, exc)
+    body = {"status": "unavailable", "system": system, "reason": f"{type(exc).__name__}: {exc}"}
+    return SafeJSONResponse(body, status_code=503)
 
 
 def _changes_state(app: FastAPI) -> bool:
