@@ -333,3 +333,20 @@ def test_a_bad_key_configuration_stops_serve_before_it_listens(monkeypatch, caps
         and "python -m mlsd.platform.auth new" in err
         and "tinykey" not in err
     )
+
+
+def test_routes_of_an_included_router_are_protected_too() -> None:
+    from fastapi import APIRouter
+
+    router = APIRouter()
+
+    @router.post("/v1/review/claim", tags=["review"])
+    def claim(request: Request, body: dict) -> dict:
+        return {"reviewer": request.state.principal.name}
+
+    app = create_app("routersys", title="r", auth=ApiKeys.parse(KEYS))
+    app.include_router(router)
+    client = TestClient(app)
+    assert client.post("/v1/review/claim", json={}).status_code == 401
+    assert client.post("/v1/review/claim", json={}, headers=bearer(SERVICE_KEY)).status_code == 403
+    assert client.post("/v1/review/claim", json={}, headers=bearer(REVIEW_KEY)).json() == {"reviewer": "ann"}
