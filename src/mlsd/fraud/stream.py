@@ -243,8 +243,13 @@ def poison_reason(fields: Mapping[bytes, bytes]) -> tuple[dict | None, str | Non
     payment); per entry, but no more than a dict lookup per field after the JSON decode.
 
     Examples:
-        >>> poison_reason({b"p": b'{"tx_id": 1, "card_id": {"a": 1}}'})[1]
+        >>> ok = {"tx_id": 1, "ts": 1767225600, "card_id": 7, "terminal_id": 9, "amount": 12.5}
+        >>> poison_reason({b"p": json.dumps(ok).encode()}) == (ok, None)
+        True
+        >>> poison_reason({b"p": json.dumps({**ok, "card_id": {"a": 1}}).encode()})[1]
         'card_id is a dict, not a scalar id: send ids as strings or integers'
+        >>> poison_reason({b"p": b'{"tx_id": 1}'})[1]
+        "ts is missing: add the field 'ts'"
         >>> poison_reason({b"p": b"[1, 2]"})[1]
         'payload is a JSON list, not an object: publish each payment as one JSON object'
         >>> poison_reason({b"x": b"{}"})[1]
@@ -494,6 +499,7 @@ class StreamWorker:
 
         transient = transient_redis_errors()
         ids, payments = list(ids), list(payments)
+        self._current = ids  # what mark_applied marks: the entries still in the batch
         poison: list[tuple[bytes, str, bytes]] = []
         while ids:
             try:
@@ -518,6 +524,7 @@ class StreamWorker:
         transient = transient_redis_errors()
         kept, records = [], []
         for entry_id, payment in zip(ids, payments, strict=True):
+            self._current = [entry_id]  # applied one by one: mark them so
             try:
                 records.extend(self.scorer([payment]))
                 kept.append(entry_id)
