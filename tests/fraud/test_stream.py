@@ -298,3 +298,28 @@ def test_a_dead_workers_entries_hold_the_others_back_until_reclaimed(setup, redi
     alive.run(idle_exit_s=0.2)
     assert alive.stats.reclaimed == 10
     assert [d["tx_id"] for d in read_decisions(client, keys["output"])] == list(range(20))  # in order
+
+
+def test_the_feature_engine_marks_each_batch_applied(setup, redis_prefix, tmp_path):
+    """The worker hooks into its scorer's feature engine: once a batch's rows are recorded its entries
+    are in the ``applied`` set, so the next batch can go while this one is still being scored."""
+    from mlsd.fraud.features import FeatureEngine
+
+    client, _ = setup
+    keys = stream_keys(redis_prefix)
+    publish(client, keys["input"], payments(5, 2))
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(RULES))
+    pipeline = FraudPipeline(FeatureEngine(), RuleEngine(tmp_path / "r.yaml"))
+    seen = []
+
+    def score(bodies):
+        out = pipeline.handle(bodies)
+        current, _ = worker._bucket_keys(keys["applied"])
+        seen.append(client.scard(current))  # after the features, before the commit
+        return out
+
+    worker = StreamWorker(client, pipeline.handle, prefix=redis_prefix, consumer="a")
+    assert pipeline.features.after_update == worker.mark_applied
+    worker.scorer = score
+    worker.run_once(block=False)
+    assert seen == [5]

@@ -337,6 +337,11 @@ class StreamWorker:
         self._held: dict[bytes, dict] = {}
         self._current: list[bytes] = []  # the batch being scored (mark_applied marks these)
         ensure_group(client, self.keys["input"], group)
+        # The scorer's feature engine (FraudPipeline.handle -> .features) says when a batch is in the
+        # windows: from then on the next batch may be applied (ordered mode), while this one scores.
+        features = getattr(getattr(scorer, "__self__", None), "features", None)
+        if self.ordered and hasattr(features, "after_update"):
+            features.after_update = self.mark_applied
         self.max_attempts = max_attempts
         self._attempts: dict[bytes, int] = {}  # entry id -> scorer failures that were not InputErrors
 
@@ -704,7 +709,6 @@ def _worker_main(
         ),
         f"stream worker {idx} start",
     )
-    features.after_update = worker.mark_applied  # ordered: the next batch may go once ours is in
     try:
         stats = worker.run(idle_exit_s=idle_exit_s)
     except KeyboardInterrupt:
