@@ -312,14 +312,17 @@ class MemoryWindowStore(_Scalar):
         self._next = np.zeros(64, dtype=np.int64)
         self._latest = np.full(64, PAD_TS, dtype=np.int64)
         self._used = np.zeros(64, dtype=np.int64)
-        # the arena: every ring's cells; cell 0 stays empty (views point missing cells at it), cells
-        # from _top on are empty and free, _garbage counts cells of rings that moved
-        self._top = 1
+        # the arena: every ring's cells, in pages of ``initial_capacity`` cells (every ring is a whole
+        # number of pages, so a view gathers pages - contiguous copies - rather than single cells);
+        # page 0 stays empty (views point missing cells at it), cells from _top on are empty and
+        # free, _garbage counts cells of rings that moved
+        self._top = self.initial_capacity
         self._garbage = 0
         self._arena(1024)
 
     # -- state layout ------------------------------------------------------------------------------
     def _arena(self, size: int) -> None:
+        size = -(-size // self.initial_capacity) * self.initial_capacity  # whole pages
         self._ts = np.full(size, PAD_TS, dtype=np.int64)
         self._seq = np.full(size, -1, dtype=np.int64)
         self._value = np.zeros(size, dtype=np.int64)
@@ -346,11 +349,23 @@ class MemoryWindowStore(_Scalar):
         for name, fill in (("_base", 0), ("_cap", 0), ("_next", 0), ("_latest", PAD_TS), ("_used", 0)):
             setattr(self, name, np.r_[getattr(self, name), np.full(extra, fill, dtype=np.int64)])
 
-    def _cells(self, slots: np.ndarray) -> np.ndarray:
-        """``(n, k)`` arena cells of the keys' rings (``k`` the widest of them); 0 past a ring's end."""
-        cap = np.where(slots < 0, 0, self._cap[np.maximum(slots, 0)])
-        k = np.arange(max(int(cap.max(initial=0)), 1))
-        return np.where(k < cap[:, None], self._base[np.maximum(slots, 0)][:, None] + k, 0)
+    def _pages(self, slots: np.ndarray) -> np.ndarray:
+        """``(n, p)`` arena pages of the keys' rings (``p`` pages: the widest of them); 0 past a ring's end."""
+        size = self.initial_capacity
+        missing = slots < 0
+        s = np.where(missing, 0, slots) if missing.any() else slots
+        first, n_pages = self._base[s] // size, self._cap[s] // size
+        if s is not slots:
+            n_pages[missing] = 0
+        k = np.arange(max(int(n_pages.max(initial=0)), 1))
+        return np.where(k < n_pages[:, None], first[:, None] + k, 0)
+
+    def _gather(self, name: str, pages: np.ndarray) -> np.ndarray:
+        """``(n, p * page size, ...)`` cells of ``pages`` from the arena array ``name``."""
+        array = getattr(self, "_" + name)
+        size = self.initial_capacity
+        paged = array.reshape(-1, size, *array.shape[1:])[pages]
+        return paged.reshape(pages.shape[0], pages.shape[1] * size, *array.shape[1:])
 
     def _cell_of(self, slot: np.ndarray, seq: np.ndarray) -> np.ndarray:
         """The arena cell where ``seq`` of each key lives (or would: check ``_seq`` there); 0 if no ring."""
@@ -378,20 +393,21 @@ class MemoryWindowStore(_Scalar):
         A cell of sequence number ``s`` goes to ``s % new_cap`` of its ring; a ring shrinks only to
         what holds its live cells (the caller computes ``new_cap`` so), so nothing visible is lost.
         """
+        size = -(-size // self.initial_capacity) * self.initial_capacity  # whole pages
         held = len(self._slots)
         src, owner = _ragged(self._base[:held], self._cap[:held])
         seq = self._seq[src]
         keep = (seq >= 0) & (seq >= self._next[owner] - new_cap[owner])  # cells the new ring still holds
         src, owner, seq = src[keep], owner[keep], seq[keep]
-        base = 1 + np.cumsum(new_cap) - new_cap
+        base = self.initial_capacity + np.cumsum(new_cap) - new_cap
         dst = base[owner] + seq % np.maximum(new_cap[owner], 1)
-        top = 1 + int(new_cap.sum())
+        top = self.initial_capacity + int(new_cap.sum())
         moved = {name: getattr(self, "_" + name)[src] for name in _FILL}
         if size != self._ts.size:
             self._arena(size)
         else:  # in place: empty the laid-out part, then write the moved cells back
             for name, fill in _FILL.items():
-                getattr(self, "_" + name)[1 : max(top, self._top)] = fill
+                getattr(self, "_" + name)[self.initial_capacity : max(top, self._top)] = fill
         for name, cells in moved.items():
             getattr(self, "_" + name)[dst] = cells
         self._base[:held], self._cap[:held] = base, new_cap
@@ -441,7 +457,7 @@ class MemoryWindowStore(_Scalar):
         self._reserve_keys(keys)
         busiest = int(_fit(np.array([capacity]), self.initial_capacity)[0])
         self.capacity = max(self.capacity, busiest)
-        size = 1 + 2 * keys * self.initial_capacity + 2 * busiest
+        size = (1 + 2 * keys) * self.initial_capacity + 2 * busiest
         self._reserved = (max(self._reserved[0], keys), max(self._reserved[1], size))
         if size > self._ts.size:
             self._relayout(self._cap[: len(self._slots)].copy(), size)
@@ -523,12 +539,13 @@ class MemoryWindowStore(_Scalar):
         s_new = slots[idx]
         order = np.argsort(s_new, kind="stable")
         sorted_slots = s_new[order]
-        starts = np.r_[0, np.flatnonzero(np.diff(sorted_slots)) + 1]
-        rank = np.arange(idx.size) - np.repeat(starts, np.diff(np.r_[starts, idx.size]))
+        # np.r_ and np.diff cost more than the arithmetic on one event: plain concatenations instead
+        starts = np.concatenate(([0], np.flatnonzero(sorted_slots[1:] != sorted_slots[:-1]) + 1))
+        n_new = np.concatenate((starts[1:], [idx.size])) - starts
+        rank = np.arange(idx.size) - np.repeat(starts, n_new)
         seq = np.empty(idx.size, dtype=np.int64)
         seq[order] = self._next[sorted_slots] + rank
         touched = sorted_slots[starts]
-        n_new = np.diff(np.r_[starts, idx.size])
         # Exactness: the ring must keep every cell an event of this batch can see (above the lowest
         # cut among the key's events of the batch) - i.e. every sequence number from the oldest
         # such cell on, even if out-of-order times interleave older cells - plus the batch.
@@ -541,10 +558,10 @@ class MemoryWindowStore(_Scalar):
             low_t = low[np.searchsorted(uniq, touched)]
         # a key that ever took an event older than its latest can interleave times in its ring
         self._disordered = self._disordered or not in_order or bool((ts[idx] < self._latest[s_new]).any())
-        cells = self._cells(touched)
-        live = self._ts[cells] > low_t[:, None]
+        pages = self._pages(touched)
+        live = self._gather("ts", pages) > low_t[:, None]
         if self._disordered:
-            ring_seq = self._seq[cells]
+            ring_seq = self._gather("seq", pages)
             ring_seq[~live] = UNKNOWN
             span = np.where(live.any(axis=1), self._next[touched] - ring_seq.min(axis=1), 0)
         else:  # times rise with sequence numbers: the live cells are the newest ones
@@ -563,12 +580,22 @@ class MemoryWindowStore(_Scalar):
         self._next[touched] += n_new
         np.maximum.at(self._latest, s_new, ts[idx])
         own[idx] = seq
-        recent = ts[idx][-_RECENT:]
-        self._recent[(self._recent_at + np.arange(recent.size)) % _RECENT] = recent
-        self._recent_at += recent.size
+        self._remember(ts[idx])
         self._events.update(
             zip([ids[i] for i in idx.tolist()], ((s_new << _SLOT_SHIFT) | seq).tolist(), strict=True)
         )
+
+    def _remember(self, ts: np.ndarray) -> None:
+        """Keep the times of the last ``_RECENT`` stored events (the clock of the next eviction pass)."""
+        if ts.size >= _RECENT:
+            self._recent[:] = ts[-_RECENT:]
+            self._recent_at = _RECENT
+            return
+        at = self._recent_at % _RECENT
+        head = min(ts.size, _RECENT - at)
+        self._recent[at : at + head] = ts[:head]
+        self._recent[: ts.size - head] = ts[head:]
+        self._recent_at += ts.size
 
     def view_many(self, keys, ts) -> WindowView:
         """Views for hypothetical events at ``ts`` (nothing stored): every stored event counts."""
@@ -581,18 +608,18 @@ class MemoryWindowStore(_Scalar):
         return self._view(slots, ts, none, np.zeros(len(keys), bool), cut, None)
 
     def _view(self, slots, ts, own, inserted, cut, bound) -> WindowView:
-        cells = self._cells(slots)  # a key not held has no ring: every cell is the empty cell 0
-        shape = cells.shape
+        pages = self._pages(slots)  # a key not held has no ring: every page is the empty page 0
+        shape = (pages.shape[0], pages.shape[1] * self.initial_capacity)
         # gather only what this store holds: no attrs, or no label ever set, costs nothing
-        attrs = self._attrs[cells] if self.n_attrs else np.zeros((*shape, 0))
-        label = self._label[cells] if self._labelled else np.broadcast_to(np.int64(UNKNOWN), shape)
+        attrs = self._gather("attrs", pages) if self.n_attrs else np.zeros((*shape, 0))
+        label = self._gather("label", pages) if self._labelled else np.broadcast_to(np.int64(UNKNOWN), shape)
         return WindowView(
             t=ts,
             own_seq=own,
             inserted=inserted,
-            ts=self._ts[cells],
-            seq=self._seq[cells],
-            value=self._value[cells],
+            ts=self._gather("ts", pages),
+            seq=self._gather("seq", pages),
+            value=self._gather("value", pages),
             attrs=attrs,
             label_ts=label,
             cut=cut,
@@ -688,7 +715,7 @@ class MemoryWindowStore(_Scalar):
         """Keep only ``keep``'s keys, numbered 0.. in their order; rings at ``new_cap``; ids re-indexed."""
         held = keep.size
         new_cap = np.where(keep, new_cap, 0)
-        cells = 1 + int(new_cap.sum())
+        cells = self.initial_capacity + int(new_cap.sum())
         size = self._ts.size
         if 4 * cells < size:  # mostly empty after the pass: give the memory back (not below reserve())
             size = max(2 * cells, self._reserved[1], 1024)
