@@ -403,7 +403,14 @@ def _many_keys_and_one_busy(store: MemoryWindowStore, n_keys: int, busy_events: 
         j = slice(i, i + 10_000)
         store.update_many(keys[j], keys[j], ts[j], np.ones(ts[j].size, dtype=np.int64))
     busy = np.arange(busy_events, dtype=np.int64) * 500 // busy_events + 500
-    store.update_many(["busy"] * busy_events, [f"b{i}" for i in range(busy_events)], busy, np.ones_like(busy))
+    _busy_key(store, busy, "b")
+
+
+def _busy_key(store: MemoryWindowStore, ts: np.ndarray, prefix: str) -> None:
+    """Events of one key at ``ts``, in batches of 256 (a view is batch x ring: keep it small)."""
+    for i in range(0, ts.size, 256):
+        t = ts[i : i + 256]
+        store.update_many(["busy"] * t.size, [f"{prefix}{i + j}" for j in range(t.size)], t, np.ones_like(t))
 
 
 def test_memory_is_proportional_to_each_keys_events_not_to_the_busiest_key():
@@ -427,7 +434,7 @@ def test_idle_keys_are_evicted_after_the_horizon_and_the_busy_key_stays():
     _many_keys_and_one_busy(store, 100_000, 2_000)
     before = store.nbytes
     later = np.arange(2_000, dtype=np.int64) + 2_000  # the stream moves on: only the busy key is active
-    store.update_many(["busy"] * 2_000, [f"c{i}" for i in range(2_000)], later, np.ones_like(later))
+    _busy_key(store, later, "c")
     evicted = store.evict()
     assert evicted == {"idle": 100_000, "max_keys": 0, "max_events": 0}
     assert len(store) == 1 and len(store._events) == 1_000  # only the busy key's ids in (2999, 3999]
@@ -493,7 +500,7 @@ def test_an_event_behind_the_floor_on_an_evicted_key_is_too_late_not_counted_twi
     store = MemoryWindowStore(100, capacity=2, lateness_s=0)
     store.update_many(["old"], ["a"], np.array([10]), np.array([1]))
     t = np.arange(1_000, 2_000, dtype=np.int64)
-    store.update_many(["busy"] * t.size, [f"b{i}" for i in t.tolist()], t, np.ones_like(t))
+    _busy_key(store, t, "b")
     assert store.evict()["idle"] == 1 and store.floor > 10
     ids_before = len(store._events)
     replay = store.update_many(["old", "new"], ["a", "n"], np.array([10, 20]), np.array([1, 1]))
@@ -511,7 +518,7 @@ def test_caps_evict_least_recently_used_keys_with_a_metric_and_a_log_line(caplog
         labels = {"store": "test-cap", "reason": reason}
         return REGISTRY.get_sample_value("mlsd_window_evictions_total", labels) or 0.0
 
-    store = MemoryWindowStore(10_000, capacity=2, max_keys=1_000, max_events=10_000, name="test-cap")
+    store = MemoryWindowStore(10_000, capacity=2, max_keys=1_000, max_events=3_000, name="test-cap")
     before = evictions("max_keys")
     with caplog.at_level(logging.WARNING, logger="mlsd.streaming"):
         for b in range(12):  # 1,200 keys in all, each batch newer than the last
@@ -520,7 +527,6 @@ def test_caps_evict_least_recently_used_keys_with_a_metric_and_a_log_line(caplog
     assert len(store) <= 1_000 and evictions("max_keys") > before
     assert 0 not in store._slots and 1_199 in store._slots  # the oldest went first
     assert any("max_keys=1000" in r.getMessage() for r in caplog.records)
-    busy = np.arange(12_000, dtype=np.int64) + 100  # one key alone past max_events: it goes too
     before = evictions("max_events")
-    store.update_many(["busy"] * busy.size, [f"b{i}" for i in range(busy.size)], busy, np.ones_like(busy))
-    assert evictions("max_events") > before and store._top - store._garbage <= 10_000
+    _busy_key(store, np.arange(4_000, dtype=np.int64) + 100, "b")  # past max_events alone: it goes too
+    assert evictions("max_events") > before and store._top - store._garbage <= 3_000

@@ -719,19 +719,25 @@ class MemoryWindowStore(_Scalar):
         size = self._ts.size
         if 4 * cells < size:  # mostly empty after the pass: give the memory back (not below reserve())
             size = max(2 * cells, self._reserved[1], 1024)
-        self._relayout(new_cap, size)
+        same = size == self._ts.size and (new_cap == self._cap[:held]).all()
+        if not (same and 4 * self._garbage < size):  # a copy of the arena only when it frees memory
+            self._relayout(new_cap, size)
         new_slot = np.cumsum(keep) - 1
         ids = list(self._events.keys())
         packed = np.fromiter(self._events.values(), dtype=np.int64, count=len(ids))
         slot, seq = packed >> _SLOT_SHIFT, packed & _SEQ_MASK
         cell = self._cell_of(slot, seq)
         alive = keep[slot] & (self._seq[cell] == seq) & (self._ts[cell] > self._latest[slot] - self.horizon_s)
+        kept = int(keep.sum())
+        if kept == held and alive.all():  # nothing to forget: the indexes stay as they are
+            return
         moved = (new_slot[slot[alive]] << _SLOT_SHIFT) | seq[alive]
         # rebuilt from lists by zip() / compress(): C speed, no per-id Python statement
         self._events = dict(zip(compress(ids, alive.tolist()), moved.tolist(), strict=True))
+        if kept == held:
+            return
         keys = compress(self._slots.keys(), keep.tolist())
-        self._slots = dict(zip(keys, range(int(keep.sum())), strict=False))
-        kept = int(keep.sum())
+        self._slots = dict(zip(keys, range(kept), strict=False))
         rows = self._base.size
         if 4 * kept < rows:
             rows = max(2 * kept, self._reserved[0], 64)
