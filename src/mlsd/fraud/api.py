@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from mlsd.fraud.config import CURRENCIES
 from mlsd.fraud.data import INT64, MAX_AMOUNT, MAX_ID_CHARS, MAX_TS
-from mlsd.fraud.review import MAX_REVIEWER_CHARS
+from mlsd.fraud.review import MAX_REVIEWER_CHARS, REVIEWER_PATTERN
 
 __all__ = [
     "REQUEST_BODIES",
@@ -43,12 +43,7 @@ _Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS, 
 _Int64 = Annotated[int, Field(ge=INT64[0], le=INT64[1])]
 Id = _Text | _Int64
 Reviewer = Annotated[
-    str,
-    StringConstraints(
-        min_length=1,
-        max_length=MAX_REVIEWER_CHARS,
-        pattern=r"^[^\u0000-\u001f\u007f]*\S[^\u0000-\u001f\u007f]*$",
-    ),
+    str, StringConstraints(min_length=1, max_length=MAX_REVIEWER_CHARS, pattern=REVIEWER_PATTERN)
 ]
 
 

@@ -15,6 +15,7 @@ from a folder, a Parquet file or the handbook's CSV files (``backtest --data``, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -123,7 +124,8 @@ def validate_transactions(frame: pd.DataFrame, *, require_labels: bool = False) 
     out["amount"] = amount
     if "currency" in out.columns:
         currency = out["currency"].astype("string").str.upper()
-        unknown = currency.isna() | ~currency.isin(CURRENCIES)
+        # null: the currency is unknown (optional context, as an absent column is); never guessed
+        unknown = currency.notna() & ~currency.isin(CURRENCIES)
         if unknown.any():
             raise InputError(
                 "currency",
@@ -131,7 +133,7 @@ def validate_transactions(frame: pd.DataFrame, *, require_labels: bool = False) 
                 "is not a supported currency",
                 f"use one of {', '.join(CURRENCIES)}",
             )
-        out["currency"] = currency.astype(object)
+        out["currency"] = currency.astype(object).where(currency.notna(), None)
     for column, limit in (("lat", 90.0), ("lon", 180.0)):
         if column in out.columns:
             values = _numeric(out, column, "float64")
@@ -204,7 +206,7 @@ def _good_id(value: Any) -> bool:
     if kind is int:
         return INT64[0] <= value <= INT64[1]
     if kind is float:
-        return value == value and value not in (float("inf"), float("-inf"))  # NaN: missing
+        return value not in (float("inf"), float("-inf"))  # NaN: a missing optional id
     return value is None or isinstance(value, np.integer | np.floating)
 
 
@@ -219,26 +221,44 @@ def _id_error(column: str, value: Any, i: int, n: int) -> InputError:
     return InputError(where, json_safe(value), problem, f"send {column} as a string or an integer")
 
 
+FUTURE_STEP_S = 3600  # the latest accepted ts moves in whole hours (see future_limit)
+
+
+def future_limit(now: float, max_skew_s: float) -> int:
+    """The latest ``ts`` a live payment may carry: ``now + max_skew_s`` rounded up to the hour.
+
+    Rounding up makes the limit a step that holds for up to an hour, so the OpenAPI document can
+    state it exactly (``Payment.ts.maximum``) and a client checking against the document agrees
+    with the service; the tolerance is between ``max_skew_s`` and ``max_skew_s`` + 1 h.
+
+    Examples:
+        >>> future_limit(7200.0, 300), future_limit(7199.0, 300), future_limit(6900.0, 300)
+        (10800, 10800, 7200)
+    """
+    return int(math.ceil((now + max_skew_s) / FUTURE_STEP_S) * FUTURE_STEP_S)
+
+
 def check_not_future(ts: np.ndarray, *, now: float, max_skew_s: float) -> None:
-    """Refuse payments dated more than ``max_skew_s`` seconds after ``now`` (the live clock).
+    """Refuse payments dated after :func:`future_limit` (the live clock + ``max_skew_s``, to the hour).
 
     A payment from the future becomes its card's newest event: every real payment after it looks
     out of order to the windows. Refusing it (422) is the deterministic answer.
 
     Examples:
-        >>> check_not_future(np.array([100, 400]), now=100.0, max_skew_s=300)
+        >>> check_not_future(np.array([100, 3600]), now=100.0, max_skew_s=300)
         >>> check_not_future(np.array([100, 32503680000]), now=100.0, max_skew_s=300)
         Traceback (most recent call last):
         ...
-        mlsd.platform.errors.InputError: payments[1].ts=32503680000: is more than 300 s after the service's clock (100). Fix: send ts as the payment's own time in seconds since the epoch (UTC), not a future or millisecond timestamp
+        mlsd.platform.errors.InputError: payments[1].ts=32503680000: is after 3600, the service's clock (100) + 300 s rounded up to the hour. Fix: send ts as the payment's own time in seconds since the epoch (UTC), not a future or millisecond timestamp
     """
-    ahead = np.asarray(ts) > now + max_skew_s
+    limit = future_limit(now, max_skew_s)
+    ahead = np.asarray(ts) > limit
     if ahead.any():
         i = int(np.flatnonzero(ahead)[0])
         raise InputError(
             f"payments[{i}].ts" if len(ahead) > 1 else "ts",
             int(ts[i]),
-            f"is more than {max_skew_s:g} s after the service's clock ({int(now)})",
+            f"is after {limit}, the service's clock ({int(now)}) + {max_skew_s:g} s rounded up to the hour",
             "send ts as the payment's own time in seconds since the epoch (UTC), "
             "not a future or millisecond timestamp",
         )
@@ -310,6 +330,8 @@ def _check_json_type(values: pd.Series, allowed: tuple[type, ...]) -> None:
         floats = np.flatnonzero(np.equal(types, float))  # elementwise: which rows hold a float
         if int in allowed and float not in allowed and floats.size:
             ok[floats] = [float(x).is_integer() for x in values.to_numpy()[floats]]
+        if type(None) in allowed:  # a field one payment of the batch left out is NaN in the frame
+            ok |= values.isna().to_numpy()
     else:  # pandas' string dtype: strings; booleans are never a payment field
         ok = np.full(len(values), str in allowed and kind != "b")
     if ok.all():

@@ -15,6 +15,7 @@ over SQLite or PostgreSQL); ``tests/fraud/test_review.py`` runs one suite over b
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -26,6 +27,9 @@ from mlsd.platform.errors import InputError
 
 OUTCOMES = {"fraud": 1, "legit": 0}
 MAX_REVIEWER_CHARS = 100
+# A reviewer's name: no control character (C0, DEL, C1: NUL included), not only white space. One
+# pattern, read the same by Python's re and by the JSON Schema (ECMA) regex of the OpenAPI document.
+REVIEWER_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\ufeff\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
 MAX_KEY_CHARS = 256  # tx_id / terminal_id as stored (the payment schema's limit, mlsd.fraud.data)
 STATUSES = ("open", "claimed", "resolved")
 _COLUMNS = (
@@ -243,7 +247,8 @@ def review_queue_at(location: str | Path, *, schema: str = "mlsd_fraud") -> SQLR
 
 
 def check_reviewer(reviewer: Any) -> str:
-    """A reviewer's name as recorded on the cases: 1..100 printable characters, not only spaces.
+    """A reviewer's name as recorded on the cases: 1..100 characters, no control character, not
+    only white space (:data:`REVIEWER_PATTERN`).
 
     Examples:
         >>> check_reviewer("ana")
@@ -251,14 +256,14 @@ def check_reviewer(reviewer: Any) -> str:
         >>> check_reviewer("  ")
         Traceback (most recent call last):
         ...
-        mlsd.platform.errors.InputError: reviewer='  ': must be 1..100 printable characters (no NUL, tab or line break). Fix: name the reviewer, e.g. 'ana'
+        mlsd.platform.errors.InputError: reviewer='  ': must be 1..100 printable characters (no NUL, tab, line break or other control). Fix: name the reviewer, e.g. 'ana'
     """
     ok = isinstance(reviewer, str) and 0 < len(reviewer) <= MAX_REVIEWER_CHARS
-    if not (ok and reviewer.isprintable() and reviewer.strip()):
+    if not (ok and re.fullmatch(REVIEWER_PATTERN, reviewer)):
         raise InputError(
             "reviewer",
             reviewer,
-            f"must be 1..{MAX_REVIEWER_CHARS} printable characters (no NUL, tab or line break)",
+            f"must be 1..{MAX_REVIEWER_CHARS} printable characters (no NUL, tab, line break or other control)",
             "name the reviewer, e.g. 'ana'",
         )
     return reviewer

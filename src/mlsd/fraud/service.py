@@ -26,16 +26,17 @@ is refused (403). Without auth (apps built in-process) the body names the review
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Body, FastAPI, Query, Request
 
 from mlsd.fraud import api
 from mlsd.fraud.config import FraudConfig
+from mlsd.fraud.data import future_limit
 from mlsd.fraud.engine import MODEL_NAME, FraudPipeline
 from mlsd.fraud.review import check_key, check_reviewer
 from mlsd.platform.errors import InputError
-from mlsd.platform.serving import Deadline, create_app
+from mlsd.platform.serving import Deadline, ErrorBody, create_app
 
 
 def build_app(
@@ -116,7 +117,9 @@ def build_app(
         return queue
 
     @app.get("/v1/review/cases", tags=["review"], response_model=None, responses=_ok(api.CasesResponse))
-    def review_cases(status: str = Query("open"), limit: int = Query(50)) -> dict[str, Any]:
+    def review_cases(
+        status: Literal["open", "claimed", "resolved"] = Query("open"), limit: int = Query(50, ge=1, le=1000)
+    ) -> dict[str, Any]:
         cases = need_queue().list(status=status, limit=limit)
         return {"cases": [c.to_dict() for c in cases], "counts": need_queue().counts()}
 
@@ -124,6 +127,8 @@ def build_app(
     def review_claim(request: Request, body: Any = Body(...)) -> dict[str, Any]:
         body = _object(body)
         limit = body.get("limit", 1)
+        if isinstance(limit, float) and limit.is_integer():
+            limit = int(limit)  # 5.0 is an integer to JSON (and to the documented schema)
         if isinstance(limit, bool) or not isinstance(limit, int):
             raise InputError("limit", limit, "is not a whole number", "send e.g. 5")
         reviewer = _reviewer(request, body)
@@ -133,7 +138,10 @@ def build_app(
         "/v1/review/cases/{tx_id}/resolve",
         tags=["review"],
         response_model=None,
-        responses=_ok(api.ResolveResponse),
+        responses={
+            **_ok(api.ResolveResponse),
+            409: {"model": ErrorBody, "description": "the case is not claimed by this reviewer"},
+        },
     )
     def review_resolve(request: Request, tx_id: str, body: Any = Body(...)) -> dict[str, Any]:
         body = _object(body)
@@ -157,8 +165,12 @@ def build_app(
 
 
 def _ok(model: type) -> dict[int | str, dict[str, Any]]:
-    """The 200 body, documented (not validated at run time: see :mod:`mlsd.fraud.api`)."""
-    return {200: {"model": model, "description": "success"}}
+    """The 200 body, documented (not validated at run time: see :mod:`mlsd.fraud.api`), and the 400
+    a body that is not even JSON gets."""
+    return {
+        200: {"model": model, "description": "success"},
+        400: {"model": ErrorBody, "description": "the body could not be read as JSON"},
+    }
 
 
 def _reviewer(request: Request, body: Mapping[str, Any]) -> str:
@@ -183,23 +195,35 @@ def _document_bodies(app: FastAPI, pipeline: FraudPipeline, max_batch: int) -> N
 
     The handlers take the raw JSON and validate it themselves (errors name ``payments[3].amount``
     with a JSON-safe value), so FastAPI would document their bodies as ``{}``: the schema is set
-    here instead, with ``ts``'s maximum at the clock of the moment the document is built (always
-    accepted: the clock only moves on).
+    here instead, with ``ts``'s maximum the service's current limit
+    (:func:`~mlsd.fraud.data.future_limit`, a step that moves hourly: the document is rebuilt when
+    it moves) and, without API keys, ``reviewer`` required.
     """
     from pydantic.json_schema import models_json_schema
 
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
+        limit = future_limit(pipeline.clock(), pipeline.config.max_future_s)
+        if app.openapi_schema and app.openapi_schema.get("x-ts-limit") == limit:
             return app.openapi_schema
+        app.openapi_schema = None  # the ts limit moved on (hourly): document the current one
         schema = generate()
+        schema["x-ts-limit"] = limit
         models = [(m, "validation") for m in api.REQUEST_BODIES.values()]
         _, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(defs.get("$defs", {}))
-        components["Payment"]["properties"]["ts"]["maximum"] = int(pipeline.clock())
-        components["ScoreBatchRequest"]["properties"]["payments"]["maxItems"] = max_batch
+        components["Payment"]["properties"]["ts"]["maximum"] = limit
+        batch = components["ScoreBatchRequest"]["properties"]["payments"]
+        # not maxItems: a longer batch is 413 (too large), not the 422 a schema violation would be
+        batch["description"] = f"at most {max_batch} payments (413 beyond)"
+        if getattr(app.state, "auth", None) is None:  # no API keys: the body names the reviewer
+            for name in ("ClaimRequest", "ResolveRequest"):
+                components[name].setdefault("required", []).append("reviewer")
+                reviewer = components[name]["properties"]["reviewer"]
+                reviewer.update(next(a for a in reviewer.pop("anyOf") if a.get("type") != "null"))
+                reviewer.pop("default", None)
         for path, model in api.REQUEST_BODIES.items():
             ref = {"$ref": f"#/components/schemas/{model.__name__}"}
             schema["paths"][path]["post"]["requestBody"] = {
