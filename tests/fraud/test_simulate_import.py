@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from mlsd.fraud import world
 from mlsd.fraud.contract import import_data, import_tables
+from mlsd.platform.errors import InputError
 from mlsd.platform.system import SystemDir
 
 
@@ -57,3 +59,15 @@ def test_simulating_again_replaces_the_data(tmp_path):
     assert len(stored) == second["payments"]  # the second world only, not merged with the first
     assert len(json.loads((dirs.data / "imports.json").read_text())["slices"]) == 1
     assert sorted(p.name for p in dirs.root.iterdir()) == ["fraud"]  # no temporary folder left
+
+
+def test_simulate_never_replaces_imported_payments(tmp_path):
+    dirs = SystemDir(tmp_path, "fraud")
+    tx = world.simulate(n_cards=50, n_terminals=10, days=3, seed=0)
+    payments, labels, _ = world.contract_tables(tx)
+    import_tables(dirs.data, payments, labels)
+    before = pd.read_parquet(dirs.data / "transactions.parquet")
+    with pytest.raises(InputError) as err:
+        world.simulate_size(dirs, "tiny")
+    assert err.value.field == "--workdir" and "imported" in err.value.problem and "fresh" in err.value.fix
+    pd.testing.assert_frame_equal(pd.read_parquet(dirs.data / "transactions.parquet"), before)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
+from mlsd.platform.errors import InputError
 from mlsd.platform.system import SystemDir
 from mlsd.recsys import world as sim
 from mlsd.recsys.contract import KEYS
@@ -58,3 +60,15 @@ def test_simulating_again_replaces_the_world(tmp_path):
     small = sim.simulate_into(dirs, "tiny", n_users=50, days=8)
     assert len(pd.read_parquet(dirs.data / "users.parquet")) == small["users"] == 50
     assert sorted(p.name for p in dirs.root.iterdir()) == ["recsys"]  # no temporary folder left
+
+
+def test_simulate_never_replaces_imported_data(tmp_path):
+    dirs = SystemDir(tmp_path, "recsys")
+    ds, _ = sim.simulate(n_users=20, n_items=30, days=3)
+    import_tables(dirs, sim.contract_tables(ds))
+    before = _stored(dirs.data)
+    with pytest.raises(InputError) as err:
+        sim.simulate_into(dirs, "tiny")
+    assert err.value.field == "--workdir" and "imported" in err.value.problem and "fresh" in err.value.fix
+    for table, frame in _stored(dirs.data).items():
+        pd.testing.assert_frame_equal(frame, before[table])

@@ -416,8 +416,15 @@ def simulate_size(
 ) -> dict[str, Any]:
     """``mlsd fraud simulate`` (``System.simulate``): the world of :data:`SIZES` ``size`` (``cards``,
     ``terminals``, ``days`` overridable) into ``dirs.data``; returns what was written."""
+    from mlsd.fraud.contract import is_simulated
+
     if size not in SIZES:
         raise InputError("--size", size, "unknown size", f"use one of {', '.join(SIZES)}")
+    if FraudDirs(dirs).transactions_path.exists() and not is_simulated(dirs.data):
+        raise InputError(  # a simulated world replaces an earlier one, never imported payments
+            "--workdir", str(dirs.root), f"{dirs.data} holds imported payments: simulating would replace them",
+            "simulate into a fresh --workdir (or move that folder away first)",
+        )  # fmt: skip
     started = time.perf_counter()
     tx = simulate_into(dirs, {**SIZES[size], **overrides, "seed": seed})
     summary = {

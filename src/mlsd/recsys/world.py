@@ -579,6 +579,15 @@ def save_world(dataset: RecsysDataset, truth: SimulationTruth, out: str | Path,
     return out
 
 
+def _keep_imported(dirs: SystemDir) -> None:
+    """A simulated world replaces an earlier one; imported data is never replaced by a simulation."""
+    if (dirs.data / "interactions.parquet").exists() and not (dirs.data / "truth_users.parquet").exists():
+        raise InputError(
+            "--workdir", str(dirs.root), f"{dirs.data} holds imported data: simulating would replace it",
+            "simulate into a fresh --workdir (or move that folder away first)",
+        )  # fmt: skip
+
+
 def simulate_into(
     dirs: SystemDir,
     size: str = "default",
@@ -588,9 +597,11 @@ def simulate_into(
     **overrides: Any,
 ) -> dict[str, Any]:
     """Simulate the world ``size`` (one of :data:`SIZES`; ``overrides`` change :func:`simulate`'s
-    arguments) into ``dirs.data``, replacing what was there; returns a summary."""
+    arguments) into ``dirs.data``, replacing an earlier simulated world (imported data is refused:
+    an InputError, nothing written); returns a summary."""
     if size not in SIZES:
         raise InputError("--size", size, "unknown size", f"use one of {', '.join(SIZES)}")
+    _keep_imported(dirs)
     started = time.perf_counter()
     spec = SIZES[size]
     args = spec.simulate_args(**({} if seed is None else {"seed": seed}), **overrides)
