@@ -108,12 +108,13 @@ return moved
 """
 
 # KEYS: input stream, applied set (this bucket), applied set (previous bucket).
-# ARGV: group, the highest id the caller holds, the ids it holds. Returns the first pending entry up
-# to that id which the caller does not hold and nobody has applied yet (nil: none), i.e. the entry
-# the caller's batch must wait for.
+# ARGV: group, the highest id the caller holds, the ids it holds (one string, comma separated: one
+# argument, not thousands, to pack and send). Returns the first pending entry up to that id which the
+# caller does not hold and nobody has applied yet (nil: none), i.e. the entry the caller's batch must
+# wait for.
 _FIRST_BLOCKER = """
 local held = {}
-for i = 3, #ARGV do held[ARGV[i]] = true end
+for id in string.gmatch(ARGV[3], '[^,]+') do held[id] = true end
 local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', ARGV[2], 100000)
 for _, p in ipairs(pending) do
   local id = p[1]
@@ -123,6 +124,15 @@ for _, p in ipairs(pending) do
   end
 end
 return false
+"""
+
+# KEYS: applied set (this bucket). ARGV: ttl, the entry ids (one string, comma separated).
+_MARK_APPLIED = """
+local ids = {}
+for id in string.gmatch(ARGV[2], '[^,]+') do ids[#ids + 1] = id end
+for s = 1, #ids, 1000 do redis.call('SADD', KEYS[1], unpack(ids, s, math.min(s + 999, #ids))) end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return #ids
 """
 
 # A scorer turns payment bodies into one JSON-ready decision dict per payment (same order), raising
@@ -331,6 +341,7 @@ class StreamWorker:
         self._script = client.register_script(_WRITE_AND_ACK)
         self._dead_letter = client.register_script(_DEAD_LETTER)
         self._first_blocker = client.register_script(_FIRST_BLOCKER)
+        self._mark = client.register_script(_MARK_APPLIED)
         self._claim_cursor = "0-0"
         # entries read or reclaimed and not yet committed: kept across a Redis error, so the batch is
         # processed again once Redis answers (idempotent) instead of waiting for a reclaim
@@ -446,7 +457,7 @@ class StreamWorker:
             return [(i, self._held[i]) for i in held]
         current, previous = self._bucket_keys(self.keys["applied"])
         blocker = self._first_blocker(
-            keys=[self.keys["input"], current, previous], args=[self.group, held[-1], *held]
+            keys=[self.keys["input"], current, previous], args=[self.group, held[-1], b",".join(held)]
         )
         if blocker is not None:
             limit = _id_key(blocker)
@@ -459,10 +470,7 @@ class StreamWorker:
         if not self.ordered or not self._current:
             return
         current, _ = self._bucket_keys(self.keys["applied"])
-        pipe = self.client.pipeline(transaction=False)
-        pipe.sadd(current, *self._current)
-        pipe.expire(current, 2 * self.dedup_window_s)
-        pipe.execute()
+        self._mark(keys=[current], args=[2 * self.dedup_window_s, b",".join(self._current)])
 
     def process(self, entries: list[tuple[bytes, dict]]) -> None:
         """Decide a batch of held entries (payment bodies) and commit: decisions written, entries
