@@ -69,8 +69,9 @@ logger = logging.getLogger("mlsd.streaming")
 class WindowView:
     """Per event of a micro-batch, the stored events of its key as that event saw them.
 
-    Matrices are ``(n, k)`` with ``k`` the widest key's event count; empty cells have ``seq == -1``
-    and ``ts == PAD_TS`` so that no window ever contains them.
+    Matrices are ``(n, k)`` with ``k`` the widest ring among the batch's keys (the memory store) or
+    the most events one of them holds (Redis); empty cells have ``seq == -1`` and ``ts == PAD_TS`` so
+    that no window ever contains them.
 
     Examples:
         >>> import numpy as np
