@@ -195,9 +195,16 @@ def test_two_workers_one_killed_and_a_redis_outage_decide_every_payment_once_as_
         victim = _worker(workdir, via_proxy, chaos, idle_exit=4.0)
         procs += [victim, _worker(workdir, via_proxy, chaos, idle_exit=4.0)]
         _wait(lambda: client.xlen(keys["output"]) >= N // 8, what="the first decisions")
-        victim.send_signal(signal.SIGKILL)  # mid-run: whatever it held stays pending
+
+        def victim_holds() -> list:  # entries delivered to the victim and not yet acknowledged
+            name = f"worker-0-{victim.pid}"
+            return client.xpending_range(keys["input"], "scorers", "-", "+", 10_000, consumername=name)
+
+        _wait(lambda: len(victim_holds()) > 0, what="the victim to hold a batch")
+        victim.send_signal(signal.SIGKILL)  # mid-batch: what it held stays pending
         victim.wait()
         assert victim.returncode == -signal.SIGKILL
+        left_behind = len(victim_holds())
         procs.append(_worker(workdir, via_proxy, chaos, idle_exit=4.0))  # restarted
         _wait(lambda: client.xlen(keys["output"]) >= N // 2 - 3 * BATCH, what="half the decisions")
         proxy.cut()  # Redis unreachable for 3 s; the rest of the payments arrive meanwhile
@@ -215,6 +222,7 @@ def test_two_workers_one_killed_and_a_redis_outage_decide_every_payment_once_as_
     assert all(p.returncode == 0 for p in procs[1:])  # both survivors rode the outage out
     workers = [w for s in stats for w in s["workers"]]
     assert sum(w["redis_errors"] for w in workers) > 0  # ... and did see it
+    assert sum(w["reclaimed"] for w in workers) >= left_behind  # the victim's batch was taken over
     out = read_decisions(client, keys["output"])
     assert sorted(d["tx_id"] for d in out) == sorted(tx_ids)  # every payment, exactly once
     assert client.xpending(keys["input"], "scorers")["pending"] == 0
