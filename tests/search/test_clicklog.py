@@ -198,3 +198,20 @@ def test_simulator_frame_roundtrip(tmp_path) -> None:
     back = log.impressions().sort_values(["search_id", "position"]).reset_index(drop=True)
     assert back["clicked"].tolist() == [True, False, True]
     assert back["logged_position"].tolist() == [2, 1, 1] and back["order_value"].tolist() == [9.5, 0.0, 0.0]
+
+
+def test_a_reader_racing_a_compaction_counts_every_event_once(tmp_path, monkeypatch) -> None:
+    import mlsd.search.clicklog as clicklog
+
+    writer = ClickLog(tmp_path / "it's here", flush_every=1000)  # a quote in the path is data, not SQL
+    writer.append(GOOD)
+    real = clicklog._read_segment
+
+    def compact_first(path):  # another process compacts between the reader's listing and its read
+        if path.exists():
+            real(path).to_parquet(path.with_suffix(".parquet"))
+            path.unlink()
+        return real(path)
+
+    monkeypatch.setattr(clicklog, "_read_segment", compact_first)
+    assert len(ClickLog(tmp_path / "it's here").events()) == 4

@@ -320,7 +320,7 @@ class ClickLog:
         os.close(self._fd)
         segment, self._fd, self._segment, self._in_segment = self._segment, None, None, 0
         frame = _read_segment(segment)
-        if len(frame):
+        if frame is not None and len(frame):
             self._write_part_locked(frame, segment.stem)
         segment.unlink()
         _fsync_dir(self._dir)
@@ -334,32 +334,39 @@ class ClickLog:
         tmp.replace(self._dir / f"{name}.parquet")
         _fsync_dir(self._dir)
 
-    def _glob(self) -> str | None:
-        return (
-            str(self._dir / "*.parquet") if self._dir.is_dir() and any(self._dir.glob("*.parquet")) else None
-        )
-
-    def _live_segments(self) -> pd.DataFrame:
-        """Events of every write-ahead segment not compacted yet (this and other processes)."""
+    def _snapshot(self) -> tuple[list[str], pd.DataFrame]:
+        """The Parquet parts and the live segments' events, as one consistent view while writers
+        compact: the parts are listed first; a segment whose twin is among them is skipped, and one
+        compacted after the listing (gone now) is read from its twin instead, so no event is missed
+        or counted twice."""
         if not self._dir.is_dir():
-            return _empty_events()
-        frames = [
-            _read_segment(p)
-            for p in sorted(self._dir.glob("ev-*.jsonl"))
-            if not p.with_suffix(".parquet").exists()
-        ]
-        frames = [f for f in frames if len(f)]
-        return pd.concat(frames, ignore_index=True) if frames else _empty_events()
+            return [], _empty_events()
+        parts = sorted(str(p) for p in self._dir.glob("*.parquet"))
+        listed = set(parts)
+        frames = []
+        for segment in sorted(self._dir.glob("ev-*.jsonl")):
+            twin = segment.with_suffix(".parquet")
+            if str(twin) in listed:
+                continue
+            frame = _read_segment(segment)
+            if frame is None:  # compacted since the listing: its events are in the twin now
+                parts.append(str(twin))
+            elif len(frame):
+                frames.append(frame)
+        return sorted(parts), (pd.concat(frames, ignore_index=True) if frames else _empty_events())
 
     def _relation(self):
         """A DuckDB connection with the view ``e``: every event, Parquet parts then live segments."""
         import duckdb
 
+        parts, live = self._snapshot()
         con = duckdb.connect()
-        con.register("live", self._live_segments())
-        pattern = self._glob()
-        parts = f"SELECT * FROM read_parquet('{pattern}') UNION ALL BY NAME " if pattern else ""
-        con.execute(f"CREATE VIEW e AS {parts}SELECT * FROM live")
+        con.register("live", live)
+        if parts:  # the relation API takes the file list as data: no path is spliced into SQL
+            con.read_parquet(parts).create_view("parts")
+            con.execute("CREATE VIEW e AS SELECT * FROM parts UNION ALL BY NAME SELECT * FROM live")
+        else:
+            con.execute("CREATE VIEW e AS SELECT * FROM live")
         return con
 
     def __len__(self) -> int:
@@ -422,13 +429,13 @@ def _jsonl(frame: pd.DataFrame) -> bytes:
     return (text if text.endswith("\n") else text + "\n").encode("utf-8")
 
 
-def _read_segment(path: Path) -> pd.DataFrame:
-    """A segment's events; a torn last line (no newline: a write the crash cut short, so never
-    acknowledged) is dropped."""
+def _read_segment(path: Path) -> pd.DataFrame | None:
+    """A segment's events (None: it is gone, compacted by its writer since the folder was listed); a
+    torn last line (no newline: a write the crash cut short, so never acknowledged) is dropped."""
     try:
         data = path.read_bytes()
-    except FileNotFoundError:  # compacted by its writer since the directory was listed
-        return _empty_events()
+    except FileNotFoundError:
+        return None
     data = data[: data.rfind(b"\n") + 1]
     if not data:
         return _empty_events()
