@@ -434,3 +434,25 @@ def test_what_the_document_allows_is_accepted(queued_client):
     assert c.post("/v1/score/batch", json={"payments": mixed}).status_code == 200
     assert c.post("/v1/score", json={**minimal, "tx_id": 5, "ts": float(BASE["ts"])}).status_code == 200
     assert c.post("/v1/review/claim", json={"reviewer": "Zoë Ñ", "limit": 2.0}).status_code == 200
+
+
+def test_resolving_a_case_whose_ids_look_numeric_but_are_not_integers_is_not_a_500(queued_client):
+    """``"²".isdigit()`` is True but ``int("²")`` raises: the resolution (label already stored) used
+    to answer 500 while feeding the terminal-risk windows."""
+    c = queued_client
+    for tx_id, terminal in (("⁵", "²"), ("9" * 30, "8" * 30)):
+        body = {**payment(tx_id, NOW - 9, 2400.0, card=40), "terminal_id": terminal}
+        assert c.post("/v1/score", json=body).json()["decision"] == "review"
+        (case,) = c.post("/v1/review/claim", json={"reviewer": "ana"}).json()["cases"]
+        r = c.post(f"/v1/review/cases/{case['tx_id']}/resolve", json={"reviewer": "ana", "outcome": "fraud"})
+        assert r.status_code == 200, r.text
+
+
+def test_a_failing_shadow_model_skips_its_stage_and_the_champion_still_decides():
+    from mlsd.fraud.features import FeatureEngine
+
+    names = FeatureEngine().feature_names
+    pipe = _pipeline(challenger=Broken(names, "raises"))
+    batch = pipe.score_bodies([payment(1, NOW - 9, 2400.0)])
+    assert batch.decisions.labels.tolist() == ["review"] and not batch.decisions.degraded.any()
+    assert any(s["stage"] == "shadow" for s in batch.timer.to_dict()["skipped"])

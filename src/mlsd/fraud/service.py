@@ -155,9 +155,7 @@ def build_app(
         fed = 0
         if case.outcome == "fraud" and case.terminal_id is not None:
             # the online windows learn it now: later payments at this terminal see the known fraud
-            terminal = int(case.terminal_id) if case.terminal_id.lstrip("-").isdigit() else case.terminal_id
-            tx_key = int(case.tx_id) if case.tx_id.lstrip("-").isdigit() else case.tx_id
-            fed = pipeline.add_labels([tx_key], [terminal], [int(case.resolved_ts)])
+            fed = pipeline.add_labels([_key(case.tx_id)], [_key(case.terminal_id)], [int(case.resolved_ts)])
         return {"case": case.to_dict(), "label_recorded": True, "feature_labels_updated": fed}
 
     _document_bodies(app, pipeline, min(svc.max_batch, pipeline.config.max_batch))
@@ -171,6 +169,20 @@ def _ok(model: type) -> dict[int | str, dict[str, Any]]:
         200: {"model": model, "description": "success"},
         400: {"model": ErrorBody, "description": "the body could not be read as JSON"},
     }
+
+
+def _key(text: str) -> int | str:
+    """A stored id as the windows key it: the integer it was when it reads as one (ASCII digits,
+    within int64: ``"²"`` is a digit to ``str.isdigit`` but no integer), else the string.
+
+    Examples:
+        >>> _key("42"), _key("-7"), _key("²"), _key("9" * 30), _key("t1")
+        (42, -7, '²', '999999999999999999999999999999', 't1')
+    """
+    body = text[1:] if text.startswith("-") else text
+    if body.isascii() and body.isdigit() and -(2**63) <= int(text) < 2**63:
+        return int(text)
+    return text
 
 
 def _reviewer(request: Request, body: Mapping[str, Any]) -> str:
