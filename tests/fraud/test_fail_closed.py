@@ -456,3 +456,10 @@ def test_a_failing_shadow_model_skips_its_stage_and_the_champion_still_decides()
     batch = pipe.score_bodies([payment(1, NOW - 9, 2400.0)])
     assert batch.decisions.labels.tolist() == ["review"] and not batch.decisions.degraded.any()
     assert any(s["stage"] == "shadow" for s in batch.timer.to_dict()["skipped"])
+
+
+def test_ground_truth_in_a_live_payment_is_ignored_not_validated_into_garbage():
+    from mlsd.fraud.data import from_records
+
+    frame = from_records([{**BASE, "fraud": 1, "label_ts": math.inf, "scenario": 2**70}])
+    assert not {"fraud", "label_ts", "scenario"} & set(frame.columns)

@@ -262,6 +262,8 @@ def from_records(records: Sequence[Mapping[str, Any]], *, max_batch: int | None 
     """Validate JSON-like payment records (the service's payload) into a schema frame.
 
     Field errors name the field and, for a batch, the record index (``payments[3].amount``).
+    Fields outside the payment schema, ground truth (``fraud``, ``label_ts``, ``scenario``)
+    included, are dropped.
     """
     if not isinstance(records, Sequence) or isinstance(records, str | bytes):
         raise InputError("payments", type(records).__name__, "is not a list", "send a JSON list of payments")
@@ -285,7 +287,9 @@ def from_records(records: Sequence[Mapping[str, Any]], *, max_batch: int | None 
                     f"add the field {column!r}",
                 )
     frame = pd.DataFrame.from_records(list(records))
-    frame = frame[[c for c in frame.columns if c in COLUMNS]]
+    # ground truth never comes with a live payment (labels arrive by review and the label store):
+    # a payment's own "fraud" or "label_ts" is ignored, like any other unknown field
+    frame = frame[[c for c in frame.columns if c in REQUIRED + OPTIONAL]]
     for column in frame.columns:
         _check_json_type(frame[column], JSON_TYPES.get(column, (str, int, float, type(None))))
     return validate_transactions(frame)
