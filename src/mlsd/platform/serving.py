@@ -308,6 +308,7 @@ class ErrorBody(BaseModel):
 
 # Documented on every route (FastAPI's own 422 model is replaced: it is not what is sent).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "the body is not parseable JSON"},
     401: {"model": ErrorBody, "description": "no API key, or one not recognised"},
     403: {"model": ErrorBody, "description": "the API key's role may not call this route"},
     404: {"model": ErrorBody, "description": "no such endpoint or resource"},
@@ -763,7 +764,12 @@ def create_app(
             return _unavailable(system, "readiness check", exc)
         return SafeJSONResponse({"status": "ready", "system": system, **details})
 
-    @app.get("/metrics", tags=["platform"])
+    @app.get(
+        "/metrics",
+        tags=["platform"],
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}, "description": "Prometheus text"}},
+    )
     def _metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
