@@ -112,14 +112,16 @@ def test_segments_compact_after_flush_every_events(tmp_path) -> None:
         ({"type": "click", "search_id": "s", "product_id": 1, "user_id": {"x": 1}}, "events[0].user_id"),
         ({"type": "click", "search_id": "s", "product_id": 1, "query": [1]}, "events[0].query"),
         ({"type": "click", "search_id": True, "product_id": 1}, "events[0].search_id"),
+        ({"type": "click", "search_id": 7, "product_id": 1}, "events[0].search_id"),
         ({"type": "click", "search_id": "s", "product_id": 1e30}, "events[0].product_id"),
+        ({"type": "click", "search_id": "s", "product_id": 2.0**60}, "events[0].product_id"),  # not exact
         ({"type": "click", "search_id": "s", "product_id": 10**30}, "events[0].product_id"),
         ({"type": "click", "search_id": "s", "product_id": 2**63}, "events[0].product_id"),
-        ({"type": "click", "search_id": "s", "product_id": 3.0}, "events[0].product_id"),
+        ({"type": "click", "search_id": "s", "product_id": 3.5}, "events[0].product_id"),
         ({"type": "click", "search_id": "s", "product_id": 1, "ts": 1e30}, "events[0].ts"),
         ({"type": "click", "search_id": "s", "product_id": 1, "ts": 10**20}, "events[0].ts"),
         ({"type": "click", "search_id": "s", "product_id": 1, "ts": 1_700_000_000_000}, "events[0].ts"),
-        ({"type": "click", "search_id": "s", "product_id": 1, "ts": 1.7e9}, "events[0].ts"),
+        ({"type": "click", "search_id": "s", "product_id": 1, "ts": 1.7e9 + 0.5}, "events[0].ts"),
         ({"type": "click", "search_id": "s", "product_id": 1, "position": -2}, "events[0].position"),
         (
             {"type": "impression", "search_id": "s", "product_id": 1, "query": "q", "position": -1},
@@ -152,12 +154,17 @@ def test_malformed_events_name_the_field(event, field) -> None:
     assert err.value.field == field
 
 
+def test_whole_floats_are_integers_as_json_schema_says(tmp_path) -> None:
+    frame = validate_events([{"type": "click", "search_id": "s", "product_id": 5713752990.0, "ts": 1.7e9}])
+    assert frame["product_id"].tolist() == [5713752990] and frame["ts"].tolist() == [1_700_000_000]
+
+
 def test_largest_values_in_range_are_stored_exactly(tmp_path) -> None:
     log = ClickLog(tmp_path)
-    log.append([{"type": "click", "search_id": "s", "product_id": 2**63 - 1, "ts": 32_503_679_999},
+    log.append([{"type": "click", "search_id": "s", "product_id": 2**53 - 1, "ts": 32_503_679_999},
                 {"type": "impression", "search_id": "s", "query": "q", "product_id": 0, "position": 2**31 - 1}])  # fmt: skip
     back = log.events()
-    assert back["product_id"].tolist() == [2**63 - 1, 0] and back["ts"].iloc[0] == 32_503_679_999
+    assert back["product_id"].tolist() == [2**53 - 1, 0] and back["ts"].iloc[0] == 32_503_679_999
     assert back["position"].tolist() == [-1, 2**31 - 1]
 
 

@@ -22,16 +22,21 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import Query
+from fastapi import Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlsd.platform.errors import InputError
+from mlsd.recsys.config import REGIONS
 from mlsd.recsys.engine import RecsysEngine, parse_user_id
 
 ITEM_ID = re.compile(r"^[0-9]{1,18}$")
+# What the OpenAPI documents is what the service accepts (schemathesis checks both ways).
+USER_ID_PATTERN = r"^[0-9]{1,18}$"
+SEED_PATTERN = r"^[0-9]{1,18}(,[0-9]{1,18}){0,99}$"
+Region = Literal[REGIONS]
 READY_TIMEOUT_S = 0.1
 
 
@@ -40,7 +45,7 @@ class Profile(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    region: str | None = Field(None, max_length=32, description="viewer region: US, EU, LATAM, APAC or IN")
+    region: Region | None = Field(None, description="viewer region")
     age: int | None = Field(None, gt=0, lt=130, strict=True, description="viewer age in years")
     picks: list[Annotated[int, Field(ge=0, lt=10**18, strict=True)]] = Field(
         default_factory=list, max_length=100, description="onboarding picks (item ids)"
@@ -62,7 +67,7 @@ class SkippedStage(BaseModel):
 class RecommendedItem(BaseModel):
     item_id: int
     title: str
-    score: float
+    score: float | None = Field(description="null only if a score was not finite")
     sources: list[str] = Field(description="candidate sources that proposed the title")
     reasons: list[str] = Field(description="readable reasons, one per source and signal")
     propensity: float = Field(
@@ -147,12 +152,18 @@ def create_service_app(engine: RecsysEngine):
 
     @app.get("/v1/recommendations/{user_id}", tags=["recsys"], response_model=Recommendations)
     def recommendations(
-        user_id: str,
-        k: int = Query(svc_cfg.k_default, description=f"how many titles, {svc_cfg.k_min}..{svc_cfg.k_max}"),
-        region: str | None = Query(None, description="viewer region for a user the platform does not know"),
-        age: int | None = Query(None, description="viewer age for a user the platform does not know"),
+        user_id: str = Path(pattern=USER_ID_PATTERN, description="the user's id (1-18 digits)"),
+        k: int = Query(svc_cfg.k_default, ge=svc_cfg.k_min, le=svc_cfg.k_max, description="how many titles"),
+        region: Region | None = Query(
+            None, description="viewer region for a user the platform does not know"
+        ),
+        age: int | None = Query(
+            None, gt=0, lt=130, description="viewer age for a user the platform does not know"
+        ),
         seed: str | None = Query(
-            None, description="comma-separated onboarding picks (item ids) for cold start"
+            None,
+            pattern=SEED_PATTERN,
+            description="comma-separated onboarding picks (item ids) for cold start",
         ),
         deadline_ms: float | None = Query(None, gt=0, le=10_000, description="override the request budget"),
     ) -> Any:
@@ -164,7 +175,9 @@ def create_service_app(engine: RecsysEngine):
     if engine.store is not None:
 
         @app.put("/v1/users/{user_id}/profile", tags=["recsys"], response_model=ProfileStored)
-        def put_profile(user_id: str, profile: Profile) -> dict[str, Any]:
+        def put_profile(
+            profile: Profile, user_id: str = Path(pattern=USER_ID_PATTERN, description="the user's id")
+        ) -> dict[str, Any]:
             """A sign-up or profile change (region, age, onboarding picks): used from the next request on."""
             engine.record_profile(user_id, region=profile.region, age=profile.age, picks=profile.picks)
             return {"user_id": str(parse_user_id(user_id)), "stored": True}

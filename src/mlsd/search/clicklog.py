@@ -15,7 +15,8 @@ between the two steps never counts an event twice. Readers (any process) see the
 every live segment; a torn last line (a write cut short by a crash, never acknowledged) is ignored.
 
 Values out of range are refused, never wrapped: ids, positions and timestamps must be JSON integers
-(``1e30`` or ``3.0`` is a 422 naming the field) within the column's type.
+within the column's type: ``1e30``, ``3.5``, ``"12"`` are a 422 naming the field (a float is taken only
+when it is a whole number below 2^53, which JSON Schema counts as an integer and a double holds exactly).
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ MAX_TS = 32_503_680_000
 # An order value beyond this is a unit or encoding mistake; 1e308 would overflow revenue sums to inf.
 MAX_VALUE = 1e12
 INT_RANGES: dict[str, tuple[int, int]] = {
-    "product_id": (0, 2**63),
+    # below 2^53: every such id is exact as a JSON number in any client (a double), so the documented
+    # bound and the checked one agree (a bound near 2^63 rounds differently in float and in int)
+    "product_id": (0, 2**53),
     "position": (1, 2**31),
     "logged_position": (1, 2**31),
     "ts": (0, MAX_TS),
@@ -98,7 +101,7 @@ def validate_events(
         name: str, default: float, none_marker: np.ndarray | None = None
     ) -> tuple[pd.Series, np.ndarray]:
         """Numeric column with ``default`` where the event omitted it; second: sent but not a number
-        (for the integer columns of :data:`INT_RANGES`: not an integer in range, e.g. ``1e30``, ``3.0``;
+        (for the integer columns of :data:`INT_RANGES`: not an integer in range, e.g. ``1e30``, ``3.5``;
         ``none_marker``: rows where -1, the stored "no position", is accepted too)."""
         raw = col(name, None)
         sent = raw.notna().to_numpy()
@@ -106,7 +109,7 @@ def validate_events(
         if name in INT_RANGES and raw.dtype == object:
             # JSON floats (and strings) where an integer belongs are refused: 1e30 would wrap to
             # INT64_MIN on the cast
-            usable &= ~raw.map(lambda v: isinstance(v, float | np.floating | str))
+            usable &= raw.map(_exact_integer)
         num = pd.to_numeric(raw.where(usable, "x"), errors="coerce")
         wrong = sent & num.isna().to_numpy()
         if name in INT_RANGES:
@@ -126,7 +129,7 @@ def validate_events(
     )
     for name in ("search_id", "user_id", "query"):
         if name in frame.columns and frame[name].dtype == object:
-            # Text fields take a string (or an integer id); a list or an object would be stored as its repr.
+            # Text fields take a JSON string: a number, list or object would be stored as its repr.
             bad(
                 ~frame[name].map(_is_text).to_numpy(),
                 name,
@@ -144,7 +147,7 @@ def validate_events(
     bad(
         pid_bad | (pid.isna() | (pid < 0) | (pid != np.floor(pid))).to_numpy(),
         "product_id",
-        "must be an integer in 0..2^63-1",
+        "must be an integer in 0..2^53-1",
         "pass the product id as a JSON integer",
     )
     is_imp = (etype == "impression").to_numpy()
@@ -170,7 +173,7 @@ def validate_events(
     logged, logged_bad = number("logged_position", np.nan, none_marker=~is_imp)
     logged = logged.where(logged.notna(), pos)
     bad(
-        logged_bad | ((logged < 1) & (pos >= 1)).to_numpy(),
+        logged_bad | (is_imp & (logged < 1).to_numpy()),
         "logged_position",
         "must be an integer >= 1",
         "omit it or pass the pre-swap rank",
@@ -215,12 +218,17 @@ def validate_events(
     return out.astype(EVENT_COLUMNS)
 
 
+def _exact_integer(value: Any) -> bool:
+    """An int, or a float holding a whole number a double represents exactly (|v| < 2^53), or missing."""
+    if value is None or (isinstance(value, int | np.integer) and not isinstance(value, bool)):
+        return True
+    if isinstance(value, float | np.floating):
+        return bool(np.isnan(value)) or (float(value).is_integer() and abs(value) < 2**53)
+    return False
+
+
 def _is_text(value: Any) -> bool:
-    return (
-        value is None
-        or isinstance(value, str)
-        or (isinstance(value, int | np.integer) and not isinstance(value, bool))
-    )
+    return value is None or isinstance(value, str)
 
 
 def _records_frame(events: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -232,7 +240,7 @@ def _records_frame(events: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         if not isinstance(e, Mapping):
             raise InputError(f"events[{i}]", e, "expected an object", "send each event as a JSON object")
     # One object column per key (not from_records): an int next to a missing value would become a
-    # float there, and the integer columns must tell 3 from 3.0.
+    # float there, and the integer columns must tell 2**60 from a rounded float.
     keys = dict.fromkeys(k for e in events for k in e)
     return pd.DataFrame({k: pd.Series([e.get(k) for e in events], dtype=object) for k in keys})
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
@@ -39,11 +39,12 @@ from starlette.concurrency import run_in_threadpool
 
 from mlsd.platform.errors import InputError
 from mlsd.platform.serving import create_app
-from mlsd.search.clicklog import ClickLog, validate_events
+from mlsd.search.clicklog import MAX_TS, MAX_VALUE, ClickLog, validate_events
 from mlsd.search.engine import MODEL_NAME, SearchEngine
 from mlsd.search.routing import SearchRouter
 
 MAX_BODY_BYTES = 5_000_000
+MAX_EVENTS_PER_REQUEST = 2_000
 logger = logging.getLogger("mlsd.search.service")
 
 
@@ -87,26 +88,46 @@ class SearchAnswer(BaseModel):
     degraded_reason: str | None
 
 
-class Event(BaseModel):
-    """One search event (checked by :func:`~mlsd.search.clicklog.validate_events`, which names the field)."""
+_ID = Field(min_length=1, description="the search_id the search returned")
+_PRODUCT = Field(ge=0, lt=2**53, description="the product id")
+_TS = Field(None, ge=0, lt=MAX_TS, description="seconds since the epoch (default: now)")
+_RANK = Annotated[int, Field(ge=1, lt=2**31)]
 
-    type: str = Field(description="impression | click | add_to_cart | purchase")
-    search_id: str
-    product_id: int = Field(ge=0, lt=2**63)
-    position: int | None = Field(None, ge=1, lt=2**31, description="1-based rank shown; impressions only")
-    logged_position: int | None = Field(None, ge=1, lt=2**31, description="rank before a randomised swap")
-    query: str | None = Field(None, description="the query text; impressions only")
-    user_id: str | None = None
-    value: float | None = Field(None, ge=0, description="order value of a purchase")
-    ts: int | None = Field(
-        None, ge=0, lt=32_503_680_000, description="seconds since the epoch (default: now)"
+
+class Impression(BaseModel):
+    """A result shown (what :func:`~mlsd.search.clicklog.validate_events` checks, which names the field)."""
+
+    type: Literal["impression"]
+    search_id: str = _ID
+    product_id: int = _PRODUCT
+    position: _RANK = Field(description="1-based rank shown")
+    logged_position: _RANK | None = Field(
+        None, description="rank before a randomised swap (default: position)"
     )
+    query: str = Field(min_length=1, description="the query text")
+    user_id: str | None = None
+    value: float | None = Field(None, ge=0, lt=MAX_VALUE)
+    ts: int | None = _TS
+
+
+class Outcome(BaseModel):
+    """A click, add-to-cart or purchase on a shown result."""
+
+    type: Literal["click", "add_to_cart", "purchase"]
+    search_id: str = _ID
+    product_id: int = _PRODUCT
+    position: Literal[-1] | _RANK | None = Field(None, description="omit it (or -1: none)")
+    logged_position: Literal[-1] | _RANK | None = None
+    query: str | None = None
+    user_id: str | None = None
+    value: float | None = Field(None, ge=0, lt=MAX_VALUE, description="order value of a purchase")
+    ts: int | None = _TS
 
 
 class EventsBody(BaseModel):
     """Body of ``POST /v1/events``."""
 
-    events: list[Event] = Field(min_length=1)
+    events: list[Impression | Outcome] = Field(min_length=1, max_length=MAX_EVENTS_PER_REQUEST)
 
 
 class EventsAccepted(BaseModel):
@@ -145,6 +166,9 @@ def create_search_app(
         }
 
     app = create_app("search", title="mlsd search", version=version, health=health)
+    # The documented maxItems, enforced as a 422: a batch one over it must still fit the body limit
+    # (an event is ~150 bytes; 2,000 of them ~300 KB), or the client would get a 413 instead.
+    max_events = min(svc.max_events_per_request, MAX_EVENTS_PER_REQUEST)
     app.state.engine = engine
     app.state.champion_watcher = watcher
     if watcher is not None:
@@ -159,9 +183,15 @@ def create_search_app(
 
     @app.get("/v1/search", tags=["search"], response_model=SearchAnswer, response_model_exclude_unset=True)
     def search(
-        q: str = Query(..., description="the query text"),
+        q: str = Query(
+            ...,
+            min_length=1,
+            max_length=svc.max_query_chars,
+            pattern=r"\S",
+            description="the query text (not blank)",
+        ),  # fmt: skip
         user_id: str = Query("", max_length=200, description="who is searching (personalisation)"),
-        k: int = Query(svc.k_default, description=f"results wanted, {svc.k_min}..{svc.k_max}"),
+        k: int = Query(svc.k_default, ge=svc.k_min, le=svc.k_max, description="results wanted"),
     ) -> Any:
         answer = router.handle([{"q": q, "user_id": user_id, "k": k}])[0]  # checked by the engine
         outage = experiments.outage() if experiments is not None else None
@@ -203,14 +233,9 @@ def create_search_app(
         items = payload["events"]
         if not isinstance(items, list):
             raise InputError("events", items, "must be a list", "send a JSON array of event objects")
-        if len(items) > svc.max_events_per_request:
-            raise InputError(
-                "events",
-                f"{len(items)} events",
-                f"more than {svc.max_events_per_request} in one request",
-                "send smaller batches",
-                status=413,
-            )
+        if len(items) > max_events:
+            raise InputError("events", f"{len(items)} events", f"more than {max_events} in one request",
+                             "send smaller batches")  # fmt: skip
         frame = validate_events(items)
         if clicklog is None:
             raise InputError(
