@@ -146,6 +146,14 @@ def test_bad_profiles_are_4xx_not_500(tiny, body):
     assert client.get("/v1/recommendations/5", params={"k": 3}).status_code == 200
 
 
+def test_a_whole_float_is_an_integer_as_json_schema_says(tiny):
+    from mlsd.platform.features.online import MemoryStore
+
+    svc = RecsysEngine(tiny.registry, config=NO_POLL, online_store=MemoryStore())
+    r = TestClient(create_service_app(svc)).put("/v1/users/5/profile", json={"age": 32.0, "picks": [7.0]})
+    assert r.status_code == 200 and svc.store.get_many("recsys:user", ["5"])[0] == {"age": 32, "picks": "7"}
+
+
 def test_openapi_documents_typed_bodies(client):
     r = client.get("/openapi.json")
     assert r.status_code == 200  # was a 500: a forward reference to JSONResponse

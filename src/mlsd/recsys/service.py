@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from mlsd.platform.errors import InputError
 from mlsd.recsys.config import REGIONS
@@ -40,14 +40,22 @@ Region = Literal[REGIONS]
 READY_TIMEOUT_S = 0.1
 
 
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # JSON true is not an integer (pydantic's lax mode would store 1)
+        raise ValueError("must be an integer, not a boolean")
+    return value
+
+
 class Profile(BaseModel):
     """Body of ``PUT /v1/users/{user_id}/profile``."""
 
     model_config = ConfigDict(extra="forbid")
 
     region: Region | None = Field(None, description="viewer region")
-    age: int | None = Field(None, gt=0, lt=130, strict=True, description="viewer age in years")
-    picks: list[Annotated[int, Field(ge=0, lt=10**18, strict=True)]] = Field(
+    age: Annotated[int, Field(gt=0, lt=130), BeforeValidator(_not_bool)] | None = Field(
+        None, description="viewer age in years"
+    )
+    picks: list[Annotated[int, Field(ge=0, lt=2**53), BeforeValidator(_not_bool)]] = Field(
         default_factory=list, max_length=100, description="onboarding picks (item ids)"
     )
 
