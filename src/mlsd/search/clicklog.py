@@ -6,10 +6,10 @@ write the same thing and training sees one table. :meth:`ClickLog.impressions` p
 one row per shown result with its outcomes, the frame the propensity estimators and the ranker train on.
 
 Durability: :meth:`ClickLog.append` returns only once the events are on disk. Each writer process
-appends JSON lines to its own write-ahead segment ``root/events/ev-<time>-<pid>-<id>.jsonl`` and fsyncs it
+appends JSON lines to its own write-ahead segment ``root/events/part-<time>-<pid>-<id>.jsonl`` and fsyncs it
 (one fsync per call, i.e. per HTTP request), so a ``200`` from ``POST /v1/events`` survives SIGTERM,
 SIGKILL and a power cut. When a segment holds ``flush_every`` events, on :meth:`ClickLog.flush` and at
-shutdown, it is compacted into ``ev-<time>-<pid>-<id>.parquet`` (temporary name, fsync, rename: atomic on
+shutdown, it is compacted into ``part-<time>-<pid>-<id>.parquet`` (temporary name, fsync, rename: atomic on
 POSIX) and the segment is deleted; a reader skips a segment whose Parquet twin exists, so a crash
 between the two steps never counts an event twice. Readers (any process) see the Parquet parts plus
 every live segment; a torn last line (a write cut short by a crash, never acknowledged) is ignored.
@@ -303,7 +303,9 @@ class ClickLog:
         """Append a wide impression frame (simulator output) as narrow events, as one Parquet part."""
         events = impressions_to_events(impressions)
         with self._lock:
-            self._write_part_locked(events, f"ev-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            self._write_part_locked(
+                events, f"part-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            )
         return len(events)
 
     def flush(self) -> None:
@@ -316,7 +318,9 @@ class ClickLog:
     def _open_segment_locked(self) -> int:
         if self._fd is None:
             self._dir.mkdir(parents=True, exist_ok=True)
-            self._segment = self._dir / f"ev-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+            self._segment = (
+                self._dir / f"part-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+            )
             self._fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             _fsync_dir(self._dir)  # the new file's name must survive a crash too
             self._in_segment = 0
@@ -352,7 +356,7 @@ class ClickLog:
         parts = sorted(str(p) for p in self._dir.glob("*.parquet"))
         listed = set(parts)
         frames = []
-        for segment in sorted(self._dir.glob("ev-*.jsonl")):
+        for segment in sorted(self._dir.glob("part-*.jsonl")):
             twin = segment.with_suffix(".parquet")
             if str(twin) in listed:
                 continue
