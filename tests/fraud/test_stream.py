@@ -323,3 +323,62 @@ def test_the_feature_engine_marks_each_batch_applied(setup, redis_prefix, tmp_pa
     worker.scorer = score
     worker.run_once(block=False)
     assert seen == [5]
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server of this test's own (free port, no persistence), stopped by its PID afterwards:
+    the shared server is never paused."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    import redis
+
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    # no silent retries inside redis-py: the worker's own loop is what is tested (as the CLI's is)
+    client = redis.Redis(
+        port=port, socket_timeout=0.3, socket_connect_timeout=0.3, retry=Retry(NoBackoff(), 0)
+    )
+    for _ in range(200):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.02)
+    yield proc, client
+    proc.kill()
+    proc.wait()
+
+
+def test_a_redis_that_stops_answering_is_ridden_out_with_backoff(own_redis, tmp_path):
+    """Timeouts (a paused server) and refused connections are retried, never fatal."""
+    import signal
+
+    proc, client = own_redis
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(RULES))
+    pipeline = FraudPipeline(RedisCardWindows(client, "w:"), RuleEngine(tmp_path / "r.yaml"))
+    delays = []
+    worker = StreamWorker(client, pipeline.handle, prefix="t:", consumer="a", sleep=delays.append)
+    publish(client, stream_keys("t:")["input"], payments(20, 2))
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        assert [worker.run_once(block=False) for _ in range(3)] == [0, 0, 0]  # timed out, not raised
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    assert worker.stats.redis_errors == 3
+    assert 0.025 <= delays[0] <= 0.05 and 0.05 <= delays[1] <= 0.1 and 0.1 <= delays[2] <= 0.2  # doubling
+    worker.run(idle_exit_s=0.2)
+    assert sorted(d["tx_id"] for d in read_decisions(client, stream_keys("t:")["output"])) == list(range(20))
+    assert worker.backoff.attempt == 0  # reset by the first success

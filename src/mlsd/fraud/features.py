@@ -481,6 +481,13 @@ return {table.concat(lost, ','), table.concat(rows)}
 """
 
 
+def _retries(n: int) -> Any:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return Retry(NoBackoff(), int(n))
+
+
 def _lines(ids: list) -> str:
     """Ids one a line, as one script argument (the window stores refuse ids with line breaks too)."""
     text = "\n".join(ids) + "\n"
@@ -577,6 +584,7 @@ class FeatureEngine:
         record_capacity: int = 20_000,
         retain_s: int = DAY,
         socket_timeout_s: float | None = 10.0,
+        redis_retries: int | None = None,
     ) -> None:
         self.config = config or FeatureConfig()
         self.backend = backend
@@ -589,8 +597,11 @@ class FeatureEngine:
 
             # a Redis that stops answering must not hang a worker forever: a timeout is an error the
             # stream worker retries (with backoff), as it does a refused or cut connection
+            # redis_retries: None = redis-py's own silent retries; the stream worker passes 0, as its
+            # loop retries (logged, with backoff and jitter) and a call must fail fast to get there
+            extra = {} if redis_retries is None else {"retry": _retries(redis_retries)}
             client = redis.Redis.from_url(
-                redis_url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
+                redis_url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s, **extra
             )
         for kind in self.config.entities:
             n_attrs = 4 if kind == "card" else 0

@@ -675,15 +675,20 @@ def _worker_main(
     ``overrides``: StreamWorker settings that replace the workdir's ``stream`` config (the CLI's
     ``--batch-size``, ``--claim-idle-ms``, ``--unordered``)."""
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     from mlsd.fraud.engine import FraudDirs, freeze_heap, load_engine
     from mlsd.fraud.features import FeatureEngine
     from mlsd.platform.experiments.client import ExperimentClient
     from mlsd.platform.system import SystemDir
 
-    # a Redis that stops answering raises a timeout (retried) instead of hanging the worker
+    # a Redis that stops answering raises a timeout instead of hanging the worker, at once (no silent
+    # retries inside redis-py): the worker's loop retries, logged, with backoff and jitter
     timeout = 10.0
-    client = redis.Redis.from_url(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    client = redis.Redis.from_url(
+        redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+    )
     ws = FraudDirs(SystemDir(workdir, "fraud"))
     # every worker logs exposures to the same Redis (the stream's unless told otherwise): the workers
     # of one consumer group serve one experiment
@@ -693,7 +698,7 @@ def _worker_main(
     features = retry_transient(
         lambda: FeatureEngine(
             ws.feature_config(), backend="redis", redis_url=redis_url, prefix=prefix + "fw:",
-            socket_timeout_s=timeout,
+            socket_timeout_s=timeout, redis_retries=0,
         ),
         f"stream worker {idx} start",
     )  # fmt: skip
