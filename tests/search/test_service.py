@@ -91,6 +91,8 @@ def test_events_are_recorded_in_the_click_log(client) -> None:
     ("body", "field"),
     [
         (b"not json", "body"),
+        (b'{"events": [{"type": "click", "search_id": "s", "product_id": 1, "ts": NaN}]}', "body"),
+        (b'{"events": [{"type": "click", "search_id": "s", "product_id": 1, "value": Infinity}]}', "body"),
         (b"[1, 2]", "events"),
         (b'{"evts": []}', "events"),
         (b'{"events": {"type": "click"}}', "events"),

@@ -218,11 +218,14 @@ def create_search_app(
                 status=413,
             )
         try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            # NaN / Infinity are not JSON (Python's parser takes them); deep nesting must be a 4xx too,
+            # whatever the platform's body guard lets through.
+            payload = json.loads(body, parse_constant=_not_json)
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise InputError(
-                "body", body[:80].decode("utf-8", "replace"), "is not valid JSON", 'send {"events": [...]}'
-            ) from None
+                "body", body[:80].decode("utf-8", "replace"), "is not valid JSON (NaN, Infinity and "
+                "nesting deeper than a few levels are refused)", 'send {"events": [...]}',
+            ) from None  # fmt: skip
         if not isinstance(payload, dict) or "events" not in payload:
             raise InputError(
                 "events",
@@ -250,6 +253,10 @@ def create_search_app(
         return {"accepted": accepted}
 
     return app
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
