@@ -286,6 +286,8 @@ def test_a_blackholed_store_raises_store_unavailable_on_the_serving_path(blackho
     with pytest.raises(StoreUnavailable, match="failed less than 60 s ago"):
         store.get_many("users", ["1"], timeout_s=0.2)
     assert store.ping() is False
+    with pytest.raises(StoreUnavailable):  # writes on the serving path are bounded the same way
+        store.put_many("users", {"1": {"age": 3}}, timeout_s=0.2)
     store.close()
 
 
@@ -310,5 +312,7 @@ def test_the_serving_path_reads_the_same_rows_and_pings(redis_url, redis_prefix)
     store = RedisStore(redis_url, prefix=redis_prefix)
     store.put_many("users", {"1": {"age": 30}})
     assert store.get_many("users", ["1", "2"], timeout_s=0.5) == [{"age": 30}, None]
+    store.put_many("users", {"2": {"age": 31}}, timeout_s=0.5)
+    assert store.get_many("users", ["2"], timeout_s=0.5) == [{"age": 31}]
     assert store.ping() is True
     store.close()

@@ -52,6 +52,13 @@ def test_known_and_new_users_get_a_degraded_200_with_the_reason(engine, tiny):
     assert ready.status_code == 503 and "redis" in ready.text.lower()
 
 
+def test_a_profile_write_during_the_outage_is_a_503_naming_the_fix(engine):
+    client = TestClient(create_service_app(engine))
+    r = client.put("/v1/users/5/profile", json={"age": 30})
+    assert r.status_code == 503 and r.json()["error"]["field"] == "online_store"
+    assert "retry" in r.json()["error"]["fix"]
+
+
 def test_sixty_concurrent_requests_all_come_back_degraded(engine):
     client = TestClient(create_service_app(engine))
     known = [int(u) for u in engine.snapshot().model.users_.ids[:60]]

@@ -99,6 +99,8 @@ UNKNOWN_AGE_POLICY = (
 )
 SKIPPABLE = ("features", "ranking", "rerank")
 USER_NAMESPACE = "recsys:user"
+# A profile write (PUT /v1/users/{id}/profile) may wait this long for the online store.
+PROFILE_WRITE_TIMEOUT_S = 0.5
 SYSTEM = "recsys"
 # The keys of a request body (the same JSON as the HTTP API's query): user_id is required.
 REQUEST_KEYS = ("user_id", "k", "region", "age", "seed_items", "deadline_ms", "request_id")
@@ -544,8 +546,20 @@ class RecsysEngine:
             row["age"] = int(age)
         if picks:
             row["picks"] = "|".join(str(int(i)) for i in picks)
-        if row:
+        if not row:
+            return
+        if not self._store_takes_timeout:
             self.store.put_many(USER_NAMESPACE, {str(uid): row}, ttl_s=ttl_s)
+            return
+        from mlsd.platform.features.online import StoreUnavailable
+
+        try:  # an HTTP request: bounded like the reads, and a clear 503 rather than a slow 500
+            self.store.put_many(
+                USER_NAMESPACE, {str(uid): row}, ttl_s=ttl_s, timeout_s=PROFILE_WRITE_TIMEOUT_S
+            )
+        except StoreUnavailable as err:
+            raise InputError("online_store", None, f"the profile was not stored: {err}",
+                             "retry in a few seconds", status=503) from None  # fmt: skip
 
     # -- the serving path ----------------------------------------------------------------------------------
     def handle(self, requests: Any) -> list[dict[str, Any]]:

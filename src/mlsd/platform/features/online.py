@@ -316,15 +316,28 @@ class RedisStore:
         return f"{self.prefix}{namespace}:{key}"
 
     def put_many(
-        self, namespace: str, rows: Mapping[str, Mapping[str, Value]], ttl_s: float | None = None
+        self,
+        namespace: str,
+        rows: Mapping[str, Mapping[str, Value]],
+        ttl_s: float | None = None,
+        *,
+        timeout_s: float | None = None,
     ) -> None:
+        """Replace ``rows`` (see the module docstring); ``timeout_s``: a write on the serving path (an
+        HTTP request), bounded as :meth:`get_many` bounds reads, :class:`StoreUnavailable` on an outage."""
         ttl = _check_ttl(ttl_s)
         clean = _check_rows(namespace, rows)
         if not clean:
             return
+        if timeout_s is None:
+            self._write(self.client, namespace, clean, ttl)
+        else:
+            self._serving(timeout_s, lambda client: self._write(client, namespace, clean, ttl))
+
+    def _write(self, client: Any, namespace: str, clean: dict[str, dict[str, Value]], ttl: float) -> None:
         expires = struct.pack("<d", self.clock() + ttl)
         ttl_ms = None if ttl == _NEVER else max(1, int(math.ceil(ttl * 1000)))
-        pipe = self.client.pipeline(transaction=True)
+        pipe = client.pipeline(transaction=True)
         for key, row in clean.items():
             name = self._key(namespace, key)
             mapping = {field: _encode(value) for field, value in row.items()}
@@ -351,11 +364,11 @@ class RedisStore:
         if timeout_s is None:
             replies = self._read(self.client, namespace, keys, fields)
         else:
-            replies = self._serving_read(namespace, keys, fields, timeout_s)
+            replies = self._serving(timeout_s, lambda client: self._read(client, namespace, keys, fields))
         return self._rows(replies, fields)
 
-    def _serving_read(self, namespace: str, keys: Sequence[str], fields: Sequence[str] | None,
-                      timeout_s: float) -> list[Any]:  # fmt: skip
+    def _serving(self, timeout_s: float, call: Callable[[Any], Any]) -> Any:
+        """``call(serving_client)`` under the serving path's rules: breaker, budget, StoreUnavailable."""
         import redis
 
         if time.monotonic() - self._failed_at < self.retry_after_s:
@@ -363,17 +376,17 @@ class RedisStore:
                 f"online store {self._where()} failed less than {self.retry_after_s:g} s ago"
             )
         if timeout_s < self.serving_timeout_s:
-            raise StoreUnavailable(f"{timeout_s * 1000:.0f} ms left, a read may take "
+            raise StoreUnavailable(f"{timeout_s * 1000:.0f} ms left, a call may take "
                                    f"{self.serving_timeout_s * 1000:.0f} ms")  # fmt: skip
         try:
-            replies = self._read(self.serving_client, namespace, keys, fields)
+            result = call(self.serving_client)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as err:
             self._failed_at = time.monotonic()
             raise StoreUnavailable(
                 f"online store {self._where()} unreachable ({type(err).__name__}: {err})"
             ) from None
         self._failed_at = -math.inf
-        return replies
+        return result
 
     def ping(self, timeout_s: float | None = None) -> bool:
         """True when the server answers a PING within ``timeout_s`` (default ``serving_timeout_s``):
