@@ -86,6 +86,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(system: str, tmp_path
             capture_output=True,
             text=True,
             timeout=600,
+            cwd=tmp_path,  # st writes its .schemathesis/ state where it runs
         )
     finally:
         server.terminate()
