@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.services, pytest.mark.slow]
 N = 600  # payments in the stream
 BATCH = 10
 CLAIM_IDLE_MS = 800
+IDLE_EXIT = 8.0  # seconds without entries before a worker exits (longer than a worker's start)
 WORKER = "import sys; from mlsd.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
@@ -192,26 +193,27 @@ def test_two_workers_one_killed_and_a_redis_outage_decide_every_payment_once_as_
     procs = []
     try:
         poison = _publish(client, chaos, pays)
-        victim = _worker(workdir, via_proxy, chaos, idle_exit=4.0)
-        procs += [victim, _worker(workdir, via_proxy, chaos, idle_exit=4.0)]
+        procs += [_worker(workdir, via_proxy, chaos, idle_exit=IDLE_EXIT) for _ in range(2)]
         _wait(lambda: client.xlen(keys["output"]) >= N // 8, what="the first decisions")
 
-        def victim_holds() -> list:  # entries delivered to the victim and not yet acknowledged
-            name = f"worker-0-{victim.pid}"
-            return client.xpending_range(keys["input"], "scorers", "-", "+", 10_000, consumername=name)
+        def holds(proc) -> int:  # entries delivered to a worker process and not yet acknowledged
+            name = f"worker-0-{proc.pid}"
+            return len(client.xpending_range(keys["input"], "scorers", "-", "+", 10_000, consumername=name))
 
-        _wait(lambda: len(victim_holds()) > 0, what="the victim to hold a batch")
+        # the victim: a worker holding a batch (whichever started first and is busy)
+        _wait(lambda: any(holds(p) for p in procs), what="a worker to hold a batch")
+        victim = next((p for p in procs if holds(p)), procs[0])
         victim.send_signal(signal.SIGKILL)  # mid-batch: what it held stays pending
         victim.wait()
         assert victim.returncode == -signal.SIGKILL
-        left_behind = len(victim_holds())
-        procs.append(_worker(workdir, via_proxy, chaos, idle_exit=4.0))  # restarted
+        left_behind = holds(victim)
+        procs.append(_worker(workdir, via_proxy, chaos, idle_exit=IDLE_EXIT))  # restarted
         _wait(lambda: client.xlen(keys["output"]) >= N // 2 - 3 * BATCH, what="half the decisions")
         proxy.cut()  # Redis unreachable for 3 s; the rest of the payments arrive meanwhile
         publish(client, keys["input"], pays[N // 2 :])
         time.sleep(3.0)
         proxy.restore()
-        stats = [_finish(p) for p in procs[1:]]
+        stats = [_finish(p) for p in procs if p is not victim]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -219,7 +221,8 @@ def test_two_workers_one_killed_and_a_redis_outage_decide_every_payment_once_as_
                 p.wait()
         proxy.close()
 
-    assert all(p.returncode == 0 for p in procs[1:])  # both survivors rode the outage out
+    survivors = [p for p in procs if p is not victim]
+    assert all(p.returncode == 0 for p in survivors)  # both survivors rode the outage out
     workers = [w for s in stats for w in s["workers"]]
     assert sum(w["redis_errors"] for w in workers) > 0  # ... and did see it
     assert sum(w["reclaimed"] for w in workers) >= left_behind  # the victim's batch was taken over
