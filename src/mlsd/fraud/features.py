@@ -427,7 +427,7 @@ class MemoryRecords:
         slots = (self._next + np.arange(idx.size)) % self.capacity
         self._next = int((self._next + idx.size) % self.capacity)
         list(map(self._slot.pop, self._owner[slots].tolist(), repeat(None)))  # the slots' ids leave
-        chosen = [ids[i] for i in idx.tolist()]
+        chosen = ids if idx.size == len(ids) else [ids[i] for i in idx.tolist()]
         owners = np.empty(len(chosen), dtype=object)
         owners[:] = chosen
         self._owner[slots] = owners
@@ -664,7 +664,9 @@ class FeatureEngine:
         """:meth:`update_batch` as one ``(n, len(feature_names))`` float64 matrix (no DataFrame).
 
         The hot path of the online pipeline: each input column is read once as a numpy array and
-        every feature written straight into its column of a preallocated matrix.
+        every feature written straight into its column of a preallocated matrix. Payments already
+        recorded (by ``tx_id``) get their recorded row; the others update the windows and are
+        recorded (first writer wins: two workers racing on one payment both return the same row).
         """
         _check(frame)
         needed = ("tx_id", "ts", "amount", "lat", "lon", *ENTITY_COLUMNS.values())
@@ -680,7 +682,8 @@ class FeatureEngine:
             todo = np.flatnonzero(fresh)
             part = {c: v[todo] for c, v in cols.items()} if found.size else cols
             computed = self._update_in_time_order(part)
-            matrix[todo] = self.records.put([ids[i] for i in todo.tolist()], computed)
+            fresh_ids = [ids[i] for i in todo.tolist()] if found.size else ids  # rare: a replay in it
+            matrix[todo] = self.records.put(fresh_ids, computed)
         if self.after_update is not None:
             self.after_update()
         return matrix
