@@ -134,3 +134,30 @@ def test_the_layout_keeps_labels_in_features_and_cases_in_review(tmp_path, histo
     assert tables == {"review_cases"}
     # the resolved label is what the next training set sees
     assert "x1" in set(FraudDirs(dirs).labels_known_at(2**40)["tx_id"])
+
+
+def test_a_fresh_engine_starts_with_the_stored_history_in_its_windows(tmp_path):
+    """A restarted service must not see every card as brand new: load-time warm-up replays the
+    stored payments of the longest window, so a card's next payment gets the same card and terminal
+    windows an offline computation over history + that payment gives."""
+    from mlsd.fraud.engine import warm_windows
+    from mlsd.fraud.features import FeatureEngine, compute_features
+    from mlsd.fraud.world import simulate_size
+
+    dirs = SystemDir(tmp_path / "W", "fraud")
+    simulate_size(dirs, "tiny")
+    state = FraudDirs(dirs)
+    tx = pd.read_parquet(state.transactions_path)
+    payment = tx.loc[[tx["ts"].idxmax()]].assign(tx_id=tx["tx_id"].max() + 1, ts=tx["ts"].max() + 60)
+    payment = payment.drop(columns=["fraud", "label_ts", "scenario"], errors="ignore").reset_index(drop=True)
+
+    warmed = FeatureEngine(state.feature_config())
+    assert warm_windows(warmed, state)["payments"] > 0
+    online = warmed.update_batch(payment).iloc[0]
+    offline = compute_features(pd.concat([tx, payment], ignore_index=True), state.feature_config()).iloc[-1]
+    for column in ("card_count_7d", "card_mean_7d", "terminal_count_1d", "terminal_sum_7d"):
+        assert online[column] == pytest.approx(offline[column]), column
+    assert online["card_count_7d"] > 1
+
+    cold = FeatureEngine(state.feature_config()).update_batch(payment).iloc[0]
+    assert cold["card_count_7d"] == 1  # what every card looked like to a restarted service before

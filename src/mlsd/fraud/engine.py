@@ -939,6 +939,7 @@ def load_engine(
     experiments: Any = None,
     features: Any = None,
     metrics_registry: Any = None,
+    warm: bool = True,
 ) -> FraudPipeline:
     """A ready :class:`FraudPipeline` from the workdir's champion (+ challenger in shadow), rules,
     online features and the review queue.
@@ -947,7 +948,9 @@ def load_engine(
     a fraud service never falls back to rules only in silence. ``rules_only=True`` is the deliberate
     choice (no model loaded, ``/health`` says ``rules_only``). ``experiments``: an ExperimentClient;
     the registry alias of every arm of its fraud experiments is loaded next to the champion.
-    ``features``: an already warmed feature engine to share.
+    ``features``: an already warmed feature engine to share. Otherwise in-memory windows are warmed
+    from the workdir's stored payments (:func:`warm_windows`, ``warm=False`` starts them empty);
+    Redis windows outlive the process and are left as they are.
     """
     from mlsd.fraud.features import FeatureEngine
 
@@ -969,9 +972,13 @@ def load_engine(
                 if arm.alias not in (None, svc.champion_alias) and arm.alias not in variants:
                     variants[arm.alias] = state.scorer(arm.alias)
         variants = {k: v for k, v in variants.items() if v is not None}  # missing: the setter says so
-    engine = features or FeatureEngine(
-        state.feature_config(), backend=feature_backend, redis_url=redis_url, prefix=redis_prefix
-    )
+    engine = features
+    if engine is None:
+        engine = FeatureEngine(
+            state.feature_config(), backend=feature_backend, redis_url=redis_url, prefix=redis_prefix
+        )
+        if feature_backend == "memory" and warm:
+            warm_windows(engine, state)
     return FraudPipeline(
         engine,
         RuleEngine(rules_path or svc.rules_path, poll_s=svc.rules_poll_s),
@@ -986,3 +993,36 @@ def load_engine(
         variants=variants,
         metrics_registry=metrics_registry,
     )
+
+
+def warm_windows(features: Any, state: FraudDirs) -> dict[str, Any]:
+    """Replay the stored payments of the last feature horizon into fresh in-memory ``features``.
+
+    A new process would otherwise start with empty windows, and a card's first payment after a
+    restart would look like a card's first payment ever (``card_count_30d = 1``, no terminal risk):
+    the model was trained on payments with their history, so a cold service scores genuine payments
+    as unusual. The stored payments of the longest window before the newest one are fed through the
+    same online path a live stream takes, with the fraud labels known by the data's ``as_of`` (the
+    export time of imported data; the last payment for simulated data) arriving at their
+    ``label_ts``. Done once at load time; a workdir without payments starts empty.
+    """
+    from mlsd.fraud.contract import read_manifest
+    from mlsd.fraud.data import validate_transactions
+    from mlsd.fraud.features import replay
+
+    if not state.transactions_path.is_file():
+        return {"payments": 0}
+    tx = validate_transactions(pd.read_parquet(state.transactions_path))
+    if tx.empty:
+        return {"payments": 0}
+    horizon = max(features.config.horizon(kind) for kind in features.config.entities)
+    end = int(tx["ts"].max())
+    recent = tx.loc[tx["ts"] > end - horizon].reset_index(drop=True)
+    manifest = read_manifest(state.dirs.data) or {}
+    known_at = max(end, int(manifest.get("as_of") or 0))
+    if {"fraud", "label_ts"} <= set(recent.columns):
+        known = (recent["fraud"] == 1) & (recent["label_ts"] <= known_at)
+        recent["fraud"] = known.astype(np.int8)
+        recent["label_ts"] = recent["label_ts"].where(known)
+    replay(features, recent, batch_size=4096)
+    return {"payments": len(recent), "from_ts": int(recent["ts"].min()), "to_ts": end}
