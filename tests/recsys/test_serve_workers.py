@@ -57,3 +57,17 @@ def test_serve_workers_refuses_per_process_state(tiny, extra, field, capsys):
     argv = ["recsys", "serve", "--workdir", str(tiny.root), "--workers", "2", *extra]
     assert main(argv) == 2
     assert field in capsys.readouterr().err
+
+
+def test_the_workers_factory_fails_closed_like_serve(tiny, redis_url):
+    """``--workers N`` builds each app in uvicorn's factory, not through serve(): it must apply the
+    environment's API keys too (no keys: profile writes refused with 401; reads stay open)."""
+    env = {service.WORKDIR_ENV: str(tiny.root), service.ONLINE_STORE_ENV: redis_url}
+    open_reads = TestClient(service.app_from_env(env))
+    assert open_reads.get("/v1/recommendations/7?k=3").status_code == 200
+    assert open_reads.put("/v1/users/7/profile", json={"region": "US"}).status_code == 401
+
+    key = "k" * 24
+    keyed = TestClient(service.app_from_env({**env, "MLSD_API_KEYS": f"app:service:{key}"}))
+    written = keyed.put("/v1/users/7/profile", json={"region": "US"}, headers={"X-API-Key": key})
+    assert written.status_code == 200, written.text

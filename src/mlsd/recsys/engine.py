@@ -475,15 +475,18 @@ class RecsysEngine:
         self.reloads += 1
         logger.info("recsys: %s now %s v%s", alias, new_version.name, new_version.version)
 
+    @property
+    def watchers(self) -> list:
+        """The registry alias watchers (champion, experiment arms): each has ``check()`` for ``/ready``."""
+        return [w for w in [self._watcher, *self._watchers] if w is not None]
+
     def check_reload(self) -> bool:
         """Poll the registry once (the watcher threads do this every ``reload_poll_s``)."""
-        moved = [w.poll() for w in [self._watcher, *self._watchers] if w is not None]
-        return any(moved)
+        return any([w.poll() for w in self.watchers])
 
     def close(self) -> None:
-        for w in [self._watcher, *self._watchers]:
-            if w is not None:
-                w.stop()
+        for w in self.watchers:
+            w.stop()
 
     def snapshot(self, alias: str | None = None) -> _Loaded:
         """The serving snapshot of ``alias`` (default: the champion); other aliases only when an

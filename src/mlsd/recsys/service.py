@@ -25,10 +25,10 @@ import re
 from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from mlsd.platform.errors import InputError
+from mlsd.platform.serving import SafeJSONResponse, secure
 from mlsd.recsys.config import REGIONS
 from mlsd.recsys.engine import RecsysEngine, parse_user_id
 
@@ -157,6 +157,8 @@ def create_service_app(engine: RecsysEngine):
     app = create_app("recsys", title="mlsd movie recommendations", health=health)
     if engine.store is not None and hasattr(engine.store, "ping"):
         _add_ready_check(app, store_ready(engine.store))
+    for watcher in engine.watchers:  # a champion that failed to reload: still serving the old, not ready
+        _add_ready_check(app, watcher.check)
 
     @app.get("/v1/recommendations/{user_id}", tags=["recsys"], response_model=Recommendations)
     def recommendations(
@@ -176,9 +178,9 @@ def create_service_app(engine: RecsysEngine):
         deadline_ms: float | None = Query(None, gt=0, le=10_000, description="override the request budget"),
     ) -> Any:
         body = body_from_query(user_id, k, region=region, age=age, seed=seed, deadline_ms=deadline_ms)
-        # The answer holds only JSON types already: a JSONResponse skips FastAPI's generic encoder and
+        # The answer holds only JSON types already: a SafeJSONResponse skips FastAPI's generic encoder and
         # response validation (~2.5 ms per 50-title answer, about a tenth of the request).
-        return JSONResponse(engine.handle([body])[0])
+        return SafeJSONResponse(engine.handle([body])[0])
 
     if engine.store is not None:
 
@@ -258,4 +260,4 @@ def app_from_env(environ=None):
     )
     engine = RecsysEngine.from_dirs(SystemDir(workdir, SYSTEM), config=config, online_store=store,
                                     experiments=experiments)  # fmt: skip
-    return create_service_app(engine)
+    return secure(create_service_app(engine), env)  # what serve() applies: API keys, or no writes

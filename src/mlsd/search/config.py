@@ -102,7 +102,7 @@ class ServiceConfig:
     k_min: int = 1
     k_max: int = 200
     max_query_chars: int = 256  # longer queries answer 413 (query understanding's limit)
-    max_events_per_request: int = 10_000
+    max_events_per_request: int = 2_000  # an event is ~150 bytes: 2,000 fit the 1 MiB body limit with room
     model_name: str = "search-ltr"
     alias: str = "champion"
     reload_poll_s: float = 2.0  # how often the service checks the registry for a new champion (0: never)

@@ -33,12 +33,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from mlsd.platform.errors import InputError
-from mlsd.platform.serving import create_app
+from mlsd.platform.serving import SafeJSONResponse, create_app
 from mlsd.search.clicklog import MAX_TS, MAX_VALUE, ClickLog, validate_events
 from mlsd.search.engine import MODEL_NAME, SearchEngine
 from mlsd.search.routing import SearchRouter
@@ -173,6 +172,7 @@ def create_search_app(
     app.state.champion_watcher = watcher
     if watcher is not None:
         app.router.on_shutdown.append(watcher.stop)
+        app.state.ready_checks.append(watcher.check)  # a failed reload: not ready, still serving the old
     app.state.router = router
     app.state.clicklog = clicklog
     if clicklog is not None:  # every accepted event is on disk already; this compacts the segment
@@ -198,7 +198,7 @@ def create_search_app(
         # The exposure log is down: experiments are paused, the request took the control (champion) path.
         answer["degraded"] = outage is not None and bool(user_id)
         answer["degraded_reason"] = outage if answer["degraded"] else None
-        return JSONResponse(jsonable_encoder(answer))
+        return SafeJSONResponse(jsonable_encoder(answer))
 
     @app.post(
         "/v1/events",
