@@ -607,7 +607,7 @@ class FeatureEngine:
             n_attrs = 4 if kind == "card" else 0
             horizon = self.config.horizon(kind)
             if backend == "memory":
-                self.stores[kind] = MemoryWindowStore(horizon, n_attrs, capacity=16)
+                self.stores[kind] = MemoryWindowStore(horizon, n_attrs, capacity=16, name=kind)  # metric label
             elif backend == "redis":
                 from mlsd.platform.streaming.redis_windows import RedisWindowStore
 
