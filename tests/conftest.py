@@ -17,7 +17,9 @@ import pytest
 REQUIRE_SERVICES = os.environ.get("MLSD_REQUIRE_SERVICES") == "1"
 REDIS_URL = os.environ.get("MLSD_REDIS_URL", "redis://127.0.0.1:6379/15")
 POSTGRES_DSN = os.environ.get("MLSD_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-SHARED_DATA = Path(os.environ.get("MLSD_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+SHARED_DATA = Path(
+    os.environ.get("MLSD_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
 
 HOW_TO_START = {
     "redis": "start it with: redis-server --daemonize yes --port 6379 --save '' (or set MLSD_REDIS_URL)",
@@ -86,3 +88,16 @@ def shared_data():
         return path
 
     return get
+
+
+@pytest.fixture
+def blackhole():
+    """A Redis URL whose server accepts connections and never answers (a blackholed Redis): what an
+    outage looks like to a client with no timeout, and what the serving path's bounded waits are for."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(256)
+    yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    listener.close()

@@ -263,18 +263,6 @@ def test_memory_and_redis_answer_identically(redis_url: str, redis_prefix: str) 
 # The serving path under an outage: bounded waits, a typed error, a readiness check.
 
 
-@pytest.fixture
-def blackhole():
-    """A TCP listener on 127.0.0.1 that accepts connections and never answers (a blackholed Redis)."""
-    import socket
-
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(128)
-    yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
-    listener.close()
-
-
 def test_a_blackholed_store_raises_store_unavailable_on_the_serving_path(blackhole) -> None:
     from mlsd.platform.features.online import StoreUnavailable
 

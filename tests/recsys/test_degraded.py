@@ -4,7 +4,6 @@ known and new users alike, and /ready says the dependency is down while /health 
 
 from __future__ import annotations
 
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -16,16 +15,6 @@ from mlsd.recsys.engine import RecsysEngine
 from mlsd.recsys.service import create_service_app
 
 NO_POLL = RecsysConfig(service=ServiceConfig(reload_poll_s=0))
-
-
-@pytest.fixture
-def blackhole():
-    """A Redis URL whose server accepts connections and never answers."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(256)
-    yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
-    listener.close()
 
 
 @pytest.fixture

@@ -142,18 +142,6 @@ def test_openapi_documents_typed_bodies(client) -> None:
     assert "$defs" not in str(body)  # no reference the OpenAPI document cannot resolve
 
 
-@pytest.fixture
-def blackhole():
-    """A Redis URL whose server accepts connections and never answers."""
-    import socket
-
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(128)
-    yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
-    listener.close()
-
-
 def _experiments(tmp_path, url):
     from mlsd.platform.experiments.client import ExperimentClient
 
