@@ -39,3 +39,29 @@ def test_cells_kept_past_the_horizon_change_no_view(redis_url, redis_prefix):
     oldest = min(int(line.split(",")[0]) for line in blob.splitlines())
     latest = int(redis.Redis.from_url(redis_url).hget(f"{redis_prefix}k:0:h", "__max"))
     assert oldest <= latest - 100
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_an_idle_key_expires_after_idle_ttl_and_a_busy_one_is_renewed(redis_url, redis_prefix, batched):
+    """Bounded state on Redis: each write (re)sets the key's TTL, so keys no event touches go away
+    (``idle_ttl_s``); without it a key keeps its last events until it is touched again."""
+    import time
+
+    import redis
+
+    from mlsd.platform.streaming.redis_windows import RedisWindowStore
+
+    client = redis.Redis.from_url(redis_url)
+    prefix = f"{redis_prefix}ttl{int(batched)}:"
+    store = RedisWindowStore(100, 0, url=redis_url, prefix=prefix, batched=batched, idle_ttl_s=1)
+    store.update_many(["idle", "busy"], ["a", "b"], np.array([10, 10]), np.array([1, 1]), None)
+    assert 0 < client.pttl(f"{prefix}idle:h") <= 1000
+    time.sleep(0.6)
+    store.update_many(["busy"], ["c"], np.array([20]), np.array([1]), None)
+    time.sleep(0.6)
+    assert not client.exists(f"{prefix}idle:h")  # 1.2 s untouched: gone
+    assert client.exists(f"{prefix}busy:h")  # touched 0.6 s ago: renewed
+
+    forever = RedisWindowStore(100, 0, url=redis_url, prefix=prefix + "n:", batched=batched)
+    forever.update_many(["k"], ["a"], np.array([10]), np.array([1]), None)
+    assert client.ttl(f"{prefix}n:k:h") == -1  # idle_ttl_s=0: the old behaviour, no expiry

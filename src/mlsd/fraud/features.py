@@ -612,7 +612,8 @@ class FeatureEngine:
                 from mlsd.platform.streaming.redis_windows import RedisWindowStore
 
                 self.stores[kind] = RedisWindowStore(
-                    horizon, n_attrs, prefix=f"{prefix}{kind}:", client=client, retain_s=retain_s
+                    horizon, n_attrs, prefix=f"{prefix}{kind}:", client=client, retain_s=retain_s,
+                    idle_ttl_s=2 * horizon + retain_s,  # wall clock: idle keys go, a stalled stream's don't
                 )
             else:
                 raise InputError("backend", backend, "unknown window backend", "use 'memory' or 'redis'")

@@ -117,7 +117,8 @@ _APPEND_BATCH = (
     + r"""
 local horizon = tonumber(ARGV[1])
 local write = string.sub(ARGV[2], 1, 1) == '1'
-local retain = tonumber(string.sub(ARGV[2], 3)) or 0  -- cells are kept this long past the horizon
+local retain = tonumber(string.match(ARGV[2], '^[^:]*:([^:]*)')) or 0  -- cells kept past the horizon
+local idle_ttl = tonumber(string.match(ARGV[2], '^[^:]*:[^:]*:(%d+)$')) or 0  -- an idle key expires
 local counts, tss, pays, ids = {}, {}, {}, {}
 for c in string.gmatch(ARGV[3], '[^,]+') do counts[#counts + 1] = tonumber(c) end
 for x in string.gmatch(ARGV[4], '[^,]+') do tss[#tss + 1] = x end
@@ -230,6 +231,7 @@ for k = 1, #counts do
       hargs[#hargs + 1] = maxstr
     end
     send('HSET', h, hargs)
+    if idle_ttl > 0 then redis.call('EXPIRE', h, idle_ttl) end
   end
 end
 return {table.concat(heads, ';'), table.concat(info, ','), table.concat(kcounts, ','), table.concat(cells),
@@ -246,6 +248,7 @@ local id = ARGV[1]
 local ts = tonumber(ARGV[2])
 local horizon = tonumber(ARGV[4])
 local retain = tonumber(ARGV[6] or '0')
+local idle_ttl = tonumber(ARGV[7] or '0')
 local inserted = 0
 local own = ''
 local st = redis.call('HMGET', h, '__seq', '__max', '__blob', '__min', '__lab', '__labs')
@@ -278,6 +281,7 @@ if ARGV[5] == '1' then
         redis.call('HSET', h, '__labs', labs)
       end
       redis.call('HSET', h, '__blob', blob, '__min', fmt_min(lo))
+      if idle_ttl > 0 then redis.call('EXPIRE', h, idle_ttl) end
     end
   end
 end
@@ -353,6 +357,7 @@ class RedisWindowStore(_Scalar):
         client: Any = None,
         batched: bool = True,
         retain_s: int = 0,
+        idle_ttl_s: int = 0,
     ) -> None:
         import redis
 
@@ -360,6 +365,9 @@ class RedisWindowStore(_Scalar):
         # cells stay this long past the horizon (no view shows them): an event applied once before a
         # crash and replayed after later events of its batch still finds every cell it saw
         self.retain_s = int(retain_s)
+        # bounded state: a key no event has touched for idle_ttl_s (wall clock, Redis EXPIRE) is
+        # dropped, as the in-memory store evicts keys idle past the longest window; 0 = never
+        self.idle_ttl_s = int(idle_ttl_s)
         self.n_attrs = int(n_attrs)
         self.prefix = prefix
         self.batched = bool(batched)
@@ -388,7 +396,7 @@ class RedisWindowStore(_Scalar):
         args = [f"{p}{k}:{s}" for k in uniques.tolist() for s in "zh"]
         args += [
             str(self.horizon_s),
-            f"{1 if ids is not None else 0}:{self.retain_s}",
+            f"{1 if ids is not None else 0}:{self.retain_s}:{self.idle_ttl_s}",
             ",".join(map(str, counts.tolist())),
             ",".join(map(str, ts[order].tolist())),
         ]
@@ -500,7 +508,7 @@ class RedisWindowStore(_Scalar):
         for key, event_id, t, payload in zip(keys, ids, ts.tolist(), payloads, strict=True):
             self._append(
                 keys=self._keys(key),
-                args=[event_id, t, payload, self.horizon_s, mode, self.retain_s],
+                args=[event_id, t, payload, self.horizon_s, mode, self.retain_s, self.idle_ttl_s],
                 client=pipe,
             )
         replies = pipe.execute() if len(keys) else []
