@@ -16,9 +16,12 @@ spec.loader.exec_module(check_figures)  # type: ignore[union-attr]
 
 def _run(out: Path) -> None:
     """A complete run's JSON files, with the figures the README prints today."""
+
     def models(spec, values):
         names, metrics = spec
-        return {"models": {m: dict(zip(metrics, row, strict=True)) for m, row in zip(names, values, strict=True)}}
+        return {
+            "models": {m: dict(zip(metrics, row, strict=True)) for m, row in zip(names, values, strict=True)}
+        }
 
     files = {
         "recsys-movielens": models(check_figures.RECSYS, [
@@ -37,7 +40,9 @@ def _run(out: Path) -> None:
     for seed, ltr in enumerate((0.8877, 0.8844, 0.8787, 0.8833, 0.8847)):
         files[f"search-crowdflower-seed{seed}"] = models(check_figures.CROWDFLOWER, [
             (0.8201, 0.9178, 0.2516), (0.8456, 0.9304, 0.2845), (0.8609, 0.9374, 0.2679), (ltr, 0.9495, 0.2835)])  # fmt: skip
-    for seed, (ips, raw) in enumerate(((0.8603, 0.8116), (0.8816, 0.8117), (0.8255, 0.8102), (0.8264, 0.7964))):
+    for seed, (ips, raw) in enumerate(
+        ((0.8603, 0.8116), (0.8816, 0.8117), (0.8255, 0.8102), (0.8264, 0.7964))
+    ):
         files[f"search-ips-seed{seed}"] = {"metrics": {"truth_ndcg@10": ips, "raw_clicks_truth_ndcg@10": raw}}
     for name, content in files.items():
         (out / f"{name}.json").write_text(json.dumps(content))

@@ -47,10 +47,14 @@ def run_demo(systems: list[str], workdir: str | Path | None = None) -> int:
         console.print(line)
     page = write_html(sources, root / "dashboard.html")
     console.print(f"  dashboard (static page): {page}   live: .venv/bin/mlsd dashboard --workdir {root}")
-    console.print("  serve the champions trained here (reads are open; writes need an API key, docs/security.md):")
+    console.print(
+        "  serve the champions trained here (reads are open; writes need an API key, docs/security.md):"
+    )
     for name in systems:
         console.print(f"    .venv/bin/mlsd {name} serve --workdir {root}", soft_wrap=True)
-    console.print('    e.g. MLSD_API_KEYS="me:admin:<a secret of 16+ characters>" .venv/bin/mlsd fraud serve ...')
+    console.print(
+        '    e.g. MLSD_API_KEYS="me:admin:<a secret of 16+ characters>" .venv/bin/mlsd fraud serve ...'
+    )
     return 0
 
 

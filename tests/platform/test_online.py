@@ -100,13 +100,15 @@ def test_a_a_rejection_rate_is_close_to_alpha() -> None:
         assert 0.02 <= rate <= 0.085, result
 
 
-
 def test_with_truth_says_whether_the_interval_covers_the_true_effect() -> None:
     report = {"metrics": {"minutes": [{"treatment": "challenger", "diff_low": 0.5, "diff_high": 1.5}]}}
     out = with_truth(report, {"minutes": {"challenger": 1.0}})
     assert out["truth"] == {"minutes": {"challenger": 1.0}}
     assert out["truth_covered"] == {"minutes": {"challenger": True}}
-    assert with_truth(report, {"minutes": {"challenger": 2.0}})["truth_covered"]["minutes"]["challenger"] is False
+    assert (
+        with_truth(report, {"minutes": {"challenger": 2.0}})["truth_covered"]["minutes"]["challenger"]
+        is False
+    )
 
 
 def _shadow(challenger_shift: float, n: int = 4000):
@@ -173,7 +175,10 @@ def test_shadow_a_a_has_no_difference_and_keeps_running() -> None:
 
 def test_shadow_outcomes_without_per_arm_columns_are_refused() -> None:
     config = make_experiment(
-        "fraud", arms_from_presets(PRESETS, ["champion", "challenger"]), [{"name": "fraud_loss"}], mode="shadow"
+        "fraud",
+        arms_from_presets(PRESETS, ["champion", "challenger"]),
+        [{"name": "fraud_loss"}],
+        mode="shadow",
     )
     name = next(iter(config.experiments))
     client = ExperimentClient(config, registry=False)
@@ -201,7 +206,9 @@ def test_cli_rejects_bad_input_with_the_field_and_exit_2(argv, field, capsys) ->
     assert field in capsys.readouterr().err
 
 
-def test_serve_options_build_a_client_with_the_configured_exposure_log(tmp_path, redis_url, redis_prefix) -> None:
+def test_serve_options_build_a_client_with_the_configured_exposure_log(
+    tmp_path, redis_url, redis_prefix
+) -> None:
     from mlsd.platform.experiments import RedisExposureLog
 
     path = tmp_path / "experiments.yaml"
@@ -222,7 +229,10 @@ def test_serve_options_build_a_client_with_the_configured_exposure_log(tmp_path,
     assert isinstance(shared.log, RedisExposureLog)
     shared.expose("recsys-ranker", ["u1", "u1", "u2"], [0, 0, 1])
     assert sorted(shared.exposures("recsys-ranker")["unit"]) == ["u1", "u2"]
-    for args, field in (((tmp_path / "nope.yaml",), "--experiments"), ((None, redis_url), "--exposure-redis")):
+    for args, field in (
+        ((tmp_path / "nope.yaml",), "--experiments"),
+        ((None, redis_url), "--exposure-redis"),
+    ):
         with pytest.raises(InputError) as err:
             ExperimentClient.from_options(*args)
         assert err.value.field == field
@@ -249,6 +259,8 @@ def test_identical_shadow_arms_report_zero_without_warnings() -> None:
 
 
 def test_make_experiment_coverage_ramps_the_share_of_units_in_it() -> None:
-    config = make_experiment("search", arms_from_presets(PRESETS, ["champion", "challenger"]), [], coverage=0.2)
+    config = make_experiment(
+        "search", arms_from_presets(PRESETS, ["champion", "challenger"]), [], coverage=0.2
+    )
     arms = ExperimentClient(config, registry=False).assign(next(iter(config.experiments)), np.arange(20_000))
     assert abs((arms >= 0).mean() - 0.2) < 0.02

@@ -42,6 +42,8 @@ def test_an_unknown_arm_is_refused_before_any_work(simulator, tmp_path) -> None:
     from mlsd.platform.system import SystemDir
 
     with pytest.raises(InputError) as err:
-        simulator.run_experiment(SystemDir(tmp_path, "world"), arms=[simulator.DEFAULT_ARMS[0], "no-such-arm"], progress=False)
+        simulator.run_experiment(
+            SystemDir(tmp_path, "world"), arms=[simulator.DEFAULT_ARMS[0], "no-such-arm"], progress=False
+        )
     assert err.value.field == "--arms"
     assert not any(tmp_path.iterdir())  # nothing simulated, nothing trained

@@ -63,7 +63,10 @@ def test_a_bad_cadence_is_refused_at_definition() -> None:
                                                   "http_request")}  # fmt: skip
     with pytest.raises(ValueError, match="cadence"):
         System(name="toy", summary="t", cadence="hourly", model="m", **fields)
-    assert System(name="toy", summary="t", cadence="daily", model="m", **fields).dirs("W").home.as_posix() == "W/toy"
+    assert (
+        System(name="toy", summary="t", cadence="daily", model="m", **fields).dirs("W").home.as_posix()
+        == "W/toy"
+    )
 
 
 def test_the_cli_lists_every_registered_system(capsys) -> None:

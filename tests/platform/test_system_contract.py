@@ -17,7 +17,9 @@ TESTS = Path(__file__).resolve().parents[1]
 def _opted_in(path: Path) -> set[str]:
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ClassDef) and any(getattr(b, "id", "") == "SystemContract" for b in node.bases):
+        if isinstance(node, ast.ClassDef) and any(
+            getattr(b, "id", "") == "SystemContract" for b in node.bases
+        ):
             for stmt in node.body:
                 if isinstance(stmt, ast.Assign) and getattr(stmt.targets[0], "id", "") == "system_name":
                     names.add(stmt.value.value)  # type: ignore[attr-defined]

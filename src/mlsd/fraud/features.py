@@ -607,12 +607,18 @@ class FeatureEngine:
             n_attrs = 4 if kind == "card" else 0
             horizon = self.config.horizon(kind)
             if backend == "memory":
-                self.stores[kind] = MemoryWindowStore(horizon, n_attrs, capacity=16, name=kind)  # metric label
+                self.stores[kind] = MemoryWindowStore(
+                    horizon, n_attrs, capacity=16, name=kind
+                )  # metric label
             elif backend == "redis":
                 from mlsd.platform.streaming.redis_windows import RedisWindowStore
 
                 self.stores[kind] = RedisWindowStore(
-                    horizon, n_attrs, prefix=f"{prefix}{kind}:", client=client, retain_s=retain_s,
+                    horizon,
+                    n_attrs,
+                    prefix=f"{prefix}{kind}:",
+                    client=client,
+                    retain_s=retain_s,
                     idle_ttl_s=2 * horizon + retain_s,  # wall clock: idle keys go, a stalled stream's don't
                 )
             else:

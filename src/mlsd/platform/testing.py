@@ -58,7 +58,9 @@ class SystemContract:
 
     # -- the flow ----------------------------------------------------------------------------------
 
-    def test_simulate_and_train_fill_the_layout(self, system: System, trained: tuple[SystemDir, dict]) -> None:
+    def test_simulate_and_train_fill_the_layout(
+        self, system: System, trained: tuple[SystemDir, dict]
+    ) -> None:
         dirs, report = trained
         assert any(dirs.data.iterdir()), "simulate wrote nothing to W/<system>/data"
         mv = dirs.require_champion(system.model)

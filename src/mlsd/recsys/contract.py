@@ -253,5 +253,3 @@ def coverage(items: pd.DataFrame, users: pd.DataFrame) -> dict[str, Any]:
         else:
             dropped[f"{table}.{column}"] = effect
     return {"used": used, "dropped": dropped}
-
-
