@@ -63,14 +63,19 @@ def _pipeline(model="sequence", config=None, **kwargs):
 
     features = FeatureEngine()
     champion = SequenceLike(features.feature_names) if model == "sequence" else model
-    pipe = FraudPipeline(features, RuleEngine(), champion, config=(config or FraudConfig()).service, **kwargs)
+    pipe = FraudPipeline(features, RuleEngine(), champion, config=(config or UNHURRIED).service, **kwargs)
     pipe.clock = lambda: float(NOW)
     return pipe
 
 
+# A deadline no busy CI machine overruns: a model skipped for time answers probability null (flagged
+# degraded, tested on its own below), which would make the other tests depend on the machine's load.
+UNHURRIED = FraudConfig.from_dict({"service": {"deadline_ms": 60_000}})
+
+
 @pytest.fixture
 def client():
-    with TestClient(build_app(_pipeline())) as c:
+    with TestClient(build_app(_pipeline(config=UNHURRIED), config=UNHURRIED)) as c:
         yield c
 
 
@@ -173,7 +178,11 @@ def test_a_blocking_rule_still_blocks_when_the_model_fails():
 def test_a_model_that_raises_answers_200_review_over_http_not_500():
     from mlsd.fraud.features import FeatureEngine
 
-    with TestClient(build_app(_pipeline(Broken(FeatureEngine().feature_names, "raises")))) as c:
+    with TestClient(
+        build_app(
+            _pipeline(Broken(FeatureEngine().feature_names, "raises"), config=UNHURRIED), config=UNHURRIED
+        )
+    ) as c:
         r = c.post("/v1/score", json=payment(1, NOW - 10))
     assert r.status_code == 200, r.text
     body = _strict_json(r.text)
@@ -265,7 +274,10 @@ BAD_BODIES = [
 @pytest.fixture
 def queued_client(tmp_path):
     queue = SQLReviewQueue.sqlite(tmp_path / "review.sqlite")
-    with TestClient(build_app(_pipeline(review_queue=queue)), raise_server_exceptions=False) as c:
+    with TestClient(
+        build_app(_pipeline(review_queue=queue, config=UNHURRIED), config=UNHURRIED),
+        raise_server_exceptions=False,
+    ) as c:
         yield c
     queue.close()
 
@@ -290,7 +302,7 @@ def test_a_nul_byte_in_a_batch_is_refused_before_anything_on_postgres(postgres_d
     try:
         pipe = _pipeline(review_queue=queue)
         review = payment("r1", NOW - 50, 2400.0, card=7)  # p = 0.6: review
-        with TestClient(build_app(pipe), raise_server_exceptions=False) as c:
+        with TestClient(build_app(pipe, config=UNHURRIED), raise_server_exceptions=False) as c:
             bad = {"payments": [review, payment("x\x00y", NOW - 40, 2400.0, card=8)]}
             r = c.post("/v1/score/batch", json=bad)
             assert r.status_code == 422 and r.json()["error"]["field"] == "payments[1].tx_id"
@@ -380,7 +392,7 @@ def test_the_documented_payment_refuses_what_the_service_refuses(raw):
 def keyed_client(tmp_path):
     auth = pytest.importorskip("mlsd.platform.auth")
     queue = SQLReviewQueue.sqlite(tmp_path / "review.sqlite")
-    app = build_app(_pipeline(review_queue=queue))
+    app = build_app(_pipeline(review_queue=queue, config=UNHURRIED), config=UNHURRIED)
     app.state.auth = auth.ApiKeys.parse(
         "scorer:service:svc-key-0123456789abcdef,ana:reviewer:ana-key-0123456789abcdef,"
         "bob:reviewer:bob-key-0123456789abcdef"

@@ -36,7 +36,7 @@ from mlsd.fraud.data import future_limit
 from mlsd.fraud.engine import MODEL_NAME, FraudPipeline
 from mlsd.fraud.review import check_key, check_reviewer
 from mlsd.platform.errors import InputError
-from mlsd.platform.serving import Deadline, ErrorBody, create_app
+from mlsd.platform.serving import Deadline, ErrorBody, SafeJSONResponse, create_app
 
 
 def build_app(
@@ -79,17 +79,17 @@ def build_app(
         return batch.records(), batch.response()
 
     @app.post("/v1/score", tags=["fraud"], response_model=None, responses=_ok(api.ScoreResponse))
-    def score_one(payment: Any = Body(...)) -> dict[str, Any]:
+    def score_one(payment: Any = Body(...)) -> SafeJSONResponse:
         deadline = Deadline(svc.deadline_ms)
         if not isinstance(payment, Mapping):
             raise InputError(
                 "body", type(payment).__name__, "is not a JSON object", "send one payment object"
             )
         records, meta = score([payment], deadline)
-        return {**records[0], **meta, "deadline_ms": svc.deadline_ms}
+        return SafeJSONResponse({**records[0], **meta, "deadline_ms": svc.deadline_ms})
 
     @app.post("/v1/score/batch", tags=["fraud"], response_model=None, responses=_ok(api.BatchResponse))
-    def score_batch(body: Any = Body(...)) -> dict[str, Any]:
+    def score_batch(body: Any = Body(...)) -> SafeJSONResponse:
         deadline = Deadline(svc.deadline_ms)
         if not isinstance(body, Mapping) or "payments" not in body:
             raise InputError("payments", None, "is missing", 'send {"payments": [ ... ]}')
@@ -103,7 +103,9 @@ def build_app(
                 "payments", len(payments), f"batch larger than {svc.max_batch}", "split the batch", status=413
             )
         records, meta = score(payments, deadline)
-        return {"decisions": records, **meta, "deadline_ms": svc.deadline_ms}
+        # plain JSON types already: a response of its own skips FastAPI's jsonable_encoder, which
+        # walked every decision again (11 ms of a 480-payment batch, about as long as scoring it)
+        return SafeJSONResponse({"decisions": records, **meta, "deadline_ms": svc.deadline_ms})
 
     def need_queue() -> Any:
         if queue is None:
