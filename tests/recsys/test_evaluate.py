@@ -58,7 +58,7 @@ def test_evaluate_prints_one_json_object(tmp_path, capsys, protocol):
 def test_two_stage_on_tiny_data(tmp_path, monkeypatch):
     from mlsd.recsys.movielens import load_movielens
 
-    monkeypatch.setattr(evaluate, "EVAL_SOURCES", {"ease": 10, "content": 5, "popular": 5})
+    monkeypatch.setattr("mlsd.recsys.model.EVAL_SOURCES", {"ease": 10, "content": 5, "popular": 5})
     ds = load_movielens(write_ml100k(tmp_path))
     result = evaluate.evaluate_models(ds, "stratified", 5, ("popularity", "two_stage"), progress=False)
     assert result["two_stage"]["ndcg@5"] > result["popularity"]["ndcg@5"]

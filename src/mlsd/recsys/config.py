@@ -96,9 +96,10 @@ class TrainConfig:
     eval_days: float = 1.0
     k: int = 10
     min_gain: float = 0.0  # the challenger must beat the champion's ndcg@k by more than this
-    # Candidate list sizes per source; None = the model's defaults (about 1,000 in the union).
+    # Candidate list sizes per source and the ranker's tree count; None = the model definition's
+    # (mlsd.recsys.model.model_spec: the one `mlsd recsys evaluate` measures).
     sources: dict[str, int] | None = None
-    n_estimators: int = 300
+    n_estimators: int | None = None
     # One LightGBM thread: OpenMP threads spin-wait, which on a busy 2-core box costs 3x the time.
     threads: int = 1
 

@@ -9,6 +9,11 @@ by the number of relevant items). ``--protocol temporal`` holds out the last 20%
 All model choices (hyperparameters, features, ranker settings) were made on an inner split of the
 TRAIN part only (train re-split the same stratified way); the test split is used once, here.
 
+The two-stage model, the blend and ALS are built from :func:`~mlsd.recsys.model.model_spec`, the one
+model definition the daily job (``mlsd recsys train``, hence the service) builds too: what is measured
+here is what is served, catalogue-size rule included (over 20K titles the dense sources are left out
+in both, with the reason on stderr).
+
 Prints ONE JSON object on stdout with ``--json``; progress goes to stderr.
 """
 
@@ -24,19 +29,9 @@ import pandas as pd
 from mlsd.platform.errors import InputError
 from mlsd.platform.jsonio import dumps
 from mlsd.platform.metrics import ranking_metrics
-from mlsd.recsys.candidates import (
-    EVAL_SOURCE_SETTINGS,
-    EVAL_SOURCES,
-    ALSCandidates,
-    BlendCandidates,
-    EASECandidates,
-    PopularityCandidates,
-    RP3BetaCandidates,
-    SequentialEASECandidates,
-)
+from mlsd.recsys.candidates import BlendCandidates, PopularityCandidates
 from mlsd.recsys.data import IdMap, RecsysDataset, binary_matrix
-from mlsd.recsys.model import TwoStageRecommender, stratified_split, temporal_split
-from mlsd.recsys.ranker import LightGBMRanker
+from mlsd.recsys.model import TwoStageRecommender, model_spec, stratified_split, temporal_split
 
 PROTOCOLS = ("stratified", "temporal")
 MODELS = ("popularity", "als", "two_stage")
@@ -88,49 +83,23 @@ def _relevant(test: pd.DataFrame, user_ids: np.ndarray) -> list[np.ndarray]:
     return [groups.get(u, np.zeros(0, np.int64)) for u in user_ids]
 
 
-def _members() -> dict:
-    settings = EVAL_SOURCE_SETTINGS
-    return {
-        "als": ALSCandidates(**settings["als"]),
-        "ease": EASECandidates(**settings["ease"]),
-        "rp3": RP3BetaCandidates(**settings["rp3"]),
-        "seq": SequentialEASECandidates(**settings["seq"]),
-    }
-
-
-def blend_for_evaluation() -> BlendCandidates:
+def blend_for_evaluation(n_items: int = 0) -> BlendCandidates:
     """EASE + RP3beta + ALS + sequential EASE, z-scored per user and weighted (weights picked on inner
-    validation)."""
-    return BlendCandidates(_members(), EVAL_SOURCE_SETTINGS["blend"])
+    validation): the model definition's blend, unfitted."""
+    spec = model_spec(n_items, sources={"blend": 1})
+    if "blend" in spec.dropped:
+        raise InputError("models", "blend", f"cannot run here: {spec.dropped['blend']}",
+                         "evaluate popularity, als or two_stage on this catalogue")  # fmt: skip
+    return spec.source_models()["blend"]
 
 
-def two_stage_for_evaluation(progress: bool = False) -> TwoStageRecommender:
-    """The two-stage model as evaluated: settings picked on the inner validation split of train."""
-    members = _members()
-    blend = "blend" in EVAL_SOURCES
-    # With the blend among the sources, the trees boost from its score (LightGBM init_score) and
-    # learn only corrections: on the inner validation split the blend alone beat every ranker
-    # trained from scratch (0.2790 vs 0.2763), and small, slow corrections on top of it tie it.
-    # Since sequential EASE joined the blend the corrections no longer add anything (mean of five
-    # inner splits: blend 0.2813; 7 leaves x 120 trees 0.2801, 3 leaves x 60 trees 0.2812), so the
-    # trees are kept small: they may nudge the blend's order, not overturn it.
-    return TwoStageRecommender(
-        sources=EVAL_SOURCES,
-        source_models={**members, "blend": blend_for_evaluation()},
-        ranker=LightGBMRanker(
-            n_estimators=60,
-            learning_rate=0.02,
-            num_leaves=3,
-            min_child_samples=300,
-            base_feature="m_blend_rel" if blend else None,
-        ),
-        score_models=("als", "ease", "rp3", "content") + (("blend",) if blend else ()),
-        # the ranker's inner history is 85% of train (the label slice 15%): closer in size to the
-        # history it scores with than 75% (inner validation 0.2828 vs 0.2797, see docs/recsys.md)
-        label_ratio=0.85,
-        label_folds=2,
-        verbose=progress,
-    )
+def two_stage_for_evaluation(progress: bool = False, n_items: int = 0) -> TwoStageRecommender:
+    """The two-stage model as evaluated: :func:`~mlsd.recsys.model.model_spec` for a catalogue of
+    ``n_items`` titles (the daily job builds the same), under the stratified label split."""
+    spec = model_spec(n_items)
+    if progress:
+        spec.log_dropped("[evaluate] two_stage")
+    return spec.build(label_split="stratified", verbose=progress)
 
 
 def evaluate_models(
@@ -170,9 +139,9 @@ def evaluate_models(
             recommended = items.raw(idx)
         elif name in ("als", "blend"):
             if name == "als":
-                model = ALSCandidates(**EVAL_SOURCE_SETTINGS["als"]).fit(train, users, items)
+                model = model_spec(catalog).source_models()["als"].fit(train, users, items)
             else:
-                model = blend_for_evaluation().fit(train, users, items)
+                model = blend_for_evaluation(catalog).fit(train, users, items)
             idx, _ = model.candidates(test_users, k, exclude)
             # ALS has no vector for a user unseen in train (many, under --protocol temporal): those
             # get the popularity list, as a deployed ALS would, instead of an empty row.
@@ -182,7 +151,7 @@ def evaluate_models(
                 idx[cold] = pop.candidates(test_users[cold], k)[0]
             recommended = items.raw(idx)
         else:
-            model = two_stage_for_evaluation(progress).fit(train)
+            model = two_stage_for_evaluation(progress, catalog).fit(train)
             recommended, _, _ = model.recommend(test_users, k, exclude_seen=True)
         metrics = ranking_metrics(recommended, relevant, k, catalog)
         result[name] = {key: round(float(v), 6) for key, v in metrics.items()}

@@ -20,7 +20,9 @@ from __future__ import annotations
 import json
 import pickle
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,13 +30,37 @@ import scipy.sparse as sp
 
 from mlsd.platform.errors import DataFormatError, InputError
 from mlsd.platform.jsonio import write_json
-from mlsd.recsys.candidates import DEFAULT_SOURCES, CandidateGenerator, History, as_user_array, check_n
+from mlsd.recsys.candidates import (
+    DEFAULT_SOURCES,
+    EVAL_SOURCE_SETTINGS,
+    EVAL_SOURCES,
+    ALSCandidates,
+    BlendCandidates,
+    CandidateGenerator,
+    EASECandidates,
+    History,
+    RP3BetaCandidates,
+    SequentialEASECandidates,
+    as_user_array,
+    check_n,
+)
 from mlsd.recsys.data import IdMap, RecsysDataset, binary_matrix, validate
 from mlsd.recsys.features import DAY, FeatureBuilder, TrainingRows, label_rows
 from mlsd.recsys.ranker import LightGBMRanker
 
 MAX_K = 500
 REFERENCE_ROWS = 20_000  # rows of the training reference kept for drift monitoring
+
+__all__ = [
+    "DENSE_MAX_ITEMS",
+    "DENSE_SOURCES",
+    "ModelSpec",
+    "TwoStageRecommender",
+    "definition",
+    "model_spec",
+    "stratified_split",
+    "temporal_split",
+]
 
 
 def stratified_split(
@@ -375,3 +401,154 @@ class TwoStageRecommender:
         self.generator_, self.features_, self.seen_ = state["generator"], state["features"], state["seen"]
         self.users_, self.items_ = state["users"], state["items"]
         return self
+
+
+# ---------------------------------------------------------------------------------------------------
+# The model definition: what `mlsd recsys evaluate` measures and `mlsd recsys train` serves, built by one
+# function so the two cannot drift apart.
+
+# Sources that hold a dense items x items matrix (EASE, RP3beta, sequential EASE, and the blend of
+# them): above this many titles their matrices (and the inverse EASE needs) do not fit a serving box.
+DENSE_MAX_ITEMS = 20_000
+DENSE_SOURCES = ("ease", "rp3", "seq", "blend")
+# The candidate scorers whose scores become ranker features when they are among the sources.
+SCORE_MODELS = ("als", "ease", "rp3", "content", "blend")
+# With the blend among the sources the trees boost from its score (LightGBM init_score) and learn only
+# corrections: on the inner validation split of MovieLens 100K the blend alone beat every ranker trained
+# from scratch (0.2790 vs 0.2763), and since sequential EASE joined the blend the corrections no longer
+# add anything (mean of five inner splits: blend 0.2813; 7 leaves x 120 trees 0.2801, 3 leaves x 60
+# trees 0.2812), so the trees are kept small: they may nudge the blend's order, not overturn it.
+RANKER_ON_BLEND: dict[str, Any] = {
+    "n_estimators": 60,
+    "learning_rate": 0.02,
+    "num_leaves": 3,
+    "min_child_samples": 300,
+    "base_feature": "m_blend_rel",
+}
+# Without the blend (a catalogue over DENSE_MAX_ITEMS, or a job that names other sources) the trees
+# learn the whole order, with the daily job's long-standing tree count.
+RANKER_FROM_SCRATCH: dict[str, Any] = {"n_estimators": 300}
+# The stratified label split (offline evaluation) takes 85% of train as the ranker's inner history:
+# closer in size to the history it scores with than 75% (inner validation 0.2828 vs 0.2797, see
+# docs/recsys.md), re-split twice. The temporal split (the daily job) ignores both.
+LABEL_RATIO = 0.85
+LABEL_FOLDS = 2
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One two-stage model definition: candidate sources and their sizes, each source's settings, the
+    ranker's settings and the scorers it reads; ``dropped`` says which sources the catalogue ruled out
+    and why. :meth:`build` makes the (unfitted) model; the split protocol is the caller's."""
+
+    sources: dict[str, int]
+    source_settings: dict[str, dict[str, Any]]
+    ranker: dict[str, Any]
+    score_models: tuple[str, ...]
+    label_ratio: float = LABEL_RATIO
+    label_folds: int = LABEL_FOLDS
+    dropped: dict[str, str] = field(default_factory=dict)
+
+    def source_models(self) -> dict:
+        """Fresh, configured (unfitted) instances of the sources that have settings."""
+        settings = self.source_settings
+        factories = {"als": ALSCandidates, "ease": EASECandidates, "rp3": RP3BetaCandidates,
+                     "seq": SequentialEASECandidates}  # fmt: skip
+        models = {name: make(**settings[name]) for name, make in factories.items() if name in self.sources}
+        if "blend" in self.sources:
+            weights = settings["blend"]
+            members = {name: factories[name](**settings[name]) for name in weights}
+            models["blend"] = BlendCandidates(members, dict(weights))
+        return models
+
+    def build(
+        self,
+        *,
+        label_split: str = "stratified",
+        label_days: float = 1.0,
+        n_jobs: int = 1,
+        verbose: bool = False,
+    ) -> TwoStageRecommender:
+        """The unfitted two-stage model of this definition under the caller's split protocol."""
+        return TwoStageRecommender(
+            sources=dict(self.sources),
+            source_models=self.source_models(),
+            ranker=LightGBMRanker(**self.ranker, n_jobs=n_jobs),
+            score_models=self.score_models,
+            label_split=label_split,
+            label_ratio=self.label_ratio,
+            label_folds=self.label_folds,
+            label_days=label_days,
+            verbose=verbose,
+        )
+
+    def log_dropped(self, prefix: str, file=None) -> None:
+        """Say on stderr which sources the catalogue ruled out (both paths call this alike)."""
+        for name, why in self.dropped.items():
+            print(f"{prefix}: source {name!r} left out: {why}", file=file or sys.stderr, flush=True)
+
+
+def model_spec(
+    n_items: int, sources: dict[str, int] | None = None, n_estimators: int | None = None
+) -> ModelSpec:
+    """THE model definition for a catalogue of ``n_items`` titles: ``mlsd recsys evaluate`` and the
+    daily job (``mlsd recsys train``, hence the service) both build their model from it.
+
+    ``sources`` (name -> candidates) and ``n_estimators`` are a job's explicit overrides (a simulated
+    world's smaller job, an experiment's challenger); ``None`` keeps the definition's. Source settings
+    are :data:`~mlsd.recsys.candidates.EVAL_SOURCE_SETTINGS` (chosen on inner validation, whichever
+    path builds). Above :data:`DENSE_MAX_ITEMS` titles the dense sources (EASE, RP3beta, sequential
+    EASE, the blend) are left out, with the reason in ``dropped``, and the trees learn from scratch.
+
+    >>> spec = model_spec(1_682)
+    >>> "blend" in spec.sources, spec.ranker["base_feature"], spec.dropped
+    (True, 'm_blend_rel', {})
+    >>> big = model_spec(50_000)
+    >>> sorted(big.dropped), "base_feature" in big.ranker
+    (['blend', 'ease', 'rp3'], False)
+    """
+    if not isinstance(n_items, int | np.integer) or n_items < 0:
+        raise InputError("n_items", n_items, "must be a non-negative integer", "pass len(dataset.items)")
+    chosen = dict(EVAL_SOURCES if sources is None else sources)
+    dropped = {}
+    if n_items > DENSE_MAX_ITEMS:
+        why = (f"{n_items} titles > {DENSE_MAX_ITEMS}: it needs a dense titles x titles matrix; "
+               "ALS, content and popularity cover the catalogue")  # fmt: skip
+        dropped = {name: why for name in DENSE_SOURCES if name in chosen}
+        chosen = {name: n for name, n in chosen.items() if name not in dropped}
+    ranker = dict(RANKER_ON_BLEND if "blend" in chosen else RANKER_FROM_SCRATCH)
+    if n_estimators is not None:
+        ranker["n_estimators"] = int(n_estimators)
+    return ModelSpec(
+        sources=chosen,
+        source_settings={name: dict(v) for name, v in EVAL_SOURCE_SETTINGS.items()},
+        ranker=ranker,
+        score_models=tuple(m for m in SCORE_MODELS if m in chosen),
+        dropped=dropped,
+    )
+
+
+def _public(obj) -> dict[str, Any]:
+    """An estimator's settings: its public attributes (fitted state ends with ``_``)."""
+    out = {}
+    for key, value in vars(obj).items():
+        if key.endswith("_") or key.startswith("_"):
+            continue
+        out[key] = {n: _public(m) for n, m in value.items()} if key == "models" and value else value
+    return out
+
+
+def definition(model: TwoStageRecommender) -> dict[str, Any]:
+    """What a two-stage model *is*, apart from its split protocol and thread count: sources and their
+    sizes, each configured source's settings, the ranker's settings, the scorers it reads. Two models
+    with equal definitions fitted on the same data are the same model (the test that evaluate and
+    train agree compares these)."""
+    ranker = {k: v for k, v in _public(model.ranker or LightGBMRanker()).items() if k != "n_jobs"}
+    return {
+        "sources": dict(model.sources or DEFAULT_SOURCES),
+        "source_models": {name: _public(m) for name, m in (model.source_models or {}).items()},
+        "ranker": ranker,
+        "score_models": tuple(model.score_models),
+        "label_ratio": model.label_ratio,
+        "label_folds": model.label_folds,
+    }

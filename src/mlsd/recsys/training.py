@@ -161,10 +161,19 @@ class _Fitted:
                 "eval_users": len(self.users)}  # fmt: skip
 
 
-def _fit(dataset: RecsysDataset, cfg: TrainConfig, steps) -> _Fitted:
-    from mlsd.recsys.model import TwoStageRecommender
-    from mlsd.recsys.ranker import LightGBMRanker
+def model_for(dataset: RecsysDataset, cfg: TrainConfig, *, progress: bool = False):
+    """The job's (unfitted) model: :func:`~mlsd.recsys.model.model_spec` for the data's catalogue, the
+    definition ``mlsd recsys evaluate`` measures, with the job's explicit ``sources``/``n_estimators``
+    overrides, under the temporal label split."""
+    from mlsd.recsys.model import model_spec
 
+    spec = model_spec(len(dataset.items), cfg.sources, cfg.n_estimators)
+    if progress:
+        spec.log_dropped("recsys train")
+    return spec.build(label_split="temporal", label_days=cfg.label_days, n_jobs=cfg.threads)
+
+
+def _fit(dataset: RecsysDataset, cfg: TrainConfig, steps) -> _Fitted:
     bounds = split_days(
         dataset, train_days=cfg.train_days, label_days=cfg.label_days, eval_days=cfg.eval_days
     )
@@ -176,10 +185,9 @@ def _fit(dataset: RecsysDataset, cfg: TrainConfig, steps) -> _Fitted:
     n_items = len(dataset.items)
 
     steps.set_postfix_str("fit two-stage model")
-    ranker = LightGBMRanker(n_estimators=cfg.n_estimators, n_jobs=cfg.threads)
-    model = TwoStageRecommender(
-        sources=cfg.sources, ranker=ranker, label_split="temporal", label_days=cfg.label_days
-    ).fit(dataset.with_interactions(train), cutoff=bounds["cutoff"])
+    model = model_for(dataset, cfg, progress=not steps.disable).fit(
+        dataset.with_interactions(train), cutoff=bounds["cutoff"]
+    )
     steps.update()
 
     steps.set_postfix_str("evaluate on the held-out days")

@@ -15,8 +15,9 @@ from mlsd.recsys.candidates.item_item import EASECandidates, RP3BetaCandidates, 
 from mlsd.recsys.candidates.popularity import PopularityCandidates
 from mlsd.recsys.data import IdMap
 
-# ~1,000 unique titles per user on a large catalogue (the sources overlap). EASE and RP3beta drop
-# out by themselves above 20K titles (dense item-item matrices).
+# What a bare CandidateGenerator / TwoStageRecommender unions when given no sources (~1,000 unique
+# titles per user on a large catalogue). The evaluated and served model is not built from this but from
+# mlsd.recsys.model.model_spec (EVAL_SOURCES and EVAL_SOURCE_SETTINGS below, with its catalogue rule).
 DEFAULT_SOURCES: dict[str, int] = {
     "als": 500,
     "ease": 300,
@@ -26,7 +27,8 @@ DEFAULT_SOURCES: dict[str, int] = {
     "trending": 100,
     "new": 50,
 }
-# The offline evaluation's smaller union: the ranker only has to fill a top 10, and on MovieLens-size
+# The model definition's sources and settings (mlsd.recsys.model.model_spec: what `mlsd recsys
+# evaluate` measures and the daily job serves). A smaller union: the ranker only has to fill a top 10, and on MovieLens-size
 # catalogues a 1,000-title union is most of the catalogue (slow to rank, no better on inner validation).
 # Source settings for MovieLens-size data, chosen on the inner validation split of TRAIN (see
 # docs/recsys.md "Offline evaluation"): ALS with 12 factors, EASE lambda 500, RP3beta beta 0.5, and
