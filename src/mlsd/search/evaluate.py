@@ -34,6 +34,11 @@ from mlsd.search.retrieval import BM25Index, Candidates, DenseIndex, rrf_fuse
 SETTINGS = ("rerank", "full")
 MODELS = ("bm25", "dense", "hybrid", "ltr")
 LTR_DEPTH = 300  # hybrid candidates the LTR model reranks in the full setting
+RETRIEVAL_DEPTH = 1000  # candidates each retriever gives the hybrid fusion, per query
+METRIC_DEPTH = 100  # the deepest cut-off a metric reads (recall@100): only that much of a list is kept
+# Queries per chunk in the full setting: retrieval, fusion and the LTR features of a chunk hold
+# O(QUERY_CHUNK x (n_products + RETRIEVAL_DEPTH x 384)) at once, whatever the number of queries.
+QUERY_CHUNK = 256
 # Full setting: the LTR trains on every retrieved candidate (~300 per query, nearly all unjudged = 0),
 # thousands of pairs where trees learn what separates judged from merely retrieved products; the
 # blend keeps the weight the judged LTR had before the ridge bag (fixed, not re-tuned here).
@@ -47,6 +52,22 @@ def default_cache_dir() -> Path:
 def _progress(message: str, quiet: bool) -> None:
     if not quiet:
         print(f"[evaluate] {message}", file=sys.stderr, flush=True)
+
+
+def _bar(total: int, desc: str, unit: str, quiet: bool):
+    """A tqdm progress bar on stderr (stdout stays the report; ``--json`` keeps it one object)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"[evaluate] {desc}", unit=unit, file=sys.stderr, disable=quiet, leave=True)
+
+
+def query_chunks(n_queries: int, chunk: int = QUERY_CHUNK) -> list[slice]:
+    """Consecutive slices of at most ``chunk`` queries covering ``range(n_queries)``.
+
+    >>> query_chunks(5, 2)
+    [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
+    """
+    return [slice(lo, min(lo + chunk, n_queries)) for lo in range(0, n_queries, chunk)]
 
 
 # -- ranking helpers ---------------------------------------------------------------------------------
@@ -116,10 +137,7 @@ class _Context:
             self.dense = DenseIndex(cache_dir=str(cache_dir) if cache_dir else None).fit(
                 ds.products, encoder=encoder, progress=not quiet
             )
-            titles_only = ds.products[["product_id", "title"]]
-            title_vectors = embed_products(
-                titles_only, encoder, cache_dir=cache_dir, progress=not quiet, description_chars=0
-            )
+            title_vectors = _title_vectors(ds, self.dense.embeddings_, encoder, cache_dir, quiet)
             qv = encoder.encode(understood)
 
             def embed_terms(words: list[str]) -> np.ndarray:
@@ -142,6 +160,20 @@ class _Context:
         )
 
 
+def _title_vectors(
+    ds: SearchDataset, product_vectors: np.ndarray, encoder, cache_dir: Path | None, quiet: bool
+) -> np.ndarray:
+    """MiniLM vectors of the titles alone; the product vectors themselves when the encoder saw only
+    the title anyway (Home Depot: title is the only product text), instead of embedding it twice."""
+    from mlsd.search.data import normalize_products
+    from mlsd.search.embeddings import embed_products, product_texts
+
+    titles_only = normalize_products(ds.products[["product_id", "title"]])
+    if product_texts(titles_only, description_chars=0) == product_texts(normalize_products(ds.products)):
+        return product_vectors
+    return embed_products(titles_only, encoder, cache_dir=cache_dir, progress=not quiet, description_chars=0)
+
+
 def understand_queries(texts: Sequence[str], ds: SearchDataset) -> tuple[list[str], list[list[str]]]:
     """Spell-corrected / translated query text and synonym expansions, from the query-understanding
     pipeline fitted on this dataset's catalog and query log."""
@@ -152,6 +184,35 @@ def understand_queries(texts: Sequence[str], ds: SearchDataset) -> tuple[list[st
     return [p.corrected for p in parsed], [list(p.expansions) for p in parsed]
 
 
+def pair_features(
+    ctx: _Context, qi: np.ndarray, rows: np.ndarray, *, chunk: int = QUERY_CHUNK, quiet: bool = True
+) -> np.ndarray:
+    """LTR features of the pairs ``(qi, rows)``, computed ``chunk`` queries at a time.
+
+    Every feature is a function of one query's own pairs (list-relative ones included), so chunking
+    by query gives the same matrix while the per-pair float64 temporaries (384-wide vector gathers)
+    stay ``chunk`` queries deep. Only the float32 result is ``n_pairs`` long.
+    """
+    order = np.argsort(qi, kind="stable")
+    sorted_qi = qi[order]
+    queries = np.unique(sorted_qi)
+    if len(queries) <= chunk:
+        return ctx.features.transform(ctx.pairs_ctx, qi, rows)
+    ctx.features.prepare_terms(ctx.pairs_ctx, rows)
+    out: np.ndarray | None = None
+    bar = _bar(len(queries), "LTR features", "query", quiet)
+    for part in query_chunks(len(queries), chunk):
+        lo, hi = np.searchsorted(sorted_qi, [queries[part][0], queries[part][-1] + 1])
+        take = order[lo:hi]
+        X = ctx.features.transform(ctx.pairs_ctx, qi[take], rows[take])
+        if out is None:
+            out = np.empty((len(qi), X.shape[1]), dtype=np.float32)
+        out[take] = X
+        bar.update(len(queries[part]))
+    bar.close()
+    return out
+
+
 def _ltr_scores(
     ctx: _Context,
     qi: np.ndarray,
@@ -159,13 +220,18 @@ def _ltr_scores(
     grades: np.ndarray,
     seed: int,
     linear_weight: float | None = None,
+    quiet: bool = True,
 ) -> np.ndarray:
     from mlsd.search.judged_ltr import JudgedLTR
 
-    X = ctx.features.transform(ctx.pairs_ctx, qi, rows)
+    X = pair_features(ctx, qi, rows, quiet=quiet)
     # linear_weight=None: the ridge bag alone below 200 training queries, else chosen by an inner CV
     # inside each training fold (nested CV); see JudgedLTR.
-    return JudgedLTR(linear_weight=linear_weight, seed=seed).cross_val_predict(X, grades, qi)
+    ltr = JudgedLTR(linear_weight=linear_weight, seed=seed)
+    bar = _bar(ltr.n_folds, "LTR cross-validation", "fold", quiet)
+    scores = ltr.cross_val_predict(X, grades, qi, on_fold=lambda: bar.update(1))
+    bar.close()
+    return scores
 
 
 def _evaluate_rerank(ctx: _Context, seed: int, quiet: bool) -> dict[str, dict[str, float]]:
@@ -192,7 +258,7 @@ def _evaluate_rerank(ctx: _Context, seed: int, quiet: bool) -> dict[str, dict[st
         r_dense = group_rank(scores["dense"], qi) * sizes
         scores["hybrid"] = 1.0 / (61.0 + r_bm25) + 1.0 / (61.0 + r_dense)
     _progress(f"LTR: {len(qi)} judged pairs, 5-fold CV grouped by query", quiet)
-    scores["ltr"] = _ltr_scores(ctx, qi, rows, grades, seed)
+    scores["ltr"] = _ltr_scores(ctx, qi, rows, grades, seed, quiet=quiet)
     return {
         name: ranking_report(rank_pairs(qi, pids, s, n_q, width, seed), judged, with_recall=False)
         for name, s in scores.items()
@@ -207,23 +273,53 @@ def _judged_lists(ds: SearchDataset, qid_to_index: pd.Series) -> list[dict[int, 
     return out
 
 
-def _evaluate_full(ctx: _Context, seed: int, quiet: bool) -> dict[str, dict[str, float]]:
-    ds = ctx.ds
-    qid_to_index = pd.Series(np.arange(len(ds.queries)), index=ds.queries["query_id"].to_numpy())
-    judged = _judged_lists(ds, qid_to_index)
-    depth = min(1000, len(ds.products))
-    _progress(f"retrieving {depth} candidates per query for {len(ds.queries)} queries", quiet)
-    lists: dict[str, Candidates] = {"bm25": ctx.bm25.retrieve(ctx.query_texts, depth)}
+def _retrieve_chunk(ctx: _Context, part: slice, depth: int, keep: int) -> dict[str, Candidates]:
+    """Every model's candidates for the queries in ``part``, cut to what the metrics and LTR read."""
+    texts = ctx.query_texts[part]
+    lists = {"bm25": ctx.bm25.retrieve(texts, depth)}
     if ctx.dense is not None:
-        lists["dense"] = ctx.dense.retrieve(ctx.query_texts, depth, query_vectors=ctx.query_vectors)
+        lists["dense"] = ctx.dense.retrieve(texts, depth, query_vectors=ctx.query_vectors[part])
         understood_bm25 = ctx.bm25.retrieve(
-            ctx.pairs_ctx.understood, depth, expansions=ctx.pairs_ctx.expansions
+            ctx.pairs_ctx.understood[part], depth, expansions=ctx.pairs_ctx.expansions[part]
         )
         lists["hybrid"] = rrf_fuse(
             [lists["bm25"], understood_bm25, lists["dense"]], depth, weights=(0.5, 0.5, 1.0)
         )
-    base = lists.get("hybrid", lists["bm25"])
+    base = "hybrid" if "hybrid" in lists else "bm25"
+    return {name: _head(c, keep if name == base else min(keep, METRIC_DEPTH)) for name, c in lists.items()}
+
+
+def _head(c: Candidates, k: int) -> Candidates:
+    return Candidates(c.product_ids[:, :k].copy(), c.rows[:, :k].copy(), c.scores[:, :k].copy())
+
+
+def _retrieve_all(ctx: _Context, depth: int, keep: int, quiet: bool) -> dict[str, Candidates]:
+    """Candidates of all queries, ``QUERY_CHUNK`` queries at a time (a dense score matrix of all
+    queries x all products is never built, and only the kept head of each list is stored)."""
+    chunks = query_chunks(len(ctx.query_texts))
+    parts: list[dict[str, Candidates]] = []
+    bar = _bar(len(ctx.query_texts), f"retrieval ({depth} per query)", "query", quiet)
+    for part in chunks:
+        parts.append(_retrieve_chunk(ctx, part, depth, keep))
+        bar.update(part.stop - part.start)
+    bar.close()
+    return {
+        name: Candidates(
+            *(np.concatenate([getattr(p[name], f) for p in parts]) for f in Candidates.__dataclass_fields__)
+        )
+        for name in parts[0]
+    }
+
+
+def _evaluate_full(ctx: _Context, seed: int, quiet: bool) -> dict[str, dict[str, float]]:
+    ds = ctx.ds
+    qid_to_index = pd.Series(np.arange(len(ds.queries)), index=ds.queries["query_id"].to_numpy())
+    judged = _judged_lists(ds, qid_to_index)
+    depth = min(RETRIEVAL_DEPTH, len(ds.products))
     n_ltr = min(LTR_DEPTH, depth)
+    _progress(f"retrieving {depth} candidates per query for {len(ds.queries)} queries", quiet)
+    lists = _retrieve_all(ctx, depth, max(n_ltr, METRIC_DEPTH), quiet)
+    base = lists.get("hybrid", lists["bm25"])
     qi = np.repeat(np.arange(len(ds.queries)), n_ltr)
     rows = base.rows[:, :n_ltr].ravel()
     keep = rows >= 0
@@ -235,8 +331,8 @@ def _evaluate_full(ctx: _Context, seed: int, quiet: bool) -> dict[str, dict[str,
         count=len(qi),
     )
     _progress(f"LTR: {len(qi)} candidate pairs (unjudged = 0), 5-fold CV grouped by query", quiet)
-    ltr = _ltr_scores(ctx, qi, rows, grades, seed, linear_weight=FULL_LINEAR_WEIGHT)
-    reranked = rank_pairs(qi, pids, ltr, len(ds.queries), max(n_ltr, 100), seed)
+    ltr = _ltr_scores(ctx, qi, rows, grades, seed, linear_weight=FULL_LINEAR_WEIGHT, quiet=quiet)
+    reranked = rank_pairs(qi, pids, ltr, len(ds.queries), max(n_ltr, METRIC_DEPTH), seed)
     out = {name: ranking_report(c.product_ids, judged, with_recall=True) for name, c in lists.items()}
     out["ltr"] = ranking_report(reranked, judged, with_recall=True)
     return out

@@ -140,10 +140,30 @@ class JudgedFeatures:
             + products["description"]
         )
         self.all_terms_ = _term_sets(full.tolist())
-        self.title_lower_ = [t.lower() for t in titles]
+        # Each title's analysed terms joined once here, not once per (query, product) pair.
+        self.title_phrases_ = [" ".join(analyze(t.lower())) for t in titles]
         self.title_len_ = np.array([len(t) for t in self.title_terms_], dtype=np.float64)
         self.desc_len_ = np.log1p(products["description"].str.len().to_numpy(dtype=np.float64))
         return self
+
+    def _embed_vocab(self, vocab: list[str]) -> tuple[dict[str, int], np.ndarray]:
+        vectors = np.asarray(self.embed_terms_(vocab), dtype=np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-9
+        return {t: i for i, t in enumerate(vocab)}, vectors
+
+    def prepare_terms(self, ctx: PairContext, rows: np.ndarray) -> None:
+        """Embed, once, every word the soft coverage of ``ctx``'s queries against ``rows`` will need,
+        so that :meth:`transform` called on chunks of the pairs reuses one table instead of
+        re-embedding each chunk's vocabulary."""
+        if self.embed_terms_ is None:
+            return
+        qlists = [analyze(q) for q in ctx.understood]
+        vocab = sorted(
+            {t for q in qlists for t in q}
+            | {t for r in np.unique(np.asarray(rows)).tolist() for t in self.title_terms_[r]}
+        )
+        if vocab:
+            self.term_index_, self.term_vectors_ = self._embed_vocab(vocab)
 
     def _soft_coverage(
         self, qlists: list[list[str]], qi: np.ndarray, rows: np.ndarray
@@ -159,9 +179,11 @@ class JudgedFeatures:
         )
         if not vocab:
             return np.zeros(len(qi)), np.zeros(len(qi))
-        vectors = np.asarray(self.embed_terms_(vocab), dtype=np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-9
-        index = {t: i for i, t in enumerate(vocab)}
+        prepared = getattr(self, "term_index_", None)
+        if prepared is not None and all(t in prepared for t in vocab):
+            index, vectors = prepared, self.term_vectors_
+        else:
+            index, vectors = self._embed_vocab(vocab)
         qids = [np.array([index[t] for t in q], dtype=np.int64) for q in qlists]
         mean = np.zeros(len(qi))
         low = np.zeros(len(qi))
@@ -232,7 +254,7 @@ class JudgedFeatures:
         phrase = [" ".join(analyze(q)) for q in ctx.understood]
         cols["phrase_title"] = np.fromiter(
             (
-                1.0 if phrase[q] and phrase[q] in " ".join(analyze(self.title_lower_[r])) else 0.0
+                1.0 if phrase[q] and phrase[q] in self.title_phrases_[r] else 0.0
                 for q, r in zip(qi.tolist(), rows.tolist(), strict=True)
             ),
             dtype=np.float64,
@@ -335,13 +357,16 @@ class RidgeBag:
         self.seed = seed
 
     def fit(self, X: np.ndarray, grades: np.ndarray, query_index: np.ndarray) -> RidgeBag:
-        from sklearn.linear_model import Ridge
-        from sklearn.preprocessing import StandardScaler
-
-        self.scaler_ = StandardScaler().fit(X)
-        Xs = self.scaler_.transform(X)
-        gains = np.exp2(grades) - 1.0
+        """Same coefficients as sklearn ``Ridge(alpha).fit(StandardScaler().fit_transform(X), gains,
+        sample_weight=bootstrap counts)``, solved from per-query sums of the (centred) features: the
+        bootstrap weights are per query, so each bag's weighted Gram matrix is a weighted sum of the
+        queries' Grams. One pass over ``X`` in blocks of pairs, never a float64 copy of it (on the
+        1.5M candidate pairs of the Home Depot dev file, sklearn's copies alone took ~2.3 GB)."""
+        X = np.asarray(X)
+        self.mean_, self.scale_ = _column_mean_scale(X)
+        gains = np.exp2(np.asarray(grades, dtype=np.float64)) - 1.0
         queries, position = np.unique(query_index, return_inverse=True)
+        stats = _QuerySums(X, gains, position, len(queries), self.mean_)
         rng = np.random.default_rng(self.seed)
         coefs = []
         for bag in range(max(self.n_bags, 1)):
@@ -351,18 +376,84 @@ class RidgeBag:
                 if bag == 0
                 else np.bincount(rng.integers(0, len(queries), len(queries)), minlength=len(queries))
             )
-            weight = counts[position].astype(np.float64)
-            if weight.sum() == 0:
+            if counts[position].sum() == 0:
                 continue
-            for alpha in self.alphas:
-                coefs.append(Ridge(alpha=alpha).fit(Xs, gains, sample_weight=weight).coef_)
+            gram, xy = stats.centred(counts.astype(np.float64), self.scale_)
+            coefs.extend(_ridge_solve(gram, xy, alpha) for alpha in self.alphas)
         self.coefs_ = np.array(coefs)  # (n_models, n_features); intercepts vanish in per-query z-scores
         return self
 
     def predict(self, X: np.ndarray, query_index: np.ndarray) -> np.ndarray:
         """Mean per-query z-score of the bag's predictions."""
-        raw = self.scaler_.transform(X) @ self.coefs_.T
+        raw = ((np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_) @ self.coefs_.T
         return np.mean([group_zscore(raw[:, i], query_index) for i in range(raw.shape[1])], axis=0)
+
+
+PAIR_BLOCK = 65_536  # pairs per float64 block when summing features (bounds memory to ~block x features)
+
+
+def _column_mean_scale(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """StandardScaler's mean and scale (std, 1 where constant), accumulated in float64 blocks."""
+    n = len(X)
+    total = np.zeros(X.shape[1])
+    for lo in range(0, n, PAIR_BLOCK):
+        total += X[lo : lo + PAIR_BLOCK].sum(axis=0, dtype=np.float64)
+    mean = total / max(n, 1)
+    var = np.zeros(X.shape[1])
+    for lo in range(0, n, PAIR_BLOCK):
+        var += ((X[lo : lo + PAIR_BLOCK].astype(np.float64) - mean) ** 2).sum(axis=0)
+    var /= max(n, 1)
+    # sklearn's StandardScaler rule: a (numerically) constant column keeps scale 1 rather than ~0.
+    eps = np.finfo(np.float64).eps
+    constant = var <= n * eps * var + (n * mean * eps) ** 2
+    scale = np.sqrt(var)
+    scale[constant | (scale < 10 * eps)] = 1.0
+    return mean, scale
+
+
+class _QuerySums:
+    """Per query: pair count, sum of x, sum of x x^T, sum of y, sum of x y (x centred by ``mean``)."""
+
+    def __init__(
+        self, X: np.ndarray, y: np.ndarray, query: np.ndarray, n_queries: int, mean: np.ndarray
+    ) -> None:
+        d = X.shape[1]
+        self.n = np.bincount(query, minlength=n_queries).astype(np.float64)
+        self.sy = np.bincount(query, weights=y, minlength=n_queries)
+        self.sx = np.zeros((n_queries, d))
+        self.sxy = np.zeros((n_queries, d))
+        self.sxx = np.zeros((n_queries, d, d))
+        order = np.argsort(query, kind="stable")
+        bounds = np.searchsorted(query[order], np.arange(n_queries + 1))
+        step = max(1, PAIR_BLOCK // max(1, int(self.n.max(initial=1))))
+        for q0 in range(0, n_queries, step):  # blocks of whole queries, ~PAIR_BLOCK pairs each
+            q1 = min(n_queries, q0 + step)
+            idx = order[bounds[q0] : bounds[q1]]
+            x = X[idx].astype(np.float64) - mean
+            starts = bounds[q0:q1] - bounds[q0]  # every query has >= 1 pair (ids come from np.unique)
+            self.sx[q0:q1] = np.add.reduceat(x, starts, axis=0)
+            self.sxy[q0:q1] = np.add.reduceat(x * y[idx, None], starts, axis=0)
+            ends = np.append(starts[1:], len(idx))
+            for q, lo, hi in zip(range(q0, q1), starts, ends, strict=True):  # a d x d Gram per query
+                self.sxx[q] = x[lo:hi].T @ x[lo:hi]
+
+    def centred(self, weight: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Weighted Gram and X'y of the standardised features, centred by their weighted means (Ridge's)."""
+        w_total = weight @ self.n
+        mean_x = (weight @ self.sx) / w_total
+        mean_y = (weight @ self.sy) / w_total
+        gram = np.einsum("q,qij->ij", weight, self.sxx) - w_total * np.outer(mean_x, mean_x)
+        xy = weight @ self.sxy - w_total * mean_x * mean_y
+        return gram / np.outer(scale, scale), xy / scale
+
+
+def _ridge_solve(gram: np.ndarray, xy: np.ndarray, alpha: float) -> np.ndarray:
+    """sklearn's cholesky ridge solver on a ready Gram matrix."""
+    from scipy import linalg
+
+    a = gram.copy()
+    a.flat[:: a.shape[0] + 1] += alpha
+    return linalg.solve(a, xy, assume_a="pos", overwrite_a=True)
 
 
 _SETTINGS = (
@@ -512,11 +603,19 @@ class JudgedLTR:
             score += self.linear_weight_ * group_zscore(self.linear_.predict(X, groups), groups)
         return score
 
-    def cross_val_predict(self, X: np.ndarray, grades: np.ndarray, query_index: np.ndarray) -> np.ndarray:
+    def cross_val_predict(
+        self,
+        X: np.ndarray,
+        grades: np.ndarray,
+        query_index: np.ndarray,
+        *,
+        on_fold: Callable[[], None] | None = None,
+    ) -> np.ndarray:
         """Out-of-fold scores: each query scored by a model trained on the other folds' queries.
 
         A ``linear_weight`` left to ``None`` is chosen inside each training fold (nested CV); the choices are
-        kept in ``fold_choices_`` (``linear_weight_`` per fold).
+        kept in ``fold_choices_`` (``linear_weight_`` per fold). ``on_fold`` is called after each fold
+        (progress reporting).
         """
         query_index = np.asarray(query_index)
         grades = np.asarray(grades, dtype=np.float64)
@@ -528,4 +627,6 @@ class JudgedLTR:
             model = self._clone().fit(X[train], grades[train], query_index[train])
             self.fold_choices_.append(model.linear_weight_)
             scores[test] = model.predict(X[test], query_index[test])
+            if on_fold is not None:
+                on_fold()
         return scores

@@ -34,6 +34,9 @@ from mlsd.search.data import TEXT_FIELDS, normalize_products
 from mlsd.search.text import AnalyzedTexts, analyze, analyze_batch
 
 MAX_CANDIDATES = 1000
+# Queries scored against the catalog at once: a batch's sparse score matrix holds at most
+# QUERY_BATCH x n_products entries (a common term matches most of a catalog), never all queries' at once.
+QUERY_BATCH = 256
 # BM25F-style field weights for the fused lexical score (title matches matter most).
 DEFAULT_FIELD_WEIGHTS: dict[str, float] = {
     "title": 2.0,
@@ -224,11 +227,18 @@ class BM25Index:
         expansions: Sequence[Sequence[str]] | None = None,
         expansion_weight: float = 0.5,
     ) -> Candidates:
-        """Top ``k`` products per query by the fused BM25 score; products sharing no term are not returned."""
+        """Top ``k`` products per query by the fused BM25 score; products sharing no term are not returned.
+
+        Queries are scored ``QUERY_BATCH`` at a time and only each batch's top ``k`` is kept.
+        """
         k = _check_k(k)
         q = self.query_matrix(queries, expansions, expansion_weight)
-        scores = (q @ self.combined_T_).tocsr()
-        rows, top = _top_k_sparse(scores, k)
+        parts = [
+            _top_k_sparse((q[lo : lo + QUERY_BATCH] @ self.combined_T_).tocsr(), k)
+            for lo in range(0, q.shape[0], QUERY_BATCH)
+        ]
+        rows = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, k), np.int64)
+        top = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, k), np.float32)
         return Candidates(np.where(rows >= 0, self.product_ids_[rows], -1), rows, top)
 
     def field_scores(
