@@ -306,6 +306,43 @@ def test_demo_data_fills_every_panel(tmp_path):
     assert 'data-chart="band"' in path.read_text()
 
 
+def test_demo_data_is_marked_synthetic_next_to_every_made_up_figure(tmp_path):
+    from mlsd.platform.dashboard.demo import build_demo
+
+    snap = collect(build_demo(tmp_path, units=2000))
+    json.dumps(snap, allow_nan=False)
+    assert snap["synthetic"] is True
+    models = snap["registry"]["models"]
+    assert models and all(m["synthetic"] and all(v["synthetic"] for v in m["versions"]) for m in models)
+    assert all(e["synthetic"] for e in snap["experiments"]["experiments"])
+    assert all(r["synthetic"] for r in snap["drift"]["reports"]) and snap["review"]["synthetic"] is True
+
+    html = render_page(snap)
+    badge = "synthetic demo data</span>"
+    # every version row of the registry ends with the badge, next to its metrics
+    for model in models:
+        card = html.split(f'data-model="{model["name"]}"', 1)[1].split('<div class="card model"', 1)[0]
+        rows = re.findall(r"<tr class=\"[a-z]*\"><td>v\d+</td>.*?</tr>", card)
+        assert len(rows) == len(model["versions"]) and all(badge in row for row in rows)
+    assert html.count(badge) >= sum(len(m["versions"]) for m in models) + len(
+        snap["experiments"]["experiments"]
+    )
+    # reopening the demo's workdir as a real one keeps the marks (they live in the data)
+    assert collect(discover(tmp_path))["synthetic"] is True
+
+
+def test_a_real_workdir_page_carries_no_synthetic_mark(tmp_path):
+    exp, stats = make_experiment()
+    snap = collect(
+        Sources(
+            registries=[make_registry(tmp_path)], experiments=[(exp, stats)], drift={"fraud": make_drift()},
+            use_process_metrics=False,
+        )
+    )  # fmt: skip
+    assert snap["synthetic"] is False and not snap["registry"]["models"][0]["synthetic"]
+    assert "synthetic demo data" not in render_page(snap)
+
+
 def test_looks_from_the_experiment_client_become_the_sequential_chart():
     from mlsd.platform.experiments import ExperimentConfig, Layer
     from mlsd.platform.experiments.client import ExperimentClient

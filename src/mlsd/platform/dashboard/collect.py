@@ -75,8 +75,17 @@ def collect(sources: Sources) -> dict[str, Any]:
         "drift": _section(lambda: collect_drift(sources.drift)),
         "review": _section(lambda: collect_review(sources.review)),
     }
+    # made-up figures (mlsd dashboard --demo-data) anywhere on the page: the page says so at the top
+    snapshot["synthetic"] = any(
+        _has_synthetic(snapshot[k]) for k in ("registry", "experiments", "drift", "review")
+    )
     snapshot["collect_ms"] = round((time.perf_counter() - started) * 1000, 2)
     return _json_safe(snapshot)
+
+
+def _has_synthetic(section: Mapping[str, Any]) -> bool:
+    items = [*section.get("models", []), *section.get("experiments", []), *section.get("reports", [])]
+    return bool(section.get("synthetic")) or any(item.get("synthetic") for item in items)
 
 
 def _section(build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -152,6 +161,7 @@ def collect_registry(registries: Sequence[Any]) -> dict[str, Any]:
                     "parent": v.parent,
                     "aliases": by_version.get(v.version, []),
                     "files": len(v.files),
+                    "synthetic": bool(v.params.get("synthetic")),
                 }
                 for v in reg.versions(name)
             ]
@@ -166,6 +176,7 @@ def collect_registry(registries: Sequence[Any]) -> dict[str, Any]:
                     "aliases": aliases,
                     "versions": versions,
                     "history": history[-10:],
+                    "synthetic": any(v["synthetic"] for v in versions),
                 }
             )
     if not models:
@@ -306,6 +317,7 @@ def summarize_experiment(report: Mapping[str, Any]) -> dict[str, Any]:
         "rows": rows,
         "looks": looks,
         "source": report.get("source"),
+        "synthetic": bool(report.get("synthetic")),
     }
 
 
@@ -524,6 +536,7 @@ def collect_drift(drift: Mapping[str, Any]) -> dict[str, Any]:
                 "reference": report.get("reference"),
                 "current": report.get("current"),
                 "performance": _performance_rows(report.get("performance")),
+                "synthetic": bool(report.get("synthetic")),
             }
         )
     return {"reports": reports}
@@ -569,6 +582,7 @@ def collect_review(queue: Any) -> dict[str, Any]:
         "total": sum(counts.values()),
         "top_open": top,
         "outcomes": outcomes,
+        "synthetic": bool(getattr(queue, "synthetic", False)),
     }
     if not out["total"]:
         out["status"] = "empty"

@@ -1,7 +1,11 @@
 """``mlsd dashboard --demo-data``: fill real sources with generated data, so the page can be shown
 without running the three systems.
 
-Everything goes through the real code paths, only the *inputs* are synthetic (and seeded):
+Everything goes through the real code paths, only the *inputs* are synthetic (and seeded). Every
+made-up figure is marked where it is stored -- ``synthetic: true`` in each registry version's params, in
+each experiment and drift report, and on the review queue (:class:`SyntheticQueue`) -- so the page
+shows a "synthetic demo data" badge next to it, also when the workdir is opened again with
+``mlsd dashboard --workdir``:
 
 * a :class:`~mlsd.platform.registry.ModelRegistry` in ``workdir/registry`` with versions of three models,
   their offline metrics, and champion/challenger aliases;
@@ -31,6 +35,23 @@ import pandas as pd
 from mlsd.platform.dashboard.collect import Sources
 
 N_LOOKS = 8
+# the mark every generated figure carries (collect reads it; the page badges it)
+SYNTHETIC = {"synthetic": True}
+
+
+class SyntheticQueue:
+    """A review queue whose cases were generated: reads pass through, ``synthetic`` says so."""
+
+    synthetic = True
+
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+
+    def counts(self) -> Any:
+        return self.queue.counts()
+
+    def list(self, *args: Any, **kwargs: Any) -> Any:
+        return self.queue.list(*args, **kwargs)
 
 
 def build_demo(workdir: str | Path | None = None, seed: int = 7, units: int = 6000) -> Sources:
@@ -42,16 +63,16 @@ def build_demo(workdir: str | Path | None = None, seed: int = 7, units: int = 60
     reports = demo_experiments(rng, units)
     (root / "experiments").mkdir(exist_ok=True)
     for report in reports:
-        (root / "experiments" / f"{report['experiment']}.json").write_text(json.dumps(report))
-    drift = demo_drift(rng)
+        (root / "experiments" / f"{report['experiment']}.json").write_text(json.dumps(report | SYNTHETIC))
+    drift = demo_drift(rng) | SYNTHETIC
     (root / "drift.json").write_text(json.dumps(drift))
     review = demo_review(root / "review.sqlite", rng)  # None (panel says "no data") without a queue
     return Sources(
         registries=[registry],
         experiments=[root / "experiments"],
         drift={"fraud · payment features": drift},
-        review=review,
-        title="mlsd dashboard · demo data",
+        review=None if review is None else SyntheticQueue(review),
+        title="mlsd dashboard · synthetic demo data",
         notes=[f"Demo data generated with seed {seed} under {root} (mlsd dashboard --demo-data)."],
     )
 
@@ -85,7 +106,7 @@ def demo_registry(root: Path, rng: np.random.Generator) -> Any:
             registry.register(
                 name,
                 folder,
-                params={"learning_rate": 0.05, "num_leaves": 31 + 16 * v},
+                params={"learning_rate": 0.05, "num_leaves": 31 + 16 * v, **SYNTHETIC},
                 metrics=metrics,
                 data_fingerprint=fingerprint(weights),
                 parent=v - 1 or None,
