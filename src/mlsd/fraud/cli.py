@@ -124,8 +124,9 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     )
     _workdir(p)
     p.add_argument(
-        "--valid-days", type=int, default=7, help="the data's last N days are the validation period"
-    )
+        "--valid-days", type=int, default=7,
+        help="tune on the last N matured days after the champion's training window, with the labels known now",
+    )  # fmt: skip
     p.add_argument("--max-fpr", type=float, default=0.01)
     p.add_argument("--capacity", type=int, default=200, help="review cases the team handles per day")
     p.add_argument(
@@ -323,6 +324,13 @@ def _tune(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result)
     else:
+        on = result["tuned_on"]
+        print(
+            f"tuned on {on['first_day']}..{on['last_day']} ({result['n_days']} matured days after the champion's "
+            f"training window; {on['left_out_training_days']} payments of its training days and "
+            f"{on['left_out_unmatured']} too fresh to have their labels left out): {on['payments']} payments, "
+            f"{on['fraud_labels_known']} fraud labels known at {on['labels_known_at']}"
+        )
         print(
             f"chose block >= {result['block']:.3f}, review >= {result['review']:.3f} on {result['n_days']} days "
             f"({result['n_payments']} payments, {result['n_fraud']} frauds): FPR {result['fpr']:.4%}, "

@@ -21,8 +21,9 @@ Data flows top to bottom:
    simulator and the demo use to build models with fixed roles (a planted worse model, a champion at
    an earlier cut-off).
 
-Thresholds (:func:`tune_on_history`, ``mlsd fraud tune-thresholds``) are chosen on the last days of
-labelled history and saved as ``W/fraud/registry/thresholds.json``; rule backtests over labelled
+Thresholds (:func:`tune_on_history`, ``mlsd fraud tune-thresholds``) are chosen on the champion's
+matured, out-of-sample days with the labels known at the tuning time (:func:`tuning_window`) and saved
+as ``W/fraud/registry/thresholds.json``; rule backtests over labelled
 history are :func:`backtest_history`.
 """
 
@@ -53,6 +54,7 @@ __all__ = [
     "FraudRetrainSteps",
     "Fitted",
     "TrainingFrame",
+    "TuningWindow",
     "backtest_history",
     "fit",
     "reference_sample",
@@ -62,6 +64,7 @@ __all__ = [
     "train_version",
     "training_frame",
     "tune_on_history",
+    "tuning_window",
 ]
 
 DAY = 86_400
@@ -221,7 +224,7 @@ def fit(
     }
     return Fitted(
         model, scorer, frame, all_features, train, ev, metrics(y_eval, p_eval),
-        _suggest_thresholds(y_eval, p_eval, frame.ts[ev], frame.eval_window[0], config), reference, params,
+        _suggest_thresholds(y_eval, p_eval, frame.ts[ev], frame, config), reference, params,
     )  # fmt: skip
 
 
@@ -289,20 +292,28 @@ def reference_sample(features: pd.DataFrame, scorer: Scorer, seed: int = 0) -> p
     return out
 
 
-def _suggest_thresholds(y: np.ndarray, p: np.ndarray, ts: np.ndarray, start: int, config: FraudConfig) -> Any:
-    """Thresholds for FPR < max_fpr and the review capacity on the matured period (labels as known
-    then); applied only by ``tune-thresholds`` or the operator."""
+def _suggest_thresholds(
+    y: np.ndarray, p: np.ndarray, ts: np.ndarray, frame: TrainingFrame, config: FraudConfig
+) -> Any:
+    """Thresholds for FPR < max_fpr and the review capacity on the evaluation period: after the
+    training days (out of sample), matured, with the labels known at the cut-off (``y``); applied
+    only by ``tune-thresholds`` or the operator."""
     from mlsd.fraud.decision import tune_thresholds
 
     if len(y) == 0 or y.min() == y.max():
         return None
-    return tune_thresholds(
-        y,
-        p,
-        (ts - start) // DAY,
-        max_fpr=config.training.max_fpr,
-        daily_capacity=config.review.daily_capacity,
-    ).to_dict()
+    start, end = frame.eval_window
+    tuned = tune_thresholds(
+        y, p, (ts - start) // DAY, max_fpr=config.training.max_fpr, daily_capacity=config.review.daily_capacity,
+    ).to_dict()  # fmt: skip
+    tuned["tuned_on"] = {
+        "first_day": _day(int(ts.min())),
+        "last_day": _day(end),
+        "labels_known_at": _day(frame.cutoff),
+        "payments": int(len(y)),
+        "fraud_labels_known": int(y.sum()),
+    }
+    return tuned
 
 
 def _day(ts: int) -> str:
@@ -581,6 +592,70 @@ def retrain(dirs: SystemDir, run_date: dt.date | None = None, *, progress: bool 
 # Thresholds and rule backtests over labelled history
 
 
+@dataclass
+class TuningWindow:
+    """The payments thresholds are tuned on, and their labels as known at the tuning time ``at``.
+
+    ``rows`` masks the payments in ``(start, end]``: after the model's training window (out of sample)
+    and matured (``end <= at - label delay``). ``y`` holds their labels as known at ``at``: a fraud
+    label recorded by then is 1, any other matured payment 0 -- a chargeback arriving after ``at``
+    is not seen, as it would not have been by whoever tuned then.
+    """
+
+    rows: np.ndarray
+    y: np.ndarray
+    start: int
+    end: int
+    at: int
+    left_out_training: int
+    left_out_unmatured: int
+
+    def summary(self) -> dict[str, Any]:
+        """What the thresholds were tuned on, for the command's output and ``thresholds.json``."""
+        return {
+            "tuned_on": {
+                "first_day": _day(self.start + 1),
+                "last_day": _day(self.end),
+                "labels_known_at": _day(self.at),
+                "payments": int(self.rows.sum()),
+                "fraud_labels_known": int(self.y.sum()),
+                "left_out_training_days": self.left_out_training,
+                "left_out_unmatured": self.left_out_unmatured,
+            }
+        }
+
+
+def tuning_window(
+    tx: pd.DataFrame, known: pd.DataFrame, at: int, *, delay_s: int, trained_until: int, valid_days: int = 7
+) -> TuningWindow:
+    """The last ``valid_days`` of matured, out-of-sample payments and their labels known at ``at``.
+
+    ``known`` is ``labels_known_at(at)`` (never the simulator's ``fraud`` column: ground truth of the
+    last days is what the business did not know yet). Payments up to ``trained_until`` (the end of the
+    model's training window) are left out -- thresholds chosen on the days a model learnt are
+    optimistic -- and so are payments after ``at - delay_s``, whose labels may still be on the way
+    (they are not counted as legitimate).
+
+    Examples:
+        >>> tx = pd.DataFrame({"tx_id": ["a", "b", "c", "d"], "ts": [0, 2 * DAY, 3 * DAY, 9 * DAY]})
+        >>> known = pd.DataFrame({"tx_id": ["c"], "label": [1], "label_ts": [4 * DAY], "source": ["x"]})
+        >>> w = tuning_window(tx, known, 10 * DAY, delay_s=7 * DAY, trained_until=DAY)
+        >>> w.rows.tolist(), w.y.tolist(), w.left_out_training, w.left_out_unmatured
+        ([False, True, True, False], [0.0, 1.0], 1, 1)
+    """
+    from mlsd.fraud.labels import training_labels
+
+    ts = tx["ts"].to_numpy()
+    end = min(int(at) - int(delay_s), int(ts.max()))
+    start = max(int(trained_until), end - valid_days * DAY)
+    rows = (ts > start) & (ts <= end)
+    # every row matured (ts <= at - delay_s): a 0/1 label each, no NaN
+    y = training_labels(tx["tx_id"].to_numpy()[rows], ts[rows], known, at, delay_s=delay_s)
+    return TuningWindow(
+        rows, y, start, end, int(at), int((ts <= trained_until).sum()), int((ts > end).sum())
+    )  # fmt: skip
+
+
 def tune_on_history(
     tx: pd.DataFrame,
     ws: FraudDirs,
@@ -589,24 +664,28 @@ def tune_on_history(
     max_fpr: float = 0.01,
     capacity: int = 200,
     save: bool = True,
+    at: int | None = None,
 ) -> dict[str, Any]:
-    """Score the last ``valid_days`` of ``tx`` with the champion and pick thresholds there.
+    """Score the champion's last ``valid_days`` matured, out-of-sample days and pick thresholds there.
 
-    Each payment gets its features as of its own ``ts`` (the ring features from links and labels
-    before it, not the champion's graph, which may know labels that arrived after the payment)."""
+    The labels are those known at ``at`` (default: the data's latest time, ``as_of`` for imported
+    data), never the ``fraud`` column: see :func:`tuning_window`. The window starts after the
+    champion's training window. Each payment gets its features as of its own ``ts`` (the ring
+    features from links and labels before it, not the champion's graph, which may know labels that
+    arrived after the payment)."""
     from mlsd.fraud.decision import tune_thresholds
     from mlsd.fraud.features import compute_features
-    from mlsd.platform.errors import InputError
 
     champion = ws.scorer("champion")
     if champion is None:
         raise InputError("--workdir", str(ws.root), "no champion model", "run `mlsd fraud train` first")
-    if "fraud" not in tx.columns:
-        raise InputError(
-            "--data", "", "validation needs labelled payments (a fraud column)", "use labelled history"
-        )
-    ts = tx["ts"].to_numpy()
-    start = ts.max() - valid_days * DAY
+    at = max(int(tx["ts"].max()), int(_as_of(ws) or 0)) if at is None else int(at)
+    ws.ingest_labels(tx, known_at=at)  # idempotent: the label events known at `at`, and no later ones
+    window = tuning_window(
+        tx, ws.labels_known_at(at), at, delay_s=ws.config.training.label_delay_days * DAY,
+        trained_until=_trained_until(ws), valid_days=valid_days,
+    )  # fmt: skip
+    _require_both_classes(window, ws)
     feats = compute_features(tx, ws.feature_config())
     ring = ws.ring("champion")
     if ring is not None:
@@ -615,22 +694,46 @@ def tune_on_history(
         feats = pd.concat(
             [feats, ring_features_as_of(tx, max_share=ring.max_share).set_axis(feats.index)], axis=1
         )
-    valid = ts > start
+    valid = window.rows
     p = champion.predict(feats.loc[valid])
+    ts = tx["ts"].to_numpy()
     result = tune_thresholds(
-        tx["fraud"].to_numpy()[valid],
-        p,
-        (ts[valid] - start) // DAY,
-        max_fpr=max_fpr,
-        daily_capacity=capacity,
+        window.y, p, (ts[valid] - window.start) // DAY, max_fpr=max_fpr, daily_capacity=capacity,
         amount=tx["amount"].to_numpy()[valid],
-    ).to_dict()
+    ).to_dict()  # fmt: skip
     result["model_version"] = champion.version
+    result.update(window.summary())
     if save:
         from mlsd.platform.jsonio import write_json
 
         write_json(ws.thresholds_path, result)
     return result
+
+
+def _trained_until(ws: FraudDirs) -> int:
+    """The last payment time the champion trained on (its model card's ``train_window``)."""
+    params = ws.model_version("champion").params
+    window = params.get("train_window") or [None, params.get("cutoff")]
+    if window[1] is None:
+        raise InputError(
+            "--workdir", str(ws.root), "the champion's model card has no training window",
+            f"retrain it (mlsd fraud train --workdir {ws.root}) so thresholds can be tuned out of sample",
+        )  # fmt: skip
+    return int(window[1])
+
+
+def _require_both_classes(window: TuningWindow, ws: FraudDirs) -> None:
+    """No matured out-of-sample fraud (or legit) known yet: say which days and what to do."""
+    n, frauds = int(window.rows.sum()), int(window.y.sum())
+    if n and 0 < frauds < n:
+        return
+    raise InputError(
+        "--valid-days", f"{_day(window.start + 1)}..{_day(window.end)}",
+        f"the matured days after the champion's training window hold {n} payments, {frauds} with a fraud "
+        f"label known at {_day(window.at)}: nothing to tune on",
+        f"train at an earlier date (mlsd fraud train --workdir {ws.root} --date ...) so its evaluation "
+        "days stay out of training, or import later days and labels",
+    )  # fmt: skip
 
 
 def backtest_history(rules: Any, tx: pd.DataFrame) -> pd.DataFrame:
