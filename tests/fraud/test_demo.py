@@ -31,6 +31,11 @@ def test_demo_runs_every_step(tmp_path):
     assert sum(stream["decisions"].values()) == stream["payments"] == out["simulated"]["live_payments"]
     assert out["train"]["champion_version"] == 1 and out["retrain"]["challenger_version"] == 2
     assert out["retrain"]["labels_known"] > out["train"]["labels_known"]  # labels arrived meanwhile
+    # the live thresholds: tuned on the evaluation period with the labels known at the cut-off
+    tuned = out["thresholds"]
+    assert tuned["tuned_on"]["fraud_labels_known"] == tuned["n_fraud"] > 0
+    assert tuned["tuned_on"]["payments"] == out["train"]["challenger_eval"]["n"]
+    assert "later chargebacks unseen" in text and tuned["tuned_on"]["first_day"] in text
     resolved = out["review"]["queue"]["resolved"]
     assert resolved == len(out["review"]["resolved"])
     if out["late_label"] is not None:

@@ -82,6 +82,16 @@ def test_train_version_registers_under_its_alias_and_promotes_only_a_winner(tmp_
     first = train_version(tx, ws, cutoff=first_cut, sequence=False, lgbm_params=SMALL)
     assert first["promoted"] and first["champion_version"] == 1  # no champion yet: the first one wins
     assert first["labels_known"] == int(((tx["fraud"] == 1) & (tx["label_ts"] <= first_cut)).sum())
+    # its suggested thresholds: chosen on the evaluation period (after the training days, matured),
+    # with the labels known at the cut-off -- not the ground truth of those days
+    hi = first_cut - 7 * DAY
+    ev = tx.loc[(tx["ts"] >= hi - 7 * DAY) & (tx["ts"] <= hi)]
+    known_frauds = int(((ev["fraud"] == 1) & (ev["label_ts"] <= first_cut)).sum())
+    tuned = first["suggested_thresholds"]
+    assert known_frauds < int(ev["fraud"].sum())  # some chargebacks of those days arrive later
+    assert (tuned["n_payments"], tuned["n_fraud"]) == (len(ev), known_frauds)
+    assert tuned["tuned_on"]["fraud_labels_known"] == known_frauds
+    assert tuned["tuned_on"]["labels_known_at"] == pd.Timestamp(first_cut, unit="s").strftime("%Y-%m-%d")
     later = first_cut + 3 * DAY
     ws.ingest_labels(tx, known_at=later)
     second = train_version(tx, ws, cutoff=later, sequence=False, seed=1, lgbm_params=SMALL)

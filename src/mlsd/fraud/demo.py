@@ -99,14 +99,17 @@ def run(
         f"{ev['average_precision']:.3f}, AUC {ev['auc_roc']:.3f}"
     )
 
-    # thresholds for FPR < 1 % and the review team's capacity, chosen on the matured week
+    # thresholds for FPR < 1 % and the review team's capacity, chosen on the matured evaluation period
+    # (out of sample) with the labels known at the cut-off
     tuned = first["suggested_thresholds"]
     if tuned is not None:
         write_json(ws.thresholds_path, tuned)
         ws.close()
         ws = FraudDirs(dirs, config=FraudConfig.from_dict({"review": {"daily_capacity": review_capacity}}))
         console.print(
-            f"   thresholds tuned on the matured week (labels known then): block >= {tuned['block']:.3f}, "
+            f"   thresholds tuned on the evaluation period {tuned['tuned_on']['first_day']}..{tuned['tuned_on']['last_day']} "
+            f"(after the training days; {tuned['tuned_on']['fraud_labels_known']} fraud labels known at the cut-off, "
+            f"later chargebacks unseen): block >= {tuned['block']:.3f}, "
             f"review >= {tuned['review']:.3f}; FPR {tuned['fpr']:.3%}, recall blocked {tuned['recall_block']:.2f}, "
             f"blocked+reviewed {tuned['recall_review_or_block']:.2f}, reviews/day <= {review_capacity}"
         )
