@@ -97,3 +97,22 @@ def test_the_generator_fits_what_the_definition_names():
     gen = CandidateGenerator(spec.sources, spec.source_models()).fit(ds)
     assert gen.source_names == list(spec.sources)
     assert np.isclose(gen.models_["blend"].weights_["seq"], spec.source_settings["blend"]["seq"])
+
+
+def test_the_registered_model_the_service_loads_is_the_evaluated_definition(tmp_path):
+    """Through the daily job's whole path (fit, save, register) and back (the engine's load): the
+    champion carries evaluate's sources, source settings and ranker settings."""
+    from mlsd.platform.registry import ModelRegistry
+    from mlsd.recsys.model import TwoStageRecommender, settings_of
+
+    ds = toy_dataset(n_users=80, n_items=40, per_user=12)
+    report = training.train_daily(ds, tmp_path / "registry", training.config_for(ds), progress=False)
+    served = TwoStageRecommender.load(
+        ModelRegistry(tmp_path / "registry").artifact_path(report["model"], "champion")
+    )
+    evaluated = definition(evaluate.two_stage_for_evaluation(n_items=len(ds.items)))
+    assert served.sources == evaluated["sources"] and tuple(served.score_models) == evaluated["score_models"]
+    assert {k: v for k, v in settings_of(served.ranker_).items() if k != "n_jobs"} == evaluated["ranker"]
+    fitted = {name: settings_of(served.generator_.models_[name]) for name in evaluated["source_models"]}
+    assert fitted == evaluated["source_models"]
+    assert ModelRegistry(tmp_path / "registry").get(report["model"], 1).params["sources_dropped"] == {}

@@ -57,6 +57,7 @@ __all__ = [
     "ModelSpec",
     "TwoStageRecommender",
     "definition",
+    "settings_of",
     "model_spec",
     "stratified_split",
     "temporal_split",
@@ -528,13 +529,13 @@ def model_spec(
     )
 
 
-def _public(obj) -> dict[str, Any]:
+def settings_of(obj) -> dict[str, Any]:
     """An estimator's settings: its public attributes (fitted state ends with ``_``)."""
     out = {}
     for key, value in vars(obj).items():
         if key.endswith("_") or key.startswith("_"):
             continue
-        out[key] = {n: _public(m) for n, m in value.items()} if key == "models" and value else value
+        out[key] = {n: settings_of(m) for n, m in value.items()} if key == "models" and value else value
     return out
 
 
@@ -543,10 +544,10 @@ def definition(model: TwoStageRecommender) -> dict[str, Any]:
     sizes, each configured source's settings, the ranker's settings, the scorers it reads. Two models
     with equal definitions fitted on the same data are the same model (the test that evaluate and
     train agree compares these)."""
-    ranker = {k: v for k, v in _public(model.ranker or LightGBMRanker()).items() if k != "n_jobs"}
+    ranker = {k: v for k, v in settings_of(model.ranker or LightGBMRanker()).items() if k != "n_jobs"}
     return {
         "sources": dict(model.sources or DEFAULT_SOURCES),
-        "source_models": {name: _public(m) for name, m in (model.source_models or {}).items()},
+        "source_models": {name: settings_of(m) for name, m in (model.source_models or {}).items()},
         "ranker": ranker,
         "score_models": tuple(model.score_models),
         "label_ratio": model.label_ratio,

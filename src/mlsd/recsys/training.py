@@ -155,6 +155,7 @@ class _Fitted:
     train: pd.DataFrame  # the window's events
     bounds: dict[str, int]
     n_items: int
+    sources_dropped: dict[str, str]  # sources the model definition left out for this catalogue, and why
 
     def registered_metrics(self) -> dict[str, Any]:
         return {**self.metrics, **{f"popularity_{k}": v for k, v in self.baseline.items()},
@@ -194,7 +195,10 @@ def _fit(dataset: RecsysDataset, cfg: TrainConfig, steps) -> _Fitted:
     metrics = evaluate_model(model, users, relevant, cfg.k, n_items)
     baseline = evaluate_model(_Popularity(train), users, relevant, cfg.k, n_items)
     steps.update()
-    return _Fitted(model, metrics, baseline, users, relevant, train, bounds, n_items)
+    from mlsd.recsys.model import model_spec
+
+    dropped = model_spec(n_items, cfg.sources, cfg.n_estimators).dropped
+    return _Fitted(model, metrics, baseline, users, relevant, train, bounds, n_items, dropped)
 
 
 def _save_artifact(fitted: _Fitted, dataset: RecsysDataset, out: Path) -> Path:
@@ -253,7 +257,8 @@ def train_daily(
     with tempfile.TemporaryDirectory(prefix="recsys-model-") as tmp:
         version = registry.register(
             model_name, _save_artifact(fitted, dataset, Path(tmp) / "model"),
-            params={**asdict(cfg), **fitted.bounds}, metrics=fitted.registered_metrics(),
+            params={**asdict(cfg), **fitted.bounds, "sources_dropped": fitted.sources_dropped},
+            metrics=fitted.registered_metrics(),
             data_fingerprint=fingerprint(fitted.train), parent=held,
         )  # fmt: skip
     registry.promote(model_name, version.version, alias="challenger")
@@ -404,7 +409,8 @@ class RecsysRetrainSteps:
         window.data["fitted"] = fitted  # the gate scores the champion on the same eval day
         return Trained(
             artifact_dir=_save_artifact(fitted, dataset, out / "model"),
-            params={**asdict(config), **fitted.bounds, **model_card(dataset)}, metrics=fitted.registered_metrics(),
+            params={**asdict(config), **fitted.bounds, **model_card(dataset), "sources_dropped": fitted.sources_dropped},
+            metrics=fitted.registered_metrics(),
         )  # fmt: skip
 
     def gate(self, window: Window, challenger: Any, champion: Any, *, progress: bool) -> Verdict:
