@@ -238,3 +238,110 @@ def test_pair_features_soft_coverage_and_term_matches():
     np.testing.assert_allclose(col["cover_prefix"], [0.5, 0.5, 1.0])  # "guit..." prefix matches guitarist
     np.testing.assert_allclose(col["head_in_title"], [1.0, 1.0, 0.0])
     np.testing.assert_allclose(col["first_in_title"], [0.0, 0.0, 0.0])
+
+
+def _dense_pair_context(n_products: int, n_queries: int, per_query: int, seed: int = 0):
+    """A catalog with random unit vectors, and ``per_query`` candidates for each of ``n_queries``."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(seed)
+    words = np.array([f"w{i}" for i in range(300)])
+    products = pd.DataFrame(
+        {
+            "product_id": np.arange(n_products),
+            "title": [" ".join(rng.choice(words, 4)) for _ in range(n_products)],
+            "description": "",
+        }
+    )
+    from mlsd.search.data import normalize_products
+
+    products = normalize_products(products)
+    vectors = rng.normal(size=(n_products, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = [" ".join(rng.choice(words, 2)) for _ in range(n_queries)]
+    qv = rng.normal(size=(n_queries, 384)).astype(np.float32)
+    features = JudgedFeatures().fit(products, BM25Index().fit(products), vectors, vectors)
+    pairs = PairContext(queries, queries, [[] for _ in queries], qv)
+    qi = np.repeat(np.arange(n_queries), per_query)
+    rows = rng.integers(0, n_products, len(qi))
+    return SimpleNamespace(features=features, pairs_ctx=pairs), qi, rows
+
+
+def test_pair_features_by_query_chunks_equal_all_at_once():
+    ctx, qi, rows = _dense_pair_context(200, 12, 7)
+    shuffled = np.random.default_rng(1).permutation(len(qi))  # pairs need not be grouped by query
+    qi, rows = qi[shuffled], rows[shuffled]
+    whole = ctx.features.transform(ctx.pairs_ctx, qi, rows)
+    chunked = ev.pair_features(ctx, qi, rows, chunk=5)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_pair_features_memory_is_bounded_by_a_query_chunk():
+    """1,024 queries x 40 candidates over a 20K-product catalog: the 384-wide per-pair vector gathers
+    (float32 and float64) are only ever one chunk of queries deep. All at once they alone would exceed
+    the bound (n_pairs x 384 float32); the float32 feature matrix itself is ~60x smaller."""
+    import tracemalloc
+
+    ctx, qi, rows = _dense_pair_context(20_000, 1024, 40)
+    tracemalloc.start()
+    X = ev.pair_features(ctx, qi, rows, chunk=64)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert X.shape[0] == len(qi) and X.dtype == np.float32
+    assert peak < len(qi) * 384 * 4
+
+
+def test_ridge_bag_equals_sklearn_ridge_on_standardised_features():
+    """The bag solved from per-query sums gives sklearn's coefficients (Ridge on StandardScaler'd
+    features, bootstrap counts as sample weights), constant columns included."""
+    from sklearn.linear_model import Ridge
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    qi = rng.integers(0, 40, 2000)
+    X = rng.normal(size=(2000, 6)) * 3 + 5
+    X[:, 3] = 2.0
+    grades = np.clip(0.3 * X[:, 0] - 0.2 * X[:, 1] + rng.normal(size=2000) * 0.3, 0, 3)
+    bag = RidgeBag(alphas=(3.0, 30.0), n_bags=3, seed=1).fit(X, grades, qi)
+    Xs = StandardScaler().fit_transform(X)
+    queries, position = np.unique(qi, return_inverse=True)
+    draw = np.random.default_rng(1)
+    expected = []
+    for b in range(3):
+        counts = (
+            np.ones(len(queries))
+            if b == 0
+            else np.bincount(draw.integers(0, len(queries), len(queries)), minlength=len(queries))
+        )
+        for alpha in (3.0, 30.0):
+            fit = Ridge(alpha=alpha).fit(Xs, np.exp2(grades) - 1, sample_weight=counts[position] * 1.0)
+            expected.append(fit.coef_)
+    np.testing.assert_allclose(bag.coefs_, np.array(expected), rtol=1e-7, atol=1e-9)
+
+
+def test_full_setting_progress_goes_to_stderr(tmp_path, capsys, monkeypatch):
+    """Every stage reports on stderr (retrieval by query chunk, LTR features, LTR folds); stdout
+    carries only the report."""
+    monkeypatch.setattr(ev, "QUERY_CHUNK", 4)  # 10 queries: 3 chunks
+    f = tmp_path / "train.csv"
+    ds = synthetic_dataset()
+    rows = ds.judgements.merge(ds.products, on="product_id").merge(ds.queries, on="query_id")
+    pd.DataFrame(
+        {
+            "id": np.arange(len(rows)),
+            "product_uid": rows["product_id"],
+            "product_title": rows["title"],
+            "search_term": rows["text"],
+            "relevance": 1.0 + rows["grade"] * 2 / 3,
+        }
+    ).to_csv(f, index=False, encoding="latin-1")
+    parser = argparse.ArgumentParser()
+    ev.add_arguments(parser)
+    args = parser.parse_args(["--dataset", "homedepot", "--path", str(f), "--setting", "full", "--no-dense"])
+    assert ev.run(args) == 0
+    captured = capsys.readouterr()
+    for stage in ("retrieval", "LTR features", "LTR cross-validation"):
+        assert f"[evaluate] {stage}" in captured.err
+        assert stage not in captured.out
+    assert "10/10" in captured.err and "5/5" in captured.err
+    assert "ltr" in captured.out and "ndcg@10=" in captured.out

@@ -221,3 +221,35 @@ def test_grouped_dense_index_expands_titles_to_products() -> None:
     assert cands.product_ids[0].tolist()[:3] == [3, 5, 1]  # title "a", most reviewed first
     assert cands.product_ids[1].tolist()[0] == 4
     np.testing.assert_allclose(index.cosine(qv, np.array([0, 1]), np.array([2, 1])), [1.0, 0.2], rtol=1e-6)
+
+
+def test_bm25_retrieval_memory_is_bounded_by_a_query_batch():
+    """Scoring 4 batches of queries against a 20K-product catalog where every product matches: the
+    sparse score matrix of all queries (~1024 x 20K entries) is never built, only one batch's."""
+    import tracemalloc
+
+    from mlsd.search import retrieval
+
+    n_products, n_queries = 20_000, 4 * retrieval.QUERY_BATCH
+    words = np.array([f"w{i}" for i in range(500)])
+    rng = np.random.default_rng(0)
+    catalog = pd.DataFrame(
+        {
+            "product_id": np.arange(n_products),
+            "title": ["item " + " ".join(rng.choice(words, 3)) for _ in range(n_products)],
+        }
+    )
+    index = BM25Index(fields=("title",)).fit(catalog)
+    queries = [f"item {words[i % 500]}" for i in range(n_queries)]  # "item" matches every product
+    tracemalloc.start()
+    got = index.retrieve(queries, 10)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    all_at_once = n_queries * n_products * 8  # float32 score + int32 column per entry
+    batch = retrieval.QUERY_BATCH * n_products * 8
+    assert peak < all_at_once / 2 and peak < 3 * batch
+    # ... and the batches give the same answer as scoring the queries one at a time.
+    for i in (0, retrieval.QUERY_BATCH, n_queries - 1):
+        one = index.retrieve([queries[i]], 10)
+        np.testing.assert_array_equal(got.rows[i], one.rows[0])
+        np.testing.assert_allclose(got.scores[i], one.scores[0])

@@ -61,12 +61,13 @@ def _bar(total: int, desc: str, unit: str, quiet: bool):
     return tqdm(total=total, desc=f"[evaluate] {desc}", unit=unit, file=sys.stderr, disable=quiet, leave=True)
 
 
-def query_chunks(n_queries: int, chunk: int = QUERY_CHUNK) -> list[slice]:
-    """Consecutive slices of at most ``chunk`` queries covering ``range(n_queries)``.
+def query_chunks(n_queries: int, chunk: int | None = None) -> list[slice]:
+    """Consecutive slices of at most ``chunk`` (default ``QUERY_CHUNK``) queries covering ``range(n_queries)``.
 
     >>> query_chunks(5, 2)
     [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
     """
+    chunk = chunk or QUERY_CHUNK
     return [slice(lo, min(lo + chunk, n_queries)) for lo in range(0, n_queries, chunk)]
 
 
@@ -185,7 +186,7 @@ def understand_queries(texts: Sequence[str], ds: SearchDataset) -> tuple[list[st
 
 
 def pair_features(
-    ctx: _Context, qi: np.ndarray, rows: np.ndarray, *, chunk: int = QUERY_CHUNK, quiet: bool = True
+    ctx: _Context, qi: np.ndarray, rows: np.ndarray, *, chunk: int | None = None, quiet: bool = True
 ) -> np.ndarray:
     """LTR features of the pairs ``(qi, rows)``, computed ``chunk`` queries at a time.
 
@@ -193,6 +194,7 @@ def pair_features(
     by query gives the same matrix while the per-pair float64 temporaries (384-wide vector gathers)
     stay ``chunk`` queries deep. Only the float32 result is ``n_pairs`` long.
     """
+    chunk = chunk or QUERY_CHUNK
     order = np.argsort(qi, kind="stable")
     sorted_qi = qi[order]
     queries = np.unique(sorted_qi)
