@@ -141,6 +141,8 @@ def test_cli_run_prints_one_json_object(tmp_path, capsys):
 def test_bad_arguments(tmp_path):
     with pytest.raises(InputError, match="setting"):
         ev.evaluate(synthetic_dataset(), "partial", dense=False, quiet=True)
+    with pytest.raises(InputError, match="ltr-depth"):
+        ev.evaluate(synthetic_dataset(), "full", dense=False, quiet=True, ltr_depth=0)
     parser = argparse.ArgumentParser()
     ev.add_arguments(parser)
     with pytest.raises(InputError, match="does not exist"):

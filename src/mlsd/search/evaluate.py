@@ -313,12 +313,14 @@ def _retrieve_all(ctx: _Context, depth: int, keep: int, quiet: bool) -> dict[str
     }
 
 
-def _evaluate_full(ctx: _Context, seed: int, quiet: bool) -> dict[str, dict[str, float]]:
+def _evaluate_full(
+    ctx: _Context, seed: int, quiet: bool, ltr_depth: int = LTR_DEPTH
+) -> dict[str, dict[str, float]]:
     ds = ctx.ds
     qid_to_index = pd.Series(np.arange(len(ds.queries)), index=ds.queries["query_id"].to_numpy())
     judged = _judged_lists(ds, qid_to_index)
     depth = min(RETRIEVAL_DEPTH, len(ds.products))
-    n_ltr = min(LTR_DEPTH, depth)
+    n_ltr = min(ltr_depth, depth)
     _progress(f"retrieving {depth} candidates per query for {len(ds.queries)} queries", quiet)
     lists = _retrieve_all(ctx, depth, max(n_ltr, METRIC_DEPTH), quiet)
     base = lists.get("hybrid", lists["bm25"])
@@ -348,10 +350,18 @@ def evaluate(
     dense: bool = True,
     seed: int = 0,
     quiet: bool = False,
+    ltr_depth: int = LTR_DEPTH,
 ) -> dict:
     """The evaluate report for ``ds``: ``{"dataset", "setting", "data", "models": {name: metrics}}``."""
     if setting not in SETTINGS:
         raise InputError("--setting", setting, "unknown setting", f"choose from {', '.join(SETTINGS)}")
+    if not 1 <= ltr_depth <= RETRIEVAL_DEPTH:
+        raise InputError(
+            "--ltr-depth",
+            ltr_depth,
+            "out of range",
+            f"rerank 1..{RETRIEVAL_DEPTH} hybrid candidates per query",
+        )
     n_judged = ds.judgements["query_id"].nunique()
     if n_judged < 2:
         raise InputError(
@@ -361,7 +371,11 @@ def evaluate(
             "the LTR is cross-validated by query: give it 2 or more",
         )
     ctx = _Context(ds, cache_dir=cache_dir, quiet=quiet, dense=dense)
-    models = _evaluate_rerank(ctx, seed, quiet) if setting == "rerank" else _evaluate_full(ctx, seed, quiet)
+    models = (
+        _evaluate_rerank(ctx, seed, quiet)
+        if setting == "rerank"
+        else _evaluate_full(ctx, seed, quiet, ltr_depth)
+    )
     return {
         "dataset": ds.name,
         "setting": setting,
@@ -387,6 +401,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-dense", action="store_true", help="skip the MiniLM bi-encoder (BM25 + LTR only)"
     )
+    parser.add_argument(
+        "--ltr-depth",
+        type=int,
+        default=LTR_DEPTH,
+        help=f"full setting: hybrid candidates per query the LTR reranks (default {LTR_DEPTH}); "
+        "memory and time of the LTR stage grow with it",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print ONE JSON object on stdout")
 
@@ -398,7 +419,13 @@ def run(args: argparse.Namespace) -> int:
     ds = load_dataset(args.dataset, path)
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     report = evaluate(
-        ds, args.setting, cache_dir=cache_dir, dense=not args.no_dense, seed=args.seed, quiet=bool(args.json)
+        ds,
+        args.setting,
+        cache_dir=cache_dir,
+        dense=not args.no_dense,
+        seed=args.seed,
+        quiet=bool(args.json),
+        ltr_depth=args.ltr_depth,
     )
     if args.json:
         print(json.dumps(report))
