@@ -51,9 +51,11 @@ The world lives in a workdir's layout (``W/search/data`` and ``W/search/registry
 simulated world and a champion is reused, otherwise one sized for the units asked is simulated
 (:func:`world_size`: one user per unit, so every unit has click-log history) and trained there.
 
-Metrics (:data:`METRICS`): clicks per search (primary), conversions per search and revenue per search
-(ratios over searches, delta method), revenue per user (mean, CUPED on the user's pre-period search
-count), and a latency guardrail (mean served latency per search -- each search's share of its batch --
+Metrics (:data:`METRICS`): the seed's **blended** metric (primary; :data:`BLEND_WEIGHTS`,
+:func:`blend_values`: ``0.6 x conversion + 0.3 x revenue per click + 0.1 x CTR``, each term relative to
+the pre-period click log's level, so its difference is a weighted relative lift), then its components
+clicks per search (CTR), conversions per search, revenue per click, revenue per search (ratios, delta
+method), revenue per user (mean, CUPED on the user's pre-period search count), and a latency guardrail (mean served latency per search -- each search's share of its batch --
 must not grow by more than 50%).
 """
 
@@ -842,8 +844,11 @@ ARM_PRESETS: dict[str, dict[str, Any]] = {
 DEFAULT_ARMS: tuple[str, ...] = ("ltr", "bm25")  # the issue's LambdaMART vs BM25-only
 
 METRICS: tuple[dict[str, Any], ...] = (
+    # First non-guardrail metric = the primary one: the seed's blend (see BLEND_WEIGHTS).
+    {"name": "blended", "kind": "ratio", "numerator": "blended", "denominator": "searches"},
     {"name": "clicks_per_search", "kind": "ratio", "numerator": "clicks", "denominator": "searches"},
     {"name": "conversions_per_search", "kind": "ratio", "numerator": "purchases", "denominator": "searches"},
+    {"name": "revenue_per_click", "kind": "ratio", "numerator": "revenue", "denominator": "clicks"},
     {"name": "revenue_per_search", "kind": "ratio", "numerator": "revenue", "denominator": "searches"},
     {"name": "revenue_per_user", "column": "revenue", "covariate": "pre_searches"},
     {
@@ -858,6 +863,53 @@ METRICS: tuple[dict[str, Any], ...] = (
 )
 # Outcome column -> the expectation it has under an arm (what the truth is computed from).
 _EXPECTED = {"clicks": "e_clicks", "purchases": "e_purchases", "revenue": "e_revenue"}
+# The seed's primary metric: 0.6 x conversion + 0.3 x revenue per click + 0.1 x CTR.
+BLEND_WEIGHTS: dict[str, float] = {"conversion": 0.6, "revenue_per_click": 0.3, "ctr": 0.1}
+
+
+def baseline_rates(impressions: pd.DataFrame) -> dict[str, float]:
+    """Per-search clicks, purchases and revenue of the logged click log: the pre-period level every
+    arm's blend is normalised by (known before the experiment and the same for all arms, so the blend
+    stays linear in each search's outcomes).
+
+    Examples:
+        >>> log = pd.DataFrame({"search_id": [0, 0, 1, 1], "clicked": [1, 1, 0, 0],
+        ...                     "purchased": [1, 0, 0, 0], "order_value": [30.0, 0, 0, 0]})
+        >>> baseline_rates(log)
+        {'clicks': 1.0, 'purchases': 0.5, 'revenue': 15.0}
+    """
+    searches = max(int(impressions["search_id"].nunique()), 1)
+    return {
+        "clicks": float(impressions["clicked"].sum() / searches),
+        "purchases": float(impressions["purchased"].sum() / searches),
+        "revenue": float(impressions["order_value"].sum() / searches),
+    }
+
+
+def blend_values(
+    clicks: np.ndarray, purchases: np.ndarray, revenue: np.ndarray, baseline: dict[str, float]
+) -> np.ndarray:
+    """Each search's contribution to the blended metric (its mean over searches is the blend).
+
+    Terms, each relative to ``baseline`` (:func:`baseline_rates`): conversion = purchases per search,
+    CTR = clicks per search, and revenue per click linearised (delta method) as
+    ``1 + revenue/R0 - clicks/C0`` -- a ratio of two per-search means is not a per-search mean, and its
+    first-order relative change is exactly ``dR/R0 - dC/C0``. At the baseline every term is 1, so the
+    blend is 1; a difference of +0.05 between arms is a +5% weighted relative lift.
+
+    Examples:
+        >>> base = {"clicks": 2.0, "purchases": 0.5, "revenue": 50.0}
+        >>> # twice the clicks, same sales: CTR +100% (+0.1) but revenue per click -100% (-0.3)
+        >>> blend_values(np.array([2.0, 4.0]), np.array([0.5, 0.5]), np.array([50.0, 50.0]), base)
+        array([1. , 0.8])
+    """
+    w = BLEND_WEIGHTS
+    ctr = np.asarray(clicks) / baseline["clicks"]
+    conversion = np.asarray(purchases) / baseline["purchases"]
+    revenue_per_click = 1.0 + np.asarray(revenue) / baseline["revenue"] - ctr
+    return w["conversion"] * conversion + w["revenue_per_click"] * revenue_per_click + w["ctr"] * ctr
+
+
 MEAN_QUANTITY = 1.15  # the simulator buys 2 units in 15% of purchases
 
 
@@ -877,6 +929,7 @@ class SearchWorld:
     engine: Any
     registry_dir: Path | None = None
     description: dict[str, Any] | None = None
+    baseline: dict[str, float] | None = None  # baseline_rates of the logged click log
 
 
 def world_size(units: int) -> dict[str, int]:
@@ -946,6 +999,7 @@ def load_world(
             "champion_version": engine.model_version,
             "build_s": round(time.perf_counter() - started, 2),
         },
+        baseline_rates(sim.impressions),
     )  # fmt: skip
 
 
@@ -964,6 +1018,7 @@ def world_from_simulation(sim: Any, engine: Any, registry_dir: Path | None = Non
             "dense": engine.dense_ is not None,
             "champion_version": engine.model_version,
         },
+        baseline_rates(sim.impressions),
     )  # fmt: skip
 
 
@@ -1039,6 +1094,12 @@ def expected(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         "e_purchases": out["p_buy"].sum(axis=1),
         "e_revenue": (out["p_buy"] * out["price"]).sum(axis=1) * MEAN_QUANTITY,
     }
+
+
+def _expected_with_blend(out: dict[str, np.ndarray], baseline: dict[str, float]) -> dict[str, np.ndarray]:
+    """:func:`expected` plus the blend's expectation (linear in the three, so exact)."""
+    exp = expected(out)
+    return {**exp, "e_blended": blend_values(exp["e_clicks"], exp["e_purchases"], exp["e_revenue"], baseline)}
 
 
 def sample(out: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -1119,6 +1180,11 @@ def simulate_experiment(
     from mlsd.platform.experiments.online import lose_exposures as lose_mask
     from mlsd.search.routing import SearchRouter
 
+    if world.baseline is None:
+        raise InputError(
+            "world.baseline", None, "no pre-period rates to normalise the blended metric by",
+            "build the world with load_world or world_from_simulation (they read the click log)",
+        )  # fmt: skip
     names = list(arms) if arms is not None else list(DEFAULT_ARMS)
     arm_objs = arms_from_presets(ARM_PRESETS, names)
     config = make_experiment("search", arm_objs, list(METRICS))
@@ -1137,7 +1203,7 @@ def simulate_experiment(
     texts = world.queries["text"].to_numpy()
     n = len(s_unit)
     arm_of = assigned[s_unit]
-    expected_by_arm = {v.arm: {c: np.zeros(n) for c in _EXPECTED.values()} for v in variants}
+    expected_by_arm = {v.arm: {c: np.zeros(n) for c in (*_EXPECTED.values(), "e_blended")} for v in variants}
     sampled = {c: np.zeros(n) for c in ("clicks", "purchases", "revenue")}
     latency = np.zeros(n)
     stages: dict[str, list[float]] = {}
@@ -1175,7 +1241,7 @@ def simulate_experiment(
             for j, key in zip(other, keys, strict=True):
                 pages[j] = cache[key]
             out = page_outcomes(world, s_query[sl], rows, pages)
-            for col, val in expected(out).items():
+            for col, val in _expected_with_blend(out, world.baseline).items():
                 expected_by_arm[v.arm][col][sl] = val
             mine = arm_of[sl] == a
             if mine.any():
@@ -1191,6 +1257,9 @@ def simulate_experiment(
             "ts": s_ts,
             "searches": 1.0,
             **sampled,
+            "blended": blend_values(
+                sampled["clicks"], sampled["purchases"], sampled["revenue"], world.baseline
+            ),
             "latency_ms": latency,
         }
     )
@@ -1224,14 +1293,21 @@ def _truth(
     def per_user(arm: str, col: str) -> float:
         return float(np.bincount(s_unit, expected_by_arm[arm][col], minlength=units).mean())
 
+    def per_click(arm: str) -> float:
+        return float(expected_by_arm[arm]["e_revenue"].sum() / expected_by_arm[arm]["e_clicks"].sum())
+
     control = arms[0]
     truth: dict[str, dict[str, float]] = {
+        "blended": {},
         "clicks_per_search": {},
         "conversions_per_search": {},
+        "revenue_per_click": {},
         "revenue_per_search": {},
         "revenue_per_user": {},
     }
     for arm in arms[1:]:
+        truth["blended"][arm] = per_search(arm, "e_blended") - per_search(control, "e_blended")
+        truth["revenue_per_click"][arm] = per_click(arm) - per_click(control)
         truth["clicks_per_search"][arm] = per_search(arm, "e_clicks") - per_search(control, "e_clicks")
         truth["conversions_per_search"][arm] = per_search(arm, "e_purchases") - per_search(
             control, "e_purchases"
@@ -1284,6 +1360,7 @@ def run_experiment(
             "engine_calls": sim["engine_calls"],
             "searches_per_unit": round(sim["searches"] / units, 3),
             "expected_per_search": sim["expected"],
+            "blend": {"weights": BLEND_WEIGHTS, "baseline_per_search": world.baseline},
             "lose_exposures": lose_exposures,
             "seed": seed,
         },
