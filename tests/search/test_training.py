@@ -80,3 +80,24 @@ def test_retrain_windows_register_a_challenger_gate_it_and_rerun_idempotently(se
     with pytest.raises(InputError) as err:
         retrain(dirs, dt.date(2030, 1, 1), progress=False)
     assert err.value.field == "--date" and "2025-12-02" in str(err.value) and "2025-12-31" in str(err.value)
+
+
+def test_without_a_judged_set_the_gate_is_counterfactual_on_held_out_clicks(search_world, tmp_path) -> None:
+    world_dirs, _ = search_world
+    dirs = SystemDir(tmp_path, "search")
+    shutil.copytree(world_dirs.data, dirs.data)
+    (dirs.data / "qrels.parquet").unlink()  # no judgements: the simulator's true grades are gone
+    first = retrain(dirs, dt.date(2025, 12, 8), progress=False)  # a week of data -> v1 champion
+    assert (
+        first["promoted"] and "ips_clicks@10" in first["metrics"] and "truth_ndcg@10" not in first["metrics"]
+    )
+    full = retrain(dirs, progress=False)  # the whole month, gated against v1 on its latest searches
+    gate = full["gate"]
+    assert gate["gate"].startswith("counterfactual") and gate["searches"] > 1000
+    assert "truth_ndcg@10" not in gate and "held-out searches" in full["reason"]
+    assert gate["diff"] == pytest.approx(gate["ips_clicks@10"] - gate["champion_ips_clicks@10"], abs=2e-4)
+    assert full["promoted"] == (gate["diff"] > 0)
+    mv = ModelRegistry(dirs.registry).get(MODEL_NAME, full["version"])
+    assert mv.params["gate"] == {"metric": "ips_clicks@10", "holdout_share": 0.2}
+    assert mv.params["holdout"]["searches"] == gate["searches"]
+    assert mv.params["window"]["impressions"] > mv.params["training"]["label_impressions"]

@@ -18,11 +18,17 @@ In data-flow order:
   with the champion's settings, so its gate compares like with like. Re-running either on the same data
   and settings registers nothing.
 
-The gate (today's metric, kept as it was): the challenger and the champion are scored on the *same*
-evaluation -- the data folder's judged set (``qrels.parquet``: graded query-product pairs, which the
-simulator writes with its true grades) with history features from the same window -- and the
-challenger is promoted only if its nDCG@10 is higher. Without a judged set the challenger is
-registered and not promoted. (Gating on held-out click logs with IPS instead is a later issue.)
+The gate: the challenger and the champion are scored on the *same* evaluation and the challenger is
+promoted only if it scores strictly higher.
+
+* With a judged set (``qrels.parquet``: graded query-product pairs): nDCG@10 on it, history features
+  from the same window (:data:`GATE_METRIC`; the simulator writes its true grades there).
+* Without one, on a click log: the counterfactual gate (:mod:`mlsd.search.counterfactual`). The
+  latest ``holdout_share`` of the window's searches is kept out of training (ranker, history features
+  and propensities), and both versions are scored by the clipped-IPS estimate of their top-10 clicks
+  when re-ordering those held-out pages (:data:`~mlsd.search.counterfactual.IPS_METRIC`), with the
+  propensities fitted in training. It reads no judgement and no simulator truth.
+* Neither (no click log and no judged set): registered as challenger only.
 """
 
 from __future__ import annotations
@@ -40,10 +46,12 @@ from mlsd.platform.retraining import Trained, Verdict, Window, resolve_run_date
 from mlsd.platform.retraining import retrain as platform_retrain
 from mlsd.platform.system import SystemDir
 from mlsd.search.config import SearchConfig
+from mlsd.search.counterfactual import IPS_METRIC, compare_ips, holdout_split, ips_clicks, ranker_scores
 from mlsd.search.engine import FEATURE_NAMES, MODEL_NAME, SYSTEM, SearchEngine, load_data
 from mlsd.search.features import normalize_queries
 
 GATE_METRIC = "truth_ndcg@10"
+HOLDOUT_SHARE = 0.2  # the latest searches the counterfactual gate holds out of training
 DAY = 86_400
 
 
@@ -307,6 +315,7 @@ class SearchSteps:
     cache_dir: str | Path | None = None
     compare_raw: bool = False
     log: Callable[[str], None] | None = None
+    holdout_share: float = HOLDOUT_SHARE
     system: str = SYSTEM
     model: str = MODEL_NAME
 
@@ -354,6 +363,8 @@ class SearchSteps:
             "ltr": dict(self.config.ltr.__dict__),
             "objective": dict(self.config.objective.__dict__),
         }
+        if data["qrels"] is None or data["queries"] is None:  # the counterfactual gate trains on less
+            settings["gate"] = {"metric": IPS_METRIC, "holdout_share": self.holdout_share}
         span = {"from": first.isoformat(), "to": run_date.isoformat(), "impressions": int(len(impressions))}
         return Window(run_date, window_fingerprint(impressions), settings,
                       data={**data, "impressions": impressions, "span": span})  # fmt: skip
@@ -381,6 +392,11 @@ class SearchSteps:
                 f"{name} ({why})" for name, why in features["dropped"].items()))  # fmt: skip
         if len(impressions) == 0:
             return self._train_retrieval_only(window, engine, out, features, judged)
+        holdout = None
+        if not judged:  # the counterfactual gate: the latest searches stay out of everything trained
+            impressions, holdout = holdout_split(impressions, self.holdout_share)
+            self._say(f"no judged set: holding out the latest {holdout['search_id'].nunique():,} searches "
+                      f"({self.holdout_share:.0%}) for the counterfactual gate ({IPS_METRIC})")  # fmt: skip
         propensity = estimate_propensities(impressions, clip=config.ltr.propensity_clip)
         self._say(f"propensities from {type(propensity).__name__}: eta={propensity.eta_:.3f}")
         metrics: dict[str, float] = {}
@@ -392,6 +408,11 @@ class SearchSteps:
         if judged:
             metrics[GATE_METRIC] = judged_ndcg(engine, ranker, data["queries"], data["qrels"])
             self._say(f"IPS LambdaMART: judged nDCG@10 = {metrics[GATE_METRIC]}")
+        if holdout is not None:
+            scores = ranker_scores(engine, ranker, holdout)
+            metrics[IPS_METRIC] = round(ips_clicks(scores, holdout, propensity)["value"], 4)
+            self._say(f"IPS LambdaMART: {IPS_METRIC} = {metrics[IPS_METRIC]} on the held-out searches")
+            window.data["holdout"], window.data["propensity"] = holdout, propensity
         metrics["training_queries"] = float(report["training_queries"])
         metrics["propensity_eta"] = round(float(propensity.eta_), 4)
         window.data["engine"] = engine  # the gate scores both versions with this engine's history
@@ -404,6 +425,9 @@ class SearchSteps:
                                                 "label_impressions", "random_negatives")},
             "features": features,
         }  # fmt: skip
+        if holdout is not None:
+            params["holdout"] = {"searches": int(holdout["search_id"].nunique()), "impressions": len(holdout),
+                                 "from_ts": int(holdout["ts"].min()), "to_ts": int(holdout["ts"].max())}  # fmt: skip
         return Trained(artifact, params=params, metrics=metrics)
 
     def _train_retrieval_only(self, window: Window, engine: SearchEngine, out: Path,
@@ -436,8 +460,11 @@ class SearchSteps:
         from mlsd.search.ltr import load_ranker
 
         data = window.data
+        if data.get("holdout") is not None:
+            return self._counterfactual_gate(window, challenger, champion)
         if data["qrels"] is None or data["queries"] is None:
-            return Verdict(False, "no judged set (qrels.parquet) to gate on: registered as challenger only")
+            return Verdict(False, "no judged set (qrels.parquet) and no click log to gate on: registered as "
+                                  "challenger only")  # fmt: skip
         engine = data["engine"]
         scores = {}
         for role, mv in (("challenger", challenger), ("champion", champion)):
@@ -451,6 +478,32 @@ class SearchSteps:
         )
         self._say(reason)
         return Verdict(promote, reason, {GATE_METRIC: new, f"champion_{GATE_METRIC}": old})
+
+    def _counterfactual_gate(self, window: Window, challenger: Any, champion: Any) -> Verdict:
+        """No judged set: both versions re-order the held-out searches; clipped-IPS top-10 clicks decide."""
+        from mlsd.platform.registry import verify
+        from mlsd.search.ltr import load_ranker
+
+        data = window.data
+        holdout, engine = data["holdout"], data["engine"]
+        scores = {}
+        for role, mv in (("challenger", challenger), ("champion", champion)):
+            verify(mv)  # the artifact files are the registered ones
+            scores[role] = ranker_scores(engine, load_ranker(mv.path), holdout)
+        est = compare_ips(scores["challenger"], scores["champion"], holdout, data["propensity"])
+        promote = est["diff"] > 0
+        reason = (
+            f"challenger v{challenger.version} {'beats' if promote else 'does not beat'} champion "
+            f"v{champion.version} on {est['searches']:,} held-out searches (no judged set: counterfactual "
+            f"gate, clipped IPS): {IPS_METRIC} {est['new']:.4f} vs {est['old']:.4f}, difference "
+            f"{est['diff']:+.4f} (se {est['se']:.4f})"
+        )
+        self._say(reason)
+        return Verdict(promote, reason, {
+            "gate": "counterfactual (clipped IPS on held-out click logs)", IPS_METRIC: round(est["new"], 4),
+            f"champion_{IPS_METRIC}": round(est["old"], 4), "diff": round(est["diff"], 4),
+            "se": round(est["se"], 4), "searches": est["searches"],
+        })  # fmt: skip
 
 
 def train(
