@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import shutil
 
+import pandas as pd
 import pytest
 
 from mlsd.platform.errors import InputError
@@ -101,3 +102,12 @@ def test_without_a_judged_set_the_gate_is_counterfactual_on_held_out_clicks(sear
     assert mv.params["gate"] == {"metric": "ips_clicks@10", "holdout_share": 0.2}
     assert mv.params["holdout"]["searches"] == gate["searches"]
     assert mv.params["window"]["impressions"] > mv.params["training"]["label_impressions"]
+
+
+def test_a_log_too_small_to_hold_out_trains_on_all_of_it_and_is_not_gated() -> None:
+    from mlsd.search.training import SearchSteps
+
+    said: list[str] = []
+    log = pd.DataFrame({"search_id": [0, 0, 1], "ts": [1, 1, 2]})
+    train_part, holdout = SearchSteps(log=said.append)._holdout(log)
+    assert holdout is None and len(train_part) == 3 and "no counterfactual gate" in said[0]

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlsd.platform.errors import InputError
 from mlsd.platform.retraining import Trained, Verdict, Window, resolve_run_date
 from mlsd.platform.retraining import retrain as platform_retrain
 from mlsd.platform.system import SystemDir
@@ -394,7 +395,8 @@ class SearchSteps:
             return self._train_retrieval_only(window, engine, out, features, judged)
         holdout = None
         if not judged:  # the counterfactual gate: the latest searches stay out of everything trained
-            impressions, holdout = holdout_split(impressions, self.holdout_share)
+            impressions, holdout = self._holdout(impressions)
+        if holdout is not None:
             self._say(f"no judged set: holding out the latest {holdout['search_id'].nunique():,} searches "
                       f"({self.holdout_share:.0%}) for the counterfactual gate ({IPS_METRIC})")  # fmt: skip
         propensity = estimate_propensities(impressions, clip=config.ltr.propensity_clip)
@@ -430,6 +432,15 @@ class SearchSteps:
                                  "from_ts": int(holdout["ts"].min()), "to_ts": int(holdout["ts"].max())}  # fmt: skip
         return Trained(artifact, params=params, metrics=metrics)
 
+    def _holdout(self, impressions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        """``(training part, holdout)``; a log too small to hold searches out trains on all of it, and the
+        version is then registered without a gate (never promoted on no evidence)."""
+        try:
+            return holdout_split(impressions, self.holdout_share)
+        except InputError as err:
+            self._say(f"no counterfactual gate: {err.problem}; training on the whole log")
+            return impressions, None
+
     def _train_retrieval_only(self, window: Window, engine: SearchEngine, out: Path,
                               features: dict[str, Any], judged: bool) -> Trained:  # fmt: skip
         """No click log: nothing to learn a ranker from. Register BM25 + dense retrieval as the version
@@ -463,8 +474,8 @@ class SearchSteps:
         if data.get("holdout") is not None:
             return self._counterfactual_gate(window, challenger, champion)
         if data["qrels"] is None or data["queries"] is None:
-            return Verdict(False, "no judged set (qrels.parquet) and no click log to gate on: registered as "
-                                  "challenger only")  # fmt: skip
+            return Verdict(False, "no judged set (qrels.parquet) and no held-out click log to gate on: "
+                                  "registered as challenger only")  # fmt: skip
         engine = data["engine"]
         scores = {}
         for role, mv in (("challenger", challenger), ("champion", champion)):
