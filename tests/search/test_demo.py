@@ -37,7 +37,7 @@ def test_demo_runs_end_to_end_in_the_workdir_layout(tmp_path) -> None:
     assert "2025-12-25..2025-12-31" in drift["current"]  # the showcase events ran on the simulated clock
     timings = json.loads((dirs.monitoring / "timings.json").read_text())
     assert timings["system"] == "search" and {"parse", "bm25", "rules"} <= set(timings["stages"])
-    assert out["experiment"]["primary_metric"] == "clicks_per_search"
+    assert out["experiment"]["primary_metric"] == "blended"
     # a second run in the same workdir reuses the world; the demo's own events changed the click log,
     # so it trains a challenger that the gate compares with the champion
     again = run(dirs, **{**options, "experiment_units": 0})
