@@ -108,37 +108,6 @@ def test_entity_matches(bm25) -> None:
     np.testing.assert_array_equal(X[:, c["n_entities"]], [4, 4, 4, 4, 1, 1])
 
 
-def test_intent_features_follow_what_the_intent_asks(bm25) -> None:
-    f = SearchFeatures().fit(PRODUCTS, bm25)
-    batch = _batch(
-        ["sonix", "headphones", "sonix headphones", "oakwell chair"],
-        brand=["Sonix", None, "Sonix", "Oakwell"],
-        category=[None, "Electronics / Audio / Headphones", "Electronics / Audio / Headphones", None],
-        intent=["brand", "category", "product", "product"],
-    )
-    qi = np.array([0, 0, 1, 1, 2, 2, 2, 3])
-    rows = np.array([0, 1, 0, 2, 0, 1, 2, 1])
-    X = f.transform(batch, qi, rows)
-    c = {n: i for i, n in enumerate(FEATURE_NAMES)}
-    np.testing.assert_array_equal(X[:, c["intent"]], [1, 1, 2, 2, 0, 0, 0, 0])
-    # brand search: the brand match; category search: the category match; product search: the mean
-    # of the entities it named (Sonix earbuds 1, Auralis headphones 0.5, Sonix lamp 0.5).
-    np.testing.assert_array_equal(X[:, c["intent_match"]], [1, 0, 1, 0, 1, 0.5, 0.5, 0])
-
-
-def test_intent_defaults_to_product_and_refuses_unknown(bm25) -> None:
-    from mlsd.search.features import INTENT_CODES
-    from mlsd.search.intent import INTENTS
-
-    assert tuple(INTENT_CODES) == INTENTS  # the feature's codes are the classifier's classes
-    f = SearchFeatures().fit(PRODUCTS, bm25)
-    c = {n: i for i, n in enumerate(FEATURE_NAMES)}
-    X = f.transform(_batch(["chairs"]), np.zeros(2, np.int64), np.array([0, 3]))
-    assert (X[:, c["intent"]] == 0).all() and np.isnan(X[:, c["intent_match"]]).all()
-    with pytest.raises(ValueError, match="unknown intent 'shopping'"):
-        f.transform(_batch(["chairs"], intent=["shopping"]), np.zeros(1, np.int64), np.array([0]))
-
-
 def test_history_is_debiased_by_propensity(bm25) -> None:
     c = {n: i for i, n in enumerate(FEATURE_NAMES)}
     batch = _batch(["Earbuds "])  # normalised to the logged "earbuds"
@@ -177,15 +146,3 @@ def test_dense_cosine_and_normalize() -> None:
     np.testing.assert_allclose(X[:, c["dense_cos"]], [0, 1, 0, 0])
     np.testing.assert_allclose(X[:, c["dense_gap"]], [-1, 0, -1, -1])
     assert normalize_queries(["  Red  Shoes", "red shoes", "X"]).tolist() == ["red shoes", "red shoes", "x"]
-
-
-def test_batch_from_parsed_carries_the_intent() -> None:
-    from mlsd.search.query import QueryUnderstanding
-
-    parsed = QueryUnderstanding(intent_queries=300).fit(PRODUCTS).parse(["sonix", "headphones"])
-    batch = QueryBatch.from_parsed(["sonix", "headphones"], parsed)
-    assert batch.intent == [p.intent for p in parsed] and set(batch.intent) <= {
-        "product",
-        "brand",
-        "category",
-    }

@@ -19,11 +19,7 @@ and then turns a batch of candidate pairs into a float32 matrix with columns :da
 * ``aff_brand``, ``aff_category``: the user's share of past clicks on this brand / department;
 * ``match_brand``, ``match_color``, ``match_category``, ``price_in_range``: query entities vs
   product (NaN when the query did not ask), and ``n_entities`` asked;
-* list-relative ``bm25_gap`` and ``dense_gap`` (distance to the best candidate of the same query);
-* ``intent``: the query-understanding intent (0 product, 1 brand, 2 category, :data:`INTENT_CODES`), and
-  ``intent_match``: the product matches what that intent asks for (``match_brand`` for a brand search,
-  ``match_category`` for a category search, the mean of the two asked for a product search; NaN when
-  the query named neither). The trees use it to weigh the entity matches per kind of search.
+* list-relative ``bm25_gap`` and ``dense_gap`` (distance to the best candidate of the same query).
 
 All lookups are vectorised: history tables are sorted int64 keys (``query_code * P + product_id``)
 searched with ``np.searchsorted``, never dicts in a Python loop.
@@ -47,10 +43,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "aff_brand", "aff_category",
     "match_brand", "match_color", "match_category", "price_in_range", "n_entities",
     "bm25_gap", "dense_gap",
-    "intent", "intent_match",
 )  # fmt: skip
-# The query-understanding intents (mlsd.search.intent.INTENTS) as the ``intent`` feature's codes.
-INTENT_CODES: dict[str, int] = {"product": 0, "brand": 1, "category": 2}
 DAY = 86_400
 
 
@@ -95,12 +88,9 @@ class QueryBatch:
     category: list[str | None] = field(default_factory=list)
     price_min: np.ndarray | None = None
     price_max: np.ndarray | None = None
-    intent: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = len(self.texts)
-        if not self.intent:  # no classifier asked: a product search, the most common kind
-            self.intent = ["product"] * n
         for name in ("brand", "color", "category"):
             if not getattr(self, name):
                 setattr(self, name, [None] * n)
@@ -117,8 +107,7 @@ class QueryBatch:
         user_ids: Sequence[str] | None = None,
         query_vectors: np.ndarray | None = None,
     ) -> QueryBatch:
-        """From :class:`mlsd.search.query.ParsedQuery` objects (``corrected``, ``expansions``, ``entities``,
-        ``intent``)."""
+        """From :class:`mlsd.search.query.ParsedQuery` objects (``corrected``, ``expansions``, ``entities``)."""
         ents = [p.entities for p in parsed]
 
         def num(v: Any) -> float:
@@ -135,7 +124,6 @@ class QueryBatch:
             category=[e.category for e in ents],
             price_min=np.array([num(e.price_min) for e in ents], dtype=np.float64),
             price_max=np.array([num(e.price_max) for e in ents], dtype=np.float64),
-            intent=[p.intent for p in parsed],
         )
 
 
@@ -427,19 +415,3 @@ class SearchFeatures:
         X[:, c["price_in_range"]] = np.where(asked, inside.astype(np.float32), np.nan)
         asked_count += np.isfinite(batch.price_min) | np.isfinite(batch.price_max)
         X[:, c["n_entities"]] = asked_count[qi]
-        self._intent_features(batch, qi, X, c)
-
-    @staticmethod
-    def _intent_features(batch: QueryBatch, qi: np.ndarray, X: np.ndarray, c: dict) -> None:
-        """``intent`` and ``intent_match`` from the entity matches already in ``X``."""
-        unknown = sorted(set(batch.intent) - set(INTENT_CODES))
-        if unknown:
-            raise ValueError(f"unknown intent {unknown[0]!r}: use one of {', '.join(INTENT_CODES)}")
-        code = np.array([INTENT_CODES[i] for i in batch.intent], dtype=np.int64)[qi]
-        X[:, c["intent"]] = code
-        brand, category = X[:, c["match_brand"]], X[:, c["match_category"]]
-        asked = np.isfinite(brand).astype(np.float32) + np.isfinite(category)
-        either = np.where(
-            asked > 0, (np.nan_to_num(brand) + np.nan_to_num(category)) / np.maximum(asked, 1), np.nan
-        )
-        X[:, c["intent_match"]] = np.where(code == 1, brand, np.where(code == 2, category, either))
