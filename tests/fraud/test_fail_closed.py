@@ -390,7 +390,8 @@ def test_the_documented_payment_refuses_what_the_service_refuses(raw):
 
 @pytest.fixture
 def keyed_client(tmp_path):
-    auth = pytest.importorskip("mlsd.platform.auth")
+    from mlsd.platform import auth
+
     queue = SQLReviewQueue.sqlite(tmp_path / "review.sqlite")
     app = build_app(_pipeline(review_queue=queue, config=UNHURRIED), config=UNHURRIED)
     app.state.auth = auth.ApiKeys.parse(
