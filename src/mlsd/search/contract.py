@@ -243,33 +243,10 @@ def read_file(path: Path) -> tuple[pd.DataFrame, _Where]:
                 f"not a Parquet file ({type(err).__name__})",
                 "write it with pandas.to_parquet / pyarrow",
             ) from None
-    import csv
+    from mlsd.search.loaders import read_delimited  # the loaders' reader: one CSV dialect, one set of errors
 
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle, strict=True)
-            header = [h.strip().lstrip("\ufeff") for h in next(reader, [])]
-            rows, lines, end = [], [], reader.line_num
-            for record in reader:
-                start, end = end + 1, reader.line_num
-                if not record:
-                    continue
-                if len(record) != len(header):
-                    raise DataFormatError(path, start, f"record has {len(record)} field(s), the header {len(header)}",
-                                          "quote fields that contain a comma")  # fmt: skip
-                rows.append(record)
-                lines.append(start)
-    except csv.Error as err:
-        raise DataFormatError(
-            path, reader.line_num, f"malformed CSV: {err}", "close every quoted field"
-        ) from None
-    except UnicodeDecodeError as err:
-        raise DataFormatError(
-            path, None, f"not UTF-8 ({err.reason} at byte {err.start})", "save the file as UTF-8"
-        ) from None
-    if not header:
-        raise DataFormatError(path, 1, "empty file", "write a header line with the table's columns")
-    return pd.DataFrame(rows, columns=header, dtype=object), _Where(path, np.asarray(lines, dtype=np.int64))
+    frame, lines = read_delimited(path)
+    return frame.astype(object), _Where(path, lines)
 
 
 def _table_of(path: Path, table: str | None) -> str:

@@ -29,10 +29,14 @@ DATASETS = ("crowdflower", "homedepot", "wands")
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
-def _read_table(path: Path, columns: tuple[str, ...], *, delimiter: str = ",", encoding: str = "utf-8"):
+def read_delimited(
+    path: Path, columns: tuple[str, ...] = (), *, delimiter: str = ",", encoding: str = "utf-8"
+):
     """Read a delimited file; return (frame of str with ``columns``, start line of each record).
 
-    Every record must have as many fields as the header; the header must contain ``columns``.
+    Every record must have as many fields as the header; the header must contain ``columns``
+    (no ``columns``: every column of the header, e.g. a contract table checked later). Each
+    malformed line is a :class:`DataFormatError` naming the file and the line.
     """
     if not path.exists():
         raise DataFormatError(
@@ -48,7 +52,7 @@ def _read_table(path: Path, columns: tuple[str, ...], *, delimiter: str = ",", e
                 header = next(reader)
             except StopIteration:
                 raise DataFormatError(
-                    path, 1, "empty file", f"expected a header line with {', '.join(columns)}"
+                    path, 1, "empty file", f"write a header line with {', '.join(columns) or 'the columns'}"
                 ) from None
             header = [h.strip().lstrip("\ufeff") for h in header]
             missing = [c for c in columns if c not in header]
@@ -87,7 +91,7 @@ def _read_table(path: Path, columns: tuple[str, ...], *, delimiter: str = ",", e
             f"save the file as {encoding}",
         ) from None
     frame = pd.DataFrame(rows, columns=header)
-    return frame[list(columns)], np.asarray(starts, dtype=np.int64)
+    return (frame[list(columns)] if columns else frame), np.asarray(starts, dtype=np.int64)
 
 
 def _numeric(
@@ -134,7 +138,7 @@ def _query_ids(texts: pd.Series) -> tuple[np.ndarray, pd.DataFrame]:
 def load_crowdflower(path: str | Path) -> SearchDataset:
     """CrowdFlower ``train.csv`` (a file or the folder holding it); each row is its own product."""
     file = _csv_file(path)
-    frame, lines = _read_table(
+    frame, lines = read_delimited(
         file, ("id", "query", "product_title", "product_description", "median_relevance")
     )
     ids = _numeric(frame, "id", lines, file, lo=0, hi=2**62, integer=True).astype(np.int64)
@@ -160,7 +164,7 @@ def load_crowdflower(path: str | Path) -> SearchDataset:
 def load_homedepot(path: str | Path) -> SearchDataset:
     """Home Depot ``train.csv`` (Latin-1); products deduplicated by ``product_uid``."""
     file = _csv_file(path)
-    frame, lines = _read_table(
+    frame, lines = read_delimited(
         file, ("id", "product_uid", "product_title", "search_term", "relevance"), encoding="latin-1"
     )
     uids = _numeric(frame, "product_uid", lines, file, lo=0, hi=2**62, integer=True).astype(np.int64)
@@ -193,7 +197,7 @@ def load_wands(path: str | Path) -> SearchDataset:
             root, None, "WANDS is a folder", "pass the folder holding product.csv, query.csv and label.csv"
         )
     pfile, qfile, lfile = root / "product.csv", root / "query.csv", root / "label.csv"
-    pframe, plines = _read_table(
+    pframe, plines = read_delimited(
         pfile,
         (
             "product_id",
@@ -205,8 +209,8 @@ def load_wands(path: str | Path) -> SearchDataset:
         ),
         delimiter="\t",
     )
-    qframe, qlines = _read_table(qfile, ("query_id", "query"), delimiter="\t")
-    lframe, llines = _read_table(lfile, ("query_id", "product_id", "label"), delimiter="\t")
+    qframe, qlines = read_delimited(qfile, ("query_id", "query"), delimiter="\t")
+    lframe, llines = read_delimited(lfile, ("query_id", "product_id", "label"), delimiter="\t")
     pids = _numeric(pframe, "product_id", plines, pfile, lo=0, hi=2**62, integer=True).astype(np.int64)
     qids = _numeric(qframe, "query_id", qlines, qfile, lo=0, hi=2**62, integer=True).astype(np.int64)
     lq = _numeric(lframe, "query_id", llines, lfile, lo=0, hi=2**62, integer=True).astype(np.int64)
