@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from mlsd.platform.errors import InputError
+from mlsd.platform.errors import DependencyUnavailable, InputError
 
 LABEL_COLUMNS = ["tx_id", "label", "label_ts", "source"]
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -82,6 +82,7 @@ class Database:
                 )
             self.dialect = "postgres"
             self.prefix = f"{schema}."
+            self._dsn = postgres_dsn
             self.conn = psycopg.connect(postgres_dsn, autocommit=True)
             self.conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         self.schema = schema
@@ -114,17 +115,43 @@ class Database:
                     self.conn.execute("ROLLBACK")
                     raise
             else:
-                with self.conn.transaction(), self.conn.cursor() as cur:
+                with self._postgres_up(), self._connection().transaction(), self.conn.cursor() as cur:
                     yield _Cursor(self, cur)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        with self._lock:
-            cur = self.conn.execute(self._sql(sql), tuple(params))
+        with self._lock, self._postgres_up():
+            cur = self._connection().execute(self._sql(sql), tuple(params))
             return list(cur.fetchall())
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        with self._lock:
-            self.conn.execute(self._sql(sql), tuple(params))
+        with self._lock, self._postgres_up():
+            self._connection().execute(self._sql(sql), tuple(params))
+
+    def _connection(self) -> Any:
+        """The connection, reopened when PostgreSQL dropped it: one outage must not break every later
+        call (a closed psycopg connection stays closed)."""
+        if self.dialect == "postgres" and self.conn.closed:
+            import psycopg
+
+            self.conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=3)
+        return self.conn
+
+    @contextmanager
+    def _postgres_up(self) -> Iterator[None]:
+        """PostgreSQL unreachable (refused, cut, restarting) -> :class:`DependencyUnavailable` (HTTP 503,
+        a stream batch retried): the transaction rolled back, nothing was acknowledged. SQL errors
+        (a bug, a constraint) are not outages and pass through."""
+        if self.dialect != "postgres":
+            yield
+            return
+        import psycopg
+
+        try:
+            yield
+        except (psycopg.OperationalError, psycopg.InterfaceError) as err:
+            if not self.conn.closed:
+                self.conn.close()  # reopened by the next call
+            raise DependencyUnavailable("postgres", f"PostgreSQL did not answer ({type(err).__name__})") from err
 
     def close(self) -> None:
         with self._lock:

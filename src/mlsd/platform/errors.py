@@ -73,3 +73,35 @@ class DataFormatError(InputError):
         super().__init__("file", where, problem, fix)
         self.path = str(path)
         self.line = line
+
+
+class DependencyUnavailable(RuntimeError):
+    """A service the request needs (a database, a queue) did not answer: nothing was acknowledged, so
+    the client may retry. The HTTP layer answers 503 with ``Retry-After``; not the caller's fault, so
+    not an :class:`InputError`.
+
+    Examples:
+        >>> err = DependencyUnavailable("review_queue", "PostgreSQL did not answer (OperationalError)")
+        >>> err.status, err.retry_after_s, err.to_dict()["field"]
+        (503, 5, 'review_queue')
+        >>> print(err)
+        review_queue unavailable: PostgreSQL did not answer (OperationalError). Fix: retry after 5 s: nothing was acknowledged, so a retry is safe
+    """
+
+    status = 503
+
+    def __init__(self, dependency: str, problem: str, *, retry_after_s: int = 5) -> None:
+        self.dependency = dependency
+        self.problem = problem
+        self.retry_after_s = int(retry_after_s)
+        self.fix = f"retry after {self.retry_after_s} s: nothing was acknowledged, so a retry is safe"
+        super().__init__(f"{dependency} unavailable: {problem}. Fix: {self.fix}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "field": self.dependency,
+            "value": None,
+            "problem": f"unavailable: {self.problem}",
+            "fix": self.fix,
+            "message": str(self),
+        }

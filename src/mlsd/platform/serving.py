@@ -59,7 +59,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mlsd.platform.auth import ANONYMOUS, AUDIT, SAFE_METHODS, ApiKeys, presented_key
-from mlsd.platform.errors import InputError
+from mlsd.platform.errors import DependencyUnavailable, InputError
 from mlsd.platform.jsonio import plain
 
 __all__ = [
@@ -315,6 +315,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorBody, "description": "the body (or a batch in it) is too large"},
     415: {"model": ErrorBody, "description": "the body is not application/json"},
     422: {"model": ErrorBody, "description": "invalid input: the field, the value and the fix"},
+    503: {"model": ErrorBody, "description": "a dependency did not answer: nothing was acknowledged, retry"},
 }
 
 
@@ -383,6 +384,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _input_error(request: Request, exc: InputError) -> JSONResponse:
         return _error_response(exc)
 
+    @app.exception_handler(DependencyUnavailable)
+    async def _dependency_unavailable(request: Request, exc: DependencyUnavailable) -> JSONResponse:
+        return _unavailable_response(exc)
+
     @app.exception_handler(RequestValidationError)
     async def _request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         err, where = _validation_error(exc)
@@ -424,6 +429,13 @@ def _error_response(err: InputError) -> JSONResponse:
     # 401 says how to authenticate (RFC 9110); the body says which key to send.
     headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
     return SafeJSONResponse(error_body(err), status_code=err.status, headers=headers)
+
+
+def _unavailable_response(exc: DependencyUnavailable) -> JSONResponse:
+    logger.warning("answering 503: %s", exc)
+    return SafeJSONResponse(
+        {"error": exc.to_dict()}, status_code=503, headers={"Retry-After": str(exc.retry_after_s)}
+    )
 
 
 def _internal_error_body(exc: BaseException) -> dict[str, Any]:
