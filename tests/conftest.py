@@ -1,6 +1,7 @@
 """Shared fixtures: the real Redis and PostgreSQL servers, and the real public data samples.
 
-Tests that need a server take ``redis_url`` / ``postgres_dsn``. With ``MLSD_REQUIRE_SERVICES=1`` (CI)
+Tests that need a server take ``redis_url`` / ``postgres_dsn``; ``redis_cluster_url`` starts a 3-master
+Redis Cluster on free local ports once per session (``MLSD_REDIS_CLUSTER_URL`` points at one instead). With ``MLSD_REQUIRE_SERVICES=1`` (CI)
 an unreachable server FAILS the test; elsewhere it skips with a message saying how to start it.
 Tests that need ``../shared/data`` take ``shared_data`` and skip with a message when it is absent.
 """
@@ -65,6 +66,40 @@ def redis_prefix(redis_url: str):
     keys = list(client.scan_iter(match=prefix + "*", count=1000))
     if keys:
         client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url():
+    """``redis+cluster://127.0.0.1:<port>`` of a real Redis Cluster: 3 masters, no replicas (the start
+    fits in ~2 s), started on free loopback ports for the session and stopped by PID at its end; or
+    ``MLSD_REDIS_CLUSTER_URL`` when set. Under ``MLSD_REQUIRE_SERVICES=1`` a failed start fails."""
+    from mlsd.platform.redis_cluster import ClusterStartError, LocalRedisCluster
+
+    given = os.environ.get("MLSD_REDIS_CLUSTER_URL")
+    if given:
+        yield given
+        return
+    try:
+        cluster = LocalRedisCluster(masters=3).start()
+    except (ClusterStartError, OSError) as err:
+        message = f"could not start a local Redis Cluster ({err}); install redis-server or set MLSD_REDIS_CLUSTER_URL"
+        if REQUIRE_SERVICES:
+            pytest.fail(f"MLSD_REQUIRE_SERVICES=1 but {message}")
+        pytest.skip(message)
+    yield cluster.url
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_prefix(redis_cluster_url: str):
+    """A unique key prefix on the Redis Cluster, its keys deleted from every master after the test."""
+    from mlsd.platform.redis_cluster import connect, delete_prefix
+
+    prefix = f"mlsd-test:{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    client = connect(redis_cluster_url)
+    delete_prefix(client, prefix)
     client.close()
 
 

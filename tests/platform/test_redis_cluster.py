@@ -1,0 +1,85 @@
+"""The Redis connection factory, the hash-tag helpers and the local Redis Cluster the tests run on."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from mlsd.platform.errors import InputError
+from mlsd.platform.redis_cluster import (
+    LocalRedisCluster,
+    check_untagged,
+    connect,
+    is_cluster,
+    key_slot,
+    tagged,
+)
+
+pytestmark = pytest.mark.services
+
+
+def test_the_session_cluster_has_three_masters_covering_every_slot(redis_cluster_url):
+    client = connect(redis_cluster_url)
+    assert is_cluster(client)
+    masters = client.get_primaries()
+    assert len(masters) >= 3
+    assert client.cluster_info()["cluster_state"] == "ok"
+    covered = sum(end - start + 1 for start, end, *_ in _slot_ranges(client))
+    assert covered == 16384
+    client.close()
+
+
+def _slot_ranges(client):
+    return [
+        (int(r[0]), int(r[1]))
+        for r in client.execute_command("CLUSTER SLOTS", target_nodes=client.get_random_node())
+    ]
+
+
+def test_keys_of_one_entity_share_a_slot_and_entities_spread_over_the_masters(
+    redis_cluster_url, redis_cluster_prefix
+):
+    client = connect(redis_cluster_url)
+    p = redis_cluster_prefix
+    assert len({key_slot(tagged(p, "card-7", s)) for s in (":h", ":z", ":decided")}) == 1
+    # one entity's keys in one transaction is fine; two entities' keys are refused (CROSSSLOT)
+    pipe = client.pipeline(transaction=True)
+    pipe.set(tagged(p, "card-7", ":a"), 1)
+    pipe.set(tagged(p, "card-7", ":b"), 2)
+    pipe.execute()
+    assert client.mget(tagged(p, "card-7", ":a"), tagged(p, "card-7", ":b")) == [b"1", b"2"]
+    import redis
+
+    with pytest.raises(redis.RedisClusterException, match="(?i)slot"):
+        pipe = client.pipeline(transaction=True)
+        pipe.set(tagged(p, "card-7", ":a"), 1)
+        pipe.set(tagged(p, "card-8", ":a"), 2)
+        pipe.execute()
+    nodes = {client.get_node_from_key(tagged(p, i)).name for i in range(200)}
+    assert len(nodes) == len(client.get_primaries())  # 200 entities land on every master
+    client.close()
+
+
+def test_connect_refuses_a_cluster_database_and_braces_in_prefixes():
+    with pytest.raises(InputError, match="database 0"):
+        connect("redis+cluster://127.0.0.1:7000/2")
+    with pytest.raises(InputError) as err:
+        check_untagged("prefix", "mlsd:{a}:")
+    assert err.value.field == "prefix"
+    assert type(connect("redis://127.0.0.1:1/0")).__name__ == "Redis"
+
+
+def test_a_local_cluster_stops_every_process_it_started():
+    cluster = LocalRedisCluster(masters=3).start()
+    pids = cluster.pids
+    assert len(pids) == 3 and cluster.url.startswith("redis+cluster://127.0.0.1:")
+    client = connect(cluster.url)
+    client.set(tagged("t:", "x"), 1)
+    assert client.get(tagged("t:", "x")) == b"1"
+    client.close()
+    cluster.stop()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert cluster.url is None
