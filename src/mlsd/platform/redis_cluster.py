@@ -26,7 +26,7 @@ Examples:
     >>> check_untagged("prefix", "mlsd:{x}:")
     Traceback (most recent call last):
     ...
-    mlsd.platform.errors.InputError: prefix = 'mlsd:{x}:': must not contain '{' or '}' (Redis Cluster hash-tag braces); fix: use a prefix without braces (mlsd adds the entity's hash tag itself)
+    mlsd.platform.errors.InputError: prefix='mlsd:{x}:': must not contain '{' or '}' (Redis Cluster hash-tag braces). Fix: use a prefix without braces (mlsd adds the entity's hash tag itself)
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def connect(url: str, **kwargs: Any) -> Any:
         >>> connect("redis+cluster://127.0.0.1:7000/3")
         Traceback (most recent call last):
         ...
-        mlsd.platform.errors.InputError: url = 'redis+cluster://127.0.0.1:7000/3': a Redis Cluster has only database 0; fix: drop the '/3' (or use /0)
+        mlsd.platform.errors.InputError: url='redis+cluster://127.0.0.1:7000/3': a Redis Cluster has only database 0. Fix: drop the '/3' (or use /0)
     """
     import redis
 
