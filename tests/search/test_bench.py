@@ -42,4 +42,4 @@ def test_understanding_probe_through_the_cli(capsys) -> None:
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["products"] == 600 and report["queries"] == 120
-    assert 0 < report["intent_accuracy_vs_simulator"] <= 1 and report["parse_ms_p50"] > 0
+    assert 0 < report["language_accuracy"] <= 1 and report["parse_ms_p50"] > 0

@@ -13,8 +13,7 @@ from mlsd.search.demo import DEMO_QUERIES, run
 @pytest.mark.slow
 def test_demo_runs_end_to_end_in_the_workdir_layout(tmp_path) -> None:
     dirs = SystemDir(tmp_path, "search")
-    options = {"products": 600, "sessions": 4000, "dense": False, "quiet": True,
-               "parser_options": {"intent_queries": 200}}  # fmt: skip
+    options = {"products": 600, "sessions": 4000, "dense": False, "quiet": True}
     out = run(dirs, **options)
     labels = {a["label"] for a in out["answers"]}
     assert (

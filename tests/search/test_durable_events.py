@@ -32,7 +32,7 @@ SERVER = textwrap.dedent(
     root, port = sys.argv[1], int(sys.argv[2])
     products = pd.DataFrame({"product_id": range(40), "title": [f"oak lamp model {i}" for i in range(40)],
                              "brand": "Lumen", "category": "Home / Lighting / Lamps"})
-    engine = SearchEngine(SearchConfig(), dense=False, parser_options={"intent_queries": 50}).fit(products)
+    engine = SearchEngine(SearchConfig(), dense=False).fit(products)
     uvicorn.run(create_search_app(engine, ClickLog(root)), host="127.0.0.1", port=port, log_level="warning")
     """
 )

@@ -13,17 +13,13 @@ from mlsd.search.engine import SearchEngine, load_engine
 from mlsd.search.training import train_ranker
 from mlsd.search.world import simulate
 
-FAST = {"intent_queries": 300}
-
 
 @pytest.fixture(scope="module")
 def world():
     sim = simulate(1500, 8000, seed=2, n_queries=120, n_users=200)
     imp = sim.impressions.assign(user_id=sim.impressions["user_id"].astype(str))
     cfg = SearchConfig.from_dict({"ltr": {"n_estimators": 40}, "rules": {"max_per_brand": 2}})
-    engine = SearchEngine(cfg, dense=False, parser_options=FAST).fit(
-        sim.products, query_log=sim.queries["text"].tolist()
-    )
+    engine = SearchEngine(cfg, dense=False).fit(sim.products, query_log=sim.queries["text"].tolist())
     ranker, _ = train_ranker(engine, imp)
     engine.refit_history(imp, engine.propensity_).set_ranker(ranker, 1)
     return sim, engine
@@ -36,7 +32,7 @@ def test_search_answers_with_parsed_query_timings_and_rules(world) -> None:
     assert 0 < len(out["results"]) <= 20
     assert [r["position"] for r in out["results"]] == list(range(1, len(out["results"]) + 1))
     p = out["parsed"]
-    assert p["entities"]["price_max"] == 50 and "corrected" in p and "expansions" in p and "intent" in p
+    assert p["entities"]["price_max"] == 50 and "corrected" in p and "expansions" in p and "language" in p
     for r in out["results"]:
         assert r["price"] <= 50 and r["stock"] > 0
     brands = pd.Series([r["brand"] for r in out["results"][:10]])
@@ -71,9 +67,7 @@ def test_pinned_product_is_served_first_even_when_not_retrieved(world) -> None:
         (sim.products["stock"] > 0) & sim.products["category"].astype(str).str.contains("Lamps")
     ]
     pid = int(in_stock["product_id"].iloc[0])
-    pinned = SearchEngine(
-        SearchConfig.from_dict({"rules": {"pinned": {"zzqx lamp": [pid]}}}), dense=False, parser_options=FAST
-    )
+    pinned = SearchEngine(SearchConfig.from_dict({"rules": {"pinned": {"zzqx lamp": [pid]}}}), dense=False)
     pinned.__dict__.update({k: v for k, v in engine.__dict__.items() if k not in ("config", "rules_")})
     from mlsd.search.rules import BusinessRules
 
@@ -129,6 +123,15 @@ def test_handle_takes_request_bodies_and_names_the_bad_field(world) -> None:
         with pytest.raises(InputError) as err:
             engine.handle(bodies)
         assert err.value.field == field, (bodies, err.value.field)
+
+
+def test_an_unknown_parser_option_names_it_and_the_fix(world) -> None:
+    sim, _ = world
+    # e.g. a version registered by an older mlsd with the intent classifier's option, removed since
+    with pytest.raises(InputError) as err:
+        SearchEngine(dense=False, parser_options={"intent_queries": 200}).fit(sim.products.head(50))
+    assert err.value.field == "parser_options" and err.value.value == "intent_queries"
+    assert "spell" in err.value.fix and "mlsd search train" in err.value.fix
 
 
 def test_load_engine_without_a_champion_names_the_fix_and_creates_nothing(tmp_path) -> None:

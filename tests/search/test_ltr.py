@@ -71,7 +71,7 @@ def world():
     sim = simulate(2000, 20_000, seed=1, n_queries=100, n_users=500)
     imp = sim.impressions.assign(user_id=sim.impressions["user_id"].astype(str))
     cfg = SearchConfig.from_dict({"ltr": {"n_estimators": 80}})
-    engine = SearchEngine(cfg, dense=False, parser_options={"intent_queries": 300}).fit(
+    engine = SearchEngine(cfg, dense=False).fit(
         sim.products, query_log=sim.queries["text"].tolist()
     )
     return sim, imp, engine

@@ -15,7 +15,7 @@ from mlsd.search.world import simulate
 @pytest.fixture(scope="module")
 def engine():
     sim = simulate(600, 0, seed=0, n_queries=40, n_users=10)
-    return SearchEngine(SearchConfig(), dense=False, parser_options={"intent_queries": 200}).fit(sim.products)
+    return SearchEngine(SearchConfig(), dense=False).fit(sim.products)
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def test_search_ok(client) -> None:
     body = r.json()
     assert len(body["results"]) <= 7 and body["search_id"]
     assert body["parsed"]["entities"]["color"] == "black"
-    assert {"corrected", "expansions", "intent", "entities", "language"} <= set(body["parsed"])
+    assert {"corrected", "expansions", "entities", "language"} <= set(body["parsed"])
     assert "bm25" in body["timings_ms"] and isinstance(body["skipped"], list)
     health = client.get("/health").json()
     assert health["products"] == 600 and health["model"] == "search-ltr" and health["model_version"] is None

@@ -19,26 +19,28 @@ from mlsd.search.config import SearchConfig
 from mlsd.search.engine import MODEL_NAME, load_engine
 from mlsd.search.routing import SearchRouter
 from mlsd.search.training import retrain, train
-from mlsd.search.world import ARM_PRESETS, FAST_PARSER, METRICS, simulate_into
+from mlsd.search.world import ARM_PRESETS, METRICS, simulate_into
+
+PARSER = {"cache_size": 5_000}  # a non-default query-understanding setting, stored with the version
 
 
 def test_train_registers_promotes_reports_and_the_engine_serves_it(tmp_path) -> None:
     dirs = SystemDir(tmp_path, "search")
     simulate_into(dirs, size="tiny", seed=4)
     cfg = SearchConfig.from_dict({"ltr": {"n_estimators": 20}})
-    report = train(dirs, config=cfg, dense=False, parser_options=FAST_PARSER, progress=False)
+    report = train(dirs, config=cfg, dense=False, parser_options=PARSER, progress=False)
     assert set(report) >= REPORT_KEYS and report["version"] == 1 and report["promoted"]
     m = report["metrics"]
     assert 0 < m["truth_ndcg@10"] <= 1 and 0 < m["raw_clicks_truth_ndcg@10"] <= 1 and m["propensity_eta"] > 0
     (run,) = dirs.runs.glob("*.json")  # the run report in W/search/runs
     assert json.loads(run.read_text())["version"] == 1
     mv = ModelRegistry(dirs.registry).get(MODEL_NAME, 1)
-    assert mv.params["dense"] is False and mv.params["parser"] == FAST_PARSER
+    assert mv.params["dense"] is False and mv.params["parser"] == PARSER
     assert (mv.path / "propensity.json").exists() and (mv.path / "reference.parquet").exists()
-    engine = load_engine(dirs, config=cfg)  # serves with the champion's settings (no dense, fast parser)
+    engine = load_engine(dirs, config=cfg)  # serves with the champion's settings (no dense, its parser)
     assert engine.model_version == 1 and engine.dense_ is None
     assert engine.search("lamp", "1", k=5)["ranked_by"] == "ltr"
-    again = train(dirs, config=cfg, dense=False, parser_options=FAST_PARSER, progress=False)
+    again = train(dirs, config=cfg, dense=False, parser_options=PARSER, progress=False)
     assert not again["registered"] and again["version"] == 1  # same data, same settings: nothing new
 
 

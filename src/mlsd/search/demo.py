@@ -111,7 +111,7 @@ def run(
         parsed = body["parsed"]
         ent = {k: v for k, v in parsed["entities"].items() if v is not None}
         table = Table(
-            title=f"{label}: {q!r} -> {parsed['corrected']!r} [{parsed['language']}, {parsed['intent']}]"
+            title=f"{label}: {q!r} -> {parsed['corrected']!r} [{parsed['language']}]"
             f" entities={ent} expansions={parsed['expansions'][:3]}",
             title_justify="left",
         )

@@ -94,8 +94,15 @@ class SearchEngine:
     ) -> SearchEngine:
         """Build query understanding, BM25, the dense index, features and rules over ``products``."""
         from mlsd.search.data import normalize_products
-        from mlsd.search.query import QueryUnderstanding
+        from mlsd.search.query import PARSER_OPTIONS, QueryUnderstanding
 
+        unknown = sorted(set(self.parser_options) - set(PARSER_OPTIONS))
+        if unknown:  # e.g. a version trained by an older mlsd with `intent_queries`, removed since
+            raise InputError(
+                "parser_options", unknown[0], "unknown query-understanding option",
+                f"use only {', '.join(PARSER_OPTIONS)}; a model version trained with an older option: "
+                "train a new one (mlsd search train --workdir W)",
+            )  # fmt: skip
         self.products_ = normalize_products(products)
         self.row_of_id_ = pd.Series(
             np.arange(len(self.products_)), index=self.products_["product_id"].to_numpy()

@@ -7,8 +7,11 @@ Data flow of :meth:`QueryUnderstanding.parse` (each step a small module):
 3. language detection and translation of known product terms into English (:mod:`~mlsd.search.language`);
 4. spell correction guarded for numbers, sizes, model numbers and brands (:mod:`~mlsd.search.spell`);
 5. brand / category / colour entities (:mod:`~mlsd.search.entities`);
-6. synonym expansions (:mod:`~mlsd.search.synonyms`), added to retrieval with a lower weight;
-7. intent (:mod:`~mlsd.search.intent`).
+6. synonym expansions (:mod:`~mlsd.search.synonyms`), added to retrieval with a lower weight.
+
+No intent label (product / brand / category): a classifier of it was measured and removed, because
+nothing downstream gained from it on held-out queries (docs/search.md, "Query understanding"); the
+rules read the entities directly.
 
 Parses are cached by raw text (head queries repeat), so the steady-state cost of a popular query is
 a dictionary look-up.
@@ -25,13 +28,14 @@ import pandas as pd
 from mlsd.platform.errors import InputError
 from mlsd.search.data import normalize_products
 from mlsd.search.entities import Entities, EntityExtractor, extract_price
-from mlsd.search.intent import IntentClassifier, synthesize_intent_queries
 from mlsd.search.language import LEXICONS, LanguageDetector, translate_tokens
 from mlsd.search.spell import SpellCorrector
 from mlsd.search.synonyms import CURATED, SynonymExpander
 from mlsd.search.text import fold, tokenize
 
 MAX_QUERY_CHARS = 256
+# What ``parser_options`` (a training setting stored with each model version) may set.
+PARSER_OPTIONS: tuple[str, ...] = ("spell", "synonyms", "languages", "cache_size")
 
 
 @dataclass
@@ -43,8 +47,6 @@ class ParsedQuery:
     corrected: str
     tokens: list[str]
     expansions: list[str]
-    intent: str
-    intent_confidence: float
     entities: Entities
     language: str
     corrections: dict[str, str] = field(default_factory=dict)  # token -> replacement
@@ -82,17 +84,13 @@ class QueryUnderstanding:
         spell: bool = True,
         synonyms: bool = True,
         languages: Sequence[str] = ("es", "de"),
-        intent_queries: int = 3000,
         cache_size: int = 100_000,
-        seed: int = 0,
     ) -> None:
         self.max_chars = max_chars
         self.spell = spell
         self.synonyms = synonyms
         self.languages = languages
-        self.intent_queries = intent_queries
         self.cache_size = cache_size
-        self.seed = seed
 
     def fit(
         self,
@@ -100,9 +98,8 @@ class QueryUnderstanding:
         query_log: Iterable[str] = (),
         *,
         mined_synonyms: Mapping[str, Iterable[str]] | None = None,
-        intent_data: pd.DataFrame | None = None,
     ) -> QueryUnderstanding:
-        """Learn dictionaries from ``products``; ``intent_data`` (text, intent) overrides synthetic intent data."""
+        """Learn dictionaries from ``products`` (and spelling from ``query_log``)."""
         products = normalize_products(products)
         query_log = list(query_log)
         # A curated synonym of a category name names that category ("couch" -> Sofas).
@@ -120,22 +117,10 @@ class QueryUnderstanding:
         self.spell_ = SpellCorrector().fit(catalog_text.tolist(), query_log, protected=brands | foreign)
         self.language_ = LanguageDetector(self.languages).fit(self.spell_.catalog_known_, neutral=brands)
         self.synonyms_ = SynonymExpander().fit(mined_synonyms)
-        if intent_data is None:
-            intent_data = synthesize_intent_queries(
-                products, n=self.intent_queries, seed=self.seed, extractor=self.entities_
-            )
-        self.intent_ = IntentClassifier(seed=self.seed).fit(
-            intent_data["text"].tolist(), intent_data["intent"].tolist(), self.entities_
-        )
         self._cache: OrderedDict[str, ParsedQuery] = OrderedDict()
         return self
 
-    @property
-    def intent_accuracy_(self) -> float:
-        """Held-out accuracy of the intent classifier."""
-        return self.intent_.accuracy_
-
-    def _parse_uncached(self, text: str) -> tuple[ParsedQuery, str]:
+    def _parse_uncached(self, text: str) -> ParsedQuery:
         folded = fold(text)
         lo, hi, rest = extract_price(folded)
         language = self.language_.detect_tokens(tokenize(folded))
@@ -151,18 +136,15 @@ class QueryUnderstanding:
         entities, _ = self.entities_.extract(corrected)
         entities.price_min, entities.price_max = lo, hi
         expansions = self.synonyms_.expand(tokens) if self.synonyms else []
-        parsed = ParsedQuery(
+        return ParsedQuery(
             original=text,
             corrected=corrected,
             tokens=tokens,
             expansions=expansions,
-            intent="product",
-            intent_confidence=1.0,
             entities=entities,
             language=language,
             corrections=corrections,
         )
-        return parsed, corrected
 
     def parse(self, texts: Sequence[str]) -> list[ParsedQuery]:
         """Parse a batch; raises :class:`InputError` naming the first bad query."""
@@ -171,11 +153,8 @@ class QueryUnderstanding:
         out: list[ParsedQuery | None] = [self._cache.get(t) for t in texts]
         missing = list(dict.fromkeys(t for t, p in zip(texts, out, strict=True) if p is None))
         if missing:
-            fresh = [self._parse_uncached(t) for t in missing]
-            intents, confidence = self.intent_.predict_proba([c or p.original for p, c in fresh])
-            for text, (parsed, _), intent, conf in zip(missing, fresh, intents, confidence, strict=True):
-                parsed.intent, parsed.intent_confidence = intent, round(float(conf), 4)
-                self._cache[text] = parsed
+            for text in missing:
+                self._cache[text] = self._parse_uncached(text)
             out = [self._cache[t] for t in texts]
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
@@ -188,37 +167,30 @@ class QueryUnderstanding:
 def understanding_report(products: pd.DataFrame, queries: pd.DataFrame, *, seed: int = 0) -> dict:
     """Accuracy and cost of query understanding against simulated queries whose specs are known.
 
-    ``queries`` needs ``text``, ``intent`` (simulator intents), ``lang`` and ``typo`` columns (as made
-    by :func:`mlsd.search.world.simulate_queries`). The intent classifier is trained on queries
-    synthesised from the catalog only, never on these.
+    ``queries`` needs ``text``, ``lang`` and ``typo`` columns (as made by
+    :func:`mlsd.search.world.simulate_queries`). ``seed`` is not used (parsing is deterministic); it
+    stays until ``bench.understanding_bench`` stops passing it.
     """
     import time
 
     import numpy as np
 
-    from mlsd.search.intent import SIMULATOR_INTENTS
-
     texts = queries["text"].tolist()
     started = time.perf_counter()
-    qu = QueryUnderstanding(seed=seed).fit(products, query_log=texts)
+    qu = QueryUnderstanding().fit(products, query_log=texts)
     fit_s = time.perf_counter() - started
     timings = []
     for text in texts:  # one at a time, uncached: the cost a new query pays in the service
         t0 = time.perf_counter()
         qu._parse_uncached(text)
-        qu.intent_.predict_proba([text])
         timings.append((time.perf_counter() - t0) * 1000)
     parsed = qu.parse(texts)
-    intent = np.array([p.intent for p in parsed])
-    truth = queries["intent"].map(SIMULATOR_INTENTS).to_numpy()
     typo = queries["typo"].to_numpy(bool)
     corrected = np.array([bool(p.corrections) for p in parsed])
     return {
         "queries": len(texts),
         "products": len(products),
         "fit_s": round(fit_s, 2),
-        "intent_accuracy_heldout_synthetic": round(qu.intent_accuracy_, 4),
-        "intent_accuracy_vs_simulator": round(float((intent == truth).mean()), 4),
         "language_accuracy": round(
             float(np.mean([p.language == lang for p, lang in zip(parsed, queries["lang"], strict=True)])), 4
         ),

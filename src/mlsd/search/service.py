@@ -4,7 +4,7 @@ HTTP only: every search is the engine's one serving path (a batch of one, throug
 router); this module maps the routes, the request limits and the hot reload of the champion.
 
 * ``GET /v1/search?q=...&user_id=...&k=48`` -> ``{"search_id", "results": [...], "parsed": {corrected,
-  expansions, intent, entities, language, ...}, "timings_ms": {stage: ms}, "skipped": [...], ...}``.
+  expansions, entities, language, ...}, "timings_ms": {stage: ms}, "skipped": [...], ...}``.
 * ``POST /v1/events`` with ``{"events": [{"type": "impression"|"click"|"add_to_cart"|"purchase",
   "search_id", "product_id", "position", "query", "user_id", "value", "ts"}, ...]}`` appends to the
   click log that ``mlsd search train`` reads (served from a workdir: ``W/search/data/clicklog``, next
@@ -75,7 +75,7 @@ class SearchAnswer(BaseModel):
     model_version: int | None
     ranked_by: str = Field(description="the stage whose order was served (ltr, hybrid, bm25, ...)")
     results: list[SearchResult]
-    parsed: dict[str, Any] = Field(description="corrected, expansions, intent, entities, language, ...")
+    parsed: dict[str, Any] = Field(description="corrected, expansions, entities, language, ...")
     rules: Any = Field(None, description="merchandising rules applied")
     timings_ms: dict[str, float]
     skipped: list[SkippedStage]

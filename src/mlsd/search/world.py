@@ -723,9 +723,6 @@ WORLD_SIZES: dict[str, dict[str, int]] = {
     "demo": {"products": 1500, "sessions": 20_000, "queries": 100, "users": 500},
     "default": {"products": 20_000, "sessions": 50_000, "queries": 2000, "users": 5000},
 }
-# Query understanding with a smaller synthetic intent set: what the small worlds train with (seconds).
-FAST_PARSER: dict[str, Any] = {"intent_queries": 200}
-
 
 # Where simulate_into keeps the simulation's own frames (its truth) inside W/search/data: the tables
 # of the data contract beside them are the import's, as for imported data.
@@ -949,7 +946,7 @@ def load_world(
     parser_options: dict[str, Any] | None = None,
 ) -> SearchWorld:
     """The simulated world of ``dirs``: reuse its data (from the simulator) and champion, train a
-    champion on its data when there is none (no dense index, :data:`FAST_PARSER`: seconds), or simulate
+    champion on its data when there is none (no dense index: seconds), or simulate
     a world there first -- sized for ``units`` (:func:`world_size`; None: the demo size) -- when its data
     folder is empty. A data folder the simulator did not write (real data) is refused: the world needs
     the simulator's truth.
@@ -982,7 +979,7 @@ def load_world(
         source = f"reused (champion v{champion.version})"
     except InputError:
         say(f"training a champion in {dirs.registry}")
-        train(dirs, dense=bool(dense), parser_options=parser_options or FAST_PARSER, compare_raw=False,
+        train(dirs, dense=bool(dense), parser_options=parser_options, compare_raw=False,
               progress=False)  # fmt: skip
         source = "simulated and trained here"
     engine = load_engine(dirs, dense=dense, parser_options=parser_options)
