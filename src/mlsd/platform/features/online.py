@@ -5,7 +5,8 @@ view ("user_features", "card_velocity"), ``key`` the entity id as a string. Two 
 one contract (``tests/platform/test_online_store.py`` runs against both and expects identical answers):
 
 * :class:`MemoryStore` - a dict in the process; the embedded default and the fastest.
-* :class:`RedisStore` - one Redis hash per row, one pipeline round trip per batch call.
+* :class:`RedisStore` - one Redis hash per row, one pipeline round trip per batch call, on a single Redis
+  (``redis://``) or a Redis Cluster (``redis+cluster://``, see :mod:`mlsd.platform.redis_cluster`).
 
 Semantics both follow exactly:
 
@@ -70,6 +71,16 @@ class OnlineStore(Protocol):
 
 class StoreUnavailable(RuntimeError):
     """The online store did not answer in time (or refused): serve without it, flagged degraded."""
+
+
+def _unavailable_errors(redis: Any) -> tuple[type[BaseException], ...]:
+    """What an outage raises: refused / reset / timed out, and on a cluster a node or slot that is down."""
+    from redis import exceptions as e
+
+    return (
+        redis.ConnectionError, redis.TimeoutError, OSError,
+        e.ClusterError, e.RedisClusterUnreachableError, e.SlotNotCoveredError,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -263,13 +274,32 @@ class MemoryStore:
 _EXPIRES = "\x00exp"  # reserved hash field: the expiry time, always present so HMGET can tell "missing"
 _EXPIRES_B = _EXPIRES.encode()
 
+# A row replaced atomically on its own (the cluster's put: no transaction may span slots). KEYS[1] the
+# row's hash; ARGV[1] the TTL in ms ('' = none), then field, value pairs. HSET in chunks: Lua's unpack
+# has a stack limit of a few thousand values.
+_REPLACE = """
+redis.call('DEL', KEYS[1])
+for s = 2, #ARGV, 1000 do
+  redis.call('HSET', KEYS[1], unpack(ARGV, s, math.min(s + 999, #ARGV)))
+end
+if ARGV[1] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return 1
+"""
+
 
 class RedisStore:
-    """Online store on Redis: one hash per row at ``{prefix}{namespace}:{key}``, one pipeline per call.
+    """Online store on Redis: one hash per row, one pipeline per call.
 
     Every hash carries a reserved field with its expiry time (``inf`` when none) that reads compare with
-    ``clock()``; ``PEXPIRE`` is set as well so Redis reclaims expired rows by itself. Writes of a batch
-    run in one MULTI/EXEC transaction so a reader never sees a row half replaced.
+    ``clock()``; ``PEXPIRE`` is set as well so Redis reclaims expired rows by itself.
+
+    ``url`` is ``redis://host:port/db`` (one server) or ``redis+cluster://host:port`` (a Redis Cluster,
+    any node). Key layout: ``<prefix><namespace>:<key>`` on a single Redis; ``<prefix><namespace>:{<key>}``
+    on a cluster (``hash_tags=None`` decides by the client; ``True`` / ``False`` force it): the entity is
+    the hash tag, so one entity's rows of every namespace share a slot. Atomicity: a reader never sees
+    a row half replaced. On a single Redis a put batch is one MULTI/EXEC (the whole batch at once); on a
+    cluster, where a transaction may not span slots, each row is replaced by one Lua call (DEL + HSET +
+    PEXPIRE of that one key, atomic per row; the batch's rows land one by one), pipelined per node.
 
     Examples:
         >>> # The client connects lazily: nothing below reaches a server (an empty batch is no round trip).
@@ -289,20 +319,25 @@ class RedisStore:
         client: Any = None,
         serving_timeout_s: float = 0.05,
         retry_after_s: float = 1.0,
+        hash_tags: bool | None = None,
     ) -> None:
-        import redis
+        from mlsd.platform.redis_cluster import check_untagged, connect, is_cluster
 
         self.url = url
-        self.prefix = prefix
         self.clock = clock
         self.serving_timeout_s = serving_timeout_s
         self.retry_after_s = retry_after_s
-        self.client = client if client is not None else redis.Redis.from_url(url, decode_responses=False)
+        self.client = client if client is not None else connect(url, decode_responses=False)
+        self.cluster = is_cluster(self.client)
+        self.hash_tags = self.cluster if hash_tags is None else bool(hash_tags)
+        # braces in the prefix would become every key's hash tag: all rows on one slot
+        self.prefix = check_untagged("prefix", prefix) if self.hash_tags else prefix
+        self._replace_sha: str | None = None
         # The serving path's client: bounded waits, no retries (a retry would outlive any deadline).
         self.serving_client = (
             client
             if client is not None
-            else redis.Redis.from_url(
+            else connect(
                 url,
                 decode_responses=False,
                 socket_timeout=serving_timeout_s,
@@ -313,6 +348,8 @@ class RedisStore:
         self._failed_at = -math.inf  # monotonic time of the last serving-path outage
 
     def _key(self, namespace: str, key: str) -> str:
+        if self.hash_tags:
+            return f"{self.prefix}{namespace}:{{{key}}}"
         return f"{self.prefix}{namespace}:{key}"
 
     def put_many(
@@ -337,6 +374,9 @@ class RedisStore:
     def _write(self, client: Any, namespace: str, clean: dict[str, dict[str, Value]], ttl: float) -> None:
         expires = struct.pack("<d", self.clock() + ttl)
         ttl_ms = None if ttl == _NEVER else max(1, int(math.ceil(ttl * 1000)))
+        if self.cluster:
+            self._write_per_row(client, namespace, clean, expires, ttl_ms)
+            return
         pipe = client.pipeline(transaction=True)
         for key, row in clean.items():
             name = self._key(namespace, key)
@@ -347,6 +387,36 @@ class RedisStore:
             if ttl_ms is not None:
                 pipe.pexpire(name, ttl_ms)
         pipe.execute()
+
+    def _write_per_row(
+        self, client: Any, namespace: str, clean: dict[str, dict[str, Value]], expires: bytes, ttl_ms: int | None
+    ) -> None:
+        """The cluster's write: one ``_REPLACE`` call per row (atomic per row, no cross-slot transaction),
+        all of them in one pipeline that the cluster client splits by node."""
+        import redis
+
+        from mlsd.platform.redis_cluster import check_untagged
+
+        check_untagged("namespace", namespace)  # braces in it would become every row's hash tag
+        ttl_arg = b"" if ttl_ms is None else str(ttl_ms).encode()
+        for attempt in (1, 2):
+            if self._replace_sha is None:
+                self._replace_sha = client.script_load(_REPLACE)  # on every primary
+            pipe = client.pipeline(transaction=False)
+            for key, row in clean.items():
+                args = [ttl_arg, _EXPIRES, expires]
+                for field, value in row.items():
+                    args += [field, _encode(value)]
+                pipe.execute_command("EVALSHA", self._replace_sha, 1, self._key(namespace, key), *args)
+            try:
+                pipe.execute()
+                return
+            except redis.exceptions.NoScriptError:
+                # a node lost its script cache (restart, failover, a new node after resharding): the
+                # replace is idempotent, so load the script again and send the batch once more
+                self._replace_sha = None
+                if attempt == 2:
+                    raise
 
     def get_many(
         self,
@@ -380,7 +450,7 @@ class RedisStore:
                                    f"{self.serving_timeout_s * 1000:.0f} ms")  # fmt: skip
         try:
             result = call(self.serving_client)
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as err:
+        except _unavailable_errors(redis) as err:
             self._failed_at = time.monotonic()
             raise StoreUnavailable(
                 f"online store {self._where()} unreachable ({type(err).__name__}: {err})"
@@ -395,12 +465,15 @@ class RedisStore:
 
         client = self.serving_client
         if timeout_s is not None and timeout_s != self.serving_timeout_s:
-            client = redis.Redis.from_url(
-                self.url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-            )
+            from mlsd.platform.redis_cluster import connect
+
+            try:
+                client = connect(self.url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+            except _unavailable_errors(redis):  # a cluster client reads the slot map as it starts
+                return False
         try:
             return bool(client.ping())
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
+        except _unavailable_errors(redis):
             return False
         finally:
             if client is not self.serving_client:
