@@ -210,6 +210,16 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
         help="apply batches to the windows as they come (faster with many workers; features then "
         "depend on the workers' timing)",
     )  # fmt: skip
+    p.add_argument(
+        "--redis-cluster", default=None, metavar="URL",
+        help="a Redis Cluster node: the stream partitioned by card (--partitions), one worker per "
+        "partition, each partition's keys on one slot (docs/scaling.md)",
+    )  # fmt: skip
+    p.add_argument("--partitions", type=int, default=2, help="card partitions of --redis-cluster (default 2)")
+    p.add_argument(
+        "--partition", type=int, action="append", default=None,
+        help="run only this partition's worker (repeatable; default: every partition)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true")
     # --experiments FILE (shadow), --exposure-redis URL (default for workers: the stream's --redis-url)
     _experiment_options(p)
@@ -497,9 +507,14 @@ def _reason_text(code: Any, rules: dict[str, str]) -> str:
 
 
 def _stream(args: argparse.Namespace) -> int:
-    from mlsd.fraud.stream import run_stream_command
+    if args.redis_cluster:
+        from mlsd.fraud.distributed import run_partitioned_stream
 
-    summary = run_stream_command(args)
+        summary = run_partitioned_stream(args)
+    else:
+        from mlsd.fraud.stream import run_stream_command
+
+        summary = run_stream_command(args)
     if args.json:
         _print_json(summary)
     else:
