@@ -15,10 +15,13 @@ KEYS = {"p50_ms", "p95_ms", "p99_ms", "throughput_rps", "stages"}
 @pytest.mark.slow
 def test_bench_json_contract(capsys):
     code = main(["recsys", "bench", "--users", "300", "--items", "80", "--requests", "24", "--concurrency", "8",
-                 "--train-users", "300", "--events-per-user", "10", "--k", "20", "--json"])  # fmt: skip
+                 "--ranker-users", "200", "--events-per-user", "10", "--k", "20", "--json"])  # fmt: skip
     assert code == 0
     result = json.loads(capsys.readouterr().out)  # one JSON object, nothing else on stdout
-    assert set(result) == {"in_process", "http"}
+    assert set(result) == {"train", "in_process", "http"}
+    # trained on every user of the window, the ranker on a sample of them
+    assert result["train"]["users"] >= result["train"]["ranker_users"] > 0
+    assert result["train"]["train_s"] > 0 and set(result["train"]["steps_s"]) >= {"ranker", "stage_one"}
     for mode in ("in_process", "http"):
         b = result[mode]
         assert set(b) == (KEYS | {"workers", "concurrency"} if mode == "http" else KEYS)
