@@ -116,19 +116,7 @@ def test_cross_val_predict_never_sees_the_query():
 
 
 def test_cli_run_prints_one_json_object(tmp_path, capsys):
-    f = tmp_path / "train.csv"
-    ds = synthetic_dataset()
-    rows = ds.judgements.merge(ds.products, on="product_id").merge(ds.queries, on="query_id")
-    pd.DataFrame(
-        {
-            "id": rows["product_id"],
-            "query": rows["text"],
-            "product_title": rows["title"],
-            "product_description": rows["description"],
-            "median_relevance": (rows["grade"] + 1).astype(int),
-            "relevance_variance": 0,
-        }
-    ).to_csv(f, index=False)
+    f = _crowdflower_csv(tmp_path / "train.csv")
     parser = argparse.ArgumentParser()
     ev.add_arguments(parser)
     args = parser.parse_args(["--dataset", "crowdflower", "--path", str(f), "--no-dense", "--json"])
@@ -347,3 +335,61 @@ def test_full_setting_progress_goes_to_stderr(tmp_path, capsys, monkeypatch):
         assert stage not in captured.out
     assert "10/10" in captured.err and "5/5" in captured.err
     assert "ltr" in captured.out and "ndcg@10=" in captured.out
+
+
+def _crowdflower_csv(path, n_queries: int = 10):
+    ds = synthetic_dataset(n_queries=n_queries)
+    rows = ds.judgements.merge(ds.products, on="product_id").merge(ds.queries, on="query_id")
+    pd.DataFrame(
+        {
+            "id": rows["product_id"],
+            "query": rows["text"],
+            "product_title": rows["title"],
+            "product_description": rows["description"],
+            "median_relevance": (rows["grade"] + 1).astype(int),
+            "relevance_variance": 0,
+        }
+    ).to_csv(path, index=False)
+    return path
+
+
+def test_cli_nested_prints_one_json_object_with_the_picks(tmp_path, capsys):
+    from mlsd.cli import main
+
+    f = _crowdflower_csv(tmp_path / "train.csv")
+    argv = ["search", "evaluate", "--dataset", "crowdflower", "--path", str(f), "--no-dense", "--nested"]
+    assert main([*argv, "--json", "--inner-queries", "6"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("\n") == 1 and captured.err == ""
+    report = json.loads(captured.out)
+    assert set(report["models"]) == {"bm25", "ltr-nested"}  # no dense model: no dense / hybrid
+    assert set(report["models"]["ltr-nested"]) == {"ndcg@10", "ndcg@48", "map@10"}
+    nested = report["nested"]
+    assert (nested["outer_folds"], nested["inner_folds"], nested["inner_queries"]) == (5, 3, 6)
+    assert nested["grid"] == ["bm25", "ridge-core", "ridge", "blend-0.7", "blend-0.5", "blend-0.3"]
+    assert len(nested["picks"]) == 5 and set(nested["picks"]) <= set(nested["grid"])
+    assert all(set(s) == set(nested["grid"]) for s in nested["inner_ndcg@10"])
+    # progress and the picks go to stderr without --json
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "[evaluate] outer fold 5: picked" in captured.err and "nested picks per outer fold" in captured.out
+
+
+@pytest.mark.parametrize(
+    ("extra", "n_queries", "message"),
+    [
+        (["--inner-folds", "3"], 10, "--inner-folds=3: only applies to a nested CV. Fix: add --nested"),
+        (["--inner-queries", "50"], 10, "--inner-queries=50: only applies to a nested CV"),
+        (["--nested", "--inner-folds", "1"], 10, "--inner-folds=1: too few folds"),
+        (["--nested", "--inner-queries", "4"], 10, "--inner-queries=4: too few for 3 inner folds"),
+        (["--nested"], 6, "--nested=6: too few judged queries for a nested CV. Fix: give 8 or more"),
+    ],
+)
+def test_cli_bad_nested_combinations_exit_2_with_the_fix(tmp_path, capsys, extra, n_queries, message):
+    from mlsd.cli import main
+
+    f = _crowdflower_csv(tmp_path / "train.csv", n_queries)
+    argv = ["search", "evaluate", "--dataset", "crowdflower", "--path", str(f), "--no-dense", "--json"]
+    assert main([*argv, *extra]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.out == ""

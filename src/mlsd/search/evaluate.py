@@ -9,7 +9,11 @@ Two settings:
 The LTR model (:mod:`mlsd.search.judged_ltr`: a bagged ridge, blended with LightGBM lambdarank
 when there are enough judged queries) is trained by 5-fold cross-validation grouped by query on the
 labels themselves, so each query is scored by a model that never saw it; any blend weight is chosen
-by an inner CV inside each training fold. Metrics come from :mod:`mlsd.platform.metrics`: graded nDCG (gain ``2**g - 1``), MAP@10 and
+by an inner CV inside each training fold. ``--nested`` replaces the LTR by ``ltr-nested``: inside
+each outer training fold an inner CV grouped by query picks among a fixed grid of rankers
+(:data:`mlsd.search.judged_ltr.CANDIDATE_GRID`), and the pick, refitted on the outer training fold,
+scores the outer test fold; the features are computed once and the grid only refits models on them.
+Metrics come from :mod:`mlsd.platform.metrics`: graded nDCG (gain ``2**g - 1``), MAP@10 and
 recall@100 with "relevant" = grade >= 1.
 """
 
@@ -43,6 +47,11 @@ QUERY_CHUNK = 256
 # thousands of pairs where trees learn what separates judged from merely retrieved products; the
 # blend keeps the weight the judged LTR had before the ridge bag (fixed, not re-tuned here).
 FULL_LINEAR_WEIGHT = 0.7
+OUTER_FOLDS = 5  # the LTR's cross-validation folds (JudgedLTR.n_folds), outer folds of --nested
+INNER_FOLDS = 3  # --nested: inner CV folds inside each outer training fold
+# --nested: the inner CV runs on at most this many training queries (a seeded sample): enough to rank
+# a handful of candidates, and it bounds the inner lambdarank fits on the 5,000-query dev file.
+INNER_QUERIES = 1000
 
 
 def default_cache_dir() -> Path:
@@ -236,7 +245,7 @@ def _ltr_scores(
     return scores
 
 
-def _evaluate_rerank(ctx: _Context, seed: int, quiet: bool) -> dict[str, dict[str, float]]:
+def _evaluate_rerank(ctx: _Context, seed: int, quiet: bool, nested: dict | None = None) -> dict:
     ds = ctx.ds
     qid_to_index = pd.Series(np.arange(len(ds.queries)), index=ds.queries["query_id"].to_numpy())
     j = ds.judgements
@@ -259,11 +268,70 @@ def _evaluate_rerank(ctx: _Context, seed: int, quiet: bool) -> dict[str, dict[st
         r_bm25 = group_rank(scores["bm25"], qi) * sizes
         r_dense = group_rank(scores["dense"], qi) * sizes
         scores["hybrid"] = 1.0 / (61.0 + r_bm25) + 1.0 / (61.0 + r_dense)
-    _progress(f"LTR: {len(qi)} judged pairs, 5-fold CV grouped by query", quiet)
-    scores["ltr"] = _ltr_scores(ctx, qi, rows, grades, seed, quiet=quiet)
-    return {
+    selection = None
+    if nested is None:
+        _progress(f"LTR: {len(qi)} judged pairs, 5-fold CV grouped by query", quiet)
+        scores["ltr"] = _ltr_scores(ctx, qi, rows, grades, seed, quiet=quiet)
+    else:
+        _progress(f"nested LTR selection: {len(qi)} judged pairs", quiet)
+        scores["ltr-nested"], selection = _nested_scores(
+            ctx, qi, rows, grades, dict(scores), seed, quiet, **nested
+        )
+    out = {
         name: ranking_report(rank_pairs(qi, pids, s, n_q, width, seed), judged, with_recall=False)
         for name, s in scores.items()
+    }
+    return out if selection is None else {**out, "nested": selection}
+
+
+def _nested_scores(
+    ctx: _Context,
+    qi: np.ndarray,
+    rows: np.ndarray,
+    grades: np.ndarray,
+    fixed: dict[str, np.ndarray],
+    seed: int,
+    quiet: bool,
+    *,
+    inner_folds: int,
+    inner_queries: int | None,
+    linear_weight: float | None = None,
+) -> tuple[np.ndarray, dict]:
+    """Out-of-fold scores of :class:`~mlsd.search.judged_ltr.NestedSelection` over the candidate grid,
+    and what it picked. The features are computed once; the grid only refits models on them.
+    ``fixed`` holds the unlearned rankers' scores of the pairs (bm25 / dense / hybrid)."""
+    from mlsd.search.judged_ltr import JudgedLTR, NestedSelection
+
+    X = pair_features(ctx, qi, rows, quiet=quiet)
+    names = ctx.features.feature_names_
+    selector = NestedSelection(
+        n_folds=OUTER_FOLDS,
+        inner_folds=inner_folds,
+        inner_queries=inner_queries,
+        ltr=JudgedLTR(seed=seed),
+        seed=seed,
+    )
+    grid = [c.name for c in selector.usable(fixed)]
+    _progress(
+        f"nested CV: {selector.n_folds} outer folds x {inner_folds} inner folds grouped by query, "
+        f"grid {', '.join(grid)}",
+        quiet,
+    )
+    bar = _bar(selector.n_folds, "nested outer folds", "fold", quiet)
+
+    def on_fold(k: int, pick: str, inner: dict[str, float]) -> None:
+        bar.update(1)
+        _progress(f"outer fold {k + 1}: picked {pick} (inner nDCG@10 {inner[pick]:.4f})", quiet)
+
+    scores = selector.cross_val_predict(X, grades, qi, feature_names=names, fixed=fixed, on_fold=on_fold)
+    bar.close()
+    return scores, {
+        "outer_folds": selector.n_folds,
+        "inner_folds": inner_folds,
+        "inner_queries": inner_queries,
+        "grid": grid,
+        "picks": selector.fold_picks_,
+        "inner_ndcg@10": selector.inner_scores_,
     }
 
 
@@ -314,8 +382,8 @@ def _retrieve_all(ctx: _Context, depth: int, keep: int, quiet: bool) -> dict[str
 
 
 def _evaluate_full(
-    ctx: _Context, seed: int, quiet: bool, ltr_depth: int = LTR_DEPTH
-) -> dict[str, dict[str, float]]:
+    ctx: _Context, seed: int, quiet: bool, ltr_depth: int = LTR_DEPTH, nested: dict | None = None
+) -> dict:
     ds = ctx.ds
     qid_to_index = pd.Series(np.arange(len(ds.queries)), index=ds.queries["query_id"].to_numpy())
     judged = _judged_lists(ds, qid_to_index)
@@ -334,12 +402,23 @@ def _evaluate_full(
         dtype=np.float64,
         count=len(qi),
     )
-    _progress(f"LTR: {len(qi)} candidate pairs (unjudged = 0), 5-fold CV grouped by query", quiet)
-    ltr = _ltr_scores(ctx, qi, rows, grades, seed, linear_weight=FULL_LINEAR_WEIGHT, quiet=quiet)
-    reranked = rank_pairs(qi, pids, ltr, len(ds.queries), max(n_ltr, METRIC_DEPTH), seed)
     out = {name: ranking_report(c.product_ids, judged, with_recall=True) for name, c in lists.items()}
-    out["ltr"] = ranking_report(reranked, judged, with_recall=True)
-    return out
+    if nested is None:
+        _progress(f"LTR: {len(qi)} candidate pairs (unjudged = 0), 5-fold CV grouped by query", quiet)
+        ltr = _ltr_scores(ctx, qi, rows, grades, seed, linear_weight=FULL_LINEAR_WEIGHT, quiet=quiet)
+        name, selection = "ltr", None
+    else:
+        _progress(f"nested LTR selection: {len(qi)} candidate pairs (unjudged = 0)", quiet)
+        # The unlearned candidates reorder the same hybrid pool the LTR reranks.
+        fixed = {"bm25": ctx.bm25.field_scores(ctx.query_texts, qi, rows)[:, -1]}
+        if ctx.dense is not None:
+            fixed["dense"] = ctx.dense.cosine(ctx.query_vectors, qi, rows)
+            fixed["hybrid"] = base.scores[:, :n_ltr].ravel()[keep]
+        ltr, selection = _nested_scores(ctx, qi, rows, grades, fixed, seed, quiet, **nested)
+        name = "ltr-nested"
+    reranked = rank_pairs(qi, pids, ltr, len(ds.queries), max(n_ltr, METRIC_DEPTH), seed)
+    out[name] = ranking_report(reranked, judged, with_recall=True)
+    return out if selection is None else {**out, "nested": selection}
 
 
 def evaluate(
@@ -351,8 +430,16 @@ def evaluate(
     seed: int = 0,
     quiet: bool = False,
     ltr_depth: int = LTR_DEPTH,
+    nested: bool = False,
+    inner_folds: int = INNER_FOLDS,
+    inner_queries: int | None = INNER_QUERIES,
 ) -> dict:
-    """The evaluate report for ``ds``: ``{"dataset", "setting", "data", "models": {name: metrics}}``."""
+    """The evaluate report for ``ds``: ``{"dataset", "setting", "data", "models": {name: metrics}}``.
+
+    ``nested=True``: the LTR is the pick of a nested CV over ``judged_ltr.CANDIDATE_GRID`` (model
+    ``ltr-nested``), and the report gains ``"nested"``: the grid, each outer fold's pick and the inner
+    nDCG@10 of every candidate (``inner_folds`` folds over at most ``inner_queries`` training queries).
+    """
     if setting not in SETTINGS:
         raise InputError("--setting", setting, "unknown setting", f"choose from {', '.join(SETTINGS)}")
     if not 1 <= ltr_depth <= RETRIEVAL_DEPTH:
@@ -370,18 +457,45 @@ def evaluate(
             f"has {n_judged} judged query",
             "the LTR is cross-validated by query: give it 2 or more",
         )
+    nested_settings = None
+    if nested:
+        _check_nested(n_judged, inner_folds, inner_queries)
+        nested_settings = {"inner_folds": inner_folds, "inner_queries": inner_queries}
     ctx = _Context(ds, cache_dir=cache_dir, quiet=quiet, dense=dense)
     models = (
-        _evaluate_rerank(ctx, seed, quiet)
+        _evaluate_rerank(ctx, seed, quiet, nested_settings)
         if setting == "rerank"
-        else _evaluate_full(ctx, seed, quiet, ltr_depth)
+        else _evaluate_full(ctx, seed, quiet, ltr_depth, nested_settings)
     )
-    return {
+    report = {
         "dataset": ds.name,
         "setting": setting,
         "data": ds.summary(),
-        "models": {m: models[m] for m in MODELS if m in models},
+        "models": {m: models[m] for m in (*MODELS, "ltr-nested") if m in models},
     }
+    if nested:
+        report["nested"] = models["nested"]
+    return report
+
+
+def _check_nested(n_judged: int, inner_folds: int, inner_queries: int | None) -> None:
+    if inner_folds < 2:
+        raise InputError("--inner-folds", inner_folds, "too few folds", "give 2 or more (default 3)")
+    if inner_queries is not None and inner_queries < 2 * inner_folds:
+        raise InputError(
+            "--inner-queries",
+            inner_queries,
+            f"too few for {inner_folds} inner folds",
+            f"give at least {2 * inner_folds} (2 per inner fold), or 0 for all training queries",
+        )
+    if n_judged < OUTER_FOLDS + inner_folds:
+        raise InputError(
+            "--nested",
+            n_judged,
+            "too few judged queries for a nested CV",
+            f"give {OUTER_FOLDS + inner_folds} or more judged queries ({OUTER_FOLDS} outer x "
+            f"{inner_folds} inner folds), or drop --nested",
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -408,7 +522,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"full setting: hybrid candidates per query the LTR reranks (default {LTR_DEPTH}); "
         "memory and time of the LTR stage grow with it",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--nested",
+        action="store_true",
+        help="nested CV: inside each outer training fold an inner CV grouped by query picks the LTR "
+        "among a fixed grid (judged_ltr.CANDIDATE_GRID); reports model ltr-nested and each fold's pick",
+    )
+    parser.add_argument(
+        "--inner-folds",
+        type=int,
+        default=None,
+        help=f"with --nested: inner CV folds (default {INNER_FOLDS})",
+    )
+    parser.add_argument(
+        "--inner-queries",
+        type=int,
+        default=None,
+        help=f"with --nested: the inner CV uses at most this many of the outer training queries, a seeded "
+        f"sample (default {INNER_QUERIES}; 0 = all)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="fold assignment of queries (outer and inner)")
     parser.add_argument("--json", action="store_true", help="print ONE JSON object on stdout")
 
 
@@ -418,6 +551,12 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--path", str(path), "does not exist", "point it at the dataset file or folder")
     ds = load_dataset(args.dataset, path)
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    nested = bool(getattr(args, "nested", False))
+    inner_folds = getattr(args, "inner_folds", None)
+    inner_queries = getattr(args, "inner_queries", None)
+    for flag, value in (("--inner-folds", inner_folds), ("--inner-queries", inner_queries)):
+        if value is not None and not nested:
+            raise InputError(flag, value, "only applies to a nested CV", "add --nested, or drop it")
     report = evaluate(
         ds,
         args.setting,
@@ -426,11 +565,16 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         quiet=bool(args.json),
         ltr_depth=args.ltr_depth,
+        nested=nested,
+        inner_folds=INNER_FOLDS if inner_folds is None else inner_folds,
+        inner_queries=INNER_QUERIES if inner_queries is None else (inner_queries or None),
     )
     if args.json:
         print(json.dumps(report))
     else:
         print(f"{report['dataset']} ({report['setting']}): {report['data']}")
         for name, m in report["models"].items():
-            print(f"  {name:<7} " + "  ".join(f"{k}={v:.4f}" for k, v in m.items()))
+            print(f"  {name:<10} " + "  ".join(f"{k}={v:.4f}" for k, v in m.items()))
+        if "nested" in report:
+            print(f"  nested picks per outer fold: {', '.join(report['nested']['picks'])}")
     return 0

@@ -642,3 +642,174 @@ class JudgedLTR:
             if on_fold is not None:
                 on_fold()
         return scores
+
+
+# -- nested selection among a fixed grid of rankers --------------------------------------------------
+
+# Features computed from the query's whole candidate list rather than from the pair alone: the
+# list-relative versions (suffixes) and the pseudo-relevance-feedback centroids. The "core" feature
+# group drops them (and the list-relative versions of anything).
+LIST_SUFFIXES = ("_gap", "_rank", "_z")
+PRF_FEATURES = frozenset({"cos_centroid", "cos_top5", "title_prf"})
+
+
+def core_columns(feature_names: Sequence[str]) -> np.ndarray:
+    """Indexes of the features that depend on the pair alone (no list-relative, no PRF feature).
+
+    >>> core_columns(["bm25", "bm25_gap", "cos", "cos_centroid", "cos_z", "char_sim"]).tolist()
+    [0, 2, 5]
+    """
+    return np.array(
+        [i for i, n in enumerate(feature_names) if n not in PRF_FEATURES and not n.endswith(LIST_SUFFIXES)],
+        dtype=np.int64,
+    )
+
+
+@dataclass(frozen=True)
+class RankerCandidate:
+    """One entry of the nested-selection grid.
+
+    ``source`` names a fixed score column (nothing fitted: bm25, dense, hybrid, a transferred model);
+    otherwise the candidate is ``(1 - weight) x lambdarank + weight x ridge bag`` (per-query z-scores,
+    :class:`JudgedLTR`) on the feature group ``features`` ("all" or "core", see :func:`core_columns`).
+    """
+
+    name: str
+    weight: float = 1.0
+    features: str = "all"
+    source: str | None = None
+
+
+# Fixed a priori, ordered simplest first (max() keeps the first of equal inner scores). Nothing in
+# it was tuned on an evaluation set: it spans the settings the pipeline had used (ridge bag alone,
+# the 0.7 blend), both sides of them, the feature groups with and without list-relative / PRF
+# features, and the unlearned rankers.
+CANDIDATE_GRID: tuple[RankerCandidate, ...] = (
+    RankerCandidate("bm25", source="bm25"),
+    RankerCandidate("dense", source="dense"),
+    RankerCandidate("hybrid", source="hybrid"),
+    RankerCandidate("ridge-core", weight=1.0, features="core"),
+    RankerCandidate("ridge", weight=1.0),
+    RankerCandidate("blend-0.7", weight=0.7),
+    RankerCandidate("blend-0.5", weight=0.5),
+    RankerCandidate("blend-0.3", weight=0.3),
+)
+
+
+class NestedSelection:
+    """Nested cross-validation grouped by query over a fixed grid of rankers.
+
+    Outer ``n_folds``-fold CV grouped by query (queries shuffled into folds by ``seed``); inside each
+    outer training fold an inner ``inner_folds``-fold CV grouped by query (seed ``seed + 1``), over at
+    most ``inner_queries`` of the training queries (a seeded sample; ``None``: all), scores every
+    candidate by mean nDCG@10 and picks the best (the first of equal scores). The pick is refitted on
+    the whole outer training fold and scores the outer test fold. Test-fold labels reach nothing but
+    the reported figure. ``ltr`` carries the tree and ridge-bag settings (its ``linear_weight`` is
+    ignored: each candidate sets its own).
+
+    :meth:`cross_val_predict` returns the out-of-fold scores; ``fold_picks_`` (candidate name per
+    outer fold), ``inner_scores_`` (per outer fold, candidate -> inner nDCG@10) and
+    ``inner_query_counts_`` (queries the inner CV used) say what was chosen and on what.
+    """
+
+    def __init__(
+        self,
+        candidates: Sequence[RankerCandidate] = CANDIDATE_GRID,
+        n_folds: int = 5,
+        inner_folds: int = 3,
+        inner_queries: int | None = 1000,
+        ltr: JudgedLTR | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.candidates = candidates
+        self.n_folds = n_folds
+        self.inner_folds = inner_folds
+        self.inner_queries = inner_queries
+        self.ltr = ltr
+        self.seed = seed
+
+    def usable(self, fixed: dict[str, np.ndarray]) -> list[RankerCandidate]:
+        """The grid less the fixed candidates whose score column is not given (e.g. no dense model)."""
+        return [c for c in self.candidates if c.source is None or c.source in fixed]
+
+    def _score(
+        self,
+        candidates: Sequence[RankerCandidate],
+        X: np.ndarray,
+        grades: np.ndarray,
+        query_index: np.ndarray,
+        fixed: dict[str, np.ndarray],
+        columns: dict[str, np.ndarray],
+        train: np.ndarray,
+        test: np.ndarray,
+    ) -> dict[str, np.ndarray]:
+        """Each candidate's scores of the ``test`` pairs, fitted on the ``train`` pairs; the learned
+        candidates of one feature group share one lambdarank model and one ridge bag."""
+        template = self.ltr or JudgedLTR(seed=self.seed)
+        out: dict[str, np.ndarray] = {}
+        qi_test = query_index[test]
+        for group in sorted({c.features for c in candidates if c.source is None}):
+            members = [c for c in candidates if c.source is None and c.features == group]
+            cols = columns[group]
+            Xg = X[:, cols] if len(cols) < X.shape[1] else X
+            trees = any(c.weight < 1.0 for c in members)
+            bag = any(c.weight > 0.0 for c in members)
+            model, ridge = template._fit_parts(Xg[train], grades[train], query_index[train], trees, bag)
+            x_test = Xg[test]
+            tree_z = group_zscore(model.predict(x_test), qi_test) if model is not None else 0.0
+            ridge_z = group_zscore(ridge.predict(x_test, qi_test), qi_test) if ridge is not None else 0.0
+            for c in members:
+                out[c.name] = (1.0 - c.weight) * tree_z + c.weight * ridge_z
+        for c in candidates:
+            if c.source is not None:
+                out[c.name] = np.asarray(fixed[c.source], dtype=np.float64)[test]
+        return out
+
+    def cross_val_predict(
+        self,
+        X: np.ndarray,
+        grades: np.ndarray,
+        query_index: np.ndarray,
+        *,
+        feature_names: Sequence[str],
+        fixed: dict[str, np.ndarray] | None = None,
+        on_fold: Callable[[int, str, dict[str, float]], None] | None = None,
+    ) -> np.ndarray:
+        """Out-of-fold scores of the nested pick; ``on_fold(k, pick, inner_scores)`` after each outer fold."""
+        query_index = np.asarray(query_index)
+        grades = np.asarray(grades, dtype=np.float64)
+        fixed = fixed or {}
+        candidates = self.usable(fixed)
+        if not candidates:
+            raise ValueError("no usable candidate: the grid's fixed sources are all missing")
+        columns = {"all": np.arange(X.shape[1]), "core": core_columns(feature_names)}
+        rng = np.random.default_rng(self.seed + 2)
+        scores = np.zeros(len(X), dtype=np.float64)
+        self.fold_picks_: list[str] = []
+        self.inner_scores_: list[dict[str, float]] = []
+        self.inner_query_counts_: list[int] = []
+        for k, (train, test) in enumerate(_shuffled_folds(query_index, self.n_folds, self.seed)):
+            train_queries = np.unique(query_index[train])
+            inner = train
+            if self.inner_queries is not None and len(train_queries) > self.inner_queries:
+                keep = rng.choice(train_queries, self.inner_queries, replace=False)
+                inner = train[np.isin(query_index[train], keep)]
+            qi_inner = query_index[inner]
+            oof = {c.name: np.zeros(len(inner)) for c in candidates}
+            for i_train, i_test in _shuffled_folds(qi_inner, self.inner_folds, self.seed + 1):
+                part = self._score(
+                    candidates, X, grades, query_index, fixed, columns, inner[i_train], inner[i_test]
+                )
+                for name, s in part.items():
+                    oof[name][i_test] = s
+            inner_ndcg = {c.name: query_ndcg(oof[c.name], grades[inner], qi_inner) for c in candidates}
+            # max() keeps the first of equal scores: the grid is ordered simplest first.
+            pick = max(candidates, key=lambda c: inner_ndcg[c.name])
+            inner_scores = {name: round(v, 4) for name, v in inner_ndcg.items()}
+            scores[test] = self._score([pick], X, grades, query_index, fixed, columns, train, test)[pick.name]
+            self.fold_picks_.append(pick.name)
+            self.inner_scores_.append(inner_scores)
+            self.inner_query_counts_.append(int(np.unique(qi_inner).size))
+            if on_fold is not None:
+                on_fold(k, pick.name, inner_scores)
+        return scores
