@@ -32,11 +32,9 @@ class ALSCandidates:
         self.num_threads = num_threads
 
     def fit(self, data, users: IdMap | None = None, items: IdMap | None = None) -> ALSCandidates:
-        import faiss
         from implicit.cpu.als import AlternatingLeastSquares
 
         hist = History.build(data, users, items)
-        self.users_, self.items_ = hist.users, hist.items
         from threadpoolctl import threadpool_limits
 
         # implicit parallelises itself; a second BLAS thread pool underneath only oversubscribes
@@ -52,11 +50,21 @@ class ALSCandidates:
                 calculate_training_loss=False,
             )
             model.fit(sp.csr_matrix(hist.matrix, dtype=np.float32), show_progress=False)
-        self.user_factors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)
-        self.item_factors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
+        self._set_factors(hist.users, hist.items, model.user_factors, model.item_factors)
+        return self
+
+    def _set_factors(self, users: IdMap, items: IdMap, user_factors, item_factors) -> None:
+        """The fitted state, whichever trainer made the factors: id maps, factors, the FAISS index."""
+        self.users_, self.items_ = users, items
+        self.user_factors_ = np.ascontiguousarray(user_factors, dtype=np.float32)
+        self.item_factors_ = np.ascontiguousarray(item_factors, dtype=np.float32)
+        self._build_index()
+
+    def _build_index(self) -> None:
+        import faiss
+
         self.index_ = faiss.IndexFlatIP(self.item_factors_.shape[1])
         self.index_.add(self.item_factors_)
-        return self
 
     def __getstate__(self) -> dict:
         # A FAISS index does not pickle; it is rebuilt from the item factors on load.
@@ -65,10 +73,18 @@ class ALSCandidates:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         if "item_factors_" in state:
-            import faiss
+            self._build_index()
 
-            self.index_ = faiss.IndexFlatIP(self.item_factors_.shape[1])
-            self.index_.add(self.item_factors_)
+    def export_users(self, store, namespace: str, *, batch: int = 10_000, ttl_s: float | None = None) -> int:
+        """Write every user's factor vector to an online store (``{user_id: {"als": float32 vector}}``,
+        ``batch`` rows per call); returns how many rows were written. Serving processes read the rows
+        of a request's users instead of each holding every user's vector."""
+        ids = self.users_.ids
+        for start in range(0, len(ids), batch):
+            block = self.user_factors_[start : start + batch]
+            store.put_many(namespace, dict(zip(map(str, ids[start : start + batch].tolist()),
+                                               ({"als": v} for v in block), strict=True)), ttl_s=ttl_s)  # fmt: skip
+        return len(ids)
 
     def user_vectors(self, user_ids) -> tuple[np.ndarray, np.ndarray]:
         """(vectors (u, f), known mask): unknown users get a zero vector."""

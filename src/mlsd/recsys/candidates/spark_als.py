@@ -1,0 +1,116 @@
+"""Implicit ALS trained by Spark MLlib: the distributed trainer behind the same candidate-source interface
+as :class:`~mlsd.recsys.candidates.als.ALSCandidates` (``implicit``).
+
+Only training moves to Spark. The factors come back to the driver and everything after that is
+:class:`ALSCandidates`' own code: retrieval is a FAISS inner-product search over the item factors
+(built once per serving process), and :meth:`~ALSCandidates.export_users` writes the user factors to
+the online store, where N serving processes read them per request instead of each holding them.
+
+Spark is an optional dependency (``pip install mlsd[spark]``, a JDK 17 on the PATH); it is imported
+only when :meth:`SparkALSCandidates.fit` runs. The session is Spark's active one
+(``SparkSession.builder.getOrCreate()``): a caller that made one (a cluster's ``spark://host:7077``,
+a test's ``local[2]``) keeps it, otherwise one is started on ``master`` and kept for the process (a JVM
+start costs ~10 s; stop it with ``spark_session().stop()``).
+
+The two trainers optimise the same objective (Hu, Koren & Volinsky 2008: confidence ``1 + alpha * r``)
+but regularise differently: ``implicit`` adds ``regularization * I`` to each least-squares problem, Spark
+scales ``regParam`` by the number of ratings of the user (or item) being solved. The same
+``regularization`` value therefore means a stronger penalty on Spark for active users and popular
+titles; similar quality, not identical factors (``tests/recsys/test_spark_als.py`` compares recall).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mlsd.platform.errors import InputError
+from mlsd.recsys.candidates.als import ALSCandidates
+from mlsd.recsys.candidates.base import History
+from mlsd.recsys.data import IdMap
+
+INSTALL_HINT = "pip install mlsd[spark] (pyspark 4) and a JDK 17 on the PATH (or JAVA_HOME)"
+
+
+def spark_session(master: str = "local[2]", app_name: str = "mlsd-als", shuffle_partitions: int = 4):
+    """Spark's active session, or a new one on ``master`` bound to 127.0.0.1 (no UI, Arrow transfers)."""
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise InputError("pyspark", None, "is not installed: the Spark ALS trainer needs it",
+                         INSTALL_HINT) from None  # fmt: skip
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    return (
+        SparkSession.builder.master(master)
+        .appName(app_name)
+        .config("spark.driver.host", "127.0.0.1")  # never the machine's interface address
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .getOrCreate()
+    )
+
+
+class SparkALSCandidates(ALSCandidates):
+    """Implicit-feedback ALS fitted by ``pyspark.ml.recommendation.ALS`` (``implicitPrefs=True``);
+    candidates, scores, the FAISS index and the online-store export are :class:`ALSCandidates`'.
+
+    ``master``: where a new session runs when none is active (``local[2]``, ``spark://host:7077``);
+    ``num_blocks``: user and item blocks of Spark's block-partitioned solver (None: Spark's default, 10).
+    Users and titles are mapped to dense indices on the driver (Spark's ALS ids are 32-bit integers).
+    """
+
+    def __init__(
+        self,
+        factors: int = 64,
+        regularization: float = 0.05,
+        alpha: float = 2.0,
+        iterations: int = 15,
+        random_state: int = 42,
+        master: str = "local[2]",
+        num_blocks: int | None = None,
+    ) -> None:
+        super().__init__(factors=factors, regularization=regularization, alpha=alpha,
+                         iterations=iterations, random_state=random_state)  # fmt: skip
+        self.master = master
+        self.num_blocks = num_blocks
+
+    def fit(self, data, users: IdMap | None = None, items: IdMap | None = None) -> SparkALSCandidates:
+        import pandas as pd
+
+        hist = History.build(data, users, items)
+        spark = spark_session(self.master)
+        from pyspark.ml.recommendation import ALS
+
+        coo = hist.matrix.tocoo()
+        ratings = spark.createDataFrame(pd.DataFrame({
+            "user": coo.row.astype(np.int32), "item": coo.col.astype(np.int32),
+            "rating": coo.data.astype(np.float32),
+        }))  # fmt: skip
+        als = ALS(
+            rank=int(self.factors), maxIter=int(self.iterations), regParam=float(self.regularization),
+            alpha=float(self.alpha), implicitPrefs=True, seed=int(self.random_state),
+            userCol="user", itemCol="item", ratingCol="rating", coldStartStrategy="drop",
+        )  # fmt: skip
+        if self.num_blocks is not None:
+            als = als.setNumUserBlocks(int(self.num_blocks)).setNumItemBlocks(int(self.num_blocks))
+        model = als.fit(ratings)
+        self._set_factors(
+            hist.users,
+            hist.items,
+            _dense_factors(model.userFactors.toPandas(), len(hist.users), int(self.factors)),
+            _dense_factors(model.itemFactors.toPandas(), len(hist.items), int(self.factors)),
+        )
+        return self
+
+
+def _dense_factors(frame, n: int, rank: int) -> np.ndarray:
+    """Spark's (id, features) rows as an (n, rank) float32 matrix; ids it never saw (a title with no
+    event) stay zero, as ``implicit`` leaves them near zero: they never win an inner product."""
+    out = np.zeros((n, rank), np.float32)
+    if len(frame):
+        ids = frame["id"].to_numpy(np.int64)
+        out[ids] = np.asarray(frame["features"].tolist(), dtype=np.float32)
+    return out
