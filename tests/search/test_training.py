@@ -18,7 +18,7 @@ from mlsd.platform.system import SystemDir
 from mlsd.search.config import SearchConfig
 from mlsd.search.engine import MODEL_NAME, load_engine
 from mlsd.search.routing import SearchRouter
-from mlsd.search.training import retrain, train
+from mlsd.search.training import retrain, ship_decision, train, write_online_result
 from mlsd.search.world import ARM_PRESETS, METRICS, simulate_into
 
 PARSER = {"cache_size": 5_000}  # a non-default query-understanding setting, stored with the version
@@ -99,7 +99,9 @@ def test_without_a_judged_set_the_gate_is_counterfactual_on_held_out_clicks(sear
     assert gate["gate"].startswith("counterfactual") and gate["searches"] > 1000
     assert "truth_ndcg@10" not in gate and "held-out searches" in full["reason"]
     assert gate["diff"] == pytest.approx(gate["ips_clicks@10"] - gate["champion_ips_clicks@10"], abs=2e-4)
-    assert full["promoted"] == (gate["diff"] > 0)
+    # The ship rule: never promoted at registration (no online test yet); held when offline passes.
+    assert not full["promoted"] and gate["ship"] == ship_decision(gate["offline"]).action
+    assert gate["offline"]["metric"] == "ips_clicks@10" and gate["offline"]["se"] == gate["se"]
     mv = ModelRegistry(dirs.registry).get(MODEL_NAME, full["version"])
     assert mv.params["gate"] == {"metric": "ips_clicks@10", "holdout_share": 0.2}
     assert mv.params["holdout"]["searches"] == gate["searches"]
@@ -113,3 +115,84 @@ def test_a_log_too_small_to_hold_out_trains_on_all_of_it_and_is_not_gated() -> N
     log = pd.DataFrame({"search_id": [0, 0, 1], "ts": [1, 1, 2]})
     train_part, holdout = SearchSteps(log=said.append)._holdout(log)
     assert holdout is None and len(train_part) == 3 and "no counterfactual gate" in said[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# The ship rule: the offline evaluation and the online A/B test must agree
+
+OFFLINE_BETTER = {"metric": "truth_ndcg@10", "new": 0.82, "old": 0.80, "diff": 0.02, "se": 0.005}
+
+
+def _online(diff: float, low: float, high: float, srm: bool = False) -> dict:
+    return {"metric": "blended", "diff": diff, "diff_low": low, "diff_high": high, "srm_flagged": srm}
+
+
+@pytest.mark.parametrize(
+    ("offline", "online", "action", "says"),
+    [
+        (OFFLINE_BETTER, _online(0.03, 0.01, 0.05), "ship", "agree"),  # both better
+        (OFFLINE_BETTER, _online(0.001, -0.005, 0.007), "ship", "agree"),  # online: no loss beyond 1%
+        ({**OFFLINE_BETTER, "diff": -0.02}, _online(0.03, 0.01, 0.05), "reject", "worse"),  # offline worse
+        ({**OFFLINE_BETTER, "diff": 0.002, "se": 0.02}, None, "reject", "uncertain"),  # CI far below 0
+        (OFFLINE_BETTER, None, "hold", "online A/B"),  # waiting for the online test
+        (OFFLINE_BETTER, _online(-0.04, -0.06, -0.02), "hold", "DISAGREE"),  # offline better, online worse
+        (OFFLINE_BETTER, _online(0.01, -0.03, 0.05), "hold", "inconclusive"),  # online CI includes a loss
+        (OFFLINE_BETTER, _online(0.03, 0.01, 0.05, srm=True), "hold", "sample-ratio"),  # a broken test
+    ],
+)
+def test_ship_rule_on_planted_candidates(offline, online, action, says) -> None:
+    decision = ship_decision(offline, online)
+    assert decision.action == action and decision.ship == (action == "ship") and says in decision.reason
+
+
+def _planted_ab(diff: float, low: float, high: float) -> dict:
+    """An experiment analysis as the platform writes it, with a planted blended-metric result."""
+    comp = {"treatment": "challenger", "diff": diff, "diff_low": low, "diff_high": high}
+    return {"experiment": "search-ltr-vs-challenger", "primary_metric": "blended", "units": 4000,
+            "metrics": {"blended": [comp]}, "srm": {"flagged": False}}  # fmt: skip
+
+
+@pytest.mark.slow  # ~20 s: five retrains and a 300-unit online experiment
+def test_the_schedule_holds_an_offline_winner_until_the_online_test_agrees(search_world, tmp_path) -> None:
+    from dataclasses import replace
+
+    from mlsd.search.world import run_experiment
+
+    world_dirs, world = search_world
+    held = SystemDir(tmp_path / "held", "search")
+    shutil.copytree(world_dirs.data, held.data)
+    assert retrain(held, dt.date(2025, 12, 8), progress=False)["promoted"]  # a week of data: v1 champion
+    full = retrain(held, progress=False)  # the month: better offline on the judged set, so held
+    assert full["registered"] and full["version"] == 2 and not full["promoted"]
+    assert full["gate"]["ship"] == "hold" and full["gate"]["offline"]["diff"] > 0, full["reason"]
+    assert full["gate"]["offline"]["se"] > 0 and "online" in full["reason"]
+    waiting = retrain(held, progress=False)  # no online result yet: the job waits, trains nothing
+    assert not waiting["registered"] and not waiting["promoted"] and waiting["ship"]["action"] == "wait"
+    assert set(waiting) >= REPORT_KEYS and "v2" in waiting["reason"]
+    registry = ModelRegistry(held.registry)
+    assert [v.version for v in registry.versions(MODEL_NAME)] == [1, 2]
+    agree, disagree, live = (SystemDir(tmp_path / n, "search") for n in ("agree", "disagree", "live"))
+    for dirs in (agree, disagree, live):
+        shutil.copytree(held.home, dirs.home)
+    # the online test agrees: shipped by the next run
+    write_online_result(agree, _planted_ab(0.03, 0.01, 0.05), "challenger", 2, 1)
+    shipped = retrain(agree, progress=False)
+    assert shipped["promoted"] and shipped["ship"]["action"] == "ship" and "agree" in shipped["reason"]
+    assert ModelRegistry(agree.registry).aliases(MODEL_NAME)["champion"] == 2
+    # the online test says worse: the candidate is held, the champion stays, the report says why
+    write_online_result(disagree, _planted_ab(-0.04, -0.06, -0.02), "challenger", 2, 1)
+    kept = retrain(disagree, progress=False)
+    assert not kept["promoted"] and kept["ship"]["action"] == "hold" and "DISAGREE" in kept["reason"]
+    assert ModelRegistry(disagree.registry).aliases(MODEL_NAME)["champion"] == 1
+    assert (disagree.runs / "v2-ship.json").exists()
+    assert not retrain(disagree, progress=False)["registered"]  # decided; the same data trains nothing new
+    # a real simulated A/B of the challenger writes the result the next run reads
+    report = run_experiment(live, units=300, arms=["ltr", "challenger"], seed=1, progress=False,
+                            world=replace(world, registry_dir=live.registry))  # fmt: skip
+    result = json.loads((live.monitoring / "online" / "v2.json").read_text())
+    comp = report["metrics"]["blended"][0]
+    assert result["version"] == 2 and result["champion_version"] == world.engine.model_version == 1
+    assert (result["diff"], result["diff_low"]) == (comp["diff"], comp["diff_low"])
+    decided = retrain(live, progress=False)
+    assert decided["ship"]["action"] == ship_decision(full["gate"]["offline"], result).action
+    assert decided["promoted"] == (decided["ship"]["action"] == "ship")

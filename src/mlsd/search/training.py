@@ -18,8 +18,13 @@ In data-flow order:
   with the champion's settings, so its gate compares like with like. Re-running either on the same data
   and settings registers nothing.
 
-The gate: the challenger and the champion are scored on the *same* evaluation and the challenger is
-promoted only if it scores strictly higher.
+The gate: the challenger and the champion are scored on the *same* offline evaluation, and the result
+goes through the ship rule (:func:`ship_decision`): a challenger ships only when the offline evaluation
+and the online A/B test agree. Offline worse: rejected. Offline better: **held** (the ``challenger`` alias,
+not promoted) until its online test's result is in ``W/search/monitoring/online/v<N>.json``
+(:func:`write_online_result`; ``mlsd experiment run search --arms ltr,challenger`` writes it on a
+simulated world); the scheduled job (:func:`retrain`) trains nothing while a candidate waits (at most
+:data:`ONLINE_WAIT_DAYS`), and decides as soon as the result is there (:func:`review_held`).
 
 * With a judged set (``qrels.parquet``: graded query-product pairs): nDCG@10 on it, history features
   from the same window (:data:`GATE_METRIC`; the simulator writes its true grades there).
@@ -43,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from mlsd.platform.errors import InputError
+from mlsd.platform.jsonio import write_json
 from mlsd.platform.retraining import Trained, Verdict, Window, resolve_run_date
 from mlsd.platform.retraining import retrain as platform_retrain
 from mlsd.platform.system import SystemDir
@@ -287,6 +293,141 @@ def judged_ndcg(engine: SearchEngine, ranker: Any, queries: pd.DataFrame, qrels:
     return round(ground_truth_ndcg(score, queries, qrels, engine.row_of_id_), 4)
 
 
+def judged_ndcg_by_query(
+    engine: SearchEngine, ranker: Any, queries: pd.DataFrame, qrels: pd.DataFrame
+) -> pd.Series:
+    """nDCG@10 of ``ranker`` on each judged query with a relevant product (index: ``query_id``): what a
+    paired comparison of two versions needs (:func:`judged_ndcg` is their mean)."""
+    from mlsd.search.ltr import ground_truth_ndcg
+
+    graded = qrels[qrels["grade"] > 0]["query_id"].unique()
+    values = {
+        qid: ground_truth_ndcg(lambda t, qi, rows: engine.score_pairs(t, qi, rows, ranker), queries,
+                               qrels, engine.row_of_id_, query_ids=np.array([qid]))
+        for qid in np.sort(graded)
+    }  # fmt: skip
+    return pd.Series(values, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------------------------
+# The ship rule: the offline evaluation and the online A/B test must agree
+
+OFFLINE_TOLERANCE = 0.02  # the offline difference's 95% CI may reach 2% of the champion's value below 0
+ONLINE_MARGIN = 0.01  # a blended-metric drop beyond 0.01 (1%: the blend is 1 at the baseline) is a loss
+ONLINE_WAIT_DAYS = 14  # a held challenger with no online result after this many days is dropped
+ONLINE_RESULTS = "online"  # W/search/monitoring/online/v<N>.json: the online test of version N
+
+
+@dataclass(frozen=True)
+class ShipDecision:
+    """What the ship rule says about a challenger: ``action`` is ``"ship"`` (promote), ``"hold"`` (keep
+    it as challenger, not served to everyone) or ``"reject"``; ``reason`` says which evidence decided."""
+
+    action: str
+    reason: str
+
+    @property
+    def ship(self) -> bool:
+        return self.action == "ship"
+
+
+def ship_decision(
+    offline: dict[str, Any],
+    online: dict[str, Any] | None = None,
+    *,
+    z: float = 1.96,
+    offline_tolerance: float = OFFLINE_TOLERANCE,
+    online_margin: float = ONLINE_MARGIN,
+) -> ShipDecision:
+    """The search ship rule: a challenger ships only when the offline evaluation and the online test agree.
+
+    ``offline``: the gate's challenger-minus-champion difference on one offline evaluation (judged
+    nDCG@10, or the clipped-IPS estimate on held-out click logs): ``{"metric", "new", "old", "diff",
+    "se"}`` (``se`` of the paired difference; None when unknown). ``online``: the A/B test of the
+    challenger against the champion (:func:`write_online_result`): ``{"metric": "blended", "diff",
+    "diff_low", "diff_high", "srm_flagged"}``, the difference of the seed's blended metric (normalised
+    to 1 at the logged baseline, so 0.01 is a 1% lift) with its confidence interval; None: not run yet.
+
+    1. Offline: ``diff >= 0`` and its CI's lower end ``diff - z * se`` not below
+       ``-offline_tolerance * |old|``; otherwise **reject** (the offline evaluation does not support it;
+       no online test is spent on it).
+    2. Offline passes, no online result: **hold** (waiting for the online test).
+    3. Online test with a sample-ratio mismatch: **hold** (the test is broken, its numbers say nothing).
+    4. Online CI excludes a loss (``diff_low >= -online_margin``): both agree, **ship**.
+    5. Online CI entirely below 0 (``diff_high < 0``): offline says better, online says worse: they
+       disagree, **hold** and say so (a person looks at why: the offline metric and the blend measure
+       different things, or the offline data is stale).
+    6. Otherwise the online CI still includes a loss: inconclusive, **hold** (more units).
+
+    Examples:
+        >>> offline = {"metric": "ips_clicks@10", "new": 0.52, "old": 0.50, "diff": 0.02, "se": 0.004}
+        >>> ship_decision(offline).action
+        'hold'
+        >>> ship_decision(offline, {"metric": "blended", "diff": 0.03, "diff_low": 0.01, "diff_high": 0.05}).action
+        'ship'
+        >>> ship_decision(offline, {"metric": "blended", "diff": -0.04, "diff_low": -0.06, "diff_high": -0.02}).action
+        'hold'
+        >>> ship_decision({**offline, "diff": -0.01}).action
+        'reject'
+    """
+    diff, se, old = float(offline["diff"]), offline.get("se"), float(offline.get("old") or 0.0)
+    low = diff - z * float(se) if se is not None and np.isfinite(se) else diff
+    metric = offline.get("metric", "offline metric")
+    said = f"offline {metric} {diff:+.4f} (95% CI low {low:+.4f})"
+    if diff < 0:
+        return ShipDecision("reject", f"{said}: the offline evaluation says the challenger is worse")
+    if low < -offline_tolerance * abs(old):
+        return ShipDecision("reject", f"{said}: too uncertain offline (its CI reaches below "
+                                      f"-{offline_tolerance:.0%} of the champion's {old:.4f})")  # fmt: skip
+    if online is None:
+        return ShipDecision("hold", f"{said} passes; held for the online A/B test against the champion")
+    name = online.get("metric", "blended")
+    o_diff, o_low, o_high = float(online["diff"]), float(online["diff_low"]), float(online["diff_high"])
+    heard = f"{said}, online {name} {o_diff:+.4f} [{o_low:+.4f}, {o_high:+.4f}]"
+    if online.get("srm_flagged"):
+        return ShipDecision("hold", f"{heard}: the online test has a sample-ratio mismatch, its result "
+                                    "cannot be trusted; fix the exposure logging and run it again")  # fmt: skip
+    if o_low >= -online_margin:
+        return ShipDecision("ship", f"{heard}: offline and online agree (no online loss beyond "
+                                    f"{online_margin:g})")  # fmt: skip
+    if o_high < 0:
+        return ShipDecision("hold", f"{heard}: offline and online DISAGREE (offline better, online worse); "
+                                    "held for a person to look at why")  # fmt: skip
+    return ShipDecision("hold", f"{heard}: the online test is inconclusive (its CI includes a loss beyond "
+                                f"{online_margin:g}); run it with more units")  # fmt: skip
+
+
+def write_online_result(
+    dirs: SystemDir, report: dict[str, Any], arm: str, version: int, champion_version: int
+) -> Path:
+    """Record an online A/B test of model ``version`` (arm ``arm``) against ``champion_version`` (the
+    control arm) for the ship rule: ``W/search/monitoring/online/v<version>.json`` from an experiment
+    analysis ``report`` (:func:`mlsd.platform.experiments.analysis.analyze_experiment`'s JSON; its
+    primary metric, for search the blended one)."""
+    primary = report.get("primary_metric") or next(iter(report["metrics"]))
+    comp = next((c for c in report["metrics"][primary] if c.get("treatment") == arm), None)
+    if comp is None:
+        raise InputError("arm", arm, f"is not a treatment arm of experiment {report.get('experiment')!r}",
+                         "name the arm that served the challenger")  # fmt: skip
+    result = {
+        "version": int(version), "champion_version": int(champion_version),
+        "experiment": report.get("experiment"), "arm": arm, "metric": primary,
+        "diff": comp["diff"], "diff_low": comp["diff_low"], "diff_high": comp["diff_high"],
+        "srm_flagged": bool((report.get("srm") or {}).get("flagged")), "units": report.get("units"),
+    }  # fmt: skip
+    path = dirs.monitoring / ONLINE_RESULTS / f"v{int(version)}.json"
+    write_json(path, result)
+    return path
+
+
+def read_online_result(dirs: SystemDir, version: int) -> dict[str, Any] | None:
+    """The online test result of ``version`` (:func:`write_online_result`), None when there is none."""
+    import json
+
+    path = dirs.monitoring / ONLINE_RESULTS / f"v{int(version)}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 # --------------------------------------------------------------------------------------------------
 # The retrain job's search half
 
@@ -467,54 +608,72 @@ class SearchSteps:
         return Trained(artifact, params=params, metrics=metrics)
 
     def gate(self, window: Window, challenger: Any, champion: Any, *, progress: bool) -> Verdict:
-        from mlsd.platform.registry import verify
-        from mlsd.search.ltr import load_ranker
-
+        """The offline evaluation (judged nDCG@10, else the counterfactual estimate on held-out clicks),
+        then the ship rule (:func:`ship_decision`): a version just registered has no online test yet, so
+        it is held (offline better) or rejected, never promoted here."""
         data = window.data
         if data.get("holdout") is not None:
-            return self._counterfactual_gate(window, challenger, champion)
-        if data["qrels"] is None or data["queries"] is None:
+            offline, metrics = self._counterfactual_offline(window, challenger, champion)
+            where = (
+                f"{offline['searches']:,} held-out searches (no judged set: counterfactual gate, clipped IPS)"
+            )
+        elif data["qrels"] is None or data["queries"] is None:
             return Verdict(False, "no judged set (qrels.parquet) and no held-out click log to gate on: "
                                   "registered as challenger only")  # fmt: skip
-        engine = data["engine"]
-        scores = {}
-        for role, mv in (("challenger", challenger), ("champion", champion)):
-            verify(mv)  # the artifact files are the registered ones
-            scores[role] = judged_ndcg(engine, load_ranker(mv.path), data["queries"], data["qrels"])
-        new, old = scores["challenger"], scores["champion"]
-        promote = new > old
-        reason = (
-            f"challenger v{challenger.version} {'beats' if promote else 'does not beat'} champion "
-            f"v{champion.version} on the judged set: {GATE_METRIC} {new:.4f} vs {old:.4f}"
-        )
+        else:
+            offline, metrics = self._judged_offline(window, challenger, champion)
+            where = f"the judged set ({offline['queries']} queries)"
+        decision = ship_decision(offline)
+        better = "beats" if offline["diff"] > 0 else "does not beat"
+        reason = (f"challenger v{challenger.version} {better} champion v{champion.version} on {where}: "
+                  f"{offline['metric']} {offline['new']:.4f} vs {offline['old']:.4f}; {decision.action}: "
+                  f"{decision.reason}")  # fmt: skip
+        if decision.action == "hold":
+            reason += (f" (the scheduled job promotes it once W/search/monitoring/{ONLINE_RESULTS}/"
+                       f"v{challenger.version}.json holds an online test that agrees; on a simulated world: "
+                       "mlsd experiment run search --arms ltr,challenger --workdir W)")  # fmt: skip
         self._say(reason)
-        return Verdict(promote, reason, {GATE_METRIC: new, f"champion_{GATE_METRIC}": old})
+        return Verdict(False, reason, {**metrics, "offline": offline, "ship": decision.action})
 
-    def _counterfactual_gate(self, window: Window, challenger: Any, champion: Any) -> Verdict:
-        """No judged set: both versions re-order the held-out searches; clipped-IPS top-10 clicks decide."""
+    def _registered_rankers(self, challenger: Any, champion: Any) -> dict[str, Any]:
         from mlsd.platform.registry import verify
         from mlsd.search.ltr import load_ranker
 
-        data = window.data
-        holdout, engine = data["holdout"], data["engine"]
-        scores = {}
+        rankers = {}
         for role, mv in (("challenger", challenger), ("champion", champion)):
             verify(mv)  # the artifact files are the registered ones
-            scores[role] = ranker_scores(engine, load_ranker(mv.path), holdout)
+            rankers[role] = load_ranker(mv.path)
+        return rankers
+
+    def _judged_offline(self, window: Window, challenger: Any, champion: Any) -> tuple[dict, dict]:
+        """Both versions' nDCG@10 on the judged set, and their paired per-query difference."""
+        data = window.data
+        rankers = self._registered_rankers(challenger, champion)
+        per_query = {role: judged_ndcg_by_query(data["engine"], r, data["queries"], data["qrels"])
+                     for role, r in rankers.items()}  # fmt: skip
+        new, old = per_query["challenger"], per_query["champion"]
+        diff = new - old
+        offline = {
+            "metric": GATE_METRIC, "new": round(float(new.mean()), 4), "old": round(float(old.mean()), 4),
+            "diff": round(float(diff.mean()), 4), "queries": len(diff),
+            "se": round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 4) if len(diff) > 1 else None,
+        }  # fmt: skip
+        return offline, {GATE_METRIC: offline["new"], f"champion_{GATE_METRIC}": offline["old"]}
+
+    def _counterfactual_offline(self, window: Window, challenger: Any, champion: Any) -> tuple[dict, dict]:
+        """No judged set: both versions re-order the held-out searches; clipped-IPS top-10 clicks."""
+        data = window.data
+        holdout, engine = data["holdout"], data["engine"]
+        rankers = self._registered_rankers(challenger, champion)
+        scores = {role: ranker_scores(engine, r, holdout) for role, r in rankers.items()}
         est = compare_ips(scores["challenger"], scores["champion"], holdout, data["propensity"])
-        promote = est["diff"] > 0
-        reason = (
-            f"challenger v{challenger.version} {'beats' if promote else 'does not beat'} champion "
-            f"v{champion.version} on {est['searches']:,} held-out searches (no judged set: counterfactual "
-            f"gate, clipped IPS): {IPS_METRIC} {est['new']:.4f} vs {est['old']:.4f}, difference "
-            f"{est['diff']:+.4f} (se {est['se']:.4f})"
-        )
-        self._say(reason)
-        return Verdict(promote, reason, {
-            "gate": "counterfactual (clipped IPS on held-out click logs)", IPS_METRIC: round(est["new"], 4),
-            f"champion_{IPS_METRIC}": round(est["old"], 4), "diff": round(est["diff"], 4),
-            "se": round(est["se"], 4), "searches": est["searches"],
-        })  # fmt: skip
+        offline = {"metric": IPS_METRIC, "new": round(est["new"], 4), "old": round(est["old"], 4),
+                   "diff": round(est["diff"], 4), "se": round(est["se"], 4), "searches": est["searches"]}  # fmt: skip
+        return offline, {
+            "gate": "counterfactual (clipped IPS on held-out click logs)", IPS_METRIC: offline["new"],
+            f"champion_{IPS_METRIC}": offline["old"], "diff": offline["diff"], "se": offline["se"],
+            "searches": est["searches"],
+        }  # fmt: skip
 
 
 def train(
@@ -542,9 +701,75 @@ def retrain(
     progress: bool = True,
     config: SearchConfig | None = None,
 ) -> dict[str, Any]:
-    """The scheduled daily job: the click log up to ``run_date``, with the champion's settings."""
+    """The scheduled daily job: first the ship rule on a held challenger (:func:`review_held`: decided
+    once its online result is in, waited for otherwise: nothing is trained meanwhile); then the click log
+    up to ``run_date``, with the champion's settings."""
     steps = SearchSteps(config or SearchConfig(), log=print if progress else None)
+    reviewed = review_held(steps, dirs, run_date)
+    if reviewed is not None:
+        return reviewed
     return _retrain(steps, dirs, run_date, progress)
+
+
+def review_held(steps: SearchSteps, dirs: SystemDir, run_date: dt.date | None) -> dict[str, Any] | None:
+    """The scheduled job's ship decision on a held challenger; None when there is none to review.
+
+    A challenger is held when its gate passed offline (its run report's ``gate.ship == "hold"``) and no
+    decision was recorded for it yet (``W/search/runs/v<N>-ship.json``). With its online result
+    (:func:`read_online_result`) against the current champion, :func:`ship_decision` decides: ``ship``
+    promotes it. Without one it is waited for :data:`ONLINE_WAIT_DAYS` days (the job trains nothing: a
+    new challenger would replace the one under test), then dropped. Returns the run's report
+    (:data:`~mlsd.platform.retraining.REPORT_KEYS`, plus ``ship``), None when training should go on."""
+    import json
+
+    from mlsd.platform.registry import ModelRegistry
+
+    if not (dirs.registry / "registry.sqlite").is_file():
+        return None
+    registry = ModelRegistry(dirs.registry)
+    if steps.model not in registry.names():
+        return None
+    champion, held = registry.alias(steps.model, "champion"), registry.alias(steps.model, "challenger")
+    if champion is None or held is None or held.version == champion.version:
+        return None
+    decided = dirs.runs / f"v{held.version}-ship.json"
+    reports = sorted(dirs.runs.glob(f"*-v{held.version}.json"))
+    if decided.exists() or not reports:
+        return None
+    registered = json.loads(reports[0].read_text())
+    if (registered.get("gate") or {}).get("ship") != "hold":
+        return None
+    window = steps.window(dirs, run_date, champion, progress=False)  # the run's date and data
+    online = read_online_result(dirs, held.version)
+    offline = registered["gate"]["offline"]
+    waited = (window.run_date - dt.date.fromisoformat(registered["run_date"])).days
+    report = {
+        "system": steps.system, "run_date": window.run_date.isoformat(), "model": steps.model,
+        "version": held.version, "registered": False, "data_fingerprint": window.fingerprint,
+        "metrics": held.metrics, "champion": champion.version,
+    }  # fmt: skip
+    if online is None and waited <= ONLINE_WAIT_DAYS:
+        reason = (f"challenger v{held.version} is held for its online A/B test since {registered['run_date']} "
+                  f"(day {waited} of {ONLINE_WAIT_DAYS}); nothing trained. Its result goes to "
+                  f"{dirs.monitoring / ONLINE_RESULTS / f'v{held.version}.json'}")  # fmt: skip
+        steps._say(reason)
+        return {**report, "promoted": False, "reason": reason, "ship": {"action": "wait", "offline": offline}}
+    if online is None:
+        decision = ShipDecision("reject", f"no online A/B result within {ONLINE_WAIT_DAYS} days of "
+                                          f"{registered['run_date']}: dropped, training resumes")  # fmt: skip
+    elif online.get("champion_version") != champion.version:
+        decision = ShipDecision("hold", f"its online test compared it with v{online.get('champion_version')}, "
+                                        f"not the current champion v{champion.version}: not comparable")  # fmt: skip
+    else:
+        decision = ship_decision(offline, online)
+    if decision.ship:
+        registry.promote(steps.model, held.version, "champion")
+    reason = f"ship rule on challenger v{held.version}: {decision.action}: {decision.reason}"
+    steps._say(reason)
+    ship = {"action": decision.action, "reason": decision.reason, "offline": offline, "online": online}
+    write_json(decided, {**ship, "version": held.version, "run_date": window.run_date.isoformat()})
+    return {**report, "promoted": decision.ship, "reason": reason, "ship": ship,
+            "champion": registry.current_version(steps.model, "champion")}  # fmt: skip
 
 
 def _retrain(steps: SearchSteps, dirs: SystemDir, run_date: dt.date | None, progress: bool) -> dict[str, Any]:

@@ -1272,6 +1272,7 @@ def simulate_experiment(
             arm: {c: float(v.sum() / n) for c, v in cols.items()} for arm, cols in expected_by_arm.items()
         },
         "searches": n,
+        "variants": variants,
         "engine_calls": n + len(cache),
         "drive_s": round(time.perf_counter() - started, 2),
         "stages": stages,
@@ -1333,7 +1334,11 @@ def run_experiment(
     ``world``: an already loaded :class:`SearchWorld` (the demo passes its own); otherwise the world in
     ``dirs`` (``W/search/data`` and ``registry``) is reused or created for ``units`` (:func:`load_world`). ``lose_exposures``: share of treatment units
     whose exposure is lost (planted SRM). ``keep_stages``: add ``report["stages_ms"]`` (per-stage
-    latencies of every served search; the demo writes them to ``monitoring/timings.json``).
+    latencies of every served search; the demo writes them to ``monitoring/timings.json``). When the
+    control arm is the champion (``ltr``) and a treatment arm serves another registered version (the
+    ``challenger`` preset), its result is written for the ship rule
+    (:func:`mlsd.search.training.write_online_result`: ``W/search/monitoring/online/v<N>.json``, which the
+    next daily job decides on; ``report["online_results"]`` names the files).
     """
     from mlsd.platform.experiments.online import arms_from_presets, with_truth
 
@@ -1366,4 +1371,14 @@ def run_experiment(
     )
     if keep_stages:
         report["stages_ms"] = sim["stages"]
+    control, *treatments = sim["variants"]
+    champion = world.engine.model_version
+    if control.alias == "champion" and control.ranking == "ltr" and champion is not None:
+        # A registered version tested against the champion: the evidence the ship rule reads.
+        from mlsd.search.training import write_online_result
+
+        for v in treatments:
+            if v.model is not None and getattr(v.model, "version_", None) is not None:
+                path = write_online_result(dirs, report, v.arm, v.model.version_, champion)
+                report.setdefault("online_results", {})[v.arm] = str(path)
     return report
