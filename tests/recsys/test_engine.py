@@ -239,3 +239,65 @@ def test_every_candidate_source_has_a_readable_reason():
         default_source(name)  # a source the generator can build, hence emit
         assert REASONS.get(name), f"source {name!r} has no reason text"
         assert REASONS[name] != name and " " in REASONS[name]
+
+
+def _exported(tiny, store):
+    """The champion's per-user tables written to ``store`` under its version's namespace."""
+    from mlsd.recsys.engine import export_user_state, user_state_namespace
+    from mlsd.recsys.model import TwoStageRecommender
+
+    reg = ModelRegistry(tiny.registry)
+    model = TwoStageRecommender.load(reg.artifact_path("recsys-ranker", "champion"))
+    return model, export_user_state(model, store, user_state_namespace(1), batch=37)
+
+
+def _same_answers(local, shared, bodies) -> None:
+    for a, b in zip(local.handle(bodies), shared.handle(bodies), strict=True):
+        assert [i["item_id"] for i in a["items"]] == [i["item_id"] for i in b["items"]]
+        assert [i["score"] for i in a["items"]] == [i["score"] for i in b["items"]]  # bit-identical
+        assert (a["scored_by"], a["cold_start"], a["n_candidates"]) == (b["scored_by"], b["cold_start"],
+                                                                        b["n_candidates"])  # fmt: skip
+
+
+def test_user_state_from_the_online_store_serves_what_process_memory_serves(tiny):
+    """Every per-user table (ALS vectors, content profiles, seen titles, feature tables) exported to a
+    store; an engine holding only the item side reads a request's users from it and answers exactly as
+    the engine holding everything in memory, for known, unknown and cold-seeded users alike."""
+    from mlsd.platform.features.online import MemoryStore
+
+    store = MemoryStore()
+    model, exported = _exported(tiny, store)
+    assert exported["users"] == len(model.users_) and exported["bytes_per_user"] > 0
+    assert {"seen_", "generator_.models_.als.user_factors_", "features_.user_table_"} <= set(
+        exported["tables"]
+    )
+    local = RecsysEngine(tiny.registry, config=EXACT)
+    shared = RecsysEngine(tiny.registry, config=EXACT, user_state=store)
+    stripped = shared.snapshot().model
+    assert len(stripped.users_) == 0 and stripped.generator_.models_["als"].user_factors_.shape[0] == 0
+    users = [int(u) for u in model.users_.ids[::7][:30]]
+    bodies = [{"user_id": u, "k": 10} for u in users] + [{"user_id": 10**12, "k": 10}]
+    _same_answers(local, shared, bodies)  # one batch
+    _same_answers(local, shared, bodies[:1])  # a batch of one
+    answer = shared.handle(bodies[:1])[0]
+    assert "user_state" in answer["timings_ms"] and not answer["degraded"]
+    local.close()
+    shared.close()
+
+
+def test_user_state_on_real_redis_and_an_outage_serves_cold_start(tiny, redis_url, redis_prefix, blackhole):
+    from mlsd.platform.features.online import RedisStore
+
+    store = RedisStore(redis_url, prefix=redis_prefix)
+    model, _ = _exported(tiny, store)
+    local = RecsysEngine(tiny.registry, config=EXACT)
+    shared = RecsysEngine(tiny.registry, config=EXACT, user_state=store)
+    users = [int(u) for u in model.users_.ids[:12]]
+    _same_answers(local, shared, [{"user_id": u, "k": 8} for u in users])
+    down = RecsysEngine(tiny.registry, config=EXACT, user_state=RedisStore(blackhole, prefix=redis_prefix))
+    answer = down.handle([{"user_id": users[0], "k": 8}])[0]
+    assert answer["degraded"] and "user state not read" in answer["degraded_reason"]
+    assert answer["cold_start"] and len(answer["items"]) == 8
+    for engine in (local, shared, down):
+        engine.close()
+    store.close()

@@ -71,3 +71,26 @@ def test_the_workers_factory_fails_closed_like_serve(tiny, redis_url):
     keyed = TestClient(service.app_from_env({**env, "MLSD_API_KEYS": f"app:service:{key}"}))
     written = keyed.put("/v1/users/7/profile", json={"region": "US"}, headers={"X-API-Key": key})
     assert written.status_code == 200, written.text
+
+
+def test_workers_read_the_user_side_from_redis(tiny, redis_url, redis_prefix):
+    """``MLSD_RECSYS_USER_STATE``: a worker keeps only the item side and reads each request's user rows
+    from Redis (exported under the champion's version), answering as a worker holding every user."""
+    from mlsd.platform.features.online import RedisStore
+    from mlsd.platform.registry import ModelRegistry
+    from mlsd.recsys.engine import export_user_state, user_state_namespace
+    from mlsd.recsys.model import TwoStageRecommender
+
+    model = TwoStageRecommender.load(ModelRegistry(tiny.registry).artifact_path("recsys-ranker", "champion"))
+    with RedisStore(redis_url, prefix=redis_prefix) as store:
+        export_user_state(model, store, user_state_namespace(1))
+    env = {service.WORKDIR_ENV: str(tiny.root), service.CLOCK_ENV: "data"}
+    shared_env = {**env, service.USER_STATE_ENV: redis_url, service.USER_STATE_PREFIX_ENV: redis_prefix}
+    local, shared = service.app_from_env(env), service.app_from_env(shared_env)
+    assert len(shared.state.recsys.snapshot().model.users_) == 0  # no user held in the worker
+    user = int(model.users_.ids[3])
+    a = TestClient(local).get(f"/v1/recommendations/{user}?k=5").json()
+    b = TestClient(shared).get(f"/v1/recommendations/{user}?k=5").json()
+    assert not b["cold_start"] and "user_state" in b["timings_ms"]
+    assert b["scored_by"] == a["scored_by"] == "ranker"
+    assert TestClient(shared).get("/ready").status_code == 200

@@ -181,6 +181,10 @@ class _Loaded:
     now_ts: int | None
     # Re-rankers of experiment arms that change the policy, fitted state shared with ``reranker``.
     rerankers: dict = field(default_factory=dict)
+    # Serving user state from the online store: the model's per-user tables (stripped from ``model``)
+    # and the namespace of this version's rows; None when the model holds every user in process.
+    user_tables: list | None = None
+    state_namespace: str | None = None
 
     def reranker_for(self, config: RerankConfig | None) -> Reranker:
         if config is None:
@@ -200,8 +204,12 @@ def _with_config(reranker: Reranker, config: RerankConfig) -> Reranker:
     return clone
 
 
-def load_snapshot(model_dir: Path, version: int | None, config: RecsysConfig) -> _Loaded:
-    """Load a registered artifact directory (model + ``catalog/``) into a serving snapshot."""
+def load_snapshot(
+    model_dir: Path, version: int | None, config: RecsysConfig, *, user_state_in_store: bool = False
+) -> _Loaded:
+    """Load a registered artifact directory (model + ``catalog/``) into a serving snapshot;
+    ``user_state_in_store``: drop the model's per-user tables (:func:`strip_user_state`), requests read
+    their users' rows from the online store."""
     import json
 
     from mlsd.recsys.model import TwoStageRecommender
@@ -220,7 +228,10 @@ def load_snapshot(model_dir: Path, version: int | None, config: RecsysConfig) ->
         )
     seeds = seeds.sort_values(["user_id", "timestamp"], kind="stable")
     seed_users, seed_starts = np.unique(seeds["user_id"].to_numpy(np.int64), return_index=True)
+    tables = strip_user_state(model) if user_state_in_store else None
     return _Loaded(
+        user_tables=tables,
+        state_namespace=user_state_namespace(version) if user_state_in_store else None,
         version=version,
         model=model,
         rules=RuleFilter(config.rules).fit(items),
@@ -243,6 +254,226 @@ def load_snapshot(model_dir: Path, version: int | None, config: RecsysConfig) ->
         seed_items=seeds["item_id"].to_numpy(np.int64),
         now_ts=meta.get("now_ts"),
     )
+
+
+# --- user state in the online store -----------------------------------------------------------------
+# Every fitted per-user table of a model (ALS user factors, content profiles, seen titles, the feature
+# builder's user tables, ...) is "user state": N serving processes share one copy of it in the online
+# store instead of each holding all of it, and each process keeps only the item side (catalogue, FAISS
+# index over the item factors, item tables, the ranker). One hash per user at
+# ``{prefix}recsys:state:<version>:<user_id>``; one field per table, the row's raw bytes (dense rows),
+# or its column indices and values (sparse rows).
+
+USER_STATE_NAMESPACE = "recsys:state"
+# Per-user state kept as one sorted key array ``user_row * base + value`` rather than one row per user
+# (attribute name -> base): stored per user as its values, re-keyed by the batch's rows when bound.
+USER_KEYED = {"user_year_key_": 4096}
+
+
+def user_state_namespace(version: int | None) -> str:
+    """The namespace of a model version's user rows: a new champion never reads an older model's rows."""
+    return f"{USER_STATE_NAMESPACE}:{'dir' if version is None else f'v{version}'}"
+
+
+def _n_rows(value: Any) -> int | None:
+    shape = getattr(value, "shape", None)
+    return int(shape[0]) if shape is not None and len(shape) >= 1 else None
+
+
+@dataclass(frozen=True)
+class _Table:
+    """One per-user table of a model: where it lives (``path``: attributes from the model down) and what
+    a row looks like (dtype, trailing shape, DataFrame columns, sparse width)."""
+
+    path: tuple[str, ...]
+    kind: str  # "dense" | "frame" | "sparse" | "keyed"
+    dtype: str
+    tail: tuple[int, ...] = ()
+    columns: tuple = ()
+    width: int = 0
+    index_dtype: str = "int32"
+
+
+def _owners(model) -> list[tuple[tuple[str, ...], Any]]:
+    """(path, object) of every fitted object of the model that is indexed by user (has ``users_``):
+    the model, its candidate sources (blend members too) and its feature builder."""
+    out: list[tuple[tuple[str, ...], Any]] = [((), model)]
+    stack = [(("generator_",), model.generator_), (("features_",), model.features_)]
+    while stack:
+        path, obj = stack.pop()
+        out.append((path, obj))
+        for name in ("models_", "members_"):
+            for key, child in (getattr(obj, name, None) or {}).items():
+                if hasattr(child, "users_"):
+                    stack.append(((*path, name, key), child))
+    return out
+
+
+def _get(obj: Any, path: tuple[str, ...]) -> Any:
+    for step in path:
+        obj = obj[step] if isinstance(obj, dict) else getattr(obj, step)
+    return obj
+
+
+def user_tables(model) -> list[_Table]:
+    """The model's per-user tables: every fitted array, sparse matrix or frame of a user-indexed object
+    whose first axis is the user axis (``len(users_)`` rows). The model itself contributes only
+    ``seen_`` (its other fitted attributes, the ranker and the training reference, are not per user)."""
+    import scipy.sparse as sp
+
+    tables = []
+    for path, obj in _owners(model):
+        n_users = len(obj.users_)
+        items = getattr(obj, "items_", None)
+        names = ["seen_"] if not path else [k for k in vars(obj) if k.endswith("_") and not k.startswith("_")]
+        for name in names:
+            value = getattr(obj, name)
+            if name in USER_KEYED:
+                tables.append(_Table((*path, name), "keyed", value.dtype.str, width=USER_KEYED[name]))
+                continue
+            if name in ("users_", "items_") or _n_rows(value) != n_users:
+                continue
+            if items is not None and len(items) == n_users:
+                raise InputError("model", n_users, "has as many users as titles: its user tables cannot be "
+                                 "told from its title tables", "serve this model from process memory")  # fmt: skip
+            where = (*path, name)
+            if sp.issparse(value):
+                value = value.tocsr()
+                tables.append(_Table(where, "sparse", value.dtype.str, width=value.shape[1],
+                                     index_dtype=value.indices.dtype.str))  # fmt: skip
+            elif isinstance(value, pd.DataFrame):
+                tables.append(
+                    _Table(where, "frame", str(value.to_numpy().dtype), columns=tuple(value.columns))
+                )
+            elif isinstance(value, np.ndarray):
+                tables.append(_Table(where, "dense", value.dtype.str, tail=tuple(value.shape[1:])))
+    return tables
+
+
+def _field(table: _Table) -> str:
+    return ".".join(table.path)
+
+
+def export_user_state(model, store, namespace: str, *, batch: int = 10_000, progress: bool = False) -> dict:
+    """Write every user's rows of every per-user table to ``store`` (one row per user, one field per
+    table; ``batch`` users per call). Returns ``{"users", "tables", "bytes_per_user"}`` (payload bytes:
+    what the values hold, before the store's own per-key overhead)."""
+    from tqdm import tqdm
+
+    tables = user_tables(model)
+    ids = model.users_.ids
+    values = {}
+    for t in tables:
+        value = _get(model, t.path)
+        values[_field(t)] = value.tocsr() if t.kind == "sparse" else (
+            np.ascontiguousarray(value.to_numpy()) if t.kind == "frame" else value)  # fmt: skip
+    payload = 0
+    bar = tqdm(total=len(ids), desc="user state -> online store", unit="user", file=__import__("sys").stderr,
+               disable=not progress)  # fmt: skip
+    for start in range(0, len(ids), batch):
+        stop = min(start + batch, len(ids))
+        rows: dict[str, dict[str, Any]] = {str(u): {} for u in ids[start:stop].tolist()}
+        keys = list(rows)
+        for t in tables:
+            name, value = _field(t), values[_field(t)]
+            if t.kind == "sparse":
+                block = value[start:stop]
+                cuts = block.indptr
+                idx, data = block.indices.tobytes(), block.data.tobytes()
+                si, sd = block.indices.itemsize, block.data.itemsize
+                for j, key in enumerate(keys):
+                    rows[key][name + ":i"] = idx[cuts[j] * si : cuts[j + 1] * si]
+                    rows[key][name + ":v"] = data[cuts[j] * sd : cuts[j + 1] * sd]
+            elif t.kind == "keyed":
+                cuts = np.searchsorted(value, np.arange(start, stop + 1, dtype=np.int64) * t.width)
+                low = (value[cuts[0] : cuts[-1]] % t.width).astype(np.int32).tobytes()
+                cuts = (cuts - cuts[0]) * 4
+                for j, key in enumerate(keys):
+                    rows[key][name] = low[cuts[j] : cuts[j + 1]]
+            else:
+                block = np.ascontiguousarray(value[start:stop])
+                raw, size = block.tobytes(), block[:1].nbytes
+                for j, key in enumerate(keys):
+                    rows[key][name] = raw[j * size : (j + 1) * size]
+        payload += sum(len(v) for row in rows.values() for v in row.values())
+        store.put_many(namespace, rows)
+        bar.update(stop - start)
+    bar.close()
+    return {"users": len(ids), "tables": [_field(t) for t in tables],
+            "bytes_per_user": round(payload / max(len(ids), 1), 1)}  # fmt: skip
+
+
+def strip_user_state(model) -> list[_Table]:
+    """Drop the model's per-user tables from process memory (each becomes an empty table of the same
+    kind, every ``users_`` an empty id map): what a process serving from the online store keeps is the
+    item side. Returns the tables' descriptions, which :func:`bind_user_state` rebuilds rows with."""
+    from mlsd.recsys.data import IdMap
+
+    tables = user_tables(model)
+    empty_users = IdMap(np.zeros(0, np.int64))
+    for t in tables:
+        owner, name = _get(model, t.path[:-1]), t.path[-1]
+        setattr(owner, name, _stack(t, []))
+    for _path, obj in _owners(model):
+        obj.users_ = empty_users
+    return tables
+
+
+def _stack(table: _Table, rows: list[dict[str, Any]]):
+    """The table's rows of ``rows`` (one per user, in order) as the table's own type."""
+    import scipy.sparse as sp
+
+    name = _field(table)
+    if table.kind == "sparse":
+        idx = [np.frombuffer(r[name + ":i"], dtype=table.index_dtype) for r in rows]
+        data = [np.frombuffer(r[name + ":v"], dtype=table.dtype) for r in rows]
+        indptr = np.r_[0, np.cumsum([len(i) for i in idx])].astype(np.int64)
+        return sp.csr_matrix(
+            (np.concatenate(data) if data else np.zeros(0, table.dtype),
+             np.concatenate(idx) if idx else np.zeros(0, table.index_dtype), indptr),
+            shape=(len(rows), table.width),
+        )  # fmt: skip
+    if table.kind == "keyed":
+        low = [np.frombuffer(r[name], dtype=np.int32) for r in rows]
+        row_of = np.repeat(np.arange(len(rows), dtype=np.int64), [len(v) for v in low])
+        values = np.concatenate(low).astype(np.int64) if low else np.zeros(0, np.int64)
+        return (row_of * table.width + values).astype(table.dtype)
+    dense = np.frombuffer(b"".join(r[name] for r in rows), dtype=table.dtype)
+    if table.kind == "frame":
+        return pd.DataFrame(dense.reshape(len(rows), len(table.columns)), columns=list(table.columns))
+    return dense.reshape((len(rows), *table.tail))
+
+
+def bind_user_state(model, tables: list[_Table], user_ids: np.ndarray, rows: list[dict[str, Any] | None]):
+    """A shallow copy of a stripped model whose user side is exactly the users of ``user_ids`` that have
+    a row (``rows[j]`` is ``user_ids[j]``'s row, None for a user the store does not hold: cold start).
+    Item-side state is shared with ``model``, never copied."""
+    import copy
+
+    from mlsd.recsys.data import IdMap
+
+    held = {int(u): r for u, r in zip(user_ids, rows, strict=True) if r}
+    users = IdMap(np.fromiter(held, np.int64, len(held)))
+    ordered = [held[int(u)] for u in users.ids]
+    clones: dict[tuple[str, ...], Any] = {}
+
+    def clone(obj: Any, path: tuple[str, ...]) -> Any:
+        twin = clones[path] = copy.copy(obj)
+        twin.users_ = users
+        for name in ("models_", "members_"):
+            children = getattr(obj, name, None)
+            if children:
+                setattr(twin, name, {key: clone(child, (*path, name, key)) if hasattr(child, "users_") else child
+                                     for key, child in children.items()})  # fmt: skip
+        return twin
+
+    bound = clones[()] = copy.copy(model)
+    bound.users_ = users
+    bound.generator_ = clone(model.generator_, ("generator_",))
+    bound.features_ = clone(model.features_, ("features_",))
+    for t in tables:
+        setattr(clones[t.path[:-1]], t.path[-1], _stack(t, ordered))
+    return bound
 
 
 def _complete(frame: pd.DataFrame, model) -> pd.DataFrame:
@@ -347,7 +578,12 @@ class RecsysEngine:
     request (see the module docstring); every alias an arm names is loaded at startup (a missing one is
     an InputError naming the arm). ``feature_sample``: an object with ``add(frame)`` (e.g.
     :class:`mlsd.platform.monitoring.sample.ServingSample`) that receives the ranker features
-    (+ ``prediction``) of champion-served requests, the "current" window of drift.
+    (+ ``prediction``) of champion-served requests, the "current" window of drift. ``user_state``: an
+    online store holding every user's rows of the model's per-user tables (:func:`export_user_state`
+    under :func:`user_state_namespace` of the served version, written before the version is promoted);
+    the engine then keeps only the item side in memory and reads a request's users per batch (one
+    pipelined read), so N processes share one copy of the user side. A user without a row is served as
+    cold start; a store outage serves the batch as cold start and says so (``degraded``).
     """
 
     def __init__(
@@ -362,8 +598,13 @@ class RecsysEngine:
         online_store=None,
         experiments=None,
         feature_sample=None,
+        user_state=None,
     ) -> None:
         self.config = config or RecsysConfig()
+        self.user_state = user_state
+        self._state_takes_timeout = (
+            user_state is not None and "timeout_s" in inspect.signature(user_state.get_many).parameters
+        )
         self.config.validate()
         self.registry_root = Path(registry_root) if registry_root else None
         self._clock = clock
@@ -392,7 +633,7 @@ class RecsysEngine:
         self._others: dict[str, _Loaded] = {}
         polling = watch and self.config.service.reload_poll_s > 0
         if model_dir is not None:
-            self._state = load_snapshot(Path(model_dir), None, self.config)
+            self._state = self._load(Path(model_dir), None)
         elif self.registry_root is not None:
             self._state = self._load_champion()
             if polling:
@@ -422,6 +663,9 @@ class RecsysEngine:
         return cls(dirs.registry, **options)
 
     # -- model loading ---------------------------------------------------------------------------------
+    def _load(self, path: Path, version: int | None) -> _Loaded:
+        return load_snapshot(path, version, self.config, user_state_in_store=self.user_state is not None)
+
     def _registry(self):
         from mlsd.platform.registry import ModelRegistry
 
@@ -436,13 +680,13 @@ class RecsysEngine:
                 "train one first: mlsd recsys simulate --workdir W && mlsd recsys train --workdir W",
             )  # fmt: skip
         path = reg.artifact_path(svc.model_name, version)  # checksums verified here
-        return load_snapshot(path, version, self.config)
+        return self._load(path, version)
 
     def _on_promotion(self, new_version) -> None:
         if new_version is None:
             return
-        snapshot = load_snapshot(self._registry().artifact_path(new_version.name, new_version.version),
-                                 new_version.version, self.config)  # fmt: skip
+        snapshot = self._load(self._registry().artifact_path(new_version.name, new_version.version),
+                              new_version.version)  # fmt: skip
         self._state = snapshot  # one attribute assignment: requests see the old or the new, never a mix
         self.reloads += 1
         logger.info("recsys: now serving %s v%s", new_version.name, new_version.version)
@@ -457,7 +701,7 @@ class RecsysEngine:
         if version is None:
             raise InputError(where, alias, f"the registry has no {alias!r} for model {svc.model_name!r}",
                              "train one (mlsd pipeline run daily) or pick another arm")  # fmt: skip
-        return load_snapshot(reg.artifact_path(svc.model_name, version), version, self.config)
+        return self._load(reg.artifact_path(svc.model_name, version), version)
 
     def _variant_of_arm(self, name: str, index: int, arm: Any) -> Variant:
         """The Variant an experiment arm runs (validated at startup: a bad knob is an InputError here)."""
@@ -468,10 +712,9 @@ class RecsysEngine:
     def _on_alias_move(self, alias: str, new_version) -> None:
         if new_version is None:
             return
-        self._others[alias] = load_snapshot(
-            self._registry().artifact_path(new_version.name, new_version.version), new_version.version,
-            self.config,
-        )  # fmt: skip
+        self._others[alias] = self._load(
+            self._registry().artifact_path(new_version.name, new_version.version), new_version.version
+        )
         self.reloads += 1
         logger.info("recsys: %s now %s v%s", alias, new_version.name, new_version.version)
 
@@ -686,6 +929,20 @@ class RecsysEngine:
             seeds=seeds, request_ids=ids, deadline_ms=max(budgets) if budgets else self.config.budgets.deadline_ms,
         )  # fmt: skip
 
+    def _user_state_rows(self, state: _Loaded, uids: np.ndarray, deadline: Deadline):
+        """The batch's rows of the model's per-user tables from the online store (one pipelined read),
+        and the outage text when the store did not answer (every user then served as cold start)."""
+        from mlsd.platform.features.online import StoreUnavailable
+
+        keys = [str(int(u)) for u in uids]
+        try:
+            if self._state_takes_timeout:
+                budget = max(deadline.remaining_ms(), 0) / 1000
+                return self.user_state.get_many(state.state_namespace, keys, timeout_s=budget), None
+            return self.user_state.get_many(state.state_namespace, keys), None
+        except StoreUnavailable as err:
+            return [None] * len(keys), f"user state not read: {err}; served as cold start"
+
     def _live_profiles(self, uids: np.ndarray, deadline: Deadline) -> tuple[list[dict[str, Any]], str | None]:
         """Live profiles of the batch's users, and why they are missing when the store failed (None:
         read, or no store). A store with a serving path (:class:`~mlsd.platform.features.online.RedisStore`)
@@ -774,11 +1031,17 @@ class RecsysEngine:
         model = state.model
         n_req = len(batch)
         live, store_outage = self._live_profiles(batch.uids, deadline)
+        timer = StageTimer(SYSTEM)
+        if state.user_tables is not None:  # the user side lives in the online store
+            with timer.stage("user_state"):
+                rows, state_outage = self._user_state_rows(state, batch.uids, deadline)
+                model = bind_user_state(model, state.user_tables, batch.uids, rows)
+            if state_outage is not None:
+                store_outage = state_outage if store_outage is None else f"{store_outage}; {state_outage}"
         bits, ages, policies = self._users(state, batch, live)
         cold = model.users_.index(batch.uids) < 0
         seeds = self._seeds(state, batch, live, cold)
         now = self.now()
-        timer = StageTimer(SYSTEM)
         safety = self.config.budgets.safety
         costs = self._costs
 

@@ -155,8 +155,9 @@ def create_service_app(engine: RecsysEngine):
         }
 
     app = create_app("recsys", title="mlsd movie recommendations", health=health)
-    if engine.store is not None and hasattr(engine.store, "ping"):
-        _add_ready_check(app, store_ready(engine.store))
+    for store in {id(s): s for s in (engine.store, engine.user_state) if s is not None}.values():
+        if hasattr(store, "ping"):
+            _add_ready_check(app, store_ready(store))
     for watcher in engine.watchers:  # a champion that failed to reload: still serving the old, not ready
         _add_ready_check(app, watcher.check)
 
@@ -223,6 +224,8 @@ CLOCK_ENV = "MLSD_RECSYS_CLOCK"
 EXPERIMENTS_ENV = "MLSD_RECSYS_EXPERIMENTS"
 EXPOSURE_REDIS_ENV = "MLSD_RECSYS_EXPOSURE_REDIS"
 ONLINE_STORE_ENV = "MLSD_RECSYS_ONLINE_STORE"
+USER_STATE_ENV = "MLSD_RECSYS_USER_STATE"
+USER_STATE_PREFIX_ENV = "MLSD_RECSYS_USER_STATE_PREFIX"
 
 
 def app_from_env(environ=None):
@@ -231,8 +234,11 @@ def app_from_env(environ=None):
     champion of the workdir named by ``MLSD_RECSYS_WORKDIR`` (``W``; the champion is in
     ``W/recsys/registry``); optional ``MLSD_RECSYS_DEADLINE_MS`` (default 200), ``MLSD_RECSYS_CLOCK``
     (data | wall), ``MLSD_RECSYS_EXPERIMENTS`` (experiments YAML) with ``MLSD_RECSYS_EXPOSURE_REDIS``
-    (the shared exposure log), ``MLSD_RECSYS_ONLINE_STORE`` (Redis URL). One Python process runs one
-    request at a time (the GIL), so throughput scales with processes."""
+    (the shared exposure log), ``MLSD_RECSYS_ONLINE_STORE`` (Redis URL), ``MLSD_RECSYS_USER_STATE``
+    (Redis URL holding the champion's per-user tables, :func:`~mlsd.recsys.engine.export_user_state`,
+    key prefix ``MLSD_RECSYS_USER_STATE_PREFIX``, default ``mlsd:``: each worker then keeps only the item
+    side in memory). One Python process runs one request at a time (the GIL), so throughput scales with
+    processes."""
     from mlsd.platform.experiments.client import ExperimentClient
     from mlsd.platform.system import SystemDir
     from mlsd.recsys.config import Budgets, RecsysConfig, ServiceConfig
@@ -255,9 +261,14 @@ def app_from_env(environ=None):
         from mlsd.platform.features.online import RedisStore
 
         store = RedisStore(env[ONLINE_STORE_ENV], prefix="mlsd:")
+    user_state = None
+    if env.get(USER_STATE_ENV):
+        from mlsd.platform.features.online import RedisStore
+
+        user_state = RedisStore(env[USER_STATE_ENV], prefix=env.get(USER_STATE_PREFIX_ENV) or "mlsd:")
     experiments = ExperimentClient.from_options(
         env.get(EXPERIMENTS_ENV) or None, env.get(EXPOSURE_REDIS_ENV) or None
     )
     engine = RecsysEngine.from_dirs(SystemDir(workdir, SYSTEM), config=config, online_store=store,
-                                    experiments=experiments)  # fmt: skip
+                                    experiments=experiments, user_state=user_state)  # fmt: skip
     return secure(create_service_app(engine), env)  # what serve() applies: API keys, or no writes
