@@ -38,6 +38,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -56,6 +57,7 @@ __all__ = [
     "is_cluster",
     "is_cluster_url",
     "key_slot",
+    "run_script",
     "tagged",
 ]
 
@@ -129,6 +131,39 @@ def check_untagged(field: str, value: str) -> str:
             f"use a {field} without braces (mlsd adds the entity's hash tag itself)",
         )
     return value
+
+
+def run_script(client: Any, script: str, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+    """``EVALSHA script`` once per ``(keys, args)`` in ``calls``, pipelined (non-transactional), the replies
+    in order; on a cluster the pipeline is split by node, so each call's keys must share a slot.
+
+    A node that lacks the script (a restart, a failover, a node added by resharding) answers NOSCRIPT and
+    runs nothing: the script is loaded (on every primary) and only those calls are sent again, so a call
+    never runs twice. Any other error is raised once every reply is in.
+    """
+    import hashlib
+
+    from redis.exceptions import NoScriptError
+
+    sha = hashlib.sha1(script.encode()).hexdigest()
+
+    def send(indices: Sequence[int]) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for i in indices:
+            keys, args = calls[i]
+            pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+        return pipe.execute(raise_on_error=False)
+
+    replies = send(range(len(calls))) if calls else []
+    missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+    if missing:
+        client.script_load(script)
+        for i, reply in zip(missing, send(missing), strict=True):
+            replies[i] = reply
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from itertools import pairwise
 from operator import itemgetter
 from typing import Any
 
@@ -116,9 +117,15 @@ _APPEND_BATCH = (
     _BLOB_LUA
     + r"""
 local horizon = tonumber(ARGV[1])
-local write = string.sub(ARGV[2], 1, 1) == '1'
-local retain = tonumber(string.match(ARGV[2], '^[^:]*:([^:]*)')) or 0  -- cells kept past the horizon
-local idle_ttl = tonumber(string.match(ARGV[2], '^[^:]*:[^:]*:(%d+)$')) or 0  -- an idle key expires
+-- mode 'write:retain:idle_ttl:key_offset': store or view only, cells kept past the horizon, an idle
+-- key's expiry, and the index of this call's first key in the client's batch (a cluster splits a batch
+-- into one call per slot; label lines carry batch-wide key numbers)
+local mode = {}
+for x in string.gmatch(ARGV[2] .. ':', '([^:]*):') do mode[#mode + 1] = x end
+local write = mode[1] == '1'
+local retain = tonumber(mode[2] or '') or 0
+local idle_ttl = tonumber(mode[3] or '') or 0
+local key_offset = tonumber(mode[4] or '') or 0
 local counts, tss, pays, ids = {}, {}, {}, {}
 for c in string.gmatch(ARGV[3], '[^,]+') do counts[#counts + 1] = tonumber(c) end
 for x in string.gmatch(ARGV[4], '[^,]+') do tss[#tss + 1] = x end
@@ -201,7 +208,7 @@ for k = 1, #counts do
   local _, lines = string.gsub(blob, '\n', '')
   kcounts[k] = lines
   if labs ~= '' then
-    labels[#labels + 1] = string.gsub(labs, '([^\n]+)\n', k .. ',%1\n')
+    labels[#labels + 1] = string.gsub(labs, '([^\n]+)\n', (k + key_offset) .. ',%1\n')
   end
   if #added > 0 then
     if lo and lo <= maxts - horizon - retain then  -- something left the horizon: trim once, at the end
@@ -358,8 +365,9 @@ class RedisWindowStore(_Scalar):
         batched: bool = True,
         retain_s: int = 0,
         idle_ttl_s: int = 0,
+        hash_tags: bool | None = None,
     ) -> None:
-        import redis
+        from mlsd.platform.redis_cluster import check_untagged, connect, is_cluster
 
         self.horizon_s = int(horizon_s)
         # cells stay this long past the horizon (no view shows them): an event applied once before a
@@ -369,15 +377,17 @@ class RedisWindowStore(_Scalar):
         # dropped, as the in-memory store evicts keys idle past the longest window; 0 = never
         self.idle_ttl_s = int(idle_ttl_s)
         self.n_attrs = int(n_attrs)
-        self.prefix = prefix
         self.batched = bool(batched)
-        self.client = client if client is not None else redis.Redis.from_url(url)
-        self._append = self.client.register_script(_APPEND)
+        self.client = client if client is not None else connect(url)
+        self.cluster = is_cluster(self.client)
+        # on a cluster a key's two Redis keys must share a slot: the entity is their hash tag
+        self.hash_tags = self.cluster if hash_tags is None else bool(hash_tags)
+        self.prefix = check_untagged("prefix", prefix) if self.hash_tags else prefix
         self._batch_sha = self.client.script_load(_APPEND_BATCH) if self.batched else ""
-        self._label = self.client.register_script(_LABEL)
-        self._revert = self.client.register_script(_REVERT)
 
     def _keys(self, key: Any) -> list[str]:
+        if self.hash_tags:
+            return [f"{self.prefix}{{{key}}}:z", f"{self.prefix}{{{key}}}:h"]
         return [f"{self.prefix}{key}:z", f"{self.prefix}{key}:h"]
 
     def _begin_batch(self, keys: list, ids: list[str] | None, ts: np.ndarray, values, attrs):
@@ -385,50 +395,132 @@ class RedisWindowStore(_Scalar):
 
         The call goes out on a connection of its own, so a caller can send every store's batch first
         and parse one reply while Redis still works on the next (the feature engine does).
-        ``ids is None`` = views only (nothing stored).
+        ``ids is None`` = views only (nothing stored). On a cluster the batch's keys are ordered by
+        slot and each slot gets its own call (a script may touch one slot only), sent to its node.
         """
-        n = len(keys)
         codes, uniques = pd.factorize(np.asarray(keys, dtype=object), use_na_sentinel=False)
         codes = codes.astype(np.int64, copy=False)
+        uniques = uniques.tolist()
+        bounds = [0, len(uniques)]  # key ranges, one script call each
+        if self.cluster:
+            codes, uniques, bounds = self._by_slot(codes, uniques)
         order = np.argsort(codes, kind="stable")  # grouped by key, arrival order within a key
         counts = np.bincount(codes, minlength=len(uniques))
-        p = self.prefix
-        args = [f"{p}{k}:{s}" for k in uniques.tolist() for s in "zh"]
-        args += [
-            str(self.horizon_s),
-            f"{1 if ids is not None else 0}:{self.retain_s}:{self.idle_ttl_s}",
-            ",".join(map(str, counts.tolist())),
-            ",".join(map(str, ts[order].tolist())),
-        ]
+        first_event = np.r_[0, np.cumsum(counts)]
+        ts_grouped = ts[order]
         if ids is not None:
-            grouped = itemgetter(*order.tolist())(ids) if n > 1 else ids  # C speed, no Python loop
-            args += [_payloads(values[order], attrs[order]), "\n".join(grouped) + "\n"]
-        numkeys = 2 * len(uniques)
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
-        try:
-            conn.send_packed_command([_pack(["EVALSHA", self._batch_sha, str(numkeys), *args])])
-        except BaseException:
-            conn.disconnect()
-            pool.release(conn)
-            raise
+            grouped = itemgetter(*order.tolist())(ids) if len(keys) > 1 else ids  # C speed, no Python loop
+            if len(bounds) == 2:
+                payloads = [_payloads(values[order], attrs[order])]
+            else:
+                v_g, a_g = values[order], attrs[order]
+                payloads = [_payloads(v_g[first_event[a] : first_event[b]], a_g[first_event[a] : first_event[b]])
+                            for a, b in pairwise(bounds)]  # fmt: skip
+        p = self.prefix
+        if self.hash_tags:
+            names = [f"{p}{{{k}}}:{s}" for k in uniques for s in "zh"]
+        else:
+            names = [f"{p}{k}:{s}" for k in uniques for s in "zh"]
+        calls = []  # (a key of the call: its slot on a cluster, packed EVALSHA, its arguments)
+        for g, (a, b) in enumerate(pairwise(bounds)):
+            e0, e1 = int(first_event[a]), int(first_event[b])
+            args = names[2 * a : 2 * b]
+            args += [
+                str(self.horizon_s),
+                f"{1 if ids is not None else 0}:{self.retain_s}:{self.idle_ttl_s}:{a}",
+                ",".join(map(str, counts[a:b].tolist())),
+                ",".join(map(str, ts_grouped[e0:e1].tolist())),
+            ]
+            if ids is not None:
+                args += [payloads[g], "\n".join(grouped[e0:e1]) + "\n"]
+            call = ["EVALSHA", self._batch_sha, str(2 * (b - a)), *args]
+            calls.append((args[0] if self.cluster else None, _pack(call), call))
+        sent = self._send(calls)
 
         def finish() -> WindowView:
-            try:
-                try:
-                    reply = conn.read_response()
-                except BaseException as err:
-                    if "NOSCRIPT" not in str(err):
-                        conn.disconnect()  # a reply may still be on its way: never reuse this socket
-                        raise
-                    # the server lost its script cache (restart, SCRIPT FLUSH): send the source once
-                    self._batch_sha = self.client.script_load(_APPEND_BATCH)
-                    reply = self.client.evalsha(self._batch_sha, numkeys, *args)
-            finally:
-                pool.release(conn)
+            reply = self._join(self._receive(sent, calls), ids is not None)
             return self._batch_view(reply, ids is not None, codes, order, len(uniques), ts)
 
         return finish
+
+    def _by_slot(self, codes: np.ndarray, uniques: list) -> tuple[np.ndarray, list, list[int]]:
+        """Renumber the batch's keys so that keys of one slot are consecutive; the slots' key ranges."""
+        from mlsd.platform.redis_cluster import key_slot
+
+        slots = np.fromiter((key_slot(self._keys(k)[1]) for k in uniques), dtype=np.int64, count=len(uniques))
+        rank = np.argsort(slots, kind="stable")
+        renumber = np.empty_like(rank)
+        renumber[rank] = np.arange(rank.size)
+        slots = slots[rank]
+        starts = np.flatnonzero(np.r_[True, slots[1:] != slots[:-1]]).tolist()
+        return renumber[codes], [uniques[i] for i in rank.tolist()], [*starts, len(uniques)]
+
+    def _send(self, calls: list) -> list:
+        """Send every call now, each on the connection of the node that holds its slot (one connection
+        and one write per node); returns what :meth:`_receive` needs to read the replies."""
+        sent = []  # (pool, connection, indices of the calls sent on it)
+        by_pool: dict[int, tuple[Any, list[int]]] = {}
+        for i, (key, _packed, _call) in enumerate(calls):
+            if key is None:
+                pool = self.client.connection_pool
+            else:
+                node = self.client.get_node_from_key(key)
+                pool = self.client.get_redis_connection(node).connection_pool
+            by_pool.setdefault(id(pool), (pool, []))[1].append(i)
+        try:
+            for pool, indices in by_pool.values():
+                conn = pool.get_connection()
+                sent.append((pool, conn, indices))
+                conn.send_packed_command([calls[i][1] for i in indices])
+        except BaseException:
+            for pool, conn, _ in sent:
+                conn.disconnect()
+                pool.release(conn)
+            raise
+        return sent
+
+    def _receive(self, sent: list, calls: list) -> list:
+        """Every call's reply in call order. A call refused before it ran - NOSCRIPT (the server lost its
+        script cache: restart, failover, a node added by resharding) or MOVED / ASK (its slot moved
+        while the batch was in flight) - is sent again through the client, which follows redirects."""
+        from redis.exceptions import AskError, NoScriptError, ResponseError, TryAgainError
+
+        replies: list[Any] = [None] * len(calls)
+        again: list[int] = []
+        failure: BaseException | None = None
+        for pool, conn, indices in sent:
+            try:
+                for i in indices:
+                    try:
+                        replies[i] = conn.read_response()
+                    except ResponseError as err:  # an error reply: the connection stays in step
+                        if isinstance(err, NoScriptError | AskError | TryAgainError):  # MovedError too
+                            again.append(i)
+                        else:
+                            failure = failure or err
+            except BaseException as err:
+                conn.disconnect()  # a reply may still be on its way: never reuse this socket
+                failure = failure or err
+            finally:
+                pool.release(conn)
+        if failure is not None:
+            raise failure
+        if again:
+            self._batch_sha = self.client.script_load(_APPEND_BATCH)  # on every primary of a cluster
+            for i in again:
+                call = calls[i][2]
+                replies[i] = self.client.execute_command("EVALSHA", self._batch_sha, *call[2:])
+        return replies
+
+    @staticmethod
+    def _join(replies: list, write: bool) -> list:
+        """The replies of a batch's per-slot calls as the one reply of a single call (keys numbered
+        across the batch: each call was told its first key's number)."""
+        if len(replies) == 1:
+            return replies[0]
+        heads, info, counts, cells, labels = zip(*replies, strict=True)
+        return [b";".join(heads), b",".join(info) if write else b"", b",".join(counts), b"".join(cells),
+                b"".join(labels)]  # fmt: skip
 
     def _batch_view(self, reply, write: bool, codes, order, nk, ts) -> WindowView:
         heads_raw, info_raw, counts_raw, cells_raw, labels_raw = reply
@@ -504,15 +596,13 @@ class RedisWindowStore(_Scalar):
         )
 
     def _run(self, keys, ids, ts, payloads, mode: str) -> WindowView:
-        pipe = self.client.pipeline(transaction=False)
-        for key, event_id, t, payload in zip(keys, ids, ts.tolist(), payloads, strict=True):
-            self._append(
-                keys=self._keys(key),
-                args=[event_id, t, payload, self.horizon_s, mode, self.retain_s, self.idle_ttl_s],
-                client=pipe,
-            )
-        replies = pipe.execute() if len(keys) else []
-        return self._parse(replies, ts)
+        from mlsd.platform.redis_cluster import run_script
+
+        calls = [
+            (self._keys(key), [event_id, t, payload, self.horizon_s, mode, self.retain_s, self.idle_ttl_s])
+            for key, event_id, t, payload in zip(keys, ids, ts.tolist(), payloads, strict=True)
+        ]
+        return self._parse(run_script(self.client, _APPEND, calls), ts)
 
     def _parse(self, replies: list, ts: np.ndarray) -> WindowView:
         n = len(replies)
@@ -585,16 +675,20 @@ class RedisWindowStore(_Scalar):
         return self._run(keys, [""] * len(ts), ts, [""] * len(ts), "0")
 
     def revert_many(self, keys, ids) -> int:
-        pipe = self.client.pipeline(transaction=False)
-        for key, event_id in zip(keys, ids, strict=True):
-            self._revert(keys=self._keys(key), args=[str(event_id)], client=pipe)
-        return int(sum(pipe.execute()))
+        from mlsd.platform.redis_cluster import run_script
+
+        calls = [(self._keys(key), [str(event_id)]) for key, event_id in zip(keys, ids, strict=True)]
+        return int(sum(run_script(self.client, _REVERT, calls)))
 
     def set_labels(self, keys, ids, label_ts) -> int:
-        pipe = self.client.pipeline(transaction=False)
-        for key, event_id, t in zip(keys, ids, np.asarray(label_ts, dtype=np.int64).tolist(), strict=True):
-            self._label(keys=[self._keys(key)[1]], args=[str(event_id), t], client=pipe)
-        return int(sum(pipe.execute()))
+        from mlsd.platform.redis_cluster import run_script
+
+        label_ts = np.asarray(label_ts, dtype=np.int64).tolist()
+        calls = [
+            ([self._keys(key)[1]], [str(event_id), t])
+            for key, event_id, t in zip(keys, ids, label_ts, strict=True)
+        ]
+        return int(sum(run_script(self.client, _LABEL, calls)))
 
     def clear(self) -> None:
         """Delete every key under this store's prefix (tests, re-replays)."""
