@@ -26,9 +26,16 @@ parses the blob only when something has left the horizon), ``e:<id>`` = the memb
 reverted: replays stay ignored), ``l:<seq>`` = label time and ``__labs`` (the same as
 ``seq,label_ts`` lines), ``__seq`` (next sequence number), ``__max`` (latest ts), ``__lab`` (some
 label set). ``<prefix><key>:z`` is the earlier layout's sorted set: a key still holding one is moved
-into the blob on first touch. Every key a script touches is passed in ``KEYS``; there are no hash
-tags, so a batch's keys spread over slots: on Redis Cluster a batch would have to be split by slot
-(one call per slot) - not done here; the servers this runs on are single instances.
+into the blob on first touch. Every key a script touches is passed in ``KEYS``.
+
+Redis Cluster (a ``redis+cluster://`` URL, :mod:`mlsd.platform.redis_cluster`): the keys are
+``<prefix>{<key>}:h`` and ``:z`` - the entity is the hash tag, so a key's two Redis keys share a slot
+and move together when the cluster is resharded. A script may touch one slot only, so a micro-batch
+is split by slot: one call per slot (each atomic and idempotent as above; the batch as a whole is
+not atomic across slots), all sent at once, one write per node. A call refused before it ran
+(NOSCRIPT after a restart or failover, MOVED / ASK while a slot moves) is sent again through the
+cluster client, which follows the redirect. A single Redis keeps the untagged layout and one call
+per batch (``hash_tags=True`` forces the tagged layout there).
 """
 
 from __future__ import annotations
