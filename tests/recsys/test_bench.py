@@ -53,3 +53,23 @@ def test_http_with_several_uvicorn_worker_processes(tiny):
     assert errors == 0 and len(latencies) == len(users)
     assert "candidates" in stages and len(stages["candidates"]) == len(users)
     assert server.proc.poll() is not None  # stopped
+
+
+@pytest.mark.slow
+def test_bench_with_two_workers_sharing_user_state_on_redis(redis_url):
+    """``--user-state URL --workers 2``: the user side exported to Redis, two uvicorn workers holding only
+    the item side; every request answered, memory per user reported, the run's keys deleted after."""
+    import redis
+
+    from mlsd.recsys.bench import run_bench
+
+    result = run_bench(users=300, items=80, requests=16, concurrency=4, events_per_user=10, ranker_users=200,
+                       k=10, workers=2, user_state=redis_url)  # fmt: skip
+    state = result["user_state"]
+    assert state["users"] == result["train"]["users"] and state["tables"] >= 5
+    assert state["redis_bytes_per_user"] > 0 and state["process_bytes_per_user"] > 0
+    assert result["http"]["workers"] == 2 and len(result["http"]["worker_rss_mb"]) == 2
+    assert "user_state" in result["in_process"]["stages"] and "user_state" in result["http"]["stages"]
+    client = redis.Redis.from_url(redis_url)
+    assert next(client.scan_iter(match=state["prefix"] + "*"), None) is None
+    client.close()

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-STAGES = ("candidates", "rules", "features", "ranking", "rerank")
+STAGES = ("user_state", "candidates", "rules", "features", "ranking", "rerank")
 BENCH_SOURCES = {"als": 500, "content": 300, "popular": 200, "trending": 100, "new": 50}
 
 
@@ -149,10 +149,14 @@ class ServerProcess:
     process; ``with`` starts it, waits until every worker answers /health (each loads the model
     itself), and stops it."""
 
-    def __init__(self, workdir: str | Path, workers: int, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: str | Path, workers: int, port: int | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.workdir, self.workers = Path(workdir), int(workers)
         self.port = port or _free_port()
+        self.env = dict(env or {})
         self.proc = None
+        self.pids: set[int] = set()
 
     def __enter__(self) -> ServerProcess:
         import os
@@ -165,9 +169,9 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "uvicorn", "mlsd.recsys.service:app_from_env", "--factory",
                "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
                "--log-level", "warning", "--no-access-log"]  # fmt: skip
-        env = {**os.environ, WORKDIR_ENV: str(self.workdir)}
+        env = {**os.environ, WORKDIR_ENV: str(self.workdir), **self.env}
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
-        pids: set[int] = set()
+        pids = self.pids
         deadline = time.monotonic() + 300
         while len(pids) < self.workers:
             if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -192,17 +196,42 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
 
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of a process (Linux /proc), in MB; None where it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
 def bench_http(
-    engine, users: np.ndarray, k: int, concurrency: int, workers: int = 1, workdir: str | Path | None = None
+    engine,
+    users: np.ndarray,
+    k: int,
+    concurrency: int,
+    workers: int = 1,
+    workdir: str | Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """``env``: what the worker processes' environment adds (the user-state store of ``--user-state``)."""
     from mlsd.recsys.service import create_service_app
 
-    server = ServerProcess(workdir, workers) if workers > 1 else ServerThread(create_service_app(engine))
+    if workers > 1:
+        server = ServerProcess(workdir, workers, env=env)
+    else:
+        server = ServerThread(create_service_app(engine))
     with server:
         latencies, stages, wall, errors = asyncio.run(_http_run(server.url, users, k, concurrency))
+        worker_rss = [rss_mb(pid) for pid in sorted(getattr(server, "pids", ()))]
     if errors:
         _log(f"{errors} HTTP requests failed")
-    return {**summarize(latencies, stages, wall), "workers": workers, "concurrency": concurrency}
+    out = {**summarize(latencies, stages, wall), "workers": workers, "concurrency": concurrency}
+    if worker_rss:
+        out["worker_rss_mb"] = worker_rss
+    return out
 
 
 def train_on_all_users(
@@ -321,9 +350,16 @@ def run_bench(
     sources: dict[str, int] | None = None,
     n_estimators: int = 100,
     workers: int = 1,
+    user_state: str | None = None,
 ) -> dict[str, Any]:
     """Set up (simulate, train on every user, register in ``W/recsys/registry``) and measure; returns
-    ``{"train": T, "in_process": B, "http": B}``."""
+    ``{"train": T, "in_process": B, "http": B}`` (and ``"user_state": S`` with ``user_state``).
+
+    ``user_state``: a Redis URL. The model's per-user tables are exported there (a key prefix of this
+    run, deleted at the end) and every serving process (the in-process engine, each uvicorn worker)
+    keeps only the item side, reading each request's users from Redis. ``S`` has the export time and
+    the memory per user: ``redis_bytes_per_user`` (Redis ``used_memory`` growth / users) and
+    ``process_bytes_per_user`` (the per-user tables' bytes in a process that holds them)."""
     from mlsd.platform.system import SystemDir
     from mlsd.recsys.config import RecsysConfig, ServiceConfig
     from mlsd.recsys.engine import RecsysEngine
@@ -346,16 +382,25 @@ def run_bench(
          f"events), the ranker on {trained['ranker_users']:,} users' labelled rows, in {train_s:.1f} s "
          f"{trained['seconds']} (next-day ndcg@10 {trained['metrics']['ndcg@10']:.3f})")  # fmt: skip
     simulated_users = dataset.users["user_id"].to_numpy(np.int64)
+    store, state, worker_env = None, None, {}
+    if user_state:
+        store, state, worker_env = _export_user_state(trained["model"], trained["version"], user_state)
     del dataset, trained["model"]  # the engine loads the registered artifact, as a service does
-    config = RecsysConfig(service=ServiceConfig(reload_poll_s=0))
-    engine = RecsysEngine(dirs.registry, config=config, seed=seed)
-    in_users = request_users(simulated_users, requests, rng)
-    http_users = request_users(simulated_users, requests, rng)
-    _log(f"in-process: {requests} requests, k={k}")
-    in_process = bench_in_process(engine, in_users, k)
-    _log(f"http: {requests} requests, concurrency {concurrency}, uvicorn ({workers} worker(s)) on 127.0.0.1")
-    http = bench_http(engine, http_users, k, concurrency, workers, root)
-    engine.close()
+    try:
+        config = RecsysConfig(service=ServiceConfig(reload_poll_s=0))
+        engine = RecsysEngine(dirs.registry, config=config, seed=seed, user_state=store)
+        in_users = request_users(simulated_users, requests, rng)
+        http_users = request_users(simulated_users, requests, rng)
+        where = "from Redis" if store is not None else "in process memory"
+        _log(f"in-process: {requests} requests, k={k}, user state {where}")
+        in_process = bench_in_process(engine, in_users, k)
+        _log(f"http: {requests} requests, concurrency {concurrency}, uvicorn ({workers} worker(s)) on 127.0.0.1, "
+             f"user state {where}")  # fmt: skip
+        http = bench_http(engine, http_users, k, concurrency, workers, root, env=worker_env)
+        engine.close()
+    finally:
+        if store is not None:
+            _delete_prefix(store)
     train = {
         "simulate_s": round(simulate_s, 1),
         "train_s": round(train_s, 1),
@@ -365,4 +410,51 @@ def run_bench(
         "ranker_users": trained["ranker_users"],
         "ndcg@10": round(trained["metrics"]["ndcg@10"], 4),
     }
-    return {"train": train, "in_process": in_process, "http": http}
+    out = {"train": train, "in_process": in_process, "http": http}
+    if state is not None:
+        out["user_state"] = state
+    return out
+
+
+def _export_user_state(model, version: int, url: str):
+    """Export the model's per-user tables to Redis at ``url`` under a prefix of this run; returns the
+    store, the figures (time, bytes per user in Redis and in a process) and the workers' environment."""
+    import uuid
+
+    from mlsd.platform.features.online import RedisStore
+    from mlsd.recsys.engine import export_user_state, user_state_namespace, user_state_nbytes
+    from mlsd.recsys.service import USER_STATE_ENV, USER_STATE_PREFIX_ENV
+
+    prefix = f"mlsd-recsys-bench:{uuid.uuid4().hex[:10]}:"
+    store = RedisStore(url, prefix=prefix)
+    before = int(store.client.info("memory")["used_memory"])
+    t0 = time.perf_counter()
+    exported = export_user_state(model, store, user_state_namespace(version), progress=True)
+    seconds = time.perf_counter() - t0
+    grown = int(store.client.info("memory")["used_memory"]) - before
+    in_process = user_state_nbytes(model)
+    n = max(exported["users"], 1)
+    state = {
+        "prefix": prefix,
+        "users": exported["users"],
+        "tables": len(exported["tables"]),
+        "export_s": round(seconds, 1),
+        "payload_bytes_per_user": exported["bytes_per_user"],
+        "redis_bytes_per_user": round(grown / n, 1),
+        "process_bytes_per_user": round(in_process / n, 1),
+    }
+    _log(f"user state: {state}")
+    return store, state, {USER_STATE_ENV: url, USER_STATE_PREFIX_ENV: prefix}
+
+
+def _delete_prefix(store) -> None:
+    """Remove this run's keys (its own prefix only: the shared Redis is never flushed)."""
+    batch = []
+    for key in store.client.scan_iter(match=store.prefix + "*", count=10_000):
+        batch.append(key)
+        if len(batch) >= 10_000:
+            store.client.delete(*batch)
+            batch.clear()
+    if batch:
+        store.client.delete(*batch)
+    store.close()

@@ -144,6 +144,8 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_positive_int("workers", 1, 64), default=1,
                    help="uvicorn worker processes for the HTTP run (1: a thread of the bench process)")  # fmt: skip
     p.add_argument("--events-per-user", type=float, default=8.0)
+    p.add_argument("--user-state", default=None, metavar="REDIS_URL",
+                   help="serve every process's user side from this Redis (exported there first, deleted after)")  # fmt: skip
     p.add_argument("--ranker-users", type=_positive_int("ranker-users", 10), default=3_000,
                    help="users whose labelled candidates train the ranker (stage one trains on every user)")  # fmt: skip
     p.add_argument("--k", type=_positive_int("k", 1, 500), default=50)
@@ -315,7 +317,7 @@ def _bench(args: argparse.Namespace) -> int:
     result = run_bench(
         users=args.users, items=args.items, requests=args.requests, concurrency=args.concurrency,
         events_per_user=args.events_per_user, ranker_users=args.ranker_users, k=args.k,
-        workdir=args.workdir, seed=args.seed, workers=args.workers,
+        workdir=args.workdir, seed=args.seed, workers=args.workers, user_state=args.user_state,
     )  # fmt: skip
     print(dumps(result) if args.json else dumps(result, indent=2))
     return 0

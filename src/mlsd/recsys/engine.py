@@ -403,6 +403,23 @@ def export_user_state(model, store, namespace: str, *, batch: int = 10_000, prog
             "bytes_per_user": round(payload / max(len(ids), 1), 1)}  # fmt: skip
 
 
+def user_state_nbytes(model) -> int:
+    """Bytes the model's per-user tables take in a process that holds them (arrays, sparse parts, frames)."""
+    import scipy.sparse as sp
+
+    total = 0
+    for table in user_tables(model):
+        value = _get(model, table.path)
+        if sp.issparse(value):
+            value = value.tocsr()
+            total += value.data.nbytes + value.indices.nbytes + value.indptr.nbytes
+        elif isinstance(value, pd.DataFrame):
+            total += int(value.memory_usage(index=False).sum())
+        else:
+            total += value.nbytes
+    return int(total)
+
+
 def strip_user_state(model) -> list[_Table]:
     """Drop the model's per-user tables from process memory (each becomes an empty table of the same
     kind, every ``users_`` an empty id map): what a process serving from the online store keeps is the
