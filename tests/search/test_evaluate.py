@@ -383,6 +383,9 @@ def test_cli_nested_prints_one_json_object_with_the_picks(tmp_path, capsys):
         (["--nested", "--inner-folds", "1"], 10, "--inner-folds=1: too few folds"),
         (["--nested", "--inner-queries", "4"], 10, "--inner-queries=4: too few for 3 inner folds"),
         (["--nested"], 6, "--nested=6: too few judged queries for a nested CV. Fix: give 8 or more"),
+        (["--transfer-from", "TRAIN"], 10, "only applies to a nested CV. Fix: add --nested"),
+        (["--nested", "--transfer-from", "TRAIN"], 10, "a candidate of the nested rerank grid only"),
+        (["--nested", "--transfer-from", "missing.csv"], 10, "--transfer-from='missing.csv': does not exist"),
     ],
 )
 def test_cli_bad_nested_combinations_exit_2_with_the_fix(tmp_path, capsys, extra, n_queries, message):
@@ -390,6 +393,7 @@ def test_cli_bad_nested_combinations_exit_2_with_the_fix(tmp_path, capsys, extra
 
     f = _crowdflower_csv(tmp_path / "train.csv", n_queries)
     argv = ["search", "evaluate", "--dataset", "crowdflower", "--path", str(f), "--no-dense", "--json"]
+    extra = [str(f) if a == "TRAIN" else a for a in extra]  # a real file; the flag combination is wrong
     assert main([*argv, *extra]) == 2
     captured = capsys.readouterr()
     assert message in captured.err and captured.out == ""

@@ -295,15 +295,19 @@ def _nested_scores(
     *,
     inner_folds: int,
     inner_queries: int | None,
-    linear_weight: float | None = None,
+    transfer: SearchDataset | None = None,
+    cache_dir: Path | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Out-of-fold scores of :class:`~mlsd.search.judged_ltr.NestedSelection` over the candidate grid,
     and what it picked. The features are computed once; the grid only refits models on them.
-    ``fixed`` holds the unlearned rankers' scores of the pairs (bm25 / dense / hybrid)."""
+    ``fixed`` holds the unlearned rankers' scores of the pairs (bm25 / dense / hybrid); ``transfer``
+    adds the ``transfer`` candidate (:func:`transfer_scores`)."""
     from mlsd.search.judged_ltr import JudgedLTR, NestedSelection
 
     X = pair_features(ctx, qi, rows, quiet=quiet)
-    names = ctx.features.feature_names_
+    names = list(ctx.features.feature_names_)
+    if transfer is not None:
+        fixed = {**fixed, "transfer": transfer_scores(transfer, X, names, qi, cache_dir, seed, quiet)}
     selector = NestedSelection(
         n_folds=OUTER_FOLDS,
         inner_folds=inner_folds,
@@ -333,6 +337,41 @@ def _nested_scores(
         "picks": selector.fold_picks_,
         "inner_ndcg@10": selector.inner_scores_,
     }
+
+
+def transfer_scores(
+    source: SearchDataset,
+    X: np.ndarray,
+    feature_names: list[str],
+    qi: np.ndarray,
+    cache_dir: Path | None,
+    seed: int,
+    quiet: bool,
+) -> np.ndarray:
+    """Scores of the pairs ``X`` (rows grouped by ``qi``) by a :class:`JudgedLTR` trained on all of
+    ``source``'s judged pairs (its blend weight chosen by its own inner CV on ``source``): a ranker
+    that saw none of the evaluated queries, so it can sit in the nested grid as a fixed candidate."""
+    from mlsd.search.judged_ltr import JudgedLTR
+
+    _progress(
+        f"transfer: a JudgedLTR trained on {source.name} ({source.summary()['queries']} queries)", quiet
+    )
+    src = _Context(source, cache_dir=cache_dir, quiet=quiet, dense=True)
+    qid_to_index = pd.Series(np.arange(len(source.queries)), index=source.queries["query_id"].to_numpy())
+    j = source.judgements
+    s_qi = qid_to_index.loc[j["query_id"].to_numpy()].to_numpy()
+    s_rows = src.row_of.loc[j["product_id"].to_numpy()].to_numpy()
+    X_source = pair_features(src, s_qi, s_rows, quiet=quiet)
+    if list(src.features.feature_names_) != feature_names:
+        raise InputError(
+            "--transfer-from",
+            source.name,
+            "its features differ from the evaluated data's",
+            "evaluate both with the dense model on (drop --no-dense)",
+        )
+    model = JudgedLTR(seed=seed).fit(X_source, j["grade"].to_numpy(np.float64), s_qi)
+    _progress(f"transfer: trained, blend weight (ridge bag) {model.linear_weight_}", quiet)
+    return model.predict(X, qi)
 
 
 def _judged_lists(ds: SearchDataset, qid_to_index: pd.Series) -> list[dict[int, float]]:
@@ -433,12 +472,15 @@ def evaluate(
     nested: bool = False,
     inner_folds: int = INNER_FOLDS,
     inner_queries: int | None = INNER_QUERIES,
+    transfer: SearchDataset | None = None,
 ) -> dict:
     """The evaluate report for ``ds``: ``{"dataset", "setting", "data", "models": {name: metrics}}``.
 
     ``nested=True``: the LTR is the pick of a nested CV over ``judged_ltr.CANDIDATE_GRID`` (model
     ``ltr-nested``), and the report gains ``"nested"``: the grid, each outer fold's pick and the inner
     nDCG@10 of every candidate (``inner_folds`` folds over at most ``inner_queries`` training queries).
+    ``transfer`` (rerank setting, with ``nested``): another judged data set whose JudgedLTR joins the
+    grid as the fixed candidate ``transfer``.
     """
     if setting not in SETTINGS:
         raise InputError("--setting", setting, "unknown setting", f"choose from {', '.join(SETTINGS)}")
@@ -457,10 +499,14 @@ def evaluate(
             f"has {n_judged} judged query",
             "the LTR is cross-validated by query: give it 2 or more",
         )
+    if transfer is not None and not (nested and setting == "rerank" and dense):
+        raise _transfer_combination_error(transfer.name)
     nested_settings = None
     if nested:
         _check_nested(n_judged, inner_folds, inner_queries)
         nested_settings = {"inner_folds": inner_folds, "inner_queries": inner_queries}
+        if transfer is not None:
+            nested_settings.update(transfer=transfer, cache_dir=cache_dir)
     ctx = _Context(ds, cache_dir=cache_dir, quiet=quiet, dense=dense)
     models = (
         _evaluate_rerank(ctx, seed, quiet, nested_settings)
@@ -476,6 +522,15 @@ def evaluate(
     if nested:
         report["nested"] = models["nested"]
     return report
+
+
+def _transfer_combination_error(value: str) -> InputError:
+    return InputError(
+        "--transfer-from",
+        value,
+        "a transferred ranker is a candidate of the nested rerank grid only",
+        "add --nested with --setting rerank (and the dense model on), or drop --transfer-from",
+    )
 
 
 def _check_nested(n_judged: int, inner_folds: int, inner_queries: int | None) -> None:
@@ -541,6 +596,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"with --nested: the inner CV uses at most this many of the outer training queries, a seeded "
         f"sample (default {INNER_QUERIES}; 0 = all)",
     )
+    parser.add_argument(
+        "--transfer-from",
+        default=None,
+        metavar="PATH",
+        help="with --nested --setting rerank: a Home Depot file whose JudgedLTR (trained on all its judged "
+        "pairs) joins the grid as the candidate 'transfer' (e.g. ../shared/data/home-depot-dev)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="fold assignment of queries (outer and inner)")
     parser.add_argument("--json", action="store_true", help="print ONE JSON object on stdout")
 
@@ -554,9 +616,26 @@ def run(args: argparse.Namespace) -> int:
     nested = bool(getattr(args, "nested", False))
     inner_folds = getattr(args, "inner_folds", None)
     inner_queries = getattr(args, "inner_queries", None)
-    for flag, value in (("--inner-folds", inner_folds), ("--inner-queries", inner_queries)):
+    transfer_path = getattr(args, "transfer_from", None)
+    for flag, value in (
+        ("--inner-folds", inner_folds),
+        ("--inner-queries", inner_queries),
+        ("--transfer-from", transfer_path),
+    ):
         if value is not None and not nested:
             raise InputError(flag, value, "only applies to a nested CV", "add --nested, or drop it")
+    transfer = None
+    if transfer_path is not None:
+        if not Path(transfer_path).exists():
+            raise InputError(
+                "--transfer-from",
+                transfer_path,
+                "does not exist",
+                "point it at a Home Depot train.csv or folder",
+            )
+        if args.setting != "rerank" or args.no_dense:
+            raise _transfer_combination_error(transfer_path)
+        transfer = load_dataset("homedepot", Path(transfer_path))
     report = evaluate(
         ds,
         args.setting,
@@ -568,6 +647,7 @@ def run(args: argparse.Namespace) -> int:
         nested=nested,
         inner_folds=INNER_FOLDS if inner_folds is None else inner_folds,
         inner_queries=INNER_QUERIES if inner_queries is None else (inner_queries or None),
+        transfer=transfer,
     )
     if args.json:
         print(json.dumps(report))

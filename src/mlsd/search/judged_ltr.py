@@ -683,7 +683,7 @@ class RankerCandidate:
 # Fixed a priori, ordered simplest first (max() keeps the first of equal inner scores). Nothing in
 # it was tuned on an evaluation set: it spans the settings the pipeline had used (ridge bag alone,
 # the 0.7 blend), both sides of them, the feature groups with and without list-relative / PRF
-# features, and the unlearned rankers.
+# features, the unlearned rankers and a ranker transferred from another data set.
 CANDIDATE_GRID: tuple[RankerCandidate, ...] = (
     RankerCandidate("bm25", source="bm25"),
     RankerCandidate("dense", source="dense"),
@@ -693,6 +693,9 @@ CANDIDATE_GRID: tuple[RankerCandidate, ...] = (
     RankerCandidate("blend-0.7", weight=0.7),
     RankerCandidate("blend-0.5", weight=0.5),
     RankerCandidate("blend-0.3", weight=0.3),
+    # A JudgedLTR trained on another judged set (evaluate --transfer-from): fixed here, nothing of
+    # it is fitted on the evaluated queries; in the grid only when that set is given.
+    RankerCandidate("transfer", source="transfer"),
 )
 
 
