@@ -21,67 +21,124 @@ from mlsd.platform.experiments.exposures import (
 )
 
 
-@pytest.fixture(params=["memory", "redis"])
-def make_log(request):
-    """A factory of exposure logs sharing one backend (two Redis clients = two service processes)."""
-    made = []
-    if request.param == "memory":
+class ExposureLogContract:
+    """The exposure-log contract as a test suite: a backend opts in with a subclass whose ``make(request)``
+    returns a factory of logs sharing one backend (two Redis clients = two service processes)."""
+
+    def make(self, request: pytest.FixtureRequest):
+        raise NotImplementedError
+
+    @pytest.fixture
+    def make_log(self, request: pytest.FixtureRequest):
+        made = []
+
+        def make_one():
+            log = factory()
+            made.append(log)
+            return log
+
+        factory = self.make(request)
+        yield make_one
+        for log in made:
+            if hasattr(log, "close"):
+                log.close()
+
+    def test_each_unit_arm_is_logged_exactly_once(self, make_log):
+        log = make_log()
+        assert isinstance(log, ExposureLog)
+        units = np.array([1, 2, 3, 4, 2, 5])  # 2 twice in one batch
+        arms = np.array([0, 1, -1, 1, 1, 0])  # 3 is not in the experiment
+        first = log.log("exp-a", units, arms, ts=100)
+        assert first.tolist() == [True, True, False, True, False, True]
+        again = make_log().log("exp-a", ["1", "2", "4", "6"], [0, 1, 1, 1], ts=np.array([200, 201, 202, 203]))
+        assert again.tolist() == [False, False, False, True]  # "1" is the unit 1: ids are normalised to str
+        moved = log.log(
+            "exp-a", [1], [1], ts=300
+        )  # same unit, other arm (its config changed): a new exposure
+        assert moved.tolist() == [True]
+        other = log.log("exp-b", [1, 2], [0, 0], ts=400)  # experiments are independent
+        assert other.tolist() == [True, True]
+        frame = log.exposures("exp-a")
+        assert list(frame.columns) == ["unit", "arm", "ts"]
+        assert frame["unit"].tolist() == ["1", "2", "4", "5", "6", "1"]
+        assert frame["arm"].tolist() == [0, 1, 1, 0, 1, 1]
+        assert frame["ts"].tolist() == [100, 100, 100, 100, 203, 300]
+        assert exposure_counts(frame, 2).tolist() == [2, 3]  # unit 1 counted once, in the arm it saw first
+        assert log.exposures("never-logged").empty
+
+    def test_many_exposures_round_trip_in_order(self, make_log):
+        log = make_log()
+        rng = np.random.default_rng(3)
+        units = rng.integers(0, 300, size=1000)
+        arms = rng.integers(-1, 3, size=1000)
+        new = log.log("exp-big", units, arms, ts=np.arange(1000))
+        # Known answer computed independently: the first occurrence of each (unit, arm) with arm >= 0.
+        frame = pd.DataFrame({"unit": units.astype(str), "arm": arms, "ts": np.arange(1000)})
+        expected = frame[frame["arm"] >= 0].drop_duplicates(["unit", "arm"])
+        assert new.sum() == len(expected)
+        got = (
+            log.exposures("exp-big", page=50)
+            if isinstance(log, RedisExposureLog)
+            else log.exposures("exp-big")
+        )
+        pd.testing.assert_frame_equal(got, expected.reset_index(drop=True), check_dtype=False)
+
+    def test_bad_exposure_batch_is_an_input_error(self, make_log):
+        with pytest.raises(InputError) as err:
+            make_log().log("exp-a", [1, 2, 3], [0, 1])
+        assert err.value.field == "arms"
+
+
+class TestMemoryExposureLog(ExposureLogContract):
+    def make(self, request):
         shared = MemoryExposureLog()
-        yield lambda: shared
-        return
-    url = request.getfixturevalue("redis_url")
-    prefix = request.getfixturevalue("redis_prefix")
-
-    def make():
-        log = RedisExposureLog(url, prefix=prefix, chunk=7)  # tiny chunks exercise the batching
-        made.append(log)
-        return log
-
-    yield make
-    for log in made:
-        log.close()
+        return lambda: shared
 
 
-def test_each_unit_arm_is_logged_exactly_once(make_log):
-    log = make_log()
-    assert isinstance(log, ExposureLog)
-    units = np.array([1, 2, 3, 4, 2, 5])  # 2 twice in one batch
-    arms = np.array([0, 1, -1, 1, 1, 0])  # 3 is not in the experiment
-    first = log.log("exp-a", units, arms, ts=100)
-    assert first.tolist() == [True, True, False, True, False, True]
-    again = make_log().log("exp-a", ["1", "2", "4", "6"], [0, 1, 1, 1], ts=np.array([200, 201, 202, 203]))
-    assert again.tolist() == [False, False, False, True]  # "1" is the unit 1: ids are normalised to str
-    moved = log.log("exp-a", [1], [1], ts=300)  # same unit, other arm (its config changed): a new exposure
-    assert moved.tolist() == [True]
-    other = log.log("exp-b", [1, 2], [0, 0], ts=400)  # experiments are independent
-    assert other.tolist() == [True, True]
-    frame = log.exposures("exp-a")
-    assert list(frame.columns) == ["unit", "arm", "ts"]
-    assert frame["unit"].tolist() == ["1", "2", "4", "5", "6", "1"]
-    assert frame["arm"].tolist() == [0, 1, 1, 0, 1, 1]
-    assert frame["ts"].tolist() == [100, 100, 100, 100, 203, 300]
-    assert exposure_counts(frame, 2).tolist() == [2, 3]  # unit 1 counted once, in the arm it saw first
-    assert log.exposures("never-logged").empty
+class TestRedisExposureLog(ExposureLogContract):
+    def make(self, request):
+        url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+        return lambda: RedisExposureLog(url, prefix=prefix, chunk=7)  # tiny chunks exercise the batching
 
 
-def test_many_exposures_round_trip_in_order(make_log):
-    log = make_log()
-    rng = np.random.default_rng(3)
-    units = rng.integers(0, 300, size=1000)
-    arms = rng.integers(-1, 3, size=1000)
-    new = log.log("exp-big", units, arms, ts=np.arange(1000))
-    # Known answer computed independently: the first occurrence of each (unit, arm) with arm >= 0.
-    frame = pd.DataFrame({"unit": units.astype(str), "arm": arms, "ts": np.arange(1000)})
-    expected = frame[frame["arm"] >= 0].drop_duplicates(["unit", "arm"])
-    assert new.sum() == len(expected)
-    got = log.exposures("exp-big", page=50) if isinstance(log, RedisExposureLog) else log.exposures("exp-big")
-    pd.testing.assert_frame_equal(got, expected.reset_index(drop=True), check_dtype=False)
+class TestRedisClusterExposureLog(ExposureLogContract):
+    def make(self, request):
+        url, prefix = (
+            request.getfixturevalue("redis_cluster_url"),
+            request.getfixturevalue("redis_cluster_prefix"),
+        )
+        return lambda: RedisExposureLog(url, prefix=prefix, chunk=7)
 
 
-def test_bad_exposure_batch_is_an_input_error(make_log):
-    with pytest.raises(InputError) as err:
-        make_log().log("exp-a", [1, 2, 3], [0, 1])
-    assert err.value.field == "arms"
+def test_on_a_cluster_experiments_spread_over_the_masters_and_each_stays_on_one_slot(
+    redis_cluster_url, redis_cluster_prefix
+):
+    from mlsd.platform.redis_cluster import connect, key_slot
+
+    log = RedisExposureLog(redis_cluster_url, prefix=redis_cluster_prefix)
+    experiments = [f"exp-{i}" for i in range(30)]
+    for name in experiments:
+        assert log.log(name, [1, 2, 1], [0, 1, 0], ts=5).tolist() == [True, True, False]
+    seen, stream = log._keys("exp-0")
+    assert key_slot(seen) == key_slot(stream)  # the script touches both: one slot
+    client = connect(redis_cluster_url)
+    masters = {client.get_node_from_key(log._keys(name)[0]).name for name in experiments}
+    assert len(masters) == len(client.get_primaries())
+    assert log.exposures("exp-29")["unit"].tolist() == ["1", "2"]
+    client.close()
+    log.close()
+
+
+def test_serving_timeouts_reach_every_node_of_a_cluster(redis_cluster_url, redis_cluster_prefix):
+    from mlsd.platform.experiments.client import bound_waits
+
+    log = bound_waits(RedisExposureLog(redis_cluster_url, prefix=redis_cluster_prefix), timeout_s=0.25)
+    assert log.log("exp-t", ["a", "b"], [0, 1], ts=1).tolist() == [True, True]
+    client = log._client
+    assert client.nodes_manager.connection_kwargs["socket_timeout"] == 0.25  # nodes found later
+    for node in client.get_nodes():
+        assert node.redis_connection.connection_pool.connection_kwargs["socket_timeout"] == 0.25
+    log.close()
 
 
 # ---------------------------------------------------------------------------------------------------

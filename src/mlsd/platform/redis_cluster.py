@@ -43,8 +43,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.crc import key_slot as _key_slot
-
 from mlsd.platform.errors import InputError
 
 __all__ = [
@@ -117,7 +115,9 @@ def tagged(prefix: str, entity: Any, suffix: str = "") -> str:
 
 def key_slot(key: str | bytes) -> int:
     """The cluster slot (0..16383) of ``key``, hash tag honoured (what the server computes)."""
-    return _key_slot(key.encode() if isinstance(key, str) else key)
+    from redis.crc import key_slot as slot_of
+
+    return slot_of(key.encode() if isinstance(key, str) else key)
 
 
 def check_untagged(field: str, value: str) -> str:

@@ -48,9 +48,17 @@ EXPOSURE_TIMEOUT_S = 0.05
 
 def bound_waits(log: Any, timeout_s: float = EXPOSURE_TIMEOUT_S) -> Any:
     """Give a Redis exposure log socket connect/read timeouts (its connections are made lazily from the
-    pool's settings, so this holds for every one of them); returns ``log``."""
-    pool = log._client.connection_pool  # RedisExposureLog builds its client from the URL alone
-    pool.connection_kwargs.update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    pool's settings, so this holds for every one of them; on a cluster, for every node's pool and for
+    nodes found later); returns ``log``."""
+    timeouts = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+    client = log._client  # RedisExposureLog builds its client from the URL alone
+    if hasattr(client, "nodes_manager"):  # a Redis Cluster
+        client.nodes_manager.connection_kwargs.update(timeouts)
+        pools = [n.redis_connection.connection_pool for n in client.get_nodes() if n.redis_connection]
+    else:
+        pools = [client.connection_pool]
+    for pool in pools:
+        pool.connection_kwargs.update(timeouts)
     return log
 
 
@@ -58,8 +66,11 @@ def is_outage(err: BaseException) -> bool:
     """A dependency that did not answer (connection refused or reset, timeout), as opposed to a bug."""
     try:
         import redis
+        from redis import exceptions as e
 
-        if isinstance(err, redis.ConnectionError | redis.TimeoutError):
+        if isinstance(err, redis.ConnectionError | redis.TimeoutError | e.ClusterError):
+            return True
+        if isinstance(err, e.RedisClusterUnreachableError | e.SlotNotCoveredError):  # a cluster's node down
             return True
     except ImportError:  # pragma: no cover - redis is a dependency
         pass

@@ -25,6 +25,7 @@ import pandas as pd
 
 from mlsd.platform.errors import InputError
 from mlsd.platform.experiments.assignment import MetricSpec, _id_bytes
+from mlsd.platform.redis_cluster import tagged
 
 EXPOSURE_COLUMNS = ("unit", "arm", "ts")
 
@@ -145,8 +146,11 @@ return out
 class RedisExposureLog:
     """Exposures on Redis: a Stream per experiment (the log) and a Set per experiment (the dedup).
 
-    Keys are ``{prefix}exp:{<experiment>}:exposures`` and ``...:seen``; the braces are a Redis Cluster hash
-    tag, so both keys of an experiment live on one shard and the Lua script may touch both.
+    ``url``: ``redis://host:port/db`` or ``redis+cluster://host:port`` (a Redis Cluster). Keys are
+    ``{prefix}exp:{<experiment>}:exposures`` and ``...:seen``; the braces are a Redis Cluster hash tag,
+    so both keys of an experiment live on one slot and the Lua script may touch both: each script call
+    (``chunk`` exposures) is atomic, on a single Redis and on a cluster alike. Experiments spread over
+    the cluster's masters; one experiment's log lives on one (docs/scaling.md measures what that holds).
 
     Examples:
         >>> # The client connects lazily: units not in the experiment (-1) never reach the server.
@@ -163,17 +167,17 @@ class RedisExposureLog:
         clock: Callable[[], float] = time.time,
         chunk: int = 2000,
     ) -> None:
-        import redis
+        from mlsd.platform.redis_cluster import check_untagged, connect
 
         self.url = url
-        self.prefix = prefix
+        self.prefix = check_untagged("prefix", prefix)  # its braces would be every experiment's hash tag
         self.clock = clock
         self.chunk = chunk  # exposures per script call: bounds how long Redis is blocked by one batch
-        self._client = redis.Redis.from_url(url)
+        self._client = connect(url)
         self._script = self._client.register_script(_LOG_SCRIPT)
 
     def _keys(self, experiment: str) -> tuple[str, str]:
-        base = f"{self.prefix}exp:{{{experiment}}}"
+        base = tagged(f"{self.prefix}exp:", experiment)
         return f"{base}:seen", f"{base}:exposures"
 
     def log(self, experiment: str, unit_ids: Any, arms: Any, ts: Any = None) -> np.ndarray:

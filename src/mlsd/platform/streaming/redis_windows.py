@@ -452,9 +452,11 @@ class RedisWindowStore(_Scalar):
 
     def _by_slot(self, codes: np.ndarray, uniques: list) -> tuple[np.ndarray, list, list[int]]:
         """Renumber the batch's keys so that keys of one slot are consecutive; the slots' key ranges."""
-        from mlsd.platform.redis_cluster import key_slot
+        from redis.crc import key_slot
 
-        slots = np.fromiter((key_slot(self._keys(k)[1]) for k in uniques), dtype=np.int64, count=len(uniques))
+        slots = np.fromiter(
+            (key_slot(self._keys(k)[1].encode()) for k in uniques), dtype=np.int64, count=len(uniques)
+        )
         rank = np.argsort(slots, kind="stable")
         renumber = np.empty_like(rank)
         renumber[rank] = np.arange(rank.size)
