@@ -264,6 +264,7 @@ def test_user_state_from_the_online_store_serves_what_process_memory_serves(tiny
     store; an engine holding only the item side reads a request's users from it and answers exactly as
     the engine holding everything in memory, for known, unknown and cold-seeded users alike."""
     from mlsd.platform.features.online import MemoryStore
+    from mlsd.recsys.engine import user_state_namespace
 
     store = MemoryStore()
     model, exported = _exported(tiny, store)
@@ -281,6 +282,12 @@ def test_user_state_from_the_online_store_serves_what_process_memory_serves(tiny
     _same_answers(local, shared, bodies[:1])  # a batch of one
     answer = shared.handle(bodies[:1])[0]
     assert "user_state" in answer["timings_ms"] and not answer["degraded"]
+    # a row packed for another model's layout is refused with the fix, never misread
+    namespace, key = user_state_namespace(1), str(users[0])
+    blob = store.get_many(namespace, [key])[0]["state"]
+    store.put_many(namespace, {key: {"state": b"\x00\x00\x00\x00" + blob[4:]}})
+    with pytest.raises(InputError, match="export_user_state"):
+        shared.handle(bodies[:1])
     local.close()
     shared.close()
 

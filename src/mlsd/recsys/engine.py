@@ -261,8 +261,10 @@ def load_snapshot(
 # builder's user tables, ...) is "user state": N serving processes share one copy of it in the online
 # store instead of each holding all of it, and each process keeps only the item side (catalogue, FAISS
 # index over the item factors, item tables, the ranker). One hash per user at
-# ``{prefix}recsys:state:<version>:<user_id>``; one field per table, the row's raw bytes (dense rows),
-# or its column indices and values (sparse rows).
+# ``{prefix}recsys:state:<version>:<user_id>`` with one field, ``state``: the user's rows of every table
+# packed into one value (a layout check, then each table's raw row bytes, length-prefixed where a row's
+# size varies: sparse rows, keyed values). One packed value instead of a field per table: Redis keeps a
+# few hundred bytes of bookkeeping per hash field above 64-byte values.
 
 USER_STATE_NAMESPACE = "recsys:state"
 # Per-user state kept as one sorted key array ``user_row * base + value`` rather than one row per user
@@ -354,13 +356,60 @@ def _field(table: _Table) -> str:
     return ".".join(table.path)
 
 
+STATE_FIELD = "state"
+
+
+def _parts(tables: list[_Table]) -> list[tuple[str, int | None]]:
+    """The packed value's parts in order: (name, fixed size in bytes, or None: length-prefixed)."""
+    out: list[tuple[str, int | None]] = []
+    for t in tables:
+        name = _field(t)
+        if t.kind == "sparse":
+            out += [(name + ":i", None), (name + ":v", None)]
+        elif t.kind == "keyed":
+            out.append((name, None))
+        else:
+            width = len(t.columns) if t.kind == "frame" else int(np.prod(t.tail, dtype=np.int64))
+            out.append((name, np.dtype(t.dtype).itemsize * width))
+    return out
+
+
+def _layout(tables: list[_Table]) -> bytes:
+    """4 bytes naming the tables' layout: a reader whose model differs refuses the row, never misreads it."""
+    import zlib
+
+    return zlib.crc32(repr([tuple(vars(t).values()) for t in tables]).encode()).to_bytes(4, "little")
+
+
+def _pack(parts: list[tuple[str, int | None]], layout: bytes, row: dict[str, bytes]) -> bytes:
+    chunks = [layout]
+    for name, size in parts:
+        if size is None:
+            chunks.append(len(row[name]).to_bytes(4, "little"))
+        chunks.append(row[name])
+    return b"".join(chunks)
+
+
+def _unpack(parts: list[tuple[str, int | None]], layout: bytes, blob: bytes) -> dict[str, bytes]:
+    if blob[:4] != layout:
+        raise InputError("user_state", blob[:4].hex(), "the stored user rows were written for another model "
+                         "layout", "export the served version's user state (export_user_state)")  # fmt: skip
+    row, pos = {}, 4
+    for name, size in parts:
+        if size is None:
+            size, pos = int.from_bytes(blob[pos : pos + 4], "little"), pos + 4
+        row[name], pos = blob[pos : pos + size], pos + size
+    return row
+
+
 def export_user_state(model, store, namespace: str, *, batch: int = 10_000, progress: bool = False) -> dict:
-    """Write every user's rows of every per-user table to ``store`` (one row per user, one field per
-    table; ``batch`` users per call). Returns ``{"users", "tables", "bytes_per_user"}`` (payload bytes:
-    what the values hold, before the store's own per-key overhead)."""
+    """Write every user's rows of every per-user table to ``store`` (one row per user holding one packed
+    value; ``batch`` users per call). Returns ``{"users", "tables", "bytes_per_user"}`` (payload bytes:
+    the packed values, before the store's own per-key overhead)."""
     from tqdm import tqdm
 
     tables = user_tables(model)
+    parts, layout = _parts(tables), _layout(tables)
     ids = model.users_.ids
     values = {}
     for t in tables:
@@ -395,8 +444,9 @@ def export_user_state(model, store, namespace: str, *, batch: int = 10_000, prog
                 raw, size = block.tobytes(), block[:1].nbytes
                 for j, key in enumerate(keys):
                     rows[key][name] = raw[j * size : (j + 1) * size]
-        payload += sum(len(v) for row in rows.values() for v in row.values())
-        store.put_many(namespace, rows)
+        packed = {key: {STATE_FIELD: _pack(parts, layout, row)} for key, row in rows.items()}
+        payload += sum(len(row[STATE_FIELD]) for row in packed.values())
+        store.put_many(namespace, packed)
         bar.update(stop - start)
     bar.close()
     return {"users": len(ids), "tables": [_field(t) for t in tables],
@@ -469,7 +519,8 @@ def bind_user_state(model, tables: list[_Table], user_ids: np.ndarray, rows: lis
 
     from mlsd.recsys.data import IdMap
 
-    held = {int(u): r for u, r in zip(user_ids, rows, strict=True) if r}
+    parts, layout = _parts(tables), _layout(tables)
+    held = {int(u): _unpack(parts, layout, r[STATE_FIELD]) for u, r in zip(user_ids, rows, strict=True) if r}
     users = IdMap(np.fromiter(held, np.int64, len(held)))
     ordered = [held[int(u)] for u in users.ids]
     clones: dict[tuple[str, ...], Any] = {}
