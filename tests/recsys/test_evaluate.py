@@ -109,3 +109,27 @@ def test_validation_mode_never_reads_the_test_split(tmp_path, capsys, monkeypatc
     full = load_movielens(path)
     train, _ = evaluate.split(full, "stratified")
     assert seen_sizes == [len(train)] and len(train) < len(full.interactions)
+
+
+def test_temporal_protocol_reports_users_with_and_without_a_history():
+    """Users whose every event falls in the last 20% exist only in the test split: their nDCG and the
+    others' are reported apart, and their user-weighted mean is the overall figure."""
+    ds = toy_dataset(n_users=60, n_items=30, per_user=10)
+    inter = ds.interactions.copy()
+    late = inter["user_id"] > 54  # six users who only arrive after everyone else
+    inter.loc[late, "timestamp"] += int(inter["timestamp"].max() - inter["timestamp"].min()) + 1
+    ds = ds.with_interactions(inter)
+    _, test = evaluate.split(ds, "temporal")
+    train, _ = evaluate.split(ds, "temporal")
+    test_users = np.unique(test["user_id"])
+    unseen = ~np.isin(test_users, train["user_id"].unique())
+    assert unseen.sum() == 6 and (~unseen).sum() > 0
+    out = evaluate.evaluate_models(ds, "temporal", 10, ("popularity", "als"), progress=False)
+    for m in out.values():
+        mean = (m["ndcg@10_seen_users"] * (~unseen).sum() + m["ndcg@10_unseen_users"] * unseen.sum()) / len(unseen)
+        assert m["ndcg@10"] == pytest.approx(mean, abs=2e-6)
+    # popularity is the same list for everyone; ALS personalises only the users with a history
+    assert out["als"]["ndcg@10_unseen_users"] == pytest.approx(out["popularity"]["ndcg@10_unseen_users"])
+    # the stratified protocol's test users all have a history: no split to report
+    strat = evaluate.evaluate_models(ds, "stratified", 10, ("popularity",), progress=False)
+    assert "ndcg@10_seen_users" not in strat["popularity"]

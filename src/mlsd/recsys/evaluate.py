@@ -4,7 +4,9 @@ Default protocol = the Microsoft Recommenders benchmark's, so the numbers compar
 every rating is an interaction; a 75/25 split stratified by item with seed 42 (see
 :func:`~mlsd.recsys.model.stratified_split`); every test interaction is relevant; items a user saw
 in train are never recommended to them; metrics from :mod:`mlsd.platform.metrics` (MAP normalised
-by the number of relevant items). ``--protocol temporal`` holds out the last 20% of events by time.
+by the number of relevant items). ``--protocol temporal`` holds out the last 20% of events by time;
+most of its test users never appear in train, so each model's nDCG is also reported for the test users
+with a history (``ndcg@10_seen_users``) and without one (``ndcg@10_unseen_users``).
 
 All model choices (hyperparameters, features, ranker settings) were made on an inner split of the
 TRAIN part only (train re-split the same stratified way); the test split is used once, here.
@@ -129,7 +131,8 @@ def evaluate_models(
     exclude[np.flatnonzero(rows < 0)] = 0
     exclude = exclude.tocsr()
     catalog = len(items)
-    log(f"{dataset.name}: {len(train_inter)} train / {len(test)} test events, {len(test_users)} test users")
+    log(f"{dataset.name}: {len(train_inter)} train / {len(test)} test events, {len(test_users)} test users "
+        f"({int((rows < 0).sum())} of them not in train)")
     result: dict = {}
     for name in models:
         start = time.perf_counter()
@@ -154,6 +157,12 @@ def evaluate_models(
             model = two_stage_for_evaluation(progress, catalog).fit(train)
             recommended, _, _ = model.recommend(test_users, k, exclude_seen=True)
         metrics = ranking_metrics(recommended, relevant, k, catalog)
+        if 0 < int((rows < 0).sum()) < len(rows):
+            # Under --protocol temporal most test users never appear in train: say apart how the model
+            # does for users with a history (where personal signals can work) and without one.
+            for label, mask in (("seen_users", rows >= 0), ("unseen_users", rows < 0)):
+                part = ranking_metrics(recommended[mask], [relevant[j] for j in np.flatnonzero(mask)], k, catalog)
+                metrics[f"ndcg@{k}_{label}"] = part[f"ndcg@{k}"]
         result[name] = {key: round(float(v), 6) for key, v in metrics.items()}
         log(f"{name}: ndcg@{k}={metrics[f'ndcg@{k}']:.4f} ({time.perf_counter() - start:.1f}s)")
     return result
