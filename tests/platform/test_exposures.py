@@ -134,10 +134,14 @@ def test_serving_timeouts_reach_every_node_of_a_cluster(redis_cluster_url, redis
 
     log = bound_waits(RedisExposureLog(redis_cluster_url, prefix=redis_cluster_prefix), timeout_s=0.25)
     assert log.log("exp-t", ["a", "b"], [0, 1], ts=1).tolist() == [True, True]
-    client = log._client
+    client = log._client.cluster_client
     assert client.nodes_manager.connection_kwargs["socket_timeout"] == 0.25  # nodes found later
     for node in client.get_nodes():
         assert node.redis_connection.connection_pool.connection_kwargs["socket_timeout"] == 0.25
+    log._client.configure(socket_timeout=0.5)  # once the client is made: every node's pool
+    assert {
+        n.redis_connection.connection_pool.connection_kwargs["socket_timeout"] for n in client.get_nodes()
+    } == {0.5}
     log.close()
 
 

@@ -380,3 +380,21 @@ def test_single_redis_keeps_its_layout_and_hash_tags_can_be_asked_for(redis_url,
     RedisStore(redis_url, prefix=redis_prefix, hash_tags=True).put_many("u", {"2": {"x": 2}})
     assert client.exists(f"{redis_prefix}u:1", f"{redis_prefix}u:{{2}}") == 2
     client.close()
+
+
+def test_an_unreachable_cluster_is_store_unavailable_not_a_failed_start() -> None:
+    """A service builds its store at startup: with the cluster down it must start and serve degraded."""
+    import socket
+
+    from mlsd.platform.features.online import StoreUnavailable
+
+    with socket.socket() as s:  # a port nobody listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = RedisStore(f"redis+cluster://:hunter2@127.0.0.1:{port}", prefix="mlsd:")  # no error yet
+    assert store.cluster and store.hash_tags
+    with pytest.raises(StoreUnavailable, match="unreachable") as err:
+        store.get_many("users", ["1"], timeout_s=0.2)
+    assert "hunter2" not in str(err.value)
+    assert store.ping() is False
+    store.close()

@@ -5,8 +5,8 @@ build their client with :func:`connect`:
 
 * ``redis://host:port/db`` (or ``rediss://``, ``unix://``): one Redis server, a ``redis.Redis`` client.
 * ``redis+cluster://host:port`` (or ``rediss+cluster://``): a Redis Cluster reached through any of its
-  nodes, a ``redis.RedisCluster`` client (it discovers the other nodes and follows MOVED / ASK).
-  A cluster has one database: a path other than ``/0`` is refused.
+  nodes, a ``redis.RedisCluster`` client (it discovers the other nodes and follows MOVED / ASK), made
+  on first use (:class:`LazyCluster`). A cluster has one database: a path other than ``/0`` is refused.
 
 On a cluster every key that one atomic operation touches must hash to one slot. mlsd wraps the entity
 in a hash tag, ``<prefix><namespace>:{<entity>}``: Redis hashes only what is between the braces, so all
@@ -48,6 +48,7 @@ from mlsd.platform.errors import InputError
 __all__ = [
     "CLUSTER_SCHEMES",
     "ClusterStartError",
+    "LazyCluster",
     "LocalRedisCluster",
     "check_untagged",
     "connect",
@@ -98,14 +99,60 @@ def connect(url: str, **kwargs: Any) -> Any:
         from redis.retry import Retry
 
         kwargs["retry"] = Retry(NoBackoff(), 0)
-    return redis.RedisCluster.from_url(plain, **kwargs)
+    return LazyCluster(plain, kwargs)
+
+
+class LazyCluster:
+    """A ``redis.RedisCluster`` made on first use, as ``redis.Redis`` connects on first use.
+
+    ``RedisCluster`` reads the slot map from a node as it is constructed; a service that builds its
+    stores at startup would then fail to start while the cluster is down, where on a single Redis it
+    starts and serves degraded. An unreachable cluster raises ``redis.ConnectionError`` (what every
+    outage handler already catches), at the first call, and the next call tries again.
+    """
+
+    def __init__(self, url: str, kwargs: dict[str, Any]) -> None:
+        self.url = url
+        self._kwargs = kwargs
+        self._client: Any = None
+
+    @property
+    def cluster_client(self) -> Any:
+        if self._client is None:
+            import redis
+
+            try:
+                self._client = redis.RedisCluster.from_url(self.url, **self._kwargs)
+            except redis.RedisClusterException as err:  # no node answered
+                where = self.url.split("@")[-1]  # never print a password
+                raise redis.ConnectionError(f"Redis Cluster {where} unreachable ({err})") from None
+        return self._client
+
+    def configure(self, **connection_kwargs: Any) -> None:
+        """Connection settings (``socket_timeout``, ...) for every node: the constructor's before the
+        client is made, then every node's pool and the nodes found later (after a reshard)."""
+        if self._client is None:
+            self._kwargs.update(connection_kwargs)
+            return
+        self._client.nodes_manager.connection_kwargs.update(connection_kwargs)
+        for node in self._client.get_nodes():
+            if node.redis_connection is not None:
+                node.redis_connection.connection_pool.connection_kwargs.update(connection_kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.cluster_client, name)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
 
 def is_cluster(client: Any) -> bool:
-    """True when ``client`` talks to a Redis Cluster (``redis.RedisCluster`` or its pipeline)."""
+    """True when ``client`` talks to a Redis Cluster (``redis.RedisCluster``, its pipeline, or the
+    :class:`LazyCluster` that :func:`connect` returns)."""
     import redis
 
-    return isinstance(client, redis.RedisCluster)
+    return isinstance(client, LazyCluster | redis.RedisCluster)
 
 
 def tagged(prefix: str, entity: Any, suffix: str = "") -> str:

@@ -50,15 +50,14 @@ def bound_waits(log: Any, timeout_s: float = EXPOSURE_TIMEOUT_S) -> Any:
     """Give a Redis exposure log socket connect/read timeouts (its connections are made lazily from the
     pool's settings, so this holds for every one of them; on a cluster, for every node's pool and for
     nodes found later); returns ``log``."""
+    from mlsd.platform.redis_cluster import LazyCluster
+
     timeouts = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
     client = log._client  # RedisExposureLog builds its client from the URL alone
-    if hasattr(client, "nodes_manager"):  # a Redis Cluster
-        client.nodes_manager.connection_kwargs.update(timeouts)
-        pools = [n.redis_connection.connection_pool for n in client.get_nodes() if n.redis_connection]
+    if isinstance(client, LazyCluster):
+        client.configure(**timeouts)
     else:
-        pools = [client.connection_pool]
-    for pool in pools:
-        pool.connection_kwargs.update(timeouts)
+        client.connection_pool.connection_kwargs.update(timeouts)
     return log
 
 
