@@ -319,3 +319,32 @@ def test_every_source_opts_into_the_contract():
     covered = {type(cls().make()) for cls in CandidateSourceContract.__subclasses__()}
     assert covered == {ALSCandidates, EASECandidates, RP3BetaCandidates, SequentialEASECandidates, BlendCandidates,
                        ContentCandidates, PopularityCandidates}  # fmt: skip
+
+
+def test_rp3beta_above_max_items_keeps_a_sparse_top_k_that_equals_the_dense_walk(toy):
+    """Above ``max_items`` RP3beta does not refuse: its item-item weights are sparse, top_k per title,
+    computed block by block. With top_k >= the catalogue it is the dense model exactly; with a small
+    top_k each title keeps at most top_k neighbours and every kept weight is the dense one."""
+    users = np.unique(toy.interactions["user_id"].to_numpy())[:10]
+    dense = RP3BetaCandidates(alpha=0.8).fit(toy)
+    n = len(dense.items_)
+    full = RP3BetaCandidates(alpha=0.8, max_items=5, top_k=n, block=7).fit(toy)
+    assert sp.issparse(full.M_) and full.M_.shape == (n, n)
+    np.testing.assert_allclose(full.score_dense(users), dense.score_dense(users), rtol=1e-4, atol=1e-6)
+    pruned = RP3BetaCandidates(alpha=0.8, max_items=5, top_k=3, block=7).fit(toy)
+    assert np.diff(pruned.M_.indptr).max() <= 3 and pruned.M_.diagonal().sum() == 0
+    rows, cols = pruned.M_.nonzero()
+    np.testing.assert_allclose(np.asarray(pruned.M_[rows, cols]).ravel(), dense.M_[rows, cols], rtol=1e-5)
+    for r in range(n):  # the kept ones are the row's strongest
+        kept = pruned.M_[r].toarray().ravel()
+        if kept.any():
+            assert kept[kept > 0].min() >= np.sort(dense.M_[r])[-3] - 1e-6
+    idx, _ = pruned.candidates(users, 5)
+    assert (idx[:, 0] >= 0).all()
+    with pytest.raises(InputError, match="top_k"):
+        RP3BetaCandidates(max_items=5, top_k=0).fit(toy)
+
+
+class TestSparseRP3BetaContract(CandidateSourceContract):
+    def make(self):
+        return RP3BetaCandidates(max_items=5, top_k=10, block=8)

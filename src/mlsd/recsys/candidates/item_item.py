@@ -1,6 +1,8 @@
-"""Item-item collaborative filtering, dense over the catalogue: EASE (closed-form regression), RP3beta
-(a 3-step random walk with a popularity penalty) and sequential EASE (co-occurrence within a few
-positions of a user's time-ordered history)."""
+"""Item-item collaborative filtering: EASE (closed-form regression), RP3beta (a 3-step random walk with a
+popularity penalty) and sequential EASE (co-occurrence within a few positions of a user's time-ordered
+history). All three are dense over the catalogue up to ``max_items`` titles; above it EASE and
+sequential EASE refuse (their weights come from the inverse of the items x items Gram matrix, which is
+dense however sparse the history is), and RP3beta keeps a sparse top-k neighbourhood per title."""
 
 from __future__ import annotations
 
@@ -52,7 +54,8 @@ class _ItemItemCandidates(DenseScored):
         known = rows >= 0
         dense = np.full((len(rows), len(self.items_)), np.nan, np.float32)
         if known.any():
-            dense[known] = self.X_[rows[known]] @ self.M_
+            product = self.X_[rows[known]] @ self.M_
+            dense[known] = product.toarray() if sp.issparse(product) else product
         return dense
 
 
@@ -80,18 +83,51 @@ class EASECandidates(_ItemItemCandidates):
 class RP3BetaCandidates(_ItemItemCandidates):
     """RP3beta (Paudel et al. 2017): 3-step random walk user -> item -> user -> item, with each
     target item's score divided by its popularity^beta (so the walk does not just find blockbusters).
+
+    Up to ``max_items`` titles the items x items matrix is dense. Above it (where a dense matrix no
+    longer fits: 50K titles are 10 GB of float32) it is sparse: each title keeps its ``top_k``
+    strongest neighbours, computed block by block of ``block`` titles from the sparse history (memory
+    bounded by a block's co-occurrences, never the square). A user's score is then the sum of her
+    titles' kept neighbour weights: the dense scores with every weight outside a title's top ``top_k``
+    set to zero (identical when ``top_k`` >= the number of titles).
     """
 
     name = "RP3beta"
 
-    def __init__(self, alpha: float = 1.0, beta: float = 0.5, max_items: int = 20_000) -> None:
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        beta: float = 0.5,
+        max_items: int = 20_000,
+        top_k: int = 200,
+        block: int = 512,
+    ) -> None:
         self.alpha = alpha
         self.beta = beta
         self.max_items = max_items
+        self.top_k = top_k
+        self.block = block
 
-    def _item_item(self, X: sp.csr_matrix) -> np.ndarray:
+    def fit(self, data, users: IdMap | None = None, items: IdMap | None = None):
+        hist = History.build(data, users, items)
+        if len(hist.items) <= self.max_items:
+            return super().fit(hist)
+        if not isinstance(self.top_k, int | np.integer) or isinstance(self.top_k, bool) or self.top_k < 1:
+            raise InputError("top_k", self.top_k, "must be a positive integer", "use e.g. 200")
+        self.users_, self.items_ = hist.users, hist.items
+        X = hist.matrix.copy().tocsr()
+        X.data[:] = 1.0
+        self.X_ = X
+        self.M_ = self._sparse_top_k(X)
+        return self
+
+    def _degrees(self, X: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
         u_deg = np.maximum(np.asarray(X.sum(axis=1)).ravel(), 1.0)
         i_deg = np.maximum(np.asarray(X.sum(axis=0)).ravel(), 1.0)
+        return u_deg, i_deg
+
+    def _item_item(self, X: sp.csr_matrix) -> np.ndarray:
+        u_deg, i_deg = self._degrees(X)
         p_ui = sp.diags(1.0 / u_deg) @ X
         p_iu = sp.diags(1.0 / i_deg) @ X.T
         W = (p_iu @ p_ui).toarray()
@@ -100,6 +136,37 @@ class RP3BetaCandidates(_ItemItemCandidates):
         W /= np.power(i_deg, self.beta)[None, :]
         np.fill_diagonal(W, 0.0)
         return W
+
+    def _sparse_top_k(self, X: sp.csr_matrix) -> sp.csr_matrix:
+        """The same weights as :meth:`_item_item`, ``top_k`` per row, one block of rows at a time."""
+        u_deg, i_deg = self._degrees(X)
+        p_ui = (sp.diags(1.0 / u_deg) @ X).tocsr().astype(np.float32)
+        p_iu = (sp.diags(1.0 / i_deg) @ X.T).tocsr().astype(np.float32)
+        penalty = np.power(i_deg, -self.beta).astype(np.float32)
+        n, k = X.shape[1], int(self.top_k)
+        rows, cols, vals = [], [], []
+        for start in range(0, n, int(self.block)):
+            W = (p_iu[start : start + int(self.block)] @ p_ui).tocsr()
+            own = np.repeat(np.arange(start, start + W.shape[0]), np.diff(W.indptr))
+            W.data[W.indices == own] = 0.0  # a title is not its own neighbour
+            W.eliminate_zeros()
+            if self.alpha != 1.0:
+                W.data = np.power(W.data, self.alpha)
+            W.data *= penalty[W.indices]
+            lengths = np.diff(W.indptr)
+            row = np.repeat(np.arange(W.shape[0]), lengths)
+            # per row, the k largest weights: one sort by (row, -weight), then the first k of each row
+            order = np.lexsort((-W.data, row))
+            rank = np.arange(len(order)) - np.repeat(W.indptr[:-1], lengths)
+            keep = order[rank < k]
+            rows.append(row[keep] + start)
+            cols.append(W.indices[keep])
+            vals.append(W.data[keep])
+        return sp.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+            shape=(n, n),
+            dtype=np.float32,
+        )
 
 
 class SequentialEASECandidates(_ItemItemCandidates):
