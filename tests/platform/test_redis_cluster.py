@@ -83,3 +83,16 @@ def test_a_local_cluster_stops_every_process_it_started():
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert cluster.url is None
+
+
+def test_used_memory_and_delete_prefix_cover_every_master(redis_cluster_url, redis_cluster_prefix, redis_url):
+    from mlsd.platform.redis_cluster import delete_prefix, used_memory
+
+    client = connect(redis_cluster_url)
+    before = used_memory(client)
+    for i in range(300):
+        client.set(tagged(redis_cluster_prefix, i), "x" * 1000)
+    assert used_memory(client) - before > 300 * 1000
+    assert delete_prefix(client, redis_cluster_prefix) == 300
+    assert used_memory(connect(redis_url)) > 0  # a single Redis answers the same call
+    client.close()

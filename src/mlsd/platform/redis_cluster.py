@@ -58,6 +58,7 @@ __all__ = [
     "key_slot",
     "run_script",
     "tagged",
+    "used_memory",
 ]
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
@@ -395,6 +396,16 @@ class LocalRedisCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def used_memory(client: Any) -> int:
+    """``used_memory`` of a single Redis, or summed over a cluster's primaries (memory-per-key figures)."""
+    if not is_cluster(client):
+        return int(client.info("memory")["used_memory"])
+    return sum(
+        int(client.execute_command("INFO", "memory", target_nodes=node)["used_memory"])
+        for node in client.get_primaries()
+    )
 
 
 def delete_prefix(client: Any, prefix: str) -> int:
