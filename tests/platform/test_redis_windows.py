@@ -119,17 +119,14 @@ def test_an_idle_key_expires_after_idle_ttl_and_a_busy_one_is_renewed(redis_wher
 # -- Redis Cluster: a batch split by slot, labels across slots, lost scripts, resharding ----------------
 
 
-def _random_batches(
-    store, reference, rng, batches: int, n_keys: int, t0: int = 0, labels: bool = True
-) -> None:
+def _random_batches(store, reference, rng, batches: int, n_keys: int, t0: int = 0) -> None:
     """Feed both stores the same micro-batches (replays, late events, labels, reverts) and compare
     every view: the cluster's per-slot calls must answer as one call / the in-process store does.
-    ``labels=False``: the labels known in each view are not compared (the per-event script's views
-    miss some labels the in-process and batched stores show, on a single Redis as well)."""
+    Times stay positive: the per-event script's replies use -1 for "no label"."""
     for b in range(batches):
         n = 60
         keys = [f"card-{k}" for k in rng.integers(0, n_keys, n).tolist()]
-        ts = t0 + 30 * b + rng.integers(-40, 40, n)
+        ts = 1000 + t0 + 30 * b + rng.integers(-40, 40, n)
         ids = [f"{t0}-{b}-{i}" for i in range(n)]
         ids[5], keys[5], ts[5] = ids[4], keys[4], ts[4]  # a replay inside the batch
         values, attrs = rng.integers(1, 99, n), rng.normal(size=(n, 1))
@@ -139,10 +136,9 @@ def _random_batches(
         for width in (20, 100):
             for x, y in zip(got.moments(got.window(width)), want.moments(want.window(width)), strict=True):
                 np.testing.assert_array_equal(x, y)
-            if labels:
-                known_got = got.window(width) & (got.label_ts <= got.t[:, None])
-                known_want = want.window(width) & (want.label_ts <= want.t[:, None])
-                np.testing.assert_array_equal(known_got.sum(axis=1), known_want.sum(axis=1))
+            known_got = got.window(width) & (got.label_ts <= got.t[:, None])
+            known_want = want.window(width) & (want.label_ts <= want.t[:, None])
+            np.testing.assert_array_equal(known_got.sum(axis=1), known_want.sum(axis=1))
         labelled = rng.choice(n, 10, replace=False).tolist()
         for s in (store, reference):
             s.set_labels([keys[i] for i in labelled], [ids[i] for i in labelled], ts[labelled] + 5)
@@ -179,7 +175,7 @@ def test_a_cluster_that_lost_its_scripts_runs_each_call_once(redis_cluster_url, 
     for round_ in range(2):
         client.script_flush()  # every primary forgets every script (a restart would)
         for store, reference in zip(stores, references, strict=True):
-            _random_batches(store, reference, rng, 2, 20, t0=100 * round_, labels=store.batched)
+            _random_batches(store, reference, rng, batches=2, n_keys=20, t0=100 * round_)
     client.close()
 
 
