@@ -2,9 +2,11 @@
 in-process and over HTTP.
 
 1. simulate ``users`` x ``items`` (the whole catalogue and user base);
-2. train on **every** user (:func:`train_on_all_users`): stage one (ALS, content, popularity, the user
-   and item feature tables, seen titles) on all the window's events; the ranker's labelled rows from
-   ``ranker_users`` of them; register it as champion;
+2. train the served model -- the model definition for this catalogue
+   (:func:`~mlsd.recsys.model.model_spec`, what ``mlsd recsys evaluate`` measures and ``mlsd recsys
+   train`` serves) -- on **every** user (:func:`train_on_all_users`): stage one (candidate sources, the
+   user and item feature tables, seen titles) on all the window's events, the ranker's labelled rows
+   from ``ranker_users`` of them; register it as champion;
 3. **in-process**: ``requests`` single requests through :meth:`RecsysEngine.handle` (k=50), users drawn
    from all simulated users (those without events in the window are served from their seeds) and 5%
    ids never seen at all (cold start), after a short warm-up;
@@ -31,7 +33,6 @@ from typing import Any
 import numpy as np
 
 STAGES = ("user_state", "candidates", "rules", "features", "ranking", "rerank")
-BENCH_SOURCES = {"als": 500, "content": 300, "popular": 200, "trending": 100, "new": 50}
 
 
 def _log(message: str) -> None:
@@ -239,13 +240,14 @@ def train_on_all_users(
     registry_root: str | Path,
     *,
     sources: dict[str, int] | None = None,
-    n_estimators: int = 100,
+    n_estimators: int | None = None,
     ranker_users: int = 3_000,
     eval_users: int = 2_000,
     seed: int = 0,
 ) -> dict[str, Any]:
     """The daily job's model (:func:`~mlsd.recsys.training.model_for`: the definition ``evaluate`` measures,
-    temporal split) with its stage one fitted on **every** user of the window, registered as champion.
+    temporal split; ``sources``/``n_estimators`` None keep the definition's, as ``mlsd recsys train``
+    does) with its stage one fitted on **every** user of the window, registered as champion.
 
     Stage one (ALS, content profiles, popularity, the user and item feature tables, the seen titles) is
     fitted on all the window's events. The ranker's labelled rows come from ``ranker_users`` of the
@@ -272,7 +274,7 @@ def train_on_all_users(
     inter = dataset.interactions
     ts = inter["timestamp"].to_numpy()
     days = (int(dataset.meta.get("end_ts") or ts.max() + 1) - int(ts.min())) / DAY_S
-    cfg = TrainConfig(sources=dict(sources or BENCH_SOURCES), n_estimators=n_estimators).fit(days)
+    cfg = TrainConfig(sources=sources, n_estimators=n_estimators).fit(days)
     bounds = split_days(
         dataset, train_days=cfg.train_days, label_days=cfg.label_days, eval_days=cfg.eval_days
     )
@@ -348,7 +350,7 @@ def run_bench(
     workdir: str | Path | None = None,
     seed: int = 0,
     sources: dict[str, int] | None = None,
-    n_estimators: int = 100,
+    n_estimators: int | None = None,
     workers: int = 1,
     user_state: str | None = None,
 ) -> dict[str, Any]:
