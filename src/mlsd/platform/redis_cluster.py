@@ -323,6 +323,7 @@ class LocalRedisCluster:
                     str(self.replicas),
                     "--cluster-yes",
                 ],
+                input="yes\n",  # a redis-cli older than --cluster-yes asks on stdin
                 capture_output=True,
                 text=True,
                 timeout=max(1.0, deadline - time.monotonic()),
