@@ -332,7 +332,6 @@ class RedisStore:
         self.hash_tags = self.cluster if hash_tags is None else bool(hash_tags)
         # braces in the prefix would become every key's hash tag: all rows on one slot
         self.prefix = check_untagged("prefix", prefix) if self.hash_tags else prefix
-        self._replace_sha: str | None = None
         # The serving path's client: bounded waits, no retries (a retry would outlive any deadline).
         self.serving_client = (
             client
@@ -389,34 +388,26 @@ class RedisStore:
         pipe.execute()
 
     def _write_per_row(
-        self, client: Any, namespace: str, clean: dict[str, dict[str, Value]], expires: bytes, ttl_ms: int | None
+        self,
+        client: Any,
+        namespace: str,
+        clean: dict[str, dict[str, Value]],
+        expires: bytes,
+        ttl_ms: int | None,
     ) -> None:
         """The cluster's write: one ``_REPLACE`` call per row (atomic per row, no cross-slot transaction),
         all of them in one pipeline that the cluster client splits by node."""
-        import redis
-
-        from mlsd.platform.redis_cluster import check_untagged
+        from mlsd.platform.redis_cluster import check_untagged, run_script
 
         check_untagged("namespace", namespace)  # braces in it would become every row's hash tag
         ttl_arg = b"" if ttl_ms is None else str(ttl_ms).encode()
-        for attempt in (1, 2):
-            if self._replace_sha is None:
-                self._replace_sha = client.script_load(_REPLACE)  # on every primary
-            pipe = client.pipeline(transaction=False)
-            for key, row in clean.items():
-                args = [ttl_arg, _EXPIRES, expires]
-                for field, value in row.items():
-                    args += [field, _encode(value)]
-                pipe.execute_command("EVALSHA", self._replace_sha, 1, self._key(namespace, key), *args)
-            try:
-                pipe.execute()
-                return
-            except redis.exceptions.NoScriptError:
-                # a node lost its script cache (restart, failover, a new node after resharding): the
-                # replace is idempotent, so load the script again and send the batch once more
-                self._replace_sha = None
-                if attempt == 2:
-                    raise
+        calls = []
+        for key, row in clean.items():
+            args = [ttl_arg, _EXPIRES, expires]
+            for field, value in row.items():
+                args += [field, _encode(value)]
+            calls.append(([self._key(namespace, key)], args))
+        run_script(client, _REPLACE, calls)
 
     def get_many(
         self,
