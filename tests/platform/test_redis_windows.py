@@ -220,3 +220,49 @@ def test_resharding_moves_each_key_with_its_slot_and_a_live_store_follows():
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@pytest.mark.slow
+def test_a_failover_promotes_a_replica_and_a_live_store_follows():
+    """A master dies (SIGKILL); its replica takes over its slots. The store's next call to the dead node
+    fails (the caller redelivers, as after any outage) and makes it read the slot map again; from then
+    on every window answers as before: the replica holds the state (``WAIT`` made sure of it)."""
+    import os
+    import signal
+    import time
+
+    import redis
+
+    from mlsd.platform.redis_cluster import LocalRedisCluster, connect
+    from mlsd.platform.streaming.redis_windows import RedisWindowStore
+
+    with LocalRedisCluster(masters=3, replicas=1, node_timeout_ms=1000) as cluster:
+        store = RedisWindowStore(100, 1, url=cluster.url, prefix="win:")
+        reference = MemoryWindowStore(100, 1)
+        rng = np.random.default_rng(9)
+        _random_batches(store, reference, rng, batches=2, n_keys=30)
+        client = connect(cluster.url)
+        for node in client.get_primaries():  # every write acknowledged by a replica too
+            assert client.execute_command("WAIT", 1, 5000, target_nodes=node) >= 1
+        victim = client.get_node_from_key(store._keys("card-0")[1])
+        os.kill(cluster.pid_of(victim.port), signal.SIGKILL)
+        alive = next(p for p in cluster.ports if p != victim.port)
+        deadline = time.monotonic() + 60
+        while True:  # the replica is promoted once the other masters agree the master failed
+            fresh = connect(f"redis+cluster://127.0.0.1:{alive}")
+            moved = fresh.get_node_from_key(store._keys("card-0")[1]).name != victim.name
+            fresh.close()
+            if moved and cluster.ready():
+                break
+            assert time.monotonic() < deadline, "no failover within 60 s"
+            time.sleep(0.2)
+        keys = [f"card-{k}" for k in range(30)]
+        at = np.full(30, 2000)
+        # the first call may still reach the dead node: it fails, nothing applied, the map is re-read
+        with pytest.raises(redis.ConnectionError):
+            store.view_many(keys, at)
+        view = store.view_many(keys, at)
+        want = reference.view_many(keys, at)
+        np.testing.assert_array_equal(view.moments(view.window(1000))[1], want.moments(want.window(1000))[1])
+        _random_batches(store, reference, rng, batches=2, n_keys=30, t0=200)
+        client.close()

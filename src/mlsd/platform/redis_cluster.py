@@ -261,6 +261,7 @@ class LocalRedisCluster:
         redis_server: str = "redis-server",
         redis_cli: str = "redis-cli",
         timeout_s: float = 20.0,
+        node_timeout_ms: int = 5000,
     ) -> None:
         self.masters = masters
         self.replicas = replicas
@@ -268,6 +269,7 @@ class LocalRedisCluster:
         self.redis_server = redis_server
         self.redis_cli = redis_cli
         self.timeout_s = timeout_s
+        self.node_timeout_ms = node_timeout_ms  # how long a master may be silent before its failover
         self.ports: list[int] = []
         self.url: str | None = None
         self._procs: list[subprocess.Popen] = []
@@ -276,6 +278,18 @@ class LocalRedisCluster:
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs]
+
+    def pid_of(self, port: int) -> int:
+        """PID of the node on ``port`` (tests kill one to force a failover)."""
+        return self._procs[self.ports.index(port)].pid
+
+    def ready(self) -> bool:
+        """Every node still running reports ``cluster_state:ok``."""
+        alive = [p for p, proc in zip(self.ports, self._procs, strict=True) if proc.poll() is None]
+        try:
+            return all("cluster_state:ok" in self._info(p) for p in alive)
+        except OSError:
+            return False
 
     def start(self) -> LocalRedisCluster:
         if self.masters < 3:
@@ -301,7 +315,7 @@ class LocalRedisCluster:
                 args = [
                     server, "--port", str(port), "--bind", self.host, "--dir", str(node_dir),
                     "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                    "--cluster-node-timeout", "5000", "--save", "", "--appendonly", "no",
+                    "--cluster-node-timeout", str(self.node_timeout_ms), "--save", "", "--appendonly", "no",
                     "--logfile", str(node_dir / "redis.log"), "--daemonize", "no",
                 ]
                 # fmt: on

@@ -391,6 +391,7 @@ class RedisWindowStore(_Scalar):
         self.hash_tags = self.cluster if hash_tags is None else bool(hash_tags)
         self.prefix = check_untagged("prefix", prefix) if self.hash_tags else prefix
         self._batch_sha = self.client.script_load(_APPEND_BATCH) if self.batched else ""
+        self._stale_slots = False  # the batched path's raw node connections need a fresh slot map
 
     def _keys(self, key: Any) -> list[str]:
         if self.hash_tags:
@@ -442,6 +443,9 @@ class RedisWindowStore(_Scalar):
                 args += [payloads[g], "\n".join(grouped[e0:e1]) + "\n"]
             call = ["EVALSHA", self._batch_sha, str(2 * (b - a)), *args]
             calls.append((args[0] if self.cluster else None, _pack(call), call))
+        if self._stale_slots:  # a node failed under an earlier batch: read the slot map again first
+            self.client.nodes_manager.initialize()
+            self._stale_slots = False
         sent = self._send(calls)
 
         def finish() -> WindowView:
@@ -485,6 +489,7 @@ class RedisWindowStore(_Scalar):
             for pool, conn, _ in sent:
                 conn.disconnect()
                 pool.release(conn)
+            self._stale_slots = self.cluster  # the node may be gone (failover): re-read the map next time
             raise
         return sent
 
@@ -510,6 +515,8 @@ class RedisWindowStore(_Scalar):
             except BaseException as err:
                 conn.disconnect()  # a reply may still be on its way: never reuse this socket
                 failure = failure or err
+                # the node may be gone (a failover promotes its replica): re-read the slot map next time
+                self._stale_slots = self.cluster
             finally:
                 pool.release(conn)
         if failure is not None:
