@@ -15,7 +15,7 @@ from mlsd.recsys import evaluate, training
 from mlsd.recsys.candidates import EVAL_SOURCES, CandidateGenerator, History
 from mlsd.recsys.config import TrainConfig
 from mlsd.recsys.data import IdMap, toy_dataset
-from mlsd.recsys.model import DENSE_MAX_ITEMS, definition, model_spec
+from mlsd.recsys.model import DENSE_MAX_ITEMS, FEATURE_SETTINGS, definition, model_spec
 
 
 def both(dataset, cfg: TrainConfig | None = None):
@@ -41,6 +41,10 @@ def test_evaluate_and_train_build_the_same_model():
     assert definition(served)["sources"] == EVAL_SOURCES  # not the bare generator's DEFAULT_SOURCES
     assert definition(served)["ranker"]["base_feature"] == "m_blend_rel"
     assert set(definition(served)["source_models"]["blend"]["models"]) == {"ease", "rp3", "als", "seq"}
+    # the side-information and sequence features reach both paths' feature builders alike
+    assert definition(served)["features"] == FEATURE_SETTINGS
+    assert evaluated._feature_builder() == served._feature_builder()
+    assert served._feature_builder().side_info is FEATURE_SETTINGS["side_info"]
     # only the split protocol differs: the benchmark's stratified split vs the job's point in time
     assert (evaluated.label_split, served.label_split) == ("stratified", "temporal")
     assert fitted_sources(evaluated, ds) == fitted_sources(served, ds)
@@ -115,4 +119,8 @@ def test_the_registered_model_the_service_loads_is_the_evaluated_definition(tmp_
     assert {k: v for k, v in settings_of(served.ranker_).items() if k != "n_jobs"} == evaluated["ranker"]
     fitted = {name: settings_of(served.generator_.models_[name]) for name in evaluated["source_models"]}
     assert fitted == evaluated["source_models"]
+    assert {k: getattr(served.features_, k) for k in evaluated["features"]} == evaluated["features"]
+    from mlsd.recsys.features import SIDE_FEATURES
+
+    assert set(SIDE_FEATURES) <= set(served.ranker_.feature_names_)  # the served ranker reads them
     assert ModelRegistry(tmp_path / "registry").get(report["model"], 1).params["sources_dropped"] == {}

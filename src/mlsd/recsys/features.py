@@ -7,7 +7,12 @@ candidate frame (from :class:`~mlsd.recsys.candidates.CandidateGenerator`) into 
   of what they watched), history-embedding norm, demographics when present, habitual time of day;
 * item: popularity (all-time, recent), rating mean/count, year, first/last event, genre flags;
 * cross: user-genre affinity, candidate source flags/ranks/scores, CF scores (ALS, EASE), content
-  similarity, and the item's activity inside the user's active period.
+  similarity, and the item's activity inside the user's active period;
+* side information (``side_info=True``): the user's genre lift (her share of a genre over the
+  catalogue's) and cosine with the title's genres, the title's year against her history's years
+  (z-score, percentile) and its age against the age of what she watches; and a sequence signal, her
+  last ``recent_k`` events' genres and years against the candidate's. Titles without genres or
+  year (imported catalogues may have neither) get NaN there: LightGBM's missing value, neutral.
 
 Point-in-time correctness is structural: :func:`build_training_rows` slices the events once —
 ``timestamp < cutoff`` for everything the model sees (candidate models and features) and
@@ -27,6 +32,21 @@ from mlsd.recsys.data import IdMap, RecsysDataset
 
 DAY = 86_400
 MAX_GENRES = 24
+YEAR_SECONDS = 365.25 * DAY
+# Prior weight (in events) that shrinks a user's genre share towards the catalogue's before the lift:
+# a user with three events is not "ten times into Westerns" because one of them was.
+LIFT_PRIOR = 10.0
+SIDE_FEATURES = (
+    "u_year_std",
+    "u_watch_age",
+    "x_genre_lift",
+    "x_genre_cosine",
+    "x_year_z",
+    "x_year_pct",
+    "x_age_gap",
+    "x_recent_genre_share",
+    "x_recent_year_gap",
+)
 
 
 def _genre_matrix(items_frame: pd.DataFrame | None, items: IdMap, genres: list[str] | None = None):
@@ -46,6 +66,19 @@ def _genre_matrix(items_frame: pd.DataFrame | None, items: IdMap, genres: list[s
     )
     mat.data[:] = 1.0
     return mat, list(genres)
+
+
+def _last_k_mask(u: np.ndarray, ts: np.ndarray, k: int) -> np.ndarray:
+    """Boolean mask of each user's ``k`` latest events (ties in time: the later row counts as later)."""
+    order = np.lexsort((np.arange(len(u)), ts, u))
+    su = u[order]
+    # position counted from each user's last event: 0 = latest
+    ends = np.r_[np.flatnonzero(su[1:] != su[:-1]), len(su) - 1] if len(su) else np.zeros(0, np.int64)
+    counts = np.diff(np.r_[-1, ends])
+    from_end = np.repeat(ends, counts) - np.arange(len(su))
+    mask = np.zeros(len(u), bool)
+    mask[order] = from_end < k
+    return mask
 
 
 def _codes(values: pd.Series, categories: list) -> np.ndarray:
@@ -83,6 +116,10 @@ class FeatureBuilder:
     # the ranker is trained on a shorter history than the one it scores with, and raw counts or
     # raw CF scores would shift between the two (seen on the inner validation split).
     scale_free: bool = True
+    # Side information and sequence features (SIDE_FEATURES); recent_k = how many of the user's latest
+    # events make up her "recent" genre and year profile.
+    side_info: bool = True
+    recent_k: int = 10
     feature_names_: list[str] = field(default_factory=list)
 
     def fit(
@@ -233,11 +270,104 @@ class FeatureBuilder:
         Xr = sp.csr_matrix((r0 - np.nan_to_num(u_mean[u]), (u, i)), shape=(nu, ni))
         ug_r = (Xr @ self.genre_mat_).toarray() if self.genre_mat_.shape[1] else np.zeros((nu, 0))
         self.user_genre_rating_ = np.divide(ug_r, np.maximum(ug, 1.0)).astype(np.float32)
+        if self.side_info:
+            self._fit_side_info(u, i, ts, nu, ni, u_cnt, items_frame)
 
         # item activity per time, searchable by (item, time) in one sorted key array
         order = np.lexsort((ts, i))
         self.item_time_key_ = i[order].astype(np.int64) * (1 << 34) + ts[order]
         return self
+
+    def _fit_side_info(self, u, i, ts, nu, ni, u_cnt, items_frame) -> None:
+        """Per-user tables for the side-information and sequence features (all bincounts and sorts)."""
+        if self.recent_k < 1:
+            raise InputError("recent_k", self.recent_k, "must be at least 1", "use e.g. 10")
+        year = np.full(ni, np.nan)
+        if items_frame is not None and "year" in items_frame.columns:
+            frame = items_frame.set_index("item_id").reindex(self.items_.ids)
+            year = pd.to_numeric(frame["year"], errors="coerce").to_numpy(np.float64)
+            year[year <= 0] = np.nan
+        self.item_year_ = year.astype(np.float32)
+        self.genre_dense_ = self.genre_mat_.toarray().astype(np.float32)
+        genre_events = np.asarray(self.genre_dense_[i].sum(axis=0)).ravel() if len(i) else np.zeros(0)
+        self.genre_share_ = (genre_events / max(len(i), 1)).astype(np.float32)
+        self.u_cnt_ = u_cnt.astype(np.float32)
+        # years of what each user watched: std, and the film's age when she watched it
+        yr = year[i]
+        ok = ~np.isnan(yr)
+        n_y = np.bincount(u[ok], minlength=nu).astype(np.float64)
+        s1 = np.bincount(u[ok], weights=yr[ok], minlength=nu)
+        s2 = np.bincount(u[ok], weights=yr[ok] ** 2, minlength=nu)
+        mean = np.divide(s1, n_y, out=np.full(nu, np.nan), where=n_y > 0)
+        self.u_year_mean_ = mean.astype(np.float32)
+        var = np.divide(s2, n_y, out=np.full(nu, np.nan), where=n_y > 0) - mean**2
+        self.u_year_std_ = np.sqrt(np.maximum(var, 0.0)).astype(np.float32)
+        watch_age = 1970.0 + ts[ok] / YEAR_SECONDS - yr[ok]
+        self.u_watch_age_ = np.divide(
+            np.bincount(u[ok], weights=watch_age, minlength=nu), n_y, out=np.full(nu, np.nan), where=n_y > 0
+        ).astype(np.float32)
+        self.cutoff_year_ = 1970.0 + self.cutoff_ / YEAR_SECONDS
+        # one sorted (user, year) key: the candidate's percentile among her years by two searchsorted
+        key = u[ok].astype(np.int64) * 4096 + np.clip(yr[ok] - 1000, 0, 4095).astype(np.int64)
+        self.user_year_key_ = np.sort(key)
+        self.u_year_n_ = n_y.astype(np.float32)
+        # the sequence profile: genres and mean year of each user's last recent_k events
+        last = _last_k_mask(u, ts, self.recent_k)
+        ul, il = u[last], i[last]
+        n_last = np.bincount(ul, minlength=nu).astype(np.float32)
+        recent = np.zeros((nu, self.genre_dense_.shape[1]), np.float32)
+        if self.genre_dense_.shape[1]:
+            X = sp.csr_matrix((np.ones(len(ul), np.float32), (ul, il)), shape=(nu, ni))
+            recent = np.asarray(X @ self.genre_dense_, dtype=np.float32)
+        self.recent_genre_ = recent / np.maximum(n_last, 1.0)[:, None]
+        yl = year[il]
+        okl = ~np.isnan(yl)
+        n_yl = np.bincount(ul[okl], minlength=nu)
+        self.recent_year_ = np.divide(
+            np.bincount(ul[okl], weights=yl[okl], minlength=nu), n_yl, out=np.full(nu, np.nan), where=n_yl > 0
+        ).astype(np.float32)
+
+    def _side_features(self, item_idx: np.ndarray, ur: np.ndarray, known: np.ndarray) -> dict:
+        """SIDE_FEATURES for candidate rows: dense (rows x genres) gathers, NaN where the user is
+        unknown, the title has no genres / year, or the catalogue has none at all."""
+        nan = np.float32(np.nan)
+        out: dict[str, np.ndarray] = {}
+        out["u_year_std"] = np.where(known, self.u_year_std_[ur], nan)
+        out["u_watch_age"] = np.where(known, self.u_watch_age_[ur], nan)
+        iy = self.item_year_[item_idx].astype(np.float64)
+        if self.genre_dense_.shape[1]:
+            g = self.genre_dense_[item_idx]
+            n_g = g.sum(axis=1)
+            has_g = known & (n_g > 0)
+            ug = self.user_genre_[ur]
+            cnt = self.u_cnt_[ur][:, None]
+            prior = np.maximum(self.genre_share_, 1e-6)[None, :]
+            lift = np.log((ug * cnt + LIFT_PRIOR * prior) / (cnt + LIFT_PRIOR) / prior)
+            n_safe = np.maximum(n_g, 1.0)
+            out["x_genre_lift"] = np.where(has_g, (g * lift).sum(axis=1) / n_safe, nan)
+            norm = np.sqrt(n_g) * np.sqrt((ug * ug).sum(axis=1))
+            cos = (g * ug).sum(axis=1) / np.where(norm > 0, norm, 1.0)
+            out["x_genre_cosine"] = np.where(has_g, cos, nan)
+            out["x_recent_genre_share"] = np.where(has_g, (g * self.recent_genre_[ur]).sum(axis=1) / n_safe, nan)
+        else:
+            for name in ("x_genre_lift", "x_genre_cosine", "x_recent_genre_share"):
+                out[name] = np.full(len(item_idx), nan)
+        mean, std = self.u_year_mean_[ur], self.u_year_std_[ur]
+        out["x_year_z"] = np.where(known, (iy - mean) / np.maximum(std, 1.0), nan)
+        yk = np.clip(np.nan_to_num(iy, nan=0.0) - 1000, 0, 4095).astype(np.int64)
+        base = ur.astype(np.int64) * 4096
+        below = np.searchsorted(self.user_year_key_, base + yk, "left") - np.searchsorted(
+            self.user_year_key_, base, "left"
+        )
+        equal = np.searchsorted(self.user_year_key_, base + yk, "right") - np.searchsorted(
+            self.user_year_key_, base + yk, "left"
+        )
+        n_y = self.u_year_n_[ur]
+        pct = (below + 0.5 * equal) / np.maximum(n_y, 1.0)
+        out["x_year_pct"] = np.where(known & (n_y > 0) & ~np.isnan(iy), pct, nan)
+        out["x_age_gap"] = np.where(known, (self.cutoff_year_ - iy) - self.u_watch_age_[ur], nan)
+        out["x_recent_year_gap"] = np.where(known, iy - self.recent_year_[ur], nan)
+        return out
 
     def _item_values(self) -> np.ndarray:
         """The item table as one float32 array, built once (not per request) and never pickled."""
@@ -338,6 +468,8 @@ class FeatureBuilder:
             )
         if "i_year" in out:
             out["x_year_gap"] = out["i_year"] - out["u_year_mean"]
+        if self.side_info and "item_year_" in self.__dict__:  # a builder pickled before these features lacks it
+            out.update(self._side_features(item_idx, ur, known))
         # Was the title around while the user was active? (items appear over time; users leave)
         u_first, u_last = self.u_first_[ur], self.u_last_[ur]
         pad = self.around_days * DAY

@@ -54,6 +54,7 @@ REFERENCE_ROWS = 20_000  # rows of the training reference kept for drift monitor
 __all__ = [
     "DENSE_MAX_ITEMS",
     "DENSE_SOURCES",
+    "FEATURE_SETTINGS",
     "ModelSpec",
     "TwoStageRecommender",
     "definition",
@@ -167,6 +168,7 @@ class TwoStageRecommender:
         seed: int = 42,
         valid_fraction: float = 0.1,
         verbose: bool = False,
+        feature_settings: dict | None = None,
     ) -> None:
         self.sources = sources
         self.source_models = source_models
@@ -180,10 +182,14 @@ class TwoStageRecommender:
         self.seed = seed
         self.valid_fraction = valid_fraction
         self.verbose = verbose
+        self.feature_settings = feature_settings
 
     def _log(self, message: str) -> None:
         if self.verbose:
             print(f"[two_stage] {message}", file=sys.stderr, flush=True)
+
+    def _feature_builder(self) -> FeatureBuilder:
+        return FeatureBuilder(**(self.feature_settings or {}))
 
     def _generator(self) -> CandidateGenerator:
         import copy
@@ -220,7 +226,7 @@ class TwoStageRecommender:
             history,
             labels,
             self._generator(),
-            FeatureBuilder(),
+            self._feature_builder(),
             score_models=self.score_models,
             threshold=self.threshold,
             users=users,
@@ -297,7 +303,7 @@ class TwoStageRecommender:
             IdMap(dataset.items["item_id"].to_numpy()),
         )
         self.generator_ = self._generator().fit(hist)
-        self.features_ = FeatureBuilder().fit(
+        self.features_ = self._feature_builder().fit(
             dataset.interactions, hist.users, hist.items, dataset.items, dataset.users
         )
         self.seen_ = binary_matrix(dataset.interactions, hist.users, hist.items)
@@ -434,12 +440,15 @@ RANKER_FROM_SCRATCH: dict[str, Any] = {"n_estimators": 300}
 # docs/recsys.md), re-split twice. The temporal split (the daily job) ignores both.
 LABEL_RATIO = 0.85
 LABEL_FOLDS = 2
+# The feature builder's settings (mlsd.recsys.features.FeatureBuilder): side information (genres and
+# release years against the user's history) and the sequence profile of her last recent_k events.
+FEATURE_SETTINGS: dict[str, Any] = {"side_info": True, "recent_k": 10}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """One two-stage model definition: candidate sources and their sizes, each source's settings, the
-    ranker's settings and the scorers it reads; ``dropped`` says which sources the catalogue ruled out
+    ranker's settings and the scorers it reads, the feature builder's settings; ``dropped`` says which sources the catalogue ruled out
     and why. :meth:`build` makes the (unfitted) model; the split protocol is the caller's."""
 
     sources: dict[str, int]
@@ -449,6 +458,7 @@ class ModelSpec:
     label_ratio: float = LABEL_RATIO
     label_folds: int = LABEL_FOLDS
     dropped: dict[str, str] = field(default_factory=dict)
+    features: dict[str, Any] = field(default_factory=lambda: dict(FEATURE_SETTINGS))
 
     def source_models(self) -> dict:
         """Fresh, configured (unfitted) instances of the sources that have settings."""
@@ -481,6 +491,7 @@ class ModelSpec:
             label_folds=self.label_folds,
             label_days=label_days,
             verbose=verbose,
+            feature_settings=dict(self.features),
         )
 
     def log_dropped(self, prefix: str, file=None) -> None:
@@ -504,6 +515,8 @@ def model_spec(
     >>> spec = model_spec(1_682)
     >>> "blend" in spec.sources, spec.ranker["base_feature"], spec.dropped
     (True, 'm_blend_rel', {})
+    >>> spec.features == FEATURE_SETTINGS
+    True
     >>> big = model_spec(50_000)
     >>> sorted(big.dropped), "base_feature" in big.ranker
     (['blend', 'ease', 'rp3'], False)
@@ -552,4 +565,5 @@ def definition(model: TwoStageRecommender) -> dict[str, Any]:
         "score_models": tuple(model.score_models),
         "label_ratio": model.label_ratio,
         "label_folds": model.label_folds,
+        "features": dict(model.feature_settings or {}),
     }
