@@ -224,19 +224,27 @@ def _text(value) -> str:
 
 @pytest.mark.slow
 def test_a_failover_promotes_a_replica_and_a_live_store_follows():
-    """A master dies (SIGKILL); its replica takes over its slots. The store's next call to the dead node
-    fails (the caller redelivers, as after any outage) and makes it read the slot map again; from then
-    on every window answers as before: the replica holds the state (``WAIT`` made sure of it)."""
+    """A master dies (SIGKILL); its replica takes over its slots. The window store's next call to the dead
+    node fails (the caller redelivers, as after any outage) and makes it read the slot map again; from
+    then on every window answers as before: the replica holds the state (``WAIT`` made sure of it). The
+    online store and the exposure log (redis-py's cluster client) follow the failover as well."""
     import os
     import signal
     import time
 
     import redis
 
+    from mlsd.platform.experiments.exposures import RedisExposureLog
+    from mlsd.platform.features import RedisStore
+    from mlsd.platform.features.online import StoreUnavailable
     from mlsd.platform.redis_cluster import LocalRedisCluster, connect
     from mlsd.platform.streaming.redis_windows import RedisWindowStore
 
     with LocalRedisCluster(masters=3, replicas=1, node_timeout_ms=1000) as cluster:
+        rows = RedisStore(cluster.url, prefix="rows:")
+        rows.put_many("user", {f"card-{k}": {"x": k} for k in range(30)})
+        exposures = RedisExposureLog(cluster.url, prefix="exp:")
+        exposures.log("e", ["card-0", "card-1"], [0, 1], ts=1)
         store = RedisWindowStore(100, 1, url=cluster.url, prefix="win:")
         reference = MemoryWindowStore(100, 1)
         rng = np.random.default_rng(9)
@@ -244,13 +252,17 @@ def test_a_failover_promotes_a_replica_and_a_live_store_follows():
         client = connect(cluster.url)
         for node in client.get_primaries():  # every write acknowledged by a replica too
             assert client.execute_command("WAIT", 1, 5000, target_nodes=node) >= 1
-        victim = client.get_node_from_key(store._keys("card-0")[1])
+        # the first node of the URL dies: clients made from now on must start from another one
+        victim = next(n for n in client.get_primaries() if n.port == cluster.ports[0])
+        key = next(
+            f"card-{k}" for k in range(30) if client.get_node_from_key(store._keys(f"card-{k}")[1]) == victim
+        )
         os.kill(cluster.pid_of(victim.port), signal.SIGKILL)
         alive = next(p for p in cluster.ports if p != victim.port)
         deadline = time.monotonic() + 60
         while True:  # the replica is promoted once the other masters agree the master failed
             fresh = connect(f"redis+cluster://127.0.0.1:{alive}")
-            moved = fresh.get_node_from_key(store._keys("card-0")[1]).name != victim.name
+            moved = fresh.get_node_from_key(store._keys(key)[1]).name != victim.name
             fresh.close()
             if moved and cluster.ready():
                 break
@@ -265,4 +277,21 @@ def test_a_failover_promotes_a_replica_and_a_live_store_follows():
         want = reference.view_many(keys, at)
         np.testing.assert_array_equal(view.moments(view.window(1000))[1], want.moments(want.window(1000))[1])
         _random_batches(store, reference, rng, batches=2, n_keys=30, t0=200)
+
+        def after_one_outage(call):
+            try:
+                return call()
+            except (StoreUnavailable, redis.ConnectionError, redis.TimeoutError):
+                time.sleep(1.1)  # the serving path's breaker (retry_after_s=1) closes again
+                return call()
+
+        got = after_one_outage(lambda: rows.get_many("user", ["card-0", "card-29"], timeout_s=1.0))
+        assert got == [{"x": 0}, {"x": 29}]
+        after_one_outage(lambda: rows.put_many("user", {"card-0": {"x": -1}}))
+        assert rows.get_many("user", ["card-0"]) == [{"x": -1}]
+        assert after_one_outage(lambda: exposures.log("e", ["card-0", "card-2"], [0, 0], ts=2)).tolist() == [
+            False,
+            True,
+        ]
+        assert exposures.exposures("e")["unit"].tolist() == ["card-0", "card-1", "card-2"]
         client.close()

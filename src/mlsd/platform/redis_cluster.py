@@ -4,9 +4,10 @@ mlsd's Redis-backed pieces (the online store, the streaming windows, the exposur
 build their client with :func:`connect`:
 
 * ``redis://host:port/db`` (or ``rediss://``, ``unix://``): one Redis server, a ``redis.Redis`` client.
-* ``redis+cluster://host:port`` (or ``rediss+cluster://``): a Redis Cluster reached through any of its
-  nodes, a ``redis.RedisCluster`` client (it discovers the other nodes and follows MOVED / ASK), made
-  on first use (:class:`LazyCluster`). A cluster has one database: a path other than ``/0`` is refused.
+* ``redis+cluster://host:port[,host:port...]`` (or ``rediss+cluster://``): a Redis Cluster, a
+  ``redis.RedisCluster`` client made on first use (:class:`LazyCluster`) from any of the nodes named
+  (name several: a client made while the first one is down starts from the next); it discovers the
+  other nodes and follows MOVED / ASK. A cluster has one database: a path other than ``/0`` is refused.
 
 On a cluster every key that one atomic operation touches must hash to one slot. mlsd wraps the entity
 in a hash tag, ``<prefix><namespace>:{<entity>}``: Redis hashes only what is between the braces, so all
@@ -122,8 +123,15 @@ class LazyCluster:
         if self._client is None:
             import redis
 
+            parts = urlsplit(self.url)
+            user, at, hosts = parts.netloc.rpartition("@")
+            first, *more = hosts.split(",")  # more nodes to start from: any one of them may be down
+            kwargs = dict(self._kwargs)
+            if more:
+                kwargs["startup_nodes"] = [redis.cluster.ClusterNode(*_host_port(h)) for h in more]
+            url = urlunsplit((parts.scheme, f"{user}{at}{first}", "", parts.query, ""))
             try:
-                self._client = redis.RedisCluster.from_url(self.url, **self._kwargs)
+                self._client = redis.RedisCluster.from_url(url, **kwargs)
             except redis.RedisClusterException as err:  # no node answered
                 where = self.url.split("@")[-1]  # never print a password
                 raise redis.ConnectionError(f"Redis Cluster {where} unreachable ({err})") from None
@@ -146,6 +154,11 @@ class LazyCluster:
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
+
+
+def _host_port(node: str) -> tuple[str, int]:
+    host, _, port = node.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def is_cluster(client: Any) -> bool:
@@ -350,7 +363,7 @@ class LocalRedisCluster:
         except BaseException:
             self.stop()
             raise
-        self.url = f"redis+cluster://{self.host}:{self.ports[0]}"
+        self.url = "redis+cluster://" + ",".join(f"{self.host}:{p}" for p in self.ports[: self.masters])
         return self
 
     def _ping(self, port: int) -> bool:
