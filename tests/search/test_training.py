@@ -128,21 +128,22 @@ def _online(diff: float, low: float, high: float, srm: bool = False) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("offline", "online", "action", "says"),
+    ("offline", "online", "action", "final", "says"),
     [
-        (OFFLINE_BETTER, _online(0.03, 0.01, 0.05), "ship", "agree"),  # both better
-        (OFFLINE_BETTER, _online(0.001, -0.005, 0.007), "ship", "agree"),  # online: no loss beyond 1%
-        ({**OFFLINE_BETTER, "diff": -0.02}, _online(0.03, 0.01, 0.05), "reject", "worse"),  # offline worse
-        ({**OFFLINE_BETTER, "diff": 0.002, "se": 0.02}, None, "reject", "uncertain"),  # CI far below 0
-        (OFFLINE_BETTER, None, "hold", "online A/B"),  # waiting for the online test
-        (OFFLINE_BETTER, _online(-0.04, -0.06, -0.02), "hold", "DISAGREE"),  # offline better, online worse
-        (OFFLINE_BETTER, _online(0.01, -0.03, 0.05), "hold", "inconclusive"),  # online CI includes a loss
-        (OFFLINE_BETTER, _online(0.03, 0.01, 0.05, srm=True), "hold", "sample-ratio"),  # a broken test
+        (OFFLINE_BETTER, _online(0.03, 0.01, 0.05), "ship", True, "agree"),  # both better
+        (OFFLINE_BETTER, _online(0.001, -0.005, 0.007), "ship", True, "agree"),  # online: no loss beyond 1%
+        ({**OFFLINE_BETTER, "diff": -0.02}, _online(0.03, 0.01, 0.05), "reject", True, "worse"),  # offline worse
+        ({**OFFLINE_BETTER, "diff": 0.002, "se": 0.02}, None, "reject", True, "uncertain"),  # CI far below 0
+        (OFFLINE_BETTER, None, "hold", False, "online A/B"),  # waiting for the online test
+        (OFFLINE_BETTER, _online(-0.04, -0.06, -0.02), "hold", True, "DISAGREE"),  # offline better, online worse
+        (OFFLINE_BETTER, _online(0.01, -0.03, 0.05), "hold", False, "inconclusive"),  # CI includes a loss
+        (OFFLINE_BETTER, _online(0.03, 0.01, 0.05, srm=True), "hold", False, "sample-ratio"),  # a broken test
     ],
 )
-def test_ship_rule_on_planted_candidates(offline, online, action, says) -> None:
+def test_ship_rule_on_planted_candidates(offline, online, action, final, says) -> None:
     decision = ship_decision(offline, online)
     assert decision.action == action and decision.ship == (action == "ship") and says in decision.reason
+    assert decision.final == final
 
 
 def _planted_ab(diff: float, low: float, high: float) -> dict:
@@ -174,7 +175,11 @@ def test_the_schedule_holds_an_offline_winner_until_the_online_test_agrees(searc
     agree, disagree, live = (SystemDir(tmp_path / n, "search") for n in ("agree", "disagree", "live"))
     for dirs in (agree, disagree, live):
         shutil.copytree(held.home, dirs.home)
-    # the online test agrees: shipped by the next run
+    # an inconclusive online test: the job keeps waiting and reads the next result
+    write_online_result(agree, _planted_ab(0.02, -0.05, 0.09), "challenger", 2, 1)
+    unsure = retrain(agree, progress=False)
+    assert unsure["ship"]["action"] == "wait" and "inconclusive" in unsure["reason"] and not unsure["registered"]
+    # the larger test agrees: shipped by the next run
     write_online_result(agree, _planted_ab(0.03, 0.01, 0.05), "challenger", 2, 1)
     shipped = retrain(agree, progress=False)
     assert shipped["promoted"] and shipped["ship"]["action"] == "ship" and "agree" in shipped["reason"]
@@ -194,5 +199,6 @@ def test_the_schedule_holds_an_offline_winner_until_the_online_test_agrees(searc
     assert result["version"] == 2 and result["champion_version"] == world.engine.model_version == 1
     assert (result["diff"], result["diff_low"]) == (comp["diff"], comp["diff_low"])
     decided = retrain(live, progress=False)
-    assert decided["ship"]["action"] == ship_decision(full["gate"]["offline"], result).action
+    rule = ship_decision(full["gate"]["offline"], result)
+    assert decided["ship"]["action"] == (rule.action if rule.final else "wait")
     assert decided["promoted"] == (decided["ship"]["action"] == "ship")

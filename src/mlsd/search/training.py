@@ -280,8 +280,34 @@ def judged_ndcg(engine: SearchEngine, ranker: Any, queries: pd.DataFrame, qrels:
     dense ranks of the pairs, reciprocal-rank fused)."""
     from mlsd.search.ltr import ground_truth_ndcg
 
+    return round(ground_truth_ndcg(_pair_scorer(engine, ranker), queries, qrels, engine.row_of_id_), 4)
+
+
+def judged_ndcg_by_query(
+    engine: SearchEngine, ranker: Any, queries: pd.DataFrame, qrels: pd.DataFrame
+) -> pd.Series:
+    """nDCG@10 of ``ranker`` (None: the retrieval-only order) on each judged query with a relevant
+    product (index: ``query_id``): what a paired comparison of two versions needs (:func:`judged_ndcg`
+    is their mean)."""
+    from mlsd.search.ltr import ground_truth_ndcg
+
+    score = _pair_scorer(engine, ranker)
+    graded = np.sort(qrels[qrels["grade"] > 0]["query_id"].unique())
+    values = {
+        qid: ground_truth_ndcg(score, queries, qrels, engine.row_of_id_, query_ids=np.array([qid]))
+        for qid in graded
+    }
+    return pd.Series(values, dtype=np.float64)
+
+
+def _pair_scorer(
+    engine: SearchEngine, ranker: Any
+) -> Callable[[list[str], np.ndarray, np.ndarray], np.ndarray]:
+    """``score(texts, qi, rows)`` of judged pairs by ``ranker``, or by the fused BM25 + dense order of a
+    retrieval-only version (``ranker=None``)."""
+
     def score(texts: list[str], qi: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        if ranker is None:  # a retrieval-only version: the fused BM25 + dense order of the pairs
+        if ranker is None:
             from mlsd.search.ltr import retrieval_scores
 
             batch, _ = engine.query_batch(texts)
@@ -290,23 +316,7 @@ def judged_ndcg(engine: SearchEngine, ranker: Any, queries: pd.DataFrame, qrels:
             return retrieval_scores(X[:, FEATURE_NAMES.index("bm25")], dense, qi)
         return engine.score_pairs(texts, qi, rows, ranker)
 
-    return round(ground_truth_ndcg(score, queries, qrels, engine.row_of_id_), 4)
-
-
-def judged_ndcg_by_query(
-    engine: SearchEngine, ranker: Any, queries: pd.DataFrame, qrels: pd.DataFrame
-) -> pd.Series:
-    """nDCG@10 of ``ranker`` on each judged query with a relevant product (index: ``query_id``): what a
-    paired comparison of two versions needs (:func:`judged_ndcg` is their mean)."""
-    from mlsd.search.ltr import ground_truth_ndcg
-
-    graded = qrels[qrels["grade"] > 0]["query_id"].unique()
-    values = {
-        qid: ground_truth_ndcg(lambda t, qi, rows: engine.score_pairs(t, qi, rows, ranker), queries,
-                               qrels, engine.row_of_id_, query_ids=np.array([qid]))
-        for qid in np.sort(graded)
-    }  # fmt: skip
-    return pd.Series(values, dtype=np.float64)
+    return score
 
 
 # --------------------------------------------------------------------------------------------------
@@ -321,10 +331,13 @@ ONLINE_RESULTS = "online"  # W/search/monitoring/online/v<N>.json: the online te
 @dataclass(frozen=True)
 class ShipDecision:
     """What the ship rule says about a challenger: ``action`` is ``"ship"`` (promote), ``"hold"`` (keep
-    it as challenger, not served to everyone) or ``"reject"``; ``reason`` says which evidence decided."""
+    it as challenger, not served to everyone) or ``"reject"``; ``reason`` says which evidence decided.
+    ``final``: False when more evidence can still change it (no online result yet, an inconclusive or
+    broken test): the scheduled job then keeps waiting for a new result instead of recording it."""
 
     action: str
     reason: str
+    final: bool = True
 
     @property
     def ship(self) -> bool:
@@ -351,13 +364,14 @@ def ship_decision(
     1. Offline: ``diff >= 0`` and its CI's lower end ``diff - z * se`` not below
        ``-offline_tolerance * |old|``; otherwise **reject** (the offline evaluation does not support it;
        no online test is spent on it).
-    2. Offline passes, no online result: **hold** (waiting for the online test).
-    3. Online test with a sample-ratio mismatch: **hold** (the test is broken, its numbers say nothing).
+    2. Offline passes, no online result: **hold** (waiting for the online test; not final).
+    3. Online test with a sample-ratio mismatch: **hold** (the test is broken, its numbers say nothing;
+       not final: a fixed test can still decide).
     4. Online CI excludes a loss (``diff_low >= -online_margin``): both agree, **ship**.
     5. Online CI entirely below 0 (``diff_high < 0``): offline says better, online says worse: they
        disagree, **hold** and say so (a person looks at why: the offline metric and the blend measure
        different things, or the offline data is stale).
-    6. Otherwise the online CI still includes a loss: inconclusive, **hold** (more units).
+    6. Otherwise the online CI still includes a loss: inconclusive, **hold** (more units; not final).
 
     Examples:
         >>> offline = {"metric": "ips_clicks@10", "new": 0.52, "old": 0.50, "diff": 0.02, "se": 0.004}
@@ -380,13 +394,16 @@ def ship_decision(
         return ShipDecision("reject", f"{said}: too uncertain offline (its CI reaches below "
                                       f"-{offline_tolerance:.0%} of the champion's {old:.4f})")  # fmt: skip
     if online is None:
-        return ShipDecision("hold", f"{said} passes; held for the online A/B test against the champion")
+        return ShipDecision(
+            "hold", f"{said} passes; held for the online A/B test against the champion", final=False
+        )
     name = online.get("metric", "blended")
     o_diff, o_low, o_high = float(online["diff"]), float(online["diff_low"]), float(online["diff_high"])
     heard = f"{said}, online {name} {o_diff:+.4f} [{o_low:+.4f}, {o_high:+.4f}]"
     if online.get("srm_flagged"):
         return ShipDecision("hold", f"{heard}: the online test has a sample-ratio mismatch, its result "
-                                    "cannot be trusted; fix the exposure logging and run it again")  # fmt: skip
+                                    "cannot be trusted; fix the exposure logging and run it again",
+                            final=False)  # fmt: skip
     if o_low >= -online_margin:
         return ShipDecision("ship", f"{heard}: offline and online agree (no online loss beyond "
                                     f"{online_margin:g})")  # fmt: skip
@@ -394,7 +411,7 @@ def ship_decision(
         return ShipDecision("hold", f"{heard}: offline and online DISAGREE (offline better, online worse); "
                                     "held for a person to look at why")  # fmt: skip
     return ShipDecision("hold", f"{heard}: the online test is inconclusive (its CI includes a loss beyond "
-                                f"{online_margin:g}); run it with more units")  # fmt: skip
+                                f"{online_margin:g}); run it with more units", final=False)  # fmt: skip
 
 
 def write_online_result(
@@ -717,8 +734,10 @@ def review_held(steps: SearchSteps, dirs: SystemDir, run_date: dt.date | None) -
     A challenger is held when its gate passed offline (its run report's ``gate.ship == "hold"``) and no
     decision was recorded for it yet (``W/search/runs/v<N>-ship.json``). With its online result
     (:func:`read_online_result`) against the current champion, :func:`ship_decision` decides: ``ship``
-    promotes it. Without one it is waited for :data:`ONLINE_WAIT_DAYS` days (the job trains nothing: a
-    new challenger would replace the one under test), then dropped. Returns the run's report
+    promotes it; a final ``hold`` (offline and online disagree) or ``reject`` is recorded and training
+    resumes. Without a result, or with one that is not final (inconclusive, SRM, another champion), the
+    job waits (``ship.action == "wait"``; it trains nothing: a new challenger would replace the one under
+    test), re-reading the result file each run, for :data:`ONLINE_WAIT_DAYS` days; then it drops it. Returns the run's report
     (:data:`~mlsd.platform.retraining.REPORT_KEYS`, plus ``ship``), None when training should go on."""
     import json
 
@@ -748,20 +767,25 @@ def review_held(steps: SearchSteps, dirs: SystemDir, run_date: dt.date | None) -
         "version": held.version, "registered": False, "data_fingerprint": window.fingerprint,
         "metrics": held.metrics, "champion": champion.version,
     }  # fmt: skip
-    if online is None and waited <= ONLINE_WAIT_DAYS:
-        reason = (f"challenger v{held.version} is held for its online A/B test since {registered['run_date']} "
-                  f"(day {waited} of {ONLINE_WAIT_DAYS}); nothing trained. Its result goes to "
-                  f"{dirs.monitoring / ONLINE_RESULTS / f'v{held.version}.json'}")  # fmt: skip
-        steps._say(reason)
-        return {**report, "promoted": False, "reason": reason, "ship": {"action": "wait", "offline": offline}}
     if online is None:
-        decision = ShipDecision("reject", f"no online A/B result within {ONLINE_WAIT_DAYS} days of "
-                                          f"{registered['run_date']}: dropped, training resumes")  # fmt: skip
+        decision = ShipDecision("hold", "no online A/B result yet", final=False)
     elif online.get("champion_version") != champion.version:
         decision = ShipDecision("hold", f"its online test compared it with v{online.get('champion_version')}, "
-                                        f"not the current champion v{champion.version}: not comparable")  # fmt: skip
+                                        f"not the current champion v{champion.version}: run it again",
+                                final=False)  # fmt: skip
     else:
         decision = ship_decision(offline, online)
+    if not decision.final and waited <= ONLINE_WAIT_DAYS:
+        reason = (f"challenger v{held.version} is held for its online A/B test since {registered['run_date']} "
+                  f"(day {waited} of {ONLINE_WAIT_DAYS}): {decision.reason}; nothing trained. Its result goes "
+                  f"to {dirs.monitoring / ONLINE_RESULTS / f'v{held.version}.json'}")  # fmt: skip
+        steps._say(reason)
+        ship = {"action": "wait", "reason": decision.reason, "offline": offline, "online": online}
+        return {**report, "promoted": False, "reason": reason, "ship": ship}
+    if not decision.final:
+        decision = ShipDecision("reject", f"no conclusive online A/B result within {ONLINE_WAIT_DAYS} days of "
+                                          f"{registered['run_date']} ({decision.reason}): dropped, training "
+                                          "resumes")  # fmt: skip
     if decision.ship:
         registry.promote(steps.model, held.version, "champion")
     reason = f"ship rule on challenger v{held.version}: {decision.action}: {decision.reason}"
