@@ -71,7 +71,7 @@ def redis_prefix(redis_url: str):
 
 @pytest.fixture(scope="session")
 def redis_cluster_url():
-    """``redis+cluster://127.0.0.1:<port>`` of a real Redis Cluster: 3 masters, no replicas (the start
+    """``redis+cluster://127.0.0.1:<p1>,...`` of a real Redis Cluster: 3 masters, no replicas (the start
     fits in ~2 s), started on free loopback ports for the session and stopped by PID at its end; or
     ``MLSD_REDIS_CLUSTER_URL`` when set. Under ``MLSD_REQUIRE_SERVICES=1`` a failed start fails."""
     from mlsd.platform.redis_cluster import ClusterStartError, LocalRedisCluster
