@@ -241,6 +241,12 @@ def test_every_candidate_source_has_a_readable_reason():
         assert REASONS[name] != name and " " in REASONS[name]
 
 
+# Parity tests: no exploration, and a deadline no loaded machine reaches (a first read from a cluster
+# learns its slot map), so no stage is skipped on either side.
+UNHURRIED = RecsysConfig(service=ServiceConfig(reload_poll_s=0), rerank=RerankConfig(epsilon=0.0),
+                         budgets=Budgets(deadline_ms=600_000))  # fmt: skip
+
+
 def _exported(tiny, store):
     """The champion's per-user tables written to ``store`` under its version's namespace."""
     from mlsd.recsys.engine import export_user_state, user_state_namespace
@@ -253,6 +259,7 @@ def _exported(tiny, store):
 
 def _same_answers(local, shared, bodies) -> None:
     for a, b in zip(local.handle(bodies), shared.handle(bodies), strict=True):
+        assert not b["degraded"], b["degraded_reason"]
         assert [i["item_id"] for i in a["items"]] == [i["item_id"] for i in b["items"]]
         assert [i["score"] for i in a["items"]] == [i["score"] for i in b["items"]]  # bit-identical
         assert (a["scored_by"], a["cold_start"], a["n_candidates"]) == (b["scored_by"], b["cold_start"],
@@ -272,8 +279,8 @@ def test_user_state_from_the_online_store_serves_what_process_memory_serves(tiny
     assert {"seen_", "generator_.models_.als.user_factors_", "features_.user_table_"} <= set(
         exported["tables"]
     )
-    local = RecsysEngine(tiny.registry, config=EXACT)
-    shared = RecsysEngine(tiny.registry, config=EXACT, user_state=store)
+    local = RecsysEngine(tiny.registry, config=UNHURRIED)
+    shared = RecsysEngine(tiny.registry, config=UNHURRIED, user_state=store)
     stripped = shared.snapshot().model
     assert len(stripped.users_) == 0 and stripped.generator_.models_["als"].user_factors_.shape[0] == 0
     users = [int(u) for u in model.users_.ids[::7][:30]]
@@ -297,14 +304,30 @@ def test_user_state_on_real_redis_and_an_outage_serves_cold_start(tiny, redis_ur
 
     store = RedisStore(redis_url, prefix=redis_prefix)
     model, _ = _exported(tiny, store)
-    local = RecsysEngine(tiny.registry, config=EXACT)
-    shared = RecsysEngine(tiny.registry, config=EXACT, user_state=store)
+    local = RecsysEngine(tiny.registry, config=UNHURRIED)
+    shared = RecsysEngine(tiny.registry, config=UNHURRIED, user_state=store)
     users = [int(u) for u in model.users_.ids[:12]]
     _same_answers(local, shared, [{"user_id": u, "k": 8} for u in users])
-    down = RecsysEngine(tiny.registry, config=EXACT, user_state=RedisStore(blackhole, prefix=redis_prefix))
+    down = RecsysEngine(tiny.registry, config=UNHURRIED, user_state=RedisStore(blackhole, prefix=redis_prefix))
     answer = down.handle([{"user_id": users[0], "k": 8}])[0]
     assert answer["degraded"] and "user state not read" in answer["degraded_reason"]
     assert answer["cold_start"] and len(answer["items"]) == 8
     for engine in (local, shared, down):
         engine.close()
+    store.close()
+
+
+def test_user_state_on_redis_cluster(tiny, redis_cluster_url, redis_cluster_prefix):
+    """The same rows on a 3-master Redis Cluster: one hash-tagged key per user (a row never spans slots),
+    read per batch through the cluster client; answers as from process memory."""
+    from mlsd.platform.features.online import RedisStore
+
+    store = RedisStore(redis_cluster_url, prefix=redis_cluster_prefix)
+    model, exported = _exported(tiny, store)
+    local = RecsysEngine(tiny.registry, config=UNHURRIED)
+    shared = RecsysEngine(tiny.registry, config=UNHURRIED, user_state=store)
+    users = [int(u) for u in model.users_.ids[:16]]
+    _same_answers(local, shared, [{"user_id": u, "k": 8} for u in users])
+    local.close()
+    shared.close()
     store.close()

@@ -357,7 +357,7 @@ def run_bench(
     """Set up (simulate, train on every user, register in ``W/recsys/registry``) and measure; returns
     ``{"train": T, "in_process": B, "http": B}`` (and ``"user_state": S`` with ``user_state``).
 
-    ``user_state``: a Redis URL. The model's per-user tables are exported there (a key prefix of this
+    ``user_state``: a Redis URL (``redis+cluster://`` too). The model's per-user tables are exported there (a key prefix of this
     run, deleted at the end) and every serving process (the in-process engine, each uvicorn worker)
     keeps only the item side, reading each request's users from Redis. ``S`` has the export time and
     the memory per user: ``redis_bytes_per_user`` (Redis ``used_memory`` growth / users) and
@@ -424,16 +424,17 @@ def _export_user_state(model, version: int, url: str):
     import uuid
 
     from mlsd.platform.features.online import RedisStore
+    from mlsd.platform.redis_cluster import used_memory
     from mlsd.recsys.engine import export_user_state, user_state_namespace, user_state_nbytes
     from mlsd.recsys.service import USER_STATE_ENV, USER_STATE_PREFIX_ENV
 
     prefix = f"mlsd-recsys-bench:{uuid.uuid4().hex[:10]}:"
     store = RedisStore(url, prefix=prefix)
-    before = int(store.client.info("memory")["used_memory"])
+    before = used_memory(store.client)
     t0 = time.perf_counter()
     exported = export_user_state(model, store, user_state_namespace(version), progress=True)
     seconds = time.perf_counter() - t0
-    grown = int(store.client.info("memory")["used_memory"]) - before
+    grown = used_memory(store.client) - before
     in_process = user_state_nbytes(model)
     n = max(exported["users"], 1)
     state = {
@@ -451,12 +452,7 @@ def _export_user_state(model, version: int, url: str):
 
 def _delete_prefix(store) -> None:
     """Remove this run's keys (its own prefix only: the shared Redis is never flushed)."""
-    batch = []
-    for key in store.client.scan_iter(match=store.prefix + "*", count=10_000):
-        batch.append(key)
-        if len(batch) >= 10_000:
-            store.client.delete(*batch)
-            batch.clear()
-    if batch:
-        store.client.delete(*batch)
+    from mlsd.platform.redis_cluster import delete_prefix
+
+    delete_prefix(store.client, store.prefix)
     store.close()

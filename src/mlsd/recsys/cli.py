@@ -145,7 +145,8 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
                    help="uvicorn worker processes for the HTTP run (1: a thread of the bench process)")  # fmt: skip
     p.add_argument("--events-per-user", type=float, default=8.0)
     p.add_argument("--user-state", default=None, metavar="REDIS_URL",
-                   help="serve every process's user side from this Redis (exported there first, deleted after)")  # fmt: skip
+                   help="serve the user side of every process from this Redis (or redis+cluster:// URL); "
+                   "exported there first, deleted after")  # fmt: skip
     p.add_argument("--ranker-users", type=_positive_int("ranker-users", 10), default=3_000,
                    help="users whose labelled candidates train the ranker (stage one trains on every user)")  # fmt: skip
     p.add_argument("--k", type=_positive_int("k", 1, 500), default=50)
