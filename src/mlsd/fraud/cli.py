@@ -106,6 +106,12 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--date", default=None, help="train on data up to this day, YYYY-MM-DD (default: latest)")
     p.add_argument("--sequence", action="store_true", help="add the GRU sequence model (slower)")
     p.add_argument("--trees", type=int, default=None, help="LightGBM trees (default 60)")
+    p.add_argument(
+        "--engine", choices=("local", "dask"), default="local",
+        help="dask: LightGBM over a Dask cluster, for a frame beyond one machine (pip install mlsd[dask])",
+    )  # fmt: skip
+    p.add_argument("--dask-scheduler", default=None, help="a Dask scheduler (tcp://host:8786); default: local")
+    p.add_argument("--dask-workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_train)
 
@@ -228,9 +234,19 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("bench", help="replay payments at a rate through in-process, Redis and HTTP paths")
     p.add_argument("--tps", type=float, default=10_000)
     p.add_argument("--seconds", type=float, default=30)
-    p.add_argument("--paths", default="inproc,redis,http")
+    p.add_argument("--paths", default="inproc,redis,http", help="any of inproc,redis,cluster,http")
     p.add_argument("--workers", default="1,2", help="Redis worker counts to try, e.g. 1,2")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    p.add_argument(
+        "--redis-cluster", default="local", metavar="URL",
+        help="the cluster path's Redis Cluster node, or 'local' (default): 3 masters started on free "
+        "loopback ports for the run",
+    )  # fmt: skip
+    p.add_argument(
+        "--scale", action="store_true",
+        help="the scaling run: the Redis Cluster path with 1 and 2 workers (partitions), and the capacity "
+        "model (per-worker rate, workers and masters for --tps); same as --paths cluster --workers 1,2",
+    )  # fmt: skip
     p.add_argument(
         "--workdir", default=None, help="a trained workdir W (default: train a small model in a temp folder)"
     )
@@ -294,8 +310,9 @@ def _train(args: argparse.Namespace) -> int:
 
     params = {**LGBM_PARAMS, "n_estimators": args.trees} if args.trees else None
     report = train(
-        _dirs(args), parse_date(args.date), sequence=args.sequence, lgbm_params=params, progress=not args.json
-    )
+        _dirs(args), parse_date(args.date), sequence=args.sequence, lgbm_params=params, progress=not args.json,
+        engine=args.engine, dask_scheduler=args.dask_scheduler, dask_workers=args.dask_workers,
+    )  # fmt: skip
     if args.json:
         _print_json(report)
     else:
@@ -525,13 +542,18 @@ def _stream(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from mlsd.fraud.bench import run_bench
 
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    workers = [int(w) for w in str(args.workers).split(",") if w.strip()]
+    if args.scale:
+        paths, workers = ["cluster"], sorted({1, 2, *workers})
     result = run_bench(
         tps=args.tps,
         seconds=args.seconds,
-        paths=[p.strip() for p in args.paths.split(",") if p.strip()],
-        workers=[int(w) for w in str(args.workers).split(",") if w.strip()],
+        paths=paths,
+        workers=workers,
         redis_url=args.redis_url,
         dirs=_dirs(args) if args.workdir else None,
+        redis_cluster=args.redis_cluster,
     )
     if args.json:
         _print_json(result)

@@ -29,6 +29,7 @@ history are :func:`backtest_history`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import tempfile
@@ -171,14 +172,23 @@ def fit(
     seq_epochs: int = 8,
     lgbm_params: Mapping[str, Any] | None = None,
     drop_features: tuple[str, ...] = (),
+    dask_client: Any = None,
 ) -> Fitted:
     """Fit a model on the labels ``labels`` knew at ``cutoff``; score the latest matured period.
 
     ``drop_features``: feature columns (or prefixes ending in ``*``) the model must not see (e.g. a
     planted worse model). A reference sample of the training rows with the model's score
-    (``prediction``, <= 20k rows) is the drift monitor's baseline.
+    (``prediction``, <= 20k rows) is the drift monitor's baseline. ``dask_client``: train the
+    LightGBM part over that Dask cluster (:mod:`mlsd.fraud.distributed_training`).
     """
     from mlsd.fraud.models import FraudModel
+
+    model_kind: Any = FraudModel
+    extra: dict[str, Any] = {}
+    if dask_client is not None:
+        from mlsd.fraud.distributed_training import DaskFraudModel
+
+        model_kind, extra = DaskFraudModel, {"client": dask_client}
 
     config = config or FraudConfig()
     fcfg = feature_config_for(tx)
@@ -198,9 +208,9 @@ def fit(
             "--date", _day(cutoff), "no payments in the evaluation period before the label delay",
             "train at a date within label_delay_days of the data's end",
         )  # fmt: skip
-    model = FraudModel(
+    model = model_kind(
         lgbm_params=None if lgbm_params is None else dict(lgbm_params), sequence=sequence, seed=seed,
-        seq_epochs=seq_epochs,
+        seq_epochs=seq_epochs, **extra,
     ).fit(frame.features.loc[train], y_train, time=frame.ts[train])  # fmt: skip
     scorer = ModelScorer(model)
     y_eval = frame.y[ev].astype(np.int8)
@@ -420,6 +430,11 @@ class FraudRetrainSteps:
     seq_epochs: int = 8
     system: str = "fraud"
     model: str = MODEL_NAME
+    # "local" (one process) or "dask": LightGBM over a Dask cluster (dask_scheduler, else a
+    # LocalCluster of dask_workers processes on loopback) for a frame beyond one machine
+    engine: str = "local"
+    dask_scheduler: str | None = None
+    dask_workers: int = 2
 
     def window(self, dirs: SystemDir, run_date: dt.date | None, champion: Any, *, progress: bool) -> Window:
         from mlsd.platform.registry import fingerprint
@@ -472,6 +487,7 @@ class FraudRetrainSteps:
             "drop_features": [],
             "label_delay_days": state.config.training.label_delay_days,
             **({"eval_days": config.training.eval_days} if short else {}),
+            **({"engine": self.engine} if self.engine != "local" else {}),
         }
         seen = None if champion is None else champion.params.get("cutoff")
         backfill = seen is not None and int(seen) > cutoff
@@ -496,11 +512,17 @@ class FraudRetrainSteps:
                     "that need them (device, IP, e-mail, ring, geo); see features_dropped in the registry",
                     flush=True,
                 )
-        payload.fitted = fitted = fit(
-            payload.tx, state.labels, payload.cutoff, payload.config or state.config, sequence=self.sequence,
-            seed=self.seed,
-            seq_epochs=self.seq_epochs, lgbm_params=self.lgbm_params,
-        )  # fmt: skip
+        with contextlib.ExitStack() as stack:
+            client = None
+            if self.engine == "dask":
+                from mlsd.fraud.distributed_training import dask_client
+
+                client = stack.enter_context(dask_client(self.dask_scheduler, self.dask_workers))
+            payload.fitted = fitted = fit(
+                payload.tx, state.labels, payload.cutoff, payload.config or state.config,
+                sequence=self.sequence, seed=self.seed, seq_epochs=self.seq_epochs,
+                lgbm_params=self.lgbm_params, dask_client=client,
+            )  # fmt: skip
         save_artifact(fitted, out)
         return Trained(
             out,
@@ -572,12 +594,25 @@ def train(
     lgbm_params: Mapping[str, Any] | None = None,
     seed: int = 0,
     progress: bool = True,
+    engine: str = "local",
+    dask_scheduler: str | None = None,
+    dask_workers: int = 2,
 ) -> dict[str, Any]:
     """``mlsd fraud train``: train on ``dirs.data`` up to ``run_date`` (default: the data's last day),
-    register, promote when there is no champion yet (otherwise the gate decides). The run's report."""
+    register, promote when there is no champion yet (otherwise the gate decides). The run's report.
+
+    ``engine="dask"``: LightGBM trained over a Dask cluster (``dask_scheduler``, else a LocalCluster
+    of ``dask_workers`` processes on loopback); the model registered is an ordinary one."""
+    if engine not in ("local", "dask"):
+        raise InputError("--engine", engine, "unknown training engine", "use local or dask")
+    if engine == "dask":
+        from mlsd.fraud.distributed_training import _require_dask
+
+        _require_dask()  # before any work: the fix names the extra
     steps = FraudRetrainSteps(
         config=config, sequence=sequence, seed=seed,
         lgbm_params=dict(LGBM_PARAMS) if lgbm_params is None else dict(lgbm_params),
+        engine=engine, dask_scheduler=dask_scheduler, dask_workers=dask_workers,
     )  # fmt: skip
     require_transactions(FraudDirs(dirs, config))  # no data: the fix, before the job creates the layout
     return platform_retrain(steps, dirs, run_date, progress=progress)
