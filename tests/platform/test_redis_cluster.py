@@ -70,7 +70,9 @@ def test_connect_refuses_a_cluster_database_and_braces_in_prefixes():
     assert type(connect("redis://127.0.0.1:1/0")).__name__ == "Redis"
 
 
-def test_a_local_cluster_stops_every_process_it_started():
+def test_a_local_cluster_stops_every_process_it_started(
+    redis_cluster_url,
+):  # the fixture: skip / fail as it does without redis-server
     cluster = LocalRedisCluster(masters=3).start()
     pids = cluster.pids
     assert len(pids) == 3 and cluster.url.startswith("redis+cluster://127.0.0.1:")

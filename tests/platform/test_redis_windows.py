@@ -180,7 +180,9 @@ def test_a_cluster_that_lost_its_scripts_runs_each_call_once(redis_cluster_url, 
 
 
 @pytest.mark.slow
-def test_resharding_moves_each_key_with_its_slot_and_a_live_store_follows():
+def test_resharding_moves_each_key_with_its_slot_and_a_live_store_follows(
+    redis_cluster_url,
+):  # the fixture: skip / fail as it does without redis-server
     """``redis-cli --cluster reshard`` moves slots, keys and all, between masters while a store holds a
     stale slot map: its calls get MOVED, are sent again where the slot now lives, and every window
     answers as if nothing had moved (a key's two Redis keys move together: one hash tag, one slot)."""
@@ -223,7 +225,9 @@ def _text(value) -> str:
 
 
 @pytest.mark.slow
-def test_a_failover_promotes_a_replica_and_a_live_store_follows():
+def test_a_failover_promotes_a_replica_and_a_live_store_follows(
+    redis_cluster_url,
+):  # the fixture: skip / fail as it does without redis-server
     """A master dies (SIGKILL); its replica takes over its slots. The window store's next call to the dead
     node fails (the caller redelivers, as after any outage) and makes it read the slot map again; from
     then on every window answers as before: the replica holds the state (``WAIT`` made sure of it). The
