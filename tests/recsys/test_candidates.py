@@ -331,6 +331,12 @@ def test_rp3beta_above_max_items_keeps_a_sparse_top_k_that_equals_the_dense_walk
     full = RP3BetaCandidates(alpha=0.8, max_items=5, top_k=n, block=7).fit(toy)
     assert sp.issparse(full.M_) and full.M_.shape == (n, n)
     np.testing.assert_allclose(full.score_dense(users), dense.score_dense(users), rtol=1e-4, atol=1e-6)
+    # candidates from the non-zero scores only: the dense form's positive head, best first
+    _, sparse_top = full.candidates(users, 6)
+    _, dense_top = dense.candidates(users, 6)
+    positive = np.isfinite(sparse_top)
+    np.testing.assert_allclose(sparse_top[positive], dense_top[positive], rtol=1e-4)
+    assert (dense_top[~positive] <= 1e-9).all()  # where the sparse form pads, the dense one has zeros
     pruned = RP3BetaCandidates(alpha=0.8, max_items=5, top_k=3, block=7).fit(toy)
     assert np.diff(pruned.M_.indptr).max() <= 3 and pruned.M_.diagonal().sum() == 0
     rows, cols = pruned.M_.nonzero()

@@ -10,7 +10,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from mlsd.platform.errors import InputError
-from mlsd.recsys.candidates.base import DenseScored, History, as_user_array
+from mlsd.recsys.candidates.base import (
+    DenseScored,
+    History,
+    as_user_array,
+    check_exclude,
+    check_n,
+    empty_rows,
+)
 from mlsd.recsys.data import IdMap
 
 
@@ -120,6 +127,38 @@ class RP3BetaCandidates(_ItemItemCandidates):
         self.X_ = X
         self.M_ = self._sparse_top_k(X)
         return self
+
+    def candidates(self, user_ids, n: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
+        """The dense form's candidates, or with a sparse neighbourhood the top ``n`` of the user's
+        non-zero scores only (no scan of the whole catalogue: titles that never co-occur with hers are
+        not candidates, where the dense form would pad with them at score 0)."""
+        if not sp.issparse(getattr(self, "M_", None)):
+            return super().candidates(user_ids, n, exclude)
+        user_ids = as_user_array(user_ids)
+        n = check_n(n)
+        n_items = len(self.items_)
+        exclude = check_exclude(exclude, len(user_ids), n_items)
+        rows = self.users_.index(user_ids)
+        known = np.flatnonzero(rows >= 0)
+        take = sp.csr_matrix(
+            (np.ones(len(known), np.float32), (known, rows[known])), shape=(len(rows), len(self.users_))
+        )
+        S = (take @ self.X_ @ self.M_).tocsr()
+        S.sort_indices()
+        r = np.repeat(np.arange(S.shape[0], dtype=np.int64), np.diff(S.indptr))
+        ok = S.data > 0
+        if exclude is not None and exclude.nnz:
+            ex = exclude.tocoo()
+            ok &= ~np.isin(r * n_items + S.indices, ex.row.astype(np.int64) * n_items + ex.col)
+        r, c, v = r[ok], S.indices[ok].astype(np.int64), S.data[ok]
+        order = np.lexsort((-v, r))  # per user, best first (ties: lower item index first)
+        r, c, v = r[order], c[order], v[order]
+        rank = np.arange(len(r)) - np.searchsorted(r, r)
+        keep = rank < n
+        idx, scores = empty_rows(len(user_ids), n)
+        idx[r[keep], rank[keep]] = c[keep]
+        scores[r[keep], rank[keep]] = v[keep]
+        return idx, scores
 
     def _degrees(self, X: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
         u_deg = np.maximum(np.asarray(X.sum(axis=1)).ravel(), 1.0)
