@@ -54,3 +54,41 @@ def test_redis_and_http_paths_contract(dirs, redis_url):
 
     client = redis.Redis.from_url(redis_url)
     assert not list(client.scan_iter(match="mlsd-bench:*"))  # cleaned up after itself
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_cluster_path_runs_partitions_on_a_local_redis_cluster_and_models_capacity(dirs):
+    import shutil
+
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server not on PATH: install Redis >= 7")
+    result = run_bench(
+        tps=300, seconds=1, paths=["cluster"], workers=[1, 2], dirs=dirs, redis_cluster="local"
+    )
+    json.dumps(result)
+    for w in (1, 2):
+        run = result["cluster"][f"workers={w}"]
+        assert set(run) >= KEYS and run["payments"] == 300 and run["partitions"] == w
+        assert len(run["shards"]) == 3  # the 3 masters' commands and CPU over the run
+    capacity = result["cluster"]["capacity"]
+    assert set(capacity["per_worker_tps_by_workers"]) == {"1", "2"}
+    assert capacity["workers_needed"] == -(-300 // capacity["per_worker_tps"])  # ceil(target / rate)
+    assert capacity["masters_needed"] >= 1
+
+
+def test_capacity_model_from_measured_runs():
+    from mlsd.fraud.bench import capacity_model
+
+    runs = {
+        "workers=1": {"workers": 1, "achieved_tps": 3000.0, "payments": 90_000, "target_payments": 300_000,
+                      "shards": {"a": {"cpu_ms_per_payment": 0.06}, "b": {"cpu_ms_per_payment": 0.02}}},
+        "workers=2": {"workers": 2, "achieved_tps": 5000.0, "payments": 150_000, "target_payments": 300_000,
+                      "shards": {"a": {"cpu_ms_per_payment": 0.05}, "b": {"cpu_ms_per_payment": 0.03}}},
+    }  # fmt: skip
+    model = capacity_model(runs, target_tps=10_000)
+    assert model["per_worker_tps"] == 2500.0 and model["workers_needed"] == 4
+    assert model["per_worker_rate_is"] == "measured at saturation"
+    assert model["scaling_efficiency"] == pytest.approx(5000 / 6000, abs=1e-3)
+    assert model["redis_cpu_ms_per_payment"] == 0.08  # all masters, median of the runs
+    assert model["masters_needed"] == 2  # 10k x 0.08 ms = 0.8 core at 50% per master

@@ -228,6 +228,175 @@ def bench_redis(
         client.close()
 
 
+# ---------------------------------------------------------------------------------------------------
+# Redis Cluster: the stream partitioned by card, one worker per partition
+
+
+def _cluster_worker(
+    workdir: str, cluster_url: str, layout: Any, partition: int, ready: Any, stop: Any
+) -> None:
+    import queue
+
+    from mlsd.fraud.distributed import partition_worker_main
+
+    overrides = {"batch_size": 1000, "block_ms": 20, "claim_idle_ms": 60_000}
+    partition_worker_main(
+        workdir, cluster_url, layout, partition, None, queue.Queue(), overrides,
+        stop=stop.is_set, ready=ready.release,
+    )  # fmt: skip
+
+
+def bench_cluster(
+    dirs: SystemDir,
+    tx: pd.DataFrame,
+    tps: float,
+    seconds: float,
+    workers: int,
+    cluster_url: str,
+    *,
+    drain_s: float = 20.0,
+) -> dict[str, Any]:
+    """The Redis Streams path partitioned by card over a Redis Cluster: ``workers`` partitions, one
+    worker process each; the producer XADDs each payment to its card's partition on schedule.
+    Besides throughput and latency, each master's commands and CPU seconds over the run (the
+    capacity model's per-shard cost)."""
+    from mlsd.fraud.distributed import (
+        ClusterLayout,
+        cluster_client,
+        node_client,
+        partition_of,
+        shard_stats,
+    )
+    from mlsd.fraud.stream import ensure_group, read_decision_entries
+
+    layout = ClusterLayout(workers, f"mlsd-bench:{uuid.uuid4().hex[:8]}:")
+    cluster = cluster_client(cluster_url)
+    streams = [layout.partition_prefix(p) + "payments" for p in range(workers)]
+    outputs = [layout.partition_prefix(p) + "decisions" for p in range(workers)]
+    # one plain client per partition's master, pipelined: the producer's cost is one round trip per
+    # partition per tick
+    producers = [node_client(cluster, s) for s in streams]
+    for stream in streams:
+        ensure_group(cluster, stream, "scorers")
+    ctx = mp.get_context("spawn")
+    ready, stop = ctx.Semaphore(0), ctx.Event()
+    procs = [
+        ctx.Process(
+            target=_cluster_worker, args=(str(dirs.root), cluster_url, layout, p, ready, stop), daemon=True
+        )
+        for p in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        for _ in procs:
+            if not ready.acquire(timeout=180) or not all(proc.is_alive() for proc in procs):
+                raise RuntimeError("bench: Redis Cluster workers did not start")
+        n = min(len(tx), int(tps * seconds))
+        payloads = _json_payloads(tx.iloc[:n])
+        part = partition_of(tx["card_id"].iloc[:n], workers)
+        before = shard_stats(cluster_url)
+        start = time.perf_counter()
+        wall0 = time.time()
+        sched = np.arange(n) / tps
+        pipes = [c.pipeline(transaction=False) for c in producers]
+        i = 0
+        while i < n:
+            elapsed = time.perf_counter() - start
+            due = int(np.searchsorted(sched, elapsed, side="right"))
+            if due <= i:
+                time.sleep(min(max(sched[i] - elapsed, 0.0), 0.002))
+                continue
+            for k, p in zip(range(i, due), part[i:due].tolist(), strict=True):
+                pipes[p].xadd(streams[p], {"p": _with_sent(payloads[k], (wall0 + sched[k]) * 1000.0)})
+            for pipe in pipes:
+                pipe.execute()
+            i = due
+        end_by = time.monotonic() + seconds + drain_s
+        while sum(cluster.xlen(o) for o in outputs) < n and time.monotonic() < end_by:
+            time.sleep(0.05)
+        after = shard_stats(cluster_url)
+        stop.set()
+        entries = [e for o in outputs for e in read_decision_entries(cluster, o)]
+        lat = np.array([(e_ms - sent) / 1000.0 for e_ms, sent in entries])
+        done = len(entries)
+        elapsed = (max(e for e, _ in entries) / 1000.0 - wall0) if entries else 0.0
+        out = _summary(np.maximum(lat, 0.0), done, elapsed, n)
+        out["workers"] = workers
+        out["partitions"] = workers
+        wall = max(elapsed, 1e-9)
+        out["shards"] = {
+            node: {
+                "ops_per_s": round((after[node]["commands"] - b["commands"]) / wall, 1),
+                "cpu_ms_per_payment": round(1000.0 * (after[node]["cpu_s"] - b["cpu_s"]) / max(done, 1), 4),
+            }
+            for node, b in before.items()
+        }
+        return out
+    finally:
+        stop.set()
+        for proc in procs:
+            proc.join(timeout=15)
+            if proc.is_alive():
+                proc.terminate()
+        for node in cluster.get_primaries():
+            client = cluster.get_redis_connection(node)
+            keys = list(client.scan_iter(match=layout.prefix + "*", count=2000))
+            for j in range(0, len(keys), 500):
+                for key in keys[j : j + 500]:
+                    client.delete(key)  # one key a call: keys of several slots cannot go in one DEL
+        for c in producers:
+            c.close()
+        cluster.close()
+
+
+def capacity_model(runs: dict[str, dict[str, Any]], target_tps: float = 10_000) -> dict[str, Any]:
+    """Workers and Redis masters for ``target_tps``, from measured runs (``{"workers=w": result}``).
+
+    Per-worker rate: a run's achieved rate / its workers (a run that kept up with its target only
+    bounds the rate from below: it says so). Masters: the runs' Redis CPU per payment (all masters)
+    against one core per master at 50% utilisation (the headroom for failover and bursts).
+
+    Examples:
+        >>> runs = {"workers=1": {"workers": 1, "achieved_tps": 4000.0, "target_payments": 30000,
+        ...                       "payments": 20000, "shards": {"a": {"cpu_ms_per_payment": 0.05}}}}
+        >>> m = capacity_model(runs)
+        >>> m["per_worker_tps"], m["workers_needed"], m["masters_needed"]
+        (4000.0, 3, 1)
+    """
+    import math
+
+    rates, cpu = {}, []
+    saturated = {}
+    for run in runs.values():
+        w = int(run["workers"])
+        rates[w] = run["achieved_tps"] / w
+        saturated[w] = run["payments"] < run["target_payments"] or run.get("p99_ms", 0) > 1000
+        shards = run.get("shards") or {}
+        if shards:
+            cpu.append(sum(s["cpu_ms_per_payment"] for s in shards.values()))
+    if not rates:
+        return {}
+    # the most workers measured: their per-worker rate includes the sharing (Redis, the producer)
+    w_max = max(rates)
+    per_worker = rates[w_max]
+    out: dict[str, Any] = {
+        "target_tps": target_tps,
+        "per_worker_tps_by_workers": {str(w): round(r, 1) for w, r in sorted(rates.items())},
+        "per_worker_tps": round(per_worker, 1),
+        "per_worker_rate_is": "measured at saturation" if saturated[w_max] else "a lower bound (kept up)",
+        "workers_needed": math.ceil(target_tps / per_worker) if per_worker > 0 else None,
+    }
+    if len(rates) > 1:
+        w_min = min(rates)
+        out["scaling_efficiency"] = round(rates[w_max] * w_max / (rates[w_min] * w_min) / (w_max / w_min), 3)
+    if cpu:
+        cpu_ms = float(np.median(cpu))
+        out["redis_cpu_ms_per_payment"] = round(cpu_ms, 4)
+        out["masters_needed"] = max(1, math.ceil(target_tps * cpu_ms / 1000.0 / 0.5))
+    return out
+
+
 def _with_sent(payload: str, sent_ms: float) -> str:
     return payload[:-1] + f',"sent_ms":{sent_ms:.3f}}}'
 
@@ -335,14 +504,21 @@ def run_bench(
     workers: list[int] | None = None,
     redis_url: str = "redis://127.0.0.1:6379/0",
     dirs: SystemDir | None = None,
+    redis_cluster: str = "local",
 ) -> dict[str, Any]:
-    """Run the chosen paths; returns ``{"config": ..., "inproc": M, "redis": {"workers=1": M, ...}, "http": M}``."""
+    """Run the chosen paths; returns ``{"config": ..., "inproc": M, "redis": {"workers=1": M, ...},
+    "cluster": {"workers=1": M, ..., "capacity": model}, "http": M}``.
+
+    ``redis_cluster``: the cluster path's Redis Cluster (a node's URL), or ``"local"``: a 3-master
+    cluster started on free loopback ports for the run and stopped after it."""
     from mlsd.fraud.engine import MODEL_NAME, freeze_heap, load_engine
 
     paths = paths or ["inproc", "redis", "http"]
-    unknown = set(paths) - {"inproc", "redis", "http"}
+    unknown = set(paths) - {"inproc", "redis", "cluster", "http"}
     if unknown:
-        raise InputError("--paths", ",".join(sorted(unknown)), "unknown path", "use inproc, redis, http")
+        raise InputError(
+            "--paths", ",".join(sorted(unknown)), "unknown path", "use inproc, redis, cluster, http"
+        )
     if not tps > 0 or not seconds > 0:
         raise InputError("--tps", tps, "rate and duration must be positive", "e.g. --tps 10000 --seconds 30")
     if dirs is None:
@@ -376,6 +552,19 @@ def run_bench(
         for w in workers or [1]:
             print(f"bench: Redis stream path, {w} worker(s)", file=sys.stderr)
             result["redis"][f"workers={w}"] = bench_redis(dirs, tx, tps, seconds, w, redis_url)
+    if "cluster" in paths:
+        import contextlib
+
+        from mlsd.fraud.distributed import local_redis_cluster
+
+        with (
+            local_redis_cluster(3) if redis_cluster == "local" else contextlib.nullcontext(redis_cluster)
+        ) as url:
+            runs: dict[str, Any] = {}
+            for w in workers or [1]:
+                print(f"bench: Redis Cluster path, {w} partition(s) / worker(s)", file=sys.stderr)
+                runs[f"workers={w}"] = bench_cluster(dirs, tx, tps, seconds, w, url)
+        result["cluster"] = {**runs, "capacity": capacity_model(runs, target_tps=tps)}
     if "http" in paths:
         print("bench: HTTP path", file=sys.stderr)
         result["http"] = bench_http(dirs, tx, tps, seconds)
