@@ -115,11 +115,12 @@ end
 """
 
 # KEYS: z1, h1, z2, h2, ... one pair per distinct key. The events come grouped by key (arrival order
-# within a key). ARGV: horizon, mode ('1' store, '0' view only), per-key event counts 'c1,c2,...',
-# the events' times 'ts,ts,...', their payloads 'value,attr...' each followed by a line break, their
-# ids likewise. Returns {per key 'seq,latest' before the batch, per event (mode 1) -1 stored / -2 not
-# stored / the original's sequence number for a replay, per key member counts, the keys' blobs one
-# after the other, label lines 'k,seq,label_ts'}: the client derives each event's view from these.
+# within a key). ARGV: horizon, mode ('1' store, '0' view only; see below), per-key event counts
+# 'c1,c2,...', the events' times 'ts,ts,...', their payloads 'value,attr...' each followed by a line
+# break, their ids likewise. Returns, as one string after a line of the parts' lengths: per key
+# 'seq,latest' before the batch, per event (mode 1) -1 stored / -2 not stored / the original's sequence
+# number for a replay, per key member counts, the keys' blobs one after the other, label lines
+# 'k,seq,label_ts': the client derives each event's view from these.
 _APPEND_BATCH = (
     _BLOB_LUA
     + r"""
@@ -248,8 +249,11 @@ for k = 1, #counts do
     if idle_ttl > 0 then redis.call('EXPIRE', h, idle_ttl) end
   end
 end
-return {table.concat(heads, ';'), table.concat(info, ','), table.concat(kcounts, ','), table.concat(cells),
-        table.concat(labels)}
+-- one string, the five parts' lengths first: a client reads one bulk reply per call, not five
+local parts = {table.concat(heads, ';'), table.concat(info, ','), table.concat(kcounts, ','),
+               table.concat(cells), table.concat(labels)}
+return #parts[1] .. ',' .. #parts[2] .. ',' .. #parts[3] .. ',' .. #parts[4] .. ',' .. #parts[5] .. '\n'
+       .. table.concat(parts)
 """
 )
 
@@ -415,32 +419,32 @@ class RedisWindowStore(_Scalar):
         order = np.argsort(codes, kind="stable")  # grouped by key, arrival order within a key
         counts = np.bincount(codes, minlength=len(uniques))
         first_event = np.r_[0, np.cumsum(counts)]
-        ts_grouped = ts[order]
+        # the batch's per-key and per-event arguments are built once, for the whole batch, and each
+        # call (one per slot on a cluster) gets its byte range of them: no per-call string building
+        count_parts = _Parts(",".join(map(str, counts.tolist())), b",")
+        ts_parts = _Parts(",".join(map(str, ts[order].tolist())), b",")
         if ids is not None:
             grouped = itemgetter(*order.tolist())(ids) if len(keys) > 1 else ids  # C speed, no Python loop
-            if len(bounds) == 2:
-                payloads = [_payloads(values[order], attrs[order])]
-            else:
-                v_g, a_g = values[order], attrs[order]
-                payloads = [_payloads(v_g[first_event[a] : first_event[b]], a_g[first_event[a] : first_event[b]])
-                            for a, b in pairwise(bounds)]  # fmt: skip
+            payload_parts = _Parts(_payloads(values[order], attrs[order]), b"\n", ends_with_sep=True)
+            id_parts = _Parts("\n".join(grouped) + "\n", b"\n", ends_with_sep=True)
         p = self.prefix
         if self.hash_tags:
             names = [f"{p}{{{k}}}:{s}" for k in uniques for s in "zh"]
         else:
             names = [f"{p}{k}:{s}" for k in uniques for s in "zh"]
+        mode = f"{1 if ids is not None else 0}:{self.retain_s}:{self.idle_ttl_s}"
         calls = []  # (a key of the call: its slot on a cluster, packed EVALSHA, its arguments)
-        for g, (a, b) in enumerate(pairwise(bounds)):
+        for a, b in pairwise(bounds):
             e0, e1 = int(first_event[a]), int(first_event[b])
-            args = names[2 * a : 2 * b]
-            args += [
+            args = [
+                *names[2 * a : 2 * b],
                 str(self.horizon_s),
-                f"{1 if ids is not None else 0}:{self.retain_s}:{self.idle_ttl_s}:{a}",
-                ",".join(map(str, counts[a:b].tolist())),
-                ",".join(map(str, ts_grouped[e0:e1].tolist())),
+                f"{mode}:{a}",
+                count_parts[a:b],
+                ts_parts[e0:e1],
             ]
             if ids is not None:
-                args += [payloads[g], "\n".join(grouped[e0:e1]) + "\n"]
+                args += [payload_parts[e0:e1], id_parts[e0:e1]]
             call = ["EVALSHA", self._batch_sha, str(2 * (b - a)), *args]
             calls.append((args[0] if self.cluster else None, _pack(call), call))
         if self._stale_slots:  # a node failed under an earlier batch: read the slot map again first
@@ -484,7 +488,7 @@ class RedisWindowStore(_Scalar):
             for pool, indices in by_pool.values():
                 conn = pool.get_connection()
                 sent.append((pool, conn, indices))
-                conn.send_packed_command([calls[i][1] for i in indices])
+                conn.send_packed_command([b"".join([calls[i][1] for i in indices])])  # one write per node
         except BaseException:
             for pool, conn, _ in sent:
                 conn.disconnect()
@@ -531,10 +535,11 @@ class RedisWindowStore(_Scalar):
     @staticmethod
     def _join(replies: list, write: bool) -> list:
         """The replies of a batch's per-slot calls as the one reply of a single call (keys numbered
-        across the batch: each call was told its first key's number)."""
-        if len(replies) == 1:
-            return replies[0]
-        heads, info, counts, cells, labels = zip(*replies, strict=True)
+        across the batch: each call was told its first key's number), split into its five parts."""
+        split = [_split_reply(r) for r in replies]
+        if len(split) == 1:
+            return split[0]
+        heads, info, counts, cells, labels = zip(*split, strict=True)
         return [b";".join(heads), b",".join(info) if write else b"", b",".join(counts), b"".join(cells),
                 b"".join(labels)]  # fmt: skip
 
@@ -736,8 +741,35 @@ def _group_cumsum(group: np.ndarray, values: np.ndarray) -> np.ndarray:
     return total - (total - values)[offset]
 
 
-def _pack(args: list[str]) -> bytes:
-    """One RESP command from str arguments (redis-py's packer costs microseconds per argument, and a
-    batch sends a few thousand keys)."""
-    enc = [x.encode() for x in args]
+def _split_reply(reply: bytes) -> list[bytes]:
+    """The batch script's reply - a line of the five parts' lengths, then the parts - as five parts."""
+    head, _, body = reply.partition(b"\n")
+    out, at = [], 0
+    for n in map(int, head.split(b",")):
+        out.append(body[at : at + n])
+        at += n
+    return out
+
+
+class _Parts:
+    """A separated string (``"1,2,3"``, or lines each ending with the separator) as bytes, sliced by
+    item: ``parts[i:j]`` is items i..j-1 as they appear in it (separators between them kept)."""
+
+    def __init__(self, text: str, sep: bytes, ends_with_sep: bool = False) -> None:
+        self.data = text.encode()
+        at = np.flatnonzero(np.frombuffer(self.data, dtype=np.uint8) == sep[0])
+        self.starts = np.r_[0, at + 1]
+        # an item's end: its separator, kept after the item when every item ends with one
+        self.ends = at + 1 if ends_with_sep else np.r_[at, len(self.data)]
+
+    def __getitem__(self, items: slice) -> bytes:
+        if items.start == 0 and items.stop == len(self.ends):
+            return self.data
+        return self.data[int(self.starts[items.start]) : int(self.ends[items.stop - 1])]
+
+
+def _pack(args: list[str | bytes]) -> bytes:
+    """One RESP command from str / bytes arguments (redis-py's packer costs microseconds per argument,
+    and a batch sends a few thousand keys)."""
+    enc = [x if isinstance(x, bytes) else x.encode() for x in args]
     return b"".join([b"*%d\r\n" % len(enc), *(b"$%d\r\n%s\r\n" % (len(x), x) for x in enc)])
