@@ -54,6 +54,7 @@ __all__ = [
     "check_untagged",
     "connect",
     "delete_prefix",
+    "group_by_slot",
     "is_cluster",
     "is_cluster_url",
     "key_slot",
@@ -179,6 +180,22 @@ def key_slot(key: str | bytes) -> int:
     from redis.crc import key_slot as slot_of
 
     return slot_of(key.encode() if isinstance(key, str) else key)
+
+
+def group_by_slot(keys: Sequence[str | bytes]) -> dict[int, list[int]]:
+    """Positions of ``keys`` per cluster slot (first-seen order): one script or transaction per slot.
+
+    Examples:
+        >>> keys = [tagged("w:", "a", ":h"), tagged("w:", "b", ":h"), tagged("w:", "a", ":z")]
+        >>> sorted(group_by_slot(keys).values())
+        [[0, 2], [1]]
+    """
+    from redis.crc import key_slot as slot_of
+
+    groups: dict[int, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(slot_of(key.encode() if isinstance(key, str) else key), []).append(i)
+    return groups
 
 
 def check_untagged(field: str, value: str) -> str:
