@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from mlsd.search.bench import run_bench
 
 
@@ -43,3 +45,35 @@ def test_understanding_probe_through_the_cli(capsys) -> None:
     report = json.loads(capsys.readouterr().out)
     assert report["products"] == 600 and report["queries"] == 120
     assert 0 < report["language_accuracy"] <= 1 and report["parse_ms_p50"] > 0
+
+
+def test_bench_catalog_has_distinct_titles_and_queries_from_them() -> None:
+    from mlsd.search.bench import bench_catalog, bench_queries
+    from mlsd.search.text import analyze
+
+    products = bench_catalog(20_000, seed=1)
+    assert len(products) == 20_000 and products["title"].is_unique
+    assert products["product_id"].tolist() == list(range(20_000))
+    assert bench_catalog(20_000, seed=1).equals(products)  # deterministic per seed
+    vocabulary = {t for title in products["title"] for t in analyze(title)}
+    queries = bench_queries(products, 200, seed=1)
+    assert len(queries) == 200 and all(q and set(analyze(q)) <= vocabulary for q in queries)
+
+
+@pytest.mark.slow
+def test_sharded_bench_json_contract(tmp_path) -> None:
+    from mlsd.search.bench import run_sharded_bench
+    from mlsd.search.shards import AnnSettings
+
+    pytest.importorskip("distributed")
+    out = run_sharded_bench(
+        2000, 15, (2,), ann=AnnSettings(nlist=16, nprobe=4, flat_below=500), nprobe_sweep=(1, 16), cache_dir=tmp_path
+    )
+    assert out["products"] == out["distinct_titles"] == 2000 and out["queries"] == 15
+    [run] = out["runs"]
+    assert run["shards"] == 2 and run["ann"]["index"] == "IndexIVFFlat"
+    assert run["nprobe_sweep"]["16"]["recall_at_100"] == 1.0  # all 16 lists probed: exact
+    assert 0 < run["recall_at_100"] <= 1 and run["recall_at_100"] == run["nprobe_sweep"]["4"]["recall_at_100"]
+    assert 0 < run["p50_ms"] <= run["p99_ms"] and run["throughput_qps"] > 0
+    assert run["memory"]["index_bytes_per_product"] > 384 * 4  # at least the float32 title vector
+    assert run["build_s"]["total"] > 0 and len(run["shard_build_s"]) == 2

@@ -79,3 +79,28 @@ def test_loading_the_encoder_keeps_library_chatter_out_of_the_logs() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Loading weights" not in done.stderr and "it/s" not in done.stderr, done.stderr
+
+
+def test_static_word_encoder_is_the_normalised_mean_of_term_vectors(encoder):
+    import pickle
+
+    from mlsd.search.embeddings import StaticWordEncoder
+    from mlsd.search.text import analyze
+
+    titles = ["Sonix Wireless Headphones, Black", "Casara Modern Lamps, Red", "Sonix Pro Speaker, red"]
+    static = StaticWordEncoder(encoder).fit(titles)
+    assert static.terms_ == list(dict.fromkeys(t for title in titles for t in analyze(title)))
+    np.testing.assert_allclose(static.term_vectors_, encoder.encode(static.terms_), rtol=1e-5, atol=1e-6)
+    texts = ["red headphone lamps", "sonix unknownword", "nothing known here", "red red lamp"]
+    got = static.encode(texts)
+    for text, row in zip(texts, got, strict=True):
+        known = [static.vocab_[t] for t in analyze(text) if t in static.vocab_]
+        if not known:
+            assert not row.any()  # no dense match rather than a made-up vector
+            continue
+        mean = static.term_vectors_[known].sum(axis=0)
+        np.testing.assert_allclose(row, mean / np.linalg.norm(mean), rtol=1e-5, atol=1e-6)
+    # What a shard build task receives: terms and vectors, not the transformer; it encodes the same.
+    shipped = pickle.loads(pickle.dumps(static))
+    assert shipped.word_encoder is None
+    np.testing.assert_array_equal(shipped.encode(texts), got)

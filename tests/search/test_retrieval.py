@@ -201,6 +201,35 @@ def test_fit_identical_on_simulated_catalog():
         np.testing.assert_allclose(c.scores[i, : len(rows)], expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["lucene", "robertson"])
+def test_partitions_with_the_catalogs_statistics_weigh_as_one_index(tricky_products, method):
+    """A shard fitted on its partition with the merged statistics holds the single index's weights."""
+    from mlsd.search.retrieval import BM25Stats
+
+    whole = BM25Index(method=method).fit(tricky_products)
+    parts = [tricky_products.iloc[i::3] for i in range(3)]
+    stats = BM25Stats.merge([BM25Index(method=method).corpus_stats(p) for p in parts])
+    assert stats.n_docs == len(tricky_products)
+    for part in parts:
+        shard = BM25Index(method=method).fit(part, stats=stats)
+        rows = np.searchsorted(whole.product_ids_, shard.product_ids_)
+        cols = np.array([whole.vocab_[t] for t in shard.vocab_])  # the shard's terms, in the whole's columns
+        for field in whole.fields:
+            want = whole.matrices_[field][rows][:, cols].toarray()
+            np.testing.assert_array_equal(shard.matrices_[field].toarray(), want)
+        local = BM25Index(method=method).fit(part)  # its own statistics: different idf
+        assert not np.array_equal(local.matrices_["title"].toarray(), shard.matrices_["title"].toarray())
+
+
+def test_compact_index_retrieves_the_same(tricky_products):
+    full = BM25Index().fit(tricky_products)
+    compact = BM25Index().fit(tricky_products).compact()
+    queries = ["model 3", "steel"]
+    a, b = full.retrieve(queries, 10), compact.retrieve(queries, 10)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    assert compact.combined_ is None and compact.matrices_ == {}
+
+
 def test_unsupported_bm25_variant(products):
     with pytest.raises(InputError) as err:
         BM25Index(method="bm25+").fit(products)

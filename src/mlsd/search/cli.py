@@ -209,6 +209,22 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+SHARD_NPROBE = 256  # docs/scaling.md: the nprobe sweep at 1M titles
+
+
+def _shard_counts(text: str) -> list[int]:
+    """``--shards 2`` or ``--shards 1,2``: the shard counts to bench, each in [1, 64]."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or any(not 1 <= c <= 64 for c in counts):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: must be shard counts in [1, 64], one or comma-separated; pass e.g. --shards 1,2"
+        )
+    return counts
+
+
 def _bench(args: argparse.Namespace) -> int:
     from mlsd.search.bench import probe_dense_shard, run_bench
     from mlsd.search.embeddings import default_cache_dir
@@ -218,6 +234,17 @@ def _bench(args: argparse.Namespace) -> int:
 
         _err(f"query understanding on {args.products} simulated products, {args.queries} query texts")
         result = understanding_bench(args.products, args.queries, seed=args.seed)
+        _print_json(result) if args.json else print(dumps(result, indent=2))
+        return 0
+    if args.shards:
+        from mlsd.search.bench import run_sharded_bench
+        from mlsd.search.shards import AnnSettings
+
+        ann = AnnSettings(kind=args.ann, nprobe=args.nprobe)
+        result = run_sharded_bench(
+            args.products, args.queries, args.shards, seed=args.seed, deadline_ms=args.deadline_ms, ann=ann,
+            recall_queries=args.recall_queries, cache_dir=args.cache_dir or default_cache_dir(), log=_err,
+        )  # fmt: skip
         _print_json(result) if args.json else print(dumps(result, indent=2))
         return 0
     if args.dense_probe:
@@ -370,6 +397,22 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="with --dense-probe: also build and time HNSW over this many of the vectors",
     )
+    p.add_argument(
+        "--shards",
+        type=_shard_counts,
+        default=None,
+        metavar="N[,N...]",
+        help="instead: the sharded index on Dask (pip install mlsd[dask]) over --products distinct titles, "
+        "BM25 + ANN per shard, a broker under --deadline-ms; e.g. --shards 1,2 runs both (docs/scaling.md)",
+    )
+    p.add_argument("--deadline-ms", type=_positive("--deadline-ms", 1, 60_000), default=100,
+                   help="with --shards: the request deadline the broker gathers shards under")  # fmt: skip
+    p.add_argument("--ann", choices=("ivf", "hnsw", "flat"), default="ivf",
+                   help="with --shards: the ANN each shard builds over its title vectors")  # fmt: skip
+    p.add_argument("--nprobe", type=_positive("--nprobe", 1, 65_536), default=SHARD_NPROBE,
+                   help="with --shards --ann ivf: inverted lists searched per query")  # fmt: skip
+    p.add_argument("--recall-queries", type=_positive("--recall-queries", 1), default=None,
+                   help="with --shards: queries recall@100 is measured on (default: all --queries)")  # fmt: skip
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_bench)
 

@@ -168,3 +168,63 @@ def embed_products(
         np.save(tmp, vectors)
         tmp.replace(cache_file)  # atomic: a crashed run never leaves a half-written cache
     return vectors
+
+
+class StaticWordEncoder:
+    """A static-embedding encoder: each index term of the vocabulary is embedded once by a sentence
+    encoder (MiniLM), and a text's vector is the L2-normalised mean of its terms' vectors.
+
+    What it is for: a catalog too large to pass through the transformer (1M titles take over an hour on two
+    cores; their few thousand distinct words take seconds). It loses word order and context, so it is a
+    cheaper, weaker encoder than MiniLM on whole titles -- the sharded bench uses it to build and measure
+    the ANN over a million *distinct* title vectors, not to claim MiniLM's ranking quality. Terms are the
+    BM25 analyser's (:func:`mlsd.search.text.analyze_batch`); a term outside the vocabulary is ignored,
+    and a text with none inside it encodes to the zero vector (no dense match).
+    """
+
+    def __init__(self, word_encoder: Encoder | None = None) -> None:
+        self.word_encoder = word_encoder
+
+    def fit(self, texts: list[str] | np.ndarray | pd.Series, *, progress: bool = False) -> StaticWordEncoder:
+        """Learn the vocabulary of ``texts`` and embed each of its terms once."""
+        from mlsd.search.text import analyze_batch
+
+        terms = analyze_batch(pd.Series(np.asarray(texts, dtype=object))).terms
+        encoder = self.word_encoder or load_encoder()
+        self.terms_ = list(terms)
+        self.vocab_ = {t: i for i, t in enumerate(self.terms_)}
+        self.term_vectors_ = np.ascontiguousarray(encoder.encode(self.terms_, progress=progress), np.float32)
+        return self
+
+    @property
+    def dim(self) -> int:
+        return int(self.term_vectors_.shape[1])
+
+    def __getstate__(self) -> dict:
+        # What a shard build task needs: terms and vectors, not the transformer.
+        return {"word_encoder": None, "terms_": self.terms_, "term_vectors_": self.term_vectors_}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.vocab_ = {t: i for i, t in enumerate(self.terms_)}
+
+    def encode(self, texts: list[str] | np.ndarray | pd.Series, *, progress: bool = False) -> np.ndarray:
+        """``(n, dim)`` float32 rows: normalised mean of the known terms' vectors (zero rows for none)."""
+        import scipy.sparse as sp
+
+        from mlsd.search.text import analyze_batch
+
+        a = analyze_batch(pd.Series(np.asarray(texts, dtype=object)))
+        known = np.fromiter((self.vocab_.get(t, -1) for t in a.terms), np.int64, len(a.terms))
+        cols = known[a.term_codes] if len(a.term_codes) else np.zeros(0, np.int64)
+        n_distinct = len(a.offsets) - 1
+        rows = np.repeat(np.arange(n_distinct, dtype=np.int64), np.diff(a.offsets))
+        keep = cols >= 0
+        counts = sp.csr_matrix(
+            (np.ones(int(keep.sum()), np.float32), (rows[keep], cols[keep])),
+            shape=(n_distinct, len(self.terms_)),
+        )
+        distinct = np.asarray(counts @ self.term_vectors_, dtype=np.float32)
+        norms = np.linalg.norm(distinct, axis=1, keepdims=True)
+        np.divide(distinct, norms, out=distinct, where=norms > 0)
+        return np.ascontiguousarray(distinct[a.text_codes])

@@ -104,13 +104,60 @@ def _bm25_idf(df: np.ndarray, n_docs: int, method: str) -> np.ndarray:
     return values[inverse]
 
 
+@dataclass
+class BM25Stats:
+    """Corpus statistics BM25 weights depend on: documents, and per field each term's document frequency
+    and the summed length. A catalog split into partitions (shards) is indexed with the statistics of
+    the whole catalog (:meth:`BM25Index.corpus_stats` per partition, :meth:`merge`, then
+    ``fit(part, stats=...)``), so every partition's weights equal the single index's."""
+
+    n_docs: int
+    df: dict[str, dict[str, int]]  # field -> term -> documents holding it
+    total_len: dict[str, int]  # field -> sum of the documents' term counts
+
+    @classmethod
+    def merge(cls, parts: Sequence[BM25Stats]) -> BM25Stats:
+        df: dict[str, dict[str, int]] = {}
+        total: dict[str, int] = {}
+        for part in parts:
+            for field, counts in part.df.items():
+                into = df.setdefault(field, {})
+                for term, n in counts.items():
+                    into[term] = into.get(term, 0) + n
+                total[field] = total.get(field, 0) + part.total_len[field]
+        return cls(sum(p.n_docs for p in parts), df, total)
+
+
+def _field_entries(
+    analyzed: AnalyzedTexts, term_ids: np.ndarray, n_terms: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(text, term) pairs of a field's distinct texts with their term frequency, sorted by text then term
+    (CSR order), the terms per distinct text, and each term's document frequency over the rows."""
+    n_distinct = len(analyzed.offsets) - 1
+    length = np.diff(analyzed.offsets)  # terms per distinct text
+    text_of_term = np.repeat(np.arange(n_distinct, dtype=np.int64), length)
+    keys, tf = np.unique(text_of_term * n_terms + term_ids[analyzed.term_codes], return_counts=True)
+    e_text, e_term = keys // n_terms, keys % n_terms
+    rows_per_text = np.bincount(analyzed.text_codes, minlength=n_distinct)
+    df = np.bincount(e_term, weights=rows_per_text[e_text], minlength=n_terms).astype(np.int64)
+    return e_text, e_term, tf, length, df
+
+
 def _bm25_field_matrix(
-    analyzed: AnalyzedTexts, term_ids: np.ndarray, n_terms: int, k1: float, b: float, method: str
+    analyzed: AnalyzedTexts,
+    term_ids: np.ndarray,
+    n_terms: int,
+    k1: float,
+    b: float,
+    method: str,
+    corpus: tuple[np.ndarray, int, int] | None = None,
 ) -> sp.csr_matrix:
     """``(n_docs, n_terms)`` float32 BM25 weights of one field, equal to ``bm25s.BM25(...).index`` of its rows.
 
     Weights are computed once per (distinct text, term) and gathered to the rows holding that text: a
     weight depends only on the text's terms and length and the field-wide idf and mean length.
+    ``corpus`` = (df per term id, documents, summed length) of a whole catalog this field's rows are a
+    partition of; by default the rows are the corpus.
     """
     if method not in ("robertson", "lucene", "atire"):
         # bm25l / bm25+ subtract a non-occurrence score this fast path does not compute.
@@ -120,18 +167,18 @@ def _bm25_field_matrix(
     n_docs, n_distinct = len(analyzed.text_codes), len(analyzed.offsets) - 1
     if len(analyzed.term_codes) == 0:  # e.g. no brands in this catalog
         return sp.csr_matrix((n_docs, n_terms), dtype=np.float32)
-    length = np.diff(analyzed.offsets)  # terms per distinct text
-    text_of_term = np.repeat(np.arange(n_distinct, dtype=np.int64), length)
-    # (text, term) pairs with their term frequency, sorted by text then term: CSR order.
-    keys, tf = np.unique(text_of_term * n_terms + term_ids[analyzed.term_codes], return_counts=True)
-    e_text, e_term = keys // n_terms, keys % n_terms
-    rows_per_text = np.bincount(analyzed.text_codes, minlength=n_distinct)
-    df = np.bincount(e_term, weights=rows_per_text[e_text], minlength=n_terms).astype(np.int64)
-    avg_len = length[analyzed.text_codes].mean()  # bm25s: mean of the row lengths (int64 array)
+    e_text, e_term, tf, length, df = _field_entries(analyzed, term_ids, n_terms)
+    if corpus is None:
+        avg_len = length[analyzed.text_codes].mean()  # bm25s: mean of the row lengths (int64 array)
+        corpus_docs = n_docs
+    else:
+        # The sum of integer lengths is exact in float64, so total / n equals numpy's mean of the rows.
+        df, corpus_docs, total_len = corpus
+        avg_len = np.float64(total_len) / corpus_docs
     # Same operand types as bm25s (float32 tf, integer length, float64 mean), so the same rounding.
     tf32 = tf.astype(np.float32)
     tfc = _select_tfc_scorer(method)(tf_array=tf32, l_d=length[e_text], l_avg=avg_len, k1=k1, b=b)
-    weights = (_bm25_idf(df, n_docs, method)[e_term] * tfc).astype(np.float32)
+    weights = (_bm25_idf(df, corpus_docs, method)[e_term] * tfc).astype(np.float32)
     # Gather each row's run of entries from its distinct text.
     entry_start = np.concatenate([[0], np.cumsum(np.bincount(e_text, minlength=n_distinct))])
     row_nnz = np.diff(entry_start)[analyzed.text_codes]
@@ -162,11 +209,25 @@ class BM25Index:
         self.b = b
         self.method = method
 
-    def fit(self, products: pd.DataFrame) -> BM25Index:
+    def corpus_stats(self, products: pd.DataFrame) -> BM25Stats:
+        """The :class:`BM25Stats` of ``products`` over this index's fields (one partition's share)."""
+        products = normalize_products(products)
+        df: dict[str, dict[str, int]] = {}
+        total: dict[str, int] = {}
+        for f in self.fields:
+            a = analyze_batch(products[f])
+            ids = np.arange(len(a.terms), dtype=np.int64)
+            counts = _field_entries(a, ids, len(a.terms))[4] if len(a.term_codes) else np.zeros(0, np.int64)
+            df[f] = dict(zip(a.terms, counts.tolist(), strict=True))
+            total[f] = int(np.diff(a.offsets)[a.text_codes].sum())
+        return BM25Stats(len(products), df, total)
+
+    def fit(self, products: pd.DataFrame, *, stats: BM25Stats | None = None) -> BM25Index:
         """Index ``products`` (the :mod:`mlsd.search.data` schema): one BM25 weight matrix per field.
 
         The weights are bm25s's (same idf, length normalisation and float32 rounding), computed with numpy
         over the distinct texts of each field and gathered to rows, instead of bm25s's per-document loop.
+        ``stats``: the whole catalog's when ``products`` is one partition of it (a shard).
         """
         products = normalize_products(products)
         analyzed = {f: analyze_batch(products[f]) for f in self.fields}
@@ -178,14 +239,31 @@ class BM25Index:
         }
         self.vocab_ = vocab
         self.product_ids_ = products["product_id"].to_numpy(np.int64)
+
+        def corpus(field: str) -> tuple[np.ndarray, int, int] | None:
+            if stats is None:
+                return None
+            counts = stats.df.get(field, {})
+            df = np.fromiter((counts.get(t, 0) for t in vocab), np.int64, len(vocab))
+            return df, stats.n_docs, stats.total_len.get(field, 0)
+
         self.matrices_: dict[str, sp.csr_matrix] = {
-            f: _bm25_field_matrix(analyzed[f], global_ids[f], len(vocab), self.k1, self.b, self.method)
+            f: _bm25_field_matrix(
+                analyzed[f], global_ids[f], len(vocab), self.k1, self.b, self.method, corpus(f)
+            )
             for f in self.fields
         }
         weights = self.field_weights or DEFAULT_FIELD_WEIGHTS
         combined = sum(weights.get(f, 1.0) * self.matrices_[f] for f in self.fields)
         self.combined_ = sp.csr_matrix(combined, dtype=np.float32)
         self.combined_T_ = self.combined_.T.tocsr()
+        return self
+
+    def compact(self) -> BM25Index:
+        """Keep only what :meth:`retrieve` reads (the term-major fused matrix): a shard that retrieves and
+        computes no ranker features holds a third of the memory. :meth:`field_scores` then raises."""
+        self.matrices_ = {}
+        self.combined_ = None
         return self
 
     # -- queries -------------------------------------------------------------------------------
