@@ -58,13 +58,9 @@ def test_redis_and_http_paths_contract(dirs, redis_url):
 
 @pytest.mark.slow
 @pytest.mark.services
-def test_cluster_path_runs_partitions_on_a_local_redis_cluster_and_models_capacity(dirs):
-    import shutil
-
-    if not shutil.which("redis-server"):
-        pytest.skip("redis-server not on PATH: install Redis >= 7")
+def test_cluster_path_runs_partitions_on_a_redis_cluster_and_models_capacity(dirs, redis_cluster_url):
     result = run_bench(
-        tps=300, seconds=1, paths=["cluster"], workers=[1, 2], dirs=dirs, redis_cluster="local"
+        tps=300, seconds=1, paths=["cluster"], workers=[1, 2], dirs=dirs, redis_cluster=redis_cluster_url
     )
     json.dumps(result)
     for w in (1, 2):

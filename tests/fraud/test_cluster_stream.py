@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,6 @@ from mlsd.fraud.distributed import (
     ClusterLayout,
     PartitionFeatureEngine,
     cluster_client,
-    local_redis_cluster,
     partition_of,
     publish_partitioned,
     read_partitioned_decisions,
@@ -35,20 +32,14 @@ pytestmark = [pytest.mark.services]
 WORKER = "import sys; from mlsd.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
-@pytest.fixture(scope="module")
-def cluster_url():
-    if not shutil.which("redis-server") or not shutil.which("redis-cli"):
-        message = "redis-server / redis-cli not on PATH: install Redis >= 7 to run the Redis Cluster tests"
-        if os.environ.get("MLSD_REQUIRE_SERVICES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    with local_redis_cluster(3) as url:
-        yield url
+@pytest.fixture
+def cluster_url(redis_cluster_url):
+    return redis_cluster_url  # the session's 3-master cluster (tests/conftest.py)
 
 
 @pytest.fixture
-def layout_prefix():
-    return f"mlsd-test:{uuid.uuid4().hex[:8]}:"
+def layout_prefix(redis_cluster_prefix):
+    return redis_cluster_prefix  # its keys deleted from every master after the test
 
 
 def _payments(n_cards=120, days=3, seed=3):

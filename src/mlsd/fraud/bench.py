@@ -339,12 +339,9 @@ def bench_cluster(
             proc.join(timeout=15)
             if proc.is_alive():
                 proc.terminate()
-        for node in cluster.get_primaries():
-            client = cluster.get_redis_connection(node)
-            keys = list(client.scan_iter(match=layout.prefix + "*", count=2000))
-            for j in range(0, len(keys), 500):
-                for key in keys[j : j + 500]:
-                    client.delete(key)  # one key a call: keys of several slots cannot go in one DEL
+        from mlsd.platform.redis_cluster import delete_prefix
+
+        delete_prefix(cluster, layout.prefix)
         for c in producers:
             c.close()
         cluster.close()
@@ -509,8 +506,8 @@ def run_bench(
     """Run the chosen paths; returns ``{"config": ..., "inproc": M, "redis": {"workers=1": M, ...},
     "cluster": {"workers=1": M, ..., "capacity": model}, "http": M}``.
 
-    ``redis_cluster``: the cluster path's Redis Cluster (a node's URL), or ``"local"``: a 3-master
-    cluster started on free loopback ports for the run and stopped after it."""
+    ``redis_cluster``: the cluster path's Redis Cluster (``redis+cluster://host:port,...``), or
+    ``"local"``: a 3-master cluster started on free loopback ports for the run and stopped after it."""
     from mlsd.fraud.engine import MODEL_NAME, freeze_heap, load_engine
 
     paths = paths or ["inproc", "redis", "http"]
@@ -553,17 +550,18 @@ def run_bench(
             print(f"bench: Redis stream path, {w} worker(s)", file=sys.stderr)
             result["redis"][f"workers={w}"] = bench_redis(dirs, tx, tps, seconds, w, redis_url)
     if "cluster" in paths:
-        import contextlib
+        from mlsd.platform.redis_cluster import LocalRedisCluster
 
-        from mlsd.fraud.distributed import local_redis_cluster
-
-        with (
-            local_redis_cluster(3) if redis_cluster == "local" else contextlib.nullcontext(redis_cluster)
-        ) as url:
+        local = LocalRedisCluster(masters=3).start() if redis_cluster == "local" else None
+        try:
+            url = local.url if local is not None else redis_cluster
             runs: dict[str, Any] = {}
             for w in workers or [1]:
                 print(f"bench: Redis Cluster path, {w} partition(s) / worker(s)", file=sys.stderr)
                 runs[f"workers={w}"] = bench_cluster(dirs, tx, tps, seconds, w, url)
+        finally:
+            if local is not None:
+                local.stop()
         result["cluster"] = {**runs, "capacity": capacity_model(runs, target_tps=tps)}
     if "http" in paths:
         print("bench: HTTP path", file=sys.stderr)

@@ -110,7 +110,9 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
         "--engine", choices=("local", "dask"), default="local",
         help="dask: LightGBM over a Dask cluster, for a frame beyond one machine (pip install mlsd[dask])",
     )  # fmt: skip
-    p.add_argument("--dask-scheduler", default=None, help="a Dask scheduler (tcp://host:8786); default: local")
+    p.add_argument(
+        "--dask-scheduler", default=None, help="a Dask scheduler (tcp://host:8786); default: local"
+    )
     p.add_argument("--dask-workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_train)
@@ -218,8 +220,8 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument(
         "--redis-cluster", default=None, metavar="URL",
-        help="a Redis Cluster node: the stream partitioned by card (--partitions), one worker per "
-        "partition, each partition's keys on one slot (docs/scaling.md)",
+        help="a Redis Cluster (redis+cluster://host:port,...): the stream partitioned by card "
+        "(--partitions), one worker per partition, each partition's keys on one slot (docs/scaling.md)",
     )  # fmt: skip
     p.add_argument("--partitions", type=int, default=2, help="card partitions of --redis-cluster (default 2)")
     p.add_argument(
@@ -239,8 +241,8 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     p.add_argument(
         "--redis-cluster", default="local", metavar="URL",
-        help="the cluster path's Redis Cluster node, or 'local' (default): 3 masters started on free "
-        "loopback ports for the run",
+        help="the cluster path's Redis Cluster (redis+cluster://host:port,...), or 'local' (default): 3 "
+        "masters started on free loopback ports for the run",
     )  # fmt: skip
     p.add_argument(
         "--scale", action="store_true",

@@ -28,20 +28,16 @@ a partition's slot answers ``MOVED``; the worker's transient-error loop does not
 the worker (it looks the slot up again). ``N`` and ``B`` are part of the key names: changing them
 is a rebuild of the windows (replay the horizon), as with a Kafka topic's partition count.
 
-:func:`local_redis_cluster` starts a 3-master cluster on free loopback ports (tests, ``mlsd fraud
-bench --paths cluster``) and stops it by process id.
+The cluster is any Redis Cluster named by a ``redis+cluster://`` URL (the platform's
+:func:`~mlsd.platform.redis_cluster.connect`); tests and ``mlsd fraud bench --paths cluster`` start a
+local 3-master one with :class:`~mlsd.platform.redis_cluster.LocalRedisCluster`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +54,6 @@ __all__ = [
     "ClusterLayout",
     "PartitionFeatureEngine",
     "bucket_of",
-    "local_redis_cluster",
     "partition_of",
     "publish_partitioned",
     "slot_tag",
@@ -142,15 +137,15 @@ def node_client(cluster: Any, key: str, **options: Any) -> Any:
 
 
 def cluster_client(url: str, **options: Any) -> Any:
-    import redis
+    """The platform's cluster client for a ``redis+cluster://host:port[,host:port...]`` URL."""
+    from mlsd.platform.redis_cluster import connect, is_cluster_url
 
-    try:
-        return redis.RedisCluster.from_url(url, **options)
-    except redis.RedisError as err:
+    if not is_cluster_url(url):
         raise InputError(
-            "--redis-cluster", url, f"is not a reachable Redis Cluster ({type(err).__name__}: {err})",
-            "give a cluster node's URL, e.g. redis://127.0.0.1:7000 (or --redis-cluster local)",
-        ) from err  # fmt: skip
+            "--redis-cluster", url, "is not a Redis Cluster URL",
+            "use redis+cluster://host:port (one or more of the cluster's nodes, comma separated)",
+        )  # fmt: skip
+    return connect(url, **options)
 
 
 class BucketedWindowStore:
@@ -523,93 +518,7 @@ def run_partitioned_stream(args: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# a local Redis Cluster (tests, the bench)
-
-
-def _free_cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is free too."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= 55_000:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 10_000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair for a Redis Cluster node")
-
-
-@contextlib.contextmanager
-def local_redis_cluster(masters: int = 3, *, timeout_s: float = 30.0) -> Iterator[str]:
-    """Start ``masters`` redis-server processes in cluster mode on free loopback ports, join them
-    (``redis-cli --cluster create``, no replicas), yield a node's URL, and stop them by process id."""
-    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
-    if not server or not cli:
-        raise InputError(
-            "--redis-cluster", "local", "needs redis-server and redis-cli on PATH",
-            "install Redis >= 7 (apt-get install redis-server) or give a running cluster's URL",
-        )  # fmt: skip
-    home = tempfile.mkdtemp(prefix="mlsd-redis-cluster-")
-    procs: list[subprocess.Popen] = []
-    ports: list[int] = []
-    try:
-        for _ in range(masters):
-            port = _free_cluster_port()
-            ports.append(port)
-            procs.append(
-                subprocess.Popen(
-                    [
-                        server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                        "--cluster-config-file", f"nodes-{port}.conf", "--save", "", "--appendonly", "no",
-                        "--dir", home, "--protected-mode", "yes", "--logfile", f"redis-{port}.log",
-                    ],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                )
-            )  # fmt: skip
-        import redis
-
-        end = time.monotonic() + timeout_s
-        for port in ports:
-            while True:
-                try:
-                    redis.Redis(port=port, host="127.0.0.1").ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > end:
-                        raise RuntimeError(f"redis-server on port {port} did not start") from None
-                    time.sleep(0.05)
-        subprocess.run(
-            [cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports], "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout_s,
-        )  # fmt: skip
-        for port in ports:
-            client = redis.Redis(port=port, host="127.0.0.1")
-            while _cluster_state(client) != "ok":
-                if time.monotonic() > end:
-                    raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
-                time.sleep(0.05)
-            client.close()
-        yield f"redis://127.0.0.1:{ports[0]}"
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def _cluster_state(client: Any) -> str:
-    info = client.execute_command("CLUSTER INFO")  # redis-py parses it into a dict
-    state = info.get("cluster_state", "") if isinstance(info, dict) else ""
-    return state.decode() if isinstance(state, bytes) else str(state)
+# the capacity model's per-shard cost
 
 
 def shard_stats(cluster_url: str) -> dict[str, dict[str, float]]:
