@@ -145,6 +145,21 @@ def test_serving_timeouts_reach_every_node_of_a_cluster(redis_cluster_url, redis
     log.close()
 
 
+def test_an_exposure_log_on_an_unreachable_cluster_starts_and_its_calls_are_outages():
+    import socket
+
+    from mlsd.platform.experiments.client import is_outage
+
+    with socket.socket() as s:  # a port nobody listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = RedisExposureLog(f"redis+cluster://127.0.0.1:{port}", prefix="mlsd:")  # a service still starts
+    with pytest.raises(Exception) as err:
+        log.log("exp", ["a"], [0])
+    assert is_outage(err.value)  # the experiment client pauses experiments instead of failing requests
+    log.close()
+
+
 # ---------------------------------------------------------------------------------------------------
 # Sufficient statistics
 

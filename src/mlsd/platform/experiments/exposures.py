@@ -25,7 +25,7 @@ import pandas as pd
 
 from mlsd.platform.errors import InputError
 from mlsd.platform.experiments.assignment import MetricSpec, _id_bytes
-from mlsd.platform.redis_cluster import tagged
+from mlsd.platform.redis_cluster import run_script, tagged
 
 EXPOSURE_COLUMNS = ("unit", "arm", "ts")
 
@@ -174,7 +174,6 @@ class RedisExposureLog:
         self.clock = clock
         self.chunk = chunk  # exposures per script call: bounds how long Redis is blocked by one batch
         self._client = connect(url)
-        self._script = self._client.register_script(_LOG_SCRIPT)
 
     def _keys(self, experiment: str) -> tuple[str, str]:
         base = tagged(f"{self.prefix}exp:", experiment)
@@ -185,12 +184,16 @@ class RedisExposureLog:
         new = np.zeros(len(units), dtype=bool)
         idx = np.flatnonzero(arm_arr >= 0)
         keys = list(self._keys(experiment))
+        parts, calls = [], []
         for start in range(0, len(idx), self.chunk):
             part = idx[start : start + self.chunk]
             argv: list[Any] = []
             for i in part.tolist():
                 argv += [units[i], int(arm_arr[i]), int(ts_arr[i])]
-            flags = self._script(keys=keys, args=argv)
+            parts.append(part)
+            calls.append((keys, argv))
+        # every chunk's call in one pipeline (one round trip), each call atomic
+        for part, flags in zip(parts, run_script(self._client, _LOG_SCRIPT, calls), strict=True):
             new[part] = np.asarray(flags, dtype=bool)
         return new
 
