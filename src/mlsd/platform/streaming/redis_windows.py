@@ -313,9 +313,9 @@ local parts = {}
 for line in string.gmatch(blob, '([^\n]*)\n') do
   if tonumber(string.match(line, '^[^,]*')) > floor then
     local body = string.sub(line, 1, string.find(line, '#', 1, true) - 1)
-    local label = '-1'
+    local label = 'nan'  -- no label (any number may be a label time, negative ones too)
     if labelled then
-      label = redis.call('HGET', h, 'l:' .. string.match(body, '^[^,]*,([^,]*)')) or '-1'
+      label = redis.call('HGET', h, 'l:' .. string.match(body, '^[^,]*,([^,]*)')) or 'nan'
     end
     parts[#parts + 1] = body .. ',' .. label
   end
@@ -652,7 +652,8 @@ class RedisWindowStore(_Scalar):
             v_val[row, col] = cells[:, 2].astype(np.int64)
             v_attr[row, col] = cells[:, 3 : 3 + a]
             label = cells[:, 3 + a]
-            v_lab[row, col] = np.where(label < 0, UNKNOWN, label.astype(np.int64))
+            known = ~np.isnan(label)
+            v_lab[row[known], col[known]] = label[known].astype(np.int64)
         return WindowView(
             t=ts,
             own_seq=own,
