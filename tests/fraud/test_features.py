@@ -203,3 +203,51 @@ def test_a_payment_applied_before_a_crash_and_again_after_gets_the_same_features
     if records:
         client.delete(*records)  # the worker died before the record was written
     pd.testing.assert_frame_equal(engine.update_batch(batch), first)
+
+
+# ------------------------------------------------------------------------------------------------
+# offline windows on DuckDB (training frames over long histories) == the online windows
+
+
+def _stream_with_ties():
+    tx = simulate(n_cards=300, n_terminals=60, days=10, seed=4)
+    # same-second payments of one card (ties: arrival order decides what each one sees) and missing
+    # devices (no device windows for those payments)
+    tx.loc[tx.index[5:40:2], "ts"] = tx.loc[tx.index[4:39:2], "ts"].to_numpy()
+    tx.loc[tx.index[10:30], "device_id"] = None
+    return tx
+
+
+def test_duckdb_windows_equal_the_online_engine_value_for_value():
+    from mlsd.fraud.features import window_features_duckdb
+
+    tx = _stream_with_ties()
+    online = replay(FeatureEngine(), tx, batch_size=256)  # micro-batches, labels as they arrive
+    offline = window_features_duckdb(tx)
+    ordered = tx.sort_values("ts", kind="stable").reset_index(drop=True)
+    assert offline["tx_id"].tolist() == ordered["tx_id"].tolist()  # stream order
+    columns = [c for c in offline.columns if c != "tx_id"]
+    assert len(columns) == 4 * 4 * 3  # 4 statistics x 4 entities x 3 windows
+    online = online.set_index(tx["tx_id"]).loc[offline["tx_id"]]
+    for column in columns:
+        np.testing.assert_array_equal(offline[column].to_numpy(), online[column].to_numpy(), err_msg=column)
+    assert offline["device_count_1h"].isna().sum() == 20  # missing device: no device window
+
+
+def test_duckdb_windows_read_parquet_files_out_of_core(tmp_path):
+    from mlsd.fraud.features import window_features_duckdb
+
+    tx = _stream_with_ties()
+    # a history in several files, ties across files ordered by file name then row
+    tx.iloc[: len(tx) // 2].to_parquet(tmp_path / "part-0.parquet")
+    tx.iloc[len(tx) // 2 :].to_parquet(tmp_path / "part-1.parquet")
+    from_files = window_features_duckdb(str(tmp_path / "part-*.parquet"), memory_limit="256MB", threads=1)
+    pd.testing.assert_frame_equal(from_files, window_features_duckdb(tx))
+
+
+def test_duckdb_windows_name_a_missing_column():
+    from mlsd.fraud.features import window_features_duckdb
+    from mlsd.platform.errors import InputError
+
+    with pytest.raises(InputError, match="amount"):
+        window_features_duckdb(_tiny().drop(columns=["amount"]), CONFIG)

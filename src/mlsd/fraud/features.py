@@ -251,6 +251,109 @@ def compute_features(frame: pd.DataFrame, config: FeatureConfig | None = None) -
     return result.iloc[inverse].reset_index(drop=True)
 
 
+def window_features_duckdb(
+    source: pd.DataFrame | str | Any,
+    config: FeatureConfig | None = None,
+    *,
+    memory_limit: str | None = None,
+    threads: int | None = None,
+) -> pd.DataFrame:
+    """The entity window columns (``{e}_{count,sum,mean,std}_{w}``) of every payment, on DuckDB.
+
+    For training frames over histories longer than memory: ``source`` is a DataFrame or Parquet
+    file(s) (a path or glob, read out-of-core; DuckDB spills its window sorts to disk past
+    ``memory_limit``). Returns ``tx_id`` and the window columns, one row per payment in stream order
+    (by ``ts``, ties by arrival: the DataFrame's row order, or file name then row number).
+
+    The same definition as the online windows, exactly: per entity, the payments in ``(t - w, t]``
+    that arrived no later than this one (a SQL ``RANGE (w - 1) PRECEDING`` frame over integer
+    seconds, minus the same-second payments that arrived after it), amounts as integer cents with
+    NumPy's rounding (``round_even``), integer moments summed in SQL and turned into mean / std by
+    the one :func:`~mlsd.platform.streaming.mean_std` both paths use (tests/fraud/test_features.py
+    checks them against the online engine value for value).
+    """
+    import duckdb
+
+    config = config or FeatureConfig()
+    con = duckdb.connect()
+    try:
+        if memory_limit:
+            con.execute(f"SET memory_limit = '{memory_limit}'")
+        if threads:
+            con.execute(f"SET threads = {int(threads)}")
+        if isinstance(source, pd.DataFrame):
+            _check(source)
+            frame = source.assign(__file="", __row=np.arange(len(source), dtype=np.int64))
+            con.register("payments_src", frame)
+            relation = "payments_src"
+            columns = set(frame.columns)
+        else:
+            path = str(source).replace("'", "''")
+            relation = f"read_parquet('{path}', filename = true, file_row_number = true)"
+            columns = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()}
+            relation = f"(SELECT *, filename AS __file, file_row_number AS __row FROM {relation})"
+        for name in ("tx_id", "ts", "amount"):
+            if name not in columns:
+                raise InputError(name, None, "is missing", f"the payments need a {name} column")
+        selects, windows = [], []
+        for kind in config.entities:
+            column = ENTITY_COLUMNS[kind]
+            if column not in columns:
+                continue
+            # peers: same entity, same second, arrived later: inside the RANGE frame, not yet seen
+            windows.append(
+                f"{kind}_later AS (PARTITION BY {column}, ts ORDER BY __order "
+                "ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING)"
+            )
+            for w in config.windows:
+                name = f"{kind}_{window_name(w)}"
+                windows.append(
+                    f"{name} AS (PARTITION BY {column} ORDER BY ts RANGE BETWEEN {int(w) - 1} PRECEDING "
+                    "AND CURRENT ROW)"
+                )
+                present = f"{column} IS NOT NULL"
+                for stat, expr in (("n", "1"), ("s", "cents"), ("q", "cents * cents")):
+                    later = f"COALESCE(SUM({expr}) OVER {kind}_later, 0)"
+                    selects.append(
+                        f"CASE WHEN {present} THEN CAST(SUM({expr}) OVER {name} - {later} AS BIGINT) END "
+                        f'AS "{name}:{stat}"'
+                    )
+        sql = f"""
+            WITH ordered AS (
+                SELECT *, CAST(round_even(CAST(amount AS DOUBLE) * 100.0, 0) AS BIGINT) AS cents,
+                       row_number() OVER (ORDER BY ts, __file, __row) AS __order
+                FROM {relation}
+            )
+            SELECT tx_id, __order{"".join(", " + x for x in selects)}
+            FROM ordered
+            {"WINDOW " + ", ".join(windows) if windows else ""}
+            ORDER BY __order
+        """
+        raw = con.execute(sql).df()
+    finally:
+        con.close()
+    out: dict[str, Any] = {"tx_id": raw["tx_id"].to_numpy()}
+    for kind in config.entities:
+        for w in config.windows:
+            name = f"{kind}_{window_name(w)}"
+            if f"{name}:n" not in raw.columns:
+                continue
+            count, total, squares = (raw[f"{name}:{x}"] for x in ("n", "s", "q"))
+            missing = count.isna().to_numpy()
+            count, total, squares = (c.fillna(0).to_numpy(np.int64) for c in (count, total, squares))
+            mean, std = mean_std(count, total, squares, 100.0)
+            for stat, values in (
+                ("count", count.astype(np.float64)),
+                ("sum", total / 100.0),
+                ("mean", mean),
+                ("std", std),
+            ):
+                values = np.asarray(values, dtype=np.float64)
+                values[missing] = np.nan
+                out[f"{kind}_{stat}_{window_name(w)}"] = values
+    return pd.DataFrame(out)
+
+
 def _card_offline(f, config, s: _Sorted, cents, ts) -> dict[str, np.ndarray]:
     n = len(f)
     h = config.history
