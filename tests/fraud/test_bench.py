@@ -67,6 +67,7 @@ def test_cluster_path_runs_partitions_on_a_redis_cluster_and_models_capacity(dir
         run = result["cluster"][f"workers={w}"]
         assert set(run) >= KEYS and run["payments"] == 300 and run["partitions"] == w
         assert len(run["shards"]) == 3  # the 3 masters' commands and CPU over the run
+        assert run["worker_cpu_ms_per_payment"] > 0
     capacity = result["cluster"]["capacity"]
     assert set(capacity["per_worker_tps_by_workers"]) == {"1", "2"}
     assert capacity["workers_needed"] == -(-300 // capacity["per_worker_tps"])  # ceil(target / rate)
@@ -82,8 +83,13 @@ def test_capacity_model_from_measured_runs():
         "workers=2": {"workers": 2, "achieved_tps": 5000.0, "payments": 150_000, "target_payments": 300_000,
                       "shards": {"a": {"cpu_ms_per_payment": 0.05}, "b": {"cpu_ms_per_payment": 0.03}}},
     }  # fmt: skip
+    runs["workers=1"]["worker_cpu_ms_per_payment"] = 0.2
+    runs["workers=2"]["worker_cpu_ms_per_payment"] = 0.25
     model = capacity_model(runs, target_tps=10_000)
     assert model["per_worker_tps"] == 2500.0 and model["workers_needed"] == 4
+    # a core each: 1000 / 0.225 ms = 4444 tx/s; at 70% busy 10k needs 4
+    assert model["per_worker_tps_dedicated_core"] == pytest.approx(4444.4, abs=0.1)
+    assert model["workers_needed_dedicated_cores"] == 4
     assert model["per_worker_rate_is"] == "measured at saturation"
     assert model["scaling_efficiency"] == pytest.approx(5000 / 6000, abs=1e-3)
     assert model["redis_cpu_ms_per_payment"] == 0.08  # all masters, median of the runs

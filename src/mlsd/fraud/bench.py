@@ -233,17 +233,24 @@ def bench_redis(
 
 
 def _cluster_worker(
-    workdir: str, cluster_url: str, layout: Any, partition: int, ready: Any, stop: Any
+    workdir: str, cluster_url: str, layout: Any, partition: int, ready: Any, stop: Any, results: Any
 ) -> None:
     import queue
 
     from mlsd.fraud.distributed import partition_worker_main
 
     overrides = {"batch_size": 1000, "block_ms": 20, "claim_idle_ms": 60_000}
+    cpu_at_ready = []
+
+    def on_ready() -> None:
+        cpu_at_ready.append(time.process_time())  # the model loaded: from here on, the work measured
+        ready.release()
+
+    stats: Any = queue.Queue()
     partition_worker_main(
-        workdir, cluster_url, layout, partition, None, queue.Queue(), overrides,
-        stop=stop.is_set, ready=ready.release,
-    )  # fmt: skip
+        workdir, cluster_url, layout, partition, None, stats, overrides, stop=stop.is_set, ready=on_ready
+    )
+    results.put({**stats.get(), "cpu_s": time.process_time() - cpu_at_ready[0]})
 
 
 def bench_cluster(
@@ -279,10 +286,12 @@ def bench_cluster(
     for stream in streams:
         ensure_group(cluster, stream, "scorers")
     ctx = mp.get_context("spawn")
-    ready, stop = ctx.Semaphore(0), ctx.Event()
+    ready, stop, results = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
     procs = [
         ctx.Process(
-            target=_cluster_worker, args=(str(dirs.root), cluster_url, layout, p, ready, stop), daemon=True
+            target=_cluster_worker,
+            args=(str(dirs.root), cluster_url, layout, p, ready, stop, results),
+            daemon=True,
         )
         for p in range(workers)
     ]
@@ -325,6 +334,11 @@ def bench_cluster(
         out["workers"] = workers
         out["partitions"] = workers
         wall = max(elapsed, 1e-9)
+        # each worker's CPU per payment decided (model loaded, polling included): the rate one worker
+        # reaches on a core of its own, which a shared, loaded machine's wall clock does not show
+        worker_stats = [results.get(timeout=60) for _ in procs]
+        cpu_s = sum(w["cpu_s"] for w in worker_stats)
+        out["worker_cpu_ms_per_payment"] = round(1000.0 * cpu_s / max(done, 1), 4)
         out["shards"] = {
             node: {
                 "ops_per_s": round((after[node]["commands"] - b["commands"]) / wall, 1),
@@ -351,8 +365,10 @@ def capacity_model(runs: dict[str, dict[str, Any]], target_tps: float = 10_000) 
     """Workers and Redis masters for ``target_tps``, from measured runs (``{"workers=w": result}``).
 
     Per-worker rate: a run's achieved rate / its workers (a run that kept up with its target only
-    bounds the rate from below: it says so). Masters: the runs' Redis CPU per payment (all masters)
-    against one core per master at 50% utilisation (the headroom for failover and bursts).
+    bounds the rate from below: it says so). With the workers' CPU per payment measured, also the
+    rate of a worker on a core of its own and the workers for ``target_tps`` at 70% busy. Masters:
+    the runs' Redis CPU per payment (all masters) against one core per master at 50% utilisation
+    (the headroom for failover and bursts).
 
     Examples:
         >>> runs = {"workers=1": {"workers": 1, "achieved_tps": 4000.0, "target_payments": 30000,
@@ -363,11 +379,13 @@ def capacity_model(runs: dict[str, dict[str, Any]], target_tps: float = 10_000) 
     """
     import math
 
-    rates, cpu = {}, []
+    rates, cpu, worker_cpu = {}, [], []
     saturated = {}
     for run in runs.values():
         w = int(run["workers"])
         rates[w] = run["achieved_tps"] / w
+        if run.get("worker_cpu_ms_per_payment"):
+            worker_cpu.append(run["worker_cpu_ms_per_payment"])
         saturated[w] = run["payments"] < run["target_payments"] or run.get("p99_ms", 0) > 1000
         shards = run.get("shards") or {}
         if shards:
@@ -384,6 +402,12 @@ def capacity_model(runs: dict[str, dict[str, Any]], target_tps: float = 10_000) 
         "per_worker_rate_is": "measured at saturation" if saturated[w_max] else "a lower bound (kept up)",
         "workers_needed": math.ceil(target_tps / per_worker) if per_worker > 0 else None,
     }
+    if worker_cpu:
+        # a worker with a core of its own, kept at 70% busy (headroom for bursts and reclaims)
+        per_core = 1000.0 / float(np.median(worker_cpu))
+        out["worker_cpu_ms_per_payment"] = round(float(np.median(worker_cpu)), 4)
+        out["per_worker_tps_dedicated_core"] = round(per_core, 1)
+        out["workers_needed_dedicated_cores"] = math.ceil(target_tps / (0.7 * per_core))
     if len(rates) > 1:
         w_min = min(rates)
         out["scaling_efficiency"] = round(rates[w_max] * w_max / (rates[w_min] * w_min) / (w_max / w_min), 3)
