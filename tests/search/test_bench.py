@@ -67,7 +67,8 @@ def test_sharded_bench_json_contract(tmp_path) -> None:
 
     pytest.importorskip("distributed")
     out = run_sharded_bench(
-        2000, 15, (2,), ann=AnnSettings(nlist=16, nprobe=4, flat_below=500), nprobe_sweep=(1, 16), cache_dir=tmp_path
+        2000, 15, (2,), ann=AnnSettings(nlist=16, nprobe=4, flat_below=500), probe_sweep=(1 / 16, 1),
+        cache_dir=tmp_path,
     )
     assert out["products"] == out["distinct_titles"] == 2000 and out["queries"] == 15
     [run] = out["runs"]

@@ -209,9 +209,6 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-SHARD_NPROBE = 256  # docs/scaling.md: the nprobe sweep at 1M titles
-
-
 def _shard_counts(text: str) -> list[int]:
     """``--shards 2`` or ``--shards 1,2``: the shard counts to bench, each in [1, 64]."""
     try:
@@ -409,8 +406,8 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
                    help="with --shards: the request deadline the broker gathers shards under")  # fmt: skip
     p.add_argument("--ann", choices=("ivf", "hnsw", "flat"), default="ivf",
                    help="with --shards: the ANN each shard builds over its title vectors")  # fmt: skip
-    p.add_argument("--nprobe", type=_positive("--nprobe", 1, 65_536), default=SHARD_NPROBE,
-                   help="with --shards --ann ivf: inverted lists searched per query")  # fmt: skip
+    p.add_argument("--nprobe", type=_positive("--nprobe", 1, 65_536), default=None,
+                   help="with --shards --ann ivf: inverted lists searched per query (default 1/16 of them)")  # fmt: skip
     p.add_argument("--recall-queries", type=_positive("--recall-queries", 1), default=None,
                    help="with --shards: queries recall@100 is measured on (default: all --queries)")  # fmt: skip
     p.add_argument("--json", action="store_true")
