@@ -94,3 +94,26 @@ def test_capacity_model_from_measured_runs():
     assert model["scaling_efficiency"] == pytest.approx(5000 / 6000, abs=1e-3)
     assert model["redis_cpu_ms_per_payment"] == 0.08  # all masters, median of the runs
     assert model["masters_needed"] == 2  # 10k x 0.08 ms = 0.8 core at 50% per master
+
+
+@pytest.mark.services
+def test_transport_bench_times_redis_streams_and_nats_jetstream(redis_url):
+    import os
+    import socket
+
+    from mlsd.fraud.bench import bench_transport
+
+    try:
+        socket.create_connection(("127.0.0.1", 4222), timeout=1.0).close()
+    except OSError:
+        if os.environ.get("MLSD_REQUIRE_SERVICES") == "1":
+            pytest.fail("MLSD_REQUIRE_SERVICES=1 but NATS JetStream at 127.0.0.1:4222 is not reachable")
+        pytest.skip("NATS JetStream at 127.0.0.1:4222 is not reachable: start nats-server -js")
+    pytest.importorskip("nats", reason="pip install nats-py")
+    out = bench_transport(300, batch=100, redis_url=redis_url)
+    for transport in ("redis_streams", "nats_jetstream"):
+        assert set(out[transport]) == {"publish_per_s", "consume_ack_per_s", "client_cpu_us_per_message"}
+        assert all(v > 0 for v in out[transport].values())
+    import redis
+
+    assert not list(redis.Redis.from_url(redis_url).scan_iter(match="mlsd-transport:*"))

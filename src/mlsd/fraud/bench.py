@@ -15,7 +15,8 @@ creates on Redis live under a unique prefix and are deleted afterwards. Without 
 :func:`bootstrap` simulates a small world and trains a champion in a temporary one.
 
 :func:`bench_feature_engine` times the online feature engine alone (no rules, no model):
-``python -m mlsd.fraud.bench --backend memory|redis --json``.
+``python -m mlsd.fraud.bench --backend memory|redis --json``; :func:`bench_transport` times the
+stream transports alone: ``python -m mlsd.fraud.bench --transport --json``.
 """
 
 from __future__ import annotations
@@ -643,6 +644,105 @@ def bench_feature_engine(
     }
 
 
+# ---------------------------------------------------------------------------------------------------
+# The transport alone: Redis Streams vs NATS JetStream (why the partitioned stream is on Redis)
+
+
+def bench_transport(
+    n: int = 50_000,
+    *,
+    batch: int = 1000,
+    redis_url: str = "redis://127.0.0.1:6379/15",
+    nats_url: str = "nats://127.0.0.1:4222",
+) -> dict[str, dict[str, float]]:
+    """``n`` payment bodies published, read in batches of ``batch`` and acknowledged, no scoring:
+    on a Redis Stream (pipelined XADD, XREADGROUP, one XACK per batch) and on a NATS JetStream
+    stream (memory storage, async publish with ``Nats-Msg-Id`` de-duplication, a durable pull
+    consumer, explicit acks: JetStream acknowledges message by message). Messages per second and the
+    client's CPU microseconds per message. Keys and streams it creates are deleted."""
+    import asyncio
+    import json
+    import resource
+
+    import redis
+
+    payloads = [p.encode() for p in _json_payloads(replay_payments(n, seed=2))]
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    def result(publish_s: float, consume_s: float, cpu_s: float) -> dict[str, float]:
+        return {
+            "publish_per_s": round(n / publish_s),
+            "consume_ack_per_s": round(n / consume_s),
+            "client_cpu_us_per_message": round(1e6 * cpu_s / n, 1),
+        }
+
+    client = redis.Redis.from_url(redis_url)
+    key = f"mlsd-transport:{uuid.uuid4().hex[:8]}"
+    try:
+        t, c = time.perf_counter(), cpu()
+        pipe = client.pipeline(transaction=False)
+        for i, body in enumerate(payloads, start=1):
+            pipe.xadd(key, {"p": body})
+            if i % 2000 == 0:
+                pipe.execute()
+        pipe.execute()
+        published = time.perf_counter() - t
+        client.xgroup_create(key, "scorers", id="0")
+        got, t = 0, time.perf_counter()
+        while got < n:
+            [[_, entries]] = client.xreadgroup("scorers", "c", {key: ">"}, count=batch)
+            for _, fields in entries:
+                json.loads(fields[b"p"])
+            client.xack(key, "scorers", *[e[0] for e in entries])
+            got += len(entries)
+        out = {"redis_streams": result(published, time.perf_counter() - t, cpu() - c)}
+    finally:
+        client.delete(key)
+        client.close()
+
+    async def jetstream() -> dict[str, float]:
+        try:
+            import nats
+            from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+        except ImportError as err:
+            raise InputError("--transport", "nats", f"needs nats-py ({err})", "pip install nats-py") from err
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        name = f"MLSDTRANSPORT{uuid.uuid4().hex[:8]}"
+        await js.add_stream(StreamConfig(name=name, subjects=[f"{name}.p"], storage="memory"))
+        try:
+            t, c = time.perf_counter(), cpu()
+            acks = []
+            for i, body in enumerate(payloads):
+                acks.append(await js.publish_async(f"{name}.p", body, headers={"Nats-Msg-Id": str(i)}))
+                if len(acks) >= 2000:
+                    await asyncio.gather(*acks)
+                    acks = []
+            await asyncio.gather(*acks)
+            published = time.perf_counter() - t
+            sub = await js.pull_subscribe(
+                f"{name}.p", durable="scorers",
+                config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=4 * batch),
+            )  # fmt: skip
+            got, t = 0, time.perf_counter()
+            while got < n:
+                messages = await sub.fetch(batch, timeout=10)
+                for m in messages:
+                    json.loads(m.data)
+                await asyncio.gather(*(m.ack() for m in messages))
+                got += len(messages)
+            return result(published, time.perf_counter() - t, cpu() - c)
+        finally:
+            await js.delete_stream(name)
+            await nc.close()
+
+    out["nats_jetstream"] = asyncio.run(jetstream())
+    return out
+
+
 if __name__ == "__main__":  # python -m mlsd.fraud.bench --backend memory --json
     import argparse
     import json
@@ -652,8 +752,14 @@ if __name__ == "__main__":  # python -m mlsd.fraud.bench --backend memory --json
     parser.add_argument("--payments", type=int, default=200_000)
     parser.add_argument("--batch-size", type=int, default=1_000)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
+    parser.add_argument(
+        "--transport", action="store_true", help="time Redis Streams vs NATS JetStream alone (no scoring)"
+    )
     parser.add_argument("--json", action="store_true")
     a = parser.parse_args()
+    if a.transport:
+        print(json.dumps(bench_transport(a.payments if a.payments != 200_000 else 50_000)))
+        raise SystemExit(0)
     warm = 50_000 if a.backend == "memory" else 5_000
     print(
         json.dumps(
