@@ -183,7 +183,7 @@ class _Loaded:
     rerankers: dict = field(default_factory=dict)
     # Serving user state from the online store: the model's per-user tables (stripped from ``model``)
     # and the namespace of this version's rows; None when the model holds every user in process.
-    user_tables: list | None = None
+    user_tables: tuple | None = None
     state_namespace: str | None = None
 
     def reranker_for(self, config: RerankConfig | None) -> Reranker:
@@ -317,7 +317,7 @@ def _get(obj: Any, path: tuple[str, ...]) -> Any:
     return obj
 
 
-def user_tables(model) -> list[_Table]:
+def user_tables(model) -> tuple[_Table, ...]:
     """The model's per-user tables: every fitted array, sparse matrix or frame of a user-indexed object
     whose first axis is the user axis (``len(users_)`` rows). The model itself contributes only
     ``seen_`` (its other fitted attributes, the ranker and the training reference, are not per user)."""
@@ -349,7 +349,7 @@ def user_tables(model) -> list[_Table]:
                 )
             elif isinstance(value, np.ndarray):
                 tables.append(_Table(where, "dense", value.dtype.str, tail=tuple(value.shape[1:])))
-    return tables
+    return tuple(tables)
 
 
 def _field(table: _Table) -> str:
@@ -359,7 +359,8 @@ def _field(table: _Table) -> str:
 STATE_FIELD = "state"
 
 
-def _parts(tables: list[_Table]) -> list[tuple[str, int | None]]:
+@functools.lru_cache(maxsize=16)  # per model layout: computed once, not per request
+def _parts(tables: tuple[_Table, ...]) -> list[tuple[str, int | None]]:
     """The packed value's parts in order: (name, fixed size in bytes, or None: length-prefixed)."""
     out: list[tuple[str, int | None]] = []
     for t in tables:
@@ -374,7 +375,8 @@ def _parts(tables: list[_Table]) -> list[tuple[str, int | None]]:
     return out
 
 
-def _layout(tables: list[_Table]) -> bytes:
+@functools.lru_cache(maxsize=16)
+def _layout(tables: tuple[_Table, ...]) -> bytes:
     """4 bytes naming the tables' layout: a reader whose model differs refuses the row, never misreads it."""
     import zlib
 
@@ -470,7 +472,7 @@ def user_state_nbytes(model) -> int:
     return int(total)
 
 
-def strip_user_state(model) -> list[_Table]:
+def strip_user_state(model) -> tuple[_Table, ...]:
     """Drop the model's per-user tables from process memory (each becomes an empty table of the same
     kind, every ``users_`` an empty id map): what a process serving from the online store keeps is the
     item side. Returns the tables' descriptions, which :func:`bind_user_state` rebuilds rows with."""
@@ -484,6 +486,11 @@ def strip_user_state(model) -> list[_Table]:
     for _path, obj in _owners(model):
         obj.users_ = empty_users
     return tables
+
+
+@functools.lru_cache(maxsize=64)
+def _column_index(columns: tuple) -> pd.Index:
+    return pd.Index(list(columns))
 
 
 def _stack(table: _Table, rows: list[dict[str, Any]]):
@@ -507,11 +514,15 @@ def _stack(table: _Table, rows: list[dict[str, Any]]):
         return (row_of * table.width + values).astype(table.dtype)
     dense = np.frombuffer(b"".join(r[name] for r in rows), dtype=table.dtype)
     if table.kind == "frame":
-        return pd.DataFrame(dense.reshape(len(rows), len(table.columns)), columns=list(table.columns))
+        return pd.DataFrame(
+            dense.reshape(len(rows), len(table.columns)), columns=_column_index(table.columns)
+        )
     return dense.reshape((len(rows), *table.tail))
 
 
-def bind_user_state(model, tables: list[_Table], user_ids: np.ndarray, rows: list[dict[str, Any] | None]):
+def bind_user_state(
+    model, tables: tuple[_Table, ...], user_ids: np.ndarray, rows: list[dict[str, Any] | None]
+):
     """A shallow copy of a stripped model whose user side is exactly the users of ``user_ids`` that have
     a row (``rows[j]`` is ``user_ids[j]``'s row, None for a user the store does not hold: cold start).
     Item-side state is shared with ``model``, never copied."""
