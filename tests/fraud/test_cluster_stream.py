@@ -218,3 +218,50 @@ def test_a_killed_partition_worker_loses_and_duplicates_nothing(workdir, cluster
         found, rows = records.get(ids)
         assert found.size == len(ids)
         np.testing.assert_array_equal(rows[:, card], want.to_numpy()[part == p][:, card])
+
+
+def _move_slot(cluster, slot: int, to_port: int | None = None) -> int:
+    """Move ``slot`` with its keys to another master (what `redis-cli --cluster reshard` does per
+    slot); returns the port it was on."""
+    import redis
+
+    masters = {n.port: redis.Redis(host=n.host, port=n.port) for n in cluster.get_primaries()}
+    ids = {port: c.execute_command("CLUSTER", "MYID").decode() for port, c in masters.items()}
+    src_port = cluster.nodes_manager.get_node_from_slot(slot).port
+    dst_port = to_port or next(p for p in masters if p != src_port)
+    src, dst = masters[src_port], masters[dst_port]
+    dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[src_port])
+    src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[dst_port])
+    while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+        src.execute_command("MIGRATE", "127.0.0.1", dst_port, "", 0, 5000, "KEYS", *keys)
+    for c in masters.values():
+        c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[dst_port])
+    cluster.nodes_manager.initialize()  # the test's own client: read the new slot map
+    return src_port
+
+
+def test_a_resharded_partition_slot_is_followed_and_the_batch_retried(cluster_url, layout_prefix):
+    import redis
+
+    from mlsd.platform.redis_cluster import key_slot
+
+    tx = _payments()
+    want = replay(FeatureEngine(), tx)
+    layout = ClusterLayout(1, layout_prefix)
+    engine = PartitionFeatureEngine(None, cluster_url=cluster_url, layout=layout, partition=0)
+    half = len(tx) // 2
+    first = engine.update_batch(tx.iloc[:half])
+    cluster = cluster_client(cluster_url)
+    slot = key_slot(layout.partition_prefix(0))
+    home = _move_slot(cluster, slot)  # the partition's stream, records and card windows move
+    try:
+        with pytest.raises(redis.ConnectionError, match="slot moved"):
+            engine.update_batch(tx.iloc[half:])  # the stream worker retries this as an outage
+        assert engine.reconnects == 1
+        second = engine.update_batch(tx.iloc[half:])  # the retry, on the slot's new master
+    finally:
+        _move_slot(cluster, slot, to_port=home)  # the session's cluster as it was
+    got = np.vstack([first.to_numpy(), second.to_numpy()])
+    # no label events in between here: compare the window and card columns (risk needs labels)
+    cols = [i for i, c in enumerate(want.columns) if not c.startswith("terminal_risk")]
+    np.testing.assert_array_equal(got[:, cols], want.to_numpy()[:, cols])

@@ -24,8 +24,9 @@ shared-entity features they hold with one partition.
 
 **Connections.** Each store and stream talks to the one master holding its slot (a plain client,
 found through ``RedisCluster``): no per-command slot lookup on the hot path. A resharding that moves
-a partition's slot answers ``MOVED``; the worker's transient-error loop does not cover that: restart
-the worker (it looks the slot up again). ``N`` and ``B`` are part of the key names: changing them
+a slot answers ``MOVED``: the feature engine then rebuilds its stores from the new slot map and the
+batch is retried as after an outage; the stream's own client (the partition's stream keys) is not
+rebuilt: the worker exits and its restart looks the slot up again (its entries stay pending). ``N`` and ``B`` are part of the key names: changing them
 is a rebuild of the windows (replay the horizon), as with a Kafka topic's partition count.
 
 The cluster is any Redis Cluster named by a ``redis+cluster://`` URL (the platform's
@@ -277,7 +278,6 @@ class PartitionFeatureEngine(FeatureEngine):
         redis_retries: int | None = 0,
     ) -> None:
         from mlsd.fraud.features import _retries
-        from mlsd.platform.streaming.redis_windows import RedisWindowStore
 
         # the memory backend builds nothing costly (a 1-row record ring); its stores are replaced here
         super().__init__(config, backend="memory", record_capacity=1)
@@ -287,43 +287,71 @@ class PartitionFeatureEngine(FeatureEngine):
                 "--partition", partition, f"is not a partition of {layout.partitions}",
                 f"use 0..{layout.partitions - 1}",
             )  # fmt: skip
-        options: dict[str, Any] = {
+        self.cluster_url, self.layout, self.partition = cluster_url, layout, int(partition)
+        self.record_window_s, self.retain_s = record_window_s, retain_s
+        self._options: dict[str, Any] = {
             "socket_timeout": socket_timeout_s,
             "socket_connect_timeout": socket_timeout_s,
         }
         if redis_retries is not None:
-            options["retry"] = _retries(redis_retries)
-        cluster = cluster_client(cluster_url)
-        own = layout.partition_prefix(partition)
-        home = node_client(cluster, own, **options)
+            self._options["retry"] = _retries(redis_retries)
+        self.reconnects = 0
+        self._connect()
+
+    def _connect(self) -> None:
+        """Build the stores on the masters that hold their slots now (the slot map read afresh)."""
+        from mlsd.platform.streaming.redis_windows import RedisWindowStore
+
+        cluster = cluster_client(self.cluster_url)
+        own = self.layout.partition_prefix(self.partition)
         clients: dict[tuple[str, int], Any] = {}
 
         def client_for(prefix: str) -> Any:
             node = cluster.get_node_from_key(prefix)
             if (node.host, node.port) not in clients:
-                clients[(node.host, node.port)] = node_client(cluster, prefix, **options)
+                clients[(node.host, node.port)] = node_client(cluster, prefix, **self._options)
             return clients[(node.host, node.port)]
 
-        self.stores = {}
+        stores: dict[str, Any] = {}
         for kind in self.config.entities:
             horizon = self.config.horizon(kind)
-            settings = {"retain_s": retain_s, "idle_ttl_s": 2 * horizon + retain_s}
+            settings = {"retain_s": self.retain_s, "idle_ttl_s": 2 * horizon + self.retain_s}
             if kind == "card":
-                self.stores[kind] = RedisWindowStore(
-                    horizon, 4, prefix=f"{own}fw:card:", client=home, **settings
+                stores[kind] = RedisWindowStore(
+                    horizon, 4, prefix=f"{own}fw:card:", client=client_for(own), **settings
                 )
             else:
-                self.stores[kind] = BucketedWindowStore(
+                stores[kind] = BucketedWindowStore(
                     [
                         RedisWindowStore(
-                            horizon, 0, prefix=(p := layout.bucket_prefix(kind, b)), client=client_for(p),
-                            **settings,
+                            horizon, 0, prefix=(p := self.layout.bucket_prefix(kind, b)),
+                            client=client_for(p), **settings,
                         )
-                        for b in range(layout.buckets)
+                        for b in range(self.layout.buckets)
                     ]
                 )  # fmt: skip
-        self.records = RedisRecords(home, own + "fw:", self.feature_names, record_window_s)
+        self.stores = stores
+        self.records = RedisRecords(client_for(own), own + "fw:", self.feature_names, self.record_window_s)
         cluster.close()
+
+    def update_matrix(self, frame: pd.DataFrame) -> np.ndarray:
+        """:meth:`FeatureEngine.update_matrix`; a slot that moved to another master (a reshard:
+        ``MOVED`` / ``ASK`` / ``TRYAGAIN``) rebuilds the stores from the new slot map and raises a
+        connection error, which the stream worker retries like an outage (the batch again,
+        idempotent) instead of taking the payments for poison."""
+        import redis
+
+        try:
+            return super().update_matrix(frame)
+        except (
+            redis.exceptions.MovedError,
+            redis.exceptions.AskError,
+            redis.exceptions.TryAgainError,
+        ) as err:
+            # TRYAGAIN: a multi-key call while its slot is half migrated; after the move it goes through
+            self._connect()
+            self.reconnects += 1
+            raise redis.ConnectionError(f"a slot moved ({err}): stores rebuilt on the new masters") from err
 
 
 def publish_partitioned(
