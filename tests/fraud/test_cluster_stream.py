@@ -265,3 +265,22 @@ def test_a_resharded_partition_slot_is_followed_and_the_batch_retried(cluster_ur
     # no label events in between here: compare the window and card columns (risk needs labels)
     cols = [i for i, c in enumerate(want.columns) if not c.startswith("terminal_risk")]
     np.testing.assert_array_equal(got[:, cols], want.to_numpy()[:, cols])
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        (["--redis-cluster", "redis://127.0.0.1:6379/0"], "--redis-cluster"),  # not a cluster URL
+        (["--redis-cluster", "redis+cluster://127.0.0.1:1", "--partitions", "0"], "--partitions"),
+        (["--redis-cluster", "redis+cluster://127.0.0.1:1", "--partition", "2"], "--partition"),
+        (["--redis-cluster", "redis+cluster://127.0.0.1:1", "--workers", "3"], "--workers"),
+        (["--redis-cluster", "redis+cluster://127.0.0.1:1", "--batch-size", "0"], "--batch-size"),
+    ],
+)
+def test_stream_on_a_cluster_refuses_bad_options_naming_them(tmp_path, capsys, extra, field):
+    from mlsd.cli import main
+
+    code = main(["fraud", "stream", "--workdir", str(tmp_path), *extra])
+    assert code == 2
+    assert field in capsys.readouterr().err
+    assert not (tmp_path / "fraud").exists()  # nothing created

@@ -478,6 +478,16 @@ def run_partitioned_stream(args: Any) -> dict[str, Any]:
     from mlsd.platform.system import SystemDir
 
     layout = ClusterLayout(int(args.partitions), args.prefix)
+    if getattr(args, "workers", 1) != 1:
+        raise InputError(
+            "--workers", args.workers, "is set by --partitions on a Redis Cluster (one worker per partition)",
+            f"drop --workers; use --partitions {args.workers} (or --partition k to run one partition's worker)",
+        )  # fmt: skip
+    if getattr(args, "experiments", None):
+        raise InputError(
+            "--experiments", args.experiments, "shadow experiments are not wired into the partitioned stream yet",
+            "run the shadow experiment on the single-Redis stream (--redis-url) or over HTTP (mlsd fraud serve)",
+        )  # fmt: skip
     chosen = sorted(set(args.partition)) if args.partition else list(range(layout.partitions))
     for p in chosen:
         if not 0 <= p < layout.partitions:
@@ -487,9 +497,18 @@ def run_partitioned_stream(args: Any) -> dict[str, Any]:
                 f"is not a partition of {layout.partitions}",
                 f"use 0..{layout.partitions - 1}",
             )
+    overrides = {
+        "batch_size": args.batch_size,
+        "claim_idle_ms": args.claim_idle_ms,
+        "ordered": False if getattr(args, "unordered", False) else None,
+    }
+    for name in ("batch_size", "claim_idle_ms"):
+        if overrides[name] is not None and overrides[name] < (1 if name == "batch_size" else 0):
+            flag = "--" + name.replace("_", "-")
+            raise InputError(flag, overrides[name], "must be positive", f"e.g. {flag} 500")
+    cluster = cluster_client(args.redis_cluster)  # a wrong URL fails here (no connection made yet)
     dirs = SystemDir(args.workdir, "fraud")
     dirs.require_champion(MODEL_NAME)
-    cluster = cluster_client(args.redis_cluster)
     published = [0] * layout.partitions
     if args.publish:
         tx = load_history(args.publish).sort_values("ts", kind="stable")
@@ -499,7 +518,6 @@ def run_partitioned_stream(args: Any) -> dict[str, Any]:
             cluster, layout, tx.drop(columns=["fraud", "scenario", "label_ts"], errors="ignore")
         )
     idle = args.idle_exit if args.idle_exit is not None else (2.0 if args.publish else None)
-    overrides = {"batch_size": args.batch_size, "claim_idle_ms": args.claim_idle_ms}
     started = time.perf_counter()
     stats: list[dict[str, Any]] = []
     if len(chosen) == 1:
