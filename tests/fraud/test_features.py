@@ -251,3 +251,13 @@ def test_duckdb_windows_name_a_missing_column():
 
     with pytest.raises(InputError, match="amount"):
         window_features_duckdb(_tiny().drop(columns=["amount"]), CONFIG)
+
+
+def test_compute_features_with_duckdb_windows_is_the_same_frame():
+    tx = _stream_with_ties()
+    pd.testing.assert_frame_equal(compute_features(tx, windows="duckdb"), compute_features(tx))
+    handbook = FeatureConfig.handbook()  # no device / IP columns in that format: absent, not faked
+    plain = tx.drop(columns=["device_id", "ip"])
+    pd.testing.assert_frame_equal(
+        compute_features(plain, handbook, windows="duckdb"), compute_features(plain, handbook)
+    )

@@ -203,14 +203,20 @@ def _window_offline(s: _Sorted, cents: np.ndarray, width: int):
     return hi - lo, c1[hi] - c1[lo], c2[hi] - c2[lo]
 
 
-def compute_features(frame: pd.DataFrame, config: FeatureConfig | None = None) -> pd.DataFrame:
+def compute_features(
+    frame: pd.DataFrame, config: FeatureConfig | None = None, *, windows: str = "numpy"
+) -> pd.DataFrame:
     """Offline features for every payment of ``frame`` (rows in the input's order).
 
     ``fraud`` / ``label_ts`` columns, when present, feed the terminal risk - each label only from its
     ``label_ts`` on. Vectorised: a few sorts and ``searchsorted`` calls per entity and window.
+    ``windows="duckdb"``: the entity window columns from :func:`window_features_duckdb` (bounded
+    memory for long histories), the same values.
     """
     config = config or FeatureConfig()
     _check(frame)
+    if windows not in ("numpy", "duckdb"):
+        raise InputError("windows", windows, "unknown window engine", "use 'numpy' or 'duckdb'")
     n = len(frame)
     # Process in (ts, arrival) order, as the stream would; map back to the input order at the end.
     arrival = np.argsort(frame["ts"].to_numpy(np.int64), kind="stable")
@@ -222,6 +228,14 @@ def compute_features(frame: pd.DataFrame, config: FeatureConfig | None = None) -
     out: dict[str, np.ndarray] = {"amount": f["amount"].to_numpy(np.float64)}
     out["is_night"], out["is_weekend"] = _calendar(ts)
     sorted_by: dict[str, tuple[_Sorted, np.ndarray]] = {}
+    if windows == "duckdb":  # in stream order, as f: the (ts, arrival) order
+        frame_windows = window_features_duckdb(f, config)
+        for kind in config.entities:  # an entity the data lacks: its columns all missing, as below
+            for w in config.windows:
+                for stat in ("count", "sum", "mean", "std"):
+                    name = f"{kind}_{stat}_{window_name(w)}"
+                    has = name in frame_windows.columns
+                    out[name] = frame_windows[name].to_numpy(np.float64) if has else np.full(n, np.nan)
     for kind in config.entities:
         column = ENTITY_COLUMNS[kind]
         present = f[column].notna().to_numpy() if column in f else np.zeros(n, bool)
@@ -230,7 +244,7 @@ def compute_features(frame: pd.DataFrame, config: FeatureConfig | None = None) -
         s = _Sorted(codes, rel[rows])
         sorted_by[kind] = (s, rows)
         c = cents[rows][s.order]
-        for w in config.windows:
+        for w in config.windows if windows == "numpy" else ():
             count, total, squares = _window_offline(s, c, w)
             mean, std = mean_std(count, total, squares, 100.0)
             name = window_name(w)
