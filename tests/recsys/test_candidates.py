@@ -339,6 +339,7 @@ def test_rp3beta_above_max_items_keeps_a_sparse_top_k_that_equals_the_dense_walk
     assert (dense_top[~positive] <= 1e-9).all()  # where the sparse form pads, the dense one has zeros
     pruned = RP3BetaCandidates(alpha=0.8, max_items=5, top_k=3, block=7).fit(toy)
     assert np.diff(pruned.M_.indptr).max() <= 3 and pruned.M_.diagonal().sum() == 0
+    assert pruned.X_.dtype == pruned.M_.dtype == np.float32  # no per-request upcast copy of M_
     rows, cols = pruned.M_.nonzero()
     np.testing.assert_allclose(np.asarray(pruned.M_[rows, cols]).ravel(), dense.M_[rows, cols], rtol=1e-5)
     for r in range(n):  # the kept ones are the row's strongest

@@ -122,8 +122,9 @@ class RP3BetaCandidates(_ItemItemCandidates):
         if not isinstance(self.top_k, int | np.integer) or isinstance(self.top_k, bool) or self.top_k < 1:
             raise InputError("top_k", self.top_k, "must be a positive integer", "use e.g. 200")
         self.users_, self.items_ = hist.users, hist.items
-        X = hist.matrix.copy().tocsr()
+        X = hist.matrix.copy().tocsr().astype(np.float32)
         X.data[:] = 1.0
+        # float32 like M_: a float64 history would make scipy upcast (copy) all of M_ on every request
         self.X_ = X
         self.M_ = self._sparse_top_k(X)
         return self
