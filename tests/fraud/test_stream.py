@@ -234,6 +234,31 @@ def test_an_engine_failing_for_a_moment_dead_letters_nothing(setup, redis_prefix
     assert read_dead_letters(client, keys["dead"]) == []
 
 
+def test_a_review_queue_outage_longer_than_max_attempts_dead_letters_nothing(setup, redis_prefix):
+    """The scorer's PostgreSQL review queue down for longer than ``max_attempts`` tries: the payments
+    are not at fault, so the worker rides the outage out with backoff and decides every one after it."""
+    from mlsd.platform.errors import DependencyUnavailable
+
+    client, make_worker = setup
+    keys = stream_keys(redis_prefix)
+    publish(client, keys["input"], payments(6, 2))
+    delays: list[float] = []
+    worker = make_worker("a", batch_size=50, max_attempts=3, sleep=delays.append)
+    score, calls = worker.scorer, []
+
+    def queue_down(bodies):
+        calls.append(len(bodies))
+        if len(calls) <= 5:
+            raise DependencyUnavailable("postgres", "PostgreSQL did not answer (OperationalError)")
+        return score(bodies)
+
+    worker.scorer = queue_down
+    worker.run(idle_exit_s=0.2)
+    assert sorted(d["tx_id"] for d in read_decisions(client, keys["output"])) == list(range(6))
+    assert read_dead_letters(client, keys["dead"]) == []
+    assert len(delays) >= 5 and calls[:5] == [6] * 5  # the whole batch retried, never split
+
+
 def test_a_dead_letter_is_written_once_when_two_workers_hold_the_entry(setup, redis_prefix):
     client, make_worker = setup
     keys = stream_keys(redis_prefix)

@@ -187,12 +187,16 @@ class Backoff:
         self.attempt = 0
 
 
-def transient_redis_errors() -> tuple[type[BaseException], ...]:
-    """The Redis errors a worker rides out: connection refused / cut, timeouts, a server still loading
-    its data (``BusyLoadingError`` is a ``ConnectionError``)."""
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """The errors a worker rides out (backoff, never a dead letter): Redis connection refused / cut,
+    timeouts, a server still loading its data (``BusyLoadingError`` is a ``ConnectionError``), and a
+    dependency of the scorer that did not answer (:class:`DependencyUnavailable`: the review queue's
+    PostgreSQL) - the payment is not at fault, so it must not be dead-lettered after ``max_attempts``."""
     import redis
 
-    return (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+    from mlsd.platform.errors import DependencyUnavailable
+
+    return (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, DependencyUnavailable)
 
 
 def retry_transient(
@@ -206,7 +210,7 @@ def retry_transient(
     while True:
         try:
             return call()
-        except transient_redis_errors() as err:
+        except transient_errors() as err:
             if time.monotonic() > end:
                 raise
             delay = backoff.next()
@@ -394,11 +398,11 @@ class StreamWorker:
             log.warning("stream worker %s: %s; retry in %.2f s", self.consumer, err, delay)
             self.sleep(delay)
             return 0
-        except transient_redis_errors() as err:
+        except transient_errors() as err:
             delay = self.backoff.next()
             self.stats.redis_errors += 1
             log.warning(
-                "stream worker %s: Redis error (%s: %s); retry %d in %.2f s",
+                "stream worker %s: transient error (%s: %s); retry %d in %.2f s",
                 self.consumer, type(err).__name__, err, self.backoff.attempt, delay,
             )  # fmt: skip
             self.sleep(delay)
@@ -510,7 +514,7 @@ class StreamWorker:
         scored again. Returns ``(ids decided, their records, poison entries)``."""
         from mlsd.platform.errors import InputError
 
-        transient = transient_redis_errors()
+        transient = transient_errors()
         ids, payments = list(ids), list(payments)
         self._current = ids  # what mark_applied marks: the entries still in the batch
         poison: list[tuple[bytes, str, bytes]] = []
@@ -534,7 +538,7 @@ class StreamWorker:
         """The slow path, only after a batch failed without naming its bad payment: one by one."""
         from mlsd.platform.errors import InputError
 
-        transient = transient_redis_errors()
+        transient = transient_errors()
         kept, records = [], []
         for entry_id, payment in zip(ids, payments, strict=True):
             self._current = [entry_id]  # applied one by one: mark them so
