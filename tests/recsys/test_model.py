@@ -109,3 +109,24 @@ def test_temporal_label_split_fits():
     assert model.train_meta_["cutoff"] is not None and model.train_meta_["positives"] > 0
     items, _, _ = model.recommend(np.array([1]), k=3)
     assert (items >= 0).all()
+
+
+def test_the_definitions_model_on_a_catalogue_without_genres_or_years(tmp_path):
+    """Imported data may carry no genres and no years (docs/data.md: '' and -1): the model definition's
+    side-information features are then missing (NaN) on every row, the model still fits, ranks, saves
+    and loads, and tastes are still learned from the history."""
+    from mlsd.recsys.features import SIDE_FEATURES
+    from mlsd.recsys.model import model_spec
+
+    ds = toy_dataset(n_users=60, n_items=40, per_user=10)
+    ds = type(ds)(ds.interactions, ds.items.assign(genres="", year=-1), ds.users, name="bare")
+    spec = model_spec(len(ds.items), sources={"ease": 12, "content": 8, "popular": 6}, n_estimators=20)
+    model = spec.build(label_split="stratified").fit(ds)
+    assert model.features_.side_info
+    frame = model.candidates([2, 3])
+    X = model.rank_features(frame)
+    assert X[[c for c in SIDE_FEATURES if c.startswith("x_")]].isna().all().all()
+    items, _, _ = model.recommend([2, 3], k=5)
+    assert (items[0] % 2 == 0).mean() >= 0.8 and (items[1] % 2 == 1).mean() >= 0.8  # even/odd tastes
+    again = TwoStageRecommender.load(model.save(tmp_path / "m"))
+    np.testing.assert_array_equal(again.recommend([2, 3], k=5)[0], items)
