@@ -68,25 +68,25 @@ def test_over_the_dense_limit_both_paths_leave_out_the_same_sources(capsys):
     evaluated, served = both(ds)
     assert definition(evaluated) == definition(served)
     sources = definition(served)["sources"]
-    assert not {"ease", "rp3", "seq", "blend"} & set(sources)
-    assert {"als", "content", "popular"} <= set(sources)
+    assert not {"ease", "seq", "blend"} & set(sources)
+    assert {"als", "rp3", "content", "popular"} <= set(sources)  # RP3beta in its sparse top-k form
     assert definition(served)["ranker"].get("base_feature") is None
     # the sources left are the ones that fit: nothing else drops out silently at fit time
     assert fitted_sources(evaluated, ds) == fitted_sources(served, ds)
     # the reason is said, in both paths alike
     spec = model_spec(len(ds.items))
-    assert set(spec.dropped) == {"ease", "rp3", "blend"} and str(DENSE_MAX_ITEMS) in spec.dropped["ease"]
+    assert set(spec.dropped) == {"ease", "blend"} and str(DENSE_MAX_ITEMS) in spec.dropped["ease"]
     evaluate.two_stage_for_evaluation(progress=True, n_items=len(ds.items))
     training.model_for(ds, TrainConfig(), progress=True)
     err = capsys.readouterr().err
-    assert err.count("source 'ease' left out") == 2 and "ALS, content and popularity" in err
+    assert err.count("source 'ease' left out") == 2 and "ALS, RP3beta (sparse), content and popularity" in err
     with pytest.raises(InputError, match="blend"):
         evaluate.blend_for_evaluation(len(ds.items))
 
 
 def test_at_the_limit_nothing_is_left_out():
     assert model_spec(DENSE_MAX_ITEMS).dropped == {}
-    assert set(model_spec(DENSE_MAX_ITEMS + 1).dropped) == {"ease", "rp3", "blend"}
+    assert set(model_spec(DENSE_MAX_ITEMS + 1).dropped) == {"ease", "blend"}
 
 
 @pytest.mark.parametrize("n_items", [-1, 2.5])

@@ -414,10 +414,12 @@ class TwoStageRecommender:
 # The model definition: what `mlsd recsys evaluate` measures and `mlsd recsys train` serves, built by one
 # function so the two cannot drift apart.
 
-# Sources that hold a dense items x items matrix (EASE, RP3beta, sequential EASE, and the blend of
-# them): above this many titles their matrices (and the inverse EASE needs) do not fit a serving box.
+# Sources that hold a dense items x items matrix (EASE, sequential EASE, and the blend of them): above
+# this many titles their matrices (and the inverse EASE needs, which has no sparse form) do not fit a
+# serving box. RP3beta is not among them: above the limit it keeps a sparse top-k neighbourhood per
+# title (mlsd.recsys.candidates.item_item), so the model served at 50K titles still has it.
 DENSE_MAX_ITEMS = 20_000
-DENSE_SOURCES = ("ease", "rp3", "seq", "blend")
+DENSE_SOURCES = ("ease", "seq", "blend")
 # The candidate scorers whose scores become ranker features when they are among the sources.
 SCORE_MODELS = ("als", "ease", "rp3", "content", "blend")
 # With the blend among the sources the trees boost from its score (LightGBM init_score) and learn only
@@ -513,8 +515,8 @@ def model_spec(
     ``sources`` (name -> candidates) and ``n_estimators`` are a job's explicit overrides (a simulated
     world's smaller job, an experiment's challenger); ``None`` keeps the definition's. Source settings
     are :data:`~mlsd.recsys.candidates.EVAL_SOURCE_SETTINGS` (chosen on inner validation, whichever
-    path builds). Above :data:`DENSE_MAX_ITEMS` titles the dense sources (EASE, RP3beta, sequential
-    EASE, the blend) are left out, with the reason in ``dropped``, and the trees learn from scratch.
+    path builds). Above :data:`DENSE_MAX_ITEMS` titles the dense sources (EASE, sequential EASE,
+    the blend) are left out, with the reason in ``dropped``, and the trees learn from scratch.
 
     >>> spec = model_spec(1_682)
     >>> "blend" in spec.sources, spec.ranker["base_feature"], spec.dropped
@@ -523,7 +525,7 @@ def model_spec(
     True
     >>> big = model_spec(50_000)
     >>> sorted(big.dropped), "base_feature" in big.ranker
-    (['blend', 'ease', 'rp3'], False)
+    (['blend', 'ease'], False)
     """
     if not isinstance(n_items, int | np.integer) or n_items < 0:
         raise InputError("n_items", n_items, "must be a non-negative integer", "pass len(dataset.items)")
@@ -531,7 +533,7 @@ def model_spec(
     dropped = {}
     if n_items > DENSE_MAX_ITEMS:
         why = (f"{n_items} titles > {DENSE_MAX_ITEMS}: it needs a dense titles x titles matrix; "
-               "ALS, content and popularity cover the catalogue")  # fmt: skip
+               "ALS, RP3beta (sparse), content and popularity cover the catalogue")  # fmt: skip
         dropped = {name: why for name in DENSE_SOURCES if name in chosen}
         chosen = {name: n for name, n in chosen.items() if name not in dropped}
     ranker = dict(RANKER_ON_BLEND if "blend" in chosen else RANKER_FROM_SCRATCH)
