@@ -78,3 +78,11 @@ def test_serve_without_a_champion_exits_2_with_the_fix_and_creates_nothing(tmp_p
     err = capsys.readouterr().err
     assert f"mlsd recsys train --workdir {tmp_path}" in err and "recsys-ranker" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_serve_with_a_user_state_store_that_does_not_answer_exits_2_naming_it(tiny, blackhole, capsys):
+    """`serve --user-state URL` writes the champion's users there before any worker starts: a store
+    that does not answer is named, with the fix, before the service binds its port."""
+    assert main(["recsys", "serve", "--workdir", str(tiny.root), "--user-state", blackhole]) == 2
+    err = capsys.readouterr().err
+    assert "--user-state" in err and "drop --user-state" in err

@@ -299,6 +299,25 @@ def test_user_state_from_the_online_store_serves_what_process_memory_serves(tiny
     shared.close()
 
 
+def test_a_version_never_exported_is_written_by_the_first_engine_that_loads_it(tiny):
+    """A promoted version whose users nobody exported: the engine that loads it writes them (once,
+    with a marker), so its users are not served as cold starts; a second engine finds the marker."""
+    from mlsd.platform.features.online import MemoryStore
+    from mlsd.recsys.engine import ensure_user_state, user_state_namespace
+    from mlsd.recsys.model import TwoStageRecommender
+
+    store = MemoryStore()
+    local = RecsysEngine(tiny.registry, config=UNHURRIED)
+    first = RecsysEngine(tiny.registry, config=UNHURRIED, user_state=store)
+    assert store.get_many(f"{user_state_namespace(1)}:meta", ["exported"])[0] is not None
+    model = TwoStageRecommender.load(ModelRegistry(tiny.registry).artifact_path("recsys-ranker", "champion"))
+    users = [int(u) for u in model.users_.ids[:12]]
+    _same_answers(local, first, [{"user_id": u, "k": 8} for u in users])
+    assert ensure_user_state(model, store, 1) is None  # already there: not written again
+    for engine in (local, first):
+        engine.close()
+
+
 def test_user_state_on_real_redis_and_an_outage_serves_cold_start(tiny, redis_url, redis_prefix, blackhole):
     from mlsd.platform.features.online import RedisStore
 

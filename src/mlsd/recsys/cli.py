@@ -131,6 +131,10 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_positive_int("workers", 1, 64), default=1,
                    help="uvicorn worker processes, each with its own copy of the model (one Python process "
                         "serves one request at a time: throughput grows with processes)")  # fmt: skip
+    p.add_argument("--user-state", default=None, metavar="URL",
+                   help="redis://... or redis+cluster://h:p[,h:p]: the champion's per-user tables are written "
+                        "there once at start and every worker reads its users from it instead of holding "
+                        "them (docs/scaling.md)")  # fmt: skip
     add_serving_options(
         p
     )  # --experiments FILE (recsys experiments route every request), --exposure-redis URL
@@ -253,6 +257,8 @@ def _serve(args: argparse.Namespace) -> int:
         service=ServiceConfig(clock=args.clock, exposure_log_path=args.exposure_log),
     )
     config.validate()
+    if args.user_state:
+        _export_champion_user_state(dirs, args.user_state)
     if args.workers > 1:
         return _serve_workers(args)
     from mlsd.platform.experiments.client import ExperimentClient
@@ -267,11 +273,43 @@ def _serve(args: argparse.Namespace) -> int:
         from mlsd.platform.features.online import RedisStore
 
         store = RedisStore(args.online_store, prefix="mlsd:")
+    user_state = None
+    if args.user_state:
+        from mlsd.platform.features.online import RedisStore
+
+        user_state = RedisStore(args.user_state, prefix=USER_STATE_PREFIX)
     experiments = ExperimentClient.from_options(args.experiments, args.exposure_redis)
-    engine = RecsysEngine.from_dirs(dirs, config=config, online_store=store, experiments=experiments)
+    engine = RecsysEngine.from_dirs(
+        dirs, config=config, online_store=store, experiments=experiments, user_state=user_state
+    )
     print(f"serving {MODEL_NAME} v{engine.model_version} on http://{args.host}:{args.port}", file=sys.stderr)
     serve(create_service_app(engine), host=args.host, port=args.port)
     return 0
+
+
+USER_STATE_PREFIX = "mlsd:"  # the workers' default (mlsd.recsys.service.USER_STATE_PREFIX_ENV)
+
+
+def _export_champion_user_state(dirs, url: str) -> None:
+    """Write the champion's per-user tables to the online store at ``url`` (under its version's
+    namespace, so a later version never reads them) unless they are there, before any worker starts:
+    the workers then hold only the item side. A version promoted later is exported by the first
+    worker that loads it (:func:`mlsd.recsys.engine.ensure_user_state`)."""
+    from mlsd.platform.features.online import RedisStore
+    from mlsd.platform.registry import ModelRegistry
+    from mlsd.recsys.config import MODEL_NAME
+    from mlsd.recsys.engine import ensure_user_state
+    from mlsd.recsys.model import TwoStageRecommender
+
+    store = RedisStore(url, prefix=USER_STATE_PREFIX)
+    if not store.ping():
+        raise InputError("--user-state", url, "does not answer", "start Redis there, or drop --user-state")
+    registry = ModelRegistry(dirs.registry)
+    version = registry.current_version(MODEL_NAME, "champion")
+    model = TwoStageRecommender.load(registry.artifact_path(MODEL_NAME, version))
+    done = ensure_user_state(model, store, version, progress=True)
+    said = "already there" if done is None else f"{done['users']:,} users, {done['bytes_per_user']} B each"
+    print(f"user state of v{version} in {url}: {said}", file=sys.stderr)
 
 
 def _serve_workers(args: argparse.Namespace) -> int:
@@ -301,6 +339,8 @@ def _serve_workers(args: argparse.Namespace) -> int:
         service.EXPERIMENTS_ENV: args.experiments or "",
         service.EXPOSURE_REDIS_ENV: args.exposure_redis or "",
         service.ONLINE_STORE_ENV: args.online_store or "",
+        service.USER_STATE_ENV: args.user_state or "",
+        service.USER_STATE_PREFIX_ENV: USER_STATE_PREFIX,
     }
     service.app_from_env(env)  # fail here, once, with a clear message, not in N workers
     os.environ.update(env)

@@ -205,11 +205,18 @@ def _with_config(reranker: Reranker, config: RerankConfig) -> Reranker:
 
 
 def load_snapshot(
-    model_dir: Path, version: int | None, config: RecsysConfig, *, user_state_in_store: bool = False
+    model_dir: Path,
+    version: int | None,
+    config: RecsysConfig,
+    *,
+    user_state_in_store: bool = False,
+    state_store=None,
 ) -> _Loaded:
     """Load a registered artifact directory (model + ``catalog/``) into a serving snapshot;
     ``user_state_in_store``: drop the model's per-user tables (:func:`strip_user_state`), requests read
-    their users' rows from the online store."""
+    their users' rows from the online store; ``state_store``: that store, where the version's rows are
+    written first if no one wrote them yet (:func:`ensure_user_state`: a promoted version's users are
+    never served as cold starts for want of an export)."""
     import json
 
     from mlsd.recsys.model import TwoStageRecommender
@@ -228,6 +235,12 @@ def load_snapshot(
         )
     seeds = seeds.sort_values(["user_id", "timestamp"], kind="stable")
     seed_users, seed_starts = np.unique(seeds["user_id"].to_numpy(np.int64), return_index=True)
+    if user_state_in_store and state_store is not None:
+        ping = getattr(state_store, "ping", None)
+        if ping is None or ping():
+            ensure_user_state(model, state_store, version)
+        else:  # start anyway: requests are served as cold starts, flagged degraded, until it is back
+            logger.warning("user state of v%s not checked or written: the store does not answer", version)
     tables = strip_user_state(model) if user_state_in_store else None
     return _Loaded(
         user_tables=tables,
@@ -453,6 +466,19 @@ def export_user_state(model, store, namespace: str, *, batch: int = 10_000, prog
     bar.close()
     return {"users": len(ids), "tables": [_field(t) for t in tables],
             "bytes_per_user": round(payload / max(len(ids), 1), 1)}  # fmt: skip
+
+
+def ensure_user_state(model, store, version: int | None, *, progress: bool = False) -> dict | None:
+    """Export ``model``'s per-user tables under ``version``'s namespace unless a marker says it was
+    done (``<namespace>:meta`` / ``exported``, written after the last row): the figures of the export,
+    or None when it was already there. Two processes racing write the same rows (idempotent)."""
+    namespace = user_state_namespace(version)
+    meta = f"{namespace}:meta"
+    if store.get_many(meta, ["exported"])[0] is not None:
+        return None
+    done = export_user_state(model, store, namespace, progress=progress)
+    store.put_many(meta, {"exported": {"users": int(done["users"])}})
+    return done
 
 
 def user_state_nbytes(model) -> int:
@@ -743,7 +769,8 @@ class RecsysEngine:
 
     # -- model loading ---------------------------------------------------------------------------------
     def _load(self, path: Path, version: int | None) -> _Loaded:
-        return load_snapshot(path, version, self.config, user_state_in_store=self.user_state is not None)
+        return load_snapshot(path, version, self.config, user_state_in_store=self.user_state is not None,
+                             state_store=self.user_state)  # fmt: skip
 
     def _registry(self):
         from mlsd.platform.registry import ModelRegistry
