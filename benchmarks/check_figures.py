@@ -50,6 +50,8 @@ def expected(out: Path) -> Iterator[tuple[str, str]]:
     yield from table("search-crowdflower-seed0", CROWDFLOWER)
     seeds = [load(f"search-crowdflower-seed{s}")["models"]["ltr"]["ndcg@10"] for s in range(5)]
     yield "crowdflower LTR seeds 0-4", ", ".join(f"{v:.4f}" for v in seeds)
+    nested = [load(f"search-crowdflower-nested-seed{s}")["models"]["ltr-nested"]["ndcg@10"] for s in range(5)]
+    yield "crowdflower nested LTR seeds 0-4", ", ".join(f"{v:.4f}" for v in nested)
     yield from table("search-homedepot-full", HOMEDEPOT)
     ips = [load(f"search-ips-seed{s}")["metrics"] for s in range(4)]
     yield "IPS seeds 0-3", "IPS " + " / ".join(f"{m['truth_ndcg@10']:.3f}" for m in ips)

@@ -26,6 +26,9 @@ if want quality; then
   for seed in 0 1 2 3 4; do
     run "search-crowdflower-seed$seed" search evaluate --dataset crowdflower --path "$DATA/crowdflower-sample" --seed "$seed" --json
   done
+  for seed in 0 1 2 3 4; do  # nested CV: the ranker chosen inside each training fold (docs/search.md)
+    run "search-crowdflower-nested-seed$seed" search evaluate --dataset crowdflower --path "$DATA/crowdflower-sample" --nested --seed "$seed" --json
+  done
   run search-homedepot-full     search evaluate --dataset homedepot --path "$DATA/home-depot-sample" --setting full --json
   for seed in 0 1 2 3; do
     W="$OUT/ips-seed$seed"; rm -rf "$W"
@@ -41,6 +44,8 @@ if want bench; then
   run recsys-bench  recsys bench --users 1000000 --items 50000 --requests 2000 --json
   run fraud-bench   fraud bench --tps 10000 --seconds 30 --json
   run search-bench  search bench --products 1000000 --queries 1000 --json
+  run search-bench-shards  search bench --products 1000000 --queries 1000 --shards 2,1 --json
+  run fraud-bench-scale    fraud bench --scale --tps 10000 --seconds 30 --json
 fi
 if want demo; then
   rm -rf "$OUT/demo"

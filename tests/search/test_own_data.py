@@ -111,8 +111,8 @@ def test_home_depot_sample_import_train_query_serve_then_events(tmp_path, shared
     sample = shared_data("home-depot-sample")
     w = str(tmp_path / "W")
 
-    def run(*argv: str) -> dict:
-        assert main(["search", *argv, "--workdir", w, "--json"]) == 0
+    def run(*argv: str, workdir: str | None = None) -> dict:
+        assert main(["search", *argv, "--workdir", workdir or w, "--json"]) == 0
         return json.loads(capsys.readouterr().out)
 
     imported = run("import", "--format", "homedepot", "--path", str(sample))
@@ -144,13 +144,23 @@ def test_home_depot_sample_import_train_query_serve_then_events(tmp_path, shared
     assert run("import", "--format", "csv", "--path", str(tmp_path / "events.csv"))["added"]["events"] == len(
         events
     )
+    import shutil
+
+    shutil.copytree(w, tmp_path / "W-override")  # the same workdir, for the operator's override below
     ranked = run("train", "--no-dense")
     assert ranked["version"] == 2 and "propensity_eta" in ranked["metrics"]
     assert "truth_ndcg@10" in ranked["gate"] and "champion_truth_ndcg@10" in ranked["gate"]
     mv = ModelRegistry(SystemDir(w, "search").registry).get("search-ltr", 2)
     assert mv.params["ranker"] == "lambdamart-ips" and "ctr_product" in mv.params["features"]["used"]
-    # the clicks were drawn from the judged grades, so the ranker learns them: promoted on the gate
-    assert ranked["promoted"], ranked["reason"]
+    # the clicks were drawn from the judged grades, so the ranker wins offline; the ship rule holds it
+    # for its online test, which imported data cannot run: v1 keeps serving until the operator decides
+    assert not ranked["promoted"] and "held for the online A/B test" in ranked["reason"], ranked["reason"]
+    assert run("query", "--q", "gorilla gloves", "--k", "3")["model_version"] == 1
+    # the operator's override on the same workdir: ship on the offline gate alone, said in the reason
+    w = str(tmp_path / "W-override")
+    shipped = run("train", "--no-dense", "--ship-without-online-test")
+    assert shipped["version"] == 2 and shipped["promoted"], shipped["reason"]
+    assert "--ship-without-online-test" in shipped["reason"]
     answer = run("query", "--q", "gorilla gloves", "--k", "3")
     assert answer["ranked_by"] == "ltr" and answer["model_version"] == 2
 

@@ -173,6 +173,7 @@ def _train(args: argparse.Namespace) -> int:
     report = train(
         dirs, config=_config(args), dense=not args.no_dense, cache_dir=args.cache_dir,
         compare_raw=not args.no_compare, progress=not args.json, log=_err,
+        ship_without_online_test=args.ship_without_online_test,
     )  # fmt: skip
     if args.json:
         _print_json(report)
@@ -342,6 +343,9 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-dense", action="store_true", help="skip MiniLM (no dense_cos feature)")
     p.add_argument("--no-compare", action="store_true", help="do not train the raw-click baseline")
+    p.add_argument("--ship-without-online-test", action="store_true",
+                   help="promote a challenger that passes the offline gate without waiting for its online A/B "
+                        "test (the ship rule's default: hold it); for data where no A/B test can run")  # fmt: skip
     p.add_argument("--cache-dir", default=None, help="embedding cache (default ~/.cache/mlsd/embeddings)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_train)

@@ -475,6 +475,7 @@ class SearchSteps:
     compare_raw: bool = False
     log: Callable[[str], None] | None = None
     holdout_share: float = HOLDOUT_SHARE
+    ship_without_online_test: bool = False  # an operator's explicit override (train --ship-without-online-test)
     system: str = SYSTEM
     model: str = MODEL_NAME
 
@@ -645,6 +646,12 @@ class SearchSteps:
         reason = (f"challenger v{challenger.version} {better} champion v{champion.version} on {where}: "
                   f"{offline['metric']} {offline['new']:.4f} vs {offline['old']:.4f}; {decision.action}: "
                   f"{decision.reason}")  # fmt: skip
+        # the gate has no online result: "hold" here always means the offline evaluation passed
+        if decision.action == "hold" and self.ship_without_online_test:
+            reason += ("; shipped on the offline gate alone: the operator ran train with "
+                       "--ship-without-online-test (no online test of this version exists)")  # fmt: skip
+            self._say(reason)
+            return Verdict(True, reason, {**metrics, "offline": offline, "ship": "ship-offline-only"})
         if decision.action == "hold":
             reason += (f" (the scheduled job promotes it once W/search/monitoring/{ONLINE_RESULTS}/"
                        f"v{challenger.version}.json holds an online test that agrees; on a simulated world: "
@@ -703,11 +710,16 @@ def train(
     compare_raw: bool = True,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    ship_without_online_test: bool = False,
 ) -> dict[str, Any]:
     """``mlsd search train --workdir W``: train on all of ``W/search/data``'s click log, register, gate
-    against the champion (promoted when there is none), write the report to ``W/search/runs``."""
+    against the champion (promoted when there is none), write the report to ``W/search/runs``. The ship
+    rule holds a challenger that wins offline until its online test agrees;
+    ``ship_without_online_test`` promotes it on the offline gate alone (data with no way to run an A/B
+    test; the reason says so)."""
     steps = SearchSteps(config or SearchConfig(), dense=dense, parser_options=parser_options or {},
-                        cache_dir=cache_dir, compare_raw=compare_raw, log=log)  # fmt: skip
+                        cache_dir=cache_dir, compare_raw=compare_raw, log=log,
+                        ship_without_online_test=ship_without_online_test)  # fmt: skip
     return _retrain(steps, dirs, None, progress)
 
 
