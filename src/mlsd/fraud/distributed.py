@@ -442,18 +442,7 @@ def partition_worker_main(
         stats = worker.run(idle_exit_s=idle_exit_s, stop=stop)
     except KeyboardInterrupt:
         stats = worker.stats
-    results.put(
-        {
-            "partition": partition,
-            "read": stats.read,
-            "reclaimed": stats.reclaimed,
-            "written": stats.written,
-            "duplicates": stats.duplicates,
-            "invalid": stats.invalid,
-            "batches": stats.batches,
-            "redis_errors": stats.redis_errors,
-        }
-    )
+    results.put({"partition": partition, **stats.counts()})
 
 
 def read_partitioned_decisions(cluster: Any, layout: ClusterLayout) -> list[dict[str, Any]]:

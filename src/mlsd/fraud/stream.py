@@ -159,6 +159,12 @@ class WorkerStats:
     waits: int = 0  # polls spent waiting for an earlier entry to be applied (ordered mode)
     latencies_ms: list[float] = field(default_factory=list)
 
+    COUNTS = ("read", "reclaimed", "written", "duplicates", "invalid", "batches", "redis_errors")
+
+    def counts(self) -> dict[str, int]:
+        """The counters a worker process reports when it ends (what the parent sums)."""
+        return {name: getattr(self, name) for name in self.COUNTS}
+
 
 class Backoff:
     """Exponential backoff with jitter, bounded: delay ``k`` is uniform in ``[d/2, d]``, ``d =
@@ -730,18 +736,7 @@ def _worker_main(
         stats = worker.run(idle_exit_s=idle_exit_s)
     except KeyboardInterrupt:
         stats = worker.stats
-    results.put(
-        {
-            "worker": idx,
-            "read": stats.read,
-            "reclaimed": stats.reclaimed,
-            "written": stats.written,
-            "duplicates": stats.duplicates,
-            "invalid": stats.invalid,
-            "batches": stats.batches,
-            "redis_errors": stats.redis_errors,
-        }
-    )
+    results.put({"worker": idx, **stats.counts()})
 
 
 def run_stream_command(args: Any) -> dict[str, Any]:
