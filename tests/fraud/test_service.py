@@ -212,47 +212,9 @@ def test_a_deliberately_rules_only_service_says_so(tmp_path):
     assert body["rules_only"] is True and body["decision"] == "block"
 
 
-@pytest.mark.services
-def test_review_queue_outage_is_a_503_and_the_retry_decides_once(tmp_path, postgres_dsn):
-    """PostgreSQL drops the review queue's connection (a restart, a failover) while a batch with a
-    review decision is scored: the answer is a 503 naming the dependency with Retry-After, never a 500;
-    the retry of the same batch is decided the same and opens its review case once."""
-    import psycopg
-
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(yaml.safe_dump(RULES))
-    schema = f"mlsd_outage_{np.random.default_rng().integers(1 << 30)}"
-    queue = SQLReviewQueue.postgres(postgres_dsn, schema=schema)
-    config = FraudConfig.from_dict({})
-    pipeline = FraudPipeline(
-        CardCounter(), RuleEngine(rules), AmountModel(), config=config.service, review_queue=queue
-    )
-    payments = {"payments": [pay(1, 10.0), pay(2, 600.0)]}
-    try:
-        with TestClient(build_app(pipeline, config=config)) as client:
-            backend = queue.db.conn.info.backend_pid
-            with psycopg.connect(postgres_dsn, autocommit=True) as admin:
-                admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
-            r = client.post("/v1/score/batch", json=payments)
-            assert r.status_code == 503, r.text
-            assert r.headers["retry-after"] == "5"
-            assert r.json()["error"]["field"] == "postgres" and "retry" in r.json()["error"]["fix"]
-
-            r = client.post("/v1/score/batch", json=payments)  # the connection is reopened
-            assert r.status_code == 200, r.text
-            assert [d["decision"] for d in r.json()["decisions"]] == ["approve", "review"]
-            assert [c["tx_id"] for c in client.get("/v1/review/cases").json()["cases"]] == ["2"]
-            assert r.json()["decisions"][1]["probability"] == pytest.approx(0.6)
-    finally:
-        queue.db.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        queue.close()
-
-
-@pytest.mark.services
-def test_review_queue_unreachable_reads_are_503_not_500(tmp_path, postgres_dsn):
-    """The review endpoints while PostgreSQL is down: 503 + Retry-After (a reviewer's client retries)."""
-    import psycopg
-
+@pytest.fixture
+def postgres_queue_client(tmp_path, postgres_dsn):
+    """The service over a review queue in a PostgreSQL schema of its own (dropped afterwards)."""
     rules = tmp_path / "rules.yaml"
     rules.write_text(yaml.safe_dump(RULES))
     schema = f"mlsd_outage_{np.random.default_rng().integers(1 << 30)}"
@@ -263,14 +225,48 @@ def test_review_queue_unreachable_reads_are_503_not_500(tmp_path, postgres_dsn):
     )
     try:
         with TestClient(build_app(pipeline, config=config)) as client:
-            queue.db._dsn = "postgresql://127.0.0.1:1/test"  # nothing listens there: reconnects fail
-            with psycopg.connect(postgres_dsn, autocommit=True) as admin:
-                admin.execute("SELECT pg_terminate_backend(%s)", (queue.db.conn.info.backend_pid,))
-            for _ in range(2):  # the drop, then the failed reconnect
-                r = client.get("/v1/review/cases")
-                assert r.status_code == 503, r.text
-                assert r.json()["error"]["field"] == "postgres"
+            yield client, queue
     finally:
         queue.db._dsn = postgres_dsn
         queue.db.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         queue.close()
+
+
+def _drop_connection(queue, postgres_dsn) -> None:
+    """What a PostgreSQL restart or failover does to the queue's connection."""
+    import psycopg
+
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (queue.db.conn.info.backend_pid,))
+
+
+@pytest.mark.services
+def test_review_queue_outage_is_a_503_and_the_retry_decides_once(postgres_queue_client, postgres_dsn):
+    """PostgreSQL drops the review queue's connection (a restart, a failover) while a batch with a
+    review decision is scored: the answer is a 503 naming the dependency with Retry-After, never a 500;
+    the retry of the same batch is decided the same and opens its review case once."""
+    client, queue = postgres_queue_client
+    payments = {"payments": [pay(1, 10.0), pay(2, 600.0)]}
+    _drop_connection(queue, postgres_dsn)
+    r = client.post("/v1/score/batch", json=payments)
+    assert r.status_code == 503, r.text
+    assert r.headers["retry-after"] == "5"
+    assert r.json()["error"]["field"] == "postgres" and "retry" in r.json()["error"]["fix"]
+
+    r = client.post("/v1/score/batch", json=payments)  # the connection is reopened
+    assert r.status_code == 200, r.text
+    assert [d["decision"] for d in r.json()["decisions"]] == ["approve", "review"]
+    assert [c["tx_id"] for c in client.get("/v1/review/cases").json()["cases"]] == ["2"]
+    assert r.json()["decisions"][1]["probability"] == pytest.approx(0.6)
+
+
+@pytest.mark.services
+def test_review_queue_unreachable_reads_are_503_not_500(postgres_queue_client, postgres_dsn):
+    """The review endpoints while PostgreSQL is down: 503 + Retry-After (a reviewer's client retries)."""
+    client, queue = postgres_queue_client
+    queue.db._dsn = "postgresql://127.0.0.1:1/test"  # nothing listens there: reconnects fail
+    _drop_connection(queue, postgres_dsn)
+    for _ in range(2):  # the drop, then the failed reconnect
+        r = client.get("/v1/review/cases")
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["field"] == "postgres"
