@@ -71,3 +71,11 @@ def test_help_lists_the_verbs(capsys) -> None:
     out = capsys.readouterr().out
     for verb in ("simulate", "train", "evaluate", "serve", "bench", "demo"):
         assert verb in out
+
+
+def test_online_result_refuses_a_workdir_without_a_held_challenger(tmp_path, capsys):
+    report = tmp_path / "ab.json"
+    report.write_text('{"metrics": {"blended": [{"treatment": "challenger", "diff": 0.0}]}}')
+    assert main(["search", "online-result", "--workdir", str(tmp_path / "W"), "--report", str(report)]) == 2
+    assert "mlsd search train" in capsys.readouterr().err
+    assert not (tmp_path / "W").exists()

@@ -156,6 +156,18 @@ def test_home_depot_sample_import_train_query_serve_then_events(tmp_path, shared
     # for its online test, which imported data cannot run: v1 keeps serving until the operator decides
     assert not ranked["promoted"] and "held for the online A/B test" in ranked["reason"], ranked["reason"]
     assert run("query", "--q", "gorilla gloves", "--k", "3")["model_version"] == 1
+    # the operator's own A/B test of v2, recorded for the ship rule (what the daily job waits for)
+    from mlsd.search.training import read_online_result
+
+    analysis = {"experiment": "ranker-ab", "primary_metric": "blended", "units": 8000, "srm": {"flagged": False},
+                "metrics": {"blended": [{"treatment": "challenger", "diff": 0.03, "diff_low": 0.01,
+                                         "diff_high": 0.05}]}}  # fmt: skip
+    (tmp_path / "ab.json").write_text(json.dumps(analysis))
+    recorded = run("online-result", "--report", str(tmp_path / "ab.json"))
+    assert (recorded["version"], recorded["champion_version"]) == (2, 1)
+    assert read_online_result(SystemDir(w, "search"), 2)["diff_low"] == 0.01
+    assert main(["search", "online-result", "--workdir", w, "--report", str(tmp_path / "none.json")]) == 2
+    assert "--report" in capsys.readouterr().err
     # the operator's override on the same workdir: ship on the offline gate alone, said in the reason
     w = str(tmp_path / "W-override")
     shipped = run("train", "--no-dense", "--ship-without-online-test")

@@ -210,6 +210,39 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _online_result(args: argparse.Namespace) -> int:
+    """Write ``W/search/monitoring/online/v<N>.json`` for the held challenger (the registry's
+    ``challenger`` alias) against the current champion: what the daily job's ship rule waits for."""
+    import json
+
+    from mlsd.platform.errors import InputError
+    from mlsd.platform.registry import ModelRegistry
+    from mlsd.search.training import MODEL_NAME, write_online_result
+
+    dirs = _dirs(args)
+    path = Path(args.report)
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError("--report", str(path), f"is not a readable JSON file ({type(err).__name__})",
+                         "pass the JSON that mlsd experiment analyze --json printed") from None  # fmt: skip
+    if not isinstance(report, dict) or not isinstance(report.get("metrics"), dict) or not report["metrics"]:
+        raise InputError("--report", str(path), "has no 'metrics' of an experiment analysis",
+                         "pass the JSON that mlsd experiment analyze --json printed")  # fmt: skip
+    dirs.require_champion(MODEL_NAME)  # exit 2 with the fix, nothing created
+    registry = ModelRegistry(dirs.registry)
+    challenger = registry.current_version(MODEL_NAME, "challenger")
+    champion = registry.current_version(MODEL_NAME, "champion")
+    if challenger is None or champion is None or challenger == champion:
+        raise InputError("--workdir", str(args.workdir), "holds no challenger waiting for its online test",
+                         "train one first (mlsd search train); a held challenger is the registry's 'challenger'")  # fmt: skip
+    written = write_online_result(dirs, report, args.arm, challenger, champion)
+    result = {"version": challenger, "champion_version": champion, "written": str(written),
+              "next": "mlsd pipeline run daily applies the ship rule to it"}  # fmt: skip
+    _print_json(result) if args.json else print(dumps(result, indent=2))
+    return 0
+
+
 def _shard_counts(text: str) -> list[int]:
     """``--shards 2`` or ``--shards 1,2``: the shard counts to bench, each in [1, 64]."""
     try:
@@ -416,6 +449,18 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
                    help="with --shards: queries recall@100 is measured on (default: all --queries)")  # fmt: skip
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser(
+        "online-result",
+        help="record a live A/B test of the held challenger for the ship rule (from an experiment analysis JSON)",
+    )
+    _workdir(p)
+    p.add_argument("--report", required=True,
+                   help="the experiment's analysis as JSON (mlsd experiment analyze ... --json): primary metric, "
+                        "per-arm diff and CI, SRM")  # fmt: skip
+    p.add_argument("--arm", default="challenger", help="the treatment arm that served the challenger")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_online_result)
 
     p = sub.add_parser("demo", help="simulate, train with IPS, serve a few queries in-process, in W/search")
     _workdir(p, required=False)
