@@ -7,6 +7,7 @@ import json
 import pytest
 
 from mlsd.fraud.bench import bench_inprocess, replay_payments, run_bench
+from mlsd.platform.testing import require_extra
 
 KEYS = {"achieved_tps", "p50_ms", "p95_ms", "p99_ms"}
 
@@ -109,7 +110,7 @@ def test_transport_bench_times_redis_streams_and_nats_jetstream(redis_url):
         if os.environ.get("MLSD_REQUIRE_SERVICES") == "1":
             pytest.fail("MLSD_REQUIRE_SERVICES=1 but NATS JetStream at 127.0.0.1:4222 is not reachable")
         pytest.skip("NATS JetStream at 127.0.0.1:4222 is not reachable: start nats-server -js")
-    pytest.importorskip("nats", reason="pip install nats-py")
+    require_extra("nats", "nats")
     out = bench_transport(300, batch=100, redis_url=redis_url)
     for transport in ("redis_streams", "nats_jetstream"):
         assert set(out[transport]) == {"publish_per_s", "consume_ack_per_s", "client_cpu_us_per_message"}

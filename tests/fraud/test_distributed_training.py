@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-pytest.importorskip("distributed", reason="pip install mlsd[dask]")
+from mlsd.platform.testing import require_extra
+
+require_extra("distributed", "dask")
 pytestmark = [pytest.mark.slow]
 
 

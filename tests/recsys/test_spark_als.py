@@ -10,11 +10,12 @@ import pytest
 
 from mlsd.platform.errors import InputError
 from mlsd.platform.features.online import MemoryStore
+from mlsd.platform.testing import require_extra
 from mlsd.recsys.candidates import ALSCandidates
 from mlsd.recsys.candidates.spark_als import SparkALSCandidates, spark_session
 from mlsd.recsys.data import make_interactions
 
-pytest.importorskip("pyspark", reason="the Spark trainer is an extra: pip install mlsd[spark]")
+require_extra("pyspark", "spark")
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mlsd.platform.testing import require_extra
 from mlsd.search.bench import run_bench
 
 
@@ -65,7 +66,7 @@ def test_sharded_bench_json_contract(tmp_path) -> None:
     from mlsd.search.bench import run_sharded_bench
     from mlsd.search.shards import AnnSettings
 
-    pytest.importorskip("distributed")
+    require_extra("distributed", "dask")
     out = run_sharded_bench(
         2000, 15, (2,), ann=AnnSettings(nlist=16, nprobe=4, flat_below=500), probe_sweep=(1 / 16, 1),
         cache_dir=tmp_path,

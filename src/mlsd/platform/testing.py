@@ -17,6 +17,8 @@ Requires pytest (a dev dependency); this module is imported only by test suites.
 
 from __future__ import annotations
 
+import importlib
+import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,9 +27,23 @@ import pytest
 from mlsd.platform.errors import InputError
 from mlsd.platform.system import Engine, System, SystemDir, get_system
 
-__all__ = ["SystemContract"]
+__all__ = ["SystemContract", "require_extra"]
 
 EXPERIMENT_UNITS = 300
+
+
+def require_extra(module: str, extra: str) -> Any:
+    """Import an optional engine (``pyspark``, ``distributed``, ``nats``) for a test. Under
+    ``MLSD_REQUIRE_SERVICES=1`` (CI, whose test command installs ``mlsd[scale]``) a missing one is an
+    error, so its suite cannot vanish silently; elsewhere the test skips naming the install.
+
+    Examples:
+        >>> require_extra("json", "none").__name__
+        'json'
+    """
+    if os.environ.get("MLSD_REQUIRE_SERVICES") == "1":
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=f"an optional engine: pip install mlsd[{extra}]")
 
 
 class SystemContract:
