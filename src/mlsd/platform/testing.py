@@ -17,7 +17,7 @@ Requires pytest (a dev dependency); this module is imported only by test suites.
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -41,8 +41,8 @@ def require_extra(module: str, extra: str) -> Any:
         >>> require_extra("json", "none").__name__
         'json'
     """
-    if os.environ.get("MLSD_REQUIRE_SERVICES") == "1":
-        return importlib.import_module(module)
+    if os.environ.get("MLSD_REQUIRE_SERVICES") == "1" and importlib.util.find_spec(module) is None:
+        pytest.fail(f"MLSD_REQUIRE_SERVICES=1 but {module} is not installed: pip install mlsd[{extra}]")
     return pytest.importorskip(module, reason=f"an optional engine: pip install mlsd[{extra}]")
 
 
