@@ -257,9 +257,10 @@ def _serve(args: argparse.Namespace) -> int:
         service=ServiceConfig(clock=args.clock, exposure_log_path=args.exposure_log),
     )
     config.validate()
-    if args.user_state:
-        _export_champion_user_state(dirs, args.user_state)
+    user_state = _user_state_store(args.user_state) if args.user_state else None
     if args.workers > 1:
+        if user_state is not None:  # once here, not in N workers at the same time
+            _export_champion_user_state(dirs, user_state)
         return _serve_workers(args)
     from mlsd.platform.experiments.client import ExperimentClient
     from mlsd.platform.serving import serve
@@ -273,11 +274,7 @@ def _serve(args: argparse.Namespace) -> int:
         from mlsd.platform.features.online import RedisStore
 
         store = RedisStore(args.online_store, prefix="mlsd:")
-    user_state = None
-    if args.user_state:
-        from mlsd.platform.features.online import RedisStore
-
-        user_state = RedisStore(args.user_state, prefix=USER_STATE_PREFIX)
+    # one process: the engine's own load writes the champion's rows if they are not there yet
     experiments = ExperimentClient.from_options(args.experiments, args.exposure_redis)
     engine = RecsysEngine.from_dirs(
         dirs, config=config, online_store=store, experiments=experiments, user_state=user_state
@@ -290,26 +287,33 @@ def _serve(args: argparse.Namespace) -> int:
 USER_STATE_PREFIX = "mlsd:"  # the workers' default (mlsd.recsys.service.USER_STATE_PREFIX_ENV)
 
 
-def _export_champion_user_state(dirs, url: str) -> None:
-    """Write the champion's per-user tables to the online store at ``url`` (under its version's
-    namespace, so a later version never reads them) unless they are there, before any worker starts:
-    the workers then hold only the item side. A version promoted later is exported by the first
-    worker that loads it (:func:`mlsd.recsys.engine.ensure_user_state`)."""
+def _user_state_store(url: str):
+    """The online store holding the served version's per-user rows; one that does not answer is exit 2
+    before anything starts."""
     from mlsd.platform.features.online import RedisStore
+
+    store = RedisStore(url, prefix=USER_STATE_PREFIX)
+    if not store.ping():
+        raise InputError("--user-state", url, "does not answer", "start Redis there, or drop --user-state")
+    return store
+
+
+def _export_champion_user_state(dirs, store) -> None:
+    """Write the champion's per-user tables to ``store`` (under its version's namespace, so a later
+    version never reads them) unless they are there, before any worker starts: the workers then hold
+    only the item side. A version promoted later is exported by the first worker that loads it
+    (:func:`mlsd.recsys.engine.ensure_user_state`)."""
     from mlsd.platform.registry import ModelRegistry
     from mlsd.recsys.config import MODEL_NAME
     from mlsd.recsys.engine import ensure_user_state
     from mlsd.recsys.model import TwoStageRecommender
 
-    store = RedisStore(url, prefix=USER_STATE_PREFIX)
-    if not store.ping():
-        raise InputError("--user-state", url, "does not answer", "start Redis there, or drop --user-state")
     registry = ModelRegistry(dirs.registry)
     version = registry.current_version(MODEL_NAME, "champion")
     model = TwoStageRecommender.load(registry.artifact_path(MODEL_NAME, version))
     done = ensure_user_state(model, store, version, progress=True)
     said = "already there" if done is None else f"{done['users']:,} users, {done['bytes_per_user']} B each"
-    print(f"user state of v{version} in {url}: {said}", file=sys.stderr)
+    print(f"user state of v{version} in {store.url}: {said}", file=sys.stderr)
 
 
 def _serve_workers(args: argparse.Namespace) -> int:
