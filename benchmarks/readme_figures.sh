@@ -43,7 +43,7 @@ fi
 if want bench; then
   run recsys-bench  recsys bench --users 1000000 --items 50000 --requests 2000 --json
   run fraud-bench   fraud bench --tps 10000 --seconds 30 --json
-  run search-bench  search bench --products 1000000 --queries 1000 --json
+  run search-bench  search bench --products 1000000 --queries 1000 --pipeline --json
   run search-bench-shards  search bench --products 1000000 --queries 1000 --shards 2,1 --json
   run fraud-bench-scale    fraud bench --scale --tps 10000 --seconds 30 --json
 fi

@@ -79,3 +79,31 @@ def test_sharded_bench_json_contract(tmp_path) -> None:
     assert 0 < run["p50_ms"] <= run["p99_ms"] and run["throughput_qps"] > 0
     assert run["memory"]["index_bytes_per_product"] > 384 * 4  # at least the float32 title vector
     assert run["build_s"]["total"] > 0 and len(run["shard_build_s"]) == 2
+
+
+@pytest.mark.slow
+def test_the_default_bench_is_the_sharded_one_over_distinct_titles(tmp_path, capsys) -> None:
+    """The issue's command, ``mlsd search bench --products N --queries Q --json``, benches 2 shards over
+    N distinct titles; the single-process pipeline bench is ``--pipeline``."""
+    import json
+
+    from mlsd.cli import main
+
+    require_extra("distributed", "dask")
+    argv = ["search", "bench", "--products", "1500", "--queries", "5", "--recall-queries", "5",
+            "--cache-dir", str(tmp_path), "--json"]  # fmt: skip
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["products"] == out["distinct_titles"] == 1500
+    assert [run["shards"] for run in out["runs"]] == [2] and 0 < out["runs"][0]["recall_at_100"] <= 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"), [(["--pipeline", "--shards", "2"], "--pipeline and --shards"), (["--no-dense"], "--no-dense")]
+)
+def test_bench_options_of_the_other_bench_are_refused_with_the_fix(extra, named, capsys) -> None:
+    from mlsd.cli import main
+
+    assert main(["search", "bench", "--products", "1500", "--queries", "5", *extra]) == 2
+    err = capsys.readouterr().err
+    assert named in err and ("choose one" in err or "add --pipeline" in err)

@@ -1,6 +1,8 @@
 """``mlsd search bench``: index build time and memory, and per-request latency at catalog scale.
 
-What is measured, in order:
+The command's default is the sharded bench (:func:`run_sharded_bench`, 2 shards over ``--products``
+distinct titles on Dask: :mod:`mlsd.search.shards`). ``--pipeline`` runs :func:`run_bench`, the whole
+search path in one process over the simulator's catalog. What that one measures, in order:
 
 1. simulate a catalog of ``n_products`` (plus queries, users and a click log of ``sessions`` searches);
 2. build the engine, timing each index: query understanding, BM25 (5 fields), dense (MiniLM over the

@@ -267,13 +267,20 @@ def _bench(args: argparse.Namespace) -> int:
         result = understanding_bench(args.products, args.queries, seed=args.seed)
         _print_json(result) if args.json else print(dumps(result, indent=2))
         return 0
-    if args.shards:
+    if args.pipeline and args.shards:
+        _err("--pipeline and --shards: choose one: --pipeline benches the whole search path in one process "
+             "(the simulator's catalog), --shards the sharded index over distinct titles (the default)")  # fmt: skip
+        return 2
+    if not args.pipeline and not args.dense_probe:
+        if args.no_dense:
+            _err("--no-dense: only the --pipeline bench can run without the dense index; add --pipeline")
+            return 2
         from mlsd.search.bench import run_sharded_bench
         from mlsd.search.shards import AnnSettings
 
         ann = AnnSettings(kind=args.ann, nprobe=args.nprobe)
         result = run_sharded_bench(
-            args.products, args.queries, args.shards, seed=args.seed, deadline_ms=args.deadline_ms, ann=ann,
+            args.products, args.queries, args.shards or [2], seed=args.seed, deadline_ms=args.deadline_ms, ann=ann,
             recall_queries=args.recall_queries, cache_dir=args.cache_dir or default_cache_dir(), log=_err,
         )  # fmt: skip
         _print_json(result) if args.json else print(dumps(result, indent=2))
@@ -404,14 +411,25 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
                    help="log exposures to Redis Streams (several processes serving one experiment)")  # fmt: skip
     p.set_defaults(func=_serve)
 
-    p = sub.add_parser("bench", help="index build time, memory and per-stage latency percentiles")
+    p = sub.add_parser(
+        "bench",
+        help="the sharded index over --products distinct titles on Dask (2 shards): build time, memory per "
+        "product, recall@100 against exact search, latency under the deadline; --pipeline: the whole "
+        "search path in one process",
+    )
     p.add_argument("--products", type=_positive("--products", 100), default=1_000_000)
     p.add_argument("--queries", type=_positive("--queries", 1), default=1000, help="timed search requests")
     p.add_argument(
         "--sessions", type=_positive("--sessions", 0), default=20_000, help="logged searches to train LTR on"
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-dense", action="store_true")
+    p.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="instead: the whole search path (parse, BM25, dense, LTR, rules) in one process over the "
+        "simulator's catalog (about 30K distinct titles at 1M products), per-stage latency",
+    )
+    p.add_argument("--no-dense", action="store_true", help="with --pipeline: without the dense index")
     p.add_argument("--cache-dir", default=None)
     p.add_argument(
         "--dense-probe",
@@ -436,17 +454,17 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
         type=_shard_counts,
         default=None,
         metavar="N[,N...]",
-        help="instead: the sharded index on Dask (pip install mlsd[dask]) over --products distinct titles, "
-        "BM25 + ANN per shard, a broker under --deadline-ms; e.g. --shards 1,2 runs both (docs/scaling.md)",
+        help="shard counts of the sharded bench (default 2; pip install mlsd[dask]): BM25 + ANN per shard, "
+        "a broker under --deadline-ms; e.g. --shards 2,1 runs both (docs/scaling.md)",
     )
     p.add_argument("--deadline-ms", type=_positive("--deadline-ms", 1, 60_000), default=100,
-                   help="with --shards: the request deadline the broker gathers shards under")  # fmt: skip
+                   help="the sharded bench's request deadline the broker gathers shards under")  # fmt: skip
     p.add_argument("--ann", choices=("ivf", "hnsw", "flat"), default="ivf",
-                   help="with --shards: the ANN each shard builds over its title vectors")  # fmt: skip
+                   help="the sharded bench: the ANN each shard builds over its title vectors")  # fmt: skip
     p.add_argument("--nprobe", type=_positive("--nprobe", 1, 65_536), default=None,
-                   help="with --shards --ann ivf: inverted lists searched per query (default 1/16 of them)")  # fmt: skip
+                   help="with --ann ivf: inverted lists searched per query (default 1/16 of them)")  # fmt: skip
     p.add_argument("--recall-queries", type=_positive("--recall-queries", 1), default=None,
-                   help="with --shards: queries recall@100 is measured on (default: all --queries)")  # fmt: skip
+                   help="the sharded bench: queries recall@100 is measured on (default: all --queries)")  # fmt: skip
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_bench)
 
