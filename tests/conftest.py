@@ -94,6 +94,32 @@ def redis_cluster_url():
     cluster.stop()
 
 
+@pytest.fixture(scope="session")
+def spark_master_url():
+    """``spark://127.0.0.1:<port>`` of a real Spark standalone cluster: a master and 2 workers (1 core,
+    1g each; the start takes ~10 s) from the pyspark package, started on free loopback ports for the
+    session and stopped by PID at its end; or ``MLSD_SPARK_MASTER_URL`` when set. Under
+    ``MLSD_REQUIRE_SERVICES=1`` a failed start fails."""
+    from mlsd.platform.testing import require_extra
+
+    require_extra("pyspark", "spark")
+    from mlsd.platform.spark_cluster import LocalSparkCluster, SparkClusterStartError
+
+    given = os.environ.get("MLSD_SPARK_MASTER_URL")
+    if given:
+        yield given
+        return
+    try:
+        cluster = LocalSparkCluster(workers=2).start()
+    except (SparkClusterStartError, OSError) as err:
+        message = f"could not start a local Spark cluster ({err}); install a JDK 17 or set MLSD_SPARK_MASTER_URL"  # fmt: skip
+        if REQUIRE_SERVICES:
+            pytest.fail(f"MLSD_REQUIRE_SERVICES=1 but {message}")
+        pytest.skip(message)
+    yield cluster.url
+    cluster.stop()
+
+
 @pytest.fixture
 def redis_cluster_prefix(redis_cluster_url: str):
     """A unique key prefix on the Redis Cluster, its keys deleted from every master after the test."""

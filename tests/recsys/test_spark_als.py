@@ -1,8 +1,14 @@
 """The Spark MLlib ALS trainer behind the ALS candidate-source interface: same planted data as
 ``implicit``, similar recall (not identical factors), and the same serving code (FAISS, online-store
-export). One local[2] session for the module (a JVM start costs ~10 s)."""
+export). The jobs run on a real standalone cluster (``spark_master_url``: a master and 2 workers, each
+worker's executor its own JVM), one session for the module (a JVM start costs ~10 s), stopped at its
+end so no other test inherits it."""
 
 from __future__ import annotations
+
+import os
+import pickle
+import sys
 
 import numpy as np
 import pandas as pd
@@ -19,10 +25,38 @@ require_extra("pyspark", "spark")
 
 
 @pytest.fixture(scope="module")
-def spark():
-    session = spark_session("local[2]")
+def spark(spark_master_url):
+    session = spark_session(spark_master_url)
     yield session
     session.stop()
+
+
+@pytest.mark.slow
+def test_the_jobs_run_on_the_clusters_two_executors_with_this_python(spark, spark_master_url):
+    sc = spark.sparkContext
+    assert sc.master == spark_master_url and spark_master_url.startswith("spark://")
+    assert spark_session() is spark  # the trainer's session is this one: no second, local context
+
+    def where(_rows):
+        import os
+        import sys
+
+        yield os.getpid(), sys.prefix
+
+    ran = set(sc.parallelize(range(8), 8).mapPartitions(where).collect())
+    # Executors register with the driver as the job starts; block managers: 2 executors + the driver.
+    assert sc._jsc.sc().getExecutorMemoryStatus().size() == 3
+    assert len(sc._jsc.sc().statusTracker().getExecutorInfos()) == 3
+    assert {prefix for _pid, prefix in ran} == {sys.prefix}  # the executors' python is this venv's
+    assert os.getpid() not in {pid for pid, _prefix in ran}  # the tasks ran outside the driver
+
+
+@pytest.mark.slow
+def test_a_master_other_than_the_active_sessions_is_refused(spark):
+    with pytest.raises(InputError) as err:
+        spark_session("local[2]")
+    assert err.value.field == "master" and err.value.value == "local[2]"
+    assert spark.sparkContext.master in err.value.problem and "stop" in err.value.fix
 
 
 def planted(n_users: int = 400, n_items: int = 120, n_groups: int = 4, per_user: int = 12, seed: int = 0):
@@ -84,6 +118,24 @@ def test_spark_factors_go_to_the_online_store_and_serve_like_the_process_copy(sp
     rows = store.get_many("recsys:test-als", [str(u) for u in users])
     assert rows[-1] is None and known.tolist() == [True, True, True, False]
     assert np.array_equal(np.vstack([r["als"] for r in rows[:3]]), vectors[:3])
+
+
+@pytest.mark.slow
+def test_a_fitted_spark_model_pickles_and_serves_without_a_session(spark, spark_master_url):
+    events, _held = planted(n_users=60, n_items=40, per_user=6, seed=2)
+    source = SparkALSCandidates(factors=4, iterations=3, num_blocks=2, master=spark_master_url).fit(events)
+    blob = pickle.dumps(source)
+    # A fresh interpreter unpickles and serves it: pyspark is never imported and no session starts.
+    code = (
+        "import pickle, sys; import numpy as np; "
+        "m = pickle.loads(sys.stdin.buffer.read()); idx, _ = m.candidates(np.array([0, 1]), 5); "
+        "assert idx.shape == (2, 5), idx.shape; "
+        "assert not any(n.startswith('pyspark') for n in sys.modules), 'pyspark imported'; print('ok')"
+    )
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == b"ok", done.stderr.decode()[-2000:]
 
 
 def test_spark_import_error_names_the_extra(monkeypatch):

@@ -7,10 +7,14 @@ Only training moves to Spark. The factors come back to the driver and everything
 the online store, where N serving processes read them per request instead of each holding them.
 
 Spark is an optional dependency (``pip install mlsd[spark]``, a JDK 17 on the PATH); it is imported
-only when :meth:`SparkALSCandidates.fit` runs. The session is Spark's active one
-(``SparkSession.builder.getOrCreate()``): a caller that made one (a cluster's ``spark://host:7077``,
-a test's ``local[2]``) keeps it, otherwise one is started on ``master`` and kept for the process (a JVM
-start costs ~10 s; stop it with ``spark_session().stop()``).
+only when :meth:`SparkALSCandidates.fit` runs. With ``master=None`` the session is Spark's active one:
+a caller that made one (a cluster's ``spark://host:7077``, a test's ``local[2]``) keeps it. Otherwise
+one is started on ``master`` (``local[2]`` when None) and kept for the process (a JVM start costs
+~10 s; stop it with ``spark_session().stop()``); a ``master`` other than the active session's is an
+error rather than a job silently run elsewhere. On a cluster (``spark://``) the driver listens on
+127.0.0.1 only, so the workers must run on this machine (``mlsd.platform.spark_cluster.
+LocalSparkCluster``); a team's cluster sets ``spark.driver.host`` to an address its workers reach
+(``SparkSession.builder`` before training: the active session is used as is).
 
 The two trainers optimise the same objective (Hu, Koren & Volinsky 2008: confidence ``1 + alpha * r``)
 but regularise differently: ``implicit`` adds ``regularization * I`` to each least-squares problem, Spark
@@ -20,6 +24,9 @@ titles; similar quality, not identical factors (``tests/recsys/test_spark_als.py
 """
 
 from __future__ import annotations
+
+import os
+import sys
 
 import numpy as np
 
@@ -31,8 +38,14 @@ from mlsd.recsys.data import IdMap
 INSTALL_HINT = "pip install mlsd[spark] (pyspark 4) and a JDK 17 on the PATH (or JAVA_HOME)"
 
 
-def spark_session(master: str = "local[2]", app_name: str = "mlsd-als", shuffle_partitions: int = 4):
-    """Spark's active session, or a new one on ``master`` bound to 127.0.0.1 (no UI, Arrow transfers)."""
+def spark_session(master: str | None = None, app_name: str = "mlsd-als", shuffle_partitions: int = 4):
+    """Spark's active session (when ``master`` is None or its own), or a new one on ``master``
+    (``local[2]`` when None) bound to 127.0.0.1 (no UI, Arrow transfers), its Python workers this
+    process's interpreter.
+
+    A ``master`` other than the active session's raises :class:`InputError`: Spark keeps one
+    SparkContext per process, and a job asked to run on a cluster must not run on ``local[2]``.
+    """
     try:
         from pyspark.sql import SparkSession
     except ImportError:
@@ -40,9 +53,16 @@ def spark_session(master: str = "local[2]", app_name: str = "mlsd-als", shuffle_
                          INSTALL_HINT) from None  # fmt: skip
     active = SparkSession.getActiveSession()
     if active is not None:
-        return active
+        running = active.sparkContext.master
+        if master is None or master == running:
+            return active
+        raise InputError("master", master, f"a Spark session on {running} is already active in this process",
+                         "stop it first (spark_session().stop()) or pass master=None to train on it")  # fmt: skip
+    # pyspark hands its executors the driver's PYSPARK_PYTHON (default: whatever `python3` is on the
+    # workers' PATH, here not this venv, so no numpy/pandas of ours); one set by the caller is kept.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     return (
-        SparkSession.builder.master(master)
+        SparkSession.builder.master(master or "local[2]")
         .appName(app_name)
         .config("spark.driver.host", "127.0.0.1")  # never the machine's interface address
         .config("spark.driver.bindAddress", "127.0.0.1")
@@ -57,7 +77,9 @@ class SparkALSCandidates(ALSCandidates):
     """Implicit-feedback ALS fitted by ``pyspark.ml.recommendation.ALS`` (``implicitPrefs=True``);
     candidates, scores, the FAISS index and the online-store export are :class:`ALSCandidates`'.
 
-    ``master``: where a new session runs when none is active (``local[2]``, ``spark://host:7077``);
+    ``master``: where the session runs (``local[2]``, ``spark://host:7077``); None: Spark's active session,
+    else a new ``local[2]`` one. It is a setting, not state: a fitted model pickles without it mattering
+    (serving never imports pyspark);
     ``num_blocks``: user and item blocks of Spark's block-partitioned solver (None: Spark's default, 10).
     Users and titles are mapped to dense indices on the driver (Spark's ALS ids are 32-bit integers).
     """
@@ -69,7 +91,7 @@ class SparkALSCandidates(ALSCandidates):
         alpha: float = 2.0,
         iterations: int = 15,
         random_state: int = 42,
-        master: str = "local[2]",
+        master: str | None = None,
         num_blocks: int | None = None,
     ) -> None:
         super().__init__(factors=factors, regularization=regularization, alpha=alpha,
