@@ -244,10 +244,13 @@ def train_on_all_users(
     ranker_users: int = 3_000,
     eval_users: int = 2_000,
     seed: int = 0,
+    als_engine: str = "implicit",
+    spark_master: str | None = None,
 ) -> dict[str, Any]:
     """The daily job's model (:func:`~mlsd.recsys.training.model_for`: the definition ``evaluate`` measures,
     temporal split; ``sources``/``n_estimators`` None keep the definition's, as ``mlsd recsys train``
-    does) with its stage one fitted on **every** user of the window, registered as champion.
+    does; ALS trained by ``als_engine`` on ``spark_master``) with its stage one fitted on **every** user
+    of the window, registered as champion.
 
     Stage one (ALS, content profiles, popularity, the user and item feature tables, the seen titles) is
     fitted on all the window's events. The ranker's labelled rows come from ``ranker_users`` of the
@@ -287,7 +290,7 @@ def train_on_all_users(
 
     steps.set_postfix_str(f"ranker on {ranker_users:,} users' labelled rows")
     t0 = time.perf_counter()
-    model = model_for(dataset, cfg, progress=True)
+    model = model_for(dataset, cfg, progress=True, als_engine=als_engine, spark_master=spark_master)
     window_users = np.unique(train["user_id"].to_numpy())
     labelled = rng.choice(window_users, size=min(ranker_users, len(window_users)), replace=False)
     sample = dataset.with_interactions(train[train["user_id"].isin(labelled)].reset_index(drop=True))
@@ -353,6 +356,8 @@ def run_bench(
     n_estimators: int | None = None,
     workers: int = 1,
     user_state: str | None = None,
+    als_engine: str = "implicit",
+    spark_master: str | None = None,
 ) -> dict[str, Any]:
     """Set up (simulate, train on every user, register in ``W/recsys/registry``) and measure; returns
     ``{"train": T, "in_process": B, "http": B}`` (and ``"user_state": S`` with ``user_state``).
@@ -378,7 +383,8 @@ def run_bench(
     )
     t0 = time.perf_counter()
     trained = train_on_all_users(dataset, dirs.registry, sources=sources, n_estimators=n_estimators,
-                                 ranker_users=ranker_users, seed=seed)  # fmt: skip
+                                 ranker_users=ranker_users, seed=seed, als_engine=als_engine,
+                                 spark_master=spark_master)  # fmt: skip
     train_s = time.perf_counter() - t0
     _log(f"trained stage one on all {trained['train_users']:,} users of the window ({trained['train_events']:,} "
          f"events), the ranker on {trained['ranker_users']:,} users' labelled rows, in {train_s:.1f} s "
@@ -406,6 +412,7 @@ def run_bench(
     train = {
         "simulate_s": round(simulate_s, 1),
         "train_s": round(train_s, 1),
+        "als_engine": als_engine,
         "steps_s": trained["seconds"],
         "users": trained["train_users"],
         "events": trained["train_events"],

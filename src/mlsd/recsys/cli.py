@@ -44,6 +44,22 @@ def _positive_int(name: str, low: int = 1, high: int | None = None):
     return parse
 
 
+def _add_als_engine(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--als-engine", choices=("implicit", "spark"), default="implicit",
+                   help="the ALS trainer: implicit (this process) or spark (Spark MLlib; pip install mlsd[spark])")  # fmt: skip
+    p.add_argument("--spark-master", default=None, metavar="URL",
+                   help="with --als-engine spark: where Spark runs, local[2] (default) or spark://host:7077")  # fmt: skip
+
+
+def _als_engine(args: argparse.Namespace) -> dict:
+    """``--als-engine``/``--spark-master`` as the trainer's arguments (a master without Spark is an error)."""
+    if args.spark_master is not None and args.als_engine != "spark":
+        raise InputError("--spark-master", args.spark_master, "is only used by the Spark ALS trainer",
+                         "add --als-engine spark (or leave --spark-master out)")  # fmt: skip
+    master = (args.spark_master or "local[2]") if args.als_engine == "spark" else None
+    return {"als_engine": args.als_engine, "spark_master": master}
+
+
 def add_commands(parser: argparse.ArgumentParser) -> None:
     """Register the recommender's verbs on ``mlsd recsys``."""
     sub = parser.add_subparsers(dest="verb", metavar="<verb>")
@@ -97,6 +113,7 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=_positive_int("k", 1, 500), default=None)
     p.add_argument("--n-estimators", type=_positive_int("n-estimators", 1), default=None)
     p.add_argument("--threads", type=_positive_int("threads", 1), default=None, help="LightGBM threads")
+    _add_als_engine(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_train)
 
@@ -158,6 +175,7 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
         "--workdir", default=None, help="keep data and registry in W/recsys/ (default: a temp dir)"
     )
     p.add_argument("--seed", type=int, default=0)
+    _add_als_engine(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_bench)
 
@@ -205,7 +223,7 @@ def _train(args: argparse.Namespace) -> int:
                  if value is not None}  # fmt: skip
     from mlsd.recsys.training import train
 
-    report = train(_dirs(args.workdir), progress=not args.json, **overrides)
+    report = train(_dirs(args.workdir), progress=not args.json, **_als_engine(args), **overrides)
     if args.json:
         print(dumps(report))
         return 0
@@ -363,6 +381,7 @@ def _bench(args: argparse.Namespace) -> int:
         users=args.users, items=args.items, requests=args.requests, concurrency=args.concurrency,
         events_per_user=args.events_per_user, ranker_users=args.ranker_users, k=args.k,
         workdir=args.workdir, seed=args.seed, workers=args.workers, user_state=args.user_state,
+        **_als_engine(args),
     )  # fmt: skip
     print(dumps(result) if args.json else dumps(result, indent=2))
     return 0

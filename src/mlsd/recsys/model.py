@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,7 @@ MAX_K = 500
 REFERENCE_ROWS = 20_000  # rows of the training reference kept for drift monitoring
 
 __all__ = [
+    "ALS_ENGINES",
     "DENSE_MAX_ITEMS",
     "DENSE_SOURCES",
     "FEATURE_SETTINGS",
@@ -449,6 +451,9 @@ LABEL_FOLDS = 2
 # The feature builder's settings (mlsd.recsys.features.FeatureBuilder): side information (genres and
 # release years against the user's history) and the sequence profile of her last recent_k events.
 FEATURE_SETTINGS: dict[str, Any] = {"side_info": True, "recent_k": 10}
+# The ALS trainers: implicit in this process, Spark MLlib on a master (mlsd.recsys.candidates.spark_als).
+ALS_ENGINES = ("implicit", "spark")
+SPARK_MASTER = re.compile(r"^(local(\[(\d+|\*)(,\d+)?\])?|spark://[^\s/]+|yarn|k8s://\S+)$")
 
 
 @dataclass(frozen=True)
@@ -465,11 +470,23 @@ class ModelSpec:
     label_folds: int = LABEL_FOLDS
     dropped: dict[str, str] = field(default_factory=dict)
     features: dict[str, Any] = field(default_factory=lambda: dict(FEATURE_SETTINGS))
+    # Which trainer fits the ALS factors (the "als" source and an ALS member of the blend): "implicit"
+    # in this process, or "spark" (Spark MLlib on ``spark_master``; None: Spark's active session, else
+    # local[2]). The fitted source is an ALSCandidates either way: serving never imports pyspark.
+    als_engine: str = "implicit"
+    spark_master: str | None = None
 
     def source_models(self) -> dict:
         """Fresh, configured (unfitted) instances of the sources that have settings."""
         settings = self.source_settings
-        factories = {"als": ALSCandidates, "ease": EASECandidates, "rp3": RP3BetaCandidates,
+        als: Any = ALSCandidates
+        if self.als_engine == "spark":
+            from functools import partial
+
+            from mlsd.recsys.candidates.spark_als import SparkALSCandidates
+
+            als = partial(SparkALSCandidates, master=self.spark_master)
+        factories = {"als": als, "ease": EASECandidates, "rp3": RP3BetaCandidates,
                      "seq": SequentialEASECandidates}  # fmt: skip
         models = {name: make(**settings[name]) for name, make in factories.items() if name in self.sources}
         if "blend" in self.sources:
@@ -507,7 +524,12 @@ class ModelSpec:
 
 
 def model_spec(
-    n_items: int, sources: dict[str, int] | None = None, n_estimators: int | None = None
+    n_items: int,
+    sources: dict[str, int] | None = None,
+    n_estimators: int | None = None,
+    *,
+    als_engine: str = "implicit",
+    spark_master: str | None = None,
 ) -> ModelSpec:
     """THE model definition for a catalogue of ``n_items`` titles: ``mlsd recsys evaluate`` and the
     daily job (``mlsd recsys train``, hence the service) both build their model from it.
@@ -517,6 +539,8 @@ def model_spec(
     are :data:`~mlsd.recsys.candidates.EVAL_SOURCE_SETTINGS` (chosen on inner validation, whichever
     path builds). Above :data:`DENSE_MAX_ITEMS` titles the dense sources (EASE, sequential EASE,
     the blend) are left out, with the reason in ``dropped``, and the trees learn from scratch.
+    ``als_engine`` (:data:`ALS_ENGINES`) picks the ALS trainer, ``spark_master`` where Spark runs
+    (``local[2]``, ``spark://host:7077``): the same definition otherwise.
 
     >>> spec = model_spec(1_682)
     >>> "blend" in spec.sources, spec.ranker["base_feature"], spec.dropped
@@ -526,9 +550,26 @@ def model_spec(
     >>> big = model_spec(50_000)
     >>> sorted(big.dropped), "base_feature" in big.ranker
     (['blend', 'ease'], False)
+    >>> type(model_spec(1_682, als_engine="spark", spark_master="local[2]").source_models()["als"]).__name__
+    'SparkALSCandidates'
+    >>> model_spec(1_682, als_engine="mllib")
+    Traceback (most recent call last):
+    ...
+    mlsd.platform.errors.InputError: als_engine='mllib': is not an ALS trainer. Fix: use one of implicit, spark
     """
     if not isinstance(n_items, int | np.integer) or n_items < 0:
         raise InputError("n_items", n_items, "must be a non-negative integer", "pass len(dataset.items)")
+    if als_engine not in ALS_ENGINES:
+        raise InputError(
+            "als_engine", als_engine, "is not an ALS trainer", f"use one of {', '.join(ALS_ENGINES)}"
+        )
+    if spark_master is not None:
+        if als_engine != "spark":
+            raise InputError("spark_master", spark_master, "is only used by the Spark ALS trainer",
+                             "add als_engine='spark' (CLI: --als-engine spark) or leave the master out")  # fmt: skip
+        if not isinstance(spark_master, str) or not SPARK_MASTER.match(spark_master):
+            raise InputError("spark_master", spark_master, "is not a Spark master URL",
+                             "pass local[2], local[*] or spark://host:7077")  # fmt: skip
     chosen = dict(EVAL_SOURCES if sources is None else sources)
     dropped = {}
     if n_items > DENSE_MAX_ITEMS:
@@ -545,6 +586,8 @@ def model_spec(
         ranker=ranker,
         score_models=tuple(m for m in SCORE_MODELS if m in chosen),
         dropped=dropped,
+        als_engine=als_engine,
+        spark_master=spark_master,
     )
 
 

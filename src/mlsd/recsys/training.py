@@ -162,19 +162,34 @@ class _Fitted:
                 "eval_users": len(self.users)}  # fmt: skip
 
 
-def model_for(dataset: RecsysDataset, cfg: TrainConfig, *, progress: bool = False):
+def model_for(
+    dataset: RecsysDataset,
+    cfg: TrainConfig,
+    *,
+    progress: bool = False,
+    als_engine: str = "implicit",
+    spark_master: str | None = None,
+):
     """The job's (unfitted) model: :func:`~mlsd.recsys.model.model_spec` for the data's catalogue, the
     definition ``mlsd recsys evaluate`` measures, with the job's explicit ``sources``/``n_estimators``
-    overrides, under the temporal label split."""
+    overrides, under the temporal label split; its ALS factors trained by ``als_engine`` (``spark``:
+    Spark MLlib on ``spark_master``)."""
     from mlsd.recsys.model import model_spec
 
-    spec = model_spec(len(dataset.items), cfg.sources, cfg.n_estimators)
+    spec = model_spec(len(dataset.items), cfg.sources, cfg.n_estimators, als_engine=als_engine,
+                      spark_master=spark_master)  # fmt: skip
     if progress:
         spec.log_dropped("recsys train")
+    if als_engine == "spark":
+        from mlsd.recsys.candidates.spark_als import spark_session
+
+        # Start (or check) the session now: no pyspark, or another session already active on another
+        # master, is the job's error here; inside fit the generator would skip the source and go on.
+        spark_session(spark_master)
     return spec.build(label_split="temporal", label_days=cfg.label_days, n_jobs=cfg.threads)
 
 
-def _fit(dataset: RecsysDataset, cfg: TrainConfig, steps) -> _Fitted:
+def _fit(dataset: RecsysDataset, cfg: TrainConfig, steps, **engine: Any) -> _Fitted:
     bounds = split_days(
         dataset, train_days=cfg.train_days, label_days=cfg.label_days, eval_days=cfg.eval_days
     )
@@ -186,7 +201,7 @@ def _fit(dataset: RecsysDataset, cfg: TrainConfig, steps) -> _Fitted:
     n_items = len(dataset.items)
 
     steps.set_postfix_str("fit two-stage model")
-    model = model_for(dataset, cfg, progress=not steps.disable).fit(
+    model = model_for(dataset, cfg, progress=not steps.disable, **engine).fit(
         dataset.with_interactions(train), cutoff=bounds["cutoff"]
     )
     steps.update()
@@ -351,19 +366,33 @@ class RecsysRetrainSteps:
     """The recommender's half of :func:`mlsd.platform.retraining.retrain` (window, train, gate).
 
     The job's settings are the champion's, else :func:`config_for` the data; ``overrides`` (TrainConfig
-    fields: ``mlsd recsys train --n-estimators 50``) change them.
+    fields: ``mlsd recsys train --n-estimators 50``) change them. ``als_engine``/``spark_master``: which
+    trainer fits the ALS factors and where (``mlsd recsys train --als-engine spark --spark-master URL``),
+    this run's choice, not the champion's (a stored master may be a cluster long gone); the engine is
+    part of the job's identity (factors from another trainer are another model).
     """
 
     system = SYSTEM
     model = MODEL_NAME
 
-    def __init__(self, overrides: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        overrides: dict[str, Any] | None = None,
+        *,
+        als_engine: str = "implicit",
+        spark_master: str | None = None,
+    ) -> None:
+        from mlsd.recsys.model import model_spec
+
         names = {f.name for f in fields(TrainConfig)}
         unknown = sorted(set(overrides or {}) - names)
         if unknown:
             raise InputError(unknown[0], (overrides or {})[unknown[0]], "is not a training setting",
                              f"use one of {sorted(names)}")  # fmt: skip
+        # A bad engine or master fails here, before the data loads.
+        model_spec(0, als_engine=als_engine, spark_master=spark_master)
         self.overrides = dict(overrides or {})
+        self.engine = {"als_engine": als_engine, "spark_master": spark_master}
 
     def window(self, dirs: SystemDir, run_date: dt.date | None, champion: Any, *, progress: bool) -> Window:
         from mlsd.platform.registry import fingerprint
@@ -391,7 +420,8 @@ class RecsysRetrainSteps:
         later = champion is not None and int(champion.params.get("eval_start", 0)) > bounds["eval_start"]
         return Window(
             run_date=run_date, fingerprint=fingerprint(window.reset_index(drop=True)),
-            settings={k: v for k, v in asdict(config).items() if k in JOB_KEYS},
+            settings={**{k: v for k, v in asdict(config).items() if k in JOB_KEYS},
+                      "als_engine": self.engine["als_engine"]},
             data={"dataset": upto, "config": config}, backfill=later,
             backfill_reason=(
                 f"backfill: champion v{champion.version} was trained on data after {run_date.isoformat()}, "
@@ -404,7 +434,7 @@ class RecsysRetrainSteps:
 
         dataset, config = window.data["dataset"], window.data["config"]
         steps = tqdm(total=2, desc="recsys train", file=sys.stderr, disable=not progress)
-        fitted = _fit(dataset, config, steps)
+        fitted = _fit(dataset, config, steps, **self.engine)
         steps.close()
         window.data["fitted"] = fitted  # the gate scores the champion on the same eval day
         return Trained(
@@ -431,9 +461,18 @@ def retrain(dirs: SystemDir, run_date: dt.date | None = None, *, progress: bool 
     return platform_retrain(RecsysRetrainSteps(), dirs, run_date, progress=progress)
 
 
-def train(dirs: SystemDir, *, progress: bool = True, **overrides: Any) -> dict[str, Any]:
+def train(
+    dirs: SystemDir,
+    *,
+    progress: bool = True,
+    als_engine: str = "implicit",
+    spark_master: str | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
     """``mlsd recsys train --workdir W``: the same job on the data's last day, ``overrides`` changing
-    its settings (a job that already ran registers nothing and says which version it was)."""
+    its settings (a job that already ran registers nothing and says which version it was); its ALS
+    factors trained by ``als_engine`` on ``spark_master`` (:class:`RecsysRetrainSteps`)."""
     from mlsd.platform.retraining import retrain as platform_retrain
 
-    return platform_retrain(RecsysRetrainSteps(overrides), dirs, None, progress=progress)
+    steps = RecsysRetrainSteps(overrides, als_engine=als_engine, spark_master=spark_master)
+    return platform_retrain(steps, dirs, None, progress=progress)
