@@ -11,10 +11,10 @@ only when :meth:`SparkALSCandidates.fit` runs. With ``master=None`` the session 
 a caller that made one (a cluster's ``spark://host:7077``, a test's ``local[2]``) keeps it. Otherwise
 one is started on ``master`` (``local[2]`` when None) and kept for the process (a JVM start costs
 ~10 s; stop it with ``spark_session().stop()``); a ``master`` other than the active session's is an
-error rather than a job silently run elsewhere. On a cluster (``spark://``) the driver listens on
-127.0.0.1 only, so the workers must run on this machine (``mlsd.platform.spark_cluster.
-LocalSparkCluster``); a team's cluster sets ``spark.driver.host`` to an address its workers reach
-(``SparkSession.builder`` before training: the active session is used as is).
+error rather than a job silently run elsewhere. With ``local[...]`` or a master on 127.0.0.1 /
+localhost (``mlsd.platform.spark_cluster.LocalSparkCluster``) the driver binds 127.0.0.1 only; with a
+remote master it listens where Spark's defaults say (``SPARK_LOCAL_IP``, ``spark.driver.host`` in
+``spark-defaults.conf``): its executors must reach it.
 
 The two trainers optimise the same objective (Hu, Koren & Volinsky 2008: confidence ``1 + alpha * r``)
 but regularise differently: ``implicit`` adds ``regularization * I`` to each least-squares problem, Spark
@@ -61,16 +61,34 @@ def spark_session(master: str | None = None, app_name: str = "mlsd-als", shuffle
     # pyspark hands its executors the driver's PYSPARK_PYTHON (default: whatever `python3` is on the
     # workers' PATH, here not this venv, so no numpy/pandas of ours); one set by the caller is kept.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    return (
-        SparkSession.builder.master(master or "local[2]")
+    master = master or "local[2]"
+    builder = (
+        SparkSession.builder.master(master)
         .appName(app_name)
-        .config("spark.driver.host", "127.0.0.1")  # never the machine's interface address
-        .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.ui.enabled", "false")
         .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .getOrCreate()
     )
+    if is_loopback(master):  # never the machine's interface address when nothing remote must reach us
+        builder = builder.config("spark.driver.host", "127.0.0.1").config(
+            "spark.driver.bindAddress", "127.0.0.1"
+        )
+    return builder.getOrCreate()
+
+
+def is_loopback(master: str) -> bool:
+    """True for ``local[...]`` and a ``spark://`` master whose hosts are all 127.0.0.1 / localhost.
+
+    Examples:
+        >>> is_loopback("local[2]"), is_loopback("spark://127.0.0.1:7077"), is_loopback("spark://spark-m:7077")
+        (True, True, False)
+    """
+    if master.startswith("local"):
+        return True
+    if not master.startswith("spark://"):
+        return False
+    hosts = [node.rsplit(":", 1)[0] for node in master[len("spark://") :].split(",")]
+    return all(host in ("127.0.0.1", "localhost") for host in hosts)
 
 
 class SparkALSCandidates(ALSCandidates):
