@@ -24,7 +24,7 @@ def test_bench_json_contract(capsys):
     assert result["train"]["train_s"] > 0 and set(result["train"]["steps_s"]) >= {"ranker", "stage_one"}
     for mode in ("in_process", "http"):
         b = result[mode]
-        assert set(b) == (KEYS | {"workers", "concurrency"} if mode == "http" else KEYS)
+        assert set(b) == (KEYS | {"workers", "load", "concurrency"} if mode == "http" else KEYS)
         assert 0 < b["p50_ms"] <= b["p95_ms"] <= b["p99_ms"]
         assert b["throughput_rps"] > 0
         assert {"candidates", "rules"} <= set(b["stages"]) <= set(STAGES)
@@ -50,8 +50,14 @@ def test_http_with_several_uvicorn_worker_processes(tiny):
     users = np.array([1, 2, 3, 10**9 + 1] * 4)  # known and cold ids alike
     with ServerProcess(tiny.root, workers=2) as server:
         latencies, stages, _wall, errors = asyncio.run(_http_run(server.url, users, 10, concurrency=4))
+        # open loop: Poisson arrivals at 400 a second; every request sent once and answered
+        opened, open_stages, open_wall, open_errors = asyncio.run(
+            _http_run(server.url, users, 10, concurrency=4, rate=400.0)
+        )
     assert errors == 0 and len(latencies) == len(users)
     assert "candidates" in stages and len(stages["candidates"]) == len(users)
+    assert open_errors == 0 and len(opened) == len(open_stages["candidates"]) == len(users)
+    assert open_wall > 0 and all(ms > 0 for ms in opened)
     assert server.proc.poll() is not None  # stopped
 
 

@@ -114,7 +114,9 @@ class ServerThread:
         return f"http://127.0.0.1:{self.port}"
 
 
-async def _http_run(url: str, users: np.ndarray, k: int, concurrency: int) -> tuple[list, dict, float, int]:
+async def _http_run(
+    url: str, users: np.ndarray, k: int, concurrency: int, rate: float | None = None
+) -> tuple[list, dict, float, int]:
     import httpx
 
     latencies: list[float] = []
@@ -139,8 +141,30 @@ async def _http_run(url: str, users: np.ndarray, k: int, concurrency: int) -> tu
                 for s, ms in response.json()["timings_ms"].items():
                     stages.setdefault(s, []).append(ms)
 
+        async def scheduled(i: int, at: float) -> None:
+            nonlocal errors
+            await asyncio.sleep(max(at - time.perf_counter(), 0.0))
+            # from the time the request was due, not sent: a client that fell behind must not hide the
+            # wait (coordinated omission); the connection pool bounds what is in flight
+            try:
+                response = await client.get(f"/v1/recommendations/{queue[i]}", params={"k": k})
+            except httpx.HTTPError:  # e.g. the pool's wait ran out: a failed request, not a lost one
+                errors += 1
+                return
+            latencies.append((time.perf_counter() - at) * 1000.0)
+            if response.status_code != 200:
+                errors += 1
+                return
+            for s, ms in response.json()["timings_ms"].items():
+                stages.setdefault(s, []).append(ms)
+
         started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        if rate is None:  # closed loop: `concurrency` clients, each sends when its answer is in
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        else:  # open loop: Poisson arrivals at `rate` a second, whatever the answers take
+            gaps = np.random.default_rng(len(queue)).exponential(1.0 / rate, len(queue))
+            due = started + np.cumsum(gaps)
+            await asyncio.gather(*(scheduled(i, float(at)) for i, at in enumerate(due)))
         wall = time.perf_counter() - started
     return latencies, stages, wall, errors
 
@@ -216,8 +240,12 @@ def bench_http(
     workers: int = 1,
     workdir: str | Path | None = None,
     env: dict[str, str] | None = None,
+    rate: float | None = None,
 ) -> dict[str, Any]:
-    """``env``: what the worker processes' environment adds (the user-state store of ``--user-state``)."""
+    """``env``: what the worker processes' environment adds (the user-state store of ``--user-state``).
+    ``rate``: an open loop at this many requests a second (Poisson arrivals, at most ``concurrency``
+    connections) instead of ``concurrency`` clients each waiting for its answer: latency at a stated load
+    below saturation, the way a latency objective is stated; the closed loop measures saturation."""
     from mlsd.recsys.service import create_service_app
 
     if workers > 1:
@@ -225,11 +253,13 @@ def bench_http(
     else:
         server = ServerThread(create_service_app(engine))
     with server:
-        latencies, stages, wall, errors = asyncio.run(_http_run(server.url, users, k, concurrency))
+        latencies, stages, wall, errors = asyncio.run(_http_run(server.url, users, k, concurrency, rate))
         worker_rss = [rss_mb(pid) for pid in sorted(getattr(server, "pids", ()))]
     if errors:
         _log(f"{errors} HTTP requests failed")
-    out = {**summarize(latencies, stages, wall), "workers": workers, "concurrency": concurrency}
+    load = {"load": "closed", "concurrency": concurrency} if rate is None else {
+        "load": "open", "offered_rps": rate, "max_connections": concurrency}  # fmt: skip
+    out = {**summarize(latencies, stages, wall), "workers": workers, **load}
     if worker_rss:
         out["worker_rss_mb"] = worker_rss
     return out
@@ -246,6 +276,7 @@ def train_on_all_users(
     seed: int = 0,
     als_engine: str = "implicit",
     spark_master: str | None = None,
+    rate: float | None = None,
 ) -> dict[str, Any]:
     """The daily job's model (:func:`~mlsd.recsys.training.model_for`: the definition ``evaluate`` measures,
     temporal split; ``sources``/``n_estimators`` None keep the definition's, as ``mlsd recsys train``
@@ -358,6 +389,7 @@ def run_bench(
     user_state: str | None = None,
     als_engine: str = "implicit",
     spark_master: str | None = None,
+    rate: float | None = None,
 ) -> dict[str, Any]:
     """Set up (simulate, train on every user, register in ``W/recsys/registry``) and measure; returns
     ``{"train": T, "in_process": B, "http": B}`` (and ``"user_state": S`` with ``user_state``).
@@ -402,9 +434,10 @@ def run_bench(
         where = "from Redis" if store is not None else "in process memory"
         _log(f"in-process: {requests} requests, k={k}, user state {where}")
         in_process = bench_in_process(engine, in_users, k)
-        _log(f"http: {requests} requests, concurrency {concurrency}, uvicorn ({workers} worker(s)) on 127.0.0.1, "
+        load = f"concurrency {concurrency}" if rate is None else f"{rate:g} requests/s (open loop)"
+        _log(f"http: {requests} requests, {load}, uvicorn ({workers} worker(s)) on 127.0.0.1, "
              f"user state {where}")  # fmt: skip
-        http = bench_http(engine, http_users, k, concurrency, workers, root, env=worker_env)
+        http = bench_http(engine, http_users, k, concurrency, workers, root, env=worker_env, rate=rate)
         engine.close()
     finally:
         if store is not None:

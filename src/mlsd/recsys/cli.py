@@ -161,7 +161,12 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--users", type=_positive_int("users", 10), default=1_000_000)
     p.add_argument("--items", type=_positive_int("items", 20), default=50_000)
     p.add_argument("--requests", type=_positive_int("requests", 1), default=2_000)
-    p.add_argument("--concurrency", type=_positive_int("concurrency", 1), default=8)
+    p.add_argument("--concurrency", type=_positive_int("concurrency", 1), default=8,
+                   help="HTTP clients, each sending when its answer is in (closed loop: saturation); with "
+                   "--rate: the most connections open at once")  # fmt: skip
+    p.add_argument("--rate", type=_positive_int("rate", 1, 100_000), default=None, metavar="RPS",
+                   help="instead: HTTP requests arrive at RPS a second (Poisson, open loop): the latency "
+                   "at a stated load, measured from when each request was due")  # fmt: skip
     p.add_argument("--workers", type=_positive_int("workers", 1, 64), default=1,
                    help="uvicorn worker processes for the HTTP run (1: a thread of the bench process)")  # fmt: skip
     p.add_argument("--events-per-user", type=float, default=8.0)
@@ -381,7 +386,7 @@ def _bench(args: argparse.Namespace) -> int:
         users=args.users, items=args.items, requests=args.requests, concurrency=args.concurrency,
         events_per_user=args.events_per_user, ranker_users=args.ranker_users, k=args.k,
         workdir=args.workdir, seed=args.seed, workers=args.workers, user_state=args.user_state,
-        **_als_engine(args),
+        rate=args.rate, **_als_engine(args),
     )  # fmt: skip
     print(dumps(result) if args.json else dumps(result, indent=2))
     return 0
