@@ -184,12 +184,15 @@ def test_serving_caches_are_not_pickled_and_a_refit_drops_them(tiny):
     uid = np.array([model.users_.ids[0]])
     frame = model.candidates(uid)
     X = model.features_.transform(frame, {"content": content})
-    assert "_item_values_cache" in model.features_.__dict__ and content.__dict__.get("_row_cache")
+    caches = {"_item_table_values_cache", "_user_table_values_cache"}
+    assert caches <= set(model.features_.__dict__) and content.__dict__.get("_row_cache")
     fb, cc = pickle.loads(pickle.dumps(model.features_)), pickle.loads(pickle.dumps(content))
-    assert "_item_values_cache" not in fb.__dict__ and "_row_cache" not in cc.__dict__
+    assert not caches & set(fb.__dict__) and "_row_cache" not in cc.__dict__
     np.testing.assert_array_equal(fb.transform(frame, {"content": cc}).to_numpy(), X.to_numpy())
     fb.item_table_ = fb.item_table_ * 2  # what a refit does: a new table object
     np.testing.assert_array_equal(fb._item_values(), fb.item_table_.to_numpy())
+    fb.user_table_ = fb.user_table_.iloc[::-1]  # a request's own table (the online store's rows)
+    np.testing.assert_array_equal(fb._user_values(), fb.user_table_.to_numpy())
 
 
 # --- side information and sequence features -------------------------------------------------------
