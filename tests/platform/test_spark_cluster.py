@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -67,6 +69,48 @@ def test_a_master_and_two_workers_start_on_loopback_and_stop_by_pid():
         cluster.stop()
     assert not any(_alive(p) for p in pids)
     assert cluster.url is None and cluster.pids == []
+
+
+# A driver in its own process (as a job is): a session on the cluster, one job, then it holds its
+# executors until its stdin closes.
+DRIVER = """
+import sys
+from pyspark.sql import SparkSession
+spark = (SparkSession.builder.master(sys.argv[1]).config("spark.driver.host", "127.0.0.1")
+         .config("spark.driver.bindAddress", "127.0.0.1").config("spark.ui.enabled", "false")
+         .config("spark.executor.memory", "512m").getOrCreate())
+assert spark.sparkContext.parallelize(range(8), 4).map(lambda x: x * 2).sum() == 56
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_stop_ends_the_executors_of_a_running_application_too():
+    require_extra("pyspark", "spark")
+    from mlsd.platform.spark_cluster import descendants
+
+    cluster = LocalSparkCluster(workers=2, memory_per_worker="512m")
+    driver = None
+    try:
+        cluster.start()
+        env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+        driver = subprocess.Popen([sys.executable, "-c", DRIVER, cluster.url], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)  # fmt: skip
+        assert driver.stdout.readline().strip() == "ready"
+        executors = [pid for worker in cluster.pids[1:] for pid in descendants(worker)]
+        assert len(executors) >= 2  # an executor JVM under each worker (and their Python workers)
+    finally:
+        cluster.stop()
+        if driver is not None:
+            driver.stdin.close()
+            try:
+                driver.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                driver.kill()
+                driver.wait()
+    assert not any(_alive(p) for p in executors)
 
 
 def test_a_stop_before_start_is_harmless():
