@@ -188,3 +188,44 @@ def test_systems_not_deployed_in_the_workdir_are_skipped_not_failed(tmp_path, ca
     # asked for by name, an absent system is a failure with the fix (exit 2), as before
     assert main(["pipeline", "run", "daily", "--workdir", str(tmp_path), "--systems", "search"]) == 2
     assert "mlsd search simulate --workdir" in capsys.readouterr().err
+
+
+class ServingSteps(MeanSteps):
+    """MeanSteps whose new champion needs its serving state prepared first (the recommender's user rows
+    in the online store): ``down`` makes that step fail, as an unreachable store would."""
+
+    def __init__(self, values: dict[dt.date, float]) -> None:
+        super().__init__(values)
+        self.down = False
+        self.prepared: list[int] = []
+
+    def before_promote(self, window, challenger, *, progress):
+        if self.down:
+            raise ConnectionError("store at 127.0.0.1:1 refused the connection")
+        self.prepared.append(challenger.version)
+        return {"rows_for": challenger.version}
+
+
+def test_a_champion_is_promoted_only_once_its_serving_state_is_ready_and_a_failed_run_resumes(tmp_path):
+    from mlsd.platform.registry import ModelRegistry
+
+    d = [dt.date(2026, 1, i) for i in (1, 2, 3)]
+    steps = ServingSteps({d[0]: 1.0, d[1]: 5.0, d[2]: 9.0})
+    dirs = SystemDir(tmp_path, "toy")
+    first = retrain(steps, dirs, d[0], progress=False)
+    assert first["promoted"] and steps.prepared == [1] and first["gate"]["before_promote"] == {"rows_for": 1}
+    steps.down = True
+    with pytest.raises(InputError) as err:  # passed the gate, serving state could not be written
+        retrain(steps, dirs, d[2], progress=False)
+    assert err.value.field == "before_promote" and "ConnectionError" in str(err.value)
+    assert "champion v1 kept" in str(err.value) and "run the same job again" in err.value.fix
+    registry = ModelRegistry(dirs.registry)
+    assert registry.current_version("toy-mean") == 1  # fail closed: the old champion serves on
+    held = json.loads((dirs.runs / "2026-01-03-v2.json").read_text())
+    assert not held["promoted"] and "preparing serving failed" in held["reason"]
+    steps.down = False
+    resumed = retrain(steps, dirs, d[2], progress=False)  # same data: resumes instead of "nothing to do"
+    assert resumed["promoted"] and not resumed["registered"] and resumed["reason"].startswith("resumed:")
+    assert registry.current_version("toy-mean") == 2 and steps.prepared == [1, 2] and steps.trained == 2
+    again = retrain(steps, dirs, d[2], progress=False)  # now there is nothing left to do
+    assert not again["registered"] and not again["promoted"] and "nothing to do" in again["reason"]

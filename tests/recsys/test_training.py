@@ -158,3 +158,48 @@ def test_an_empty_workdir_says_how_to_fill_it(tmp_path):
     with pytest.raises(InputError) as err:
         retrain(SystemDir(tmp_path, "recsys"), progress=False)
     assert err.value.field == "--workdir" and "mlsd recsys simulate --workdir" in err.value.fix
+
+
+# ---------------------------------------------------------------------------------------------------
+# The new champion's user rows in the online store before promotion
+
+
+@pytest.mark.services
+def test_train_with_user_state_writes_the_champions_rows_before_promoting_and_prunes_old_ones(
+    tmp_path, redis_url, redis_prefix, monkeypatch, capsys
+):
+    import json
+
+    from mlsd.cli import main
+    from mlsd.platform.features.online import RedisStore
+    from mlsd.recsys.engine import ensure_user_state, prune_user_state, user_state_namespace
+    from mlsd.recsys.model import TwoStageRecommender
+    from mlsd.recsys.service import USER_STATE_PREFIX_ENV
+
+    monkeypatch.setenv(USER_STATE_PREFIX_ENV, redis_prefix)  # the workers' prefix, read by the job too
+    dirs = SystemDir(tmp_path, "recsys")
+    simulate_into(dirs, "tiny")
+    assert main(["recsys", "train", "--workdir", str(tmp_path), "--user-state", redis_url, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    state = report["gate"]["before_promote"]["user_state"]
+    assert report["promoted"] and state["version"] == report["version"] == 1
+    assert state["users"] > 0 and not state["already_there"]
+    store = RedisStore(redis_url, prefix=redis_prefix)
+    model = TwoStageRecommender.load(ModelRegistry(dirs.registry).artifact_path(MODEL_NAME, "champion"))
+    assert ensure_user_state(model, store, 1) is None  # a worker loading v1 finds its rows there
+    uid = str(model.users_.ids[0])
+    assert store.get_many(user_state_namespace(1), [uid])[0] is not None
+    ensure_user_state(model, store, 7)  # a version no alias holds any more
+    assert prune_user_state(store, keep={1}) == [7]
+    assert store.get_many(user_state_namespace(7), [uid])[0] is None
+    assert store.get_many(user_state_namespace(1), [uid])[0] is not None and prune_user_state(store, {1}) == []
+    store.close()
+
+
+def test_train_with_a_user_state_store_that_does_not_answer_exits_2_before_training(tmp_path, blackhole, capsys):
+    from mlsd.cli import main
+
+    simulate_into(SystemDir(tmp_path, "recsys"), "tiny")
+    assert main(["recsys", "train", "--workdir", str(tmp_path), "--user-state", blackhole]) == 2
+    assert "--user-state" in capsys.readouterr().err
+    assert not (tmp_path / "recsys" / "registry" / "registry.sqlite").exists()

@@ -100,7 +100,13 @@ class Verdict:
 
 
 class RetrainSteps(Protocol):
-    """A system's half of a retrain job (see :func:`retrain`)."""
+    """A system's half of a retrain job (see :func:`retrain`).
+
+    Optionally also ``before_promote(window, challenger, *, progress) -> dict | None``: what serving
+    needs in place before the champion alias moves to ``challenger`` (the recommender: the version's
+    user rows in the online store, so no worker loads a champion whose state is missing). If it raises,
+    the champion is kept and the report says why; what it returns goes into the report's ``gate``.
+    """
 
     system: str
     model: str
@@ -142,6 +148,12 @@ def retrain(
             "data_fingerprint": window.fingerprint}  # fmt: skip
     for mv in registry.versions(steps.model) if known else []:
         if mv.data_fingerprint == window.fingerprint and _same_settings(mv.params, window.settings):
+            held = _held_report(dirs, window, mv, registry.current_version(steps.model, "champion"))
+            if held is not None:  # an earlier run passed the gate but could not prepare serving: resume
+                verdict = Verdict(True, f"resumed: {held['reason'].split('; not promoted:')[0]}")
+                base = {**base, "version": mv.version, "metrics": mv.metrics, "registered": False}
+                gate = {k: v for k, v in (held.get("gate") or {}).items() if k != "before_promote"}
+                return _promote(steps, dirs, registry, window, mv, verdict, gate, base, started, progress)
             return _report(dirs, started, {
                 **base, "version": mv.version, "registered": False, "promoted": False,
                 "reason": f"v{mv.version} was already trained on this window (data fingerprint "
@@ -164,13 +176,71 @@ def retrain(
     else:
         verdict = steps.gate(window, challenger, champion, progress=progress)
         gate = verdict.metrics
+    base = {**base, "version": challenger.version, "metrics": challenger.metrics}
+    return _promote(steps, dirs, registry, window, challenger, verdict, gate, base, started, progress)
+
+
+def _promote(
+    steps: RetrainSteps,
+    dirs: SystemDir,
+    registry: Any,
+    window: Window,
+    challenger: Any,
+    verdict: Verdict,
+    gate: dict[str, Any],
+    base: dict[str, Any],
+    started: float,
+    progress: bool,
+) -> dict[str, Any]:
+    """before_promote (when the gate said promote) -> promote -> report. A failed before_promote keeps
+    the champion, writes the report and raises: the job fails (a scheduler alerts) and its next run on
+    the same data resumes here (:func:`_held_report`) instead of saying there is nothing to do."""
+    ready: dict[str, Any] = {}
+    if verdict.promote:
+        verdict, ready = _before_promote(steps, window, challenger, verdict, progress)
     if verdict.promote:
         registry.promote(steps.model, challenger.version, "champion")
-    return _report(dirs, started, {
-        **base, "version": challenger.version, "registered": True, "promoted": verdict.promote,
-        "reason": verdict.reason, "metrics": challenger.metrics, "gate": gate,
-        "champion": registry.current_version(steps.model, "champion"),
+    report = _report(dirs, started, {
+        "registered": True, **base, "promoted": verdict.promote, "reason": verdict.reason,
+        "gate": {**gate, **ready}, "champion": registry.current_version(steps.model, "champion"),
     })  # fmt: skip
+    failed = ready.get("before_promote", {}).get("error")
+    if failed:
+        raise InputError(
+            "before_promote", f"v{challenger.version}", f"passed the gate but serving could not be prepared "
+            f"({failed}); champion v{report['champion']} kept", "fix that dependency and run the same job "
+            "again: it resumes at this step",
+        )  # fmt: skip
+    return report
+
+
+def _held_report(dirs: SystemDir, window: Window, mv: Any, champion: int | None) -> dict[str, Any] | None:
+    """The report of the run that registered ``mv`` if it passed the gate and then failed to prepare
+    serving (and ``mv`` is still not champion); else None."""
+    path = dirs.runs / f"{window.run_date.isoformat()}-v{mv.version}.json"
+    if champion == mv.version or not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    failed = (report.get("gate") or {}).get("before_promote", {}).get("error")
+    return report if failed and not report.get("promoted") else None
+
+
+def _before_promote(
+    steps: RetrainSteps, window: Window, challenger: Any, verdict: Verdict, progress: bool
+) -> tuple[Verdict, dict[str, Any]]:
+    """The system's serving prerequisites for the new champion (:class:`RetrainSteps`), run before the
+    alias moves. Fails closed: an error keeps the champion, with the reason."""
+    prepare = getattr(steps, "before_promote", None)
+    if prepare is None:
+        return verdict, {}
+    try:
+        done = prepare(window, challenger, progress=progress)
+    except Exception as exc:  # noqa: BLE001 - any failure keeps the champion, with the reason reported
+        traceback.print_exc(file=sys.stderr)
+        error = f"{type(exc).__name__}: {exc}"
+        why = f"{verdict.reason}; not promoted: preparing serving failed: {error}"
+        return Verdict(False, why, verdict.metrics), {"before_promote": {"error": error}}
+    return verdict, ({"before_promote": done} if done else {})
 
 
 def _same_settings(params: Mapping[str, Any], settings: Mapping[str, Any]) -> bool:

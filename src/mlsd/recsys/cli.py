@@ -114,6 +114,10 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--n-estimators", type=_positive_int("n-estimators", 1), default=None)
     p.add_argument("--threads", type=_positive_int("threads", 1), default=None, help="LightGBM threads")
     _add_als_engine(p)
+    p.add_argument("--user-state", default=None, metavar="URL",
+                   help="the Redis (or redis+cluster://) URL serving workers read user rows from: a new "
+                   "champion's rows are written there before it is promoted, older versions' deleted "
+                   "(default: $MLSD_RECSYS_USER_STATE)")  # fmt: skip
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_train)
 
@@ -228,7 +232,10 @@ def _train(args: argparse.Namespace) -> int:
                  if value is not None}  # fmt: skip
     from mlsd.recsys.training import train
 
-    report = train(_dirs(args.workdir), progress=not args.json, **_als_engine(args), **overrides)
+    if args.user_state:
+        _user_state_store(args.user_state).close()  # one that does not answer: exit 2 before training
+    report = train(_dirs(args.workdir), progress=not args.json, user_state=args.user_state, **_als_engine(args),
+                   **overrides)  # fmt: skip
     if args.json:
         print(dumps(report))
         return 0

@@ -468,6 +468,28 @@ def export_user_state(model, store, namespace: str, *, batch: int = 10_000, prog
             "bytes_per_user": round(payload / max(len(ids), 1), 1)}  # fmt: skip
 
 
+def prune_user_state(store, keep: set[int]) -> list[int]:
+    """Delete the user rows of every exported version not in ``keep`` (found by their ``meta`` markers on
+    a Redis store; a store without a client, e.g. memory, has nothing shared to prune): the versions
+    deleted, ascending. The daily job keeps the new champion and every version an alias still holds."""
+    client = getattr(store, "client", None)
+    if client is None:
+        return []
+    from mlsd.platform.redis_cluster import delete_prefix
+
+    pattern = f"{store.prefix}{USER_STATE_NAMESPACE}:v*:meta*"
+    found = set()
+    for key in client.scan_iter(match=pattern, count=1000):
+        match = re.search(r":v(\d+):meta", key.decode() if isinstance(key, bytes) else key)
+        if match:
+            found.add(int(match.group(1)))
+    pruned = sorted(found - set(keep))
+    for version in pruned:  # the marker first: a half-deleted version is never taken for a whole one
+        delete_prefix(client, f"{store.prefix}{user_state_namespace(version)}:meta")
+        delete_prefix(client, f"{store.prefix}{user_state_namespace(version)}:")
+    return pruned
+
+
 def ensure_user_state(model, store, version: int | None, *, progress: bool = False) -> dict | None:
     """Export ``model``'s per-user tables under ``version``'s namespace unless a marker says it was
     done (``<namespace>:meta`` / ``exported``, written after the last row): the figures of the export,

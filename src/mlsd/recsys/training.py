@@ -36,6 +36,7 @@ Entry points:
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 import tempfile
 import time
@@ -381,6 +382,8 @@ class RecsysRetrainSteps:
         *,
         als_engine: str = "implicit",
         spark_master: str | None = None,
+        user_state: str | None = None,
+        user_state_prefix: str = "mlsd:",
     ) -> None:
         from mlsd.recsys.model import model_spec
 
@@ -393,6 +396,7 @@ class RecsysRetrainSteps:
         model_spec(0, als_engine=als_engine, spark_master=spark_master)
         self.overrides = dict(overrides or {})
         self.engine = {"als_engine": als_engine, "spark_master": spark_master}
+        self.user_state, self.user_state_prefix = user_state, user_state_prefix
 
     def window(self, dirs: SystemDir, run_date: dt.date | None, champion: Any, *, progress: bool) -> Window:
         from mlsd.platform.registry import fingerprint
@@ -422,7 +426,7 @@ class RecsysRetrainSteps:
             run_date=run_date, fingerprint=fingerprint(window.reset_index(drop=True)),
             settings={**{k: v for k, v in asdict(config).items() if k in JOB_KEYS},
                       "als_engine": self.engine["als_engine"]},
-            data={"dataset": upto, "config": config}, backfill=later,
+            data={"dataset": upto, "config": config, "registry": dirs.registry}, backfill=later,
             backfill_reason=(
                 f"backfill: champion v{champion.version} was trained on data after {run_date.isoformat()}, "
                 "so the gate cannot compare on this day; registered as challenger only"
@@ -453,12 +457,50 @@ class RecsysRetrainSteps:
                                        fitted.users, fitted.relevant, window.data["config"], fitted.n_items)  # fmt: skip
         return Verdict(promote, reason, {"champion_same_day": champ, "challenger": fitted.metrics})
 
+    def before_promote(self, window: Window, challenger: Any, *, progress: bool) -> dict[str, Any] | None:
+        """With ``user_state`` (the online store the serving workers read: ``--user-state``,
+        ``MLSD_RECSYS_USER_STATE``): the new champion's per-user rows written there before the alias
+        moves, so no worker loads a champion whose rows are missing (an export inside a serving worker
+        takes minutes at a million users); then the rows of versions no alias holds any more are
+        deleted (the store stays bounded: about 1 KB per user per version kept)."""
+        if not self.user_state:
+            return None
+        from mlsd.platform.features.online import RedisStore
+        from mlsd.platform.registry import ModelRegistry
+        from mlsd.recsys.engine import ensure_user_state, prune_user_state
+        from mlsd.recsys.model import TwoStageRecommender
+
+        fitted = window.data.get("fitted")  # absent when a held run resumes: load what was registered
+        model = fitted.model if fitted is not None else TwoStageRecommender.load(challenger.path)
+        store = RedisStore(self.user_state, prefix=self.user_state_prefix)
+        try:
+            started = time.perf_counter()
+            done = ensure_user_state(model, store, challenger.version, progress=progress)
+            held = set(ModelRegistry(window.data["registry"]).aliases(MODEL_NAME).values())
+            pruned = prune_user_state(store, keep=held | {challenger.version})
+        finally:
+            store.close()
+        return {"user_state": {
+            "version": challenger.version, "users": None if done is None else done["users"],
+            "already_there": done is None, "seconds": round(time.perf_counter() - started, 1),
+            "pruned_versions": pruned,
+        }}  # fmt: skip
+
 
 def retrain(dirs: SystemDir, run_date: dt.date | None = None, *, progress: bool = True) -> dict[str, Any]:
-    """The scheduled daily job (``System.retrain``): the platform's retrain over :class:`RecsysRetrainSteps`."""
+    """The scheduled daily job (``System.retrain``): the platform's retrain over :class:`RecsysRetrainSteps`;
+    the serving workers' ``MLSD_RECSYS_USER_STATE`` (and ``..._PREFIX``) in its environment: the new
+    champion's user rows go there before it is promoted."""
     from mlsd.platform.retraining import retrain as platform_retrain
 
-    return platform_retrain(RecsysRetrainSteps(), dirs, run_date, progress=progress)
+    return platform_retrain(RecsysRetrainSteps(**_user_state_from_env()), dirs, run_date, progress=progress)
+
+
+def _user_state_from_env() -> dict[str, Any]:
+    from mlsd.recsys.service import USER_STATE_ENV, USER_STATE_PREFIX_ENV
+
+    url = os.environ.get(USER_STATE_ENV) or None
+    return {"user_state": url, "user_state_prefix": os.environ.get(USER_STATE_PREFIX_ENV) or "mlsd:"}
 
 
 def train(
@@ -467,12 +509,17 @@ def train(
     progress: bool = True,
     als_engine: str = "implicit",
     spark_master: str | None = None,
+    user_state: str | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """``mlsd recsys train --workdir W``: the same job on the data's last day, ``overrides`` changing
     its settings (a job that already ran registers nothing and says which version it was); its ALS
-    factors trained by ``als_engine`` on ``spark_master`` (:class:`RecsysRetrainSteps`)."""
+    factors trained by ``als_engine`` on ``spark_master``; ``user_state``: the online store the new
+    champion's user rows go to before promotion (default: ``MLSD_RECSYS_USER_STATE``; :class:`RecsysRetrainSteps`)."""
     from mlsd.platform.retraining import retrain as platform_retrain
 
-    steps = RecsysRetrainSteps(overrides, als_engine=als_engine, spark_master=spark_master)
+    state = _user_state_from_env()
+    if user_state:
+        state["user_state"] = user_state
+    steps = RecsysRetrainSteps(overrides, als_engine=als_engine, spark_master=spark_master, **state)
     return platform_retrain(steps, dirs, None, progress=progress)
