@@ -203,3 +203,22 @@ def test_train_with_a_user_state_store_that_does_not_answer_exits_2_before_train
     assert main(["recsys", "train", "--workdir", str(tmp_path), "--user-state", blackhole]) == 2
     assert "--user-state" in capsys.readouterr().err
     assert not (tmp_path / "recsys" / "registry" / "registry.sqlite").exists()
+
+
+def test_a_source_that_cannot_fit_the_data_is_reported_not_silently_dropped(tmp_path, monkeypatch, capsys):
+    from mlsd.recsys.candidates.popularity import PopularityCandidates
+    from mlsd.recsys.training import config_for
+
+    def cannot_fit(self, hist):
+        raise InputError("history", "3 events", "too few for a trend", "collect more data")
+
+    fit = PopularityCandidates.fit
+    monkeypatch.setattr(PopularityCandidates, "fit", lambda self, hist: (
+        cannot_fit(self, hist) if self.kind == "trending" else fit(self, hist)))  # fmt: skip
+    dirs = SystemDir(tmp_path, "recsys")
+    simulate_into(dirs, "tiny")
+    dataset = load(dirs.data)
+    report = train_daily(dataset, dirs.registry, config_for(dataset), progress=False)
+    dropped = ModelRegistry(dirs.registry).get(MODEL_NAME, report["version"]).params["sources_dropped"]
+    assert "trending" in dropped and "too few for a trend" in dropped["trending"]
+    assert "source 'trending' could not be fitted" in capsys.readouterr().err

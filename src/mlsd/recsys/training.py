@@ -214,6 +214,11 @@ def _fit(dataset: RecsysDataset, cfg: TrainConfig, steps, **engine: Any) -> _Fit
     from mlsd.recsys.model import model_spec
 
     dropped = model_spec(n_items, cfg.sources, cfg.n_estimators).dropped
+    # and those that could not fit this data (the generator keeps a source's InputError): said, not silent
+    skipped = getattr(model.generator_, "skipped_", {})
+    for name, why in skipped.items():
+        print(f"recsys train: source {name!r} could not be fitted and is left out: {why}", file=sys.stderr)
+    dropped = {**dropped, **skipped}
     return _Fitted(model, metrics, baseline, users, relevant, train, bounds, n_items, dropped)
 
 
