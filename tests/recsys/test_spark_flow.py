@@ -121,3 +121,30 @@ def test_the_cli_refuses_a_spark_master_without_the_spark_engine(tmp_path, capsy
         main(["recsys", "train", "--workdir", str(tmp_path), "--als-engine", "mllib"])
     assert exit_.value.code == 2 and "--als-engine" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
+@pytest.mark.parametrize("extra", [[], ["--als-engine", "spark", "--spark-master", "spark://127.0.0.1:7077"]])
+def test_the_bench_refuses_a_local_spark_cluster_without_the_engine_or_beside_a_master(extra, capsys):
+    assert main(["recsys", "bench", "--users", "10", "--items", "20", "--spark-cluster", "2", *extra]) == 2
+    err = capsys.readouterr().err
+    assert "--spark-cluster=2" in err and "--als-engine spark without --spark-master" in err
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_the_bench_trains_on_a_local_spark_cluster_it_starts_and_stops(capsys):
+    """``--spark-cluster 2``: the figure's command is reproducible without a cluster at hand."""
+    require_extra("pyspark", "spark")
+    import psutil
+    from pyspark.sql import SparkSession
+
+    before = {p.pid for p in psutil.process_iter()}
+    argv = ["recsys", "bench", "--users", "300", "--items", "80", "--requests", "8", "--ranker-users", "200",
+            "--events-per-user", "10", "--k", "10", "--als-engine", "spark", "--spark-cluster", "2", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["train"]["als_engine"] == "spark" and result["train"]["spark_cluster"]["workers"] == 2
+    assert result["http"]["throughput_rps"] > 0
+    assert SparkSession.getActiveSession() is None  # the run's session ended with its cluster
+    java = [p for p in psutil.process_iter(["pid", "name"]) if p.pid not in before and p.info["name"] == "java"]
+    assert java == []  # master, workers and executors stopped

@@ -12,6 +12,7 @@ fastapi) are imported inside each verb, so ``mlsd recsys --help`` stays instant.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from mlsd.platform.errors import InputError
@@ -168,6 +169,9 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=_positive_int("concurrency", 1), default=8,
                    help="HTTP clients, each sending when its answer is in (closed loop: saturation); with "
                    "--rate: the most connections open at once")  # fmt: skip
+    p.add_argument("--spark-cluster", type=_positive_int("spark-cluster", 1, 16), default=None, metavar="N",
+                   help="with --als-engine spark: start a Spark standalone master and N one-core workers on "
+                   "127.0.0.1 for this run and train there (stopped after)")  # fmt: skip
     p.add_argument("--rate", type=_positive_int("rate", 1, 100_000), default=None, metavar="RPS",
                    help="instead: HTTP requests arrive at RPS a second (Poisson, open loop): the latency "
                    "at a stated load, measured from when each request was due")  # fmt: skip
@@ -389,14 +393,48 @@ def _serve_workers(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from mlsd.recsys.bench import run_bench
 
-    result = run_bench(
-        users=args.users, items=args.items, requests=args.requests, concurrency=args.concurrency,
-        events_per_user=args.events_per_user, ranker_users=args.ranker_users, k=args.k,
-        workdir=args.workdir, seed=args.seed, workers=args.workers, user_state=args.user_state,
-        rate=args.rate, **_als_engine(args),
-    )  # fmt: skip
+    engine = _als_engine(args)
+    with _local_spark_cluster(args) as master:
+        if master is not None:
+            engine["spark_master"] = master
+        result = run_bench(
+            users=args.users, items=args.items, requests=args.requests, concurrency=args.concurrency,
+            events_per_user=args.events_per_user, ranker_users=args.ranker_users, k=args.k,
+            workdir=args.workdir, seed=args.seed, workers=args.workers, user_state=args.user_state,
+            rate=args.rate, **engine,
+        )  # fmt: skip
+    if master is not None:
+        result["train"]["spark_cluster"] = {"workers": args.spark_cluster, "cores_per_worker": 1}
     print(dumps(result) if args.json else dumps(result, indent=2))
     return 0
+
+
+@contextlib.contextmanager
+def _local_spark_cluster(args: argparse.Namespace):
+    """``--spark-cluster N``: a Spark standalone master and N one-core workers on 127.0.0.1 for this run
+    (:class:`~mlsd.platform.spark_cluster.LocalSparkCluster`), its URL the ALS trainer's master; the
+    session and the cluster are stopped after. None without the option."""
+    if not args.spark_cluster:
+        yield None
+        return
+    if args.als_engine != "spark" or args.spark_master is not None:
+        raise InputError("--spark-cluster", args.spark_cluster, "starts a local cluster for --als-engine spark",
+                         "use --als-engine spark without --spark-master")  # fmt: skip
+    from mlsd.platform.spark_cluster import LocalSparkCluster
+
+    with LocalSparkCluster(workers=args.spark_cluster) as cluster:
+        print(
+            f"recsys bench: Spark standalone cluster {cluster.url} ({args.spark_cluster} workers)",
+            file=sys.stderr,
+        )
+        try:
+            yield cluster.url
+        finally:  # the trainer's session holds executors on the cluster: end it before the cluster
+            from pyspark.sql import SparkSession
+
+            active = SparkSession.getActiveSession()
+            if active is not None:
+                active.stop()
 
 
 def _demo(args: argparse.Namespace) -> int:
