@@ -1,8 +1,10 @@
 """Shared fixtures: the real Redis and PostgreSQL servers, and the real public data samples.
 
 Tests that need a server take ``redis_url`` / ``postgres_dsn``; ``redis_cluster_url`` starts a 3-master
-Redis Cluster on free local ports once per session (``MLSD_REDIS_CLUSTER_URL`` points at one instead). With ``MLSD_REQUIRE_SERVICES=1`` (CI)
-an unreachable server FAILS the test; elsewhere it skips with a message saying how to start it.
+Redis Cluster on free local ports once per session (``MLSD_REDIS_CLUSTER_URL`` points at one instead);
+``spark_master_url`` a Spark standalone master + 2 workers (``MLSD_SPARK_MASTER_URL`` instead). With
+``MLSD_REQUIRE_SERVICES=1`` (CI) an unreachable server FAILS the test; elsewhere it skips with a
+message saying how to start it.
 Tests that need ``../shared/data`` take ``shared_data`` and skip with a message when it is absent.
 """
 
