@@ -11,7 +11,9 @@ in-process and over HTTP.
    from all simulated users (those without events in the window are served from their seeds) and 5%
    ids never seen at all (cold start), after a short warm-up;
 4. **http**: a real uvicorn server on 127.0.0.1 (a free port) and an httpx client with ``concurrency``
-   requests in flight, the same mix and count; the server stops when the run ends. ``workers=1``
+   requests in flight (a closed loop: saturation), or with ``rate`` an open loop of Poisson arrivals at
+   that rate (the latency at a stated load), the same mix and count; the server stops when the run
+   ends. ``workers=1``
    serves from a thread of this process (the in-process engine); ``workers>1`` starts ``uvicorn
    --workers N`` as a child process, each worker loading the champion from the workdir.
 
