@@ -11,7 +11,7 @@ from mlsd.recsys.engine import RecsysEngine
 from mlsd.recsys.service import create_service_app
 
 NO_POLL = RecsysConfig(service=ServiceConfig(reload_poll_s=0))
-STAGES = {"candidates", "rules", "features", "ranking", "rerank"}
+STAGES = {"queue", "candidates", "rules", "features", "ranking", "rerank"}
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +174,43 @@ def test_an_unknown_viewer_sees_all_ages_titles_and_the_answer_says_what_was_fil
     assert (rules.catalog_.min_age[rules._positions(shown)] == 0).all()
     adult = client.get("/v1/recommendations/987654321", params={"k": 20, "age": 40}).json()
     assert adult["policy"].startswith("age 40 from the request") and adult["filtered"]["age_rating"] == 0
+
+
+def test_at_most_concurrent_requests_engine_calls_run_at_once_and_the_wait_is_spent_from_the_deadline(tiny):
+    """Eight requests at once against a process allowed two engine calls: never more than two inside the
+    engine, every request answered, the waits reported as ``queue`` and taken from each one's budget."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = RecsysConfig(service=ServiceConfig(reload_poll_s=0, concurrent_requests=2))
+    engine = RecsysEngine(tiny.registry, config=config)
+    inside, most, lock, budgets = 0, 0, threading.Lock(), []
+    handle = engine.handle
+
+    def slow_handle(bodies):
+        nonlocal inside, most
+        with lock:
+            inside += 1
+            most = max(most, inside)
+            budgets.append(bodies[0]["deadline_ms"])
+        time.sleep(0.05)  # long enough for the others to pile up behind the two running
+        try:
+            return handle(bodies)
+        finally:
+            with lock:
+                inside -= 1
+
+    engine.handle = slow_handle
+    client = TestClient(create_service_app(engine))
+    user = int(engine.snapshot().model.users_.ids[0])
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: client.get(f"/v1/recommendations/{user}").json(), range(8)))
+    engine.close()
+    assert most == 2 and len(answers) == 8
+    # Only two get in at once and each call holds its turn >= 50 ms, so at least six waited that long (a
+    # bound the sleep implies, whatever the machine's speed), and their budgets were cut by the wait.
+    waited = [a for a in answers if a["timings_ms"]["queue"] >= 50]
+    assert len(waited) >= 6
+    assert sum(b <= config.budgets.deadline_ms - 50 for b in budgets) >= 6
+    assert sorted(a["deadline_ms"] for a in answers) == pytest.approx(sorted(budgets))  # served under it
