@@ -202,9 +202,9 @@ def test_at_most_concurrent_requests_engine_calls_run_at_once_and_the_wait_is_sp
                 inside -= 1
 
     engine.handle = slow_handle
-    client = TestClient(create_service_app(engine))
     user = int(engine.snapshot().model.users_.ids[0])
-    with ThreadPoolExecutor(8) as pool:
+    # one event loop for all eight, as a uvicorn worker has (the limiter belongs to its loop)
+    with TestClient(create_service_app(engine)) as client, ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda _: client.get(f"/v1/recommendations/{user}").json(), range(8)))
     engine.close()
     assert most == 2 and len(answers) == 8
