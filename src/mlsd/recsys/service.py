@@ -20,9 +20,11 @@ profiles (the rules still apply, with the unknown-age policy for a viewer it kno
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
+import weakref
 from typing import Annotated, Any, Literal
 
 import anyio.to_thread
@@ -167,7 +169,18 @@ def create_service_app(engine: RecsysEngine):
     for watcher in engine.watchers:  # a champion that failed to reload: still serving the old, not ready
         _add_ready_check(app, watcher.check)
 
-    turns = anyio.CapacityLimiter(svc_cfg.concurrent_requests)
+    limiters: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def turns() -> anyio.CapacityLimiter:
+        """The engine-call limiter of the running event loop: a uvicorn worker has one loop; a limiter
+        shared between loops (a TestClient used from several threads runs one per request) would wait
+        forever for a token released in another."""
+        loop = asyncio.get_running_loop()
+        limiter = limiters.get(loop)
+        if limiter is None:
+            limiter = limiters[loop] = anyio.CapacityLimiter(svc_cfg.concurrent_requests)
+        return limiter
+
     budget_ms = engine.config.budgets.deadline_ms
 
     @app.get("/v1/recommendations/{user_id}", tags=["recsys"], response_model=Recommendations)
@@ -201,7 +214,7 @@ def create_service_app(engine: RecsysEngine):
             return engine.handle([ask])[0], waited_ms
 
         # at most config.service.concurrent_requests engine calls at once; the others wait in the event loop
-        answer, waited_ms = await anyio.to_thread.run_sync(serve, limiter=turns)
+        answer, waited_ms = await anyio.to_thread.run_sync(serve, limiter=turns())
         answer["timings_ms"]["queue"] = round(waited_ms, 3)
         # The answer holds only JSON types already: a SafeJSONResponse skips FastAPI's generic encoder and
         # response validation (~2.5 ms per 50-title answer, about a tenth of the request).
