@@ -283,7 +283,6 @@ def train_on_all_users(
     seed: int = 0,
     als_engine: str = "implicit",
     spark_master: str | None = None,
-    rate: float | None = None,
 ) -> dict[str, Any]:
     """The daily job's model (:func:`~mlsd.recsys.training.model_for`: the definition ``evaluate`` measures,
     temporal split; ``sources``/``n_estimators`` None keep the definition's, as ``mlsd recsys train``
@@ -472,8 +471,8 @@ def _export_user_state(model, version: int, url: str):
 
     from mlsd.platform.features.online import RedisStore
     from mlsd.platform.redis_cluster import used_memory
+    from mlsd.recsys.config import USER_STATE_ENV, USER_STATE_PREFIX_ENV
     from mlsd.recsys.engine import export_user_state, user_state_namespace, user_state_nbytes
-    from mlsd.recsys.service import USER_STATE_ENV, USER_STATE_PREFIX_ENV
 
     prefix = f"mlsd-recsys-bench:{uuid.uuid4().hex[:10]}:"
     store = RedisStore(url, prefix=prefix)

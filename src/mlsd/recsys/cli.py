@@ -318,13 +318,11 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-USER_STATE_PREFIX = "mlsd:"  # the workers' default (mlsd.recsys.service.USER_STATE_PREFIX_ENV)
-
-
 def _user_state_store(url: str):
     """The online store holding the served version's per-user rows; one that does not answer is exit 2
     before anything starts."""
     from mlsd.platform.features.online import RedisStore
+    from mlsd.recsys.config import USER_STATE_PREFIX
 
     store = RedisStore(url, prefix=USER_STATE_PREFIX)
     if not store.ping():
@@ -378,7 +376,7 @@ def _serve_workers(args: argparse.Namespace) -> int:
         service.EXPOSURE_REDIS_ENV: args.exposure_redis or "",
         service.ONLINE_STORE_ENV: args.online_store or "",
         service.USER_STATE_ENV: args.user_state or "",
-        service.USER_STATE_PREFIX_ENV: USER_STATE_PREFIX,
+        service.USER_STATE_PREFIX_ENV: service.USER_STATE_PREFIX,
     }
     service.app_from_env(env)  # fail here, once, with a clear message, not in N workers
     os.environ.update(env)

@@ -66,6 +66,13 @@ class RerankConfig:
     explore_pool: int = 200  # explored titles come from the next-best candidates, not the whole catalogue
 
 
+# Where serving processes read users' rows (mlsd.recsys.engine.export_user_state): the workers'
+# environment names them, and the training job reads the same variables to write a new champion's rows.
+USER_STATE_ENV = "MLSD_RECSYS_USER_STATE"
+USER_STATE_PREFIX_ENV = "MLSD_RECSYS_USER_STATE_PREFIX"
+USER_STATE_PREFIX = "mlsd:"  # the key prefix when USER_STATE_PREFIX_ENV is unset
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     """Serving limits and model loading."""

@@ -104,6 +104,7 @@ PROFILE_WRITE_TIMEOUT_S = 0.5
 SYSTEM = "recsys"
 # The keys of a request body (the same JSON as the HTTP API's query): user_id is required.
 REQUEST_KEYS = ("user_id", "k", "region", "age", "seed_items", "deadline_ms", "request_id")
+MAX_DEADLINE_MS = 10_000  # the most a request may ask for (deadline_ms)
 # What an experiment arm's ``params`` may turn. ``ranker``: "lightgbm" (default) or "none" (candidate
 # order, no features, no LightGBM: the model's own fallback order); the rest override the engine's
 # RerankConfig for that arm (see mlsd.recsys.rerank).
@@ -485,7 +486,7 @@ def prune_user_state(store, keep: set[int]) -> list[int]:
             found.add(int(match.group(1)))
     pruned = sorted(found - set(keep))
     for version in pruned:  # the marker first: a half-deleted version is never taken for a whole one
-        delete_prefix(client, f"{store.prefix}{user_state_namespace(version)}:meta")
+        store.delete_many(f"{user_state_namespace(version)}:meta", ["exported"])
         delete_prefix(client, f"{store.prefix}{user_state_namespace(version)}:")
     return pruned
 
@@ -1046,9 +1047,11 @@ class RecsysEngine:
                     if (
                         isinstance(budget, bool)
                         or not isinstance(budget, int | float)
-                        or not 0 < budget <= 10_000
+                        or not 0 < budget <= MAX_DEADLINE_MS
                     ):
-                        raise InputError("deadline_ms", budget, "must be in (0, 10000]", "use e.g. 200")
+                        raise InputError(
+                            "deadline_ms", budget, f"must be in (0, {MAX_DEADLINE_MS}]", "use e.g. 200"
+                        )
                     budgets.append(float(budget))
             except InputError as err:
                 raise InputError(f"{where}{err.field}".rstrip("."), err.value, err.problem, err.fix) from None

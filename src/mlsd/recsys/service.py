@@ -33,8 +33,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from mlsd.platform.errors import InputError
 from mlsd.platform.serving import SafeJSONResponse, secure
-from mlsd.recsys.config import REGIONS
-from mlsd.recsys.engine import RecsysEngine, parse_user_id
+from mlsd.recsys.config import REGIONS, USER_STATE_ENV, USER_STATE_PREFIX, USER_STATE_PREFIX_ENV
+from mlsd.recsys.engine import MAX_DEADLINE_MS, RecsysEngine, parse_user_id
 
 ITEM_ID = re.compile(r"^[0-9]{1,18}$")
 # What the OpenAPI documents is what the service accepts (schemathesis checks both ways).
@@ -42,7 +42,6 @@ USER_ID_PATTERN = r"^[0-9]{1,18}$"
 SEED_PATTERN = r"^[0-9]{1,18}(,[0-9]{1,18}){0,99}$"
 Region = Literal[REGIONS]
 READY_TIMEOUT_S = 0.1
-MAX_DEADLINE_MS = 10_000  # what a request may ask for (the engine's limit too)
 
 
 def _not_bool(value: Any) -> Any:
@@ -261,8 +260,6 @@ CLOCK_ENV = "MLSD_RECSYS_CLOCK"
 EXPERIMENTS_ENV = "MLSD_RECSYS_EXPERIMENTS"
 EXPOSURE_REDIS_ENV = "MLSD_RECSYS_EXPOSURE_REDIS"
 ONLINE_STORE_ENV = "MLSD_RECSYS_ONLINE_STORE"
-USER_STATE_ENV = "MLSD_RECSYS_USER_STATE"
-USER_STATE_PREFIX_ENV = "MLSD_RECSYS_USER_STATE_PREFIX"
 
 
 def app_from_env(environ=None):
@@ -302,7 +299,9 @@ def app_from_env(environ=None):
     if env.get(USER_STATE_ENV):
         from mlsd.platform.features.online import RedisStore
 
-        user_state = RedisStore(env[USER_STATE_ENV], prefix=env.get(USER_STATE_PREFIX_ENV) or "mlsd:")
+        user_state = RedisStore(
+            env[USER_STATE_ENV], prefix=env.get(USER_STATE_PREFIX_ENV) or USER_STATE_PREFIX
+        )
     experiments = ExperimentClient.from_options(
         env.get(EXPERIMENTS_ENV) or None, env.get(EXPOSURE_REDIS_ENV) or None
     )

@@ -51,7 +51,14 @@ from mlsd.platform.errors import InputError
 from mlsd.platform.jsonio import write_json
 from mlsd.platform.retraining import Trained, Verdict, Window, resolve_run_date
 from mlsd.platform.system import SystemDir
-from mlsd.recsys.config import MODEL_NAME, TrainConfig, make_data
+from mlsd.recsys.config import (
+    MODEL_NAME,
+    USER_STATE_ENV,
+    USER_STATE_PREFIX,
+    USER_STATE_PREFIX_ENV,
+    TrainConfig,
+    make_data,
+)
 from mlsd.recsys.data import LABEL_THRESHOLD, RecsysDataset
 
 DAY_S = 86_400
@@ -388,7 +395,7 @@ class RecsysRetrainSteps:
         als_engine: str = "implicit",
         spark_master: str | None = None,
         user_state: str | None = None,
-        user_state_prefix: str = "mlsd:",
+        user_state_prefix: str = USER_STATE_PREFIX,
     ) -> None:
         from mlsd.recsys.model import model_spec
 
@@ -502,10 +509,11 @@ def retrain(dirs: SystemDir, run_date: dt.date | None = None, *, progress: bool 
 
 
 def _user_state_from_env() -> dict[str, Any]:
-    from mlsd.recsys.service import USER_STATE_ENV, USER_STATE_PREFIX_ENV
-
     url = os.environ.get(USER_STATE_ENV) or None
-    return {"user_state": url, "user_state_prefix": os.environ.get(USER_STATE_PREFIX_ENV) or "mlsd:"}
+    return {
+        "user_state": url,
+        "user_state_prefix": os.environ.get(USER_STATE_PREFIX_ENV) or USER_STATE_PREFIX,
+    }
 
 
 def train(
